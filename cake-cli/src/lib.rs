@@ -1,0 +1,1 @@
+//! cake-cli (work in progress)

@@ -1,0 +1,8 @@
+//! CAKE (Cascading and Adaptive KV cache Eviction) math, generic over Burn's `Backend`.
+//!
+//! This crate holds no model and does no IO beyond reading score-function files: models
+//! (see `cake-models`) compute attention and hand the tensors here.
+
+pub mod cache;
+
+pub use cache::LayerCache;

@@ -1,0 +1,1 @@
+//! cake-longbench (work in progress)

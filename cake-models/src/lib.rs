@@ -1,0 +1,1 @@
+//! cake-models (work in progress)

@@ -1,0 +1,1 @@
+//! cake-scoring-fit (work in progress)
