@@ -104,10 +104,7 @@ impl<B: Backend> LayerCache<B> {
 
     /// Bytes held by the key and value tensors (element size of the backend's float type).
     pub fn bytes(&self) -> usize {
-        let elem = self
-            .keys
-            .as_ref()
-            .map_or(0, |k| k.dtype().size());
+        let elem = self.keys.as_ref().map_or(0, |k| k.dtype().size());
         let count = |t: &Option<Tensor<B, 3>>| t.as_ref().map_or(0, |t| t.shape().num_elements());
         (count(&self.keys) + count(&self.values)) * elem
     }
@@ -125,7 +122,10 @@ impl<B: Backend> LayerCache<B> {
         let [heads, len, dim] = keys.dims();
         assert_eq!(keep.len(), heads, "one keep list per KV head");
         let kept = keep.first().map_or(0, Vec::len);
-        assert!(keep.iter().all(|k| k.len() == kept), "heads keep equal counts");
+        assert!(
+            keep.iter().all(|k| k.len() == kept),
+            "heads keep equal counts"
+        );
         assert!(
             keep.iter().flatten().all(|&i| i < len),
             "kept index out of range"
@@ -136,7 +136,10 @@ impl<B: Backend> LayerCache<B> {
         let index: Tensor<B, 2, Int> =
             Tensor::from_data(TensorData::new(flat, [heads, kept]), &device);
         // [Hkv, kept, d]
-        let index3 = index.clone().unsqueeze_dim::<3>(2).expand([heads, kept, dim]);
+        let index3 = index
+            .clone()
+            .unsqueeze_dim::<3>(2)
+            .expand([heads, kept, dim]);
         self.keys = Some(keys.gather(1, index3.clone()));
         self.values = Some(values.gather(1, index3));
         self.scores = self.scores.take().map(|s| s.gather(1, index));
