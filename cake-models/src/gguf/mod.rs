@@ -1,0 +1,1 @@
+//! GGUF container (in progress)
