@@ -39,9 +39,9 @@ impl<B: Backend> LayerCache<B> {
 
     /// Appends `n` new tokens whose absolute positions are `start_pos..start_pos + n`.
     ///
-    /// `keys`, `values`: `[Hkv, n, d]`. Any stored scores are dropped for the new rows'
-    /// sake only in the sense that the new rows have no score yet: callers that keep scores
-    /// must call [`LayerCache::set_scores`] after appending.
+    /// `keys`, `values`: `[Hkv, n, d]`. When the cache carries scores, the new rows get
+    /// score 0 (policies that rank them re-score after appending, see
+    /// [`LayerCache::set_scores`]; accumulating ones such as H2O add to it).
     pub fn append(&mut self, keys: Tensor<B, 3>, values: Tensor<B, 3>, start_pos: usize) {
         let [heads, n, _] = keys.dims();
         if self.positions.is_empty() {
@@ -58,7 +58,11 @@ impl<B: Backend> LayerCache<B> {
             Some(old) => Tensor::cat(vec![old, values], 1),
             None => values,
         });
-        self.scores = None;
+        self.scores = self.scores.take().map(|old| {
+            let [heads, _] = old.dims();
+            let device = old.device();
+            Tensor::cat(vec![old, Tensor::zeros([heads, n], &device)], 1)
+        });
     }
 
     /// Cached keys `[Hkv, len, d]`, or `None` when empty.

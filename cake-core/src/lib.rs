@@ -2,10 +2,38 @@
 //!
 //! This crate holds no model and does no IO beyond reading score-function files: models
 //! (see `cake-models`) compute attention and hand the tensors here through the
-//! [`KvCompressor`] hooks.
+//! [`KvCompressor`] hooks. A [`Policy`] pairs an [`Allocator`] (how many tokens each layer
+//! keeps) with a [`Scorer`] (which ones); a [`PolicyCompressor`] runs it through the hooks.
+//!
+//! ```ignore
+//! let config = PolicyConfig::default().with_model_defaults("Llama-3.1-8B-Instruct").0;
+//! let policy = Policy::preset("cake", &config)?;
+//! let mut compressor = PolicyCompressor::new(policy, num_layers);
+//! model.generate_with(&mut compressor, prompt)?;
+//! println!("{}", compressor.report(&caches).to_json());
+//! ```
 
+pub mod allocator;
+pub mod budget;
 pub mod cache;
+pub mod cascade;
 pub mod compressor;
+pub mod error;
+pub mod policy;
+pub mod score_function;
+pub mod scorer;
+pub mod stats;
+pub mod tau;
 
+pub use allocator::{
+    Allocator, AllocatorKind, LayerPreference, Preference, Pyramid, Static, Uniform,
+};
+pub use budget::{BudgetPlan, allocate_budgets};
 pub use cache::LayerCache;
+pub use cascade::{CompressionReport, LayerReport, PolicyCompressor, evict_to_budget};
 pub use compressor::{KeepAll, KvCompressor};
+pub use error::ConfigError;
+pub use policy::{DecodeEviction, PRESETS, Policy, PolicyConfig};
+pub use score_function::ScoreFunction;
+pub use scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
+pub use tau::{TauLookup, TauSource, lookup_tau};

@@ -1,0 +1,400 @@
+//! [`PolicyCompressor`]: a [`Policy`] driven through the model's [`KvCompressor`] hooks,
+//! with cascading (section 5) or one-shot eviction after prefill, decoding-time eviction
+//! (section 6), and a [`CompressionReport`] of what it did.
+//!
+//! Assumptions: the prompt is prefilled in one piece (every layer appends the `S` prompt
+//! tokens at positions `0..S` before its hook), and `after_prefill_layer` is called for
+//! layers `0, 1, .., L-1` in order. A call for layer 0 starts a new prompt.
+//!
+//! Peak memory is counted in token-rows: a layer holding `len` tokens in each of its `Hkv`
+//! KV heads holds `len * Hkv` key rows (and as many value rows). It is measured when a hook
+//! starts (the layer just appended holds all `S` tokens) and after its eviction.
+
+use burn::tensor::{Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::LayerPreference;
+use crate::budget::BudgetPlan;
+use crate::policy::{DecodeEviction, Policy};
+use crate::scorer::{DecodeInput, PrefillInput};
+use crate::stats::{attention, layer_preference, to_host, top_k_indices, window_attention};
+use crate::{KvCompressor, LayerCache};
+
+/// Keeps, per KV head, the `keep` best-scored of the cached tokens before the last
+/// `window` ones, and all of the last `window`. Uses the cache's stored scores (a cache
+/// without scores keeps its most recent tokens). Returns the tokens kept per head.
+pub fn evict_to_budget<B: Backend>(cache: &mut LayerCache<B>, keep: usize, window: usize) -> usize {
+    let n = cache.len();
+    let w = window.min(n);
+    let candidates = n - w;
+    if keep >= candidates {
+        return n;
+    }
+    let heads = cache.num_kv_heads();
+    let kept: Vec<Vec<usize>> = match cache.scores() {
+        Some(scores) => {
+            let host = to_host(scores.clone()); // [Hkv * n]
+            (0..heads)
+                .map(|h| {
+                    let row = &host[h * n..h * n + candidates];
+                    let mut k = top_k_indices(row, keep);
+                    k.extend(candidates..n);
+                    k
+                })
+                .collect()
+        }
+        None => vec![(candidates - keep..n).collect(); heads],
+    };
+    cache.retain(&kept);
+    keep + w
+}
+
+/// Per-layer outcome of a prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// Layer index.
+    pub layer: usize,
+    /// Final budget: prompt tokens kept outside the window.
+    pub budget: usize,
+    /// Tokens held per KV head now.
+    pub held: usize,
+    /// Preference parts `H_l`, `V_l`, when measured.
+    pub preference: Option<LayerPreference>,
+    /// `P_l = H_l^(1/tau1) * V_l^(1/tau2)` with the policy's temperatures, when measured.
+    pub preference_score: Option<f64>,
+    /// The layer's share of `B_total` given by the allocator (shares sum to 1).
+    pub share: f64,
+    /// Absolute positions of the kept tokens, per KV head `[Hkv][held]`, ascending.
+    pub kept_positions: Vec<Vec<usize>>,
+}
+
+/// What a [`PolicyCompressor`] did to one prompt, serialisable for plotting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionReport {
+    /// Policy name.
+    pub policy: String,
+    /// Allocator name.
+    pub allocator: String,
+    /// Scorer name.
+    pub scorer: String,
+    /// Layer-by-layer eviction during prefill.
+    pub cascading: bool,
+    /// Decoding-time eviction mode.
+    pub decode_evict: DecodeEviction,
+    /// Prompt length S.
+    pub prompt_len: usize,
+    /// Decoder layers L.
+    pub num_layers: usize,
+    /// KV heads per layer.
+    pub num_kv_heads: usize,
+    /// Window w used (at most S).
+    pub window: usize,
+    /// Cache size C used.
+    pub cache_size: usize,
+    /// `B_total = (C - w) * L`.
+    pub total_budget: usize,
+    /// Temperatures used by the preference (`None` unless the allocator needs them).
+    pub taus: Option<(f64, f64)>,
+    /// Per-layer outcome.
+    pub layers: Vec<LayerReport>,
+    /// Budgets after each cascade stage `m` for layers `0..=m` (one-shot: one stage).
+    pub stage_budgets: Vec<Vec<usize>>,
+    /// Times a stage gave a layer more budget than it still held (integer rounding); the
+    /// layer kept what it had, never a dropped token.
+    pub clamped_growths: usize,
+    /// Peak tokens held per KV head, summed over layers, during prefill.
+    pub peak_tokens: usize,
+    /// Peak key rows (`tokens * Hkv`, summed over layers) during prefill; value rows are
+    /// as many.
+    pub peak_token_rows: usize,
+    /// Token rows of the full cache, `S * L * Hkv`.
+    pub full_token_rows: usize,
+    /// Bytes of keys and values held now, all layers.
+    pub bytes_held: usize,
+}
+
+impl CompressionReport {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Plain data with no maps keyed by non-strings: serialisation cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Runs a [`Policy`] through the [`KvCompressor`] hooks of a model with `num_layers`
+/// layers.
+#[derive(Debug, Clone)]
+pub struct PolicyCompressor<B: Backend> {
+    policy: Policy<B>,
+    num_layers: usize,
+    plan: Option<BudgetPlan>,
+    num_kv_heads: usize,
+    preferences: Vec<Option<LayerPreference>>,
+    shares: Vec<f64>,
+    budgets: Vec<usize>,
+    stage_budgets: Vec<Vec<usize>>,
+    clamped_growths: usize,
+    peak_tokens: usize,
+    peak_token_rows: usize,
+}
+
+impl<B: Backend> PolicyCompressor<B> {
+    /// A compressor for a model with `num_layers` decoder layers.
+    pub fn new(policy: Policy<B>, num_layers: usize) -> Self {
+        Self {
+            policy,
+            num_layers,
+            plan: None,
+            num_kv_heads: 0,
+            preferences: Vec::new(),
+            shares: Vec::new(),
+            budgets: Vec::new(),
+            stage_budgets: Vec::new(),
+            clamped_growths: 0,
+            peak_tokens: 0,
+            peak_token_rows: 0,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy<B> {
+        &self.policy
+    }
+
+    /// The plan of the current prompt (after the first hook).
+    pub fn plan(&self) -> Option<&BudgetPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Current per-layer budgets (prompt tokens outside the window) of the layers seen.
+    pub fn budgets(&self) -> &[usize] {
+        &self.budgets
+    }
+
+    /// Measured preference parts per layer seen (`None` where not measured).
+    pub fn preferences(&self) -> &[Option<LayerPreference>] {
+        &self.preferences
+    }
+
+    /// Peak `(tokens per KV head, token rows)` held during the prefill so far.
+    pub fn peak(&self) -> (usize, usize) {
+        (self.peak_tokens, self.peak_token_rows)
+    }
+
+    /// Times a cascade stage tried to grow a layer past what it still held.
+    pub fn clamped_growths(&self) -> usize {
+        self.clamped_growths
+    }
+
+    fn reset(&mut self, plan: BudgetPlan, num_kv_heads: usize) {
+        self.plan = Some(plan);
+        self.num_kv_heads = num_kv_heads;
+        self.preferences.clear();
+        self.shares.clear();
+        self.budgets.clear();
+        self.stage_budgets.clear();
+        self.clamped_growths = 0;
+        self.peak_tokens = 0;
+        self.peak_token_rows = 0;
+    }
+
+    fn measure(&mut self, caches: &[LayerCache<B>]) {
+        let tokens: usize = caches.iter().map(LayerCache::len).sum();
+        let rows: usize = caches.iter().map(|c| c.len() * c.num_kv_heads()).sum();
+        self.peak_tokens = self.peak_tokens.max(tokens);
+        self.peak_token_rows = self.peak_token_rows.max(rows);
+    }
+
+    /// Re-allocates budgets over the layers in `caches` (sharing the whole `B_total`) and
+    /// evicts each down to its budget, clamped to what it still holds.
+    fn allocate_and_evict(&mut self, caches: &mut [LayerCache<B>]) {
+        let Some(plan) = self.plan else { return };
+        let seen = caches.len().min(self.preferences.len());
+        let shares = self
+            .policy
+            .allocator()
+            .shares(self.num_layers, &self.preferences[..seen]);
+        let sum: f64 = shares.iter().sum();
+        self.shares = shares
+            .iter()
+            .map(|s| {
+                if sum > 0.0 {
+                    s / sum
+                } else {
+                    1.0 / seen as f64
+                }
+            })
+            .collect();
+        let wanted = plan.allocate(&shares);
+        let mut budgets = Vec::with_capacity(seen);
+        for (l, (cache, &want)) in caches.iter_mut().zip(&wanted).enumerate() {
+            let held = cache.len().saturating_sub(plan.window);
+            if want > held {
+                // Rounding gave the layer a token more than it kept at an earlier stage:
+                // it keeps what it has; a dropped token is never needed back.
+                if self.budgets.get(l).is_some() {
+                    self.clamped_growths += 1;
+                }
+            }
+            let budget = want.min(held);
+            evict_to_budget(cache, budget, plan.window);
+            budgets.push(budget);
+        }
+        self.stage_budgets.push(budgets.clone());
+        self.budgets = budgets;
+    }
+
+    /// The report of the current prompt, with the kept positions read from `caches`.
+    pub fn report(&self, caches: &[LayerCache<B>]) -> CompressionReport {
+        let plan = self.plan.unwrap_or(BudgetPlan {
+            prompt_len: 0,
+            window: 0,
+            cache_size: 0,
+            num_layers: self.num_layers,
+        });
+        let config = self.policy.config();
+        let taus = self
+            .policy
+            .allocator()
+            .needs_preference()
+            .then(|| config.taus());
+        let (t1, t2) = config.taus();
+        let layers = caches
+            .iter()
+            .enumerate()
+            .map(|(l, cache)| {
+                let preference = self.preferences.get(l).copied().flatten();
+                LayerReport {
+                    layer: l,
+                    budget: self
+                        .budgets
+                        .get(l)
+                        .copied()
+                        .unwrap_or_else(|| cache.len().saturating_sub(plan.window)),
+                    held: cache.len(),
+                    preference,
+                    preference_score: preference.map(|p| p.score(t1, t2)),
+                    share: self.shares.get(l).copied().unwrap_or(0.0),
+                    kept_positions: cache.positions().to_vec(),
+                }
+            })
+            .collect();
+        CompressionReport {
+            policy: self.policy.name().to_string(),
+            allocator: self.policy.allocator().name().to_string(),
+            scorer: self.policy.scorer().name().to_string(),
+            cascading: config.cascading,
+            decode_evict: config.decode_evict,
+            prompt_len: plan.prompt_len,
+            num_layers: self.num_layers,
+            num_kv_heads: self.num_kv_heads,
+            window: plan.window,
+            cache_size: plan.cache_size,
+            total_budget: plan.total(),
+            taus,
+            layers,
+            stage_budgets: self.stage_budgets.clone(),
+            clamped_growths: self.clamped_growths,
+            peak_tokens: self.peak_tokens,
+            peak_token_rows: self.peak_token_rows,
+            full_token_rows: plan.prompt_len * self.num_layers * self.num_kv_heads,
+            bytes_held: caches.iter().map(LayerCache::bytes).sum(),
+        }
+    }
+}
+
+impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
+    fn after_prefill_layer(
+        &mut self,
+        layer: usize,
+        queries: Tensor<B, 3>,
+        caches: &mut [LayerCache<B>],
+    ) {
+        let Some(cache) = caches.get(layer) else {
+            return;
+        };
+        if layer == 0 || self.plan.is_none() {
+            let plan = self.policy.config().plan(cache.len(), self.num_layers);
+            self.reset(plan, cache.num_kv_heads());
+        }
+        self.measure(&caches[..=layer]);
+        let Some(plan) = self.plan else { return };
+        let cache = &caches[layer];
+        let (Some(keys), false) = (cache.keys().cloned(), self.policy.keeps_all()) else {
+            self.preferences.resize(layer + 1, None);
+            return;
+        };
+        let scorer = self.policy.scorer();
+        let needs_pref = self.policy.allocator().needs_preference();
+        let attn = (needs_pref || scorer.needs_window_attention())
+            .then(|| window_attention(queries.clone(), keys.clone(), plan.window)); // [H, w, S]
+        let preference = attn.as_ref().map(layer_preference);
+        self.preferences.resize(layer, None);
+        self.preferences.push(preference);
+        let scores = scorer.prefill_scores(&PrefillInput {
+            queries: &queries,
+            keys: &keys,
+            window_attention: attn.as_ref(),
+            window: plan.window,
+        }); // [Hkv, S]
+        drop(attn);
+        caches[layer].set_scores(scores);
+        if self.policy.config().cascading {
+            self.allocate_and_evict(&mut caches[..=layer]);
+            self.measure(&caches[..=layer]);
+        }
+    }
+
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) {
+        self.measure(caches);
+        if self.policy.keeps_all() {
+            if let Some(plan) = self.plan {
+                self.budgets = caches
+                    .iter()
+                    .map(|c| c.len().saturating_sub(plan.window))
+                    .collect();
+                self.shares = vec![1.0 / caches.len().max(1) as f64; caches.len()];
+            }
+            return;
+        }
+        if !self.policy.config().cascading {
+            self.allocate_and_evict(caches);
+            self.measure(caches);
+        }
+    }
+
+    fn after_decode_step(&mut self, layer: usize, query: Tensor<B, 3>, cache: &mut LayerCache<B>) {
+        let config = self.policy.config();
+        if self.policy.keeps_all() || config.decode_evict == DecodeEviction::None {
+            return;
+        }
+        let (Some(plan), Some(&budget)) = (self.plan, self.budgets.get(layer)) else {
+            return;
+        };
+        let limit = budget + plan.window;
+        let scorer = self.policy.scorer();
+        let over = cache.len() > limit;
+        if !over && !scorer.accumulates() {
+            return;
+        }
+        let Some(keys) = cache.keys().cloned() else {
+            return;
+        };
+        let device = keys.device();
+        // [H, 1, n]
+        let attn = scorer
+            .needs_window_attention()
+            .then(|| attention(query, keys, None));
+        let scores = scorer.decode_scores(DecodeInput {
+            attention: attn.as_ref(),
+            stored: cache.scores().cloned(),
+            positions: cache.positions(),
+            window: plan.window,
+            device: &device,
+        }); // [Hkv, n]
+        cache.set_scores(scores);
+        if over {
+            evict_to_budget(cache, budget, plan.window);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Errors of configuration, names and score-function files.
+
+/// What can be wrong with a policy's configuration or its input files.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `cache_size` is 0.
+    #[error("cache_size is 0: give the tokens kept per layer (window included), e.g. 1024")]
+    CacheSizeZero,
+    /// `window` is 0.
+    #[error("window is 0: the observation window needs at least 1 token (default 32)")]
+    WindowZero,
+    /// `cache_size` leaves nothing outside the window.
+    #[error(
+        "cache_size {cache_size} must exceed window {window}: the cache holds the window plus the selected tokens"
+    )]
+    CacheSizeNotAboveWindow {
+        /// The configured cache size.
+        cache_size: usize,
+        /// The configured window.
+        window: usize,
+    },
+    /// `ratio` outside `(0, 1]`.
+    #[error("ratio {0} is outside (0, 1]: give the fraction of the prompt to keep, e.g. 0.1")]
+    RatioOutOfRange(f64),
+    /// A temperature is not a positive finite number.
+    #[error("{name} = {value} must be a positive finite number")]
+    BadTemperature {
+        /// `tau1` or `tau2`.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// `gamma` is negative or not finite.
+    #[error("gamma = {0} must be a finite number >= 0")]
+    BadGamma(f64),
+    /// `beta` is below 1 or not finite.
+    #[error("beta = {0} must be a finite number >= 1 (PyramidKV uses 20)")]
+    BadBeta(f64),
+    /// The pooling kernel is even or 0.
+    #[error("pool_kernel = {0} must be odd (1 disables pooling; CAKE uses 5)")]
+    BadPoolKernel(usize),
+    /// A name that is not one of the known ones.
+    #[error("unknown {what} {name:?}; valid names: {valid}")]
+    UnknownName {
+        /// "preset", "allocator" or "scorer".
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The valid names, comma separated.
+        valid: String,
+    },
+    /// The static allocator was named without a score-function file.
+    #[error(
+        "the static allocator needs a score-function file: build it with Static::from_score_function(ScoreFunction::from_path(..))"
+    )]
+    StaticNeedsFile,
+    /// A static table with no layer.
+    #[error("static shares are empty")]
+    EmptyShares,
+    /// A score-function file for another layer count.
+    #[error(
+        "score function has {file_layers} layers but the model has {model_layers}: fit it for this model"
+    )]
+    LayerCountMismatch {
+        /// Layers in the file.
+        file_layers: usize,
+        /// Layers of the model.
+        model_layers: usize,
+    },
+    /// A score-function file that cannot be used.
+    #[error("score-function file {path}: {reason}")]
+    ScoreFunction {
+        /// The file.
+        path: String,
+        /// What is wrong and where.
+        reason: String,
+    },
+    /// A file that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A model with no layer.
+    #[error("the model has 0 layers")]
+    NoLayers,
+}

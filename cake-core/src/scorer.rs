@@ -1,0 +1,387 @@
+//! Token scorers: which prompt tokens a layer keeps (higher score = kept).
+//!
+//! A [`Scorer`] rates every cached token of one layer per KV head; eviction keeps the
+//! best-rated tokens outside the recent window (the window is always kept). Scores are
+//! stored on the [`crate::LayerCache`] so that later cascade stages re-rank survivors.
+//!
+//! Decoding (section 6): when a layer must drop a token, the non-window tokens are
+//! re-scored from the new query's attention over the cache. Choices per scorer:
+//! - `cake`, `snapkv`: the new query's attention, group-averaged, pooled over the
+//!   non-window tokens (a single query has no variance, so CAKE's indicator reduces to
+//!   its mean term);
+//! - `tova`: the new query's attention averaged over all heads of the layer (no pooling);
+//! - `h2o`: accumulates: stored score + the new query's attention (group-averaged), every
+//!   step, as Heavy-Hitter Oracle sums attention over all queries seen;
+//! - `streaming`: position based, the sinks first then the most recent.
+
+use std::fmt::Debug;
+use std::str::FromStr;
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::stats::{attention, cake_indicator, group_mean, pool_prefix};
+
+/// What a scorer sees after a layer's prefill.
+#[derive(Debug)]
+pub struct PrefillInput<'a, B: Backend> {
+    /// Post-RoPE prompt queries `[H, S, d]`.
+    pub queries: &'a Tensor<B, 3>,
+    /// The layer's prompt keys `[Hkv, S, d]`.
+    pub keys: &'a Tensor<B, 3>,
+    /// Window attention `[H, w, S]`, present when [`Scorer::needs_window_attention`].
+    pub window_attention: Option<&'a Tensor<B, 3>>,
+    /// The window w actually used (at most S).
+    pub window: usize,
+}
+
+/// What a scorer sees at a decoding step of one layer.
+#[derive(Debug)]
+pub struct DecodeInput<'a, B: Backend> {
+    /// The new query's attention over the cache `[H, 1, n]` (the new token included),
+    /// present when [`Scorer::needs_window_attention`].
+    pub attention: Option<&'a Tensor<B, 3>>,
+    /// The scores stored on the cache `[Hkv, n]` (rows appended since scoring are 0).
+    pub stored: Option<Tensor<B, 2>>,
+    /// Absolute positions of the cached tokens per KV head `[Hkv][n]`.
+    pub positions: &'a [Vec<usize>],
+    /// Recent window w: the last w cached tokens are never candidates.
+    pub window: usize,
+    /// Device of the cache.
+    pub device: &'a B::Device,
+}
+
+/// Rates a layer's tokens; the highest-rated ones are kept.
+pub trait Scorer<B: Backend>: Debug + Send + Sync {
+    /// Short name, as accepted by [`ScorerKind::from_str`].
+    fn name(&self) -> &'static str;
+
+    /// True when the scorer reads attention (all but streaming).
+    fn needs_window_attention(&self) -> bool {
+        true
+    }
+
+    /// True when the scores must be updated at every decoding step, not only when a
+    /// token is dropped (H2O's running sums).
+    fn accumulates(&self) -> bool {
+        false
+    }
+
+    /// Scores of all `S` prompt tokens, `[Hkv, S]`; only the first `S - w` are compared.
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2>;
+
+    /// Scores of all `n` cached tokens at a decoding step, `[Hkv, n]`; only the first
+    /// `n - w` are compared.
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2>;
+}
+
+/// Group-averaged attention of one new query, pooled over the non-window tokens:
+/// `[H, 1, n] -> [Hkv, n]`.
+fn decode_attention_scores<B: Backend>(
+    input: &DecodeInput<'_, B>,
+    kernel: usize,
+) -> Option<Tensor<B, 2>> {
+    let attn = input.attention?;
+    let [heads, _, n] = attn.dims();
+    let kv = input.positions.len().max(1);
+    // [H, n] -> [Hkv, n]
+    let scores = group_mean(attn.clone().reshape([heads, n]), kv);
+    Some(pool_prefix(scores, n.saturating_sub(input.window), kernel))
+}
+
+/// Fallback when a scorer got no attention: recency `[Hkv, n]` (position as score).
+fn recency<B: Backend>(positions: &[Vec<usize>], sinks: usize, device: &B::Device) -> Tensor<B, 2> {
+    let heads = positions.len();
+    let n = positions.first().map_or(0, Vec::len);
+    let data: Vec<f32> = positions
+        .iter()
+        .flatten()
+        .map(|&p| if p < sinks { SINK_SCORE } else { p as f32 })
+        .collect();
+    Tensor::from_data(TensorData::new(data, [heads, n]), device)
+}
+
+/// Score of an attention sink in [`Streaming`]: above every position.
+const SINK_SCORE: f32 = 1e30;
+
+/// CAKE's indicator: `mean + gamma * var` of the window attention, pooled, group-averaged.
+#[derive(Debug, Clone, Copy)]
+pub struct Cake {
+    /// Weight of the variance term (200).
+    pub gamma: f64,
+    /// Average-pooling width (5).
+    pub pool_kernel: usize,
+}
+
+impl<B: Backend> Scorer<B> for Cake {
+    fn name(&self) -> &'static str {
+        "cake"
+    }
+
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        let kv = input.keys.dims()[0];
+        match input.window_attention {
+            Some(attn) => cake_indicator(attn.clone(), self.gamma, self.pool_kernel, kv),
+            None => recency(
+                &vec![(0..input.keys.dims()[1]).collect(); kv],
+                0,
+                &input.keys.device(),
+            ),
+        }
+    }
+
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {
+        decode_attention_scores(&input, self.pool_kernel)
+            .unwrap_or_else(|| recency(input.positions, 0, input.device))
+    }
+}
+
+/// SnapKV: window attention summed over the `w` queries, pooled, per KV head.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapKv {
+    /// Average-pooling width (5, as CAKE, so that the two compare side by side).
+    pub pool_kernel: usize,
+}
+
+impl<B: Backend> Scorer<B> for SnapKv {
+    fn name(&self) -> &'static str {
+        "snapkv"
+    }
+
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        let kv = input.keys.dims()[0];
+        let Some(attn) = input.window_attention else {
+            return recency(
+                &vec![(0..input.keys.dims()[1]).collect(); kv],
+                0,
+                &input.keys.device(),
+            );
+        };
+        let [heads, w, len] = attn.dims();
+        // [H, S]
+        let summed = attn.clone().sum_dim(1).reshape([heads, len]);
+        let pooled = pool_prefix(summed, len.saturating_sub(w), self.pool_kernel);
+        group_mean(pooled, kv) // [Hkv, S]
+    }
+
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {
+        decode_attention_scores(&input, self.pool_kernel)
+            .unwrap_or_else(|| recency(input.positions, 0, input.device))
+    }
+}
+
+/// TOVA: the last query's attention, averaged over all heads of the layer, the same
+/// score for every KV head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tova;
+
+impl<B: Backend> Scorer<B> for Tova {
+    fn name(&self) -> &'static str {
+        "tova"
+    }
+
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        let kv = input.keys.dims()[0];
+        let Some(attn) = input.window_attention else {
+            return recency(
+                &vec![(0..input.keys.dims()[1]).collect(); kv],
+                0,
+                &input.keys.device(),
+            );
+        };
+        let [_, w, len] = attn.dims();
+        // [H, 1, S] -> [1, 1, S] -> [Hkv, S]
+        attn.clone()
+            .narrow(1, w - 1, 1)
+            .mean_dim(0)
+            .reshape([1, len])
+            .expand([kv, len])
+    }
+
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {
+        let kv = input.positions.len();
+        match input.attention {
+            Some(attn) => {
+                let n = attn.dims()[2];
+                attn.clone().mean_dim(0).reshape([1, n]).expand([kv, n])
+            }
+            None => recency(input.positions, 0, input.device),
+        }
+    }
+}
+
+/// H2O (Heavy-Hitter Oracle): attention column sums over all prompt queries (causal),
+/// group-averaged, unpooled. Computed in query chunks of at most `chunk_elements`
+/// attention entries so that memory stays bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct H2o {
+    /// Largest attention chunk `[H, rows, keys]` materialised at once, in elements.
+    pub chunk_elements: usize,
+}
+
+impl Default for H2o {
+    fn default() -> Self {
+        Self {
+            chunk_elements: 1 << 24,
+        }
+    }
+}
+
+impl H2o {
+    /// Column sums of the causal attention of all `S` queries, `[H, S]`.
+    pub fn column_sums<B: Backend>(
+        &self,
+        queries: &Tensor<B, 3>,
+        keys: &Tensor<B, 3>,
+    ) -> Tensor<B, 2> {
+        let [heads, s_q, _] = queries.dims();
+        let [_, len, _] = keys.dims();
+        let rows = (self.chunk_elements / (heads * len).max(1)).clamp(1, s_q.max(1));
+        let offset = len - s_q.min(len); // queries sit at the last s_q key positions
+        let mut acc = Tensor::<B, 2>::zeros([heads, len], &keys.device());
+        let mut start = 0;
+        while start < s_q {
+            let n = rows.min(s_q - start);
+            let visible = offset + start + n; // keys 0..visible can be seen by this chunk
+            let q = queries.clone().narrow(1, start, n); // [H, n, d]
+            let k = keys.clone().narrow(1, 0, visible); // [Hkv, visible, d]
+            let attn = attention(q, k, Some(offset + start)); // [H, n, visible]
+            let sums = attn.sum_dim(1).reshape([heads, visible]); // [H, visible]
+            let sums = if visible < len {
+                Tensor::cat(
+                    vec![sums, Tensor::zeros([heads, len - visible], &keys.device())],
+                    1,
+                )
+            } else {
+                sums
+            };
+            acc = acc + sums;
+            start += n;
+        }
+        acc
+    }
+}
+
+impl<B: Backend> Scorer<B> for H2o {
+    fn name(&self) -> &'static str {
+        "h2o"
+    }
+
+    fn accumulates(&self) -> bool {
+        true
+    }
+
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        let kv = input.keys.dims()[0];
+        group_mean(self.column_sums(input.queries, input.keys), kv)
+    }
+
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {
+        let Some(fresh) = decode_attention_scores(&input, 1) else {
+            return recency(input.positions, 0, input.device);
+        };
+        match input.stored {
+            Some(stored) => stored + fresh,
+            None => fresh,
+        }
+    }
+}
+
+/// StreamingLLM: the first `sinks` tokens, then the most recent ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Streaming {
+    /// Attention sinks always kept (4).
+    pub sinks: usize,
+}
+
+impl Default for Streaming {
+    fn default() -> Self {
+        Self { sinks: 4 }
+    }
+}
+
+impl<B: Backend> Scorer<B> for Streaming {
+    fn name(&self) -> &'static str {
+        "streaming"
+    }
+
+    fn needs_window_attention(&self) -> bool {
+        false
+    }
+
+    fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        let [kv, len, _] = input.keys.dims();
+        recency(
+            &vec![(0..len).collect(); kv],
+            self.sinks,
+            &input.keys.device(),
+        )
+    }
+
+    fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {
+        recency(input.positions, self.sinks, input.device)
+    }
+}
+
+/// The scorer names accepted on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScorerKind {
+    /// [`Streaming`].
+    Streaming,
+    /// [`H2o`].
+    H2o,
+    /// [`Tova`].
+    Tova,
+    /// [`SnapKv`].
+    SnapKv,
+    /// [`Cake`].
+    Cake,
+}
+
+impl ScorerKind {
+    /// Every kind with its name.
+    pub const ALL: [(ScorerKind, &'static str); 5] = [
+        (Self::Streaming, "streaming"),
+        (Self::H2o, "h2o"),
+        (Self::Tova, "tova"),
+        (Self::SnapKv, "snapkv"),
+        (Self::Cake, "cake"),
+    ];
+
+    /// The kind's name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("?", |(_, n)| n)
+    }
+}
+
+impl FromStr for ScorerKind {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == wanted)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| ConfigError::UnknownName {
+                what: "scorer",
+                name: s.to_string(),
+                valid: Self::ALL
+                    .iter()
+                    .map(|(_, n)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+impl std::fmt::Display for ScorerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

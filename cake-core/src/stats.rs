@@ -1,0 +1,197 @@
+//! Window statistics as tensor functions generic over Burn's `Backend`
+//! (`cake-algorithm.md`, sections 1-3), plus the host-side top-k used by eviction.
+//!
+//! All softmaxes run in f32 whatever the backend's float type.
+
+use burn::tensor::{
+    Bool, DType, ElementConversion, Tensor, TensorData, activation::softmax, backend::Backend,
+    module::avg_pool1d,
+};
+
+use crate::allocator::LayerPreference;
+
+/// Softmax attention of `queries` over `keys` with grouped-query sharing.
+///
+/// `queries`: `[H, n, d]`, `keys`: `[Hkv, S, d]`, `H = G * Hkv`, query head `h` reads KV
+/// head `h / G`. Scores are scaled by `1 / sqrt(d)` and softmaxed over keys in f32.
+/// With `causal_from = Some(p)`, query row `i` sits at key index `p + i` and cannot see
+/// keys after it; `None` lets every query see every key (a decoding query).
+/// Returns `[H, n, S]` (f32).
+pub fn attention<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    causal_from: Option<usize>,
+) -> Tensor<B, 3> {
+    let [heads, n, dim] = queries.dims();
+    let [kv_heads, len, _] = keys.dims();
+    let group = heads / kv_heads.max(1);
+    let scale = 1.0 / (dim as f64).sqrt();
+    // [Hkv, G * n, d]: query head h = kv * G + g, rows ordered (g, i).
+    let q = queries.cast(DType::F32).reshape([kv_heads, group * n, dim]);
+    // [Hkv, d, S]
+    let k = keys.cast(DType::F32).swap_dims(1, 2);
+    // [H, n, S]
+    let scores = q.matmul(k).mul_scalar(scale).reshape([heads, n, len]);
+    let scores = match causal_from {
+        // Row 0 already sees every key: nothing to mask.
+        Some(first) if first + 1 >= len => scores,
+        Some(first) => {
+            let device = scores.device();
+            let mask: Vec<bool> = (0..n)
+                .flat_map(|i| (0..len).map(move |j| j > first + i))
+                .collect();
+            // [1, n, S] -> [H, n, S]
+            let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [1, n, len]), &device)
+                .expand([heads, n, len]);
+            scores.mask_fill(mask, f32::NEG_INFINITY)
+        }
+        None => scores,
+    };
+    softmax(scores, 2)
+}
+
+/// Window attention `A[h, q, j]` of the last `window` queries over all `S` keys,
+/// causal inside the last `w x w` block (section 1).
+///
+/// `queries`: `[H, S, d]` post-RoPE, `keys`: `[Hkv, S, d]`. The window is clamped to
+/// `S`. Returns `[H, w, S]`.
+pub fn window_attention<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    window: usize,
+) -> Tensor<B, 3> {
+    let [_, s_q, _] = queries.dims();
+    let [_, len, _] = keys.dims();
+    let w = window.min(s_q).min(len);
+    // [H, w, d]
+    let last = queries.narrow(1, s_q - w, w);
+    attention(last, keys, Some(len - w))
+}
+
+/// Layer preference parts from window attention `[H, w, S]` (section 2): over the keys
+/// before the window `A_p = A[:, :, ..S - w]`, `H = -sum A_p ln(A_p + 1e-10)` and
+/// `V = sum_{h,j} var_q A_p` (unbiased; 0 when `w < 2`). Both are 0 when `S <= w`.
+pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
+    let [_, w, len] = attn.dims();
+    let prefix = len.saturating_sub(w);
+    if prefix == 0 || w == 0 {
+        return LayerPreference::default();
+    }
+    // [H, w, S - w]
+    let a = attn.clone().narrow(2, 0, prefix);
+    let entropy = -(a.clone() * a.clone().add_scalar(1e-10).log())
+        .sum()
+        .into_scalar()
+        .elem::<f64>();
+    let variance = if w >= 2 {
+        a.var(1).sum().into_scalar().elem::<f64>()
+    } else {
+        0.0
+    };
+    LayerPreference { entropy, variance }
+}
+
+/// Per-query-head statistic `mean_q A + gamma * var_q A` over the window queries
+/// (unbiased variance, 0 when `w < 2`): `[H, w, N] -> [H, N]` (section 3, before pooling).
+pub fn mean_plus_var<B: Backend>(attn: Tensor<B, 3>, gamma: f64) -> Tensor<B, 2> {
+    let [heads, w, n] = attn.dims();
+    let mean = attn.clone().mean_dim(1);
+    let out = if w >= 2 && gamma != 0.0 {
+        mean + attn.var(1).mul_scalar(gamma)
+    } else {
+        mean
+    };
+    out.reshape([heads, n])
+}
+
+/// 1-D average pooling along the last axis: width `kernel` (odd), stride 1, zero
+/// padding `kernel / 2`, always divided by `kernel`. `[R, N] -> [R, N]`.
+pub fn avg_pool<B: Backend>(scores: Tensor<B, 2>, kernel: usize) -> Tensor<B, 2> {
+    let [rows, n] = scores.dims();
+    if kernel <= 1 || n == 0 {
+        return scores;
+    }
+    // [R, 1, N]
+    let x = scores.reshape([rows, 1, n]);
+    avg_pool1d(x, kernel, 1, kernel / 2, true, false).reshape([rows, n])
+}
+
+/// Pools the first `candidates` columns of `[R, N]` (zero padding at their edge, as if
+/// the rest did not exist) and leaves the other columns as they are.
+pub fn pool_prefix<B: Backend>(
+    scores: Tensor<B, 2>,
+    candidates: usize,
+    kernel: usize,
+) -> Tensor<B, 2> {
+    let [_, n] = scores.dims();
+    let candidates = candidates.min(n);
+    if kernel <= 1 || candidates == 0 {
+        return scores;
+    }
+    if candidates == n {
+        return avg_pool(scores, kernel);
+    }
+    let head = avg_pool(scores.clone().narrow(1, 0, candidates), kernel);
+    let tail = scores.narrow(1, candidates, n - candidates);
+    Tensor::cat(vec![head, tail], 1)
+}
+
+/// Mean over the `G = H / Hkv` query heads of each KV head: `[H, N] -> [Hkv, N]`.
+pub fn group_mean<B: Backend>(scores: Tensor<B, 2>, num_kv_heads: usize) -> Tensor<B, 2> {
+    let [heads, n] = scores.dims();
+    let kv = num_kv_heads.max(1);
+    if kv == heads {
+        return scores;
+    }
+    scores
+        .reshape([kv, heads / kv, n])
+        .mean_dim(1)
+        .reshape([kv, n])
+}
+
+/// CAKE's eviction indicator for window attention `[H, w, S]` (section 3):
+/// `mean_q A + gamma * var_q A`, pooled over the `S - w` keys before the window, then
+/// averaged over each KV head's query group. Returns `[Hkv, S]`; the last `w` columns
+/// (the window, always kept) carry the unpooled statistic.
+pub fn cake_indicator<B: Backend>(
+    attn: Tensor<B, 3>,
+    gamma: f64,
+    kernel: usize,
+    num_kv_heads: usize,
+) -> Tensor<B, 2> {
+    let [_, w, len] = attn.dims();
+    let stat = mean_plus_var(attn, gamma); // [H, S]
+    let pooled = pool_prefix(stat, len.saturating_sub(w), kernel); // [H, S]
+    group_mean(pooled, num_kv_heads) // [Hkv, S]
+}
+
+/// Indices of the `k` largest values of `row`, ascending. Ties go to the later index
+/// (the more recent token); NaN ranks below everything.
+pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
+    let k = k.min(row.len());
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let key = |i: usize| {
+        if row[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            row[i]
+        }
+    };
+    // Descending by (score, index).
+    let cmp = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(b.cmp(a));
+    if k < idx.len() && k > 0 {
+        idx.select_nth_unstable_by(k - 1, cmp);
+    }
+    idx.truncate(k);
+    idx.sort_unstable();
+    idx
+}
+
+/// Row-major host copy of a 2-D tensor as f32.
+pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    t.cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap_or_default()
+}
