@@ -1,1 +1,26 @@
-//! cake-longbench (work in progress)
+//! LongBench v1 for cake-rs: the data format, prompt templates and truncation, resumable
+//! prediction files, the official metrics ported exactly, and an offline synthetic suite in
+//! the same format.
+//!
+//! Nothing here depends on a model: prompt building takes a [`PromptTokenizer`] and the
+//! prediction loop a [`Generator`], both small traits the CLI implements for a real model.
+
+pub mod approx_tokenizer;
+pub mod eval;
+pub mod metrics;
+pub mod predict;
+pub mod prompt;
+pub mod pytext;
+pub mod record;
+pub mod registry;
+
+pub use approx_tokenizer::ApproxTokenizer;
+pub use eval::{DatasetScore, EvalError, EvalResult, evaluate_dir};
+pub use metrics::{Metric, MetricError};
+pub use predict::{
+    BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
+    StopRule, predict_dataset,
+};
+pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
+pub use record::{DataError, LongBenchRecord, read_dataset};
+pub use registry::{DatasetSpec, Language, RegistryError};

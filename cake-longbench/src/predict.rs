@@ -1,0 +1,368 @@
+//! The prediction loop: build each record's prompt, let a [`Generator`] answer, and append
+//! one line per record to `<out>/<dataset>.jsonl`, flushed to disk line by line.
+//!
+//! Lines are `{"pred", "answers", "all_classes", "length", "_id", "depth"}`; LongBench's
+//! `eval.py` reads the first four and ignores the rest. Resuming is exact: the complete
+//! lines already in the file must be the first records of the dataset, in order (checked
+//! through `_id`); they are skipped, and a torn last line (a crash mid-write) is cut off
+//! and redone. A record is therefore never lost and never written twice.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::prompt::{PromptError, PromptTokenizer, build_prompt};
+use crate::record::{DataError, LongBenchRecord};
+use crate::registry::DatasetSpec;
+
+/// Boxed error from a generator.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// When generation must stop (besides the model's end-of-sequence tokens and
+/// `max_new_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StopRule {
+    /// A token that decodes to a newline also ends generation (samsum). As in LongBench,
+    /// the newline token is part of the output.
+    pub stop_on_newline: bool,
+    /// End tokens (EOS, and the newline when `stop_on_newline`) are suppressed until this
+    /// many tokens were generated (`min_length = prompt + 1` in LongBench's samsum call).
+    pub min_new_tokens: usize,
+}
+
+impl StopRule {
+    /// The rule a dataset asks for.
+    pub fn for_dataset(spec: &DatasetSpec) -> Self {
+        Self {
+            stop_on_newline: spec.stop_on_newline,
+            min_new_tokens: spec.min_new_tokens,
+        }
+    }
+}
+
+/// What a generator returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GenerationOutcome {
+    /// Generated text, special tokens skipped.
+    pub text: String,
+    /// Tokens in the prompt as the model saw it.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+}
+
+/// A model that answers prompts (greedy decoding in LongBench).
+pub trait Generator {
+    /// Generate at most `max_new_tokens` tokens after `prompt`, obeying `stop`.
+    fn generate(
+        &mut self,
+        prompt: &str,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError>;
+}
+
+/// One line of a prediction file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionLine {
+    /// The model's answer.
+    pub pred: String,
+    /// Gold answers (copied from the record).
+    pub answers: Vec<String>,
+    /// Class labels (copied from the record).
+    pub all_classes: Option<Vec<String>>,
+    /// Record length (copied from the record).
+    pub length: u64,
+    /// Record id (extra field, used to resume safely).
+    #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Answer depth of synthetic records (extra field, for depth x length heatmaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<f64>,
+}
+
+/// Progress of the loop, reported after every record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress<'a> {
+    /// 0-based index of the record in the dataset.
+    pub index: usize,
+    /// Record id.
+    pub id: &'a str,
+    /// Whether it was already in the file (skipped) rather than generated now.
+    pub resumed: bool,
+    /// The generation, when one ran.
+    pub outcome: Option<&'a GenerationOutcome>,
+    /// Whether the prompt's middle was cut out.
+    pub truncated: bool,
+}
+
+/// What a prediction run did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PredictSummary {
+    /// Records found already complete in the file and skipped.
+    pub resumed: usize,
+    /// Records generated in this run.
+    pub generated: usize,
+    /// Of those, prompts whose middle was cut out.
+    pub truncated: usize,
+    /// Bytes of a torn last line that were cut off before resuming.
+    pub repaired_bytes: u64,
+    /// Prompt tokens over all generated records.
+    pub prompt_tokens: usize,
+    /// New tokens over all generated records.
+    pub new_tokens: usize,
+}
+
+/// The prediction loop failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// Reading the dataset failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A prompt could not be built.
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// File system error on the prediction file.
+    #[error("prediction file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A complete line of an existing prediction file is not valid.
+    #[error(
+        "{path}:{line}: existing prediction line is not valid JSON ({source}); move the file away to start over"
+    )]
+    CorruptLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Parse error.
+        source: serde_json::Error,
+    },
+    /// The existing file does not belong to this dataset's records.
+    #[error(
+        "{path}:{line}: holds record {found:?} but the dataset's record {line} is {expected:?}; the file belongs to other data, move it away to start over"
+    )]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Id in the file.
+        found: String,
+        /// Id expected at that position.
+        expected: String,
+    },
+    /// The file has more complete lines than the dataset has records.
+    #[error("{path} has {lines} predictions but the dataset has only {records} records")]
+    TooManyLines {
+        /// The file.
+        path: PathBuf,
+        /// Complete lines in the file.
+        lines: usize,
+        /// Records in the dataset.
+        records: usize,
+    },
+    /// `max_length` is too small to hold any prompt.
+    #[error("max_length must be at least 2 tokens (got {0})")]
+    MaxLength(usize),
+    /// The generator failed.
+    #[error("generation failed on record {index} ({id}): {source}")]
+    Generation {
+        /// 0-based record index.
+        index: usize,
+        /// Record id.
+        id: String,
+        /// Cause.
+        source: BoxError,
+    },
+}
+
+/// Existing complete prediction lines of a file, after cutting off a torn last line.
+struct Existing {
+    lines: Vec<PredictionLine>,
+    repaired_bytes: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PredictError + '_ {
+    move |source| PredictError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Read the complete lines of `path` and truncate the file after the last one.
+/// A last line without its newline, or one that does not parse, counts as torn.
+fn load_existing(path: &Path) -> Result<Existing, PredictError> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Existing {
+                lines: Vec::new(),
+                repaired_bytes: 0,
+            });
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let mut lines = Vec::new();
+    let mut good_end = 0usize;
+    let mut start = 0usize;
+    let mut line_no = 0usize;
+    while start < bytes.len() {
+        line_no += 1;
+        let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') else {
+            break; // no newline: torn
+        };
+        let raw = &bytes[start..start + nl];
+        let next = start + nl + 1;
+        let is_last = next >= bytes.len();
+        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+            start = next;
+            good_end = next;
+            continue;
+        }
+        match serde_json::from_slice::<PredictionLine>(raw) {
+            Ok(line) => {
+                lines.push(line);
+                good_end = next;
+            }
+            // A bad final line is what a crash between write and flush leaves: redo it.
+            Err(_) if is_last => break,
+            Err(source) => {
+                return Err(PredictError::CorruptLine {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    source,
+                });
+            }
+        }
+        start = next;
+    }
+    let repaired_bytes = (bytes.len() - good_end) as u64;
+    if repaired_bytes > 0 {
+        file.set_len(good_end as u64).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+    }
+    Ok(Existing {
+        lines,
+        repaired_bytes,
+    })
+}
+
+/// Append one line (a single write of the JSON plus its newline) and push it to disk.
+fn append_line(file: &mut File, path: &Path, line: &PredictionLine) -> Result<(), PredictError> {
+    let mut buf = serde_json::to_vec(line).map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+    buf.push(b'\n');
+    file.write_all(&buf).map_err(io_err(path))?;
+    file.flush().map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))
+}
+
+/// Predict every record of a dataset into `out_file`, resuming what is already there.
+///
+/// `records` are the dataset's records in order (e.g. [`crate::record::read_dataset`]);
+/// `max_length` is the prompt budget in tokens (LongBench's `model2maxlen`); `progress`
+/// is called after each record.
+pub fn predict_dataset<I, T, G, P>(
+    records: I,
+    spec: &DatasetSpec,
+    tokenizer: &T,
+    generator: &mut G,
+    out_file: &Path,
+    max_length: usize,
+    mut progress: P,
+) -> Result<PredictSummary, PredictError>
+where
+    I: IntoIterator<Item = Result<LongBenchRecord, DataError>>,
+    T: PromptTokenizer + ?Sized,
+    G: Generator + ?Sized,
+    P: FnMut(&Progress<'_>),
+{
+    if max_length < 2 {
+        return Err(PredictError::MaxLength(max_length));
+    }
+    if let Some(parent) = out_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let existing = load_existing(out_file)?;
+    let mut summary = PredictSummary {
+        repaired_bytes: existing.repaired_bytes,
+        ..Default::default()
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out_file)
+        .map_err(io_err(out_file))?;
+    file.seek(SeekFrom::End(0)).map_err(io_err(out_file))?;
+    let stop = StopRule::for_dataset(spec);
+    let mut seen = 0usize;
+    for (index, record) in records.into_iter().enumerate() {
+        let record = record?;
+        seen = index + 1;
+        if let Some(done) = existing.lines.get(index) {
+            if let Some(found) = &done.id
+                && *found != record.id
+            {
+                return Err(PredictError::Mismatch {
+                    path: out_file.to_path_buf(),
+                    line: index + 1,
+                    found: found.clone(),
+                    expected: record.id.clone(),
+                });
+            }
+            summary.resumed += 1;
+            progress(&Progress {
+                index,
+                id: &record.id,
+                resumed: true,
+                outcome: None,
+                truncated: false,
+            });
+            continue;
+        }
+        let prompt = build_prompt(&record, spec, tokenizer, max_length)?;
+        let outcome = generator
+            .generate(&prompt.text, spec.max_new_tokens, &stop)
+            .map_err(|source| PredictError::Generation {
+                index,
+                id: record.id.clone(),
+                source,
+            })?;
+        let line = PredictionLine {
+            pred: outcome.text.clone(),
+            answers: record.answers,
+            all_classes: record.all_classes,
+            length: record.length,
+            id: Some(record.id.clone()),
+            depth: record.depth,
+        };
+        append_line(&mut file, out_file, &line)?;
+        summary.generated += 1;
+        summary.truncated += usize::from(prompt.truncated);
+        summary.prompt_tokens += outcome.prompt_tokens;
+        summary.new_tokens += outcome.new_tokens;
+        progress(&Progress {
+            index,
+            id: &record.id,
+            resumed: false,
+            outcome: Some(&outcome),
+            truncated: prompt.truncated,
+        });
+    }
+    if existing.lines.len() > seen {
+        return Err(PredictError::TooManyLines {
+            path: out_file.to_path_buf(),
+            lines: existing.lines.len(),
+            records: seen,
+        });
+    }
+    Ok(summary)
+}
