@@ -1,1 +1,358 @@
-//! layers (in progress)
+//! Building blocks shared by every architecture: linear projection, RMSNorm, rotary
+//! embedding (with Llama-3 frequency scaling), SwiGLU MLP, grouped-query attention over a
+//! [`LayerCache`], and the decoder layer that combines them.
+//!
+//! Everything works on one sequence (no batch dimension) in the backend's float type.
+
+use burn::tensor::{Tensor, TensorData, activation, backend::Backend};
+use cake_core::LayerCache;
+
+use crate::config::{Llama3RopeScaling, RopeConfig};
+
+/// Largest number of attention scores (`H x query block x keys`) materialised at once;
+/// bounds prefill memory at long contexts (64 Mi floats = 256 MiB in f32).
+const MAX_SCORE_ELEMENTS: usize = 1 << 26;
+/// Upper bound of a query block, so that causal prefill skips most future keys.
+const MAX_QUERY_BLOCK: usize = 256;
+
+/// `y = x W + b` with `W` stored `[in, out]` (the transpose of PyTorch's layout).
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    /// `[in, out]`
+    pub weight: Tensor<B, 2>,
+    /// `[out]`
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// `x`: `[S, in]` -> `[S, out]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        }
+    }
+}
+
+/// Root-mean-square normalisation: `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: Backend> {
+    /// `[hidden]`
+    pub weight: Tensor<B, 1>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// `x`: `[S, hidden]` -> `[S, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        // [S, 1]
+        let inv_rms = (x.clone().powi_scalar(2).mean_dim(1) + self.eps)
+            .sqrt()
+            .recip();
+        x * inv_rms * self.weight.clone().unsqueeze_dim::<2>(0)
+    }
+}
+
+/// Rotary position embedding in the Hugging Face "rotate half" layout.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    /// Inverse frequencies `[d / 2]`, computed in f32 exactly as transformers does.
+    inv_freq: Vec<f32>,
+}
+
+impl Rotary {
+    /// Frequencies for a head width `head_dim` (even).
+    pub fn new(head_dim: usize, rope: &RopeConfig) -> Self {
+        let theta = rope.theta as f32;
+        let mut inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / theta.powf(i as f32 / head_dim as f32))
+            .collect();
+        if let Some(scaling) = &rope.llama3 {
+            llama3_scale(&mut inv_freq, scaling);
+        }
+        Self { inv_freq }
+    }
+
+    /// Inverse frequencies `[d / 2]`.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// Cosines and sines for positions `start..start + n`: two `[n, d / 2]` tensors.
+    pub fn tables<B: Backend>(
+        &self,
+        start: usize,
+        n: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for pos in start..start + n {
+            for &f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(cos, [n, half]), device),
+            Tensor::from_data(TensorData::new(sin, [n, half]), device),
+        )
+    }
+
+    /// Rotates `x`: `[heads, n, d]` with tables `[n, d / 2]` -> `[heads, n, d]`.
+    pub fn apply<B: Backend>(
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let [_, _, d] = x.dims();
+        let half = d / 2;
+        // [1, n, d/2]
+        let (cos, sin) = (
+            cos.clone().unsqueeze_dim::<3>(0),
+            sin.clone().unsqueeze_dim::<3>(0),
+        );
+        let x1 = x.clone().narrow(2, 0, half);
+        let x2 = x.narrow(2, half, half);
+        let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+        let r2 = x2 * cos + x1 * sin;
+        Tensor::cat(vec![r1, r2], 2)
+    }
+}
+
+/// Llama-3.1 frequency scaling (transformers' `_compute_llama3_parameters`, in f32):
+/// long wavelengths are divided by `factor`, short ones kept, the band between smoothed.
+fn llama3_scale(inv_freq: &mut [f32], s: &Llama3RopeScaling) {
+    let old_len = s.original_max_position_embeddings as f32;
+    let (factor, low, high) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+    );
+    let low_freq_wavelen = old_len / low;
+    let high_freq_wavelen = old_len / high;
+    for f in inv_freq.iter_mut() {
+        let wavelen = 2.0 * std::f32::consts::PI / *f;
+        let scaled = if wavelen > low_freq_wavelen {
+            *f / factor
+        } else {
+            *f
+        };
+        // Between the two wavelengths, bounds included (NaN-free inputs).
+        let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
+        *f = if medium {
+            let smooth = (old_len / wavelen - low) / (high - low);
+            (1.0 - smooth) * scaled / factor + smooth * scaled
+        } else {
+            scaled
+        };
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp<B: Backend> {
+    /// `[hidden, inter]`
+    pub gate: Linear<B>,
+    /// `[hidden, inter]`
+    pub up: Linear<B>,
+    /// `[inter, hidden]`
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `x`: `[S, hidden]` -> `[S, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let gate = activation::silu(self.gate.forward(x.clone()));
+        self.down.forward(gate * self.up.forward(x))
+    }
+}
+
+/// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
+/// KV head (no repeated copies for the G query heads of a group).
+#[derive(Debug, Clone)]
+pub struct Attention<B: Backend> {
+    /// `[hidden, H * d]`
+    pub q: Linear<B>,
+    /// `[hidden, Hkv * d]`
+    pub k: Linear<B>,
+    /// `[hidden, Hkv * d]`
+    pub v: Linear<B>,
+    /// `[H * d, hidden]`
+    pub o: Linear<B>,
+    /// Query heads H.
+    pub num_heads: usize,
+    /// Key/value heads Hkv.
+    pub num_kv_heads: usize,
+    /// Head width d.
+    pub head_dim: usize,
+    /// Sliding window (keys at `p - w < j <= p`), or full causal attention.
+    pub window: Option<usize>,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Projects `x`: `[S, hidden]` at absolute positions `start..start + S`, rotates,
+    /// appends the new keys/values to `cache`, attends over everything the cache holds
+    /// (masked by the cached positions) and returns the output `[S, hidden]` together with
+    /// the post-RoPE queries `[H, S, d]` (for the KV-compression hooks).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &(Tensor<B, 2>, Tensor<B, 2>),
+        cache: &mut LayerCache<B>,
+    ) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let [s, _] = x.dims();
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // [H, S, d]
+        let q = self.q.forward(x.clone()).reshape([s, h, d]).swap_dims(0, 1);
+        // [Hkv, S, d]
+        let k = self
+            .k
+            .forward(x.clone())
+            .reshape([s, hkv, d])
+            .swap_dims(0, 1);
+        let v = self.v.forward(x).reshape([s, hkv, d]).swap_dims(0, 1);
+        let q = Rotary::apply(q, &rope.0, &rope.1);
+        let k = Rotary::apply(k, &rope.0, &rope.1);
+        cache.append(k, v, start);
+        // [H, S, d]
+        let out = self.attend(q.clone(), start, cache);
+        let out = out.swap_dims(0, 1).reshape([s, h * d]);
+        (self.o.forward(out), q)
+    }
+
+    /// Exact softmax attention of queries `q`: `[H, S, d]` at positions `start..start+S`
+    /// over the cached keys/values (`[Hkv, L, d]`), causal by cached position and limited
+    /// to the sliding window if any. Processes blocks of queries so that at most
+    /// [`MAX_SCORE_ELEMENTS`] scores exist at once, and gives each block only the key
+    /// range it can see. Returns `[H, S, d]`.
+    pub fn attend(&self, q: Tensor<B, 3>, start: usize, cache: &LayerCache<B>) -> Tensor<B, 3> {
+        let [h, s, d] = q.dims();
+        let hkv = self.num_kv_heads;
+        let g = h / hkv;
+        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+            unreachable!("attend is only called after appending to the cache")
+        };
+        let positions = cache.positions();
+        let len = cache.len();
+        let device = q.device();
+        let scale = 1.0 / (d as f64).sqrt();
+        // [Hkv, G, S, d]: query heads h = kv * G + g share KV head kv.
+        let q = (q * scale).reshape([hkv, g, s, d]);
+        let block = (MAX_SCORE_ELEMENTS / (h * len).max(1)).clamp(1, MAX_QUERY_BLOCK);
+        let mut outputs = Vec::with_capacity(s.div_ceil(block));
+        for q0 in (0..s).step_by(block) {
+            let c = block.min(s - q0);
+            let (p_first, p_last) = (start + q0, start + q0 + c - 1);
+            // Visible key index range: positions are ascending per head.
+            let lo = match self.window {
+                Some(w) if p_first >= w => positions
+                    .iter()
+                    .map(|p| p.partition_point(|&j| j <= p_first - w))
+                    .min()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            let hi = positions
+                .iter()
+                .map(|p| p.partition_point(|&j| j <= p_last))
+                .max()
+                .unwrap_or(0);
+            let n = hi - lo;
+            // [Hkv, G*c, d]
+            let qc = q.clone().narrow(2, q0, c).reshape([hkv, g * c, d]);
+            // [Hkv, n, d]
+            let kc = keys.clone().narrow(1, lo, n);
+            let vc = values.clone().narrow(1, lo, n);
+            // [Hkv, G, c, n]
+            let mut scores = qc.matmul(kc.swap_dims(1, 2)).reshape([hkv, g, c, n]);
+            if let Some(bias) = self.mask_bias(positions, lo, hi, p_first, c, &device) {
+                scores = scores + bias;
+            }
+            let probs = activation::softmax(scores, 3).reshape([hkv, g * c, n]);
+            // [Hkv, G, c, d]
+            outputs.push(probs.matmul(vc).reshape([hkv, g, c, d]));
+        }
+        Tensor::cat(outputs, 2).reshape([h, s, d])
+    }
+
+    /// Additive mask `[Hkv or 1, 1, c, n]` (0 or -inf) for queries at `p_first..p_first+c`
+    /// over key indices `lo..hi`, or `None` when every key is visible to every query.
+    fn mask_bias(
+        &self,
+        positions: &[Vec<usize>],
+        lo: usize,
+        hi: usize,
+        p_first: usize,
+        c: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4>> {
+        let visible = |q: usize, j: usize| j <= q && self.window.is_none_or(|w| j + w > q);
+        let p_last = p_first + c - 1;
+        let all_visible = positions.iter().all(|p| {
+            p[lo..hi]
+                .iter()
+                .all(|&j| visible(p_first, j) && visible(p_last, j))
+        });
+        if all_visible {
+            return None;
+        }
+        let same = positions.iter().all(|p| p[lo..hi] == positions[0][lo..hi]);
+        let heads = if same { 1 } else { positions.len() };
+        let n = hi - lo;
+        let mut bias = Vec::with_capacity(heads * c * n);
+        for p in &positions[..heads] {
+            for q in p_first..=p_last {
+                bias.extend(p[lo..hi].iter().map(|&j| {
+                    if visible(q, j) {
+                        0.0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+        }
+        Some(Tensor::from_data(
+            TensorData::new(bias, [heads, 1, c, n]),
+            device,
+        ))
+    }
+}
+
+/// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_norm: RmsNorm<B>,
+    /// Self-attention.
+    pub attention: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_norm: RmsNorm<B>,
+    /// Feed-forward.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// `x`: `[S, hidden]` at positions `start..start + S` -> (`[S, hidden]`, post-RoPE
+    /// queries `[H, S, d]`); appends this layer's keys/values to `cache`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &(Tensor<B, 2>, Tensor<B, 2>),
+        cache: &mut LayerCache<B>,
+    ) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let (attn, q) =
+            self.attention
+                .forward(self.input_norm.forward(x.clone()), start, rope, cache);
+        let x = x + attn;
+        let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
+        (x, q)
+    }
+}

@@ -1,1 +1,331 @@
-//! model (in progress)
+//! The decoder shared by Llama, Mistral and Qwen2: embedding, decoder layers, final norm and
+//! output head, with explicit absolute positions and one [`LayerCache`] per layer.
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use cake_core::{KvCompressor, LayerCache};
+
+use crate::config::DecoderConfig;
+use crate::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary};
+use crate::weights::{HostTensor, WeightError, WeightSource};
+
+/// A call the model cannot serve (bad tokens, positions or caches).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// Prefill of zero tokens.
+    #[error("the prompt is empty: give at least one token")]
+    EmptyPrompt,
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary (size {vocab_size})")]
+    TokenOutOfRange {
+        /// The id.
+        token: u32,
+        /// Vocabulary size.
+        vocab_size: usize,
+    },
+    /// The caches slice does not have one cache per layer.
+    #[error("expected {expected} layer caches (one per decoder layer), got {got}")]
+    CacheCount {
+        /// Number of layers.
+        expected: usize,
+        /// Number of caches given.
+        got: usize,
+    },
+    /// Prefill into caches that already hold tokens.
+    #[error("prefill needs empty caches (use Model::new_caches)")]
+    CachesNotEmpty,
+    /// Decoding at a position not after every cached token.
+    #[error("decode position {position} is not after the last cached position {last}")]
+    PositionNotAfterCache {
+        /// Requested position.
+        position: usize,
+        /// Largest cached position.
+        last: usize,
+    },
+}
+
+/// Which prefill logits to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillLogits {
+    /// Only the last prompt position: `[1, vocab]`.
+    Last,
+    /// Every prompt position: `[S, vocab]`.
+    All,
+}
+
+/// Result of [`Model::prefill`].
+#[derive(Debug, Clone)]
+pub struct Prefill<B: Backend> {
+    /// `[1, vocab]` or `[S, vocab]`, see [`PrefillLogits`].
+    pub logits: Tensor<B, 2>,
+    /// Largest total K/V bytes held by all caches at any point of the prefill (measured
+    /// after each layer's append, before the compressor runs).
+    pub peak_kv_bytes: usize,
+}
+
+/// A decoder-only transformer (Llama / Mistral / Qwen2 family) on backend `B`.
+#[derive(Debug, Clone)]
+pub struct Model<B: Backend> {
+    config: DecoderConfig,
+    /// `[vocab, hidden]`
+    embed: Tensor<B, 2>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    /// `[hidden, vocab]`; `None` when tied to the embedding.
+    lm_head: Option<Tensor<B, 2>>,
+    rotary: Rotary,
+    device: B::Device,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model from Hugging Face-named weights (`model.embed_tokens.weight`,
+    /// `model.layers.{i}.self_attn.q_proj.weight`, ...), checking every shape against
+    /// `config`. A tied output head is used when the config says so or `lm_head.weight`
+    /// is absent and the config does not contradict it.
+    pub fn from_weights(
+        config: &DecoderConfig,
+        source: &mut dyn WeightSource,
+        device: &B::Device,
+    ) -> Result<Self, WeightError> {
+        let c = config;
+        let (hid, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kvd) = (c.num_heads * d, c.num_kv_heads * d);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut linear = |name: &str, out: usize, inp: usize, bias: bool| {
+                load_linear::<B>(source, &format!("{p}.{name}"), out, inp, bias, device)
+            };
+            let attention = Attention {
+                q: linear("self_attn.q_proj", qd, hid, c.qkv_bias)?,
+                k: linear("self_attn.k_proj", kvd, hid, c.qkv_bias)?,
+                v: linear("self_attn.v_proj", kvd, hid, c.qkv_bias)?,
+                o: linear("self_attn.o_proj", hid, qd, false)?,
+                num_heads: c.num_heads,
+                num_kv_heads: c.num_kv_heads,
+                head_dim: d,
+                window: c.sliding_window.get(i).copied().flatten(),
+            };
+            let mlp = Mlp {
+                gate: linear("mlp.gate_proj", inter, hid, false)?,
+                up: linear("mlp.up_proj", inter, hid, false)?,
+                down: linear("mlp.down_proj", hid, inter, false)?,
+            };
+            layers.push(DecoderLayer {
+                input_norm: load_norm(source, &format!("{p}.input_layernorm.weight"), c, device)?,
+                attention,
+                post_attention_norm: load_norm(
+                    source,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    c,
+                    device,
+                )?,
+                mlp,
+            });
+        }
+        let embed = source.take_shaped("model.embed_tokens.weight", &[c.vocab_size, hid])?;
+        let embed = host_to_tensor::<B, 2>(embed, device);
+        let norm = load_norm(source, "model.norm.weight", c, device)?;
+        let lm_head = if c.tie_word_embeddings || !source.contains("lm_head.weight") {
+            None
+        } else {
+            Some(load_linear::<B>(source, "lm_head", c.vocab_size, hid, false, device)?.weight)
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(d, &c.rope),
+            device: device.clone(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// One empty cache per layer.
+    pub fn new_caches(&self) -> Vec<LayerCache<B>> {
+        (0..self.layers.len()).map(|_| LayerCache::new()).collect()
+    }
+
+    /// Prefill: runs `tokens` at positions `0..S` through every layer, filling the empty
+    /// `caches`, calling `compressor.after_prefill_layer` after each layer and
+    /// `compressor.after_prefill` at the end. Returns the logits of the last position,
+    /// `[vocab]`.
+    pub fn forward_prefill(
+        &self,
+        tokens: &[u32],
+        caches: &mut [LayerCache<B>],
+        compressor: &mut dyn KvCompressor<B>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        let prefill = self.prefill(tokens, caches, compressor, PrefillLogits::Last)?;
+        let vocab = self.config.vocab_size;
+        Ok(prefill.logits.reshape([vocab]))
+    }
+
+    /// Prefill as [`Model::forward_prefill`], choosing which logits to return and
+    /// reporting the peak K/V memory.
+    pub fn prefill(
+        &self,
+        tokens: &[u32],
+        caches: &mut [LayerCache<B>],
+        compressor: &mut dyn KvCompressor<B>,
+        which: PrefillLogits,
+    ) -> Result<Prefill<B>, ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyPrompt);
+        }
+        self.check_caches(caches)?;
+        if caches.iter().any(|c| !c.is_empty()) {
+            return Err(ModelError::CachesNotEmpty);
+        }
+        let s = tokens.len();
+        let mut x = self.embed(tokens)?; // [S, hidden]
+        let rope = self.rotary.tables::<B>(0, s, &self.device); // [S, d/2] x 2
+        let mut peak = 0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (y, q) = layer.forward(x, 0, &rope, &mut caches[l]);
+            x = y;
+            peak = peak.max(kv_bytes(caches));
+            compressor.after_prefill_layer(l, q, &mut caches[..=l]);
+        }
+        compressor.after_prefill(caches);
+        let x = match which {
+            PrefillLogits::Last => x.narrow(0, s - 1, 1),
+            PrefillLogits::All => x,
+        };
+        Ok(Prefill {
+            logits: self.head(x),
+            peak_kv_bytes: peak,
+        })
+    }
+
+    /// One decoding step: `token` at absolute `position` (after every cached position),
+    /// appended to every layer's cache, with `compressor.after_decode_step` after each
+    /// layer attended. Returns the next-token logits `[vocab]`.
+    pub fn forward_decode(
+        &self,
+        token: u32,
+        position: usize,
+        caches: &mut [LayerCache<B>],
+        compressor: &mut dyn KvCompressor<B>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        self.check_caches(caches)?;
+        for cache in caches.iter() {
+            if let Some(&last) = cache.positions().iter().filter_map(|p| p.last()).max()
+                && position <= last
+            {
+                return Err(ModelError::PositionNotAfterCache { position, last });
+            }
+        }
+        let mut x = self.embed(&[token])?; // [1, hidden]
+        let rope = self.rotary.tables::<B>(position, 1, &self.device);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (y, q) = layer.forward(x, position, &rope, &mut caches[l]);
+            x = y;
+            compressor.after_decode_step(l, q, &mut caches[l]);
+        }
+        Ok(self.head(x).reshape([self.config.vocab_size]))
+    }
+
+    fn check_caches(&self, caches: &[LayerCache<B>]) -> Result<(), ModelError> {
+        if caches.len() != self.layers.len() {
+            return Err(ModelError::CacheCount {
+                expected: self.layers.len(),
+                got: caches.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `tokens` -> `[S, hidden]`.
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor<B, 2>, ModelError> {
+        let vocab_size = self.config.vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(ModelError::TokenOutOfRange { token, vocab_size });
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids: Tensor<B, 1, Int> =
+            Tensor::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
+        Ok(self.embed.clone().select(0, ids))
+    }
+
+    /// Final norm and output head: `[n, hidden]` -> `[n, vocab]`.
+    fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = self.norm.forward(x);
+        match &self.lm_head {
+            Some(w) => x.matmul(w.clone()),
+            None => x.matmul(self.embed.clone().transpose()),
+        }
+    }
+}
+
+/// Total K/V bytes held by `caches`.
+pub fn kv_bytes<B: Backend>(caches: &[LayerCache<B>]) -> usize {
+    caches.iter().map(LayerCache::bytes).sum()
+}
+
+fn host_to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(t.data, t.shape), device)
+}
+
+/// Loads `{name}.weight` `[out, in]` (stored transposed as `[in, out]`) and, if `bias`,
+/// `{name}.bias` `[out]`.
+fn load_linear<B: Backend>(
+    source: &mut dyn WeightSource,
+    name: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Result<Linear<B>, WeightError> {
+    let w = source.take_shaped(&format!("{name}.weight"), &[out, inp])?;
+    let mut t = vec![0.0f32; out * inp];
+    for (o, row) in w.data.chunks_exact(inp).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            t[i * out + o] = v;
+        }
+    }
+    let weight = host_to_tensor::<B, 2>(
+        HostTensor {
+            shape: vec![inp, out],
+            data: t,
+        },
+        device,
+    );
+    let bias = if bias {
+        Some(host_to_tensor::<B, 1>(
+            source.take_shaped(&format!("{name}.bias"), &[out])?,
+            device,
+        ))
+    } else {
+        None
+    };
+    Ok(Linear { weight, bias })
+}
+
+fn load_norm<B: Backend>(
+    source: &mut dyn WeightSource,
+    name: &str,
+    config: &DecoderConfig,
+    device: &B::Device,
+) -> Result<RmsNorm<B>, WeightError> {
+    let w = source.take_shaped(name, &[config.hidden_size])?;
+    Ok(RmsNorm {
+        weight: host_to_tensor::<B, 1>(w, device),
+        eps: config.rms_norm_eps,
+    })
+}
