@@ -231,3 +231,28 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let (g, _) = LAYER_NAMES.iter().find(|(_, h)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_one_head_by_hand() {
+        // One head of 4 rows (half = 2), 2 columns. File row 2*i + j holds HF row j*2 + i:
+        // file rows [r0, r1, r2, r3] = HF rows [0, 2, 1, 3], so HF order is [r0, r2, r1, r3].
+        let data = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5];
+        let out = unpermute_rows(&data, 4, 1);
+        assert_eq!(out, vec![0.0, 0.5, 2.0, 2.5, 1.0, 1.5, 3.0, 3.5]);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for g in ["token_embd.weight", "output.weight", "output_norm.weight", "blk.12.attn_k.bias", "blk.3.ffn_down.weight"] {
+            let hf = hf_name(g).expect("known");
+            assert_eq!(gguf_name(&hf).as_deref(), Some(g));
+        }
+        assert_eq!(hf_name("blk.0.attn_q.weight").expect("q"), "model.layers.0.self_attn.q_proj.weight");
+        assert!(hf_name("blk.x.attn_q.weight").is_err());
+        assert!(hf_name("mystery.weight").is_err());
+    }
+}
