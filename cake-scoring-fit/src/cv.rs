@@ -92,23 +92,14 @@ pub(crate) fn check_target(rows: &[LayerStatsRow]) -> Result<()> {
     Ok(())
 }
 
-/// Chooses the polynomial degree in `degrees` (within 1..=8) by `folds`-fold cross-validation
-/// over samples, with the fold assignment shuffled by `seed`. `rows` must be one fit target
-/// (all whole-layer rows, or all rows of one KV head; see [`crate::rows_for_head`]).
-pub fn select_degree_cv(
+/// The CV fold of every row and the number of folds actually used, `min(folds, samples)`.
+/// All rows of one sample (same `dataset` and `sample_id`) share a fold; samples are
+/// shuffled by `seed` and dealt round-robin, so fold sizes differ by at most one sample.
+pub fn fold_assignment(
     rows: &[LayerStatsRow],
-    degrees: RangeInclusive<usize>,
     folds: usize,
     seed: u64,
-) -> Result<DegreeSelection> {
-    check_target(rows)?;
-    if degrees.is_empty() || *degrees.start() == 0 || *degrees.end() > MAX_DEGREE {
-        return Err(FitError::BadDegree(if *degrees.start() == 0 {
-            0
-        } else {
-            *degrees.end()
-        }));
-    }
+) -> Result<(Vec<usize>, usize)> {
     if folds < 2 {
         return Err(FitError::InvalidValue(format!(
             "cross-validation needs at least 2 folds, got {folds}"
@@ -131,7 +122,27 @@ pub fn select_degree_cv(
     for (pos, &s) in order.iter().enumerate() {
         fold_of_sample[s] = pos % k;
     }
-    let fold_of_row: Vec<usize> = groups.iter().map(|&g| fold_of_sample[g]).collect();
+    Ok((groups.iter().map(|&g| fold_of_sample[g]).collect(), k))
+}
+
+/// Chooses the polynomial degree in `degrees` (within 1..=8) by `folds`-fold cross-validation
+/// over samples, with the fold assignment shuffled by `seed`. `rows` must be one fit target
+/// (all whole-layer rows, or all rows of one KV head; see [`crate::rows_for_head`]).
+pub fn select_degree_cv(
+    rows: &[LayerStatsRow],
+    degrees: RangeInclusive<usize>,
+    folds: usize,
+    seed: u64,
+) -> Result<DegreeSelection> {
+    check_target(rows)?;
+    if degrees.is_empty() || *degrees.start() == 0 || *degrees.end() > MAX_DEGREE {
+        return Err(FitError::BadDegree(if *degrees.start() == 0 {
+            0
+        } else {
+            *degrees.end()
+        }));
+    }
+    let (fold_of_row, k) = fold_assignment(rows, folds, seed)?;
 
     let mut cv_errors = BTreeMap::new();
     let mut cv_std_errors = BTreeMap::new();

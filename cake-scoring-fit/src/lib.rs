@@ -28,7 +28,7 @@ pub mod score_file;
 pub use collect::{
     LayerMeasurement, LayerStatsRow, normalised_layer, sample_rows, shares_from_preferences,
 };
-pub use cv::{DegreeSelection, select_degree_cv};
+pub use cv::{DegreeSelection, fold_assignment, select_degree_cv};
 pub use error::{FitError, Result};
 pub use generalise::{HeldOutReport, average_ranks, leave_one_dataset_out, spearman};
 pub use io::{CSV_HEADER, read_csv, read_jsonl, write_csv, write_jsonl};

@@ -1,13 +1,18 @@
 //! PCA on matrices with known spectra, numpy parity, layouts and bad input.
 
 use cake_scoring_fit::{
-    FitError, PcaSummary, covariance_eigenvalues, pca_summary, pca_summary_layer, pca_summary_per_head,
+    FitError, PcaSummary, covariance_eigenvalues, pca_summary, pca_summary_layer,
+    pca_summary_per_head,
 };
 use serde::Deserialize;
 
 /// Sylvester Hadamard entry `H_8[i][j] = (-1)^popcount(i & j)`.
 fn hadamard(i: usize, j: usize) -> f64 {
-    if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 }
+    if (i & j).count_ones() % 2 == 0 {
+        1.0
+    } else {
+        -1.0
+    }
 }
 
 /// `[8, 4]` states with covariance `Q diag(lambda) Q^T` exactly (up to f32 rounding), plus
@@ -23,7 +28,9 @@ fn known_spectrum(lambda: [f64; 4]) -> Vec<f32> {
     let mut x = Vec::new();
     for i in 0..8 {
         for c in 0..4 {
-            let v: f64 = (0..4).map(|j| hadamard(i, j + 1) * a[j] * hadamard(c, j) / 2.0).sum();
+            let v: f64 = (0..4)
+                .map(|j| hadamard(i, j + 1) * a[j] * hadamard(c, j) / 2.0)
+                .sum();
             x.push((v + offset[c]) as f32);
         }
     }
@@ -45,7 +52,10 @@ fn recovers_a_known_spectrum_after_centring() {
     let s = pca_summary(&x, 8, 4, 2).unwrap();
     assert!(close(s.explained_variance_top_k, 0.8, 1e-6), "{s:?}");
     // p = [8, 4, 2, 1] / 15: -sum p ln p = 1.1369165918330009 (numpy).
-    assert!(close(s.spectral_entropy, 1.136_916_591_833_000_9, 1e-6), "{s:?}");
+    assert!(
+        close(s.spectral_entropy, 1.136_916_591_833_000_9, 1e-6),
+        "{s:?}"
+    );
     // k >= d explains everything.
     let all = pca_summary(&x, 8, 4, 4).unwrap();
     assert!(close(all.explained_variance_top_k, 1.0, 1e-12));
@@ -72,7 +82,9 @@ fn isotropic_and_rank_one_extremes() {
 fn two_tokens_have_one_direction() {
     // Rows u, v: covariance (u - v)(u - v)^T / 2 -> one eigenvalue |u - v|^2 / 2.
     // u - v = (1, 2, 2, 0, 0, 0) -> |u - v|^2 = 9 -> 4.5. Uses the Gram path (n < d).
-    let x = [2.0f32, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+    let x = [
+        2.0f32, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0,
+    ];
     let eig = covariance_eigenvalues(&x, 2, 6).unwrap();
     assert_eq!(eig.len(), 2);
     assert!(close(eig[0], 4.5, 1e-12) && eig[1].abs() < 1e-12, "{eig:?}");
@@ -106,11 +118,24 @@ fn matches_numpy_on_random_states() {
         let scale = c.eigenvalues_desc[0];
         for (i, want) in c.eigenvalues_desc.iter().enumerate() {
             let got = eig.get(i).copied().unwrap_or(0.0);
-            assert!(close(got, *want, 1e-9 * scale), "{} eigenvalue {i}: {got} vs {want}", c.name);
+            assert!(
+                close(got, *want, 1e-9 * scale),
+                "{} eigenvalue {i}: {got} vs {want}",
+                c.name
+            );
         }
         let s = pca_summary(&c.states, c.n_tokens, c.dim, c.top_k).unwrap();
-        assert!(close(s.explained_variance_top_k, c.explained_variance_top_k, 1e-9), "{}", c.name);
-        assert!(close(s.spectral_entropy, c.spectral_entropy, 1e-7), "{}: {s:?} vs {}", c.name, c.spectral_entropy);
+        assert!(
+            close(s.explained_variance_top_k, c.explained_variance_top_k, 1e-9),
+            "{}",
+            c.name
+        );
+        assert!(
+            close(s.spectral_entropy, c.spectral_entropy, 1e-7),
+            "{}: {s:?} vs {}",
+            c.name,
+            c.spectral_entropy
+        );
     }
 }
 
@@ -124,10 +149,21 @@ fn per_head_and_layer_layouts() {
     assert_eq!(heads[0], pca_summary(&h0, 8, 4, 2).unwrap());
     assert_eq!(heads[1], pca_summary(&h1, 8, 4, 2).unwrap());
     // The layer view concatenates the heads per token: [8, 8].
-    let tokens: Vec<f32> = (0..8).flat_map(|t| h0[t * 4..t * 4 + 4].iter().chain(&h1[t * 4..t * 4 + 4]).copied()).collect();
+    let tokens: Vec<f32> = (0..8)
+        .flat_map(|t| {
+            h0[t * 4..t * 4 + 4]
+                .iter()
+                .chain(&h1[t * 4..t * 4 + 4])
+                .copied()
+        })
+        .collect();
     let layer = pca_summary_layer(&states, 2, 8, 4, 2).unwrap();
     let want = pca_summary(&tokens, 8, 8, 2).unwrap();
-    assert!(close(layer.explained_variance_top_k, want.explained_variance_top_k, 1e-12));
+    assert!(close(
+        layer.explained_variance_top_k,
+        want.explained_variance_top_k,
+        1e-12
+    ));
     assert!(close(layer.spectral_entropy, want.spectral_entropy, 1e-12));
     // Total variance 7.5 + 4; heads share the Hadamard columns, so the joint spectrum is
     // not simply the union; explained top-2 must at least beat the best single direction.
@@ -137,14 +173,29 @@ fn per_head_and_layer_layouts() {
 #[test]
 fn bad_input_is_rejected() {
     let x = known_spectrum([1.0; 4]);
-    assert!(matches!(pca_summary(&x, 8, 5, 2), Err(FitError::BadShape { .. })));
-    assert!(matches!(pca_summary(&x[..4], 1, 4, 2), Err(FitError::TooFewTokens(1))));
-    assert!(matches!(pca_summary(&[1.0; 12], 3, 4, 2), Err(FitError::ZeroVariance)));
-    assert!(matches!(pca_summary(&x, 8, 4, 0), Err(FitError::InvalidValue(_))));
+    assert!(matches!(
+        pca_summary(&x, 8, 5, 2),
+        Err(FitError::BadShape { .. })
+    ));
+    assert!(matches!(
+        pca_summary(&x[..4], 1, 4, 2),
+        Err(FitError::TooFewTokens(1))
+    ));
+    assert!(matches!(
+        pca_summary(&[1.0; 12], 3, 4, 2),
+        Err(FitError::ZeroVariance)
+    ));
+    assert!(matches!(
+        pca_summary(&x, 8, 4, 0),
+        Err(FitError::InvalidValue(_))
+    ));
     let mut nan = x.clone();
     nan[5] = f32::NAN;
     let e = pca_summary(&nan, 8, 4, 2).unwrap_err().to_string();
     assert!(e.contains("token 1, dim 1"), "{e}");
-    assert!(matches!(pca_summary_per_head(&x, 3, 8, 4, 2), Err(FitError::BadShape { .. })));
+    assert!(matches!(
+        pca_summary_per_head(&x, 3, 8, 4, 2),
+        Err(FitError::BadShape { .. })
+    ));
     assert!(PcaSummary::from_eigenvalues(&[f64::INFINITY], 1).is_err());
 }
