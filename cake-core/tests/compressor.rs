@@ -1,0 +1,335 @@
+//! PolicyCompressor end to end on synthetic random Q/K/V (burn-flex CPU backend).
+
+mod common;
+
+use std::sync::Arc;
+
+use cake_core::{
+    Allocator, DecodeEviction, LayerPreference, Policy, PolicyCompressor, PolicyConfig,
+    ScoreFunction, Static, Uniform,
+};
+use common::{B, SMALL, Shape, decode, prefill};
+
+const S: usize = 200;
+
+fn config(cache_size: usize, window: usize, cascading: bool) -> PolicyConfig {
+    PolicyConfig {
+        cache_size,
+        window,
+        cascading,
+        ..PolicyConfig::default()
+    }
+}
+
+fn run(
+    name: &str,
+    cfg: &PolicyConfig,
+    shape: Shape,
+    prompt: usize,
+    seed: u64,
+) -> (PolicyCompressor<B>, Vec<cake_core::LayerCache<B>>) {
+    let policy = Policy::<B>::preset(name, cfg).unwrap();
+    let mut comp = PolicyCompressor::new(policy, shape.layers);
+    let caches = prefill(shape, prompt, seed, &mut comp);
+    (comp, caches)
+}
+
+const EVICTING: [&str; 6] = ["streaming", "h2o", "tova", "snapkv", "pyramidkv", "cake"];
+
+#[test]
+fn every_policy_meets_its_budgets_and_keeps_the_window() {
+    let (c, w) = (40, 8);
+    for name in EVICTING {
+        for cascading in [true, false] {
+            let (comp, caches) = run(name, &config(c, w, cascading), SMALL, S, 7);
+            let report = comp.report(&caches);
+            let budgets: Vec<usize> = report.layers.iter().map(|l| l.budget).collect();
+            let sum: usize = budgets.iter().sum();
+            if report.clamped_growths == 0 {
+                assert_eq!(sum, SMALL.layers * (c - w), "{name} {budgets:?}");
+            } else {
+                assert!(
+                    sum + report.clamped_growths >= SMALL.layers * (c - w),
+                    "{name}"
+                );
+            }
+            for (l, cache) in caches.iter().enumerate() {
+                assert_eq!(cache.len(), S.min(budgets[l] + w), "{name} layer {l}");
+                assert_eq!(cache.num_kv_heads(), SMALL.kv_heads);
+                for pos in cache.positions() {
+                    assert!(pos.windows(2).all(|p| p[0] < p[1]), "ascending, unique");
+                    assert!(pos.iter().all(|&p| p < S));
+                    assert_eq!(&pos[pos.len() - w..], &(S - w..S).collect::<Vec<_>>()[..]);
+                }
+                assert_eq!(
+                    cache.scores().unwrap().dims(),
+                    [SMALL.kv_heads, cache.len()]
+                );
+            }
+            if name == "streaming" {
+                // Sinks 0..4 then the most recent tokens.
+                let pos = &caches[0].positions()[0];
+                assert_eq!(&pos[..4], &[0, 1, 2, 3]);
+                assert_eq!(pos[4], S - (pos.len() - 4));
+            }
+        }
+    }
+}
+
+#[test]
+fn uniform_policies_give_every_layer_c_minus_w() {
+    let (comp, _) = run("snapkv", &config(40, 8, true), SMALL, S, 3);
+    assert_eq!(comp.budgets(), &[32; 6]);
+    let (comp, _) = run("pyramidkv", &config(40, 8, false), SMALL, S, 3);
+    let b = comp.budgets();
+    assert!(
+        b.windows(2).all(|p| p[0] >= p[1]),
+        "pyramid decreases: {b:?}"
+    );
+    assert!(b[0] > b[5]);
+}
+
+#[test]
+fn cake_budgets_follow_preferences() {
+    let (comp, caches) = run("cake", &config(40, 8, false), SMALL, S, 11);
+    let report = comp.report(&caches);
+    let prefs: Vec<LayerPreference> = report
+        .layers
+        .iter()
+        .map(|l| l.preference.unwrap())
+        .collect();
+    let scores: Vec<f64> = report
+        .layers
+        .iter()
+        .map(|l| l.preference_score.unwrap())
+        .collect();
+    assert!(prefs.iter().all(|p| p.entropy > 0.0 && p.variance > 0.0));
+    // Budgets are ordered as the preference scores (no layer is capped here).
+    for i in 0..6 {
+        for j in 0..6 {
+            if scores[i] > scores[j] * 1.05 {
+                assert!(
+                    report.layers[i].budget >= report.layers[j].budget,
+                    "{scores:?}"
+                );
+            }
+        }
+    }
+    let share_sum: f64 = report.layers.iter().map(|l| l.share).sum();
+    assert!((share_sum - 1.0).abs() < 1e-9);
+    // The report serialises and parses back.
+    let json = report.to_json();
+    let back: cake_core::CompressionReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.stage_budgets, report.stage_budgets);
+    for (a, b) in back.layers.iter().zip(&report.layers) {
+        assert_eq!(
+            (a.budget, a.held, &a.kept_positions),
+            (b.budget, b.held, &b.kept_positions)
+        );
+        assert!((a.share - b.share).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn cascading_matches_one_shot_and_bounds_peak_memory() {
+    let (c, w) = (40, 8);
+    for name in ["cake", "snapkv", "pyramidkv", "h2o", "tova"] {
+        for seed in [1, 2, 3] {
+            let (cas, cas_caches) = run(name, &config(c, w, true), SMALL, S, seed);
+            let (one, one_caches) = run(name, &config(c, w, false), SMALL, S, seed);
+            let (rc, ro) = (cas.report(&cas_caches), one.report(&one_caches));
+            for (lc, lo) in rc.layers.iter().zip(&ro.layers) {
+                // Same final budgets unless rounding grew one at a late stage, in which case
+                // the cascade keeps a subset (it never takes a dropped token back).
+                assert!(lc.budget <= lo.budget);
+                for (pc, po) in lc.kept_positions.iter().zip(&lo.kept_positions) {
+                    if lc.budget == lo.budget {
+                        assert_eq!(pc, po, "{name} seed {seed} layer {}", lc.layer);
+                    } else {
+                        assert!(pc.iter().all(|p| po.contains(p)));
+                    }
+                }
+            }
+            let differing = rc
+                .layers
+                .iter()
+                .zip(&ro.layers)
+                .filter(|(a, b)| a.budget != b.budget)
+                .count();
+            assert!(differing <= rc.clamped_growths);
+            // Peak per KV head: B_total + S + L * w tokens (token rows: times Hkv).
+            let total = SMALL.layers * (c - w);
+            assert!(
+                rc.peak_tokens <= total + S + SMALL.layers * w,
+                "{}",
+                rc.peak_tokens
+            );
+            assert_eq!(rc.peak_token_rows, rc.peak_tokens * SMALL.kv_heads);
+            assert_eq!(ro.peak_tokens, S * SMALL.layers);
+            assert_eq!(ro.peak_token_rows, ro.full_token_rows);
+            assert_eq!(rc.full_token_rows, S * SMALL.layers * SMALL.kv_heads);
+        }
+    }
+}
+
+/// An allocator whose layer-0 share grows with the number of layers seen, so that its
+/// budget grows between stages: the cascade must clamp instead of needing dropped tokens.
+#[derive(Debug)]
+struct Growing;
+
+impl Allocator for Growing {
+    fn name(&self) -> &'static str {
+        "growing"
+    }
+    fn shares(&self, _: usize, preferences: &[Option<LayerPreference>]) -> Vec<f64> {
+        let seen = preferences.len() as f64;
+        (0..preferences.len())
+            .map(|l| if l == 0 { seen * seen } else { 1.0 })
+            .collect()
+    }
+}
+
+#[test]
+fn a_growing_budget_is_clamped_to_what_is_kept() {
+    let cfg = config(40, 8, true);
+    let policy = Policy::<B>::new(
+        Arc::new(Growing),
+        Arc::new(cake_core::SnapKv { pool_kernel: 5 }),
+        cfg,
+    )
+    .unwrap();
+    let mut comp = PolicyCompressor::new(policy, SMALL.layers);
+    let caches = prefill(SMALL, S, 5, &mut comp);
+    let report = comp.report(&caches);
+    // Stage 0: layer 0 alone gets B_total = 192 (cap 192); stage 1: 4/5 * 192 = 153.6;
+    // stage 2: 9/11 * 192 = 157.09 -> grows: clamped to the 154 it kept.
+    assert_eq!(report.stage_budgets[0], vec![192]);
+    assert_eq!(report.stage_budgets[1], vec![154, 38]);
+    assert_eq!(report.stage_budgets[2][0], 154);
+    assert!(report.clamped_growths >= 1);
+    assert_eq!(caches[0].len(), report.layers[0].budget + 8);
+    let first: Vec<usize> = report.stage_budgets.iter().map(|b| b[0]).collect();
+    assert!(
+        first.windows(2).all(|p| p[1] <= p[0]),
+        "held never grows: {first:?}"
+    );
+}
+
+#[test]
+fn decoding_keeps_each_layer_at_budget_plus_window() {
+    let (c, w, steps) = (40, 8, 64);
+    for name in EVICTING {
+        let (mut comp, mut caches) = run(name, &config(c, w, true), SMALL, S, 9);
+        let budgets = comp.budgets().to_vec();
+        decode(
+            SMALL,
+            S,
+            steps,
+            9,
+            &mut comp,
+            &mut caches,
+            |step, layer, cache| {
+                assert_eq!(cache.len(), budgets[layer] + w, "{name} step {step}");
+                let newest = S + step;
+                for pos in cache.positions() {
+                    assert!(
+                        pos.windows(2).all(|p| p[0] < p[1]),
+                        "{name}: positions increase"
+                    );
+                    assert_eq!(
+                        &pos[pos.len() - w..],
+                        &(newest + 1 - w..=newest).collect::<Vec<_>>()[..]
+                    );
+                }
+            },
+        );
+        if name == "streaming" {
+            assert_eq!(&caches[0].positions()[0][..4], &[0, 1, 2, 3]);
+        }
+    }
+}
+
+#[test]
+fn decoding_without_eviction_grows() {
+    let cfg = PolicyConfig {
+        decode_evict: DecodeEviction::None,
+        ..config(40, 8, true)
+    };
+    let (mut comp, mut caches) = run("cake", &cfg, SMALL, S, 4);
+    let held: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    decode(
+        SMALL,
+        S,
+        10,
+        4,
+        &mut comp,
+        &mut caches,
+        |step, layer, cache| {
+            assert_eq!(cache.len(), held[layer] + step + 1);
+        },
+    );
+}
+
+#[test]
+fn a_budget_above_the_prompt_keeps_everything() {
+    for name in cake_core::PRESETS {
+        for cascading in [true, false] {
+            let (comp, caches) = run(name, &config(300, 8, cascading), SMALL, S, 2);
+            for cache in &caches {
+                assert_eq!(cache.len(), S, "{name}");
+                assert_eq!(cache.positions()[0], (0..S).collect::<Vec<_>>());
+            }
+            assert_eq!(comp.report(&caches).peak_tokens, S * SMALL.layers);
+        }
+    }
+    // A prompt shorter than the window: nothing to evict.
+    let (_, caches) = run("cake", &config(40, 32, true), SMALL, 20, 2);
+    assert!(caches.iter().all(|c| c.len() == 20));
+}
+
+#[test]
+fn ratio_budgets_scale_with_the_prompt() {
+    let cfg = PolicyConfig {
+        ratio: Some(0.25),
+        ..config(1024, 8, true)
+    };
+    let (comp, caches) = run("snapkv", &cfg, SMALL, S, 6);
+    assert_eq!(comp.plan().unwrap().cache_size, 50);
+    assert!(caches.iter().all(|c| c.len() == 50));
+}
+
+#[test]
+fn static_allocator_from_a_score_function() {
+    let text = r#"{"format": "cake-score-function/1", "model": "synthetic", "num_layers": 6,
+        "num_kv_heads": 2, "degree": 1, "domain": [0.0, 1.0], "coefficients": [1.0, -1.0],
+        "head_coefficients": null, "cv": {"folds": 3}}"#;
+    let f = ScoreFunction::from_json_str(text).unwrap();
+    // shares 1 - x for x = 0, .2, .., 1 -> 1, .8, .6, .4, .2, eps (sum 3): of 192 tokens
+    // 64, 51.2, 38.4, 25.6, 12.8, ~0: floors sum to 190, the 2 left go to the largest
+    // fractions (.8 of layer 4, .6 of layer 3) -> 64, 51, 38, 26, 13, 0.
+    let alloc = Static::from_score_function(&f, 6).unwrap();
+    assert!(Static::from_score_function(&f, 7).is_err());
+    let policy = Policy::<B>::new(
+        Arc::new(alloc),
+        Arc::new(cake_core::Cake {
+            gamma: 200.0,
+            pool_kernel: 5,
+        }),
+        config(40, 8, false),
+    )
+    .unwrap();
+    let mut comp = PolicyCompressor::new(policy, 6);
+    let caches = prefill(SMALL, S, 8, &mut comp);
+    assert_eq!(comp.budgets(), &[64, 51, 38, 26, 13, 0]);
+    assert_eq!(caches[5].len(), 8);
+}
+
+#[test]
+fn full_keeps_everything_and_reports() {
+    let (mut comp, mut caches) = run("full", &config(40, 8, true), SMALL, S, 1);
+    assert!(caches.iter().all(|c| c.len() == S));
+    decode(SMALL, S, 3, 1, &mut comp, &mut caches, |step, _, cache| {
+        assert_eq!(cache.len(), S + step + 1);
+    });
+    let _ = Uniform;
+}

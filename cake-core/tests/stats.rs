@@ -1,0 +1,364 @@
+//! Window statistics and scorers: hand-computed small cases and a PyTorch fixture
+//! (`fixtures/stats.json`, made by `fixtures/gen_stats.py`).
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use cake_core::scorer::{DecodeInput, PrefillInput};
+use cake_core::stats::{
+    attention, avg_pool, cake_indicator, group_mean, layer_preference, mean_plus_var, pool_prefix,
+    to_host, top_k_indices, window_attention,
+};
+use cake_core::{Cake, H2o, LayerCache, Scorer, SnapKv, Streaming, Tova};
+use common::B;
+use serde::Deserialize;
+
+fn t3(data: Vec<f32>, shape: [usize; 3]) -> Tensor<B, 3> {
+    Tensor::from_data(TensorData::new(data, shape), &Default::default())
+}
+
+fn t2(data: Vec<f32>, shape: [usize; 2]) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(data, shape), &Default::default())
+}
+
+fn host3(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "index {i}: {x} vs {y}\n{a:?}\n{b:?}"
+        );
+    }
+}
+
+/// One head, d = 1, S = 3, w = 2: every query is 1 and keys are 0, ln 2, ln 3, so the
+/// scores are the keys. Query at position 1 sees keys 0..=1: softmax(0, ln 2) =
+/// (1/3, 2/3); at position 2: softmax(0, ln 2, ln 3) = (1/6, 2/6, 3/6).
+fn tiny() -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let q = t3(vec![1.0; 3], [1, 3, 1]);
+    let k = t3(vec![0.0, 2f32.ln(), 3f32.ln()], [1, 3, 1]);
+    (q, k)
+}
+
+#[test]
+fn window_attention_is_causal_inside_the_window() {
+    let (q, k) = tiny();
+    let a = host3(window_attention(q, k, 2));
+    close(
+        &a,
+        &[1.0 / 3.0, 2.0 / 3.0, 0.0, 1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0],
+        1e-6,
+    );
+}
+
+#[test]
+fn gqa_maps_query_head_h_to_kv_head_h_over_g() {
+    // H = 2, Hkv = 1, d = 1, S = 2, one query per head: scores q * k.
+    // Head 0: q = 0 -> (1/2, 1/2); head 1: q = 1 with keys (0, ln 3) -> (1/4, 3/4).
+    let q = t3(vec![0.0, 1.0], [2, 1, 1]);
+    let k = t3(vec![0.0, 3f32.ln()], [1, 2, 1]);
+    close(&host3(attention(q, k, None)), &[0.5, 0.5, 0.25, 0.75], 1e-6);
+    // H = 4, Hkv = 2: heads 0, 1 read KV head 0 (keys 0, 0), heads 2, 3 read KV head 1
+    // (keys 0, ln 3); all queries 1 -> (1/2, 1/2) twice then (1/4, 3/4) twice.
+    let q = t3(vec![1.0; 4], [4, 1, 1]);
+    let k = t3(vec![0.0, 0.0, 0.0, 3f32.ln()], [2, 2, 1]);
+    close(
+        &host3(attention(q, k, None)),
+        &[0.5, 0.5, 0.5, 0.5, 0.25, 0.75, 0.25, 0.75],
+        1e-6,
+    );
+    // Scale 1 / sqrt(d): d = 4, q = (1,1,1,1), k1 = (ln 9)/2 * (1,1,1,1) / 2 ... the
+    // score of key 1 is 4 * (ln 9 / 4) / 2 = ln 3 -> (1/4, 3/4).
+    let q = t3(vec![1.0; 4], [1, 1, 4]);
+    let k = t3(
+        vec![
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            9f32.ln() / 4.0,
+            9f32.ln() / 4.0,
+            9f32.ln() / 4.0,
+            9f32.ln() / 4.0,
+        ],
+        [1, 2, 4],
+    );
+    close(&host3(attention(q, k, None)), &[0.25, 0.75], 1e-6);
+}
+
+#[test]
+fn preference_parts_by_hand() {
+    // A_p is the first column: (1/3, 1/6).
+    // H = 1/3 ln 3 + 1/6 ln 6 = 0.366204 + 0.298627 = 0.664831;
+    // V = var(1/3, 1/6) = (1/6)^2 / 2 = 1/72 = 0.0138889 (unbiased, n - 1 = 1).
+    let (q, k) = tiny();
+    let p = layer_preference(&window_attention(q, k, 2));
+    assert!((p.entropy - 0.664_830_6).abs() < 1e-5, "{p:?}");
+    assert!((p.variance - 1.0 / 72.0).abs() < 1e-6, "{p:?}");
+}
+
+#[test]
+fn indicator_pooling_and_group_mean_by_hand() {
+    // mean + gamma var over 2 queries: columns (0.1, 0.3) and (0.5, 0.5):
+    // mean (0.2, 0.5), var (0.02, 0) -> gamma 10: (0.4, 0.5).
+    let a = t3(vec![0.1, 0.5, 0.3, 0.5], [1, 2, 2]);
+    close(&to_host(mean_plus_var(a, 10.0)), &[0.4, 0.5], 1e-6);
+    // Width-5 pooling of 1..6 with zero padding 2, divided by 5:
+    // (0+0+1+2+3)/5 = 1.2, 10/5 = 2, 3, 4, (3+4+5+6)/5 = 3.6, (4+5+6)/5 = 3.
+    let x = t2(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 6]);
+    close(
+        &to_host(avg_pool(x.clone(), 5)),
+        &[1.2, 2.0, 3.0, 4.0, 3.6, 3.0],
+        1e-6,
+    );
+    // Pooling only the first 4 columns: (1+2+3)/5 = 1.2, 2, (1+2+3+4)/5 = 2, (2+3+4)/5 =
+    // 1.8, then 5 and 6 untouched.
+    close(
+        &to_host(pool_prefix(x, 4, 5)),
+        &[1.2, 2.0, 2.0, 1.8, 5.0, 6.0],
+        1e-6,
+    );
+    // Group mean: heads (1,2), (3,4) -> KV head 0 = (2, 3); (5,6), (7,8) -> (6, 7).
+    let g = t2((1..=8).map(|v| v as f32).collect(), [4, 2]);
+    close(&to_host(group_mean(g, 2)), &[2.0, 3.0, 6.0, 7.0], 1e-6);
+    // The whole indicator on the tiny case: prefix column 0 is (1/3, 1/6): mean 0.25,
+    // var 1/72, gamma 200 -> 0.25 + 2.777778 = 3.027778, pooled alone: / 5 = 0.6055556.
+    // Window columns unpooled: col 1 (2/3, 1/3): 0.5 + 200 * (1/3)^2/2 = 11.611111;
+    // col 2 (0, 1/2): 0.25 + 200 * (1/2)^2/2 = 25.25.
+    let (q, k) = tiny();
+    let ind = cake_indicator(window_attention(q, k, 2), 200.0, 5, 1);
+    close(&to_host(ind), &[0.605_555_6, 11.611_111, 25.25], 1e-5);
+}
+
+#[test]
+fn top_k_prefers_high_scores_then_recent_tokens() {
+    let row = [0.5, 0.1, 0.5, 0.9, f32::NAN];
+    assert_eq!(top_k_indices(&row, 3), vec![0, 2, 3]);
+    assert_eq!(top_k_indices(&row, 2), vec![2, 3]);
+    assert_eq!(top_k_indices(&row, 0), Vec::<usize>::new());
+    assert_eq!(top_k_indices(&row, 9), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn scorers_by_hand() {
+    let (q, k) = tiny();
+    let attn = window_attention(q.clone(), k.clone(), 2);
+    let input = PrefillInput {
+        queries: &q,
+        keys: &k,
+        window_attention: Some(&attn),
+        window: 2,
+    };
+    // SnapKV: window sums (1/2, 1, 1/2); the prefix column pooled alone: 0.5 / 5 = 0.1.
+    close(
+        &to_host(Scorer::<B>::prefill_scores(
+            &SnapKv { pool_kernel: 5 },
+            &input,
+        )),
+        &[0.1, 1.0, 0.5],
+        1e-6,
+    );
+    // TOVA: the last query's row (1/6, 1/3, 1/2).
+    close(
+        &to_host(Scorer::<B>::prefill_scores(&Tova, &input)),
+        &[1.0 / 6.0, 1.0 / 3.0, 0.5],
+        1e-6,
+    );
+    // H2O: full causal rows (1,0,0), (1/3,2/3,0), (1/6,1/3,1/2) -> column sums
+    // (1.5, 1, 0.5), with chunks of one query row or all at once.
+    for chunk in [1, 3, 1 << 20] {
+        let h2o = H2o {
+            chunk_elements: chunk,
+        };
+        close(
+            &to_host(Scorer::<B>::prefill_scores(&h2o, &input)),
+            &[1.5, 1.0, 0.5],
+            1e-6,
+        );
+    }
+    // Streaming with 2 sinks over 3 tokens: sinks at 1e30, then positions.
+    let s = to_host(Scorer::<B>::prefill_scores(&Streaming { sinks: 2 }, &input));
+    assert_eq!(s, vec![1e30, 1e30, 2.0]);
+}
+
+#[test]
+fn decode_scores_by_hand() {
+    // Cache of 4 tokens (1 KV head), window 1; attention of the new query
+    // (0.1, 0.2, 0.3, 0.4) on 2 query heads identical.
+    let attn = t3(vec![0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3, 0.4], [2, 1, 4]);
+    let positions = vec![vec![0, 5, 9, 10]];
+    let device = Default::default();
+    let input = |stored| DecodeInput::<B> {
+        attention: Some(&attn),
+        stored,
+        positions: &positions,
+        window: 1,
+        device: &device,
+    };
+    // SnapKV / CAKE: pool the 3 candidates alone (width 3 here): (0+.1+.2)/3 = .1,
+    // (.1+.2+.3)/3 = .2, (.2+.3)/3 = .16667; the window token stays .4.
+    let cake = Cake {
+        gamma: 200.0,
+        pool_kernel: 3,
+    };
+    close(
+        &to_host(Scorer::<B>::decode_scores(&cake, input(None))),
+        &[0.1, 0.2, 0.166_666_7, 0.4],
+        1e-6,
+    );
+    // H2O accumulates: stored (1, 1, 1, 0) + attention.
+    let stored = t2(vec![1.0, 1.0, 1.0, 0.0], [1, 4]);
+    close(
+        &to_host(Scorer::<B>::decode_scores(
+            &H2o::default(),
+            input(Some(stored)),
+        )),
+        &[1.1, 1.2, 1.3, 0.4],
+        1e-6,
+    );
+    // Streaming: positions, sink 0 first.
+    let s = to_host(Scorer::<B>::decode_scores(
+        &Streaming { sinks: 4 },
+        input(None),
+    ));
+    assert_eq!(s, vec![1e30, 5.0, 9.0, 10.0]);
+}
+
+#[test]
+fn layer_cache_retains_rows_positions_scores_and_releases_memory() {
+    // keys[h, i, :] = 100 h + 10 i + (0, 1, 2); 2 heads, 4 tokens, d = 3.
+    let data: Vec<f32> = (0..2)
+        .flat_map(|h| (0..4).flat_map(move |i| (0..3).map(move |c| (100 * h + 10 * i + c) as f32)))
+        .collect();
+    let mut cache = LayerCache::<B>::new();
+    cache.append(t3(data.clone(), [2, 4, 3]), t3(data, [2, 4, 3]), 7);
+    assert_eq!(cache.bytes(), 2 * 2 * 4 * 3 * 4);
+    cache.set_scores(t2(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [2, 4]));
+    cache.retain(&[vec![0, 3], vec![1, 2]]);
+    assert_eq!(cache.positions(), &[vec![7, 10], vec![8, 9]]);
+    assert_eq!(cache.bytes(), 2 * 2 * 2 * 3 * 4);
+    let k = host3(cache.keys().unwrap().clone());
+    assert_eq!(
+        k,
+        vec![
+            0.0, 1.0, 2.0, 30.0, 31.0, 32.0, 110.0, 111.0, 112.0, 120.0, 121.0, 122.0
+        ]
+    );
+    assert_eq!(
+        to_host(cache.scores().unwrap().clone()),
+        vec![0.0, 3.0, 5.0, 6.0]
+    );
+    // Appending pads the scores with 0 and continues the positions.
+    cache.append(t3(vec![0.0; 6], [2, 1, 3]), t3(vec![0.0; 6], [2, 1, 3]), 11);
+    assert_eq!(cache.positions(), &[vec![7, 10, 11], vec![8, 9, 11]]);
+    assert_eq!(
+        to_host(cache.scores().unwrap().clone()),
+        vec![0.0, 3.0, 0.0, 5.0, 6.0, 0.0]
+    );
+}
+
+#[derive(Deserialize)]
+struct Shape {
+    heads: usize,
+    kv_heads: usize,
+    prompt: usize,
+    window: usize,
+    dim: usize,
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    shape: Shape,
+    gamma: f64,
+    kernel: usize,
+    budget: usize,
+    queries: Vec<f32>,
+    keys: Vec<f32>,
+    window_attention: Vec<f32>,
+    entropy: f64,
+    variance: f64,
+    cake_indicator: Vec<f32>,
+    snapkv: Vec<f32>,
+    tova: Vec<f32>,
+    h2o: Vec<f32>,
+    cake_keep: Vec<Vec<usize>>,
+}
+
+#[test]
+fn matches_pytorch_on_random_attention() {
+    let f: Fixture = serde_json::from_str(include_str!("../fixtures/stats.json")).unwrap();
+    let Shape {
+        heads,
+        kv_heads,
+        prompt: s,
+        window: w,
+        dim,
+    } = f.shape;
+    let q = t3(f.queries.clone(), [heads, s, dim]);
+    let k = t3(f.keys.clone(), [kv_heads, s, dim]);
+    let attn = window_attention(q.clone(), k.clone(), w);
+    close(&host3(attn.clone()), &f.window_attention, 1e-5);
+    let p = layer_preference(&attn);
+    assert!(
+        (p.entropy - f.entropy).abs() < 1e-4 * f.entropy,
+        "{} vs {}",
+        p.entropy,
+        f.entropy
+    );
+    assert!(
+        (p.variance - f.variance).abs() < 1e-4 * f.variance,
+        "{} vs {}",
+        p.variance,
+        f.variance
+    );
+
+    let prefix = |t: Tensor<B, 2>| to_host(t.narrow(1, 0, s - w));
+    let input = PrefillInput {
+        queries: &q,
+        keys: &k,
+        window_attention: Some(&attn),
+        window: w,
+    };
+    let cake = Cake {
+        gamma: f.gamma,
+        pool_kernel: f.kernel,
+    };
+    let ind = Scorer::<B>::prefill_scores(&cake, &input);
+    close(&prefix(ind.clone()), &f.cake_indicator, 1e-4);
+    close(
+        &prefix(Scorer::<B>::prefill_scores(
+            &SnapKv {
+                pool_kernel: f.kernel,
+            },
+            &input,
+        )),
+        &f.snapkv,
+        1e-5,
+    );
+    let tova = to_host(Scorer::<B>::prefill_scores(&Tova, &input));
+    close(&tova[..s], &f.tova, 1e-5);
+    close(&tova[s..], &f.tova, 1e-5); // the same for every KV head
+    let h2o = H2o {
+        chunk_elements: heads * s * 5,
+    }; // chunks of 5 query rows
+    close(
+        &to_host(Scorer::<B>::prefill_scores(&h2o, &input)),
+        &f.h2o,
+        1e-5,
+    );
+
+    // Eviction with the indicator keeps PyTorch's top-k per KV head, plus the window.
+    let mut cache = LayerCache::<B>::new();
+    cache.append(k.clone(), k, 0);
+    cache.set_scores(ind);
+    cake_core::evict_to_budget(&mut cache, f.budget, w);
+    for (h, keep) in f.cake_keep.iter().enumerate() {
+        let mut expected = keep.clone();
+        expected.extend(s - w..s);
+        assert_eq!(cache.positions()[h], expected, "KV head {h}");
+    }
+}
