@@ -1,0 +1,142 @@
+//! The generation loop on the tiny Llama fixture: greedy equals torch's greedy tokens, EOS
+//! and `min_new_tokens` behave as documented, seeded top-p is reproducible, text streams.
+
+use std::path::PathBuf;
+
+use cake_core::KeepAll;
+use cake_models::generate::{
+    GenerateError, GenerationConfig, Sampling, StopReason, TextStream, generate,
+};
+use cake_models::{Cpu, Model, load};
+
+fn tiny_llama() -> (Model<Cpu>, Vec<u32>, Vec<u32>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny/llama");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ids = |k: &str| {
+        json[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let model = load::<Cpu>(&dir, &Default::default()).unwrap().model;
+    (model, ids("input_ids"), ids("greedy_tokens"))
+}
+
+fn greedy(max_new_tokens: usize, min_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        min_new_tokens,
+        sampling: Sampling::Greedy,
+        stop_strings: vec![],
+    }
+}
+
+#[test]
+fn greedy_generation_matches_torch_and_reports_timing() {
+    let (model, prompt, expected) = tiny_llama();
+    let out = generate(&model, &prompt, &greedy(16, 0), &[], &mut KeepAll, None).unwrap();
+    assert_eq!(out.tokens, expected);
+    assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
+    assert_eq!(out.prompt_len, prompt.len());
+    // The first token comes from the prefill; 15 decode steps produce the other 15.
+    assert_eq!(out.decode_step_times.len(), 15);
+    // Full cache: 3 layers x 2 KV heads x 16 dims x (K and V) x 4 bytes per token.
+    let per_token = 3 * 2 * 16 * 2 * 4;
+    assert_eq!(out.kv_bytes_after_prefill, prompt.len() * per_token);
+    assert_eq!(out.kv_bytes_peak, (prompt.len() + 15) * per_token);
+}
+
+#[test]
+fn eos_stops_and_min_new_tokens_suppresses_it() {
+    let (model, prompt, expected) = tiny_llama();
+    let eos = [expected[3]];
+    let out = generate(&model, &prompt, &greedy(16, 0), &eos, &mut KeepAll, None).unwrap();
+    assert_eq!(out.stop_reason, StopReason::Eos);
+    assert_eq!(out.tokens, expected[..3]);
+
+    let out = generate(&model, &prompt, &greedy(16, 5), &eos, &mut KeepAll, None).unwrap();
+    assert_eq!(out.tokens[..3], expected[..3]);
+    assert_ne!(
+        out.tokens[3], expected[3],
+        "EOS is suppressed before min_new_tokens"
+    );
+    assert!(out.tokens.len() >= 5);
+}
+
+#[test]
+fn seeded_top_p_is_reproducible() {
+    let (model, prompt, _) = tiny_llama();
+    let config = |seed| GenerationConfig {
+        max_new_tokens: 12,
+        min_new_tokens: 0,
+        sampling: Sampling::TopP {
+            p: 0.9,
+            temperature: 1.0,
+            seed,
+        },
+        stop_strings: vec![],
+    };
+    let a = generate(&model, &prompt, &config(3), &[], &mut KeepAll, None).unwrap();
+    let b = generate(&model, &prompt, &config(3), &[], &mut KeepAll, None).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    let others: Vec<Vec<u32>> = (4..8)
+        .map(|seed| {
+            generate(&model, &prompt, &config(seed), &[], &mut KeepAll, None)
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    assert!(
+        others.iter().any(|t| *t != a.tokens),
+        "different seeds should sample differently"
+    );
+}
+
+#[test]
+fn stop_string_cuts_text_and_streaming_delivers_it() {
+    let (model, prompt, expected) = tiny_llama();
+    // A toy decoder: token t -> "<t>".
+    let decode = |t: &[u32]| t.iter().map(|x| format!("<{x}>")).collect::<String>();
+    let stop = format!("<{}>", expected[4]);
+    let mut streamed = String::new();
+    let mut on_text = |s: &str| streamed.push_str(s);
+    let config = GenerationConfig {
+        stop_strings: vec![stop],
+        ..greedy(16, 0)
+    };
+    let stream = TextStream {
+        decode: &decode,
+        on_text: &mut on_text,
+    };
+    let out = generate(&model, &prompt, &config, &[], &mut KeepAll, Some(stream)).unwrap();
+    assert_eq!(out.stop_reason, StopReason::StopString);
+    assert_eq!(out.tokens, expected[..5]);
+    let want = decode(&expected[..4]);
+    assert_eq!(out.text.as_deref(), Some(want.as_str()));
+    assert_eq!(streamed, want);
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let (model, prompt, _) = tiny_llama();
+    let err = generate(&model, &[], &greedy(4, 0), &[], &mut KeepAll, None).unwrap_err();
+    assert!(matches!(
+        err,
+        GenerateError::Model(cake_models::ModelError::EmptyPrompt)
+    ));
+    let err = generate(&model, &prompt, &greedy(4, 5), &[], &mut KeepAll, None).unwrap_err();
+    assert!(matches!(err, GenerateError::Config(_)));
+    let err = generate(&model, &[300], &greedy(4, 0), &[], &mut KeepAll, None).unwrap_err();
+    assert!(matches!(
+        err,
+        GenerateError::Model(cake_models::ModelError::TokenOutOfRange { token: 300, .. })
+    ));
+    let config = GenerationConfig {
+        stop_strings: vec!["x".into()],
+        ..greedy(4, 0)
+    };
+    assert!(generate(&model, &prompt, &config, &[], &mut KeepAll, None).is_err());
+}
