@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use crate::config::{ConfigError, DecoderConfig, decoder_config};
+use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::weights::{SafetensorsFolder, WeightError};
 
@@ -39,6 +40,9 @@ pub enum LoadError {
         /// What is wrong.
         source: ConfigError,
     },
+    /// A GGUF file cannot be parsed or its metadata describes no supported model.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     /// The weights cannot be read or do not fit the config.
     #[error(transparent)]
     Weights(#[from] WeightError),
@@ -82,10 +86,34 @@ pub fn load_hf_dir<B: Backend>(
     })
 }
 
+/// Loads a GGUF file (Llama / Mistral / Qwen2; every tensor type the `gguf` module
+/// dequantises) onto `device`: the config comes from the GGUF metadata, the tensors are
+/// dequantised to f32 one by one while the model is built.
+pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
+    let mut file = GgufFile::open(path)?;
+    let config_json = file.hf_config()?;
+    let config = decoder_config(&config_json).map_err(|source| LoadError::Config {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = Model::from_weights(&config, &mut file, device)?;
+    Ok(LoadedModel {
+        model,
+        config,
+        config_json,
+    })
+}
+
 /// Loads a model from a Hugging Face folder or a `.gguf` file.
 pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
     if path.is_dir() {
         load_hf_dir(path, device)
+    } else if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        load_gguf(path, device)
     } else {
         Err(LoadError::NotAModel(path.to_path_buf()))
     }

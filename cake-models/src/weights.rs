@@ -85,6 +85,9 @@ pub enum WeightError {
         /// Source description.
         origin: String,
     },
+    /// A GGUF tensor could not be read or dequantised.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
 }
 
 /// Something that hands out weights by Hugging Face tensor name.
@@ -301,5 +304,28 @@ impl WeightSource for SafetensorsFolder {
             shape: view.shape().to_vec(),
             data,
         })
+    }
+}
+
+/// A GGUF file's tensors under Hugging Face names, dequantised to f32 one at a time as the
+/// model asks for them (q/k rows of Llama-family files already un-permuted).
+impl WeightSource for crate::gguf::GgufFile {
+    fn origin(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        crate::gguf::gguf_name(name).is_some_and(|g| self.tensor_info(&g).is_ok())
+    }
+
+    fn take(&mut self, name: &str) -> Result<HostTensor, WeightError> {
+        match self.hf_tensor(name) {
+            Ok((shape, data)) => Ok(HostTensor { shape, data }),
+            Err(crate::gguf::GgufError::MissingTensor { .. }) => Err(WeightError::Missing {
+                name: name.to_string(),
+                origin: self.origin(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 }
