@@ -1,7 +1,12 @@
 //! Measured vs fitted layer shares, drawn with `plotters` (SVG or PNG by file extension).
+//!
+//! The workspace builds plotters with its `ab_glyph` text renderer, which draws no text
+//! until a font is registered: the first plot registers the TTF file named by the
+//! `CAKE_PLOT_FONT` environment variable, else the first of [`FONT_CANDIDATES`] that exists.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -13,6 +18,39 @@ use crate::poly::Poly;
 
 /// Plot size in pixels.
 const SIZE: (u32, u32) = (900, 560);
+
+/// TTF files tried, in order, for the plot's text (after `CAKE_PLOT_FONT`).
+pub const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+/// Registers a font as plotters' "sans-serif" once; the error says what was tried.
+fn ensure_font() -> Result<(), String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let from_env = std::env::var("CAKE_PLOT_FONT").ok();
+            let candidates: Vec<&str> = from_env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied()).collect();
+            for path in &candidates {
+                let Ok(bytes) = std::fs::read(path) else { continue };
+                // plotters keeps registered fonts for the life of the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(format!(
+                "no usable TTF font for the plot text (tried {}); set CAKE_PLOT_FONT to a .ttf file",
+                candidates.join(", ")
+            ))
+        })
+        .clone()
+}
 
 /// Draws every sample's measured share per layer (light dots), the per-layer mean (blue
 /// line with markers) and the fitted polynomial (red curve) against the layer index.
@@ -28,6 +66,10 @@ pub fn plot_fit(rows: &[LayerStatsRow], fit: &Poly, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         message,
     };
+    if !matches!(ext.as_deref(), Some("svg" | "png")) {
+        return Err(draw_err("unsupported extension; use .svg or .png".into()));
+    }
+    ensure_font().map_err(draw_err)?;
     match ext.as_deref() {
         Some("svg") => {
             draw(SVGBackend::new(path, SIZE).into_drawing_area(), rows, fit).map_err(draw_err)

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 /// Sylvester Hadamard entry `H_8[i][j] = (-1)^popcount(i & j)`.
 fn hadamard(i: usize, j: usize) -> f64 {
-    if (i & j).count_ones() % 2 == 0 {
+    if (i & j).count_ones().is_multiple_of(2) {
         1.0
     } else {
         -1.0
@@ -27,11 +27,11 @@ fn known_spectrum(lambda: [f64; 4]) -> Vec<f32> {
     let offset = [10.0, -3.0, 0.5, 7.0];
     let mut x = Vec::new();
     for i in 0..8 {
-        for c in 0..4 {
+        for (c, off) in offset.iter().enumerate() {
             let v: f64 = (0..4)
                 .map(|j| hadamard(i, j + 1) * a[j] * hadamard(c, j) / 2.0)
                 .sum();
-            x.push((v + offset[c]) as f32);
+            x.push((v + off) as f32);
         }
     }
     x
