@@ -309,3 +309,192 @@ pub fn build_scorer<B: Backend>(kind: ScorerKind, config: &PolicyConfig) -> Arc<
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn_flex::Flex;
+
+    fn err(config: PolicyConfig) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let d = PolicyConfig::default();
+        assert!(d.validate().is_ok());
+        assert!(
+            err(PolicyConfig {
+                cache_size: 0,
+                ..d.clone()
+            })
+            .contains("cache_size is 0")
+        );
+        assert!(
+            err(PolicyConfig {
+                cache_size: 32,
+                ..d.clone()
+            })
+            .contains("must exceed window 32")
+        );
+        assert!(
+            err(PolicyConfig {
+                window: 0,
+                ..d.clone()
+            })
+            .contains("window is 0")
+        );
+        assert!(
+            err(PolicyConfig {
+                ratio: Some(0.0),
+                ..d.clone()
+            })
+            .contains("outside (0, 1]")
+        );
+        assert!(
+            err(PolicyConfig {
+                ratio: Some(1.5),
+                ..d.clone()
+            })
+            .contains("outside (0, 1]")
+        );
+        assert!(
+            err(PolicyConfig {
+                ratio: Some(f64::NAN),
+                ..d.clone()
+            })
+            .contains("outside")
+        );
+        // With a ratio the cache size is not used.
+        assert!(
+            PolicyConfig {
+                ratio: Some(1.0),
+                cache_size: 0,
+                ..d.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            err(PolicyConfig {
+                tau1: Some(0.0),
+                ..d.clone()
+            })
+            .contains("tau1")
+        );
+        assert!(
+            err(PolicyConfig {
+                tau2: Some(f64::INFINITY),
+                ..d.clone()
+            })
+            .contains("tau2")
+        );
+        assert!(
+            err(PolicyConfig {
+                gamma: -1.0,
+                ..d.clone()
+            })
+            .contains("gamma")
+        );
+        assert!(
+            err(PolicyConfig {
+                beta: 0.5,
+                ..d.clone()
+            })
+            .contains("beta")
+        );
+        assert!(
+            err(PolicyConfig {
+                pool_kernel: 4,
+                ..d.clone()
+            })
+            .contains("odd")
+        );
+    }
+
+    #[test]
+    fn presets_and_pairs() {
+        let c = PolicyConfig::default();
+        for name in PRESETS {
+            let p = Policy::<B>::preset(name, &c).unwrap();
+            assert!(p.name().starts_with(name));
+        }
+        let cake = Policy::<B>::preset("CAKE", &c).unwrap();
+        assert_eq!(
+            (cake.allocator().name(), cake.scorer().name()),
+            ("preference", "cake")
+        );
+        let pyr = Policy::<B>::preset("pyramidkv", &c).unwrap();
+        assert_eq!(
+            (pyr.allocator().name(), pyr.scorer().name()),
+            ("pyramid", "snapkv")
+        );
+        let e = Policy::<B>::preset("snap", &c).unwrap_err().to_string();
+        assert!(
+            e.contains("full, streaming, h2o, tova, snapkv, pyramidkv, cake"),
+            "{e}"
+        );
+        let ablation = Policy::<B>::from_kinds(
+            "preference".parse().unwrap(),
+            "snapkv".parse().unwrap(),
+            c.clone(),
+        )
+        .unwrap();
+        assert_eq!(ablation.name(), "preference+snapkv");
+        assert!(matches!(
+            Policy::<B>::from_kinds(AllocatorKind::Static, ScorerKind::Cake, c.clone()),
+            Err(ConfigError::StaticNeedsFile)
+        ));
+        let e = "heavy".parse::<ScorerKind>().unwrap_err().to_string();
+        assert!(e.contains("streaming, h2o, tova, snapkv, cake"), "{e}");
+        let bad = PolicyConfig { window: 0, ..c };
+        assert!(Policy::<B>::preset("cake", &bad).is_err());
+    }
+
+    #[test]
+    fn config_serde_and_model_taus() {
+        let c: PolicyConfig =
+            serde_json::from_str(r#"{"cache_size": 128, "decode_evict": "none"}"#).unwrap();
+        assert_eq!(
+            (c.cache_size, c.window, c.decode_evict),
+            (128, 32, DecodeEviction::None)
+        );
+        assert!(serde_json::from_str::<PolicyConfig>(r#"{"cache": 1}"#).is_err());
+        let (c, source) = c.with_model_defaults("meta-llama/Llama-3.1-8B-Instruct");
+        assert_eq!((c.tau1, c.tau2), (Some(1.6), Some(0.6)));
+        assert!(matches!(
+            source,
+            TauSource::Published {
+                cache_size: 128,
+                ..
+            }
+        ));
+        let user = PolicyConfig {
+            tau1: Some(2.0),
+            tau2: Some(3.0),
+            ..PolicyConfig::default()
+        };
+        assert_eq!(
+            user.resolve_tau("Llama-3.1-8B-Instruct").source,
+            TauSource::User
+        );
+        let half = PolicyConfig {
+            tau1: Some(2.0),
+            ..PolicyConfig::default()
+        };
+        let t = half.resolve_tau("Qwen2.5-7B-Instruct");
+        assert_eq!((t.tau1, t.tau2), (2.0, 0.6));
+        assert_eq!(
+            PolicyConfig::default().resolve_tau("SmolLM2-135M").source,
+            TauSource::Fallback
+        );
+        // Ratio budgets.
+        let r = PolicyConfig {
+            ratio: Some(0.1),
+            ..PolicyConfig::default()
+        };
+        assert_eq!(r.plan(1000, 30).cache_size, 100);
+        assert_eq!(r.plan(1000, 30).total(), (100 - 32) * 30);
+    }
+}
