@@ -65,7 +65,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with `role` and `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -89,12 +92,21 @@ pub struct Tokenizer {
 }
 
 fn tk_err(context: &str) -> impl FnOnce(tokenizers::Error) -> TokenizerError + '_ {
-    move |e| TokenizerError::Tokenizers { context: context.to_string(), message: e.to_string() }
+    move |e| TokenizerError::Tokenizers {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Json, TokenizerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io { path: path.into(), source })?;
-    serde_json::from_str(&text).map_err(|source| TokenizerError::Json { path: path.into(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
+        path: path.into(),
+        source,
+    })
 }
 
 /// A special-token entry of `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -114,13 +126,24 @@ impl Tokenizer {
         if !tok_path.is_file() {
             return Err(TokenizerError::Io {
                 path: tok_path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json missing from the model folder"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "tokenizer.json missing from the model folder",
+                ),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| TokenizerError::Tokenizers { context: tok_path.display().to_string(), message: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
+            TokenizerError::Tokenizers {
+                context: tok_path.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
         let config_path = dir.join("tokenizer_config.json");
-        let config = if config_path.is_file() { read_json(&config_path)? } else { Json::Object(Map::new()) };
+        let config = if config_path.is_file() {
+            read_json(&config_path)?
+        } else {
+            Json::Object(Map::new())
+        };
 
         let special = SpecialTokens {
             bos_token: token_string(config.get("bos_token")),
@@ -130,7 +153,12 @@ impl Tokenizer {
         };
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = if jinja_path.is_file() {
-            Some(std::fs::read_to_string(&jinja_path).map_err(|source| TokenizerError::Io { path: jinja_path, source })?)
+            Some(
+                std::fs::read_to_string(&jinja_path).map_err(|source| TokenizerError::Io {
+                    path: jinja_path,
+                    source,
+                })?,
+            )
         } else {
             match config.get("chat_template") {
                 Some(Json::String(s)) => Some(s.clone()),
@@ -163,7 +191,13 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(Tokenizer { inner, chat_template, special, bos_token_id, eos_token_ids })
+        Ok(Tokenizer {
+            inner,
+            chat_template,
+            special,
+            bos_token_id,
+            eos_token_ids,
+        })
     }
 
     /// Rebuilds the tokenizer from the `tokenizer.ggml.*` metadata of a GGUF file.
@@ -209,15 +243,26 @@ impl Tokenizer {
             Err(e) => return Err(e.into()),
         };
 
-        let tokenizer_json = byte_level_bpe_json(&tokens, &merges, &token_types, pre, if add_bos { bos } else { None })?;
-        let inner: tokenizers::Tokenizer = serde_json::from_value(tokenizer_json).map_err(|e| TokenizerError::Tokenizers {
-            context: format!("tokenizer rebuilt from {}", file.path().display()),
-            message: e.to_string(),
-        })?;
+        let tokenizer_json = byte_level_bpe_json(
+            &tokens,
+            &merges,
+            &token_types,
+            pre,
+            if add_bos { bos } else { None },
+        )?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(tokenizer_json).map_err(|e| TokenizerError::Tokenizers {
+                context: format!("tokenizer rebuilt from {}", file.path().display()),
+                message: e.to_string(),
+            })?;
 
         let name = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string());
-        let special =
-            SpecialTokens { bos_token: name(bos), eos_token: name(eos), unk_token: name(unk), pad_token: name(pad) };
+        let special = SpecialTokens {
+            bos_token: name(bos),
+            eos_token: name(eos),
+            unk_token: name(unk),
+            pad_token: name(pad),
+        };
         let chat_template = match md.get_str("tokenizer.chat_template") {
             Ok(t) => Some(t.to_string()),
             Err(GgufError::MissingKey { .. }) => None,
@@ -229,19 +274,30 @@ impl Tokenizer {
         {
             eos_token_ids.push(eot);
         }
-        Ok(Tokenizer { inner, chat_template, special, bos_token_id: bos, eos_token_ids })
+        Ok(Tokenizer {
+            inner,
+            chat_template,
+            special,
+            bos_token_id: bos,
+            eos_token_ids,
+        })
     }
 
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's post-processor adds
     /// (e.g. BOS). Special tokens written in the text (`<|im_start|>`) are always matched whole.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(tk_err("encode"))?;
+        let enc = self
+            .inner
+            .encode_fast(text, add_special_tokens)
+            .map_err(tk_err("encode"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; `skip_special` leaves out special tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, skip_special).map_err(tk_err("decode"))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(tk_err("decode"))
     }
 
     /// Number of ids the tokenizer knows, added tokens included.
@@ -286,7 +342,9 @@ impl Tokenizer {
             return Ok(plain_chat(messages, add_generation_prompt));
         };
         let env = jinja_environment();
-        let template = env.template_from_str(source).map_err(|e| TokenizerError::Template(format!("{e:#}")))?;
+        let template = env
+            .template_from_str(source)
+            .map_err(|e| TokenizerError::Template(format!("{e:#}")))?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -295,7 +353,9 @@ impl Tokenizer {
             unk_token => self.special.unk_token.clone().unwrap_or_default(),
             pad_token => self.special.pad_token.clone().unwrap_or_default(),
         };
-        template.render(ctx).map_err(|e| TokenizerError::Template(format!("{e:#}")))
+        template
+            .render(ctx)
+            .map_err(|e| TokenizerError::Template(format!("{e:#}")))
     }
 }
 
@@ -317,17 +377,23 @@ fn jinja_environment() -> Environment<'static> {
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     env.add_function("strftime_now", |format: String| strftime_utc_now(&format));
-    env.add_filter("tojson", |value: minijinja::Value, indent: Option<usize>| -> Result<String, minijinja::Error> {
-        let json = serde_json::to_value(&value)
-            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-        let mut out = String::new();
-        python_json(&json, indent, 0, &mut out);
-        Ok(out)
-    });
+    env.add_filter(
+        "tojson",
+        |value: minijinja::Value, indent: Option<usize>| -> Result<String, minijinja::Error> {
+            let json = serde_json::to_value(&value)
+                .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            let mut out = String::new();
+            python_json(&json, indent, 0, &mut out);
+            Ok(out)
+        },
+    );
     env
 }
 
@@ -381,8 +447,20 @@ fn strftime_utc_now(format: &str) -> String {
 }
 
 fn strftime(unix_secs: i64, format: &str) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let days = unix_secs.div_euclid(86_400);
     let rem = unix_secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -428,7 +506,8 @@ fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..=255u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -466,7 +545,9 @@ fn pre_tokenizer_for(pre: &str) -> (Json, Json) {
                 byte_level(true),
             ]}),
         ),
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => (json!({"type": "NFC"}), split_then_byte_level(QWEN2_SPLIT)),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => {
+            (json!({"type": "NFC"}), split_then_byte_level(QWEN2_SPLIT))
+        }
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" | "dbrx" | "smaug-bpe" => {
             (Json::Null, split_then_byte_level(LLAMA3_SPLIT))
         }
@@ -506,7 +587,9 @@ fn byte_level_bpe_json(
     let mut merge_pairs = Vec::with_capacity(merges.len());
     for (i, merge) in merges.iter().enumerate() {
         let (a, b) = merge.split_once(' ').ok_or_else(|| {
-            TokenizerError::Unsupported(format!("tokenizer.ggml.merges[{i}] = {merge:?} is not two tokens"))
+            TokenizerError::Unsupported(format!(
+                "tokenizer.ggml.merges[{i}] = {merge:?} is not two tokens"
+            ))
         })?;
         merge_pairs.push(json!([a, b]));
     }
@@ -571,15 +654,28 @@ pub struct TextStreamer<'a> {
 impl<'a> TextStreamer<'a> {
     /// A streamer over `tokenizer`; `skip_special` drops special tokens from the text.
     pub fn new(tokenizer: &'a Tokenizer, skip_special: bool) -> Self {
-        TextStreamer { tokenizer, skip_special, ids: Vec::new(), prefix: 0, read: 0 }
+        TextStreamer {
+            tokenizer,
+            skip_special,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
         self.ids.push(id);
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..], self.skip_special)?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        let before = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
             let delta = now[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
@@ -591,8 +687,12 @@ impl<'a> TextStreamer<'a> {
 
     /// The text still held back (an incomplete character at the end), if any.
     pub fn finish(&mut self) -> Result<Option<String>, TokenizerError> {
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let now = self.tokenizer.decode(&self.ids[self.prefix..], self.skip_special)?;
+        let before = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
+        let now = self
+            .tokenizer
+            .decode(&self.ids[self.prefix..], self.skip_special)?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         if now.len() > before.len() && now.is_char_boundary(before.len()) {
@@ -610,7 +710,10 @@ mod tests {
     #[test]
     fn strftime_known_date() {
         // 2024-02-29 13:05:09 UTC = 1709211909 (date -u -d @1709211909).
-        assert_eq!(strftime(1_709_211_909, "%d %b %Y %H:%M:%S %B %%"), "29 Feb 2024 13:05:09 February %");
+        assert_eq!(
+            strftime(1_709_211_909, "%d %b %Y %H:%M:%S %B %%"),
+            "29 Feb 2024 13:05:09 February %"
+        );
     }
 
     #[test]

@@ -11,11 +11,18 @@ use serde_json::Value;
 fn blocks() -> serde_json::Map<String, Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/gguf/blocks.json");
     let text = std::fs::read_to_string(path).expect("fixture blocks.json");
-    serde_json::from_str::<Value>(&text).expect("valid JSON").as_object().expect("object").clone()
+    serde_json::from_str::<Value>(&text)
+        .expect("valid JSON")
+        .as_object()
+        .expect("object")
+        .clone()
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn check(type_name: &str) {
@@ -25,13 +32,20 @@ fn check(type_name: &str) {
     let ty = GgmlType::from_id(id).expect("known type");
     assert_eq!(ty.to_string(), type_name);
     let bytes = unhex(entry["hex"].as_str().expect("hex"));
-    let expected: Vec<f32> =
-        entry["values"].as_array().expect("values").iter().map(|v| v.as_f64().expect("number") as f32).collect();
+    let expected: Vec<f32> = entry["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect();
     let got = dequantize(ty, &bytes, "fixture").expect("dequantize");
     assert_eq!(got.len(), expected.len(), "{type_name}: element count");
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         // Both sides compute in f32 in the same order; allow one rounding step of slack.
-        assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "{type_name}[{i}]: got {g}, gguf.dequantize gives {e}");
+        assert!(
+            (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+            "{type_name}[{i}]: got {g}, gguf.dequantize gives {e}"
+        );
     }
 }
 
@@ -104,7 +118,11 @@ fn q4_0_hand_computed() {
     let v = dequantize(GgmlType::Q4_0, &block, "hand").expect("dequantize");
     assert_eq!(v[0], -16.0);
     assert_eq!(v[16], 14.0);
-    assert!(v.iter().enumerate().all(|(i, &x)| i == 0 || i == 16 || x == 0.0));
+    assert!(
+        v.iter()
+            .enumerate()
+            .all(|(i, &x)| i == 0 || i == 16 || x == 0.0)
+    );
 }
 
 #[test]

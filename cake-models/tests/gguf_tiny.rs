@@ -17,13 +17,19 @@ fn tiny() -> GgufFile {
 }
 
 fn expected() -> Json {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.json"))
-        .expect("tiny.json");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.json"),
+    )
+    .expect("tiny.json");
     serde_json::from_str(&text).expect("valid JSON")
 }
 
 fn floats(v: &Json) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 fn close(got: f64, want: f64, tol: f64) -> bool {
@@ -47,13 +53,25 @@ fn metadata_of_every_type() {
     assert_eq!(md.get_f64("test.f64").expect("f64"), -1.5e300);
     assert!(md.get_bool("test.bool").expect("bool"));
     assert_eq!(md.get_str("test.str").expect("str"), "héllo ✓");
-    assert_eq!(md.get_int_array("test.int_array").expect("ints"), vec![1, -2, 3]);
-    assert_eq!(md.get_str_array("test.str_array").expect("strs"), vec!["a", "bc", ""]);
+    assert_eq!(
+        md.get_int_array("test.int_array").expect("ints"),
+        vec![1, -2, 3]
+    );
+    assert_eq!(
+        md.get_str_array("test.str_array").expect("strs"),
+        vec!["a", "bc", ""]
+    );
     assert_eq!(f.architecture().expect("arch"), "llama");
     // Typed access errors name the key and both types.
     let err = md.get_str("test.u8").unwrap_err().to_string();
-    assert!(err.contains("test.u8") && err.contains("uint8") && err.contains("string"), "{err}");
-    assert!(matches!(md.get_u32("no.such.key"), Err(GgufError::MissingKey { .. })));
+    assert!(
+        err.contains("test.u8") && err.contains("uint8") && err.contains("string"),
+        "{err}"
+    );
+    assert!(matches!(
+        md.get_u32("no.such.key"),
+        Err(GgufError::MissingKey { .. })
+    ));
     assert!(md.get_u32("test.i8").is_err(), "-100 is not a u32");
 }
 
@@ -87,25 +105,52 @@ fn hf_tensors_match_transformers_view() {
         let (name, shape, data) = item.expect("tensor");
         let w = &want[&name];
         let ty = w["type"].as_str().expect("type");
-        let wshape: Vec<usize> = w["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let wshape: Vec<usize> = w["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(shape, wshape, "{name}: shape");
-        assert_eq!(data.len(), shape.iter().product::<usize>(), "{name}: element count");
+        assert_eq!(
+            data.len(),
+            shape.iter().product::<usize>(),
+            "{name}: element count"
+        );
         let first = floats(&w["first"]);
         let last = floats(&w["last"]);
         for (i, (&g, &e)) in data.iter().zip(&first).enumerate() {
-            assert!(close(g as f64, e, 1e-6), "{name} ({ty}) first[{i}]: {g} vs {e}");
+            assert!(
+                close(g as f64, e, 1e-6),
+                "{name} ({ty}) first[{i}]: {g} vs {e}"
+            );
         }
-        for (i, (&g, &e)) in data[data.len() - 64.min(data.len())..].iter().zip(&last).enumerate() {
-            assert!(close(g as f64, e, 1e-6), "{name} ({ty}) last[{i}]: {g} vs {e}");
+        for (i, (&g, &e)) in data[data.len() - 64.min(data.len())..]
+            .iter()
+            .zip(&last)
+            .enumerate()
+        {
+            assert!(
+                close(g as f64, e, 1e-6),
+                "{name} ({ty}) last[{i}]: {g} vs {e}"
+            );
         }
         let sum: f64 = data.iter().map(|&x| x as f64).sum();
-        assert!(close(sum, w["sum"].as_f64().unwrap(), 1e-5), "{name}: sum {sum} vs {}", w["sum"]);
+        assert!(
+            close(sum, w["sum"].as_f64().unwrap(), 1e-5),
+            "{name}: sum {sum} vs {}",
+            w["sum"]
+        );
         // Per-row sums pin down the row order, i.e. the q/k un-permutation.
         if shape.len() == 2 {
             let rows = floats(&w["row_sums"]);
             for (r, chunk) in data.chunks(shape[1]).enumerate() {
                 let s: f64 = chunk.iter().map(|&x| x as f64).sum();
-                assert!(close(s, rows[r], 1e-5), "{name}: row {r} sum {s} vs {}", rows[r]);
+                assert!(
+                    close(s, rows[r], 1e-5),
+                    "{name}: row {r} sum {s} vs {}",
+                    rows[r]
+                );
             }
         }
         seen += 1;
@@ -119,13 +164,24 @@ fn hf_tensors_match_transformers_view() {
 #[test]
 fn hf_tensor_by_name() {
     let f = tiny();
-    let (shape, data) = f.hf_tensor("model.layers.0.self_attn.k_proj.weight").expect("k_proj");
+    let (shape, data) = f
+        .hf_tensor("model.layers.0.self_attn.k_proj.weight")
+        .expect("k_proj");
     assert_eq!(shape, vec![32, 256]);
     let all: Vec<_> = f.hf_tensors().map(|t| t.expect("tensor")).collect();
-    let (_, _, same) = all.iter().find(|(n, _, _)| n == "model.layers.0.self_attn.k_proj.weight").expect("listed");
+    let (_, _, same) = all
+        .iter()
+        .find(|(n, _, _)| n == "model.layers.0.self_attn.k_proj.weight")
+        .expect("listed");
     assert_eq!(&data, same);
-    assert!(matches!(f.hf_tensor("model.layers.0.mlp.nope.weight"), Err(GgufError::MissingTensor { .. })));
-    assert!(matches!(f.hf_tensor("model.layers.7.mlp.up_proj.weight"), Err(GgufError::MissingTensor { .. })));
+    assert!(matches!(
+        f.hf_tensor("model.layers.0.mlp.nope.weight"),
+        Err(GgufError::MissingTensor { .. })
+    ));
+    assert!(matches!(
+        f.hf_tensor("model.layers.7.mlp.up_proj.weight"),
+        Err(GgufError::MissingTensor { .. })
+    ));
 }
 
 fn bytes() -> Vec<u8> {
@@ -133,7 +189,9 @@ fn bytes() -> Vec<u8> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).position(|w| w == needle).expect("needle present")
+    hay.windows(needle.len())
+        .position(|w| w == needle)
+        .expect("needle present")
 }
 
 #[test]
@@ -147,7 +205,10 @@ fn bad_magic_and_version() {
     let mut b = bytes();
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
     let err = GgufFile::from_bytes("v1.gguf", b).unwrap_err();
-    assert!(matches!(err, GgufError::UnsupportedVersion { version: 1, .. }), "{err}");
+    assert!(
+        matches!(err, GgufError::UnsupportedVersion { version: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -155,7 +216,9 @@ fn every_truncation_is_an_error() {
     let b = bytes();
     // Every cut inside the header and tensor table, then a stride through the data.
     let header_end = find(&b, b"output.weight") + 200;
-    let cuts = (0..header_end).chain((header_end..b.len()).step_by(97)).chain([b.len() - 1]);
+    let cuts = (0..header_end)
+        .chain((header_end..b.len()).step_by(97))
+        .chain([b.len() - 1]);
     for cut in cuts {
         match GgufFile::from_bytes("cut.gguf", b[..cut].to_vec()) {
             Err(GgufError::Truncated { .. } | GgufError::BadMagic { .. }) => {}
@@ -164,7 +227,9 @@ fn every_truncation_is_an_error() {
         }
     }
     // The last tensor's data is what a one-byte cut loses; the error says which tensor.
-    let err = GgufFile::from_bytes("cut.gguf", b[..b.len() - 1].to_vec()).unwrap_err().to_string();
+    let err = GgufFile::from_bytes("cut.gguf", b[..b.len() - 1].to_vec())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truncated") && err.contains("tensor"), "{err}");
 }
 
@@ -180,13 +245,19 @@ fn huge_counts_are_rejected_before_allocating() {
     // The tensor count in the header.
     let mut b = bytes();
     b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(GgufFile::from_bytes("huge.gguf", b), Err(GgufError::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes("huge.gguf", b),
+        Err(GgufError::Truncated { .. })
+    ));
 
     // A string length.
     let mut b = bytes();
     let at = find(&b, b"test.str") + "test.str".len() + 4;
     b[at..at + 8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
-    assert!(matches!(GgufFile::from_bytes("huge.gguf", b), Err(GgufError::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes("huge.gguf", b),
+        Err(GgufError::Truncated { .. })
+    ));
 }
 
 #[test]
@@ -194,12 +265,16 @@ fn corrupt_tensor_entries_are_named() {
     // Tensor table entry: name, u32 n_dims, n_dims x u64, u32 type, u64 offset.
     let name = b"blk.0.attn_q.weight";
     let b0 = bytes();
-    let entry = find(&b0[find(&b0, b"test.str_array")..], name) + find(&b0, b"test.str_array") + name.len();
+    let entry =
+        find(&b0[find(&b0, b"test.str_array")..], name) + find(&b0, b"test.str_array") + name.len();
 
     let mut b = b0.clone();
     b[entry + 4 + 16..entry + 4 + 16 + 4].copy_from_slice(&99u32.to_le_bytes());
     let err = GgufFile::from_bytes("t.gguf", b).unwrap_err().to_string();
-    assert!(err.contains("unknown GGML type id 99") && err.contains("blk.0.attn_q.weight"), "{err}");
+    assert!(
+        err.contains("unknown GGML type id 99") && err.contains("blk.0.attn_q.weight"),
+        "{err}"
+    );
 
     let mut b = b0.clone();
     b[entry + 4..entry + 12].copy_from_slice(&(1u64 << 40).to_le_bytes());
@@ -239,6 +314,8 @@ fn random_byte_flips_never_panic() {
 
 #[test]
 fn missing_file_names_the_path() {
-    let err = GgufFile::open(Path::new("/nonexistent/model.gguf")).unwrap_err().to_string();
+    let err = GgufFile::open(Path::new("/nonexistent/model.gguf"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
 }

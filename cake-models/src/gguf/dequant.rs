@@ -36,7 +36,8 @@ pub enum GgmlType {
 }
 
 /// The types [`dequantize`] accepts, for error messages.
-pub(super) const SUPPORTED: &str = "F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+pub(super) const SUPPORTED: &str =
+    "F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 impl GgmlType {
     /// The type with GGML id `id`, if this loader knows its block layout.
@@ -128,10 +129,13 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, data: &[u8], name: &str) -> Result<Vec<f32>, GgufError> {
     let (block, block_bytes) = ty.block();
     let (block, block_bytes) = (block as usize, block_bytes as usize);
-    if data.len() % block_bytes != 0 {
+    if !data.len().is_multiple_of(block_bytes) {
         return Err(GgufError::Corrupt {
             path: name.into(),
-            what: format!("{} bytes of {ty} data is not a whole number of {block_bytes}-byte blocks", data.len()),
+            what: format!(
+                "{} bytes of {ty} data is not a whole number of {block_bytes}-byte blocks",
+                data.len()
+            ),
         });
     }
     let mut out = Vec::with_capacity(data.len() / block_bytes * block);
@@ -141,9 +145,9 @@ pub fn dequantize(ty: GgmlType, data: &[u8], name: &str) -> Result<Vec<f32>, Ggu
         F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         F16 => out.extend(blocks.map(|b| f16_at(b, 0))),
         BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        F64 => out.extend(blocks.map(|b| {
-            f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32
-        })),
+        F64 => {
+            out.extend(blocks.map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32))
+        }
         Q4_0 => blocks.for_each(|b| q4_0(b, &mut out)),
         Q4_1 => blocks.for_each(|b| q4_1(b, &mut out)),
         Q5_0 => blocks.for_each(|b| q5_0(b, &mut out)),
@@ -155,7 +159,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], name: &str) -> Result<Vec<f32>, Ggu
         Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
         Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
         Q8_1 | Q8K | I8 | I16 | I32 | I64 => {
-            return Err(GgufError::UnsupportedType { name: name.to_string(), ty, supported: SUPPORTED });
+            return Err(GgufError::UnsupportedType {
+                name: name.to_string(),
+                ty,
+                supported: SUPPORTED,
+            });
         }
     }
     Ok(out)
@@ -193,7 +201,11 @@ fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
 fn q5_0(b: &[u8], out: &mut Vec<f32>) {
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    out.extend(q5_values(qh, &b[6..22]).iter().map(|&q| (q as i32 - 16) as f32 * d));
+    out.extend(
+        q5_values(qh, &b[6..22])
+            .iter()
+            .map(|&q| (q as i32 - 16) as f32 * d),
+    );
 }
 
 /// Q5_1: `d: f16, m: f16, qh: u32, qs: [u8; 16]`; x = q5 * d + m.
@@ -214,7 +226,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     let (sc, m) = if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     };
     (sc as f32, m as f32)
 }
@@ -232,7 +247,11 @@ fn q2_k(b: &[u8], out: &mut Vec<f32>) {
                 is += 1;
                 let dl = d * (sc & 0xF) as f32;
                 let ml = dmin * (sc >> 4) as f32;
-                out.extend(q[16 * part..16 * (part + 1)].iter().map(|&x| dl * ((x >> shift) & 3) as f32 - ml));
+                out.extend(
+                    q[16 * part..16 * (part + 1)]
+                        .iter()
+                        .map(|&x| dl * ((x >> shift) & 3) as f32 - ml),
+                );
             }
         }
     }
@@ -254,7 +273,11 @@ fn q3_k(b: &[u8], out: &mut Vec<f32>) {
     aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
     aux[0] = (aux[0] & kmask2) | ((tmp & kmask1) << 4);
     aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-    let scales: Vec<i8> = aux.iter().flat_map(|a| a.to_le_bytes()).map(|s| s as i8).collect();
+    let scales: Vec<i8> = aux
+        .iter()
+        .flat_map(|a| a.to_le_bytes())
+        .map(|s| s as i8)
+        .collect();
 
     let mut m: u8 = 1;
     let mut is = 0;
@@ -298,8 +321,16 @@ fn q5_k(b: &[u8], out: &mut Vec<f32>) {
         let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
         let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
         let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
-        out.extend(q.iter().zip(qh).map(|(&x, &h)| d1 * ((x & 0xF) + if h & u1 != 0 { 16 } else { 0 }) as f32 - m1));
-        out.extend(q.iter().zip(qh).map(|(&x, &h)| d2 * ((x >> 4) + if h & u2 != 0 { 16 } else { 0 }) as f32 - m2));
+        out.extend(
+            q.iter()
+                .zip(qh)
+                .map(|(&x, &h)| d1 * ((x & 0xF) + if h & u1 != 0 { 16 } else { 0 }) as f32 - m1),
+        );
+        out.extend(
+            q.iter()
+                .zip(qh)
+                .map(|(&x, &h)| d2 * ((x >> 4) + if h & u2 != 0 { 16 } else { 0 }) as f32 - m2),
+        );
     }
 }
 

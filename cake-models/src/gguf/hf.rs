@@ -21,14 +21,32 @@ struct HfArch {
 impl GgufFile {
     fn hf_arch(&self) -> Result<HfArch, GgufError> {
         let arch = self.architecture()?;
-        let name = self.metadata.get_str("general.name").unwrap_or_default().to_ascii_lowercase();
+        let name = self
+            .metadata
+            .get_str("general.name")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         match arch {
-            "llama" if name.contains("mistral") => {
-                Ok(HfArch { class: "MistralForCausalLM", model_type: "mistral", permuted_qk: true })
-            }
-            "llama" => Ok(HfArch { class: "LlamaForCausalLM", model_type: "llama", permuted_qk: true }),
-            "mistral" => Ok(HfArch { class: "MistralForCausalLM", model_type: "mistral", permuted_qk: true }),
-            "qwen2" => Ok(HfArch { class: "Qwen2ForCausalLM", model_type: "qwen2", permuted_qk: false }),
+            "llama" if name.contains("mistral") => Ok(HfArch {
+                class: "MistralForCausalLM",
+                model_type: "mistral",
+                permuted_qk: true,
+            }),
+            "llama" => Ok(HfArch {
+                class: "LlamaForCausalLM",
+                model_type: "llama",
+                permuted_qk: true,
+            }),
+            "mistral" => Ok(HfArch {
+                class: "MistralForCausalLM",
+                model_type: "mistral",
+                permuted_qk: true,
+            }),
+            "qwen2" => Ok(HfArch {
+                class: "Qwen2ForCausalLM",
+                model_type: "qwen2",
+                permuted_qk: false,
+            }),
             other => Err(GgufError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -36,8 +54,13 @@ impl GgufFile {
     /// `(query heads, key/value heads)` from `{arch}.attention.head_count[_kv]`.
     fn head_counts(&self) -> Result<(usize, usize), GgufError> {
         let arch = self.architecture()?;
-        let heads = self.metadata.get_u32(&format!("{arch}.attention.head_count"))? as usize;
-        let kv = match self.metadata.get_u32(&format!("{arch}.attention.head_count_kv")) {
+        let heads = self
+            .metadata
+            .get_u32(&format!("{arch}.attention.head_count"))? as usize;
+        let kv = match self
+            .metadata
+            .get_u32(&format!("{arch}.attention.head_count_kv"))
+        {
             Ok(kv) => kv as usize,
             Err(GgufError::MissingKey { .. }) => heads,
             Err(e) => return Err(e),
@@ -63,8 +86,14 @@ impl GgufFile {
         c.insert("architectures".into(), json!([hf.class]));
         c.insert("model_type".into(), json!(hf.model_type));
         c.insert("hidden_size".into(), json!(hidden));
-        c.insert("intermediate_size".into(), json!(md.get_u32(&key("feed_forward_length"))?));
-        c.insert("num_hidden_layers".into(), json!(md.get_u32(&key("block_count"))?));
+        c.insert(
+            "intermediate_size".into(),
+            json!(md.get_u32(&key("feed_forward_length"))?),
+        );
+        c.insert(
+            "num_hidden_layers".into(),
+            json!(md.get_u32(&key("block_count"))?),
+        );
         c.insert("num_attention_heads".into(), json!(heads));
         c.insert("num_key_value_heads".into(), json!(kv_heads));
         c.insert("hidden_act".into(), json!("silu"));
@@ -73,7 +102,10 @@ impl GgufFile {
         // GGUF omits the frequency base when it is the llama.cpp default.
         let theta = md.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
         c.insert("rope_theta".into(), json!(decimal(theta)));
-        c.insert("max_position_embeddings".into(), json!(md.get_u32(&key("context_length"))?));
+        c.insert(
+            "max_position_embeddings".into(),
+            json!(md.get_u32(&key("context_length"))?),
+        );
         if let Ok(head_dim) = md.get_u32(&key("attention.key_length")) {
             c.insert("head_dim".into(), json!(head_dim));
         } else if hf.model_type != "qwen2"
@@ -93,7 +125,10 @@ impl GgufFile {
         c.insert("vocab_size".into(), json!(vocab));
         let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
         c.insert("tie_word_embeddings".into(), json!(tied));
-        for (hf_key, gguf_key) in [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id")] {
+        for (hf_key, gguf_key) in [
+            ("bos_token_id", "tokenizer.ggml.bos_token_id"),
+            ("eos_token_id", "tokenizer.ggml.eos_token_id"),
+        ] {
             if let Ok(id) = md.get_u32(gguf_key) {
                 c.insert(hf_key.into(), json!(id));
             }
@@ -124,17 +159,24 @@ impl GgufFile {
     /// Every tensor dequantised to f32 under its Hugging Face name, shape in PyTorch order
     /// (`[out, in]` for linears), Llama-family q/k rows un-permuted. Tensors with no HF
     /// counterpart (`rope_freqs.weight`) are skipped.
-    pub fn hf_tensors(&self) -> impl Iterator<Item = Result<(String, Vec<usize>, Vec<f32>), GgufError>> + '_ {
-        self.tensors.iter().filter(|t| t.name != "rope_freqs.weight").map(move |info| {
-            let name = hf_name(&info.name)?;
-            let (shape, data) = self.hf_load(info)?;
-            Ok((name, shape, data))
-        })
+    pub fn hf_tensors(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, Vec<usize>, Vec<f32>), GgufError>> + '_ {
+        self.tensors
+            .iter()
+            .filter(|t| t.name != "rope_freqs.weight")
+            .map(move |info| {
+                let name = hf_name(&info.name)?;
+                let (shape, data) = self.hf_load(info)?;
+                Ok((name, shape, data))
+            })
     }
 
     /// One tensor by Hugging Face name: `(shape, values)` as in [`GgufFile::hf_tensors`].
     pub fn hf_tensor(&self, hf: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
-        let gguf = gguf_name(hf).ok_or_else(|| GgufError::MissingTensor { name: hf.to_string() })?;
+        let gguf = gguf_name(hf).ok_or_else(|| GgufError::MissingTensor {
+            name: hf.to_string(),
+        })?;
         let info = self.tensor_info(&gguf)?;
         self.hf_load(info)
     }
@@ -148,10 +190,13 @@ impl GgufFile {
             let (heads, kv_heads) = self.head_counts()?;
             let n_head = if is_q { heads } else { kv_heads };
             let rows = shape[0];
-            if n_head == 0 || rows % (2 * n_head) != 0 {
+            if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
                 return Err(GgufError::Corrupt {
                     path: self.path.clone(),
-                    what: format!("tensor `{}` has {rows} rows, not a multiple of 2 x {n_head} heads", info.name),
+                    what: format!(
+                        "tensor `{}` has {rows} rows, not a multiple of 2 x {n_head} heads",
+                        info.name
+                    ),
                 });
             }
             data = unpermute_rows(&data, rows, n_head);
@@ -177,7 +222,8 @@ pub(super) fn unpermute_rows(data: &[f32], rows: usize, n_head: usize) -> Vec<f3
             for j in 0..2 {
                 let src = h * 2 * half + 2 * i + j;
                 let dst = h * 2 * half + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -216,7 +262,10 @@ pub fn hf_name(gguf: &str) -> Result<String, GgufError> {
     let rest = gguf.strip_prefix("blk.").ok_or_else(unknown)?;
     let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;
-    let (_, hf) = LAYER_NAMES.iter().find(|(g, _)| *g == suffix).ok_or_else(unknown)?;
+    let (_, hf) = LAYER_NAMES
+        .iter()
+        .find(|(g, _)| *g == suffix)
+        .ok_or_else(unknown)?;
     Ok(format!("model.layers.{layer}.{hf}"))
 }
 
@@ -247,11 +296,20 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for g in ["token_embd.weight", "output.weight", "output_norm.weight", "blk.12.attn_k.bias", "blk.3.ffn_down.weight"] {
+        for g in [
+            "token_embd.weight",
+            "output.weight",
+            "output_norm.weight",
+            "blk.12.attn_k.bias",
+            "blk.3.ffn_down.weight",
+        ] {
             let hf = hf_name(g).expect("known");
             assert_eq!(gguf_name(&hf).as_deref(), Some(g));
         }
-        assert_eq!(hf_name("blk.0.attn_q.weight").expect("q"), "model.layers.0.self_attn.q_proj.weight");
+        assert_eq!(
+            hf_name("blk.0.attn_q.weight").expect("q"),
+            "model.layers.0.self_attn.q_proj.weight"
+        );
         assert!(hf_name("blk.x.attn_q.weight").is_err());
         assert!(hf_name("mystery.weight").is_err());
     }

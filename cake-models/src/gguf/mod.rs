@@ -50,7 +50,9 @@ pub enum GgufError {
         version: u32,
     },
     /// The file ends (or a declared size runs) past the end of the file.
-    #[error("{path}: truncated or corrupt GGUF: {what} at byte {offset} needs {needed} bytes, file has {available} left")]
+    #[error(
+        "{path}: truncated or corrupt GGUF: {what} at byte {offset} needs {needed} bytes, file has {available} left"
+    )]
     Truncated {
         /// The file.
         path: PathBuf,
@@ -210,11 +212,17 @@ impl Metadata {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     fn wrong(key: &str, expected: &'static str, found: &Value) -> GgufError {
-        GgufError::WrongType { key: key.to_string(), expected, found: found.type_name() }
+        GgufError::WrongType {
+            key: key.to_string(),
+            expected,
+            found: found.type_name(),
+        }
     }
 
     /// An integer key that fits in `u32` (any integer width is accepted).
@@ -357,7 +365,10 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Opens and parses `path` (the tensor data is memory-mapped, not read).
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let storage = if len == 0 {
@@ -378,7 +389,11 @@ impl GgufFile {
 
     fn parse(path: PathBuf, storage: Storage) -> Result<GgufFile, GgufError> {
         let bytes = storage.bytes();
-        let mut r = Reader { bytes, pos: 0, path: &path };
+        let mut r = Reader {
+            bytes,
+            pos: 0,
+            path: &path,
+        };
         let magic: [u8; 4] = r.take(4, "magic")?.try_into().unwrap_or([0; 4]);
         if &magic != MAGIC {
             return Err(GgufError::BadMagic { path, found: magic });
@@ -408,15 +423,18 @@ impl GgufFile {
             let name = r.string("tensor name")?;
             let n_dims = r.u32("tensor dimension count")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.corrupt(format!("tensor `{name}` has {n_dims} dimensions (1..=4 allowed)")));
+                return Err(r.corrupt(format!(
+                    "tensor `{name}` has {n_dims} dimensions (1..=4 allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 dims.push(r.u64("tensor dimension")?);
             }
             let ty_id = r.u32("tensor type")?;
-            let ty = GgmlType::from_id(ty_id)
-                .ok_or_else(|| r.corrupt(format!("tensor `{name}` has unknown GGML type id {ty_id}")))?;
+            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
+                r.corrupt(format!("tensor `{name}` has unknown GGML type id {ty_id}"))
+            })?;
             let offset = r.u64("tensor offset")?;
             raw.push((name, dims, ty, offset));
         }
@@ -425,7 +443,9 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_int() {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() && a <= 1 << 20 => a as u64,
-                _ => return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two"))),
+                _ => {
+                    return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two")));
+                }
             },
         };
         let file_len = bytes.len() as u64;
@@ -434,13 +454,16 @@ impl GgufFile {
 
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ty, offset) in raw {
-            let corrupt = |what: String| GgufError::Corrupt { path: path.clone(), what };
+            let corrupt = |what: String| GgufError::Corrupt {
+                path: path.clone(),
+                what,
+            };
             let n = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| corrupt(format!("tensor `{name}` dims {dims:?} overflow")))?;
             let (block, block_bytes) = ty.block();
-            if dims[0] % block != 0 {
+            if !dims[0].is_multiple_of(block) {
                 return Err(corrupt(format!(
                     "tensor `{name}` has inner dimension {} not divisible by the {ty} block size {block}",
                     dims[0]
@@ -449,8 +472,10 @@ impl GgufFile {
             let size = (n / block)
                 .checked_mul(block_bytes)
                 .ok_or_else(|| corrupt(format!("tensor `{name}` size overflows")))?;
-            if offset % alignment != 0 {
-                return Err(corrupt(format!("tensor `{name}` offset {offset} is not aligned to {alignment}")));
+            if !offset.is_multiple_of(alignment) {
+                return Err(corrupt(format!(
+                    "tensor `{name}` offset {offset} is not aligned to {alignment}"
+                )));
             }
             let end = offset.checked_add(size);
             if end.is_none_or(|e| e > data_len) {
@@ -462,10 +487,23 @@ impl GgufFile {
                     available: data_len.saturating_sub(offset),
                 });
             }
-            tensors.push(TensorInfo { name, dims, ty, offset, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                size,
+            });
         }
 
-        Ok(GgufFile { path, version, metadata, tensors, data_start, storage })
+        Ok(GgufFile {
+            path,
+            version,
+            metadata,
+            tensors,
+            data_start,
+            storage,
+        })
     }
 
     /// The file this was read from.
@@ -498,7 +536,9 @@ impl GgufFile {
         self.tensors
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| GgufError::MissingTensor { name: name.to_string() })
+            .ok_or_else(|| GgufError::MissingTensor {
+                name: name.to_string(),
+            })
     }
 
     /// The raw (still quantised) bytes of a tensor; in range by construction.
@@ -540,7 +580,10 @@ impl<'a> Reader<'a> {
     }
 
     fn corrupt(&self, what: String) -> GgufError {
-        GgufError::Corrupt { path: self.path.to_path_buf(), what }
+        GgufError::Corrupt {
+            path: self.path.to_path_buf(),
+            what,
+        }
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
@@ -578,7 +621,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| self.corrupt(format!("{what} is not valid UTF-8")))
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| self.corrupt(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, GgufError> {
@@ -608,7 +652,11 @@ impl<'a> Reader<'a> {
                     4..=6 => 4,
                     8 | 10..=12 => 8,
                     9 => 12,
-                    other => return Err(self.corrupt(format!("metadata `{key}` has unknown array item type {other}"))),
+                    other => {
+                        return Err(self.corrupt(format!(
+                            "metadata `{key}` has unknown array item type {other}"
+                        )));
+                    }
                 };
                 self.check_count(count, min_size, &format!("array items of `{key}`"))?;
                 let mut items = Vec::with_capacity(count as usize);
@@ -620,7 +668,9 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(key)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
-            other => return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}"))),
+            other => {
+                return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}")));
+            }
         })
     }
 }
