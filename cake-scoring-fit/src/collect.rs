@@ -26,6 +26,26 @@ pub struct LayerMeasurement {
     pub value_pca: PcaSummary,
 }
 
+impl LayerMeasurement {
+    /// A measurement from `cake-core`'s preference parts: `P_l = H_l^(1/tau1) * V_l^(1/tau2)`
+    /// (0 when `H_l` or `V_l` is not positive, as in `cake_core::LayerPreference::score`).
+    pub fn from_parts(
+        parts: cake_core::LayerPreference,
+        tau1: f64,
+        tau2: f64,
+        key_pca: PcaSummary,
+        value_pca: PcaSummary,
+    ) -> Self {
+        Self {
+            preference: parts.score(tau1, tau2),
+            entropy: parts.entropy,
+            variance: parts.variance,
+            key_pca,
+            value_pca,
+        }
+    }
+}
+
 /// One row of the statistics file: one sample x one layer (x one KV head when `kv_head` is set).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerStatsRow {

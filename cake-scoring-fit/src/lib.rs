@@ -14,6 +14,8 @@
 //!
 //! Linear algebra (covariance eigenvalues, least squares) uses `faer`.
 
+#![warn(missing_docs)]
+
 pub mod collect;
 pub mod cv;
 pub mod error;

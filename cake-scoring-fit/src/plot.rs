@@ -133,6 +133,7 @@ where
         .map_err(e)?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("layer")
         .y_desc("share of preference")
         .draw()

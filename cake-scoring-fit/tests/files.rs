@@ -78,6 +78,26 @@ fn shares_and_sample_rows() {
     assert!((rows[1].x() - 1.0 / 3.0).abs() < 1e-15);
 }
 
+#[test]
+fn measurement_from_cake_core_parts() {
+    // H = 4, V = 0.25, tau1 = 2, tau2 = 0.5: P = 4^(1/2) * 0.25^2 = 2 * 0.0625 = 0.125.
+    let parts = cake_core::LayerPreference {
+        entropy: 4.0,
+        variance: 0.25,
+    };
+    let m = LayerMeasurement::from_parts(parts, 2.0, 0.5, PCA, PCA);
+    assert!((m.preference - 0.125).abs() < 1e-15, "{m:?}");
+    assert_eq!((m.entropy, m.variance), (4.0, 0.25));
+    let zero = cake_core::LayerPreference {
+        entropy: 4.0,
+        variance: 0.0,
+    };
+    assert_eq!(
+        LayerMeasurement::from_parts(zero, 1.0, 1.0, PCA, PCA).preference,
+        0.0
+    );
+}
+
 fn example_rows() -> Vec<LayerStatsRow> {
     let layers: Vec<LayerMeasurement> = [1.5, 2.5, 6.0].into_iter().map(measurement).collect();
     let mut rows = sample_rows("passkey, \"quoted\"", "a,b", None, &layers).unwrap();
