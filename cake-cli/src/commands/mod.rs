@@ -1,0 +1,40 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+pub mod inspect;
+pub mod pred;
+pub mod suite;
+
+use std::time::Duration;
+
+/// Median of `times` in milliseconds (0 when empty).
+pub fn median_ms(times: &[Duration]) -> f64 {
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    match ms.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => ms[n / 2],
+        n => (ms[n / 2 - 1] + ms[n / 2]) / 2.0,
+    }
+}
+
+/// Bytes as MiB with two decimals.
+pub fn mib(bytes: usize) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        assert_eq!(median_ms(&ms(&[5, 1, 3])), 3.0);
+        assert_eq!(median_ms(&ms(&[4, 1, 3, 2])), 2.5);
+        assert_eq!(median_ms(&[]), 0.0);
+        assert_eq!(mib(3 * 1024 * 1024 / 2), "1.50 MiB");
+    }
+}

@@ -1,0 +1,193 @@
+//! `cake pred`: LongBench-format predictions for every (policy, cache size) asked for,
+//! one folder per configuration, resumable.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use cake_longbench::predict::predict_dataset;
+use cake_longbench::record::read_dataset;
+use cake_longbench::registry;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::run_dir::{Manifest, folder_for};
+use crate::session::{PolicyGenerator, Session};
+use crate::settings::{PolicyArgs, Settings};
+
+/// Arguments of `cake pred`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Datasets to predict (default: every known `<name>.jsonl` in --data-dir)
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    /// Folder of LongBench-format `<dataset>.jsonl` files (LongBench data, or `cake suite`)
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Model: smollm2-135m (default), qwen2.5-coder-0.5b, a .gguf file or a HF folder
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Several methods in one run (each gets its folder), e.g. full,snapkv,cake
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<String>,
+    /// Several cache sizes in one run, e.g. 64,128,256,512
+    #[arg(long, value_delimiter = ',')]
+    pub cache_sizes: Vec<usize>,
+    /// Prompt budget in tokens (middle truncation) [default: LongBench's model2maxlen, else
+    /// the model's context minus 512, at most 7500]
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Predict only the first N records of each dataset
+    #[arg(long)]
+    pub max_samples: Option<usize>,
+    /// Output folder; each configuration writes into its own sub-folder
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Runs `cake pred`.
+pub fn run(args: Args) -> Result<()> {
+    let base = Settings::resolve(&args.policy, args.model.as_deref())?;
+    let datasets = dataset_names(&args)?;
+    let device = Default::default();
+    let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
+    for settings in configurations(&base, &args)? {
+        predict_run(&session, &settings, &args, &datasets)?;
+    }
+    Ok(())
+}
+
+/// Every (policy, cache size) configuration asked for, in order.
+pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
+    let policies = if args.policies.is_empty() {
+        vec![base.policy.clone()]
+    } else {
+        args.policies.clone()
+    };
+    let sizes = if args.cache_sizes.is_empty() {
+        vec![base.cache.cache_size]
+    } else {
+        args.cache_sizes.clone()
+    };
+    let mut out = Vec::new();
+    for policy in &policies {
+        // The full cache does not depend on the cache size: one run.
+        let sizes_here = if policy == "full" { &sizes[..1] } else { &sizes[..] };
+        for &size in sizes_here {
+            let mut settings = base.clone();
+            settings.policy = policy.clone();
+            settings.cache.cache_size = size;
+            settings
+                .cache
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{e} (from --cache-sizes)"))?;
+            // Fail before any generation on an unknown policy name.
+            settings.policy::<cake_models::Cpu>("", 1).map(|_| ())?;
+            out.push(settings);
+        }
+    }
+    Ok(out)
+}
+
+fn dataset_names(args: &Args) -> Result<Vec<String>> {
+    anyhow::ensure!(
+        args.data_dir.is_dir(),
+        "--data-dir {} is not a folder (write the synthetic suite with `cake suite --out DIR`)",
+        args.data_dir.display()
+    );
+    if !args.datasets.is_empty() {
+        for name in &args.datasets {
+            registry::lookup(name)?;
+            let path = args.data_dir.join(format!("{name}.jsonl"));
+            anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+        }
+        return Ok(args.datasets.clone());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&args.data_dir)
+        .with_context(|| format!("cannot list {}", args.data_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let path = e.path();
+            let stem = path.file_stem()?.to_str()?.to_string();
+            (path.extension()? == "jsonl" && registry::lookup(&stem).is_ok()).then_some(stem)
+        })
+        .collect();
+    names.sort();
+    anyhow::ensure!(
+        !names.is_empty(),
+        "no known <dataset>.jsonl in {}",
+        args.data_dir.display()
+    );
+    Ok(names)
+}
+
+/// The prompt budget for a model.
+pub fn max_length<B: Backend>(session: &Session<B>, flag: Option<usize>) -> usize {
+    flag.or_else(|| registry::model_max_length(&session.name).ok())
+        .unwrap_or_else(|| {
+            let context = session.config().max_position_embeddings.unwrap_or(8192);
+            context.saturating_sub(512).clamp(256, 7500)
+        })
+}
+
+/// Predicts every dataset for one configuration into its folder; returns the folder.
+pub fn predict_run<B: Backend>(
+    session: &Session<B>,
+    settings: &Settings,
+    args: &Args,
+    datasets: &[String],
+) -> Result<PathBuf> {
+    let dir = folder_for(&args.out, &settings.label(), settings)?;
+    Manifest::new(settings).write(&dir)?;
+    let max_length = max_length(session, args.max_length);
+    for name in datasets {
+        let spec = registry::lookup(name)?;
+        let records = read_dataset(&args.data_dir, name)?;
+        let total = count_records(&args.data_dir, name, args.max_samples);
+        let bar = ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>32} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{} {name}", settings.label()));
+        let mut generator = PolicyGenerator { session, settings };
+        let start = Instant::now();
+        let mut tokens = 0usize;
+        let records = records.take(args.max_samples.unwrap_or(usize::MAX));
+        let out_file = dir.join(format!("{name}.jsonl"));
+        let summary = predict_dataset(
+            records,
+            spec,
+            session,
+            &mut generator,
+            &out_file,
+            max_length,
+            |progress| {
+                if let Some(outcome) = progress.outcome {
+                    tokens += outcome.prompt_tokens + outcome.new_tokens;
+                }
+                let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{rate:.0} tok/s"));
+                bar.inc(1);
+            },
+        )
+        .with_context(|| format!("predicting {name} into {}", out_file.display()))?;
+        bar.finish_with_message(format!(
+            "{} new, {} resumed, {} truncated",
+            summary.generated, summary.resumed, summary.truncated
+        ));
+    }
+    Ok(dir)
+}
+
+/// Records in `<dir>/<name>.jsonl` (non-empty lines), capped at `max`; for the progress bar.
+fn count_records(dir: &Path, name: &str, max: Option<usize>) -> usize {
+    let n = std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    n.min(max.unwrap_or(usize::MAX))
+}

@@ -1,1 +1,0 @@
-//! cake-cli (work in progress)

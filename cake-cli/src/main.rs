@@ -1,0 +1,59 @@
+//! The `cake` command-line tool: CAKE-compressed generation, LongBench-format predictions
+//! and scores, benchmarks and inspection. It only wires the workspace crates together.
+
+mod commands;
+mod plots;
+mod run_dir;
+mod session;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Bounded, adaptive KV cache (CAKE) for Llama, Mistral and Qwen2 models.
+///
+/// Models: a known name (smollm2-135m, the default; qwen2.5-coder-0.5b), a GGUF file or a
+/// Hugging Face folder. Settings: defaults < cake.toml (or --config) < CAKE_* variables <
+/// flags.
+#[derive(Debug, Parser)]
+#[command(name = "cake", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an answer with a compressed cache, streaming it; then print timing and memory.
+    Generate(commands::generate::Args),
+    /// Write LongBench-format predictions (resumable) for datasets or the synthetic suite.
+    Pred(commands::pred::Args),
+    /// Score a folder of predictions: result.json and a Markdown table.
+    Eval(commands::eval::Args),
+    /// Measure prefill and decode latency and K/V memory, full cache vs policies.
+    Bench(commands::bench::Args),
+    /// Show a model's architecture, heads, K/V bytes per token, chat template and taus.
+    Inspect(commands::inspect::Args),
+    /// Write the offline synthetic suite (LongBench JSONL format) into a folder.
+    Suite(commands::suite::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Pred(args) => commands::pred::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Suite(args) => commands::suite::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

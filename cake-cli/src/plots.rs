@@ -1,0 +1,347 @@
+//! Charts users plot from results, as SVG and PNG. Text is laid out with a system TrueType
+//! font (DejaVu Sans or Liberation Sans); without one, charts are skipped with a warning
+//! rather than failing the command whose results they illustrate.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// Font files tried, in order, for PNG text.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers a system font once; `false` when none was found.
+fn font_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        FONT_CANDIDATES.iter().any(|path| {
+            let Ok(bytes) = std::fs::read(path) else {
+                return false;
+            };
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+    })
+}
+
+/// A chart that can draw itself on any plotters backend.
+pub trait Chart {
+    /// Pixel size of the chart.
+    fn size(&self) -> (u32, u32) {
+        (900, 540)
+    }
+    /// Draws the chart on `root`.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws `chart` into `<stem>.svg` and `<stem>.png`; returns the files written (none, with
+/// a warning, when no font is installed).
+pub fn render(chart: &impl Chart, stem: &Path) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    if !font_ready() {
+        eprintln!(
+            "warning: no TrueType font found ({}); skipped the chart {}",
+            FONT_CANDIDATES.join(", "),
+            stem.display()
+        );
+        return Ok(written);
+    }
+    let svg = stem.with_extension("svg");
+    {
+        let root = SVGBackend::new(&svg, chart.size()).into_drawing_area();
+        chart.draw(&root)?;
+        root.present()
+            .with_context(|| format!("cannot write {}", svg.display()))?;
+    }
+    written.push(svg);
+    let png = stem.with_extension("png");
+    {
+        let root = BitMapBackend::new(&png, chart.size()).into_drawing_area();
+        chart.draw(&root)?;
+        root.present()
+            .with_context(|| format!("cannot write {}", png.display()))?;
+    }
+    written.push(png);
+    Ok(written)
+}
+
+/// Colour of series `i`.
+fn series_color(i: usize) -> RGBColor {
+    let (r, g, b) = Palette99::pick(i).rgb();
+    RGBColor(r, g, b)
+}
+
+/// Average score against cache size, one line per policy (x: cache sizes, evenly spaced).
+pub struct ScoreVsCacheSize {
+    /// Chart title.
+    pub title: String,
+    /// Cache sizes C on the x axis, ascending.
+    pub cache_sizes: Vec<usize>,
+    /// (policy, score per cache size; `None` where not run).
+    pub series: Vec<(String, Vec<Option<f64>>)>,
+    /// The full-cache score, drawn as a dashed horizontal line.
+    pub full: Option<f64>,
+}
+
+impl Chart for ScoreVsCacheSize {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let n = self.cache_sizes.len().max(1);
+        let values = self.series.iter().flat_map(|(_, v)| v.iter().flatten());
+        let top = values.chain(self.full.iter()).fold(1.0f64, |a, &b| a.max(b)) * 1.1;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)?;
+        let sizes = self.cache_sizes.clone();
+        chart
+            .configure_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 {
+                    sizes.get(i as usize).map_or(String::new(), |c| c.to_string())
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("cache size C (tokens per layer)")
+            .y_desc("average score")
+            .draw()?;
+        if let Some(full) = self.full {
+            let style = BLACK.mix(0.6).stroke_width(1);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(-0.5, full), (n as f64 - 0.5, full)],
+                    6,
+                    4,
+                    style,
+                ))?
+                .label(format!("full cache ({full:.2})"))
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+        }
+        for (i, (name, scores)) in self.series.iter().enumerate() {
+            let color = series_color(i);
+            let points: Vec<(f64, f64)> = scores
+                .iter()
+                .enumerate()
+                .filter_map(|(x, s)| s.map(|s| (x as f64, s)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+        Ok(())
+    }
+}
+
+/// Per-layer budgets of one run as bars.
+pub struct LayerBudgets {
+    /// Chart title.
+    pub title: String,
+    /// Tokens kept per layer (window included), layer 0 first.
+    pub kept: Vec<usize>,
+}
+
+impl Chart for LayerBudgets {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let top = self.kept.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0usize..self.kept.len(), 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("layer")
+            .y_desc("tokens kept")
+            .draw()?;
+        chart.draw_series(self.kept.iter().enumerate().map(|(layer, &k)| {
+            Rectangle::new(
+                [(layer, 0.0), (layer + 1, k as f64)],
+                series_color(0).mix(0.8).filled(),
+            )
+        }))?;
+        Ok(())
+    }
+}
+
+/// Decode latency per token against context length, one line per configuration.
+pub struct LatencyVsContext {
+    /// Chart title.
+    pub title: String,
+    /// Context lengths on the x axis, ascending.
+    pub contexts: Vec<usize>,
+    /// (configuration, milliseconds per decoded token at each context).
+    pub series: Vec<(String, Vec<f64>)>,
+}
+
+impl Chart for LatencyVsContext {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let x_max = self.contexts.iter().copied().max().unwrap_or(1) as f64 * 1.05;
+        let y_max = self
+            .series
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .fold(1e-3f64, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("context length (tokens)")
+            .y_desc("decode latency (ms / token)")
+            .draw()?;
+        for (i, (name, ms)) in self.series.iter().enumerate() {
+            let color = series_color(i);
+            let points: Vec<(f64, f64)> = self
+                .contexts
+                .iter()
+                .zip(ms)
+                .map(|(&c, &m)| (c as f64, m))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        Ok(())
+    }
+}
+
+/// Needle-retrieval score (0..100) over answer depth x context length.
+pub struct NeedleHeatmap {
+    /// Chart title.
+    pub title: String,
+    /// Context lengths (columns).
+    pub lengths: Vec<usize>,
+    /// Answer depths in percent of the context (rows, top = 0%).
+    pub depths: Vec<f64>,
+    /// `scores[depth][length]`, `None` where no sample exists.
+    pub scores: Vec<Vec<Option<f64>>>,
+}
+
+/// Red (0) to green (100) colour scale.
+fn heat(score: f64) -> RGBColor {
+    let t = (score / 100.0).clamp(0.0, 1.0);
+    RGBColor(
+        (220.0 * (1.0 - t) + 30.0 * t) as u8,
+        (60.0 * (1.0 - t) + 170.0 * t) as u8,
+        (60.0 * (1.0 - t) + 80.0 * t) as u8,
+    )
+}
+
+impl Chart for NeedleHeatmap {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let (cols, rows) = (self.lengths.len(), self.depths.len());
+        let lengths = self.lengths.clone();
+        let depths = self.depths.clone();
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0..cols.max(1), 0..rows.max(1))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(cols.max(1))
+            .y_labels(rows.max(1))
+            .x_label_formatter(&|&i| lengths.get(i).map_or(String::new(), |l| l.to_string()))
+            .y_label_formatter(&|&i| {
+                rows.checked_sub(i + 1)
+                    .and_then(|r| depths.get(r))
+                    .map_or(String::new(), |d| format!("{d:.0}%"))
+            })
+            .x_desc("context length (tokens)")
+            .y_desc("answer depth")
+            .draw()?;
+        for (r, row) in self.scores.iter().enumerate() {
+            for (c, score) in row.iter().enumerate() {
+                let y = rows - 1 - r;
+                let color = score.map_or(RGBColor(200, 200, 200), heat);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(c, y), (c + 1, y + 1)],
+                    color.filled(),
+                )))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_write_svg_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = ScoreVsCacheSize {
+            title: "synthetic suite".into(),
+            cache_sizes: vec![64, 128, 256],
+            series: vec![("cake".into(), vec![Some(40.0), None, Some(80.0)])],
+            full: Some(90.0),
+        };
+        let files = render(&chart, &dir.path().join("score")).unwrap();
+        let svg = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(svg.contains("cake") && svg.contains("full cache (90.00)"));
+        assert!(svg.contains(">128<") || svg.contains("128"));
+
+        let heat = NeedleHeatmap {
+            title: "needle".into(),
+            lengths: vec![1024, 2048],
+            depths: vec![0.0, 50.0, 100.0],
+            scores: vec![vec![Some(100.0), Some(0.0)]; 3],
+        };
+        let files = render(&heat, &dir.path().join("heat")).unwrap();
+        let svg = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(svg.contains("50%") && svg.contains("2048"));
+    }
+}

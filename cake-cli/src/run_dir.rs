@@ -1,0 +1,104 @@
+//! Result folders named by their configuration, with a manifest next to the results.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Everything needed to say how a result was produced.
+#[derive(Debug, Serialize)]
+pub struct Manifest<'a, C: Serialize> {
+    /// The fully resolved configuration (defaults < file < env < flags).
+    pub config: &'a C,
+    /// `git rev-parse` of the source the binary was built from (`-dirty` if modified).
+    pub git_revision: &'static str,
+    /// Versions of the crates that produced the result.
+    pub crate_versions: CrateVersions,
+    /// The command line.
+    pub command: Vec<String>,
+}
+
+/// Versions of this workspace and of its numeric backend.
+#[derive(Debug, Serialize)]
+pub struct CrateVersions {
+    /// cake-cli (all workspace crates share it).
+    pub cake: &'static str,
+    /// The pinned Burn version.
+    pub burn: &'static str,
+}
+
+impl<'a, C: Serialize> Manifest<'a, C> {
+    /// A manifest for `config` and the current process.
+    pub fn new(config: &'a C) -> Self {
+        Self {
+            config,
+            git_revision: env!("CAKE_GIT_REVISION"),
+            crate_versions: CrateVersions {
+                cake: env!("CARGO_PKG_VERSION"),
+                burn: "0.21.0",
+            },
+            command: std::env::args().collect(),
+        }
+    }
+
+    /// Writes `run.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("run.json");
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&path, text + "\n").with_context(|| {
+            format!(
+                "cannot write {}: check that the output folder is writable",
+                path.display()
+            )
+        })
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of `text` (folder names must not change between builds).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `<out>/<label>-<hash of config>`: a readable label plus a hash of the whole resolved
+/// configuration, so two different configurations never share (or overwrite) a folder and
+/// rerunning the same one resumes it.
+pub fn folder_for(out: &Path, label: &str, config: &impl Serialize) -> Result<PathBuf> {
+    let json = serde_json::to_string(config)?;
+    let safe: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let dir = out.join(format!("{safe}-{:08x}", fnv1a(&json) as u32));
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "cannot create output folder {}: choose a writable --out",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_differ_by_config_and_repeat_for_the_same_config() {
+        let out = tempfile::tempdir().unwrap();
+        let a = folder_for(out.path(), "cake c128", &serde_json::json!({"c": 128})).unwrap();
+        let b = folder_for(out.path(), "cake c128", &serde_json::json!({"c": 256})).unwrap();
+        let a2 = folder_for(out.path(), "cake c128", &serde_json::json!({"c": 128})).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a2);
+        assert!(a.file_name().unwrap().to_str().unwrap().starts_with("cake_c128-"));
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_values() {
+        // Reference values of 64-bit FNV-1a: "" -> cbf29ce484222325, "a" -> af63dc4c8601ec8c.
+        assert_eq!(fnv1a(""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a("a"), 0xaf63dc4c8601ec8c);
+    }
+}

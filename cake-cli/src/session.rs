@@ -1,0 +1,193 @@
+//! A loaded model with its tokenizer, and the adapters that let `cake-longbench` drive it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::Backend;
+use cake_core::{CompressionReport, KeepAll, KvCompressor, LayerCache, PolicyCompressor};
+use cake_longbench::{BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule};
+use cake_models::generate::{
+    GenerationConfig, GenerationOutput, Sampling, TextStream, generate_into,
+};
+use cake_models::gguf::GgufFile;
+use cake_models::tokenizer::{ChatMessage, Tokenizer};
+use cake_models::{DecoderConfig, Model};
+
+use crate::settings::Settings;
+
+/// A model ready to generate.
+pub struct Session<B: Backend> {
+    /// The network.
+    pub model: Model<B>,
+    /// Its tokenizer and chat template.
+    pub tokenizer: Tokenizer,
+    /// A name for reports and for the published-tau lookup.
+    pub name: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+impl<B: Backend> Session<B> {
+    /// Resolves `spec` (a known name, a GGUF file or a HF folder; `None`: the default
+    /// model) and loads it onto `device`.
+    pub fn open(spec: Option<&str>, device: &B::Device) -> Result<Self> {
+        let path = cake_models::fetch::resolve_model(spec)?;
+        let loaded = cake_models::load::<B>(&path, device)
+            .with_context(|| format!("cannot load the model at {}", path.display()))?;
+        let (tokenizer, name) = if path.is_dir() {
+            let tokenizer = Tokenizer::from_hf_dir(&path)?;
+            let name = loaded.config_json["_name_or_path"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()));
+            (tokenizer, name)
+        } else {
+            let file = GgufFile::open(&path)?;
+            let name = file.metadata().get_str("general.name").ok().map(str::to_string);
+            (Tokenizer::from_gguf(&file)?, name)
+        };
+        Ok(Self {
+            model: loaded.model,
+            tokenizer,
+            name: name.unwrap_or_else(|| path.display().to_string()),
+            path,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        self.model.config()
+    }
+
+    /// K/V bytes per cached token over all layers (f32 keys and values).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = self.config();
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// The prompt as the model sees it: chat-templated when `chat`.
+    pub fn render_prompt(&self, text: &str, chat: bool) -> Result<String> {
+        if !chat {
+            return Ok(text.to_string());
+        }
+        Ok(self
+            .tokenizer
+            .apply_chat_template(&[ChatMessage::new("user", text)], true)?)
+    }
+
+    /// Prompt token ids (special tokens added as the tokenizer is configured to).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(text, true)?;
+        anyhow::ensure!(!ids.is_empty(), "the prompt is empty: give some text");
+        Ok(ids)
+    }
+
+    /// Generates after `prompt` with `settings`' policy, streaming text to `on_text`;
+    /// returns the output and, for a compressing policy, its report.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        settings: &Settings,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(GenerationOutput, Option<CompressionReport>)> {
+        let decode = |ids: &[u32]| self.tokenizer.decode(ids, true).unwrap_or_default();
+        let stream = TextStream {
+            decode: &decode,
+            on_text,
+        };
+        generate_with_policy(
+            &self.model,
+            &self.name,
+            settings,
+            prompt,
+            config,
+            &self.tokenizer.eos_token_ids(),
+            Some(stream),
+        )
+    }
+}
+
+/// Generates after `prompt` with the policy of `settings` (temperatures looked up for
+/// `model_name`); returns the output and, for a compressing policy, its report.
+pub fn generate_with_policy<B: Backend>(
+    model: &Model<B>,
+    model_name: &str,
+    settings: &Settings,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    eos: &[u32],
+    stream: Option<TextStream<'_>>,
+) -> Result<(GenerationOutput, Option<CompressionReport>)> {
+    let policy = settings.policy::<B>(model_name, model.num_layers())?;
+    let mut caches: Vec<LayerCache<B>> = model.new_caches();
+    if policy.keeps_all() {
+        let output =
+            generate_into(model, prompt, config, eos, &mut KeepAll, &mut caches, stream)?;
+        return Ok((output, None));
+    }
+    let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+    let output = generate_into(
+        model,
+        prompt,
+        config,
+        eos,
+        &mut compressor as &mut dyn KvCompressor<B>,
+        &mut caches,
+        stream,
+    )?;
+    Ok((output, Some(compressor.report(&caches))))
+}
+
+impl<B: Backend> PromptTokenizer for Session<B> {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text, false).unwrap_or_default()
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+
+    fn apply_chat_template(&self, user: &str) -> String {
+        self.render_prompt(user, true)
+            .unwrap_or_else(|_| user.to_string())
+    }
+}
+
+/// Drives a [`Session`] with one policy for `cake-longbench`'s prediction loop (greedy, as
+/// LongBench).
+pub struct PolicyGenerator<'a, B: Backend> {
+    /// The model.
+    pub session: &'a Session<B>,
+    /// The policy and its settings.
+    pub settings: &'a Settings,
+}
+
+impl<B: Backend> Generator for PolicyGenerator<'_, B> {
+    fn generate(
+        &mut self,
+        prompt: &str,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError> {
+        let ids = self.session.encode(prompt)?;
+        let config = GenerationConfig {
+            max_new_tokens,
+            min_new_tokens: stop.min_new_tokens.min(max_new_tokens),
+            sampling: Sampling::Greedy,
+            stop_strings: if stop.stop_on_newline {
+                vec!["\n".into()]
+            } else {
+                Vec::new()
+            },
+        };
+        let (output, _) = self
+            .session
+            .generate(&ids, self.settings, &config, &mut |_| {})?;
+        Ok(GenerationOutcome {
+            text: output.text.unwrap_or_default(),
+            prompt_tokens: ids.len(),
+            new_tokens: output.tokens.len(),
+        })
+    }
+}
