@@ -7,15 +7,18 @@
 
 pub mod approx_tokenizer;
 pub mod eval;
+pub mod haystack;
 pub mod metrics;
 pub mod predict;
 pub mod prompt;
 pub mod pytext;
 pub mod record;
 pub mod registry;
+pub mod synthetic;
 
 pub use approx_tokenizer::ApproxTokenizer;
 pub use eval::{DatasetScore, EvalError, EvalResult, evaluate_dir};
+pub use haystack::{HaystackError, HaystackSource, fetch_haystack};
 pub use metrics::{Metric, MetricError};
 pub use predict::{
     BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
@@ -24,3 +27,4 @@ pub use predict::{
 pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
 pub use record::{DataError, LongBenchRecord, read_dataset};
 pub use registry::{DatasetSpec, Language, RegistryError};
+pub use synthetic::{Haystack, SuiteConfig, SuiteError, SuiteFile, generate_suite, generate_task};

