@@ -268,11 +268,19 @@ impl Tokenizer {
             Err(GgufError::MissingKey { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let mut eos_token_ids: Vec<u32> = eos.into_iter().collect();
-        if let Some(eot) = eot
-            && !eos_token_ids.contains(&eot)
-        {
-            eos_token_ids.push(eot);
+        let eom = id("tokenizer.ggml.eom_token_id")?;
+        // End-of-generation ids as llama.cpp collects them: EOS, EOT, EOM, then every token
+        // spelled like a known end-of-turn marker.
+        let mut eos_token_ids: Vec<u32> = Vec::new();
+        let by_text = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| EOG_TEXTS.contains(t))
+            .map(|(i, _)| i as u32);
+        for candidate in [eos, eot, eom].into_iter().flatten().chain(by_text) {
+            if !eos_token_ids.contains(&candidate) {
+                eos_token_ids.push(candidate);
+            }
         }
         Ok(Tokenizer {
             inner,
@@ -315,7 +323,9 @@ impl Tokenizer {
         self.chat_template.as_deref()
     }
 
-    /// Ids that end generation (EOS, and EOT when the GGUF names one).
+    /// Ids that end generation, EOS first. From a folder: `eos_token` of tokenizer_config.json,
+    /// then generation_config.json's `eos_token_id`. From a GGUF: EOS, EOT, EOM, then the
+    /// end-of-turn tokens llama.cpp recognises by text (`<|im_end|>`, `<|endoftext|>`, ...).
     pub fn eos_token_ids(&self) -> Vec<u32> {
         self.eos_token_ids.clone()
     }
@@ -556,6 +566,24 @@ fn pre_tokenizer_for(pre: &str) -> (Json, Json) {
         _ => (Json::Null, byte_level(true)),
     }
 }
+
+/// Token texts llama.cpp treats as end of generation (`llama-vocab.cpp`, `special_eog_ids`).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
 
 /// GGUF token type of control tokens (`<|im_start|>`), matched whole and special.
 const TOKEN_TYPE_CONTROL: i64 = 3;

@@ -202,6 +202,13 @@ fn bad_magic_and_version() {
     assert!(matches!(err, GgufError::BadMagic { .. }), "{err}");
     assert!(err.to_string().contains("x.gguf"));
 
+    // Version 2 has the same little-endian layout as 3.
+    let mut b = bytes();
+    b[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let v2 = GgufFile::from_bytes("v2.gguf", b).expect("GGUF v2 parses");
+    assert_eq!(v2.version(), 2);
+    assert_eq!(v2.tensors().len(), 15);
+
     let mut b = bytes();
     b[4..8].copy_from_slice(&1u32.to_le_bytes());
     let err = GgufFile::from_bytes("v1.gguf", b).unwrap_err();

@@ -118,16 +118,19 @@ fn qwen_chat_template_matches() {
 fn special_ids_and_vocab() {
     let smol = load("smollm2-135m");
     let f = fixture("smollm2");
+    // EOS first (transformers' eos_token_id), then the end-of-turn tokens llama.cpp adds by
+    // text: <|im_end|> = 2 is EOS, <|endoftext|> = 0.
     assert_eq!(
-        smol.eos_token_ids(),
-        vec![f["eos_token_id"].as_u64().unwrap() as u32]
+        smol.eos_token_ids()[0],
+        f["eos_token_id"].as_u64().unwrap() as u32
     );
-    assert_eq!(smol.eos_token_ids(), vec![2], "<|im_end|>");
+    assert_eq!(smol.eos_token_ids(), vec![2, 0]);
     assert_eq!(smol.bos_token_id(), Some(1));
     assert_eq!(smol.vocab_size(), 49152);
     assert_eq!(smol.token_to_id("<|im_start|>"), Some(1));
     let qwen = load("qwen2.5-coder-0.5b");
-    assert_eq!(qwen.eos_token_ids(), vec![151645], "<|im_end|>");
+    // <|im_end|>, <|endoftext|>: the same list as Qwen2.5's generation_config.json.
+    assert_eq!(qwen.eos_token_ids(), vec![151645, 151643]);
     assert_eq!(qwen.vocab_size(), 151936);
     assert_eq!(qwen.token_to_id("<|endoftext|>"), Some(151643));
 }

@@ -11,27 +11,46 @@ const QK_K: usize = 256;
 
 /// A GGML element type, by its id in the GGUF tensor table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
 pub enum GgmlType {
+    /// 32-bit float.
     F32,
+    /// IEEE half float.
     F16,
+    /// 4-bit, 32 per block, scale only.
     Q4_0,
+    /// 4-bit, 32 per block, scale and min.
     Q4_1,
+    /// 5-bit, 32 per block, scale only.
     Q5_0,
+    /// 5-bit, 32 per block, scale and min.
     Q5_1,
+    /// 8-bit, 32 per block, scale only.
     Q8_0,
+    /// 8-bit with block sums (an intermediate format; not dequantised).
     Q8_1,
+    /// K-quant, 2-bit, 256 per super-block.
     Q2K,
+    /// K-quant, 3-bit.
     Q3K,
+    /// K-quant, 4-bit.
     Q4K,
+    /// K-quant, 5-bit.
     Q5K,
+    /// K-quant, 6-bit.
     Q6K,
+    /// K-quant, 8-bit (an intermediate format; not dequantised).
     Q8K,
+    /// 8-bit integer.
     I8,
+    /// 16-bit integer.
     I16,
+    /// 32-bit integer.
     I32,
+    /// 64-bit integer.
     I64,
+    /// 64-bit float.
     F64,
+    /// bfloat16.
     BF16,
 }
 

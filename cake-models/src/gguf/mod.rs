@@ -669,7 +669,9 @@ impl<'a> Reader<'a> {
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
             other => {
-                return Err(self.corrupt(format!("metadata `{key}` has unknown value type {other}")));
+                return Err(
+                    self.corrupt(format!("metadata `{key}` has unknown value type {other}"))
+                );
             }
         })
     }
