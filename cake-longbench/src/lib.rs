@@ -5,6 +5,8 @@
 //! Nothing here depends on a model: prompt building takes a [`PromptTokenizer`] and the
 //! prediction loop a [`Generator`], both small traits the CLI implements for a real model.
 
+#![warn(missing_docs)]
+
 pub mod approx_tokenizer;
 pub mod eval;
 pub mod haystack;
