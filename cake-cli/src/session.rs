@@ -4,14 +4,20 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::{CompressionReport, KeepAll, KvCompressor, LayerCache, PolicyCompressor};
+use std::time::Instant;
+
+use cake_core::{
+    CompressionReport, KeepAll, KvCompressor, LayerCache, PolicyCompressor, PrefillRecorder,
+    replay_prefill,
+};
 use cake_longbench::{BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule};
 use cake_models::generate::{
-    GenerationConfig, GenerationOutput, Sampling, TextStream, generate_into,
+    GenerationConfig, GenerationOutput, Prefilled, Sampling, TextStream, continue_generation,
+    generate_into, host_logits,
 };
 use cake_models::gguf::GgufFile;
 use cake_models::tokenizer::{ChatMessage, Tokenizer};
-use cake_models::{DecoderConfig, Model};
+use cake_models::{DecoderConfig, Model, PrefillLogits};
 
 use crate::settings::Settings;
 
@@ -171,16 +177,7 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
         stop: &StopRule,
     ) -> Result<GenerationOutcome, BoxError> {
         let ids = self.session.encode(prompt)?;
-        let config = GenerationConfig {
-            max_new_tokens,
-            min_new_tokens: stop.min_new_tokens.min(max_new_tokens),
-            sampling: Sampling::Greedy,
-            stop_strings: if stop.stop_on_newline {
-                vec!["\n".into()]
-            } else {
-                Vec::new()
-            },
-        };
+        let config = greedy_config(max_new_tokens, stop);
         let (output, _) = self
             .session
             .generate(&ids, self.settings, &config, &mut |_| {})?;
@@ -189,5 +186,144 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
             prompt_tokens: ids.len(),
             new_tokens: output.tokens.len(),
         })
+    }
+}
+
+/// One prompt's full prefill, kept so several policies can decode from copies of it.
+struct PrefillMemo<B: Backend> {
+    prompt: String,
+    caches: Vec<LayerCache<B>>,
+    recorder: PrefillRecorder<B>,
+    prefilled: Prefilled,
+    prompt_tokens: usize,
+}
+
+/// Shared prefill state of a sweep: the last prompt's full caches and recorded queries.
+pub struct PrefillCache<B: Backend> {
+    memo: Option<PrefillMemo<B>>,
+    /// Prefills actually run.
+    pub prefills: usize,
+}
+
+impl<B: Backend> Default for PrefillCache<B> {
+    fn default() -> Self {
+        Self {
+            memo: None,
+            prefills: 0,
+        }
+    }
+}
+
+impl<B: Backend> PrefillCache<B> {
+    /// The memo for `prompt`, running the prefill (recording its hooks) when the cached one
+    /// is for another prompt.
+    fn get(&mut self, session: &Session<B>, prompt: &str) -> Result<&PrefillMemo<B>> {
+        if self.memo.as_ref().is_none_or(|m| m.prompt != prompt) {
+            self.memo = None;
+            let ids = session.encode(prompt)?;
+            let mut caches = session.model.new_caches();
+            let mut recorder = PrefillRecorder::new();
+            let start = Instant::now();
+            let prefill =
+                session
+                    .model
+                    .prefill(&ids, &mut caches, &mut recorder, PrefillLogits::Last)?;
+            let prefilled = Prefilled {
+                prompt_len: ids.len(),
+                logits: host_logits(prefill.logits),
+                prefill_time: start.elapsed(),
+                kv_bytes_peak_prefill: prefill.peak_kv_bytes,
+            };
+            self.prefills += 1;
+            self.memo = Some(PrefillMemo {
+                prompt: prompt.to_string(),
+                caches,
+                recorder,
+                prefilled,
+                prompt_tokens: ids.len(),
+            });
+        }
+        self.memo
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("prefill memo missing"))
+    }
+}
+
+/// A [`Generator`] for policy sweeps: the prompt's prefill runs once (in `cache`), then
+/// this generator's policy replays the prefill hooks on a copy of the full caches and
+/// decodes. Its predictions equal a separate run's (see `PrefillRecorder`).
+pub struct SweepGenerator<'a, B: Backend> {
+    /// The model.
+    pub session: &'a Session<B>,
+    /// The policy and its settings.
+    pub settings: &'a Settings,
+    /// The shared prefill of the current prompt.
+    pub cache: &'a mut PrefillCache<B>,
+}
+
+impl<B: Backend> Generator for SweepGenerator<'_, B> {
+    fn generate(
+        &mut self,
+        prompt: &str,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError> {
+        let session = self.session;
+        let policy = self
+            .settings
+            .policy::<B>(&session.name, session.model.num_layers())?;
+        let memo = self.cache.get(session, prompt)?;
+        let config = greedy_config(max_new_tokens, stop);
+        let mut caches = memo.caches.clone();
+        let decode = |ids: &[u32]| session.tokenizer.decode(ids, true).unwrap_or_default();
+        let mut ignore = |_: &str| {};
+        let stream = Some(TextStream {
+            decode: &decode,
+            on_text: &mut ignore,
+        });
+        let eos = session.tokenizer.eos_token_ids();
+        let prefilled = memo.prefilled.clone();
+        let output = if policy.keeps_all() {
+            continue_generation(
+                &session.model,
+                prefilled,
+                &config,
+                &eos,
+                &mut KeepAll,
+                &mut caches,
+                stream,
+            )?
+        } else {
+            let mut compressor = PolicyCompressor::new(policy, session.model.num_layers());
+            replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches);
+            continue_generation(
+                &session.model,
+                prefilled,
+                &config,
+                &eos,
+                &mut compressor,
+                &mut caches,
+                stream,
+            )?
+        };
+        Ok(GenerationOutcome {
+            text: output.text.unwrap_or_default(),
+            prompt_tokens: memo.prompt_tokens,
+            new_tokens: output.tokens.len(),
+        })
+    }
+}
+
+/// LongBench's greedy decoding with a dataset's stop rule.
+fn greedy_config(max_new_tokens: usize, stop: &StopRule) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        min_new_tokens: stop.min_new_tokens.min(max_new_tokens),
+        sampling: Sampling::Greedy,
+        stop_strings: if stop.stop_on_newline {
+            vec!["\n".into()]
+        } else {
+            Vec::new()
+        },
     }
 }

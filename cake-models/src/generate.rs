@@ -134,17 +134,60 @@ pub fn generate_into<B: Backend>(
     eos_ids: &[u32],
     compressor: &mut dyn KvCompressor<B>,
     caches: &mut [LayerCache<B>],
+    stream: Option<TextStream<'_>>,
+) -> Result<GenerationOutput, GenerateError> {
+    validate(config, stream.is_some())?;
+    let start = Instant::now();
+    let prefill = model.prefill(prompt, caches, compressor, PrefillLogits::Last)?;
+    let prefilled = Prefilled {
+        prompt_len: prompt.len(),
+        logits: logits_to_vec(prefill.logits),
+        prefill_time: start.elapsed(),
+        kv_bytes_peak_prefill: prefill.peak_kv_bytes,
+    };
+    continue_generation(model, prefilled, config, eos_ids, compressor, caches, stream)
+}
+
+/// What a prefill left for decoding: the first next-token logits and its measurements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prefilled {
+    /// Prompt length S (the first generated token sits at position S).
+    pub prompt_len: usize,
+    /// Next-token logits after the prompt, `[vocab]`.
+    pub logits: Vec<f32>,
+    /// Prefill wall time.
+    pub prefill_time: Duration,
+    /// Largest K/V bytes held during the prefill.
+    pub kv_bytes_peak_prefill: usize,
+}
+
+/// Reads back prefill logits `[1, vocab]` or `[vocab]` to the host.
+pub fn host_logits<B: Backend, const D: usize>(logits: burn::tensor::Tensor<B, D>) -> Vec<f32> {
+    logits_to_vec(logits)
+}
+
+/// The decoding loop of [`generate`] after a prefill: `caches` hold the (possibly already
+/// compressed) prompt, `prefilled` its first logits. Lets several policies decode from
+/// copies of one prefill (policy sweeps).
+pub fn continue_generation<B: Backend>(
+    model: &Model<B>,
+    prefilled: Prefilled,
+    config: &GenerationConfig,
+    eos_ids: &[u32],
+    compressor: &mut dyn KvCompressor<B>,
+    caches: &mut [LayerCache<B>],
     mut stream: Option<TextStream<'_>>,
 ) -> Result<GenerationOutput, GenerateError> {
     validate(config, stream.is_some())?;
     let mut sampler = Sampler::new(config.sampling);
-
-    let start = Instant::now();
-    let prefill = model.prefill(prompt, caches, compressor, PrefillLogits::Last)?;
-    let mut logits = logits_to_vec(prefill.logits);
-    let prefill_time = start.elapsed();
+    let Prefilled {
+        prompt_len,
+        mut logits,
+        prefill_time,
+        kv_bytes_peak_prefill,
+    } = prefilled;
     let kv_bytes_after_prefill = kv_bytes(caches);
-    let mut kv_bytes_peak = prefill.peak_kv_bytes.max(kv_bytes_after_prefill);
+    let mut kv_bytes_peak = kv_bytes_peak_prefill.max(kv_bytes_after_prefill);
 
     let mut tokens = Vec::new();
     let mut decode_step_times = Vec::new();
@@ -176,7 +219,7 @@ pub fn generate_into<B: Backend>(
             break;
         }
         let step = Instant::now();
-        let position = prompt.len() + tokens.len() - 1;
+        let position = prompt_len + tokens.len() - 1;
         logits = logits_to_vec(model.forward_decode(token, position, caches, compressor)?);
         decode_step_times.push(step.elapsed());
         kv_bytes_peak = kv_bytes_peak.max(kv_bytes(caches));
@@ -186,10 +229,10 @@ pub fn generate_into<B: Backend>(
         tokens,
         text,
         stop_reason,
-        prompt_len: prompt.len(),
+        prompt_len,
         prefill_time,
         decode_step_times,
-        kv_bytes_peak_prefill: prefill.peak_kv_bytes,
+        kv_bytes_peak_prefill,
         kv_bytes_after_prefill,
         kv_bytes_peak,
     })

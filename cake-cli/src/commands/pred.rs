@@ -12,7 +12,7 @@ use cake_longbench::registry;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::run_dir::{Manifest, folder_for};
-use crate::session::{PolicyGenerator, Session};
+use crate::session::{PolicyGenerator, PrefillCache, Session, SweepGenerator};
 use crate::settings::{PolicyArgs, Settings};
 
 /// Arguments of `cake pred`.
@@ -43,6 +43,10 @@ pub struct Args {
     /// Output folder; each configuration writes into its own sub-folder
     #[arg(long)]
     pub out: PathBuf,
+    /// With several configurations, prefill each prompt separately per configuration
+    /// instead of once for all (same files, slower; for checking)
+    #[arg(long)]
+    pub no_sweep: bool,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -53,10 +57,92 @@ pub fn run(args: Args) -> Result<()> {
     let datasets = dataset_names(&args)?;
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
-    for settings in configurations(&base, &args)? {
-        predict_run(&session, &settings, &args, &datasets)?;
+    let configs = configurations(&base, &args)?;
+    let start = Instant::now();
+    if configs.len() > 1 && !args.no_sweep {
+        predict_sweep(&session, &configs, &args, &datasets)?;
+    } else {
+        for settings in &configs {
+            predict_run(&session, settings, &args, &datasets)?;
+        }
     }
+    eprintln!(
+        "{} configuration(s) in {:.1} s",
+        configs.len(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// Every configuration at once, record by record: each prompt is prefilled once and every
+/// configuration decodes from a copy of that prefill. The files equal separate runs'
+/// (same `predict_dataset` writer, same generations), and resuming works the same way.
+pub fn predict_sweep<B: Backend>(
+    session: &Session<B>,
+    configs: &[Settings],
+    args: &Args,
+    datasets: &[String],
+) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for settings in configs {
+        let dir = folder_for(&args.out, &settings.label(), settings)?;
+        Manifest::new(settings).write(&dir)?;
+        dirs.push(dir);
+    }
+    let max_length = max_length(session, args.max_length);
+    let mut cache = PrefillCache::default();
+    for name in datasets {
+        let spec = registry::lookup(name)?;
+        let records: Vec<_> = read_dataset(&args.data_dir, name)?
+            .take(args.max_samples.unwrap_or(usize::MAX))
+            .collect::<Result<_, _>>()?;
+        let bar = progress_bar(
+            (records.len() * configs.len()) as u64,
+            format!("sweep x{} {name}", configs.len()),
+        );
+        let start = Instant::now();
+        let mut tokens = 0usize;
+        for i in 0..records.len() {
+            for (settings, dir) in configs.iter().zip(&dirs) {
+                let out_file = dir.join(format!("{name}.jsonl"));
+                let mut generator = SweepGenerator {
+                    session,
+                    settings,
+                    cache: &mut cache,
+                };
+                // Records 0..i are already in the file (checked, skipped); record i is new.
+                predict_dataset(
+                    records[..=i].iter().cloned().map(Ok),
+                    spec,
+                    session,
+                    &mut generator,
+                    &out_file,
+                    max_length,
+                    |progress| {
+                        if let Some(outcome) = progress.outcome {
+                            tokens += outcome.new_tokens;
+                        }
+                    },
+                )
+                .with_context(|| format!("predicting {name} into {}", out_file.display()))?;
+                let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{rate:.1} new tok/s"));
+                bar.inc(1);
+            }
+        }
+        bar.finish_with_message(format!("{} prefills so far", cache.prefills));
+    }
+    Ok(dirs)
+}
+
+fn progress_bar(len: u64, prefix: String) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{prefix:>32} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
 }
 
 /// Every (policy, cache size) configuration asked for, in order.
@@ -146,14 +232,7 @@ pub fn predict_run<B: Backend>(
         let spec = registry::lookup(name)?;
         let records = read_dataset(&args.data_dir, name)?;
         let total = count_records(&args.data_dir, name, args.max_samples);
-        let bar = ProgressBar::new(total as u64).with_style(
-            ProgressStyle::with_template(
-                "{prefix:>32} [{bar:30}] {pos}/{len} {msg} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{} {name}", settings.label()));
+        let bar = progress_bar(total as u64, format!("{} {name}", settings.label()));
         let mut generator = PolicyGenerator { session, settings };
         let start = Instant::now();
         let mut tokens = 0usize;

@@ -1,0 +1,61 @@
+//! Prefill once, compress many ways: a recorder keeps what the prefill hooks saw so that
+//! any number of policies can later run the same hooks on copies of the full cache
+//! (policy sweeps).
+
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::{KvCompressor, LayerCache};
+
+/// A [`KvCompressor`] that keeps everything and records each layer's prompt queries.
+///
+/// Prefill outputs never depend on the policy (each layer's output is computed before its
+/// hook runs and later layers read only their own cache), so replaying the recorded hooks
+/// with [`replay_prefill`] on a copy of the full caches leaves exactly the caches a live
+/// run of that policy would have left.
+#[derive(Debug, Clone, Default)]
+pub struct PrefillRecorder<B: Backend> {
+    queries: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PrefillRecorder<B> {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self {
+            queries: Vec::new(),
+        }
+    }
+
+    /// Post-RoPE prompt queries of every layer, `[H, S, d]` each, in layer order.
+    pub fn queries(&self) -> &[Tensor<B, 3>] {
+        &self.queries
+    }
+}
+
+impl<B: Backend> KvCompressor<B> for PrefillRecorder<B> {
+    fn after_prefill_layer(
+        &mut self,
+        layer: usize,
+        queries: Tensor<B, 3>,
+        _: &mut [LayerCache<B>],
+    ) {
+        self.queries.truncate(layer);
+        self.queries.push(queries);
+    }
+
+    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) {}
+
+    fn after_decode_step(&mut self, _: usize, _: Tensor<B, 3>, _: &mut LayerCache<B>) {}
+}
+
+/// Runs `compressor`'s prefill hooks, in the order a live prefill calls them, on `caches`
+/// (a copy of the full prompt caches) with the recorded `queries`.
+pub fn replay_prefill<B: Backend>(
+    compressor: &mut dyn KvCompressor<B>,
+    queries: &[Tensor<B, 3>],
+    caches: &mut [LayerCache<B>],
+) {
+    for (layer, q) in queries.iter().enumerate() {
+        compressor.after_prefill_layer(layer, q.clone(), &mut caches[..=layer]);
+    }
+    compressor.after_prefill(caches);
+}
