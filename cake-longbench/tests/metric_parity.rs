@@ -1,8 +1,9 @@
 //! Parity of the Rust metrics with LongBench's official `metrics.py` / `eval.py`, on the
 //! cases `fixtures/gen_metric_fixtures.py` scored with the official Python code.
 
-use cake_longbench::eval::{score_predictions, score_predictions_e};
+use cake_longbench::eval::{DatasetScore, evaluate_dir, score_predictions, score_predictions_e};
 use cake_longbench::metrics::{self, Metric};
+use cake_longbench::predict::PredictionLine;
 use cake_longbench::registry;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -167,5 +168,44 @@ fn dataset_scorer_matches_eval_py() {
                 _ => panic!("{} {bucket}: rust {have:?} python {want:?}", c.dataset),
             }
         }
+    }
+}
+
+#[test]
+fn evaluate_dir_matches_eval_py_on_prediction_files() {
+    // Each scorer case written as a prediction file, as `predict_dataset` writes them, and
+    // evaluated from disk (plain and LongBench-E).
+    let fx = fixtures();
+    for (k, c) in fx.scorer.iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for (i, (p, a)) in c.predictions.iter().zip(&c.answers).enumerate() {
+            let line = PredictionLine {
+                pred: p.clone(),
+                answers: a.clone(),
+                all_classes: c.all_classes.clone(),
+                length: c.lengths[i],
+                id: Some(format!("{k}-{i}")),
+                depth: None,
+            };
+            text.push_str(&serde_json::to_string(&line).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(dir.path().join(format!("{}.jsonl", c.dataset)), text).unwrap();
+        let plain = evaluate_dir(dir.path(), false).unwrap();
+        assert_eq!(
+            plain.scores[&c.dataset],
+            DatasetScore::Plain(c.score),
+            "{}",
+            c.dataset
+        );
+        assert_eq!(plain.counts[&c.dataset], c.predictions.len());
+        let e = evaluate_dir(dir.path(), true).unwrap();
+        assert_eq!(
+            e.scores[&c.dataset],
+            DatasetScore::Buckets(c.score_e.clone()),
+            "{}",
+            c.dataset
+        );
     }
 }
