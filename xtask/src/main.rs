@@ -1,1 +1,253 @@
-fn main() {}
+//! `cargo xtask reproduce [--quick]`: builds the `cake` binary, writes the offline
+//! synthetic suite, runs every policy at several cache sizes (one prefill per prompt),
+//! scores them, benchmarks latency and memory, and writes `results/REPORT.md` with the
+//! tables and plots.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "cake-rs project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Reproduce the comparison: accuracy vs cache size per policy, needle heatmap, latency
+    /// and memory; writes results/REPORT.md.
+    Reproduce(Reproduce),
+}
+
+#[derive(Debug, clap::Args)]
+struct Reproduce {
+    /// Fewer samples, lengths and cache sizes (about 20 minutes on 2 cores)
+    #[arg(long)]
+    quick: bool,
+    /// Also predict real LongBench JSONL files from this folder
+    #[arg(long)]
+    longbench: Option<PathBuf>,
+    /// Output folder
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Accuracy model (must retrieve; SmolLM2-135M cannot, even with the full cache)
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    accuracy_model: String,
+    /// Latency model
+    #[arg(long, default_value = "smollm2-135m")]
+    latency_model: String,
+}
+
+/// The sizes of a run.
+struct Plan {
+    policies: &'static str,
+    cache_sizes: &'static str,
+    lengths: &'static str,
+    depths: &'static str,
+    tasks: &'static str,
+    heatmap_tasks: &'static str,
+    samples_per_task: usize,
+    bench_contexts: &'static str,
+}
+
+const QUICK: Plan = Plan {
+    policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
+    cache_sizes: "64,128,256",
+    lengths: "1024,2048,3072",
+    depths: "0,25,50,75,100",
+    tasks: "synth_kv,synth_vartrack,synth_multikey",
+    heatmap_tasks: "synth_passkey",
+    samples_per_task: 3,
+    bench_contexts: "512,2048,4096",
+};
+
+const FULL: Plan = Plan {
+    policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
+    cache_sizes: "64,128,256,512",
+    lengths: "1024,2048,4096",
+    depths: "0,25,50,75,100",
+    tasks: "synth_passkey,synth_multikey,synth_multivalue,synth_kv,synth_passage_retrieval,synth_passage_count,synth_vartrack,synth_fewshot",
+    heatmap_tasks: "synth_passkey",
+    samples_per_task: 15,
+    bench_contexts: "512,2048,4096,8192",
+};
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Reproduce(args) => reproduce(&args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command, echoing it; fails with its status.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("\n$ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn reproduce(args: &Reproduce) -> Result<()> {
+    let plan = if args.quick { &QUICK } else { &FULL };
+    let root = workspace_root();
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create {}: choose a writable --out", out.display()))?;
+    let started = Instant::now();
+    run(Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "cake-cli"]))?;
+    let cake = root.join("target/release/cake");
+    let cake = || {
+        let mut c = Command::new(&cake);
+        c.current_dir(&root);
+        c
+    };
+    let suite = out.join("suite");
+    let heat_suite = out.join("suite-heatmap");
+    let pred = out.join("pred");
+    let bench = out.join("bench");
+    let samples = plan.samples_per_task.to_string();
+
+    // 1. The offline synthetic suite, measured with the accuracy model's tokenizer.
+    run(cake().args(["suite", "--model", &args.accuracy_model, "--out"])
+        .arg(&suite)
+        .args(["--tasks", plan.tasks, "--lengths", plan.lengths, "--depths", "50"])
+        .args(["--samples", &samples]))?;
+    run(cake().args(["suite", "--model", &args.accuracy_model, "--out"])
+        .arg(&heat_suite)
+        .args(["--tasks", plan.heatmap_tasks, "--lengths", plan.lengths])
+        .args(["--depths", plan.depths, "--samples", "1"]))?;
+
+    // 2. Predictions: every policy x cache size, one prefill per prompt.
+    let t = Instant::now();
+    for data in [&suite, &heat_suite] {
+        run(cake().args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(data)
+            .args(["--policies", plan.policies, "--cache-sizes", plan.cache_sizes])
+            .args(["--window", "32", "--out"])
+            .arg(&pred))?;
+    }
+    if let Some(longbench) = &args.longbench {
+        run(cake().args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(longbench)
+            .args(["--policies", plan.policies, "--cache-sizes", plan.cache_sizes])
+            .args(["--max-samples", &samples, "--out"])
+            .arg(out.join("pred-longbench")))?;
+    }
+    let pred_seconds = t.elapsed().as_secs_f64();
+
+    // 3. Scores, the comparison table and plots.
+    run(cake().arg("eval").arg(&pred))?;
+    if args.longbench.is_some() {
+        run(cake().arg("eval").arg(out.join("pred-longbench")))?;
+    }
+
+    // 4. Latency and memory on the latency model.
+    run(cake().args(["bench", "--model", &args.latency_model, "--context", plan.bench_contexts])
+        .args(["--policies", "cake", "--cache-size", "256", "--out"])
+        .arg(&bench))?;
+
+    write_report(&out, args, plan, pred_seconds, started.elapsed().as_secs_f64())
+}
+
+/// First file named `name` under `dir` (one level of sub-folders).
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    let direct = dir.join(name);
+    if direct.exists() {
+        return Some(direct);
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    entries.sort();
+    entries.into_iter().next()
+}
+
+fn write_report(
+    out: &Path,
+    args: &Reproduce,
+    plan: &Plan,
+    pred_seconds: f64,
+    total_seconds: f64,
+) -> Result<()> {
+    let pred = out.join("pred");
+    let mut md = String::from("# cake-rs reproduction report\n\n");
+    let _ = writeln!(
+        md,
+        "Mode: {}. Accuracy model: `{}`; latency model: `{}`. Synthetic suite (tasks {}, lengths {} tokens), window 32. Predictions took {:.0} s (prefill once per prompt for all configurations); the whole run {:.0} s.\n",
+        if args.quick { "quick" } else { "full" },
+        args.accuracy_model,
+        args.latency_model,
+        plan.tasks,
+        plan.lengths,
+        pred_seconds,
+        total_seconds
+    );
+    md.push_str("## Average score on the synthetic suite (rows: policies, columns: cache size C)\n\n");
+    let summary = std::fs::read_to_string(pred.join("summary.md"))
+        .with_context(|| format!("missing {}", pred.join("summary.md").display()))?;
+    md.push_str(&summary);
+    md.push_str("\n![score vs cache size](pred/score_vs_cache_size.svg)\n\n");
+    if args.longbench.is_some()
+        && let Ok(lb) = std::fs::read_to_string(out.join("pred-longbench/summary.md"))
+    {
+        md.push_str("## LongBench (given data)\n\n");
+        md.push_str(&lb);
+        md.push('\n');
+    }
+    md.push_str("## Needle retrieval heatmaps (depth x length)\n\n");
+    let mut heatmaps: Vec<PathBuf> = std::fs::read_dir(&pred)?
+        .filter_map(|e| e.ok().map(|e| e.path().join("needle_heatmap.svg")))
+        .filter(|p| p.exists())
+        .collect();
+    heatmaps.sort();
+    for map in heatmaps {
+        let rel = map.strip_prefix(out).unwrap_or(&map);
+        let _ = writeln!(md, "![{}]({})\n", rel.display(), rel.display());
+    }
+    md.push_str("## Latency and K/V memory\n\n");
+    match find(&out.join("bench"), "bench.md") {
+        Some(path) => {
+            md.push_str(&std::fs::read_to_string(&path)?);
+            let plot = path.with_file_name("decode_latency.svg");
+            let rel = plot.strip_prefix(out).unwrap_or(&plot);
+            let _ = writeln!(md, "\n![decode latency]({})", rel.display());
+        }
+        None => md.push_str("(no bench results)\n"),
+    }
+    let path = out.join("REPORT.md");
+    std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{md}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
