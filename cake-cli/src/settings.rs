@@ -187,7 +187,26 @@ impl Settings {
         settings.cache.validate().map_err(|e| {
             anyhow::anyhow!("{e} (set it with a flag, a CAKE_* variable or the settings file)")
         })?;
+        settings.check_names()?;
         Ok(settings)
+    }
+
+    /// Fails on an unknown policy, allocator or scorer name before any model is loaded.
+    pub fn check_names(&self) -> Result<()> {
+        if !cake_core::PRESETS.contains(&self.policy.as_str()) {
+            bail!(
+                "unknown policy `{}`; known policies: {}",
+                self.policy,
+                cake_core::PRESETS.join(", ")
+            );
+        }
+        if let Some(a) = &self.allocator {
+            a.parse::<AllocatorKind>()?;
+        }
+        if let Some(s) = &self.scorer {
+            s.parse::<ScorerKind>()?;
+        }
+        Ok(())
     }
 
     /// A short label for folder names, e.g. `cake-c256-w32`.

@@ -170,7 +170,7 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{e} (from --cache-sizes)"))?;
             // Fail before any generation on an unknown policy name.
-            settings.policy::<cake_models::Cpu>("", 1).map(|_| ())?;
+            settings.check_names()?;
             out.push(settings);
         }
     }

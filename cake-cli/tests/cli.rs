@@ -1,0 +1,269 @@
+//! End-to-end tests of the `cake` binary: clear one-line errors on bad input, and a small
+//! generate / pred / eval run on a tiny random-weight Llama (cake-models' parity fixture)
+//! with a byte-level tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn cake() -> Command {
+    let mut cmd = Command::cargo_bin("cake").expect("the cake binary is built for tests");
+    // Isolate from the developer's settings and model choice.
+    cmd.env_remove("CAKE_MODEL").env_remove("CAKE_CACHE_SIZE");
+    cmd
+}
+
+/// Runs `cake` and returns (success, stderr).
+fn run(args: &[&str], dir: &Path) -> (bool, String) {
+    let out = cake().current_dir(dir).args(args).output().expect("cake runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts failure with one `error:` line mentioning every needle, and no panic.
+fn assert_clean_error(args: &[&str], needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = run(args, dir.path());
+    assert!(!ok, "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(!stderr.contains("stack backtrace"), "backtrace: {stderr}");
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line expected: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+}
+
+/// A tiny Llama folder: cake-models' random-weight parity fixture plus a byte tokenizer.
+fn tiny_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("../cake-models/fixtures/tiny/llama");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        root.join("tests/fixtures/byte_tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn missing_model_path_is_one_clear_line() {
+    assert_clean_error(
+        &["inspect", "--model", "/nonexistent/model.gguf"],
+        &["/nonexistent/model.gguf"],
+    );
+}
+
+#[test]
+fn folder_without_config_json_is_named() {
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().to_str().unwrap();
+    assert_clean_error(&["inspect", "--model", path], &["config.json"]);
+}
+
+#[test]
+fn cache_size_not_above_window_is_rejected_before_loading() {
+    assert_clean_error(
+        &["generate", "--prompt", "hi", "--cache-size", "16", "--window", "32"],
+        &["16", "32"],
+    );
+}
+
+#[test]
+fn unknown_policy_lists_the_known_ones() {
+    assert_clean_error(
+        &["generate", "--prompt", "hi", "--policy", "magic"],
+        &["magic", "snapkv", "cake"],
+    );
+}
+
+#[test]
+fn unknown_dataset_lists_the_known_ones() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    assert_clean_error(
+        &["pred", "--datasets", "nosuchset", "--data-dir", dir, "--out", dir],
+        &["nosuchset", "narrativeqa"],
+    );
+}
+
+#[test]
+fn unknown_settings_file_key_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cake.toml"), "cache_sise = 128\n").unwrap();
+    let (ok, stderr) = run(&["generate", "--prompt", "hi"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("cake.toml") && stderr.contains("cache_sise"), "{stderr}");
+}
+
+#[test]
+fn settings_layer_file_then_env_then_flags() {
+    let model = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cake.toml"), "window = 4\ncache_size = 12\n").unwrap();
+    let report = dir.path().join("report.json");
+    let args = [
+        "generate",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--prompt",
+        "abcdefghijklmnopqrstuvwxyz0123456789",
+        "--max-new-tokens",
+        "4",
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+    ];
+    // File: C=12, w=4. Env overrides C; the flag overrides the window.
+    let out = cake()
+        .current_dir(dir.path())
+        .env("CAKE_CACHE_SIZE", "10")
+        .args(args)
+        .args(["--window", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["cache_size"], 10);
+    assert_eq!(report["window"], 2);
+    // 36 prompt bytes, L = 3 layers: every layer keeps budget + w and the total is L * C.
+    let held: u64 = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["held"].as_u64().unwrap())
+        .sum();
+    assert_eq!(report["prompt_len"], 36);
+    // Decoding evicts one token per appended one: the size stays at L * C.
+    assert_eq!(held, 3 * 10);
+}
+
+#[test]
+fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let records: String = (0..3)
+        .map(|i| {
+            serde_json::json!({
+                "input": format!("What is the code {i}?"),
+                "context": format!("The secret code is {i}{i}{i}. Some filler text follows here."),
+                "answers": [format!("{i}{i}{i}")],
+                "length": 20, "dataset": "synth_passkey", "language": "en",
+                "all_classes": null, "_id": format!("r{i}")
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(data.join("synth_passkey.jsonl"), records).unwrap();
+    let model = model.path().to_str().unwrap();
+    let data = data.to_str().unwrap();
+    let common = [
+        "pred", "--model", model, "--data-dir", data, "--window", "4", "--max-length", "200",
+    ];
+    let sweep = work.path().join("sweep");
+    let separate = work.path().join("separate");
+    let (ok, stderr) = run(
+        &[
+            &common[..],
+            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16"],
+            &["--out", sweep.to_str().unwrap()],
+        ]
+        .concat(),
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = run(
+        &[
+            &common[..],
+            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16", "--no-sweep"],
+            &["--out", separate.to_str().unwrap()],
+        ]
+        .concat(),
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let folders = |root: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let names = folders(&sweep);
+    assert_eq!(names.len(), 5, "full once + 2 policies x 2 sizes: {names:?}");
+    assert_eq!(names, folders(&separate));
+    for name in &names {
+        let a = std::fs::read(sweep.join(name).join("synth_passkey.jsonl")).unwrap();
+        let b = std::fs::read(separate.join(name).join("synth_passkey.jsonl")).unwrap();
+        assert_eq!(a, b, "{name}: sweep and separate runs differ");
+        assert_eq!(String::from_utf8(a).unwrap().lines().count(), 3);
+    }
+    // Resuming a finished run generates nothing and changes nothing.
+    let before = std::fs::read(sweep.join(&names[0]).join("synth_passkey.jsonl")).unwrap();
+    let (ok, stderr) = run(
+        &[
+            &common[..],
+            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16"],
+            &["--out", sweep.to_str().unwrap()],
+        ]
+        .concat(),
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let after = std::fs::read(sweep.join(&names[0]).join("synth_passkey.jsonl")).unwrap();
+    assert_eq!(before, after);
+
+    let (ok, stderr) = run(&["eval", sweep.to_str().unwrap()], work.path());
+    assert!(ok, "{stderr}");
+    let summary = std::fs::read_to_string(sweep.join("summary.md")).unwrap();
+    assert!(summary.contains("| cake |") && summary.contains("C=8") && summary.contains("C=16"));
+    for name in &names {
+        let result: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(sweep.join(name).join("result.json")).unwrap(),
+        )
+        .unwrap();
+        let score = result["synth_passkey"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&score));
+    }
+}
+
+#[test]
+fn unwritable_output_folder_is_reported() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("synth_passkey.jsonl"),
+        r#"{"input":"q","context":"c","answers":["1"],"length":3,"dataset":"synth_passkey","language":"en","all_classes":null,"_id":"a"}"#,
+    )
+    .unwrap();
+    // A regular file where the output folder should be.
+    let blocker = work.path().join("blocker");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = blocker.join("out");
+    assert_clean_error(
+        &[
+            "pred",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["blocker"],
+    );
+}
