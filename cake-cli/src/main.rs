@@ -35,6 +35,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Show a model's architecture, heads, K/V bytes per token, chat template and taus.
     Inspect(commands::inspect::Args),
+    /// Fit a static score function of the layer index from calibration prompts.
+    Fit(commands::fit::Args),
     /// Write the offline synthetic suite (LongBench JSONL format) into a folder.
     Suite(commands::suite::Args),
 }
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Suite(args) => commands::suite::run(args),
+        Command::Fit(args) => commands::fit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

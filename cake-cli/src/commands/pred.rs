@@ -102,9 +102,19 @@ pub fn predict_sweep<B: Backend>(
         );
         let start = Instant::now();
         let mut tokens = 0usize;
+        let files: Vec<PathBuf> = dirs.iter().map(|d| d.join(format!("{name}.jsonl"))).collect();
+        // Complete lines already written per configuration (a torn last line is not
+        // counted: the call for that record repairs it).
+        let done: Vec<usize> = files.iter().map(|f| complete_lines(f)).collect();
         for i in 0..records.len() {
-            for (settings, dir) in configs.iter().zip(&dirs) {
-                let out_file = dir.join(format!("{name}.jsonl"));
+            for ((settings, out_file), &done) in configs.iter().zip(&files).zip(&done) {
+                // Finished records are skipped without a call; the last record always
+                // calls so the whole file is checked against the dataset.
+                if i < done && i + 1 < records.len() {
+                    bar.inc(1);
+                    continue;
+                }
+                let out_file = out_file.clone();
                 let mut generator = SweepGenerator {
                     session,
                     settings,
@@ -191,8 +201,13 @@ fn dataset_names(args: &Args) -> Result<Vec<String>> {
         }
         return Ok(args.datasets.clone());
     }
-    let mut names: Vec<String> = std::fs::read_dir(&args.data_dir)
-        .with_context(|| format!("cannot list {}", args.data_dir.display()))?
+    known_datasets(&args.data_dir)
+}
+
+/// Stems of the known `<dataset>.jsonl` files in `dir`, sorted.
+pub fn known_datasets(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let path = e.path();
@@ -204,7 +219,7 @@ fn dataset_names(args: &Args) -> Result<Vec<String>> {
     anyhow::ensure!(
         !names.is_empty(),
         "no known <dataset>.jsonl in {}",
-        args.data_dir.display()
+        dir.display()
     );
     Ok(names)
 }
@@ -261,6 +276,11 @@ pub fn predict_run<B: Backend>(
         ));
     }
     Ok(dir)
+}
+
+/// Newline-terminated lines of `path` (0 when it does not exist).
+fn complete_lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
 }
 
 /// Records in `<dir>/<name>.jsonl` (non-empty lines), capped at `max`; for the progress bar.
