@@ -100,7 +100,10 @@ impl Chart for ScoreVsCacheSize {
         root.fill(&WHITE)?;
         let n = self.cache_sizes.len().max(1);
         let values = self.series.iter().flat_map(|(_, v)| v.iter().flatten());
-        let top = values.chain(self.full.iter()).fold(1.0f64, |a, &b| a.max(b)) * 1.1;
+        let top = values
+            .chain(self.full.iter())
+            .fold(1.0f64, |a, &b| a.max(b))
+            * 1.1;
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, ("sans-serif", 22))
             .margin(12)
@@ -114,7 +117,9 @@ impl Chart for ScoreVsCacheSize {
             .x_label_formatter(&|x| {
                 let i = x.round();
                 if (x - i).abs() < 1e-6 && i >= 0.0 {
-                    sizes.get(i as usize).map_or(String::new(), |c| c.to_string())
+                    sizes
+                        .get(i as usize)
+                        .map_or(String::new(), |c| c.to_string())
                 } else {
                     String::new()
                 }
@@ -145,7 +150,11 @@ impl Chart for ScoreVsCacheSize {
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
         }
         chart
             .configure_series_labels()
@@ -239,7 +248,11 @@ impl Chart for LatencyVsContext {
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            chart.draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )?;
         }
         chart
             .configure_series_labels()

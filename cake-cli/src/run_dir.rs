@@ -68,7 +68,13 @@ pub fn folder_for(out: &Path, label: &str, config: &impl Serialize) -> Result<Pa
     let json = serde_json::to_string(config)?;
     let safe: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let dir = out.join(format!("{safe}-{:08x}", fnv1a(&json) as u32));
     std::fs::create_dir_all(&dir).with_context(|| {
@@ -92,7 +98,13 @@ mod tests {
         let a2 = folder_for(out.path(), "cake c128", &serde_json::json!({"c": 128})).unwrap();
         assert_ne!(a, b);
         assert_eq!(a, a2);
-        assert!(a.file_name().unwrap().to_str().unwrap().starts_with("cake_c128-"));
+        assert!(
+            a.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("cake_c128-")
+        );
     }
 
     #[test]

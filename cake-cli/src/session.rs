@@ -49,7 +49,11 @@ impl<B: Backend> Session<B> {
             (tokenizer, name)
         } else {
             let file = GgufFile::open(&path)?;
-            let name = file.metadata().get_str("general.name").ok().map(str::to_string);
+            let name = file
+                .metadata()
+                .get_str("general.name")
+                .ok()
+                .map(str::to_string);
             (Tokenizer::from_gguf(&file)?, name)
         };
         Ok(Self {
@@ -128,8 +132,15 @@ pub fn generate_with_policy<B: Backend>(
     let policy = settings.policy::<B>(model_name, model.num_layers())?;
     let mut caches: Vec<LayerCache<B>> = model.new_caches();
     if policy.keeps_all() {
-        let output =
-            generate_into(model, prompt, config, eos, &mut KeepAll, &mut caches, stream)?;
+        let output = generate_into(
+            model,
+            prompt,
+            config,
+            eos,
+            &mut KeepAll,
+            &mut caches,
+            stream,
+        )?;
         return Ok((output, None));
     }
     let mut compressor = PolicyCompressor::new(policy, model.num_layers());

@@ -94,8 +94,8 @@ fn policy_keys() -> Vec<String> {
 fn check_file_keys(path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read settings file {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     let known = policy_keys();
     for key in table.keys() {
         if !SETTINGS_KEYS.contains(&key.as_str()) && !known.contains(key) {
@@ -120,10 +120,8 @@ impl Settings {
             map.retain(|_, v| !v.is_null());
         }
         let defaults = toml::to_string(&defaults).context("cannot encode the defaults")?;
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            &defaults,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(&defaults, config::FileFormat::Toml));
         let file = match &args.config {
             Some(path) if !path.exists() => bail!(
                 "settings file {} does not exist: check --config",
@@ -148,7 +146,9 @@ impl Settings {
             ("scorer", args.scorer.clone().map(Into::into)),
             (
                 "score_fn",
-                args.score_fn.as_ref().map(|p| p.display().to_string().into()),
+                args.score_fn
+                    .as_ref()
+                    .map(|p| p.display().to_string().into()),
             ),
             ("cache_size", args.cache_size.map(|v| (v as u64).into())),
             ("ratio", args.ratio.map(Into::into)),
@@ -248,7 +248,9 @@ impl Settings {
                 };
                 if allocator == AllocatorKind::Static {
                     let Some(path) = &self.score_fn else {
-                        bail!("--allocator static needs --score-fn FILE (write one with `cake fit`)");
+                        bail!(
+                            "--allocator static needs --score-fn FILE (write one with `cake fit`)"
+                        );
                     };
                     let function = cake_core::ScoreFunction::from_path(path)?;
                     let allocator = Static::from_score_function(&function, num_layers)?;

@@ -15,7 +15,11 @@ fn cake() -> Command {
 
 /// Runs `cake` and returns (success, stderr).
 fn run(args: &[&str], dir: &Path) -> (bool, String) {
-    let out = cake().current_dir(dir).args(args).output().expect("cake runs");
+    let out = cake()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("cake runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -71,7 +75,15 @@ fn folder_without_config_json_is_named() {
 #[test]
 fn cache_size_not_above_window_is_rejected_before_loading() {
     assert_clean_error(
-        &["generate", "--prompt", "hi", "--cache-size", "16", "--window", "32"],
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--cache-size",
+            "16",
+            "--window",
+            "32",
+        ],
         &["16", "32"],
     );
 }
@@ -89,7 +101,15 @@ fn unknown_dataset_lists_the_known_ones() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();
     assert_clean_error(
-        &["pred", "--datasets", "nosuchset", "--data-dir", dir, "--out", dir],
+        &[
+            "pred",
+            "--datasets",
+            "nosuchset",
+            "--data-dir",
+            dir,
+            "--out",
+            dir,
+        ],
         &["nosuchset", "narrativeqa"],
     );
 }
@@ -100,14 +120,21 @@ fn unknown_settings_file_key_names_the_file() {
     std::fs::write(dir.path().join("cake.toml"), "cache_sise = 128\n").unwrap();
     let (ok, stderr) = run(&["generate", "--prompt", "hi"], dir.path());
     assert!(!ok);
-    assert!(stderr.contains("cake.toml") && stderr.contains("cache_sise"), "{stderr}");
+    assert!(
+        stderr.contains("cake.toml") && stderr.contains("cache_sise"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn settings_layer_file_then_env_then_flags() {
     let model = tiny_model();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cake.toml"), "window = 4\ncache_size = 12\n").unwrap();
+    std::fs::write(
+        dir.path().join("cake.toml"),
+        "window = 4\ncache_size = 12\n",
+    )
+    .unwrap();
     let report = dir.path().join("report.json");
     let args = [
         "generate",
@@ -129,7 +156,11 @@ fn settings_layer_file_then_env_then_flags() {
         .args(["--window", "2"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["cache_size"], 10);
@@ -169,7 +200,15 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     let model = model.path().to_str().unwrap();
     let data = data.to_str().unwrap();
     let common = [
-        "pred", "--model", model, "--data-dir", data, "--window", "4", "--max-length", "200",
+        "pred",
+        "--model",
+        model,
+        "--data-dir",
+        data,
+        "--window",
+        "4",
+        "--max-length",
+        "200",
     ];
     let sweep = work.path().join("sweep");
     let separate = work.path().join("separate");
@@ -186,7 +225,13 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     let (ok, stderr) = run(
         &[
             &common[..],
-            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16", "--no-sweep"],
+            &[
+                "--policies",
+                "full,snapkv,cake",
+                "--cache-sizes",
+                "8,16",
+                "--no-sweep",
+            ],
             &["--out", separate.to_str().unwrap()],
         ]
         .concat(),
@@ -202,7 +247,11 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
         v
     };
     let names = folders(&sweep);
-    assert_eq!(names.len(), 5, "full once + 2 policies x 2 sizes: {names:?}");
+    assert_eq!(
+        names.len(),
+        5,
+        "full once + 2 policies x 2 sizes: {names:?}"
+    );
     assert_eq!(names, folders(&separate));
     for name in &names {
         let a = std::fs::read(sweep.join(name).join("synth_passkey.jsonl")).unwrap();

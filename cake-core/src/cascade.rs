@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::LayerPreference;
-use crate::budget::BudgetPlan;
+use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{attention, layer_preference, to_host, top_k_indices, window_attention};
@@ -47,6 +47,20 @@ pub fn evict_to_budget<B: Backend>(cache: &mut LayerCache<B>, keep: usize, windo
     };
     cache.retain(&kept);
     keep + w
+}
+
+/// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except
+/// that a layer whose prefill budget was capped by the prompt (`S - w` tokens exist) may grow
+/// up to its uncapped share of `B_total`. So a cache size covering prompt and answer never
+/// evicts anything (the full cache is reproduced exactly), and a layer never holds more than
+/// the allocator gave it.
+pub fn decode_budgets(budgets: &[usize], shares: &[f64], total: usize) -> Vec<usize> {
+    let uncapped = allocate_budgets(shares, total, &vec![total; shares.len()]);
+    budgets
+        .iter()
+        .enumerate()
+        .map(|(l, &b)| b.max(uncapped.get(l).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// Per-layer outcome of a prompt.
@@ -131,6 +145,8 @@ pub struct PolicyCompressor<B: Backend> {
     num_kv_heads: usize,
     preferences: Vec<Option<LayerPreference>>,
     shares: Vec<f64>,
+    /// Per-layer decoding budgets (see [`decode_budgets`]), computed at the first step.
+    decode_budgets: Vec<usize>,
     budgets: Vec<usize>,
     stage_budgets: Vec<Vec<usize>>,
     clamped_growths: usize,
@@ -148,6 +164,7 @@ impl<B: Backend> PolicyCompressor<B> {
             num_kv_heads: 0,
             preferences: Vec::new(),
             shares: Vec::new(),
+            decode_budgets: Vec::new(),
             budgets: Vec::new(),
             stage_budgets: Vec::new(),
             clamped_growths: 0,
@@ -192,6 +209,7 @@ impl<B: Backend> PolicyCompressor<B> {
         self.preferences.clear();
         self.shares.clear();
         self.budgets.clear();
+        self.decode_budgets.clear();
         self.stage_budgets.clear();
         self.clamped_growths = 0;
         self.peak_tokens = 0;
@@ -371,6 +389,10 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         let (Some(plan), Some(&budget)) = (self.plan, self.budgets.get(layer)) else {
             return;
         };
+        if self.decode_budgets.len() != self.budgets.len() {
+            self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
+        }
+        let budget = self.decode_budgets.get(layer).copied().unwrap_or(budget);
         let limit = budget + plan.window;
         let scorer = self.policy.scorer();
         let over = cache.len() > limit;

@@ -84,7 +84,10 @@ pub fn run(args: Args) -> Result<()> {
 
 fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let base = Settings::resolve(&args.policy, args.model.as_deref())?;
-    anyhow::ensure!(!args.context.is_empty(), "give at least one --context length");
+    anyhow::ensure!(
+        !args.context.is_empty(),
+        "give at least one --context length"
+    );
     anyhow::ensure!(
         args.context.iter().all(|&c| c > 0),
         "--context lengths must be positive"
@@ -154,7 +157,11 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         print!("{table}");
     }
     if let Some(out) = &args.out {
-        let dir = folder_for(out, &format!("bench-{name}"), &(&base, &args.context, steps))?;
+        let dir = folder_for(
+            out,
+            &format!("bench-{name}"),
+            &(&base, &args.context, steps),
+        )?;
         Manifest::new(&base).write(&dir)?;
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("cannot write into {}", dir.display()))?;
@@ -205,8 +212,12 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         let full = rows
             .iter()
             .find(|r| r.context == row.context && r.policy == "full");
-        let speedup = full.map_or(1.0, |f| f.decode_ms_per_token / row.decode_ms_per_token.max(1e-9));
-        let memory = full.map_or(1.0, |f| row.kv_bytes_after_prefill as f64 / f.kv_bytes_after_prefill.max(1) as f64);
+        let speedup = full.map_or(1.0, |f| {
+            f.decode_ms_per_token / row.decode_ms_per_token.max(1e-9)
+        });
+        let memory = full.map_or(1.0, |f| {
+            row.kv_bytes_after_prefill as f64 / f.kv_bytes_after_prefill.max(1) as f64
+        });
         let _ = writeln!(
             md,
             "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.1}% |",
@@ -230,18 +241,21 @@ fn prompt_tokens(n: usize, vocab: usize) -> Vec<u32> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) % vocab.max(1) as u64) as u32
         })
         .collect()
 }
 
 fn read_config(path: &std::path::Path) -> Result<DecoderConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
-    decoder_config(&json).with_context(|| format!("{} is not a supported config.json", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    decoder_config(&json)
+        .with_context(|| format!("{} is not a supported config.json", path.display()))
 }
 
 /// Weights drawn uniformly from [-0.03, 0.03] (norms are 1), with the shapes a config asks

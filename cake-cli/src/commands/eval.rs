@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cake_longbench::eval::{DatasetScore, EvalResult, evaluate_dir, read_predictions, score_record};
+use cake_longbench::eval::{
+    DatasetScore, EvalResult, evaluate_dir, read_predictions, score_record,
+};
 use cake_longbench::registry;
 
 use crate::plots::{NeedleHeatmap, ScoreVsCacheSize, render};
@@ -97,7 +99,10 @@ pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
     if runs.len() > 1 {
         std::fs::write(dir.join("summary.md"), summary_markdown(&runs))
             .with_context(|| format!("cannot write {}", dir.join("summary.md").display()))?;
-        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&runs)?)?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&runs)?,
+        )?;
         plot_runs(dir, &runs)?;
     }
     Ok(runs)
@@ -261,7 +266,12 @@ pub fn needle_heatmap(
 ) -> Result<Option<NeedleHeatmap>> {
     // (length bucket, depth) -> scores
     let mut cells: BTreeMap<(usize, i64), Vec<f64>> = BTreeMap::new();
-    for task in ["synth_passkey", "synth_multikey", "synth_multivalue", "synth_kv"] {
+    for task in [
+        "synth_passkey",
+        "synth_multikey",
+        "synth_multivalue",
+        "synth_kv",
+    ] {
         let path = dir.join(format!("{task}.jsonl"));
         if !path.exists() {
             continue;

@@ -13,8 +13,8 @@ use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
 use cake_models::PrefillLogits;
 use cake_scoring_fit::{
-    FitConfig, LayerMeasurement, LayerStatsRow, fit_score_function, pca_summary_layer,
-    plot_fit, rows_for_head, sample_rows, write_csv, write_jsonl,
+    FitConfig, LayerMeasurement, LayerStatsRow, fit_score_function, pca_summary_layer, plot_fit,
+    rows_for_head, sample_rows, write_csv, write_jsonl,
 };
 use indicatif::ProgressBar;
 
@@ -113,8 +113,12 @@ pub fn run(args: Args) -> Result<()> {
     let settings = Settings::resolve(&args.policy, args.model.as_deref())?;
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}: choose a writable --out", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "cannot create {}: choose a writable --out",
+            args.out.display()
+        )
+    })?;
     let taus = settings.cache.resolve_tau(&session.name);
     let datasets = if args.datasets.is_empty() {
         super::pred::known_datasets(&args.data_dir)?
@@ -161,7 +165,11 @@ pub fn run(args: Args) -> Result<()> {
         .save(&args.out.join("score_function.json"))?;
     let markdown = report.to_markdown();
     std::fs::write(args.out.join("fit.md"), &markdown)?;
-    plot_fit(&rows_for_head(&rows, None), &report.poly, &args.out.join("fit.svg"))?;
+    plot_fit(
+        &rows_for_head(&rows, None),
+        &report.poly,
+        &args.out.join("fit.svg"),
+    )?;
     print!("{markdown}");
     eprintln!(
         "wrote {} (use: --allocator static --score-fn {})",

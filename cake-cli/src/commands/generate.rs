@@ -18,7 +18,11 @@ pub struct Args {
     #[arg(long)]
     model: Option<String>,
     /// The prompt text
-    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
     prompt: Option<String>,
     /// Read the prompt from this file
     #[arg(long, value_name = "FILE")]
@@ -57,7 +61,10 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("cannot read the prompt file {}", path.display()))?,
         (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
     };
-    anyhow::ensure!(!text.trim().is_empty(), "the prompt is empty: give some text");
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "the prompt is empty: give some text"
+    );
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
     let prompt = session.render_prompt(&text, args.chat)?;
@@ -91,7 +98,9 @@ pub fn run(args: Args) -> Result<()> {
             title: format!("{}: tokens kept per layer", settings.label()),
             kept: report.layers.iter().map(|l| l.held).collect(),
         };
-        let stem = path.file_stem().map_or("report".into(), |s| s.to_string_lossy());
+        let stem = path
+            .file_stem()
+            .map_or("report".into(), |s| s.to_string_lossy());
         render(&chart, &path.with_file_name(format!("{stem}_budgets")))?;
     }
     let prompt_len = output.prompt_len;

@@ -32,7 +32,11 @@ mod tests {
 
     #[test]
     fn median_of_odd_and_even_counts() {
-        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(median_ms(&ms(&[5, 1, 3])), 3.0);
         assert_eq!(median_ms(&ms(&[4, 1, 3, 2])), 2.5);
         assert_eq!(median_ms(&[]), 0.0);

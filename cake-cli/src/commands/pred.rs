@@ -102,7 +102,10 @@ pub fn predict_sweep<B: Backend>(
         );
         let start = Instant::now();
         let mut tokens = 0usize;
-        let files: Vec<PathBuf> = dirs.iter().map(|d| d.join(format!("{name}.jsonl"))).collect();
+        let files: Vec<PathBuf> = dirs
+            .iter()
+            .map(|d| d.join(format!("{name}.jsonl")))
+            .collect();
         // Complete lines already written per configuration (a torn last line is not
         // counted: the call for that record repairs it).
         let done: Vec<usize> = files.iter().map(|f| complete_lines(f)).collect();
@@ -170,7 +173,11 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
     let mut out = Vec::new();
     for policy in &policies {
         // The full cache does not depend on the cache size: one run.
-        let sizes_here = if policy == "full" { &sizes[..1] } else { &sizes[..] };
+        let sizes_here = if policy == "full" {
+            &sizes[..1]
+        } else {
+            &sizes[..]
+        };
         for &size in sizes_here {
             let mut settings = base.clone();
             settings.policy = policy.clone();

@@ -71,10 +71,19 @@ pub fn write_suite<B: burn::tensor::backend::Backend>(
         }
         config.tasks = args.tasks.clone();
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}: choose a writable --out", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| {
+        format!(
+            "cannot create {}: choose a writable --out",
+            args.out.display()
+        )
+    })?;
     for file in generate_suite(&args.out, &config)? {
-        eprintln!("{:<28} {:>4} records  {}", file.task, file.records, file.path.display());
+        eprintln!(
+            "{:<28} {:>4} records  {}",
+            file.task,
+            file.records,
+            file.path.display()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,243 @@
+//! Every policy inside the three tiny architectures (cake-algorithm.md sections 4-7): the
+//! full cache is reproduced when the budget covers the prompt, caches hold exactly their
+//! budgets, cascading equals one-shot eviction with bounded peak memory, and decoding keeps
+//! each layer at a fixed size with increasing positions.
+
+use std::path::PathBuf;
+
+use cake_core::{KeepAll, LayerCache, PRESETS, Policy, PolicyCompressor, PolicyConfig};
+use cake_models::generate::{GenerationConfig, Sampling, generate, generate_into};
+use cake_models::{Cpu, Model, PrefillLogits, load};
+
+fn tiny(arch: &str) -> Model<Cpu> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tiny")
+        .join(arch);
+    load::<Cpu>(&dir, &Default::default()).unwrap().model
+}
+
+/// A deterministic prompt of `n` token ids below the tiny vocabulary (256).
+fn prompt(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 11) % 250 + 3).collect()
+}
+
+fn config(cache_size: usize, window: usize) -> PolicyConfig {
+    PolicyConfig {
+        cache_size,
+        window,
+        ..PolicyConfig::default()
+    }
+}
+
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        min_new_tokens: max_new_tokens,
+        sampling: Sampling::Greedy,
+        stop_strings: vec![],
+    }
+}
+
+fn last_logits(
+    model: &Model<Cpu>,
+    ids: &[u32],
+    compressor: &mut dyn cake_core::KvCompressor<Cpu>,
+) -> Vec<f32> {
+    let mut caches = model.new_caches();
+    let p = model
+        .prefill(ids, &mut caches, compressor, PrefillLogits::Last)
+        .unwrap();
+    p.logits.into_data().into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn a_budget_covering_the_prompt_reproduces_the_full_cache_for_every_policy() {
+    // S = 40 prompt tokens, 12 new ones, C = 64 >= S + 12.
+    for arch in ["llama", "mistral", "qwen2"] {
+        let model = tiny(arch);
+        let ids = prompt(40);
+        let full = generate(&model, &ids, &greedy(12), &[], &mut KeepAll, None).unwrap();
+        let full_logits = last_logits(&model, &ids, &mut KeepAll);
+        for name in PRESETS {
+            let policy = Policy::<Cpu>::preset(name, &config(64, 8)).unwrap();
+            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+            let logits = last_logits(&model, &ids, &mut compressor);
+            assert_eq!(logits, full_logits, "{arch} {name}: prefill logits differ");
+            // Without decoding eviction every policy equals the full cache.
+            let no_decode = PolicyConfig {
+                decode_evict: cake_core::DecodeEviction::None,
+                ..config(64, 8)
+            };
+            let policy = Policy::<Cpu>::preset(name, &no_decode).unwrap();
+            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+            let out = generate(&model, &ids, &greedy(12), &[], &mut compressor, None).unwrap();
+            assert_eq!(out.tokens, full.tokens, "{arch} {name}: tokens differ");
+            // With decoding eviction, a layer keeps its uncapped share of B_total: with a
+            // uniform allocator that is C >= S + 12, so nothing is evicted. (Pyramid and
+            // preference shares give some layers less than S + 12 and rightly evict.)
+            if !matches!(name, "pyramidkv" | "cake") {
+                let policy = Policy::<Cpu>::preset(name, &config(64, 8)).unwrap();
+                let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+                let out = generate(&model, &ids, &greedy(12), &[], &mut compressor, None).unwrap();
+                assert_eq!(
+                    out.tokens, full.tokens,
+                    "{arch} {name}: decode-evict tokens differ"
+                );
+            }
+        }
+    }
+}
+
+/// Prefill `ids` with `policy` and return the caches and the report's peak and budgets.
+fn compress(
+    model: &Model<Cpu>,
+    ids: &[u32],
+    policy: Policy<Cpu>,
+) -> (Vec<LayerCache<Cpu>>, cake_core::CompressionReport) {
+    let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+    let mut caches = model.new_caches();
+    model
+        .prefill(ids, &mut caches, &mut compressor, PrefillLogits::Last)
+        .unwrap();
+    let report = compressor.report(&caches);
+    (caches, report)
+}
+
+#[test]
+fn caches_hold_their_budgets_and_keep_the_window() {
+    let (s, c, w) = (120, 24, 6);
+    for arch in ["llama", "mistral", "qwen2"] {
+        let model = tiny(arch);
+        let layers = model.num_layers();
+        for name in ["streaming", "h2o", "tova", "snapkv", "pyramidkv", "cake"] {
+            let policy = Policy::<Cpu>::preset(name, &config(c, w)).unwrap();
+            let (caches, report) = compress(&model, &prompt(s), policy);
+            let mut total = 0;
+            for (layer, cache) in caches.iter().enumerate() {
+                let budget = report.layers[layer].budget;
+                assert_eq!(
+                    cache.len(),
+                    s.min(budget + w),
+                    "{arch} {name} layer {layer}"
+                );
+                total += cache.len();
+                for positions in cache.positions() {
+                    assert!(positions.windows(2).all(|p| p[0] < p[1]), "sorted, unique");
+                    assert!(positions.iter().all(|&p| p < s));
+                    assert_eq!(
+                        &positions[positions.len() - w..],
+                        &(s - w..s).collect::<Vec<_>>()[..]
+                    );
+                }
+            }
+            assert_eq!(
+                total,
+                layers * c,
+                "{arch} {name}: sum of cache lengths is L * C"
+            );
+        }
+    }
+}
+
+#[test]
+fn cascading_equals_one_shot_and_bounds_the_peak() {
+    let (s, c, w) = (150, 20, 4);
+    for arch in ["llama", "mistral", "qwen2"] {
+        let model = tiny(arch);
+        let layers = model.num_layers();
+        let cascade = Policy::<Cpu>::preset("cake", &config(c, w)).unwrap();
+        let one_shot = Policy::<Cpu>::preset(
+            "cake",
+            &PolicyConfig {
+                cascading: false,
+                ..config(c, w)
+            },
+        )
+        .unwrap();
+        let (a, ra) = compress(&model, &prompt(s), cascade);
+        let (b, rb) = compress(&model, &prompt(s), one_shot);
+        if ra.clamped_growths == 0 {
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.positions(), y.positions(), "{arch}: cascade != one-shot");
+            }
+        }
+        let total_budget = (c - w) * layers;
+        assert!(
+            ra.peak_tokens <= total_budget + s + layers * w,
+            "{arch}: cascading peak {} > B_total + S + L*w",
+            ra.peak_tokens
+        );
+        assert_eq!(rb.peak_tokens, s * layers, "{arch}: one-shot peak is S * L");
+    }
+}
+
+#[test]
+fn decoding_keeps_each_layer_at_its_budget_with_increasing_positions() {
+    let (s, c, w) = (80, 16, 4);
+    for arch in ["llama", "qwen2"] {
+        let model = tiny(arch);
+        for name in ["snapkv", "cake", "h2o", "tova", "streaming"] {
+            let policy = Policy::<Cpu>::preset(name, &config(c, w)).unwrap();
+            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+            let mut caches = model.new_caches();
+            let out = generate_into(
+                &model,
+                &prompt(s),
+                &greedy(65),
+                &[],
+                &mut compressor,
+                &mut caches,
+                None,
+            )
+            .unwrap();
+            assert_eq!(out.tokens.len(), 65);
+            let report = compressor.report(&caches);
+            for (layer, cache) in caches.iter().enumerate() {
+                // 64 decoding steps appended 64 tokens; eviction kept the size fixed.
+                assert_eq!(
+                    cache.len(),
+                    report.layers[layer].budget + w,
+                    "{arch} {name}"
+                );
+                for positions in cache.positions() {
+                    assert!(positions.windows(2).all(|p| p[0] < p[1]));
+                    // The newest w tokens are the last decoded positions.
+                    let last = s + 64 - 1;
+                    assert_eq!(positions[positions.len() - 1], last);
+                    assert_eq!(positions[positions.len() - w], last + 1 - w);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn no_decode_eviction_lets_the_cache_grow() {
+    let model = tiny("llama");
+    let policy = Policy::<Cpu>::preset(
+        "cake",
+        &PolicyConfig {
+            decode_evict: cake_core::DecodeEviction::None,
+            ..config(16, 4)
+        },
+    )
+    .unwrap();
+    let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+    let mut caches = model.new_caches();
+    generate_into(
+        &model,
+        &prompt(80),
+        &greedy(11),
+        &[],
+        &mut compressor,
+        &mut caches,
+        None,
+    )
+    .unwrap();
+    let total: usize = caches.iter().map(LayerCache::len).sum();
+    assert_eq!(
+        total,
+        3 * 16 + 3 * 10,
+        "C per layer after prefill, plus 10 decoded tokens"
+    );
+}
