@@ -4,6 +4,7 @@
 //!
 //! Everything works on one sequence (no batch dimension) in the backend's float type.
 
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData, activation, backend::Backend};
 use cake_core::LayerCache;
 
@@ -233,6 +234,9 @@ impl<B: Backend> Attention<B> {
     /// [`MAX_SCORE_ELEMENTS`] scores exist at once, and gives each block only the key
     /// range it can see. Returns `[H, S, d]`.
     pub fn attend(&self, q: Tensor<B, 3>, start: usize, cache: &LayerCache<B>) -> Tensor<B, 3> {
+        if let Some(out) = self.attend_fused(q.clone(), start, cache) {
+            return out;
+        }
         let [h, s, d] = q.dims();
         let hkv = self.num_kv_heads;
         let g = h / hkv;
@@ -280,6 +284,62 @@ impl<B: Backend> Attention<B> {
             outputs.push(probs.matmul(vc).reshape([hkv, g, c, d]));
         }
         Tensor::cat(outputs, 2).reshape([h, s, d])
+    }
+
+    /// The backend's fused attention (flash attention on the CPU backend: one pass, online
+    /// softmax, memory bounded by tiles) for multi-token queries in the two common shapes: a
+    /// fresh causal prefill (every KV head caches exactly the positions `start..start+S` of
+    /// the queries, no window cutting in) and queries that see every cached key.
+    /// The G query heads of a group read their KV head through a transient broadcast copy;
+    /// the cache itself is never repeated. Returns `None` for any other shape (evicted
+    /// caches with a mask, sliding windows that cut), which [`Attention::attend`] handles.
+    fn attend_fused(
+        &self,
+        q: Tensor<B, 3>,
+        start: usize,
+        cache: &LayerCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        let [h, s, d] = q.dims();
+        let (hkv, len) = (self.num_kv_heads, cache.len());
+        let positions = cache.positions();
+        let q_last = start + s - 1;
+        let in_window = |j: usize| self.window.is_none_or(|w| j + w > q_last);
+        let all_visible = positions
+            .iter()
+            .flatten()
+            .all(|&j| j <= start && in_window(j));
+        let fresh_causal = len == s
+            && positions
+                .iter()
+                .all(|p| p.first() == Some(&start) && p.last() == Some(&q_last))
+            && in_window(start);
+        // Single-query decoding is faster through the plain matmul path (measured with
+        // examples/speed.rs: the fused kernel's per-call set-up dominates at S = 1).
+        if s == 1 || !(all_visible || fresh_causal) {
+            return None;
+        }
+        let (keys, values) = (cache.keys()?, cache.values()?);
+        // [1, H, len, d]: KV head kv serves query heads kv*G..(kv+1)*G.
+        let repeat = |t: &Tensor<B, 3>| {
+            t.clone()
+                .unsqueeze_dim::<4>(1)
+                .expand([hkv, h / hkv, len, d])
+                .reshape([1, h, len, d])
+        };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: !all_visible,
+        };
+        let out = burn::tensor::module::attention(
+            q.reshape([1, h, s, d]),
+            repeat(keys),
+            repeat(values),
+            None,
+            None,
+            options,
+        );
+        Some(out.reshape([h, s, d]))
     }
 
     /// Additive mask `[Hkv or 1, 1, c, n]` (0 or -inf) for queries at `p_first..p_first+c`

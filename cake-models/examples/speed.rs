@@ -1,0 +1,78 @@
+//! Prefill and decode throughput of a model on the CPU backend.
+//!
+//! ```text
+//! cargo run --release -p cake-models --example speed -- [MODEL] [PREFILL_LENS] [DECODE_STEPS]
+//! ```
+//! MODEL: a HF folder or .gguf (default: the project's default model); PREFILL_LENS: comma
+//! separated prompt lengths (default 512,2048); DECODE_STEPS: decoding steps after a
+//! 512-token prompt (default 64). Prompts are deterministic pseudo-random token ids, the
+//! same as `tools/fixtures/speed_transformers.py` uses, so the two can be compared.
+
+use std::time::Instant;
+
+use cake_core::KeepAll;
+use cake_models::{Cpu, load};
+
+/// Token `i` of the benchmark prompt: a fixed linear-congruential sequence in `[100, 10100)`.
+fn prompt(len: usize) -> Vec<u32> {
+    (0..len as u64)
+        .map(|i| (100 + (i * 2_654_435_761 + 12_345) % 10_000) as u32)
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = cake_models::fetch::resolve_model(
+        args.get(1).map(String::as_str).filter(|s| !s.is_empty()),
+    )?;
+    let lens: Vec<usize> = args
+        .get(2)
+        .map_or("512,2048", String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let steps: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
+    let device = Default::default();
+    let t = Instant::now();
+    let model = load::<Cpu>(&path, &device)?.model;
+    println!(
+        "model {} loaded in {:.2}s",
+        path.display(),
+        t.elapsed().as_secs_f64()
+    );
+    // Warm-up (thread pool, allocator).
+    model
+        .forward_prefill(&prompt(64), &mut model.new_caches(), &mut KeepAll)?
+        .into_data();
+    for &len in &lens {
+        let mut caches = model.new_caches();
+        let t = Instant::now();
+        model
+            .forward_prefill(&prompt(len), &mut caches, &mut KeepAll)?
+            .into_data();
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "prefill {len:>6} tokens: {secs:>7.3}s  {:>8.1} tokens/s",
+            len as f64 / secs
+        );
+    }
+    let mut caches = model.new_caches();
+    let p = prompt(512);
+    model
+        .forward_prefill(&p, &mut caches, &mut KeepAll)?
+        .into_data();
+    let t = Instant::now();
+    for step in 0..steps {
+        let token = p[step % p.len()];
+        model
+            .forward_decode(token, p.len() + step, &mut caches, &mut KeepAll)?
+            .into_data();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "decode {steps} steps after 512: {:.2} ms/token  {:.1} tokens/s",
+        secs * 1e3 / steps as f64,
+        steps as f64 / secs
+    );
+    Ok(())
+}
