@@ -49,6 +49,7 @@ struct Plan {
     policies: &'static str,
     cache_sizes: &'static str,
     lengths: &'static str,
+    heatmap_lengths: &'static str,
     depths: &'static str,
     tasks: &'static str,
     heatmap_tasks: &'static str,
@@ -59,11 +60,12 @@ struct Plan {
 const QUICK: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
     cache_sizes: "64,128,256",
-    lengths: "1024,2048,3072",
+    lengths: "1024",
+    heatmap_lengths: "1024,1536,2048",
     depths: "0,25,50,75,100",
-    tasks: "synth_kv,synth_vartrack,synth_multikey",
+    tasks: "synth_kv,synth_vartrack",
     heatmap_tasks: "synth_passkey",
-    samples_per_task: 3,
+    samples_per_task: 2,
     bench_contexts: "512,2048,4096",
 };
 
@@ -71,6 +73,7 @@ const FULL: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
     cache_sizes: "64,128,256,512",
     lengths: "1024,2048,4096",
+    heatmap_lengths: "1024,2048,4096",
     depths: "0,25,50,75,100",
     tasks: "synth_passkey,synth_multikey,synth_multivalue,synth_kv,synth_passage_retrieval,synth_passage_count,synth_vartrack,synth_fewshot",
     heatmap_tasks: "synth_passkey",
@@ -121,9 +124,12 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create {}: choose a writable --out", out.display()))?;
     let started = Instant::now();
-    run(Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "cake-cli"]))?;
+    run(Command::new(env!("CARGO")).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "cake-cli",
+    ]))?;
     let cake = root.join("target/release/cake");
     let cake = || {
         let mut c = Command::new(&cake);
@@ -137,28 +143,49 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     let samples = plan.samples_per_task.to_string();
 
     // 1. The offline synthetic suite, measured with the accuracy model's tokenizer.
-    run(cake().args(["suite", "--model", &args.accuracy_model, "--out"])
+    run(cake()
+        .args(["suite", "--model", &args.accuracy_model, "--out"])
         .arg(&suite)
-        .args(["--tasks", plan.tasks, "--lengths", plan.lengths, "--depths", "50"])
+        .args([
+            "--tasks",
+            plan.tasks,
+            "--lengths",
+            plan.lengths,
+            "--depths",
+            "50",
+        ])
         .args(["--samples", &samples]))?;
-    run(cake().args(["suite", "--model", &args.accuracy_model, "--out"])
+    run(cake()
+        .args(["suite", "--model", &args.accuracy_model, "--out"])
         .arg(&heat_suite)
-        .args(["--tasks", plan.heatmap_tasks, "--lengths", plan.lengths])
+        .args(["--tasks", plan.heatmap_tasks, "--lengths", plan.heatmap_lengths])
         .args(["--depths", plan.depths, "--samples", "1"]))?;
 
     // 2. Predictions: every policy x cache size, one prefill per prompt.
     let t = Instant::now();
     for data in [&suite, &heat_suite] {
-        run(cake().args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        run(cake()
+            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
             .arg(data)
-            .args(["--policies", plan.policies, "--cache-sizes", plan.cache_sizes])
+            .args([
+                "--policies",
+                plan.policies,
+                "--cache-sizes",
+                plan.cache_sizes,
+            ])
             .args(["--window", "32", "--out"])
             .arg(&pred))?;
     }
     if let Some(longbench) = &args.longbench {
-        run(cake().args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        run(cake()
+            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
             .arg(longbench)
-            .args(["--policies", plan.policies, "--cache-sizes", plan.cache_sizes])
+            .args([
+                "--policies",
+                plan.policies,
+                "--cache-sizes",
+                plan.cache_sizes,
+            ])
             .args(["--max-samples", &samples, "--out"])
             .arg(out.join("pred-longbench")))?;
     }
@@ -171,11 +198,24 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     }
 
     // 4. Latency and memory on the latency model.
-    run(cake().args(["bench", "--model", &args.latency_model, "--context", plan.bench_contexts])
+    run(cake()
+        .args([
+            "bench",
+            "--model",
+            &args.latency_model,
+            "--context",
+            plan.bench_contexts,
+        ])
         .args(["--policies", "cake", "--cache-size", "256", "--out"])
         .arg(&bench))?;
 
-    write_report(&out, args, plan, pred_seconds, started.elapsed().as_secs_f64())
+    write_report(
+        &out,
+        args,
+        plan,
+        pred_seconds,
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 /// First file named `name` under `dir` (one level of sub-folders).
@@ -213,7 +253,9 @@ fn write_report(
         pred_seconds,
         total_seconds
     );
-    md.push_str("## Average score on the synthetic suite (rows: policies, columns: cache size C)\n\n");
+    md.push_str(
+        "## Average score on the synthetic suite (rows: policies, columns: cache size C)\n\n",
+    );
     let summary = std::fs::read_to_string(pred.join("summary.md"))
         .with_context(|| format!("missing {}", pred.join("summary.md").display()))?;
     md.push_str(&summary);
