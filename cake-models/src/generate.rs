@@ -122,7 +122,15 @@ pub fn generate<B: Backend>(
     stream: Option<TextStream<'_>>,
 ) -> Result<GenerationOutput, GenerateError> {
     let mut caches = model.new_caches();
-    generate_into(model, prompt, config, eos_ids, compressor, &mut caches, stream)
+    generate_into(
+        model,
+        prompt,
+        config,
+        eos_ids,
+        compressor,
+        &mut caches,
+        stream,
+    )
 }
 
 /// [`generate`] into caller-owned, empty `caches` (one per layer), which hold what the
@@ -145,7 +153,9 @@ pub fn generate_into<B: Backend>(
         prefill_time: start.elapsed(),
         kv_bytes_peak_prefill: prefill.peak_kv_bytes,
     };
-    continue_generation(model, prefilled, config, eos_ids, compressor, caches, stream)
+    continue_generation(
+        model, prefilled, config, eos_ids, compressor, caches, stream,
+    )
 }
 
 /// What a prefill left for decoding: the first next-token logits and its measurements.
