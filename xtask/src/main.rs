@@ -158,7 +158,12 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     run(cake()
         .args(["suite", "--model", &args.accuracy_model, "--out"])
         .arg(&heat_suite)
-        .args(["--tasks", plan.heatmap_tasks, "--lengths", plan.heatmap_lengths])
+        .args([
+            "--tasks",
+            plan.heatmap_tasks,
+            "--lengths",
+            plan.heatmap_lengths,
+        ])
         .args(["--depths", plan.depths, "--samples", "1"]))?;
 
     // 2. Predictions: every policy x cache size, one prefill per prompt.
