@@ -59,13 +59,13 @@ struct Plan {
 
 const QUICK: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
-    cache_sizes: "64,128,256",
+    cache_sizes: "64,256",
     lengths: "1024",
     heatmap_lengths: "1024,1536,2048",
     depths: "0,25,50,75,100",
     tasks: "synth_kv,synth_vartrack",
     heatmap_tasks: "synth_passkey",
-    samples_per_task: 2,
+    samples_per_task: 1,
     bench_contexts: "512,2048,4096",
 };
 
