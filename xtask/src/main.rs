@@ -63,7 +63,7 @@ const QUICK: Plan = Plan {
     lengths: "1024",
     heatmap_lengths: "1024,1536,2048",
     depths: "0,25,50,75,100",
-    tasks: "synth_kv,synth_vartrack",
+    tasks: "synth_vartrack,synth_multikey",
     heatmap_tasks: "synth_passkey",
     samples_per_task: 1,
     bench_contexts: "512,2048,4096",
