@@ -267,17 +267,9 @@ impl Settings {
 
 /// The allocator and scorer of a preset, for overriding one of them.
 fn preset_kinds(name: &str) -> Result<(AllocatorKind, ScorerKind)> {
-    use AllocatorKind as A;
-    use ScorerKind as S;
-    Ok(match name {
-        "streaming" => (A::Uniform, S::Streaming),
-        "h2o" => (A::Uniform, S::H2o),
-        "tova" => (A::Uniform, S::Tova),
-        "snapkv" => (A::Uniform, S::SnapKv),
-        "pyramidkv" => (A::Pyramid, S::SnapKv),
-        "cake" => (A::Preference, S::Cake),
-        other => bail!(
-            "--allocator/--scorer override the parts of a method; `{other}` has none: use one of streaming, h2o, tova, snapkv, pyramidkv, cake"
-        ),
+    cake_core::policy::preset_kinds(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--allocator/--scorer override the parts of a method; `{name}` has none: use one of streaming, h2o, tova, snapkv, pyramidkv, cake"
+        )
     })
 }

@@ -216,33 +216,24 @@ impl<B: Backend> Policy<B> {
     /// A named method of the paper's comparison (section 8): `full`, `streaming`, `h2o`,
     /// `tova`, `snapkv`, `pyramidkv` or `cake`. Cascading follows `config.cascading`.
     pub fn preset(name: &str, config: &PolicyConfig) -> Result<Self, ConfigError> {
-        use AllocatorKind as A;
-        use ScorerKind as S;
         let config = config.clone();
-        let (allocator, scorer) = match name.trim().to_ascii_lowercase().as_str() {
-            "full" => {
-                config.validate()?;
-                return Ok(Self {
-                    name: "full".into(),
-                    allocator: Arc::new(Uniform),
-                    scorer: Arc::new(Streaming { sinks: 0 }),
-                    config,
-                    keep_all: true,
-                });
-            }
-            "streaming" => (A::Uniform, S::Streaming),
-            "h2o" => (A::Uniform, S::H2o),
-            "tova" => (A::Uniform, S::Tova),
-            "snapkv" => (A::Uniform, S::SnapKv),
-            "pyramidkv" => (A::Pyramid, S::SnapKv),
-            "cake" => (A::Preference, S::Cake),
-            _ => {
-                return Err(ConfigError::UnknownName {
-                    what: "preset",
-                    name: name.to_string(),
-                    valid: PRESETS.join(", "),
-                });
-            }
+        let key = name.trim().to_ascii_lowercase();
+        if key == "full" {
+            config.validate()?;
+            return Ok(Self {
+                name: "full".into(),
+                allocator: Arc::new(Uniform),
+                scorer: Arc::new(Streaming { sinks: 0 }),
+                config,
+                keep_all: true,
+            });
+        }
+        let Some((allocator, scorer)) = preset_kinds(&key) else {
+            return Err(ConfigError::UnknownName {
+                what: "preset",
+                name: name.to_string(),
+                valid: PRESETS.join(", "),
+            });
         };
         let mut policy = Self::from_kinds(allocator, scorer, config)?;
         policy.name = name.trim().to_ascii_lowercase();
@@ -276,6 +267,22 @@ impl<B: Backend> Policy<B> {
     pub fn keeps_all(&self) -> bool {
         self.keep_all
     }
+}
+
+/// The allocator and scorer of a compressing preset (`None` for `full` and unknown names),
+/// e.g. to override one of them.
+pub fn preset_kinds(name: &str) -> Option<(AllocatorKind, ScorerKind)> {
+    use AllocatorKind as A;
+    use ScorerKind as S;
+    Some(match name {
+        "streaming" => (A::Uniform, S::Streaming),
+        "h2o" => (A::Uniform, S::H2o),
+        "tova" => (A::Uniform, S::Tova),
+        "snapkv" => (A::Uniform, S::SnapKv),
+        "pyramidkv" => (A::Pyramid, S::SnapKv),
+        "cake" => (A::Preference, S::Cake),
+        _ => return None,
+    })
 }
 
 /// The allocator of a kind with this config's parameters.
