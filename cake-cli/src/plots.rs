@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Font files tried, in order, for PNG text.
@@ -80,6 +81,29 @@ fn series_color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// Draws series `i` as a line with dots and a legend entry.
+fn draw_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    i: usize,
+    name: &str,
+    points: Vec<(f64, f64)>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let color = series_color(i);
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    chart.draw_series(
+        points
+            .into_iter()
+            .map(|p| Circle::new(p, 3, color.filled())),
+    )?;
+    Ok(())
+}
+
 /// Average score against cache size, one line per policy (x: cache sizes, evenly spaced).
 pub struct ScoreVsCacheSize {
     /// Chart title.
@@ -140,21 +164,12 @@ impl Chart for ScoreVsCacheSize {
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
         }
         for (i, (name, scores)) in self.series.iter().enumerate() {
-            let color = series_color(i);
             let points: Vec<(f64, f64)> = scores
                 .iter()
                 .enumerate()
                 .filter_map(|(x, s)| s.map(|s| (x as f64, s)))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )?;
+            draw_line(&mut chart, i, name, points)?;
         }
         chart
             .configure_series_labels()
@@ -237,22 +252,13 @@ impl Chart for LatencyVsContext {
             .y_desc("decode latency (ms / token)")
             .draw()?;
         for (i, (name, ms)) in self.series.iter().enumerate() {
-            let color = series_color(i);
             let points: Vec<(f64, f64)> = self
                 .contexts
                 .iter()
                 .zip(ms)
                 .map(|(&c, &m)| (c as f64, m))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )?;
+            draw_line(&mut chart, i, name, points)?;
         }
         chart
             .configure_series_labels()
