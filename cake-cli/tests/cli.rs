@@ -177,6 +177,150 @@ fn settings_layer_file_then_env_then_flags() {
     assert_eq!(held, 3 * 10);
 }
 
+/// Writes `n` LongBench-format records of `dataset` (a short code-retrieval prompt each).
+fn write_records(data: &Path, dataset: &str, n: usize) {
+    let records: String = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "input": format!("What is the code {i}?"),
+                "context": format!("The secret code is {i}{i}{i}. Some filler text follows here, {}.", "and more ".repeat(i + 2)),
+                "answers": [format!("{i}{i}{i}")],
+                "length": 20, "dataset": dataset, "language": "en",
+                "all_classes": null, "_id": format!("r{i}")
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(data.join(format!("{dataset}.jsonl")), records).unwrap();
+}
+
+#[test]
+fn fit_per_head_writes_a_score_function_the_static_allocator_uses() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_records(&data, "synth_passkey", 4);
+    write_records(&data, "synth_kv", 4);
+    let out = work.path().join("fit");
+    let model = model.path().to_str().unwrap();
+    let (ok, stderr) = run(
+        &[
+            "fit",
+            "--model",
+            model,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--window",
+            "4",
+            "--max-length",
+            "200",
+            "--folds",
+            "2",
+            "--per-head",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    // 2 datasets x 4 samples x 3 layers x (whole layer + 2 KV heads)
+    let stats = std::fs::read_to_string(out.join("stats.jsonl")).unwrap();
+    assert_eq!(stats.lines().count(), 2 * 4 * 3 * 3);
+    let rows: Vec<serde_json::Value> = stats
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Shares of each sample's layers sum to 1, for the whole layer and for every head.
+    for dataset in ["synth_passkey", "synth_kv"] {
+        for head in [serde_json::Value::Null, 0.into(), 1.into()] {
+            let total: f64 = rows
+                .iter()
+                .filter(|r| {
+                    r["dataset"] == dataset && r["sample_id"] == "r0" && r["kv_head"] == head
+                })
+                .map(|r| r["share"].as_f64().unwrap())
+                .sum();
+            assert!((total - 1.0).abs() < 1e-9, "{dataset} head {head}: {total}");
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("stats.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        1 + 2 * 4 * 3 * 3
+    );
+    let score_fn = out.join("score_function.json");
+    let parsed = cake_core::ScoreFunction::from_path(&score_fn).unwrap();
+    assert_eq!(parsed.num_layers, 3);
+    assert_eq!(parsed.num_kv_heads, 2);
+    assert_eq!(parsed.coefficients.len(), parsed.degree + 1);
+    let heads = parsed.head_coefficients.expect("per-head polynomials");
+    assert_eq!(heads.len(), 2);
+    let report = std::fs::read_to_string(out.join("fit.md")).unwrap();
+    assert!(report.contains("| held-out dataset |"), "{report}");
+    assert!(report.contains("| synth_kv |") && report.contains("| synth_passkey |"));
+    assert!(report.contains("| KV head |"), "{report}");
+    assert!(out.join("fit.svg").is_file());
+
+    // The fitted file drives generation with no window statistics.
+    let pred = work.path().join("pred");
+    let (ok, stderr) = run(
+        &[
+            "pred",
+            "--model",
+            model,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--datasets",
+            "synth_kv",
+            "--window",
+            "4",
+            "--max-length",
+            "200",
+            "--policies",
+            "cake",
+            "--allocator",
+            "static",
+            "--score-fn",
+            score_fn.to_str().unwrap(),
+            "--cache-sizes",
+            "8",
+            "--out",
+            pred.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert!(ok, "{stderr}");
+    let runs: Vec<_> = std::fs::read_dir(&pred).unwrap().collect();
+    assert_eq!(runs.len(), 1);
+    let run_dir = runs[0].as_ref().unwrap().path();
+    let predictions = std::fs::read_to_string(run_dir.join("synth_kv.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 4);
+}
+
+#[test]
+fn fit_without_data_names_the_folder() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("nothing-here");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_clean_error(
+        &[
+            "fit",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "--out",
+            work.path().join("out").to_str().unwrap(),
+        ],
+        &["nothing-here"],
+    );
+}
+
 #[test]
 fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     let model = tiny_model();

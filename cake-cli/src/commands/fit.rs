@@ -13,8 +13,8 @@ use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
 use cake_models::PrefillLogits;
 use cake_scoring_fit::{
-    FitConfig, LayerMeasurement, LayerStatsRow, fit_score_function, pca_summary_layer, plot_fit,
-    rows_for_head, sample_rows, write_csv, write_jsonl,
+    FitConfig, LayerMeasurement, LayerStatsRow, fit_score_function, pca_summary_layer,
+    pca_summary_per_head, plot_fit, rows_for_head, sample_rows, write_csv, write_jsonl,
 };
 use indicatif::ProgressBar;
 
@@ -45,6 +45,10 @@ pub struct Args {
     /// Folds of the degree cross-validation
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// Also measure every KV head (its group of query heads and its own K/V states) and
+    /// fit one polynomial per KV head
+    #[arg(long)]
+    pub per_head: bool,
     /// Output folder: stats.jsonl, stats.csv, score_function.json, fit.md, fit.svg
     #[arg(long)]
     pub out: PathBuf,
@@ -57,8 +61,67 @@ struct StatsCollector {
     window: usize,
     top_k: usize,
     taus: (f64, f64),
+    per_head: bool,
+    /// Whole-layer measurements, one per layer.
     layers: Vec<LayerMeasurement>,
+    /// `heads[l][h]`: KV head `h` of layer `l` (empty unless `per_head`).
+    heads: Vec<Vec<LayerMeasurement>>,
     error: Option<anyhow::Error>,
+}
+
+impl StatsCollector {
+    /// Measurements of one layer: the whole layer, then each KV head when `per_head`.
+    fn measure<B: Backend>(
+        &self,
+        queries: Tensor<B, 3>,
+        cache: &LayerCache<B>,
+    ) -> Result<(LayerMeasurement, Vec<LayerMeasurement>)> {
+        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+            anyhow::bail!("layer cached nothing");
+        };
+        let [kv_heads, len, dim] = keys.dims();
+        // [H, w, S]
+        let attn = window_attention(queries, keys.clone(), self.window);
+        let (tau1, tau2) = self.taus;
+        let key_states = host(keys)?;
+        let value_states = host(values)?;
+        let layer = LayerMeasurement::from_parts(
+            layer_preference(&attn),
+            tau1,
+            tau2,
+            pca_summary_layer(&key_states, kv_heads, len, dim, self.top_k)?,
+            pca_summary_layer(&value_states, kv_heads, len, dim, self.top_k)?,
+        );
+        if !self.per_head {
+            return Ok((layer, Vec::new()));
+        }
+        let group = attn.dims()[0] / kv_heads;
+        let key_pca = pca_summary_per_head(&key_states, kv_heads, len, dim, self.top_k)?;
+        let value_pca = pca_summary_per_head(&value_states, kv_heads, len, dim, self.top_k)?;
+        let heads = (0..kv_heads)
+            .map(|h| {
+                // [G, w, S]: the query heads that read KV head h
+                let group_attn = attn.clone().narrow(0, h * group, group);
+                LayerMeasurement::from_parts(
+                    layer_preference(&group_attn),
+                    tau1,
+                    tau2,
+                    key_pca[h],
+                    value_pca[h],
+                )
+            })
+            .collect();
+        Ok((layer, heads))
+    }
+}
+
+/// A `[Hkv, S, d]` K/V tensor copied to the host.
+fn host<B: Backend>(t: &Tensor<B, 3>) -> Result<Vec<f32>> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read K/V back: {e:?}"))
 }
 
 impl<B: Backend> KvCompressor<B> for StatsCollector {
@@ -71,35 +134,12 @@ impl<B: Backend> KvCompressor<B> for StatsCollector {
         if self.error.is_some() {
             return;
         }
-        let result = (|| -> Result<LayerMeasurement> {
-            let cache = &caches[layer];
-            let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
-                anyhow::bail!("layer {layer} cached nothing");
-            };
-            let [heads, len, dim] = keys.dims();
-            // [H, w, S]
-            let attn = window_attention(queries, keys.clone(), self.window);
-            let parts = layer_preference(&attn);
-            let host = |t: &Tensor<B, 3>| -> Result<Vec<f32>> {
-                t.clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("cannot read K/V back: {e:?}"))
-            };
-            let key_pca = pca_summary_layer(&host(keys)?, heads, len, dim, self.top_k)?;
-            let value_pca = pca_summary_layer(&host(values)?, heads, len, dim, self.top_k)?;
-            Ok(LayerMeasurement::from_parts(
-                parts,
-                self.taus.0,
-                self.taus.1,
-                key_pca,
-                value_pca,
-            ))
-        })();
-        match result {
-            Ok(m) => self.layers.push(m),
-            Err(e) => self.error = Some(e),
+        match self.measure(queries, &caches[layer]) {
+            Ok((whole, heads)) => {
+                self.layers.push(whole);
+                self.heads.push(heads);
+            }
+            Err(e) => self.error = Some(e.context(format!("layer {layer}"))),
         }
     }
 
@@ -140,7 +180,9 @@ pub fn run(args: Args) -> Result<()> {
                 window: settings.cache.window,
                 top_k: args.top_k,
                 taus: (taus.tau1, taus.tau2),
+                per_head: args.per_head,
                 layers: Vec::new(),
+                heads: Vec::new(),
                 error: None,
             };
             let mut caches = session.model.new_caches();
@@ -151,6 +193,13 @@ pub fn run(args: Args) -> Result<()> {
                 return Err(error.context(format!("measuring {name} record {}", record.id)));
             }
             rows.extend(sample_rows(name, &record.id, None, &collector.layers)?);
+            if args.per_head {
+                for h in 0..session.config().num_kv_heads {
+                    let head: Vec<LayerMeasurement> =
+                        collector.heads.iter().map(|layer| layer[h]).collect();
+                    rows.extend(sample_rows(name, &record.id, Some(h), &head)?);
+                }
+            }
             bar.inc(1);
         }
         bar.finish();
@@ -159,6 +208,7 @@ pub fn run(args: Args) -> Result<()> {
     write_csv(&args.out.join("stats.csv"), &rows)?;
     let mut config = FitConfig::new(session.name.clone(), session.config().num_kv_heads);
     config.folds = args.folds;
+    config.per_head = args.per_head;
     let report = fit_score_function(&rows, &config)?;
     report
         .to_score_file()

@@ -225,7 +225,8 @@ pub fn known_datasets(dir: &Path) -> Result<Vec<String>> {
     names.sort();
     anyhow::ensure!(
         !names.is_empty(),
-        "no known <dataset>.jsonl in {}",
+        "no known <dataset>.jsonl in {}: create the synthetic suite there with `cake suite --out {}` or copy LongBench's data/*.jsonl into it",
+        dir.display(),
         dir.display()
     );
     Ok(names)
