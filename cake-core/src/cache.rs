@@ -135,18 +135,29 @@ impl<B: Backend> LayerCache<B> {
             "kept index out of range"
         );
         let device = keys.device();
-        let flat: Vec<i64> = keep.iter().flatten().map(|&i| i as i64).collect();
-        // [Hkv, kept]
-        let index: Tensor<B, 2, Int> =
-            Tensor::from_data(TensorData::new(flat, [heads, kept]), &device);
-        // [Hkv, kept, d]
-        let index3 = index
-            .clone()
-            .unsqueeze_dim::<3>(2)
-            .expand([heads, kept, dim]);
-        self.keys = Some(keys.gather(1, index3.clone()));
-        self.values = Some(values.gather(1, index3));
-        self.scores = self.scores.take().map(|s| s.gather(1, index));
+        // Row indices into the `[Hkv * len]` flattening: a contiguous row copy per kept
+        // token (an index select), much cheaper than an element-wise gather.
+        let flat: Vec<i64> = keep
+            .iter()
+            .enumerate()
+            .flat_map(|(h, k)| k.iter().map(move |&i| (h * len + i) as i64))
+            .collect();
+        // [Hkv * kept]
+        let rows: Tensor<B, 1, Int> =
+            Tensor::from_data(TensorData::new(flat, [heads * kept]), &device);
+        // [Hkv, len, d] -> [Hkv * len, d] -> [Hkv * kept, d] -> [Hkv, kept, d]
+        let select = |t: Tensor<B, 3>| {
+            t.reshape([heads * len, dim])
+                .select(0, rows.clone())
+                .reshape([heads, kept, dim])
+        };
+        self.keys = Some(select(keys));
+        self.values = Some(select(values));
+        self.scores = self.scores.take().map(|s| {
+            s.reshape([heads * len])
+                .select(0, rows.clone())
+                .reshape([heads, kept])
+        });
         self.positions = keep
             .iter()
             .zip(&self.positions)
