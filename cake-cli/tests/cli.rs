@@ -263,7 +263,9 @@ fn fit_per_head_writes_a_score_function_the_static_allocator_uses() {
     assert!(report.contains("| held-out dataset |"), "{report}");
     assert!(report.contains("| synth_kv |") && report.contains("| synth_passkey |"));
     assert!(report.contains("| KV head |"), "{report}");
-    assert!(out.join("fit.svg").is_file());
+    for plot in ["fit.svg", "fit.png", "fit-head-0.svg", "fit-head-1.svg"] {
+        assert!(out.join(plot).is_file(), "{plot} missing");
+    }
 
     // The fitted file drives generation with no window statistics.
     let pred = work.path().join("pred");

@@ -49,7 +49,8 @@ pub struct Args {
     /// fit one polynomial per KV head
     #[arg(long)]
     pub per_head: bool,
-    /// Output folder: stats.jsonl, stats.csv, score_function.json, fit.md, fit.svg
+    /// Output folder: stats.jsonl, stats.csv, score_function.json, fit.md, fit.svg/.png
+    /// (and fit-head-H.svg per KV head with --per-head)
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -215,11 +216,14 @@ pub fn run(args: Args) -> Result<()> {
         .save(&args.out.join("score_function.json"))?;
     let markdown = report.to_markdown();
     std::fs::write(args.out.join("fit.md"), &markdown)?;
-    plot_fit(
-        &rows_for_head(&rows, None),
-        &report.poly,
-        &args.out.join("fit.svg"),
-    )?;
+    let layer_rows = rows_for_head(&rows, None);
+    for name in ["fit.svg", "fit.png"] {
+        plot_fit(&layer_rows, &report.poly, &args.out.join(name))?;
+    }
+    for head in &report.heads {
+        let path = args.out.join(format!("fit-head-{}.svg", head.kv_head));
+        plot_fit(&rows_for_head(&rows, Some(head.kv_head)), &head.poly, &path)?;
+    }
     print!("{markdown}");
     eprintln!(
         "wrote {} (use: --allocator static --score-fn {})",
