@@ -211,12 +211,18 @@ impl Settings {
 
     /// A short label for folder names, e.g. `cake-c256-w32`.
     pub fn label(&self) -> String {
+        // An override names both halves; the other one comes from the preset.
+        let base = preset_kinds(&self.policy);
         let mut label = match (&self.allocator, &self.scorer) {
             (None, None) => self.policy.clone(),
             (a, s) => format!(
                 "{}+{}",
-                a.as_deref().unwrap_or("default"),
-                s.as_deref().unwrap_or("default")
+                a.clone()
+                    .or_else(|| base.map(|(a, _)| a.to_string()))
+                    .unwrap_or_default(),
+                s.clone()
+                    .or_else(|| base.map(|(_, s)| s.to_string()))
+                    .unwrap_or_default()
             ),
         };
         match self.cache.ratio {

@@ -82,47 +82,95 @@ impl Rotary {
         &self.inv_freq
     }
 
-    /// Cosines and sines for positions `start..start + n`: two `[n, d / 2]` tensors.
+    /// Tables for positions `start..start + n`, laid out for `heads` query heads and
+    /// `kv_heads` KV heads (see [`RopeTables`]).
     pub fn tables<B: Backend>(
         &self,
         start: usize,
         n: usize,
+        heads: usize,
+        kv_heads: usize,
         device: &B::Device,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    ) -> RopeTables<B> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
+        let d = 2 * half;
+        // [n, d]: cat(freqs, freqs) per position, as transformers builds `emb`.
+        let mut cos = Vec::with_capacity(n * d);
+        let mut sin = Vec::with_capacity(n * d);
         for pos in start..start + n {
-            for &f in &self.inv_freq {
-                let angle = pos as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+            let angles: Vec<f32> = self.inv_freq.iter().map(|&f| pos as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
             }
         }
-        (
-            Tensor::from_data(TensorData::new(cos, [n, half]), device),
-            Tensor::from_data(TensorData::new(sin, [n, half]), device),
-        )
+        // [n * h, d]: row p * h + i is position p (the same for each of the h heads).
+        let per_head = |table: &[f32], h: usize| -> Tensor<B, 2> {
+            let rows: Vec<f32> = table
+                .chunks_exact(d)
+                .flat_map(|row| std::iter::repeat_n(row, h).flatten().copied())
+                .collect();
+            Tensor::from_data(TensorData::new(rows, [n * h, d]), device)
+        };
+        // [d, d]: x @ R = cat(-x2, x1), exactly (one +-1 term per column).
+        let mut rotate = vec![0.0f32; d * d];
+        for j in 0..half {
+            rotate[(half + j) * d + j] = -1.0; // out[j] = -x[half + j]
+            rotate[j * d + half + j] = 1.0; // out[half + j] = x[j]
+        }
+        RopeTables {
+            q_cos: per_head(&cos, heads),
+            q_sin: per_head(&sin, heads),
+            k_cos: per_head(&cos, kv_heads),
+            k_sin: per_head(&sin, kv_heads),
+            rotate: Tensor::from_data(TensorData::new(rotate, [d, d]), device),
+        }
+    }
+}
+
+/// Rotary tables for one forward pass, shaped so that rotating a projection `[n, h * d]`
+/// (viewed as `[n * h, d]`) is one small matmul and two same-shape products of contiguous
+/// tensors: `x * cos + rotate_half(x) * sin` with `rotate_half(x) = x @ R`, the order of
+/// operations transformers uses. (Broadcasting 3-D products are the CPU backend's slow,
+/// element-by-element path; this layout made SmolLM2's prefill about 1.5x faster.)
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    /// `[n * H, d]` cosines for the queries.
+    q_cos: Tensor<B, 2>,
+    /// `[n * H, d]` sines for the queries.
+    q_sin: Tensor<B, 2>,
+    /// `[n * Hkv, d]` cosines for the keys.
+    k_cos: Tensor<B, 2>,
+    /// `[n * Hkv, d]` sines for the keys.
+    k_sin: Tensor<B, 2>,
+    /// `[d, d]` signed permutation `R` of "rotate half".
+    rotate: Tensor<B, 2>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Rotates query projections `[n, H * d]` -> `[n * H, d]`.
+    pub fn rotate_queries(&self, x: Tensor<B, 2>, head_dim: usize) -> Tensor<B, 2> {
+        self.rotate_rows(x, head_dim, &self.q_cos, &self.q_sin)
     }
 
-    /// Rotates `x`: `[heads, n, d]` with tables `[n, d / 2]` -> `[heads, n, d]`.
-    pub fn apply<B: Backend>(
-        x: Tensor<B, 3>,
+    /// Rotates key projections `[n, Hkv * d]` -> `[n * Hkv, d]`.
+    pub fn rotate_keys(&self, x: Tensor<B, 2>, head_dim: usize) -> Tensor<B, 2> {
+        self.rotate_rows(x, head_dim, &self.k_cos, &self.k_sin)
+    }
+
+    /// `[n, h * d]` -> `[n * h, d]` rotated by the matching `[n * h, d]` tables.
+    fn rotate_rows(
+        &self,
+        x: Tensor<B, 2>,
+        d: usize,
         cos: &Tensor<B, 2>,
         sin: &Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
-        let [_, _, d] = x.dims();
-        let half = d / 2;
-        // [1, n, d/2]
-        let (cos, sin) = (
-            cos.clone().unsqueeze_dim::<3>(0),
-            sin.clone().unsqueeze_dim::<3>(0),
-        );
-        let x1 = x.clone().narrow(2, 0, half);
-        let x2 = x.narrow(2, half, half);
-        let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-        let r2 = x2 * cos + x1 * sin;
-        Tensor::cat(vec![r1, r2], 2)
+    ) -> Tensor<B, 2> {
+        let [n, width] = x.dims();
+        // [n * h, d]
+        let x = x.reshape([n * width / d, d]);
+        let rotated = x.clone().matmul(self.rotate.clone());
+        x * cos.clone() + rotated * sin.clone()
     }
 }
 
@@ -205,22 +253,22 @@ impl<B: Backend> Attention<B> {
         &self,
         x: Tensor<B, 2>,
         start: usize,
-        rope: &(Tensor<B, 2>, Tensor<B, 2>),
+        rope: &RopeTables<B>,
         cache: &mut LayerCache<B>,
     ) -> (Tensor<B, 2>, Tensor<B, 3>) {
         let [s, _] = x.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // [H, S, d]
-        let q = self.q.forward(x.clone()).reshape([s, h, d]).swap_dims(0, 1);
-        // [Hkv, S, d]
-        let k = self
-            .k
-            .forward(x.clone())
+        // [S * H, d] -> [H, S, d]
+        let q = rope
+            .rotate_queries(self.q.forward(x.clone()), d)
+            .reshape([s, h, d])
+            .swap_dims(0, 1);
+        // [S * Hkv, d] -> [Hkv, S, d]
+        let k = rope
+            .rotate_keys(self.k.forward(x.clone()), d)
             .reshape([s, hkv, d])
             .swap_dims(0, 1);
         let v = self.v.forward(x).reshape([s, hkv, d]).swap_dims(0, 1);
-        let q = Rotary::apply(q, &rope.0, &rope.1);
-        let k = Rotary::apply(k, &rope.0, &rope.1);
         cache.append(k, v, start);
         // [H, S, d]
         let out = self.attend(q.clone(), start, cache);
@@ -405,7 +453,7 @@ impl<B: Backend> DecoderLayer<B> {
         &self,
         x: Tensor<B, 2>,
         start: usize,
-        rope: &(Tensor<B, 2>, Tensor<B, 2>),
+        rope: &RopeTables<B>,
         cache: &mut LayerCache<B>,
     ) -> (Tensor<B, 2>, Tensor<B, 3>) {
         let (attn, q) =

@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use cake_core::{KvCompressor, LayerCache};
 
 use crate::config::DecoderConfig;
-use crate::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary};
+use crate::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RopeTables, Rotary};
 use crate::weights::{HostTensor, WeightError, WeightSource};
 
 /// A call the model cannot serve (bad tokens, positions or caches).
@@ -194,7 +194,7 @@ impl<B: Backend> Model<B> {
         }
         let s = tokens.len();
         let mut x = self.embed(tokens)?; // [S, hidden]
-        let rope = self.rotary.tables::<B>(0, s, &self.device); // [S, d/2] x 2
+        let rope = self.rope_tables(0, s);
         let mut peak = 0;
         for (l, layer) in self.layers.iter().enumerate() {
             let (y, q) = layer.forward(x, 0, &rope, &mut caches[l]);
@@ -232,13 +232,20 @@ impl<B: Backend> Model<B> {
             }
         }
         let mut x = self.embed(&[token])?; // [1, hidden]
-        let rope = self.rotary.tables::<B>(position, 1, &self.device);
+        let rope = self.rope_tables(position, 1);
         for (l, layer) in self.layers.iter().enumerate() {
             let (y, q) = layer.forward(x, position, &rope, &mut caches[l]);
             x = y;
             compressor.after_decode_step(l, q, &mut caches[l]);
         }
         Ok(self.head(x).reshape([self.config.vocab_size]))
+    }
+
+    /// Rotary tables for positions `start..start + n` in this model's head layout.
+    fn rope_tables(&self, start: usize, n: usize) -> RopeTables<B> {
+        let c = &self.config;
+        self.rotary
+            .tables(start, n, c.num_heads, c.num_kv_heads, &self.device)
     }
 
     fn check_caches(&self, caches: &[LayerCache<B>]) -> Result<(), ModelError> {
