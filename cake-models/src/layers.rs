@@ -379,12 +379,10 @@ impl<B: Backend> Attention<B> {
             softcap: None,
             is_causal: !all_visible,
         };
-        let out = burn::tensor::module::attention(
+        let out = attention_over_heads(
             q.reshape([1, h, s, d]),
             repeat(keys),
             repeat(values),
-            None,
-            None,
             options,
         );
         Some(out.reshape([h, s, d]))
@@ -433,6 +431,53 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Fused attention of `[1, H, S, d]` queries over `[1, H, L, d]` keys/values, split into
+/// groups of heads computed on separate host threads when the backend is the CPU backend
+/// (its fused kernel runs one head after another on one thread) and the work is large
+/// enough to pay for the threads. Other backends get one call: they parallelise inside.
+/// Heads are independent, so the result is the same as one call. Returns `[1, H, S, d]`.
+fn attention_over_heads<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    options: AttentionModuleOptions,
+) -> Tensor<B, 4> {
+    let [_, h, s, _] = q.dims();
+    let len = k.dims()[2];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worth_it = h * s * len >= MIN_SPLIT_ATTENTION_SCORES;
+    if threads < 2 || h < 2 || !worth_it || B::name(&q.device()) != "flex" {
+        return burn::tensor::module::attention(q, k, v, None, None, options);
+    }
+    let chunk = h.div_ceil(threads.min(h));
+    let outputs: Vec<Tensor<B, 4>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..h)
+            .step_by(chunk)
+            .map(|h0| {
+                let n = chunk.min(h - h0);
+                let (q, k, v) = (
+                    q.clone().narrow(1, h0, n),
+                    k.clone().narrow(1, h0, n),
+                    v.clone().narrow(1, h0, n),
+                );
+                scope.spawn(move || burn::tensor::module::attention(q, k, v, None, None, options))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+            .collect()
+    });
+    Tensor::cat(outputs, 1)
+}
+
+/// Smallest `H x S x L` for which [`attention_over_heads`] uses several threads.
+const MIN_SPLIT_ATTENTION_SCORES: usize = 1 << 20;
+
 /// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Debug, Clone)]
 pub struct DecoderLayer<B: Backend> {
@@ -462,5 +507,85 @@ impl<B: Backend> DecoderLayer<B> {
         let x = x + attn;
         let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
         (x, q)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::Cpu;
+
+    /// Splitting the heads over threads gives exactly the single-call result, causal or not.
+    #[test]
+    fn attention_split_over_heads_equals_one_call() {
+        let device = Default::default();
+        let (h, s, len, d) = (9, 400, 400, 16);
+        assert!(h * s * len >= MIN_SPLIT_ATTENTION_SCORES);
+        let q = Tensor::<Cpu, 4>::random([1, h, s, d], Distribution::Default, &device);
+        let k = Tensor::<Cpu, 4>::random([1, h, len, d], Distribution::Default, &device);
+        let v = Tensor::<Cpu, 4>::random([1, h, len, d], Distribution::Default, &device);
+        for is_causal in [true, false] {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal,
+            };
+            let one = burn::tensor::module::attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                options,
+            );
+            let split = attention_over_heads(q.clone(), k.clone(), v.clone(), options);
+            assert_eq!(split.dims(), [1, h, s, d]);
+            let one: Vec<f32> = one.into_data().into_vec().unwrap();
+            let split: Vec<f32> = split.into_data().into_vec().unwrap();
+            assert_eq!(one, split);
+        }
+    }
+
+    /// The 2-D rotary layout equals the textbook rotate-half formula.
+    #[test]
+    fn rope_tables_match_rotate_half() {
+        let device = Default::default();
+        let rope = RopeConfig {
+            theta: 10_000.0,
+            llama3: None,
+        };
+        let rotary = Rotary::new(8, &rope);
+        let (n, heads, d) = (3, 2, 8);
+        let tables = rotary.tables::<Cpu>(5, n, heads, 1, &device);
+        let x: Vec<f32> = (0..n * heads * d)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let out = tables.rotate_queries(
+            Tensor::from_data(TensorData::new(x.clone(), [n, heads * d]), &device),
+            d,
+        );
+        let out: Vec<f32> = out.into_data().into_vec().unwrap();
+        for p in 0..n {
+            for hd in 0..heads {
+                let row = &x[(p * heads + hd) * d..][..d];
+                for j in 0..d {
+                    let f = rotary.inv_freq()[j % (d / 2)];
+                    let angle = (5 + p) as f32 * f;
+                    let rotated = if j < d / 2 {
+                        -row[j + d / 2]
+                    } else {
+                        row[j - d / 2]
+                    };
+                    let expected = row[j] * angle.cos() + rotated * angle.sin();
+                    let got = out[(p * heads + hd) * d + j];
+                    assert!(
+                        (got - expected).abs() < 1e-6,
+                        "p {p} h {hd} j {j}: {got} vs {expected}"
+                    );
+                }
+            }
+        }
     }
 }
