@@ -212,7 +212,7 @@ impl Settings {
     /// A short label for folder names, e.g. `cake-c256-w32`.
     pub fn label(&self) -> String {
         // An override names both halves; the other one comes from the preset.
-        let base = preset_kinds(&self.policy);
+        let base = preset_kinds(&self.policy).ok();
         let mut label = match (&self.allocator, &self.scorer) {
             (None, None) => self.policy.clone(),
             (a, s) => format!(
