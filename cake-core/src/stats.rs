@@ -30,24 +30,30 @@ pub fn attention<B: Backend>(
     let q = queries.cast(DType::F32).reshape([kv_heads, group * n, dim]);
     // [Hkv, d, S]
     let k = keys.cast(DType::F32).swap_dims(1, 2);
-    // [H, n, S]
-    let scores = q.matmul(k).mul_scalar(scale).reshape([heads, n, len]);
+    // [H * n, S]: 2-D from here on (the CPU backend's broadcasting 3-D ops run element
+    // by element; its 2-D ones run row by row).
+    let scores = q.matmul(k).mul_scalar(scale).reshape([heads * n, len]);
     let scores = match causal_from {
-        // Row 0 already sees every key: nothing to mask.
-        Some(first) if first + 1 >= len => scores,
-        Some(first) => {
+        // Only the keys after `first` can be hidden from some query: mask that tail alone.
+        Some(first) if first + 1 < len => {
+            let tail = len - first - 1;
             let device = scores.device();
-            let mask: Vec<bool> = (0..n)
-                .flat_map(|i| (0..len).map(move |j| j > first + i))
+            // Row h * n + i is query i (at key index first + i); tail column t is key first + 1 + t.
+            let mask: Vec<bool> = (0..heads)
+                .flat_map(|_| (0..n).flat_map(move |i| (0..tail).map(move |t| t >= i)))
                 .collect();
-            // [1, n, S] -> [H, n, S]
-            let mask = Tensor::<B, 3, Bool>::from_data(TensorData::new(mask, [1, n, len]), &device)
-                .expand([heads, n, len]);
-            scores.mask_fill(mask, f32::NEG_INFINITY)
+            // [H * n, tail]
+            let mask =
+                Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [heads * n, tail]), &device);
+            let visible = scores.clone().narrow(1, 0, first + 1);
+            let masked = scores
+                .narrow(1, first + 1, tail)
+                .mask_fill(mask, f32::NEG_INFINITY);
+            Tensor::cat(vec![visible, masked], 1)
         }
-        None => scores,
+        _ => scores,
     };
-    softmax(scores, 2)
+    softmax(scores, 1).reshape([heads, n, len])
 }
 
 /// Window attention `A[h, q, j]` of the last `window` queries over all `S` keys,
