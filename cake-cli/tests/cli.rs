@@ -329,20 +329,7 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let records: String = (0..3)
-        .map(|i| {
-            serde_json::json!({
-                "input": format!("What is the code {i}?"),
-                "context": format!("The secret code is {i}{i}{i}. Some filler text follows here."),
-                "answers": [format!("{i}{i}{i}")],
-                "length": 20, "dataset": "synth_passkey", "language": "en",
-                "all_classes": null, "_id": format!("r{i}")
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(data.join("synth_passkey.jsonl"), records).unwrap();
+    write_records(&data, "synth_passkey", 3);
     let model = model.path().to_str().unwrap();
     let data = data.to_str().unwrap();
     let common = [
