@@ -332,45 +332,32 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     write_records(&data, "synth_passkey", 3);
     let model = model.path().to_str().unwrap();
     let data = data.to_str().unwrap();
-    let common = [
-        "pred",
-        "--model",
-        model,
-        "--data-dir",
-        data,
-        "--window",
-        "4",
-        "--max-length",
-        "200",
-    ];
+    // One `cake pred` of full, snapkv and cake at C = 8, 16 into `out`; must succeed.
+    let pred = |out: &Path, extra: &[&str]| {
+        let common = [
+            "pred",
+            "--model",
+            model,
+            "--data-dir",
+            data,
+            "--window",
+            "4",
+            "--max-length",
+            "200",
+            "--policies",
+            "full,snapkv,cake",
+            "--cache-sizes",
+            "8,16",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let (ok, stderr) = run(&[&common[..], extra].concat(), work.path());
+        assert!(ok, "{stderr}");
+    };
     let sweep = work.path().join("sweep");
     let separate = work.path().join("separate");
-    let (ok, stderr) = run(
-        &[
-            &common[..],
-            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16"],
-            &["--out", sweep.to_str().unwrap()],
-        ]
-        .concat(),
-        work.path(),
-    );
-    assert!(ok, "{stderr}");
-    let (ok, stderr) = run(
-        &[
-            &common[..],
-            &[
-                "--policies",
-                "full,snapkv,cake",
-                "--cache-sizes",
-                "8,16",
-                "--no-sweep",
-            ],
-            &["--out", separate.to_str().unwrap()],
-        ]
-        .concat(),
-        work.path(),
-    );
-    assert!(ok, "{stderr}");
+    pred(&sweep, &[]);
+    pred(&separate, &["--no-sweep"]);
     let folders = |root: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(root)
             .unwrap()
@@ -394,16 +381,7 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     }
     // Resuming a finished run generates nothing and changes nothing.
     let before = std::fs::read(sweep.join(&names[0]).join("synth_passkey.jsonl")).unwrap();
-    let (ok, stderr) = run(
-        &[
-            &common[..],
-            &["--policies", "full,snapkv,cake", "--cache-sizes", "8,16"],
-            &["--out", sweep.to_str().unwrap()],
-        ]
-        .concat(),
-        work.path(),
-    );
-    assert!(ok, "{stderr}");
+    pred(&sweep, &[]);
     let after = std::fs::read(sweep.join(&names[0]).join("synth_passkey.jsonl")).unwrap();
     assert_eq!(before, after);
 
