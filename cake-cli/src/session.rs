@@ -17,7 +17,7 @@ use cake_models::generate::{
 };
 use cake_models::gguf::GgufFile;
 use cake_models::tokenizer::{ChatMessage, Tokenizer};
-use cake_models::{DecoderConfig, Model, PrefillLogits};
+use cake_models::{DecoderConfig, Model, ModelError, PrefillLogits};
 
 use crate::settings::Settings;
 
@@ -306,7 +306,8 @@ impl<B: Backend> Generator for SweepGenerator<'_, B> {
             )?
         } else {
             let mut compressor = PolicyCompressor::new(policy, session.model.num_layers());
-            replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches);
+            replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches)
+                .map_err(ModelError::from)?;
             continue_generation(
                 &session.model,
                 prefilled,

@@ -13,7 +13,7 @@ use cake_core::Allocator;
 use cake_core::stats::{cake_indicator, to_host, top_k_indices, window_attention};
 use cake_core::{
     BudgetPlan, KvCompressor, LayerCache, LayerPreference, Policy, PolicyCompressor, PolicyConfig,
-    Preference,
+    Preference, PrefillLayer,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -151,11 +151,18 @@ fn cascade(c: &mut Criterion) {
                 let mut caches: Vec<LayerCache<B>> = Vec::with_capacity(L);
                 for (layer, q) in queries.iter().enumerate() {
                     let mut cache = LayerCache::new();
-                    cache.append(keys.clone(), keys.clone(), 0);
+                    cache.append(keys.clone(), keys.clone(), 0).unwrap();
                     caches.push(cache);
-                    comp.after_prefill_layer(layer, q.clone(), &mut caches);
+                    comp.after_prefill_layer(
+                        PrefillLayer {
+                            layer,
+                            queries: q.clone(),
+                        },
+                        &mut caches,
+                    )
+                    .unwrap();
                 }
-                comp.after_prefill(&mut caches);
+                comp.after_prefill(&mut caches).unwrap();
                 black_box(comp.peak())
             })
         });

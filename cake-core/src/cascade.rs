@@ -10,30 +10,44 @@
 //! KV heads holds `len * Hkv` key rows (and as many value rows). It is measured when a hook
 //! starts (the layer just appended holds all `S` tokens) and after its eviction.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::LayerPreference;
 use crate::budget::{BudgetPlan, allocate_budgets};
+use crate::compressor::{DecodeStep, PrefillLayer};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{attention, layer_preference, to_host, top_k_indices, window_attention};
-use crate::{KvCompressor, LayerCache};
+use crate::{CacheError, KvCompressor, LayerCache};
 
 /// Keeps, per KV head, the `keep` best-scored of the cached tokens before the last
 /// `window` ones, and all of the last `window`. Uses the cache's stored scores (a cache
 /// without scores keeps its most recent tokens). Returns the tokens kept per head.
-pub fn evict_to_budget<B: Backend>(cache: &mut LayerCache<B>, keep: usize, window: usize) -> usize {
+///
+/// # Errors
+/// When the cache rejects the kept rows (stored scores of the wrong shape).
+pub fn evict_to_budget<B: Backend>(
+    cache: &mut LayerCache<B>,
+    keep: usize,
+    window: usize,
+) -> Result<usize, CacheError> {
     let n = cache.len();
     let w = window.min(n);
     let candidates = n - w;
     if keep >= candidates {
-        return n;
+        return Ok(n);
     }
     let heads = cache.num_kv_heads();
     let kept: Vec<Vec<usize>> = match cache.scores() {
         Some(scores) => {
             let host = to_host(scores.clone()); // [Hkv * n]
+            if host.len() != heads * n {
+                return Err(CacheError::Shape(format!(
+                    "{} stored scores for {heads} x {n} cached tokens",
+                    host.len()
+                )));
+            }
             (0..heads)
                 .map(|h| {
                     let row = &host[h * n..h * n + candidates];
@@ -45,8 +59,8 @@ pub fn evict_to_budget<B: Backend>(cache: &mut LayerCache<B>, keep: usize, windo
         }
         None => vec![(candidates - keep..n).collect(); heads],
     };
-    cache.retain(&kept);
-    keep + w
+    cache.retain(&kept)?;
+    Ok(keep + w)
 }
 
 /// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except
@@ -225,8 +239,10 @@ impl<B: Backend> PolicyCompressor<B> {
 
     /// Re-allocates budgets over the layers in `caches` (sharing the whole `B_total`) and
     /// evicts each down to its budget, clamped to what it still holds.
-    fn allocate_and_evict(&mut self, caches: &mut [LayerCache<B>]) {
-        let Some(plan) = self.plan else { return };
+    fn allocate_and_evict(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        let Some(plan) = self.plan else {
+            return Ok(());
+        };
         let seen = caches.len().min(self.preferences.len());
         let shares = self
             .policy
@@ -255,11 +271,29 @@ impl<B: Backend> PolicyCompressor<B> {
                 }
             }
             let budget = want.min(held);
-            evict_to_budget(cache, budget, plan.window);
+            evict_to_budget(cache, budget, plan.window)?;
             budgets.push(budget);
         }
         self.stage_budgets.push(budgets.clone());
         self.budgets = budgets;
+        Ok(())
+    }
+
+    /// The decoding limit of `layer`: `(tokens kept, tokens held before evicting)`, i.e.
+    /// `budget + w` and that plus the policy's slack; `None` before a prefill or when the
+    /// policy never evicts while decoding.
+    fn decode_limit(&self, layer: usize) -> Option<(usize, usize)> {
+        let config = self.policy.config();
+        if self.policy.keeps_all() || config.decode_evict == DecodeEviction::None {
+            return None;
+        }
+        let plan = self.plan?;
+        let budget = match self.decode_budgets.get(layer) {
+            Some(&b) => b,
+            None => *self.budgets.get(layer)?,
+        };
+        let keep = budget + plan.window;
+        Some((keep, keep + config.decode_slack))
     }
 
     /// The report of the current prompt, with the kept positions read from `caches`.
@@ -324,23 +358,25 @@ impl<B: Backend> PolicyCompressor<B> {
 impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
     fn after_prefill_layer(
         &mut self,
-        layer: usize,
-        queries: Tensor<B, 3>,
+        step: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
-    ) {
+    ) -> Result<(), CacheError> {
+        let PrefillLayer { layer, queries } = step;
         let Some(cache) = caches.get(layer) else {
-            return;
+            return Ok(());
         };
         if layer == 0 || self.plan.is_none() {
             let plan = self.policy.config().plan(cache.len(), self.num_layers);
             self.reset(plan, cache.num_kv_heads());
         }
         self.measure(&caches[..=layer]);
-        let Some(plan) = self.plan else { return };
+        let Some(plan) = self.plan else {
+            return Ok(());
+        };
         let cache = &caches[layer];
-        let (Some(keys), false) = (cache.keys().cloned(), self.policy.keeps_all()) else {
+        let (Some(keys), false) = (cache.keys(), self.policy.keeps_all()) else {
             self.preferences.resize(layer + 1, None);
-            return;
+            return Ok(());
         };
         let scorer = self.policy.scorer();
         let needs_pref = self.policy.allocator().needs_preference();
@@ -355,15 +391,16 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             window_attention: attn.as_ref(),
             window: plan.window,
         }); // [Hkv, S]
-        drop(attn);
-        caches[layer].set_scores(scores);
+        drop((attn, keys));
+        caches[layer].set_scores(scores)?;
         if self.policy.config().cascading {
-            self.allocate_and_evict(&mut caches[..=layer]);
+            self.allocate_and_evict(&mut caches[..=layer])?;
             self.measure(&caches[..=layer]);
         }
+        Ok(())
     }
 
-    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) {
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
         self.measure(caches);
         if self.policy.keeps_all() {
             if let Some(plan) = self.plan {
@@ -373,40 +410,61 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
                     .collect();
                 self.shares = vec![1.0 / caches.len().max(1) as f64; caches.len()];
             }
-            return;
+            return Ok(());
         }
         if !self.policy.config().cascading {
-            self.allocate_and_evict(caches);
+            self.allocate_and_evict(caches)?;
             self.measure(caches);
         }
-    }
-
-    fn after_decode_step(&mut self, layer: usize, query: Tensor<B, 3>, cache: &mut LayerCache<B>) {
-        let config = self.policy.config();
-        if self.policy.keeps_all() || config.decode_evict == DecodeEviction::None {
-            return;
-        }
-        let (Some(plan), Some(&budget)) = (self.plan, self.budgets.get(layer)) else {
-            return;
-        };
-        if self.decode_budgets.len() != self.budgets.len() {
+        if let Some(plan) = self.plan {
             self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
         }
-        let budget = self.decode_budgets.get(layer).copied().unwrap_or(budget);
-        let limit = budget + plan.window;
+        Ok(())
+    }
+
+    fn wants_decode_attention(&self, layer: usize, cache: &LayerCache<B>) -> bool {
         let scorer = self.policy.scorer();
-        let over = cache.len() > limit;
-        if !over && !scorer.accumulates() {
-            return;
+        scorer.needs_window_attention()
+            && self.decode_limit(layer).is_some_and(|(_, evict_above)| {
+                cache.len() + 1 > evict_above || scorer.accumulates()
+            })
+    }
+
+    /// Section 6: once a layer holds more than `budget + w` tokens (plus the policy's
+    /// `decode_slack`), re-score its tokens from the new query's attention (the model's
+    /// own probabilities when it passed them, else recomputed) and keep the best `budget`
+    /// outside the window. With slack 0 (the paper's rule) that drops one token per step;
+    /// with slack N it drops N + 1 at once every N + 1 steps.
+    fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        let layer = step.layer;
+        if self.decode_budgets.len() != self.budgets.len()
+            && let Some(plan) = self.plan
+        {
+            self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
         }
-        let Some(keys) = cache.keys().cloned() else {
-            return;
+        let (Some(plan), Some((keep, evict_above))) = (self.plan, self.decode_limit(layer)) else {
+            return Ok(());
+        };
+        let scorer = self.policy.scorer();
+        let over = cache.len() > evict_above;
+        if !over && !scorer.accumulates() {
+            return Ok(());
+        }
+        let Some(keys) = cache.keys() else {
+            return Ok(());
         };
         let device = keys.device();
         // [H, 1, n]
-        let attn = scorer
-            .needs_window_attention()
-            .then(|| attention(query, keys, None));
+        let attn = match step.attention {
+            Some(attn) => Some(attn),
+            None => scorer
+                .needs_window_attention()
+                .then(|| attention(step.query, keys, None)),
+        };
         let scores = scorer.decode_scores(DecodeInput {
             attention: attn.as_ref(),
             stored: cache.scores().cloned(),
@@ -414,9 +472,10 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             window: plan.window,
             device: &device,
         }); // [Hkv, n]
-        cache.set_scores(scores);
+        cache.set_scores(scores)?;
         if over {
-            evict_to_budget(cache, budget, plan.window);
+            evict_to_budget(cache, keep - plan.window, plan.window)?;
         }
+        Ok(())
     }
 }

@@ -3,32 +3,67 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::LayerCache;
+use crate::{CacheError, LayerCache};
+
+/// What a model hands a compressor after one layer's prefill.
+#[derive(Debug, Clone)]
+pub struct PrefillLayer<B: Backend> {
+    /// The layer index (layers are prefilled in order `0, 1, .., L-1`).
+    pub layer: usize,
+    /// The layer's post-RoPE prompt queries, `[H, S, d]` (unscaled; the attention scale
+    /// is `1 / sqrt(d)`).
+    pub queries: Tensor<B, 3>,
+}
+
+/// What a model hands a compressor after one layer of a decoding step.
+#[derive(Debug, Clone)]
+pub struct DecodeStep<B: Backend> {
+    /// The layer index.
+    pub layer: usize,
+    /// The new token's post-RoPE query, `[H, 1, d]`.
+    pub query: Tensor<B, 3>,
+    /// The new token's attention probabilities over the cache it just attended (the new
+    /// token included), `[H, 1, len]`: present when
+    /// [`KvCompressor::wants_decode_attention`] asked for them, so that a compressor never
+    /// recomputes the attention the model already did.
+    pub attention: Option<Tensor<B, 3>>,
+}
 
 /// Hooks a model calls while it fills its per-layer caches.
 ///
 /// The model owns the caches (one [`LayerCache`] per decoder layer) and always computes
 /// exact attention over whatever they hold; a compressor only removes rows from them.
+/// Errors end the model call that ran the hook.
 pub trait KvCompressor<B: Backend> {
-    /// Called during prefill right after layer `layer` appended the prompt's keys/values
-    /// (absolute positions `0..S`) to `caches[layer]` and computed its exact output.
-    ///
-    /// `queries`: the layer's post-RoPE prompt queries, `[H, S, d]` (unscaled; the
-    /// attention scale is `1 / sqrt(d)`). `caches`: layers `0..=layer` (later layers are
-    /// not filled yet), so a cascading policy may evict earlier layers here.
+    /// Called during prefill right after layer `step.layer` appended the prompt's
+    /// keys/values (absolute positions `0..S`) to `caches[step.layer]` and computed its
+    /// exact output. `caches` holds layers `0..=layer` (later layers are not filled yet),
+    /// so a cascading policy may evict earlier layers here.
     fn after_prefill_layer(
         &mut self,
-        layer: usize,
-        queries: Tensor<B, 3>,
+        step: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
-    );
+    ) -> Result<(), CacheError>;
 
     /// Called once after the last layer of the prefill (all `caches` filled).
-    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]);
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError>;
 
-    /// Called during decoding after layer `layer` appended one new token to `cache` and
-    /// attended with `query`, `[H, 1, d]` post-RoPE.
-    fn after_decode_step(&mut self, layer: usize, query: Tensor<B, 3>, cache: &mut LayerCache<B>);
+    /// Asked during decoding before layer `layer` appends the new token to `cache` (so
+    /// the layer will then hold `cache.len() + 1` tokens): should
+    /// [`DecodeStep::attention`] carry the probabilities? Defaults to no (they cost a
+    /// little memory traffic).
+    fn wants_decode_attention(&self, layer: usize, cache: &LayerCache<B>) -> bool {
+        let _ = (layer, cache);
+        false
+    }
+
+    /// Called during decoding after layer `step.layer` appended one new token to `cache`
+    /// and attended.
+    fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError>;
 }
 
 /// The full cache: keeps everything.
@@ -36,7 +71,23 @@ pub trait KvCompressor<B: Backend> {
 pub struct KeepAll;
 
 impl<B: Backend> KvCompressor<B> for KeepAll {
-    fn after_prefill_layer(&mut self, _: usize, _: Tensor<B, 3>, _: &mut [LayerCache<B>]) {}
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) {}
-    fn after_decode_step(&mut self, _: usize, _: Tensor<B, 3>, _: &mut LayerCache<B>) {}
+    fn after_prefill_layer(
+        &mut self,
+        _: PrefillLayer<B>,
+        _: &mut [LayerCache<B>],
+    ) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    fn after_decode_step(
+        &mut self,
+        _: DecodeStep<B>,
+        _: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        Ok(())
+    }
 }

@@ -1,4 +1,4 @@
-//! Errors of configuration, names and score-function files.
+//! Errors of configuration, names and score-function files, and of cache operations.
 
 /// What can be wrong with a policy's configuration or its input files.
 #[derive(Debug, thiserror::Error)]
@@ -86,4 +86,19 @@ pub enum ConfigError {
     /// A model with no layer.
     #[error("the model has 0 layers")]
     NoLayers,
+}
+
+/// A cache operation that cannot be carried out (a bug of the caller, reported instead of
+/// a panic so that a library user's mistake cannot abort the process).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    /// Attention over a cache that holds nothing.
+    #[error("the layer cache is empty: append keys and values before attending")]
+    Empty,
+    /// Tensors whose shapes do not fit the cache.
+    #[error("cache shape mismatch: {0}")]
+    Shape(String),
+    /// Keep lists that `LayerCache::retain` cannot apply.
+    #[error("cannot retain these rows: {0}")]
+    Retain(String),
 }

@@ -19,6 +19,8 @@ pub mod cache;
 pub mod cascade;
 pub mod compressor;
 pub mod error;
+#[cfg(feature = "flex")]
+pub mod host;
 pub mod policy;
 pub mod replay;
 pub mod score_function;
@@ -32,8 +34,8 @@ pub use allocator::{
 pub use budget::{BudgetPlan, allocate_budgets};
 pub use cache::LayerCache;
 pub use cascade::{CompressionReport, LayerReport, PolicyCompressor, evict_to_budget};
-pub use compressor::{KeepAll, KvCompressor};
-pub use error::ConfigError;
+pub use compressor::{DecodeStep, KeepAll, KvCompressor, PrefillLayer};
+pub use error::{CacheError, ConfigError};
 pub use policy::{DecodeEviction, PRESETS, Policy, PolicyConfig};
 pub use replay::{PrefillRecorder, replay_prefill};
 pub use score_function::ScoreFunction;

@@ -47,6 +47,10 @@ pub struct PolicyConfig {
     pub cascading: bool,
     /// Decoding-time eviction.
     pub decode_evict: DecodeEviction,
+    /// Amortised decoding eviction: a layer may hold up to `budget + w + decode_slack`
+    /// tokens and then drops `decode_slack + 1` at once (0, the default, is the paper's
+    /// one-token-per-step rule).
+    pub decode_slack: usize,
     /// StreamingLLM's attention sinks.
     pub sinks: usize,
     /// PyramidKV's beta.
@@ -65,6 +69,7 @@ impl Default for PolicyConfig {
             pool_kernel: 5,
             cascading: true,
             decode_evict: DecodeEviction::Policy,
+            decode_slack: 0,
             sinks: 4,
             beta: 20.0,
         }

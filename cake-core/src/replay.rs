@@ -4,7 +4,8 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::{KvCompressor, LayerCache};
+use crate::compressor::{DecodeStep, PrefillLayer};
+use crate::{CacheError, KvCompressor, LayerCache};
 
 /// A [`KvCompressor`] that keeps everything and records each layer's prompt queries.
 ///
@@ -34,28 +35,43 @@ impl<B: Backend> PrefillRecorder<B> {
 impl<B: Backend> KvCompressor<B> for PrefillRecorder<B> {
     fn after_prefill_layer(
         &mut self,
-        layer: usize,
-        queries: Tensor<B, 3>,
+        step: PrefillLayer<B>,
         _: &mut [LayerCache<B>],
-    ) {
-        self.queries.truncate(layer);
-        self.queries.push(queries);
+    ) -> Result<(), CacheError> {
+        self.queries.truncate(step.layer);
+        self.queries.push(step.queries);
+        Ok(())
     }
 
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) {}
+    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        Ok(())
+    }
 
-    fn after_decode_step(&mut self, _: usize, _: Tensor<B, 3>, _: &mut LayerCache<B>) {}
+    fn after_decode_step(
+        &mut self,
+        _: DecodeStep<B>,
+        _: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        Ok(())
+    }
 }
 
 /// Runs `compressor`'s prefill hooks, in the order a live prefill calls them, on `caches`
 /// (a copy of the full prompt caches) with the recorded `queries`.
+///
+/// # Errors
+/// What the compressor's hooks return.
 pub fn replay_prefill<B: Backend>(
     compressor: &mut dyn KvCompressor<B>,
     queries: &[Tensor<B, 3>],
     caches: &mut [LayerCache<B>],
-) {
+) -> Result<(), CacheError> {
     for (layer, q) in queries.iter().enumerate() {
-        compressor.after_prefill_layer(layer, q.clone(), &mut caches[..=layer]);
+        let step = PrefillLayer {
+            layer,
+            queries: q.clone(),
+        };
+        compressor.after_prefill_layer(step, &mut caches[..=layer])?;
     }
-    compressor.after_prefill(caches);
+    compressor.after_prefill(caches)
 }

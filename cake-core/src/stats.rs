@@ -16,8 +16,23 @@ use crate::allocator::LayerPreference;
 /// head `h / G`. Scores are scaled by `1 / sqrt(d)` and softmaxed over keys in f32.
 /// With `causal_from = Some(p)`, query row `i` sits at key index `p + i` and cannot see
 /// keys after it; `None` lets every query see every key (a decoding query).
-/// Returns `[H, n, S]` (f32).
+/// Returns `[H, n, S]` (f32). On the CPU backend this runs the host attention kernel
+/// (the model's own), elsewhere [`attention_generic`].
 pub fn attention<B: Backend>(
+    queries: Tensor<B, 3>,
+    keys: Tensor<B, 3>,
+    causal_from: Option<usize>,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if let Some(probs) = crate::host::attention_probabilities(&queries, &keys, causal_from) {
+        return probs;
+    }
+    attention_generic(queries, keys, causal_from)
+}
+
+/// [`attention`] by Burn tensor operations (every backend; the reference of the CPU
+/// backend's host kernel in the tests).
+pub fn attention_generic<B: Backend>(
     queries: Tensor<B, 3>,
     keys: Tensor<B, 3>,
     causal_from: Option<usize>,

@@ -149,11 +149,11 @@ proptest! {
         let dim = 2;
         let keys: Tensor<B, 3> = rng.tensor([heads, len, dim], 1.0);
         let mut cache = LayerCache::<B>::new();
-        cache.append(keys.clone(), keys, start);
+        cache.append(keys.clone(), keys, start).unwrap();
         let scores: Vec<f32> = (0..heads * len).map(|_| rng.sample()).collect();
-        cache.set_scores(Tensor::from_data(TensorData::new(scores.clone(), [heads, len]), &Default::default()));
+        cache.set_scores(Tensor::from_data(TensorData::new(scores.clone(), [heads, len]), &Default::default())).unwrap();
         let before = cache.positions().to_vec();
-        let held = evict_to_budget(&mut cache, keep, window);
+        let held = evict_to_budget(&mut cache, keep, window).unwrap();
         let w = window.min(len);
         let expected = (keep + w).min(len);
         prop_assert_eq!(held, expected);
@@ -171,7 +171,7 @@ proptest! {
             }
         }
         // Gathered rows match their positions (keys[h, i, :] followed the token).
-        let k = cache.keys().unwrap().clone().into_data().into_vec::<f32>().unwrap();
+        let k = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
         prop_assert_eq!(k.len(), heads * expected * dim);
     }
 }

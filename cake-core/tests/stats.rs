@@ -235,13 +235,17 @@ fn layer_cache_retains_rows_positions_scores_and_releases_memory() {
         .flat_map(|h| (0..4).flat_map(move |i| (0..3).map(move |c| (100 * h + 10 * i + c) as f32)))
         .collect();
     let mut cache = LayerCache::<B>::new();
-    cache.append(t3(data.clone(), [2, 4, 3]), t3(data, [2, 4, 3]), 7);
+    cache
+        .append(t3(data.clone(), [2, 4, 3]), t3(data, [2, 4, 3]), 7)
+        .unwrap();
     assert_eq!(cache.bytes(), 2 * 2 * 4 * 3 * 4);
-    cache.set_scores(t2(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [2, 4]));
-    cache.retain(&[vec![0, 3], vec![1, 2]]);
+    cache
+        .set_scores(t2(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [2, 4]))
+        .unwrap();
+    cache.retain(&[vec![0, 3], vec![1, 2]]).unwrap();
     assert_eq!(cache.positions(), &[vec![7, 10], vec![8, 9]]);
     assert_eq!(cache.bytes(), 2 * 2 * 2 * 3 * 4);
-    let k = host3(cache.keys().unwrap().clone());
+    let k = host3(cache.keys().unwrap());
     assert_eq!(
         k,
         vec![
@@ -253,7 +257,9 @@ fn layer_cache_retains_rows_positions_scores_and_releases_memory() {
         vec![0.0, 3.0, 5.0, 6.0]
     );
     // Appending pads the scores with 0 and continues the positions.
-    cache.append(t3(vec![0.0; 6], [2, 1, 3]), t3(vec![0.0; 6], [2, 1, 3]), 11);
+    cache
+        .append(t3(vec![0.0; 6], [2, 1, 3]), t3(vec![0.0; 6], [2, 1, 3]), 11)
+        .unwrap();
     assert_eq!(cache.positions(), &[vec![7, 10, 11], vec![8, 9, 11]]);
     assert_eq!(
         to_host(cache.scores().unwrap().clone()),
@@ -353,9 +359,9 @@ fn matches_pytorch_on_random_attention() {
 
     // Eviction with the indicator keeps PyTorch's top-k per KV head, plus the window.
     let mut cache = LayerCache::<B>::new();
-    cache.append(k.clone(), k, 0);
-    cache.set_scores(ind);
-    cake_core::evict_to_budget(&mut cache, f.budget, w);
+    cache.append(k.clone(), k, 0).unwrap();
+    cache.set_scores(ind).unwrap();
+    cake_core::evict_to_budget(&mut cache, f.budget, w).unwrap();
     for (h, keep) in f.cake_keep.iter().enumerate() {
         let mut expected = keep.clone();
         expected.extend(s - w..s);

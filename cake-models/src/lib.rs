@@ -6,6 +6,8 @@
 //! prefill + decode loop.
 
 pub mod config;
+#[cfg(feature = "flex")]
+pub mod cpu;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

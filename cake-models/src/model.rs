@@ -2,15 +2,20 @@
 //! output head, with explicit absolute positions and one [`LayerCache`] per layer.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
-use cake_core::{KvCompressor, LayerCache};
+use cake_core::{CacheError, DecodeStep, KvCompressor, LayerCache, PrefillLayer};
 
 use crate::config::DecoderConfig;
-use crate::layers::{Attention, DecoderLayer, Linear, Mlp, RmsNorm, RopeTables, Rotary};
+use crate::layers::{
+    Attention, AttentionRequest, DecoderLayer, Linear, Mlp, RmsNorm, RopeTables, Rotary,
+};
 use crate::weights::{HostTensor, WeightError, WeightSource};
 
 /// A call the model cannot serve (bad tokens, positions or caches).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
+    /// A cache operation failed (a compressor's bug, or caches of another model).
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// Prefill of zero tokens.
     #[error("the prompt is empty: give at least one token")]
     EmptyPrompt,
@@ -70,8 +75,8 @@ pub struct Model<B: Backend> {
     embed: Tensor<B, 2>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
-    /// `[hidden, vocab]`; `None` when tied to the embedding.
-    lm_head: Option<Tensor<B, 2>>,
+    /// `[vocab, hidden]` (the embedding itself when tied).
+    lm_head: Linear<B>,
     rotary: Rotary,
     device: B::Device,
 }
@@ -96,9 +101,11 @@ impl<B: Backend> Model<B> {
                 load_linear::<B>(source, &format!("{p}.{name}"), out, inp, bias, device)
             };
             let attention = Attention {
-                q: linear("self_attn.q_proj", qd, hid, c.qkv_bias)?,
-                k: linear("self_attn.k_proj", kvd, hid, c.qkv_bias)?,
-                v: linear("self_attn.v_proj", kvd, hid, c.qkv_bias)?,
+                qkv: Linear::fuse(vec![
+                    linear("self_attn.q_proj", qd, hid, c.qkv_bias)?,
+                    linear("self_attn.k_proj", kvd, hid, c.qkv_bias)?,
+                    linear("self_attn.v_proj", kvd, hid, c.qkv_bias)?,
+                ]),
                 o: linear("self_attn.o_proj", hid, qd, false)?,
                 num_heads: c.num_heads,
                 num_kv_heads: c.num_kv_heads,
@@ -106,8 +113,10 @@ impl<B: Backend> Model<B> {
                 window: c.sliding_window.get(i).copied().flatten(),
             };
             let mlp = Mlp {
-                gate: linear("mlp.gate_proj", inter, hid, false)?,
-                up: linear("mlp.up_proj", inter, hid, false)?,
+                gate_up: Linear::fuse(vec![
+                    linear("mlp.gate_proj", inter, hid, false)?,
+                    linear("mlp.up_proj", inter, hid, false)?,
+                ]),
                 down: linear("mlp.down_proj", hid, inter, false)?,
             };
             layers.push(DecoderLayer {
@@ -126,9 +135,12 @@ impl<B: Backend> Model<B> {
         let embed = host_to_tensor::<B, 2>(embed, device);
         let norm = load_norm(source, "model.norm.weight", c, device)?;
         let lm_head = if c.tie_word_embeddings || !source.contains("lm_head.weight") {
-            None
+            Linear {
+                weight: embed.clone(),
+                bias: None,
+            }
         } else {
-            Some(load_linear::<B>(source, "lm_head", c.vocab_size, hid, false, device)?.weight)
+            load_linear::<B>(source, "lm_head", c.vocab_size, hid, false, device)?
         };
         Ok(Self {
             config: config.clone(),
@@ -197,12 +209,17 @@ impl<B: Backend> Model<B> {
         let rope = self.rope_tables(0, s);
         let mut peak = 0;
         for (l, layer) in self.layers.iter().enumerate() {
-            let (y, q) = layer.forward(x, 0, &rope, &mut caches[l]);
+            let request = AttentionRequest::default();
+            let (y, attn) = layer.forward(x, 0, &rope, &mut caches[l], request)?;
             x = y;
             peak = peak.max(kv_bytes(caches));
-            compressor.after_prefill_layer(l, q, &mut caches[..=l]);
+            let step = PrefillLayer {
+                layer: l,
+                queries: attn.queries,
+            };
+            compressor.after_prefill_layer(step, &mut caches[..=l])?;
         }
-        compressor.after_prefill(caches);
+        compressor.after_prefill(caches)?;
         let x = match which {
             PrefillLogits::Last => x.narrow(0, s - 1, 1),
             PrefillLogits::All => x,
@@ -234,9 +251,17 @@ impl<B: Backend> Model<B> {
         let mut x = self.embed(&[token])?; // [1, hidden]
         let rope = self.rope_tables(position, 1);
         for (l, layer) in self.layers.iter().enumerate() {
-            let (y, q) = layer.forward(x, position, &rope, &mut caches[l]);
+            let request = AttentionRequest {
+                probabilities: compressor.wants_decode_attention(l, &caches[l]),
+            };
+            let (y, attn) = layer.forward(x, position, &rope, &mut caches[l], request)?;
             x = y;
-            compressor.after_decode_step(l, q, &mut caches[l]);
+            let step = DecodeStep {
+                layer: l,
+                query: attn.queries,
+                attention: attn.probabilities,
+            };
+            compressor.after_decode_step(step, &mut caches[l])?;
         }
         Ok(self.head(x).reshape([self.config.vocab_size]))
     }
@@ -272,11 +297,7 @@ impl<B: Backend> Model<B> {
 
     /// Final norm and output head: `[n, hidden]` -> `[n, vocab]`.
     fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = self.norm.forward(x);
-        match &self.lm_head {
-            Some(w) => x.matmul(w.clone()),
-            None => x.matmul(self.embed.clone().transpose()),
-        }
+        self.lm_head.forward(self.norm.forward(x))
     }
 }
 
@@ -289,8 +310,7 @@ fn host_to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device)
     Tensor::from_data(TensorData::new(t.data, t.shape), device)
 }
 
-/// Loads `{name}.weight` `[out, in]` (stored transposed as `[in, out]`) and, if `bias`,
-/// `{name}.bias` `[out]`.
+/// Loads `{name}.weight` `[out, in]` and, if `bias`, `{name}.bias` `[out]`.
 fn load_linear<B: Backend>(
     source: &mut dyn WeightSource,
     name: &str,
@@ -300,19 +320,7 @@ fn load_linear<B: Backend>(
     device: &B::Device,
 ) -> Result<Linear<B>, WeightError> {
     let w = source.take_shaped(&format!("{name}.weight"), &[out, inp])?;
-    let mut t = vec![0.0f32; out * inp];
-    for (o, row) in w.data.chunks_exact(inp).enumerate() {
-        for (i, &v) in row.iter().enumerate() {
-            t[i * out + o] = v;
-        }
-    }
-    let weight = host_to_tensor::<B, 2>(
-        HostTensor {
-            shape: vec![inp, out],
-            data: t,
-        },
-        device,
-    );
+    let weight = host_to_tensor::<B, 2>(w, device);
     let bias = if bias {
         Some(host_to_tensor::<B, 1>(
             source.take_shaped(&format!("{name}.bias"), &[out])?,

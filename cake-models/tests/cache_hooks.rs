@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
-use cake_core::{KeepAll, KvCompressor, LayerCache};
+use cake_core::{CacheError, DecodeStep, KeepAll, KvCompressor, LayerCache, PrefillLayer};
 use cake_models::config::decoder_config;
 use cake_models::weights::SafetensorsFolder;
 use cake_models::{Cpu, Model, ModelError, load};
@@ -57,19 +57,26 @@ struct Recorder {
 impl KvCompressor<B> for Recorder {
     fn after_prefill_layer(
         &mut self,
-        layer: usize,
-        queries: Tensor<B, 3>,
+        step: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
-    ) {
+    ) -> Result<(), CacheError> {
         self.calls
-            .push(("layer", layer, queries.dims(), caches.len()));
+            .push(("layer", step.layer, step.queries.dims(), caches.len()));
+        Ok(())
     }
-    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) {
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
         self.calls.push(("prefill", 0, [0; 3], caches.len()));
+        Ok(())
     }
-    fn after_decode_step(&mut self, layer: usize, query: Tensor<B, 3>, cache: &mut LayerCache<B>) {
+    fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        assert!(step.attention.is_none(), "attention passed unasked");
         self.calls
-            .push(("decode", layer, query.dims(), cache.len()));
+            .push(("decode", step.layer, step.query.dims(), cache.len()));
+        Ok(())
     }
 }
 
@@ -102,14 +109,27 @@ fn hooks_are_called_in_order_with_documented_shapes() {
 struct EvictEarlierLayers;
 
 impl KvCompressor<B> for EvictEarlierLayers {
-    fn after_prefill_layer(&mut self, layer: usize, _: Tensor<B, 3>, caches: &mut [LayerCache<B>]) {
-        for cache in &mut caches[..layer] {
+    fn after_prefill_layer(
+        &mut self,
+        step: PrefillLayer<B>,
+        caches: &mut [LayerCache<B>],
+    ) -> Result<(), CacheError> {
+        for cache in &mut caches[..step.layer] {
             let last = cache.len() - 1;
-            cache.retain(&vec![vec![last]; cache.num_kv_heads()]);
+            cache.retain(&vec![vec![last]; cache.num_kv_heads()])?;
         }
+        Ok(())
     }
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) {}
-    fn after_decode_step(&mut self, _: usize, _: Tensor<B, 3>, _: &mut LayerCache<B>) {}
+    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        Ok(())
+    }
+    fn after_decode_step(
+        &mut self,
+        _: DecodeStep<B>,
+        _: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        Ok(())
+    }
 }
 
 #[test]
@@ -142,7 +162,7 @@ fn decoding_from_a_per_head_evicted_cache_is_exact_outside_the_window() {
     for cache in &mut caches {
         let head0: Vec<usize> = (3..11).collect();
         let head1: Vec<usize> = std::iter::once(0).chain(4..11).collect();
-        cache.retain(&[head0, head1]);
+        cache.retain(&[head0, head1]).unwrap();
         assert_eq!(cache.positions()[1][..2], [0, 4]);
     }
     for pos in 11..ids.len() {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::{Tensor, backend::Backend};
 use cake_core::stats::{layer_preference, window_attention};
-use cake_core::{KvCompressor, LayerCache};
+use cake_core::{CacheError, DecodeStep, KvCompressor, LayerCache, PrefillLayer};
 use cake_longbench::prompt::build_prompt;
 use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
@@ -84,8 +84,8 @@ impl StatsCollector {
         // [H, w, S]
         let attn = window_attention(queries, keys.clone(), self.window);
         let (tau1, tau2) = self.taus;
-        let key_states = host(keys)?;
-        let value_states = host(values)?;
+        let key_states = host(&keys)?;
+        let value_states = host(&values)?;
         let layer = LayerMeasurement::from_parts(
             layer_preference(&attn),
             tau1,
@@ -128,25 +128,34 @@ fn host<B: Backend>(t: &Tensor<B, 3>) -> Result<Vec<f32>> {
 impl<B: Backend> KvCompressor<B> for StatsCollector {
     fn after_prefill_layer(
         &mut self,
-        layer: usize,
-        queries: Tensor<B, 3>,
+        step: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
-    ) {
+    ) -> Result<(), CacheError> {
         if self.error.is_some() {
-            return;
+            return Ok(());
         }
-        match self.measure(queries, &caches[layer]) {
+        let layer = step.layer;
+        match self.measure(step.queries, &caches[layer]) {
             Ok((whole, heads)) => {
                 self.layers.push(whole);
                 self.heads.push(heads);
             }
             Err(e) => self.error = Some(e.context(format!("layer {layer}"))),
         }
+        Ok(())
     }
 
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) {}
+    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        Ok(())
+    }
 
-    fn after_decode_step(&mut self, _: usize, _: Tensor<B, 3>, _: &mut LayerCache<B>) {}
+    fn after_decode_step(
+        &mut self,
+        _: DecodeStep<B>,
+        _: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        Ok(())
+    }
 }
 
 /// Runs `cake fit`.

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
-use cake_core::{KvCompressor, LayerCache};
+use cake_core::{DecodeStep, KvCompressor, LayerCache, PrefillLayer};
 
 /// The CPU test backend.
 pub type B = Flex;
@@ -76,11 +76,13 @@ pub fn prefill<C: KvCompressor<B>>(
         let k = rng.tensor([shape.kv_heads, prompt, shape.dim], 1.0);
         let v = rng.tensor([shape.kv_heads, prompt, shape.dim], 1.0);
         let mut cache = LayerCache::new();
-        cache.append(k, v, 0);
+        cache.append(k, v, 0).unwrap();
         caches.push(cache);
-        compressor.after_prefill_layer(layer, q, &mut caches);
+        compressor
+            .after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches)
+            .unwrap();
     }
-    compressor.after_prefill(&mut caches);
+    compressor.after_prefill(&mut caches).unwrap();
     caches
 }
 
@@ -101,8 +103,17 @@ pub fn decode<C: KvCompressor<B>>(
             let q = rng.tensor([shape.heads, 1, shape.dim], query_scale(layer));
             let k = rng.tensor([shape.kv_heads, 1, shape.dim], 1.0);
             let v = rng.tensor([shape.kv_heads, 1, shape.dim], 1.0);
-            cache.append(k, v, pos);
-            compressor.after_decode_step(layer, q, cache);
+            cache.append(k, v, pos).unwrap();
+            compressor
+                .after_decode_step(
+                    DecodeStep {
+                        layer,
+                        query: q,
+                        attention: None,
+                    },
+                    cache,
+                )
+                .unwrap();
             check(step, layer, cache);
         }
     }

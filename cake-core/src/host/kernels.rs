@@ -1,0 +1,469 @@
+//! Host kernels on f32 slices: a threaded GEMV for decoding and grouped-query attention
+//! (row-block for several queries, split-key for one) reading the cache buffers in place;
+//! CAKE's window statistics use the same attention kernel.
+//!
+//! Threads come from rayon's global pool (the one the CPU backend's matrix products use).
+
+use rayon::prelude::*;
+
+use super::simd;
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every use writes disjoint index ranges from different tasks (see call sites).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Output rows per GEMV task: large enough to amortise scheduling, small enough to
+/// balance two to sixteen threads.
+const GEMV_ROWS_PER_TASK: usize = 128;
+
+/// `y = W x + b` with `W` row-major `[out, in]` (each output a contiguous dot product),
+/// `x`: `[in]`, `y`: `[out]`, split over threads by output rows.
+pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let inp = x.len();
+    debug_assert_eq!(w.len(), y.len() * inp);
+    y.par_chunks_mut(GEMV_ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let o0 = c * GEMV_ROWS_PER_TASK;
+            for (i, y) in out.iter_mut().enumerate() {
+                let row = &w[(o0 + i) * inp..(o0 + i + 1) * inp];
+                *y = simd::dot(row, x) + bias.map_or(0.0, |b| b[o0 + i]);
+            }
+        });
+}
+
+/// Keys or values of one layer as the cache stores them: KV head `h`'s row `j` is
+/// `data[h * head_stride + j * dim ..][..dim]`, rows `0..len` valid.
+#[derive(Debug, Clone, Copy)]
+pub struct KvRows<'a> {
+    /// The buffer (capacity rows per head).
+    pub data: &'a [f32],
+    /// Elements between two KV heads (capacity x d).
+    pub head_stride: usize,
+    /// Valid rows per head.
+    pub len: usize,
+    /// Head width d.
+    pub dim: usize,
+}
+
+impl KvRows<'_> {
+    fn row(&self, head: usize, j: usize) -> &[f32] {
+        let at = head * self.head_stride + j * self.dim;
+        &self.data[at..at + self.dim]
+    }
+}
+
+/// The shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Queries S.
+    pub queries: usize,
+    /// Query heads H.
+    pub heads: usize,
+    /// KV heads Hkv (H is a multiple).
+    pub kv_heads: usize,
+    /// Head width d.
+    pub dim: usize,
+}
+
+/// Query rows per prefill task (a multiple of the matrix kernels' tiles).
+const QUERY_BLOCK: usize = 64;
+/// Keys per decode task.
+const KEY_CHUNK: usize = 256;
+
+/// The range of cached rows `lo..hi` that query `i` sees in KV head `kv`:
+/// `visible(kv, i)`. Cached positions ascend, so causal and sliding-window masks are
+/// ranges.
+pub type Visible<'a> = &'a (dyn Fn(usize, usize) -> (usize, usize) + Sync);
+
+/// Softmax attention, exact up to float reordering, of queries `q` (`[S, H, d]`
+/// row-major, post-RoPE, unscaled) over cached `keys`, with query head `h` reading KV
+/// head `h / G` and query `i` seeing the rows `visible(kv, i)`.
+///
+/// With `output = Some((values, out))`, writes the attention output `[S, H, d]` into
+/// `out`; with `probs` (`[H, S, len]`), the attention probabilities (zero outside each
+/// query's range). Either may be skipped.
+pub fn attention(
+    q: &[f32],
+    keys: KvRows<'_>,
+    shape: AttentionShape,
+    visible: Visible<'_>,
+    output: Option<(KvRows<'_>, &mut [f32])>,
+    probs: Option<&mut [f32]>,
+) {
+    let AttentionShape {
+        queries: s,
+        heads: h,
+        dim: d,
+        ..
+    } = shape;
+    assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
+    if let Some((values, out)) = &output {
+        assert_eq!(out.len(), s * h * d, "output [S, H, d]");
+        assert_eq!(values.len, keys.len, "as many values as keys");
+    }
+    if let Some(p) = &probs {
+        assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
+    }
+    if s == 1 {
+        decode_attention(q, keys, shape, visible, output, probs);
+    } else {
+        block_attention(q, keys, shape, visible, output, probs);
+    }
+}
+
+/// Several queries: one task per (query head, block of [`QUERY_BLOCK`] queries); scores
+/// and weighted values are two small matrix products over the keys the block can see.
+fn block_attention(
+    q: &[f32],
+    keys: KvRows<'_>,
+    shape: AttentionShape,
+    visible: Visible<'_>,
+    output: Option<(KvRows<'_>, &mut [f32])>,
+    probs: Option<&mut [f32]>,
+) {
+    let AttentionShape {
+        queries: s,
+        heads: h,
+        kv_heads: hkv,
+        dim: d,
+    } = shape;
+    let group = h / hkv;
+    let len = keys.len;
+    let scale = 1.0 / (d as f32).sqrt();
+    let blocks = s.div_ceil(QUERY_BLOCK);
+    let output = output.map(|(values, out)| (values, SharedOut(out.as_mut_ptr())));
+    let probs_ptr = probs.map(|p| SharedOut(p.as_mut_ptr()));
+    (0..h * blocks).into_par_iter().for_each(|task| {
+        let (head, block) = (task / blocks, task % blocks);
+        let kv = head / group;
+        let i0 = block * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(s - i0);
+        let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+        let n = hi - lo;
+        // [rows, n]: scaled scores of the block's queries over keys lo..hi.
+        let mut scores = vec![0.0f32; rows * n];
+        if n > 0 {
+            // SAFETY: the operands are in bounds: queries i0..i0+rows of head `head`
+            // (row stride H*d), keys lo..hi of KV head `kv` read as a [d, n] matrix
+            // (column stride d), and the [rows, n] destination.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    q.as_ptr().add((i0 * h + head) * d),
+                    1,
+                    (h * d) as isize,
+                    keys.data.as_ptr().add(kv * keys.head_stride + lo * d),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for (r, &(a, b)) in ranges.iter().enumerate() {
+            let row = &mut scores[r * n..(r + 1) * n];
+            let (a, b) = (a.max(lo) - lo, b.max(a).min(hi) - lo);
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+            simd::softmax(&mut row[a..b]);
+        }
+        // SAFETY: this task alone writes query rows i0..i0+rows of head `head`: the
+        // [rows, d] block at row stride H*d of `out`, and, in `probs`, rows i0..i0+rows
+        // of head `head`.
+        unsafe {
+            match output {
+                Some((values, out_ptr)) if n > 0 => gemm::gemm(
+                    rows,
+                    d,
+                    n,
+                    out_ptr.0.add((i0 * h + head) * d),
+                    1,
+                    (h * d) as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n as isize,
+                    values.data.as_ptr().add(kv * values.head_stride + lo * d),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                ),
+                Some((_, out_ptr)) => {
+                    for r in 0..rows {
+                        std::ptr::write_bytes(out_ptr.0.add(((i0 + r) * h + head) * d), 0, d);
+                    }
+                }
+                None => {}
+            }
+            if let Some(p) = probs_ptr {
+                for r in 0..rows {
+                    let dst =
+                        std::slice::from_raw_parts_mut(p.0.add((head * s + i0 + r) * len), len);
+                    dst.fill(0.0);
+                    dst[lo..hi].copy_from_slice(&scores[r * n..(r + 1) * n]);
+                }
+            }
+        }
+    });
+}
+
+/// Partial result of one decode task: for each of the G query heads of a KV head, the
+/// running max and exponential sum over a chunk of keys, the unnormalised output, and
+/// the chunk's `exp(score - max)`.
+struct Partial {
+    kv: usize,
+    start: usize,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    out: Vec<f32>,
+    exps: Vec<f32>,
+}
+
+/// One query: split-key ("flash decoding") tasks per (KV head, chunk of keys), each
+/// serving the KV head's G query heads from one read of its rows, merged exactly.
+fn decode_attention(
+    q: &[f32],
+    keys: KvRows<'_>,
+    shape: AttentionShape,
+    visible: Visible<'_>,
+    output: Option<(KvRows<'_>, &mut [f32])>,
+    probs: Option<&mut [f32]>,
+) {
+    let AttentionShape {
+        heads: h,
+        kv_heads: hkv,
+        dim: d,
+        ..
+    } = shape;
+    let group = h / hkv;
+    let len = keys.len;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (values, mut out) = match output {
+        Some((values, out)) => (Some(values), Some(out)),
+        None => (None, None),
+    };
+    let ranges: Vec<(usize, usize)> = (0..hkv).map(|kv| visible(kv, 0)).collect();
+    let tasks: Vec<(usize, usize, usize)> = ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(kv, &(lo, hi))| {
+            (lo..hi.max(lo))
+                .step_by(KEY_CHUNK)
+                .map(move |a| (kv, a, (a + KEY_CHUNK).min(hi)))
+        })
+        .collect();
+    let partials: Vec<Partial> = tasks
+        .into_par_iter()
+        .map(|(kv, a, b)| {
+            let n = b - a;
+            let mut part = Partial {
+                kv,
+                start: a,
+                max: vec![f32::NEG_INFINITY; group],
+                sum: vec![0.0; group],
+                out: vec![0.0; group * d],
+                exps: vec![0.0; group * n],
+            };
+            for g in 0..group {
+                let qh = &q[(kv * group + g) * d..][..d];
+                let row = &mut part.exps[g * n..(g + 1) * n];
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = simd::dot(qh, keys.row(kv, a + j)) * scale;
+                }
+                let (max, sum) = simd::exp_shifted(row);
+                part.max[g] = max;
+                part.sum[g] = sum;
+                if let Some(values) = &values {
+                    let o = &mut part.out[g * d..(g + 1) * d];
+                    for (j, &p) in row.iter().enumerate() {
+                        simd::axpy(o, p, values.row(kv, a + j));
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    // Merge: per query head, rescale each chunk by exp(max_chunk - max_all).
+    let mut probs = probs;
+    if let Some(p) = probs.as_deref_mut() {
+        p.fill(0.0);
+    }
+    for head in 0..h {
+        let (kv, g) = (head / group, head % group);
+        let mine = || partials.iter().filter(move |p| p.kv == kv);
+        let max = mine().map(|p| p.max[g]).fold(f32::NEG_INFINITY, f32::max);
+        let mut o = out.as_deref_mut().map(|o| &mut o[head * d..(head + 1) * d]);
+        if let Some(o) = o.as_deref_mut() {
+            o.fill(0.0);
+        }
+        if max == f32::NEG_INFINITY {
+            continue;
+        }
+        let total: f32 = mine().map(|p| p.sum[g] * (p.max[g] - max).exp()).sum();
+        for p in mine() {
+            let w = (p.max[g] - max).exp() / total;
+            if let Some(o) = o.as_deref_mut() {
+                simd::axpy(o, w, &p.out[g * d..(g + 1) * d]);
+            }
+            if let Some(dst) = probs.as_deref_mut() {
+                let n = p.exps.len() / group;
+                let dst = &mut dst[head * len + p.start..][..n];
+                for (x, &e) in dst.iter_mut().zip(&p.exps[g * n..(g + 1) * n]) {
+                    *x = e * w;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain attention in f64 with per-query ranges, `[S, H, d]` out and `[H, S, len]`
+    /// probabilities.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        shape: AttentionShape,
+        len: usize,
+        visible: &dyn Fn(usize, usize) -> (usize, usize),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let AttentionShape {
+            queries: s,
+            heads: h,
+            kv_heads: hkv,
+            dim: d,
+        } = shape;
+        let g = h / hkv;
+        let mut out = vec![0.0; s * h * d];
+        let mut probs = vec![0.0; h * s * len];
+        for head in 0..h {
+            let kv = head / g;
+            for i in 0..s {
+                let (lo, hi) = visible(kv, i);
+                let qi = &q[(i * h + head) * d..][..d];
+                let scores: Vec<f64> = (lo..hi)
+                    .map(|j| {
+                        let kj = &k[(kv * len + j) * d..][..d];
+                        qi.iter()
+                            .zip(kj)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for (t, j) in (lo..hi).enumerate() {
+                    let p = e[t] / total;
+                    probs[(head * s + i) * len + j] = p as f32;
+                    for c in 0..d {
+                        out[(i * h + head) * d + c] +=
+                            (p * v[(kv * len + j) * d + c] as f64) as f32;
+                    }
+                }
+            }
+        }
+        (out, probs)
+    }
+
+    fn data(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.377 + seed).sin()).collect()
+    }
+
+    fn check(s: usize, h: usize, hkv: usize, d: usize, len: usize, window: Option<usize>) {
+        let shape = AttentionShape {
+            queries: s,
+            heads: h,
+            kv_heads: hkv,
+            dim: d,
+        };
+        let q = data(s * h * d, 0.1);
+        let k = data(hkv * len * d, 0.7);
+        let v = data(hkv * len * d, 1.3);
+        // Queries sit at the last S of the len cached positions; head kv lost its first kv rows.
+        let visible = |kv: usize, i: usize| {
+            let p = len - s + i;
+            let lo = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(kv);
+            (lo.min(p + 1), p + 1)
+        };
+        fn rows(data: &[f32], len: usize, d: usize) -> KvRows<'_> {
+            KvRows {
+                data,
+                head_stride: len * d,
+                len,
+                dim: d,
+            }
+        }
+        let mut out = vec![0.0; s * h * d];
+        let mut probs = vec![0.0; h * s * len];
+        attention(
+            &q,
+            rows(&k, len, d),
+            shape,
+            &visible,
+            Some((rows(&v, len, d), &mut out)),
+            Some(&mut probs),
+        );
+        let (want_out, want_probs) = reference(&q, &k, &v, shape, len, &visible);
+        for (a, b) in out.iter().zip(&want_out) {
+            assert!((a - b).abs() < 2e-5, "out {a} vs {b} (s={s} len={len})");
+        }
+        for (a, b) in probs.iter().zip(&want_probs) {
+            assert!((a - b).abs() < 2e-6, "prob {a} vs {b} (s={s} len={len})");
+        }
+    }
+
+    /// Row-block and split-key attention equal the f64 reference, with GQA, causal and
+    /// sliding-window ranges, and per-head ranges.
+    #[test]
+    fn attention_matches_reference() {
+        check(1, 6, 2, 16, 1, None);
+        check(1, 6, 2, 16, 700, None);
+        check(1, 4, 4, 8, 600, Some(100));
+        check(70, 6, 3, 16, 70, None);
+        check(130, 4, 1, 32, 300, Some(50));
+    }
+
+    /// The GEMV equals per-row dot products plus bias.
+    #[test]
+    fn gemv_matches_rows() {
+        let (out, inp) = (300, 70);
+        let w = data(out * inp, 0.2);
+        let x = data(inp, 0.9);
+        let b = data(out, 0.4);
+        let mut y = vec![0.0; out];
+        gemv(&w, &x, Some(&b), &mut y);
+        for o in 0..out {
+            let want: f64 = (0..inp)
+                .map(|i| w[o * inp + i] as f64 * x[i] as f64)
+                .sum::<f64>()
+                + b[o] as f64;
+            assert!((y[o] as f64 - want).abs() < 1e-4, "row {o}");
+        }
+    }
+}

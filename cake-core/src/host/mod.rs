@@ -1,0 +1,155 @@
+//! The CPU backend's tensors seen as host memory, and the host kernels that run on them
+//! (cargo feature `flex`).
+//!
+//! The CPU backend (burn-flex) keeps every tensor in a reference-counted host buffer.
+//! Recognising it *by type* (the tensor primitive's `TypeId`, never a backend name) lets
+//! the cache write appended rows in place and lets kernels read the buffers without a
+//! copy. Every function returns `None` for any other backend or dtype, and callers then
+//! take the generic Burn path.
+
+pub mod kernels;
+pub mod simd;
+
+use std::any::Any;
+
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
+use burn_flex::{FlexTensor, Layout};
+
+pub use kernels::{AttentionShape, KvRows, Visible, attention, gemv};
+
+/// The host tensor behind `t` (a cheap handle: the buffer is shared, not copied), when
+/// `B` is the CPU backend and `t` is an unquantised f32 tensor.
+pub fn flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    into_flex(t.clone())
+}
+
+/// As [`flex`], consuming `t` (so that the buffer may be uniquely owned).
+pub fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let TensorPrimitive::Float(primitive) = t.into_primitive() else {
+        return None;
+    };
+    let any: Box<dyn Any> = Box::new(primitive);
+    let tensor = *any.downcast::<FlexTensor>().ok()?;
+    (tensor.dtype() == DType::F32).then_some(tensor)
+}
+
+/// Wraps a host tensor back into `Tensor<B, D>`; `None` unless `B` is the CPU backend.
+pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> {
+    let any: Box<dyn Any> = Box::new(t);
+    let primitive = *any.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// True when `B`'s float tensors are host tensors.
+pub fn is_flex<B: Backend>() -> bool {
+    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<FlexTensor>()
+}
+
+/// The f32 elements of a host tensor whose layout is contiguous (a zero-copy view), or
+/// `None` for strided views.
+pub fn contiguous(t: &FlexTensor) -> Option<&[f32]> {
+    t.as_slice::<f32>()
+}
+
+/// Runs `f` on the f32 buffer of `t` when `B` is the CPU backend, `t` is contiguous and
+/// nothing else holds its buffer, writing in place; returns `t` (unchanged if `f` did not
+/// run) and whether `f` ran.
+pub fn write_in_place<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    f: impl FnOnce(&mut [f32]),
+) -> (Tensor<B, D>, bool) {
+    if !is_flex::<B>() {
+        return (t, false);
+    }
+    let Some(mut host) = flex(&t) else {
+        return (t, false);
+    };
+    drop(t); // `host` is now the only handle, if nobody else shares the buffer.
+    let layout: Layout = host.layout().clone();
+    let ran = match (layout.is_contiguous() && layout.start_offset() == 0)
+        .then(|| host.try_storage_mut::<f32>())
+        .flatten()
+    {
+        Some(buffer) => {
+            f(buffer);
+            true
+        }
+        None => false,
+    };
+    match from_flex::<B, D>(host) {
+        Some(t) => (t, ran),
+        // Unreachable: `is_flex` held, so the primitive type is FlexTensor.
+        None => unreachable!("a host tensor converts back to its own backend"),
+    }
+}
+
+/// Rows `[Hkv, len, d]` of a host tensor as [`KvRows`] (a strided view when the rows are
+/// contiguous, else a contiguous copy kept in `hold`).
+fn kv_rows<'a>(t: &'a FlexTensor, hold: &'a mut Option<FlexTensor>) -> Option<KvRows<'a>> {
+    let layout = t.layout();
+    let dims = layout.shape().to_vec();
+    let [heads, len, dim] = dims[..] else {
+        return None;
+    };
+    let strides = layout.strides();
+    let rows_in_place = strides[2] == 1 && strides[1] == dim as isize && strides[0] >= 0;
+    if rows_in_place {
+        let data = &t.storage::<f32>()[layout.start_offset()..];
+        let head_stride = strides[0] as usize;
+        let needed = heads.saturating_sub(1) * head_stride + len * dim;
+        return (data.len() >= needed).then_some(KvRows {
+            data,
+            head_stride: if heads > 1 { head_stride } else { len * dim },
+            len,
+            dim,
+        });
+    }
+    let copy = hold.insert(t.to_contiguous());
+    Some(KvRows {
+        data: copy.as_slice::<f32>()?,
+        head_stride: len * dim,
+        len,
+        dim,
+    })
+}
+
+/// Attention probabilities `[H, n, S]` of `queries` (`[H, n, d]`) over `keys`
+/// (`[Hkv, S, d]`), as [`crate::stats::attention`] defines them, by the host kernel;
+/// `None` unless `B` is the CPU backend with f32 tensors.
+pub fn attention_probabilities<B: Backend>(
+    queries: &Tensor<B, 3>,
+    keys: &Tensor<B, 3>,
+    causal_from: Option<usize>,
+) -> Option<Tensor<B, 3>> {
+    let [heads, n, dim] = queries.dims();
+    let [kv_heads, len, _] = keys.dims();
+    if kv_heads == 0 || heads % kv_heads != 0 || n == 0 {
+        return None;
+    }
+    let device = queries.device();
+    // [n, H, d] contiguous: the kernel's query layout.
+    let q = flex(&queries.clone().swap_dims(0, 1))?.to_contiguous();
+    let q = contiguous(&q)?;
+    let k = flex(keys)?;
+    let mut hold = None;
+    let rows = kv_rows(&k, &mut hold)?;
+    let shape = AttentionShape {
+        queries: n,
+        heads,
+        kv_heads,
+        dim,
+    };
+    let visible = |_: usize, i: usize| match causal_from {
+        Some(first) => (0, (first + i + 1).min(len)),
+        None => (0, len),
+    };
+    let mut probs = vec![0.0f32; heads * n * len];
+    attention(q, rows, shape, &visible, None, Some(&mut probs));
+    Some(Tensor::from_data(
+        TensorData::new(probs, [heads, n, len]),
+        &device,
+    ))
+}

@@ -1,0 +1,117 @@
+//! The CPU fast path: host kernels on the CPU backend's f32 buffers.
+//!
+//! The model picks this path by type (see [`cake_core::host`]): when its backend keeps
+//! tensors in host memory, the decoder layer runs these kernels (and the attention and
+//! GEMV kernels of `cake_core::host`) on the buffers directly, with threads over heads,
+//! query blocks and output rows; any other backend runs the generic Burn code of
+//! [`crate::layers`], and the tests check that both agree.
+
+pub use cake_core::host::{AttentionShape, KvRows, attention, gemv, simd};
+
+/// RMS normalisation of each `weight.len()`-wide row of `x` into `out`:
+/// `weight * (x / sqrt(mean(x^2) + eps))`, in transformers' order of operations.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean_sq = simd::dot(row, row) / width as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+            *o = w * (v * inv);
+        }
+    }
+}
+
+/// Rotary embedding ("rotate half" layout), in place, of `heads` heads of width `d` in
+/// each row of `x`: row `i` (stride `row_stride`, heads starting at `offset`) is at
+/// absolute position `start + i`. Angles are `position * inv_freq` in f32, as
+/// transformers computes them.
+pub fn rope_in_place(
+    x: &mut [f32],
+    row_stride: usize,
+    offset: usize,
+    heads: usize,
+    inv_freq: &[f32],
+    start: usize,
+) {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let rows = x.len() / row_stride;
+    let mut cos = vec![0.0f32; half];
+    let mut sin = vec![0.0f32; half];
+    for i in 0..rows {
+        let pos = (start + i) as f32;
+        for (j, &f) in inv_freq.iter().enumerate() {
+            let angle = pos * f;
+            cos[j] = angle.cos();
+            sin[j] = angle.sin();
+        }
+        for h in 0..heads {
+            let at = i * row_stride + offset + h * d;
+            let (x1, x2) = x[at..at + d].split_at_mut(half);
+            for j in 0..half {
+                let (a, b) = (x1[j], x2[j]);
+                x1[j] = a * cos[j] + (-b) * sin[j];
+                x2[j] = b * cos[j] + a * sin[j];
+            }
+        }
+    }
+}
+
+/// SwiGLU's middle: rows of `gate_up` are `[gate (inter) | up (inter)]`; writes
+/// `silu(gate) * up` rows of width `inter` into `out`.
+pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
+    for (row, dst) in gate_up
+        .chunks_exact(2 * inter)
+        .zip(out.chunks_exact_mut(inter))
+    {
+        let (gate, up) = row.split_at(inter);
+        for ((o, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_by_hand() {
+        let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0];
+        let w = [1.0, 2.0, 0.5];
+        let mut out = [0.0; 6];
+        rms_norm(&x, &w, 0.0, &mut out);
+        // Row 0: mean square 25/3.
+        let inv = 1.0 / (25.0f32 / 3.0).sqrt();
+        assert!((out[0] - 3.0 * inv).abs() < 1e-6);
+        assert!((out[1] - 8.0 * inv).abs() < 1e-6);
+        assert_eq!(out[2], 0.0);
+        // Row 1: mean square 2/3.
+        let inv = 1.0 / (2.0f32 / 3.0).sqrt();
+        assert!((out[4] - 2.0 * inv).abs() < 1e-6 && (out[5] - 0.5 * inv).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position() {
+        // One head of width 4 at position 2: pairs (0, 2) and (1, 3) rotate by 2*f.
+        let inv_freq = [1.0f32, 0.5];
+        let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
+        rope_in_place(&mut x, 5, 1, 1, &inv_freq, 2);
+        let (a, b) = (2.0f32 * 1.0, 2.0f32 * 0.5);
+        assert_eq!(x[0], 9.0);
+        assert!((x[1] - (1.0 * a.cos() - 3.0 * a.sin())).abs() < 1e-6);
+        assert!((x[3] - (3.0 * a.cos() + 1.0 * a.sin())).abs() < 1e-6);
+        assert!((x[2] - (2.0 * b.cos() - 4.0 * b.sin())).abs() < 1e-6);
+        assert!((x[4] - (4.0 * b.cos() + 2.0 * b.sin())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn silu_mul_by_hand() {
+        let gate_up = [0.0, 2.0, 5.0, 7.0];
+        let mut out = [1.0; 2];
+        silu_mul(&gate_up, 2, &mut out);
+        assert_eq!(out[0], 0.0);
+        let silu2 = 2.0 / (1.0 + (-2.0f32).exp());
+        assert!((out[1] - silu2 * 7.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,438 @@
+//! Grouped-query self-attention over a [`LayerCache`].
+//!
+//! # Shapes
+//! - input `x`: `[S, hidden]` at absolute positions `start..start + S`
+//! - fused projection: `[S, (H + 2 Hkv) d]` = queries | keys | values
+//! - queries handed to the compression hooks: `[H, S, d]`, post-RoPE, unscaled
+//! - cache: `[Hkv, capacity, d]` per keys and values, `len` rows valid per head
+//! - output: `[S, hidden]`
+
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Tensor, TensorData, activation, backend::Backend};
+#[cfg(feature = "flex")]
+use cake_core::host;
+use cake_core::{CacheError, LayerCache};
+
+use super::{Linear, RopeTables};
+#[cfg(feature = "flex")]
+use crate::cpu::{self, AttentionShape, KvRows};
+
+/// Largest number of attention scores (`H x query block x keys`) materialised at once by
+/// the generic path; bounds prefill memory at long contexts (64 Mi floats = 256 MiB).
+const MAX_SCORE_ELEMENTS: usize = 1 << 26;
+/// Upper bound of a generic-path query block, so that causal prefill skips most future keys.
+const MAX_QUERY_BLOCK: usize = 256;
+/// Query block of the generic path's fused causal prefill.
+const CAUSAL_QUERY_BLOCK: usize = 512;
+
+/// What the compression hooks asked the attention to hand back besides its output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttentionRequest {
+    /// The attention probabilities of the queries over the cache, `[H, S, len]`
+    /// (decoding: the new token's attention, which scorers rank tokens by).
+    pub probabilities: bool,
+}
+
+/// What one attention call produced.
+#[derive(Debug, Clone)]
+pub struct AttentionOutput<B: Backend> {
+    /// `[S, hidden]`
+    pub output: Tensor<B, 2>,
+    /// Post-RoPE queries `[H, S, d]`.
+    pub queries: Tensor<B, 3>,
+    /// `[H, S, len]` when requested.
+    pub probabilities: Option<Tensor<B, 3>>,
+}
+
+/// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
+/// KV head (no repeated copies for the G query heads of a group).
+#[derive(Debug, Clone)]
+pub struct Attention<B: Backend> {
+    /// `[(H + 2 Hkv) d, hidden]`: query, key and value projections fused.
+    pub qkv: Linear<B>,
+    /// `[hidden, H d]`
+    pub o: Linear<B>,
+    /// Query heads H.
+    pub num_heads: usize,
+    /// Key/value heads Hkv.
+    pub num_kv_heads: usize,
+    /// Head width d.
+    pub head_dim: usize,
+    /// Sliding window (keys at `p - w < j <= p`), or full causal attention.
+    pub window: Option<usize>,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Projects `x`: `[S, hidden]` at absolute positions `start..start + S`, rotates,
+    /// appends the new keys/values to `cache`, attends over everything the cache holds
+    /// (masked by the cached positions) and returns the output with what `request` asked.
+    ///
+    /// # Errors
+    /// When the cache rejects the new rows (shape mismatch).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+    ) -> Result<AttentionOutput<B>, CacheError> {
+        // [S, (H + 2 Hkv) d]
+        let qkv = self.qkv.forward(x);
+        #[cfg(feature = "flex")]
+        if let Some(host) = host::into_flex(qkv.clone()) {
+            let device = qkv.device();
+            drop(qkv);
+            return self.forward_host(host, &device, start, rope.inv_freq(), cache, request);
+        }
+        self.forward_generic(qkv, start, rope, cache, request)
+    }
+
+    /// The generic Burn path (every backend; the CPU backend only in tests).
+    pub fn forward_generic(
+        &self,
+        qkv: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+    ) -> Result<AttentionOutput<B>, CacheError> {
+        let [s, _] = qkv.dims();
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let part = |from: usize, width: usize| qkv.clone().narrow(1, from, width);
+        // [S * H, d] -> [H, S, d]
+        let q = rope
+            .rotate_queries(part(0, h * d), d)
+            .reshape([s, h, d])
+            .swap_dims(0, 1);
+        // [S * Hkv, d] -> [Hkv, S, d]
+        let k = rope
+            .rotate_keys(part(h * d, hkv * d), d)
+            .reshape([s, hkv, d])
+            .swap_dims(0, 1);
+        let v = part((h + hkv) * d, hkv * d)
+            .reshape([s, hkv, d])
+            .swap_dims(0, 1);
+        cache.append(k, v, start)?;
+        // [H, S, d]
+        let (out, probabilities) = self.attend(q.clone(), start, cache, request.probabilities)?;
+        let out = out.swap_dims(0, 1).reshape([s, h * d]);
+        Ok(AttentionOutput {
+            output: self.o.forward(out),
+            queries: q,
+            probabilities,
+        })
+    }
+
+    #[cfg(feature = "flex")]
+    /// The CPU fast path: rotary embedding in place on the projection, rows written into
+    /// the cache buffers, and [`cpu::attention`] reading them there.
+    fn forward_host(
+        &self,
+        qkv: burn_flex::FlexTensor,
+        device: &B::Device,
+        start: usize,
+        inv_freq: &[f32],
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+    ) -> Result<AttentionOutput<B>, CacheError> {
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let width = (h + 2 * hkv) * d;
+        let qkv = qkv.to_contiguous();
+        let Some(data) = host::contiguous(&qkv) else {
+            unreachable!("a contiguous copy is contiguous")
+        };
+        let s = data.len() / width;
+        let mut rows = data.to_vec();
+        drop(qkv);
+        cpu::rope_in_place(&mut rows, width, 0, h, inv_freq, start);
+        cpu::rope_in_place(&mut rows, width, h * d, hkv, inv_freq, start);
+        // Queries [S, H, d]; keys and values [Hkv, S, d].
+        let mut q = Vec::with_capacity(s * h * d);
+        let mut k = vec![0.0f32; hkv * s * d];
+        let mut v = vec![0.0f32; hkv * s * d];
+        for (i, row) in rows.chunks_exact(width).enumerate() {
+            q.extend_from_slice(&row[..h * d]);
+            for kv in 0..hkv {
+                let at = (kv * s + i) * d;
+                k[at..at + d].copy_from_slice(&row[(h + kv) * d..(h + kv + 1) * d]);
+                v[at..at + d].copy_from_slice(&row[(h + hkv + kv) * d..(h + hkv + kv + 1) * d]);
+            }
+        }
+        drop(rows);
+        let tensor3 = |data: Vec<f32>, shape: [usize; 3]| -> Tensor<B, 3> {
+            Tensor::from_data(TensorData::new(data, shape), device)
+        };
+        cache.append(tensor3(k, [hkv, s, d]), tensor3(v, [hkv, s, d]), start)?;
+
+        let len = cache.len();
+        let shape = AttentionShape {
+            queries: s,
+            heads: h,
+            kv_heads: hkv,
+            dim: d,
+        };
+        let Some((kb, vb)) = cache.buffers() else {
+            unreachable!("the cache holds the rows just appended")
+        };
+        let (Some(kb), Some(vb)) = (host::flex(kb), host::flex(vb)) else {
+            unreachable!("a host backend's cache lives in host buffers")
+        };
+        let (Some(kd), Some(vd)) = (host::contiguous(&kb), host::contiguous(&vb)) else {
+            unreachable!("cache buffers are contiguous")
+        };
+        let head_stride = cache.capacity() * d;
+        let rows = |data| KvRows {
+            data,
+            head_stride,
+            len,
+            dim: d,
+        };
+        let ranges = VisibleRanges::new(cache.positions(), self.window);
+        let visible = |kv: usize, i: usize| ranges.range(kv, start + i);
+        let mut out = vec![0.0f32; s * h * d];
+        let mut probs = request.probabilities.then(|| vec![0.0f32; h * s * len]);
+        cpu::attention(
+            &q,
+            rows(kd),
+            shape,
+            &visible,
+            Some((rows(vd), &mut out)),
+            probs.as_deref_mut(),
+        );
+        drop((kb, vb));
+        let output = Tensor::from_data(TensorData::new(out, [s, h * d]), device);
+        Ok(AttentionOutput {
+            output: self.o.forward(output),
+            queries: tensor3(q, [s, h, d]).swap_dims(0, 1),
+            probabilities: probs.map(|p| tensor3(p, [h, s, len])),
+        })
+    }
+
+    /// Exact softmax attention of queries `q`: `[H, S, d]` at positions `start..start+S`
+    /// over the cached keys/values (`[Hkv, L, d]`), causal by cached position and limited
+    /// to the sliding window if any, in the generic Burn path. Processes blocks of queries
+    /// so that at most [`MAX_SCORE_ELEMENTS`] scores exist at once, and gives each block
+    /// only the key range it can see. Returns `[H, S, d]` and, with `probabilities`, the
+    /// attention `[H, S, L]`.
+    ///
+    /// # Errors
+    /// When the cache is empty.
+    pub fn attend(
+        &self,
+        q: Tensor<B, 3>,
+        start: usize,
+        cache: &LayerCache<B>,
+        probabilities: bool,
+    ) -> Result<(Tensor<B, 3>, Option<Tensor<B, 3>>), CacheError> {
+        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+            return Err(CacheError::Empty);
+        };
+        if !probabilities && let Some(out) = self.attend_fused(q.clone(), start, cache) {
+            return Ok((out, None));
+        }
+        let [h, s, d] = q.dims();
+        let hkv = self.num_kv_heads;
+        let g = h / hkv;
+        let positions = cache.positions();
+        let len = cache.len();
+        let device = q.device();
+        let scale = 1.0 / (d as f64).sqrt();
+        // [Hkv, G, S, d]: query heads h = kv * G + g share KV head kv.
+        let q = (q * scale).reshape([hkv, g, s, d]);
+        let block = (MAX_SCORE_ELEMENTS / (h * len).max(1)).clamp(1, MAX_QUERY_BLOCK);
+        let mut outputs = Vec::with_capacity(s.div_ceil(block));
+        let mut all_probs = Vec::new();
+        for q0 in (0..s).step_by(block) {
+            let c = block.min(s - q0);
+            let (p_first, p_last) = (start + q0, start + q0 + c - 1);
+            // Visible key index range: positions are ascending per head.
+            let lo = match (self.window, probabilities) {
+                (Some(w), false) if p_first >= w => positions
+                    .iter()
+                    .map(|p| p.partition_point(|&j| j <= p_first - w))
+                    .min()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            let hi = if probabilities {
+                len
+            } else {
+                positions
+                    .iter()
+                    .map(|p| p.partition_point(|&j| j <= p_last))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let n = hi - lo;
+            // [Hkv, G*c, d]
+            let qc = q.clone().narrow(2, q0, c).reshape([hkv, g * c, d]);
+            // [Hkv, n, d]
+            let kc = keys.clone().narrow(1, lo, n);
+            let vc = values.clone().narrow(1, lo, n);
+            // [Hkv, G, c, n]
+            let mut scores = qc.matmul(kc.swap_dims(1, 2)).reshape([hkv, g, c, n]);
+            if let Some(bias) = self.mask_bias(positions, lo, hi, p_first, c, &device) {
+                scores = scores + bias;
+            }
+            let probs = activation::softmax(scores, 3).reshape([hkv, g * c, n]);
+            if probabilities {
+                all_probs.push(probs.clone().reshape([h, c, n]));
+            }
+            // [Hkv, G, c, d]
+            outputs.push(probs.matmul(vc).reshape([hkv, g, c, d]));
+        }
+        let probs = probabilities.then(|| Tensor::cat(all_probs, 1));
+        Ok((Tensor::cat(outputs, 2).reshape([h, s, d]), probs))
+    }
+
+    /// The backend's fused attention for multi-token queries in the two common shapes: a
+    /// fresh causal prefill (every KV head caches exactly the positions `start..start+S` of
+    /// the queries, no window cutting in) and queries that see every cached key.
+    /// The G query heads of a group read their KV head through a transient broadcast copy;
+    /// the cache itself is never repeated. Returns `None` for any other shape (evicted
+    /// caches with a mask, sliding windows that cut), which [`Attention::attend`] handles.
+    fn attend_fused(
+        &self,
+        q: Tensor<B, 3>,
+        start: usize,
+        cache: &LayerCache<B>,
+    ) -> Option<Tensor<B, 3>> {
+        let [h, s, d] = q.dims();
+        let (hkv, len) = (self.num_kv_heads, cache.len());
+        let positions = cache.positions();
+        let q_last = start + s - 1;
+        let in_window = |j: usize| self.window.is_none_or(|w| j + w > q_last);
+        let all_visible = positions
+            .iter()
+            .flatten()
+            .all(|&j| j <= start && in_window(j));
+        let fresh_causal = len == s
+            && positions
+                .iter()
+                .all(|p| p.first() == Some(&start) && p.last() == Some(&q_last))
+            && in_window(start);
+        // Single-query decoding is faster through the plain matmul path.
+        if s == 1 || !(all_visible || fresh_causal) {
+            return None;
+        }
+        let (keys, values) = (cache.keys()?, cache.values()?);
+        // [1, H, len, d]: KV head kv serves query heads kv*G..(kv+1)*G.
+        let repeat = |t: Tensor<B, 3>| {
+            t.unsqueeze_dim::<4>(1)
+                .expand([hkv, h / hkv, len, d])
+                .reshape([1, h, len, d])
+        };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: !all_visible,
+        };
+        let (q, k, v) = (q.reshape([1, h, s, d]), repeat(keys), repeat(values));
+        let attention = |q, k, v| burn::tensor::module::attention(q, k, v, None, None, options);
+        if all_visible || s <= CAUSAL_QUERY_BLOCK {
+            return Some(attention(q, k, v).reshape([h, s, d]));
+        }
+        // Causal prefill in query blocks: block q0..q0+c sees keys 0..q0+c (causal offset
+        // q0), so the kernel skips the masked upper triangle (about half the work).
+        let blocks: Vec<Tensor<B, 4>> = (0..s)
+            .step_by(CAUSAL_QUERY_BLOCK)
+            .map(|q0| {
+                let c = CAUSAL_QUERY_BLOCK.min(s - q0);
+                attention(
+                    q.clone().narrow(2, q0, c),
+                    k.clone().narrow(2, 0, q0 + c),
+                    v.clone().narrow(2, 0, q0 + c),
+                )
+            })
+            .collect();
+        Some(Tensor::cat(blocks, 2).reshape([h, s, d]))
+    }
+
+    /// Additive mask `[Hkv or 1, 1, c, n]` (0 or -inf) for queries at `p_first..p_first+c`
+    /// over key indices `lo..hi`, or `None` when every key is visible to every query.
+    fn mask_bias(
+        &self,
+        positions: &[Vec<usize>],
+        lo: usize,
+        hi: usize,
+        p_first: usize,
+        c: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4>> {
+        let visible = |q: usize, j: usize| j <= q && self.window.is_none_or(|w| j + w > q);
+        let p_last = p_first + c - 1;
+        let all_visible = positions.iter().all(|p| {
+            p[lo..hi]
+                .iter()
+                .all(|&j| visible(p_first, j) && visible(p_last, j))
+        });
+        if all_visible {
+            return None;
+        }
+        let same = positions.iter().all(|p| p[lo..hi] == positions[0][lo..hi]);
+        let heads = if same { 1 } else { positions.len() };
+        let n = hi - lo;
+        let mut bias = Vec::with_capacity(heads * c * n);
+        for p in &positions[..heads] {
+            for q in p_first..=p_last {
+                bias.extend(p[lo..hi].iter().map(|&j| {
+                    if visible(q, j) {
+                        0.0f32
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                }));
+            }
+        }
+        Some(Tensor::from_data(
+            TensorData::new(bias, [heads, 1, c, n]),
+            device,
+        ))
+    }
+}
+
+#[cfg(feature = "flex")]
+/// The row range each query sees in each KV head, from the heads' ascending cached
+/// positions: causal (`j <= p`) and, with a sliding window `w`, `j > p - w`. Heads whose
+/// positions are consecutive answer by arithmetic, the others by binary search.
+struct VisibleRanges<'a> {
+    positions: &'a [Vec<usize>],
+    /// Per head: the first position when the head's positions are consecutive.
+    consecutive_from: Vec<Option<usize>>,
+    window: Option<usize>,
+}
+
+#[cfg(feature = "flex")]
+impl<'a> VisibleRanges<'a> {
+    fn new(positions: &'a [Vec<usize>], window: Option<usize>) -> Self {
+        let consecutive_from = positions
+            .iter()
+            .map(|p| match (p.first(), p.last()) {
+                (Some(&a), Some(&b)) if b - a + 1 == p.len() => Some(a),
+                _ => None,
+            })
+            .collect();
+        Self {
+            positions,
+            consecutive_from,
+            window,
+        }
+    }
+
+    /// Rows `lo..hi` of KV head `kv` visible to a query at absolute position `p`.
+    fn range(&self, kv: usize, p: usize) -> (usize, usize) {
+        let pos = &self.positions[kv];
+        // Number of cached positions `<= x`.
+        let count = |x: usize| match self.consecutive_from[kv] {
+            Some(first) => (x + 1).saturating_sub(first).min(pos.len()),
+            None => pos.partition_point(|&j| j <= x),
+        };
+        let hi = count(p);
+        let lo = match self.window {
+            Some(w) if p >= w => count(p - w),
+            _ => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}

@@ -1,0 +1,47 @@
+//! The pre-norm decoder layer.
+
+use burn::tensor::{Tensor, backend::Backend};
+use cake_core::{CacheError, LayerCache};
+
+use super::{Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
+
+/// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_norm: RmsNorm<B>,
+    /// Self-attention.
+    pub attention: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_norm: RmsNorm<B>,
+    /// Feed-forward.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// `x`: `[S, hidden]` at positions `start..start + S` -> the layer's output
+    /// `[S, hidden]` and the attention's output with what `request` asked of it; appends
+    /// this layer's keys/values to `cache`.
+    ///
+    /// # Errors
+    /// When the cache rejects the new rows.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+    ) -> Result<(Tensor<B, 2>, AttentionOutput<B>), CacheError> {
+        let attn = self.attention.forward(
+            self.input_norm.forward(x.clone()),
+            start,
+            rope,
+            cache,
+            request,
+        )?;
+        let x = x + attn.output.clone();
+        let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
+        Ok((x, attn))
+    }
+}

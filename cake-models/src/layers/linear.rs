@@ -1,0 +1,130 @@
+//! Linear projections and RMS normalisation.
+
+#[cfg(feature = "flex")]
+use burn::tensor::TensorData;
+use burn::tensor::{Tensor, backend::Backend};
+#[cfg(feature = "flex")]
+use cake_core::host;
+
+#[cfg(feature = "flex")]
+use crate::cpu;
+
+/// `y = x W^T + b` with `W` stored `[out, in]` (PyTorch's layout): at decoding each
+/// output is a contiguous dot product, the layout a GEMV reads at memory speed.
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    /// `[out, in]`
+    pub weight: Tensor<B, 2>,
+    /// `[out]`
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// `x`: `[S, in]` -> `[S, out]`. One row on the CPU backend runs the threaded GEMV;
+    /// anything else one matrix product (the transposed weight is a view, not a copy).
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if x.dims()[0] == 1
+            && let Some(y) = self.gemv_host(&x)
+        {
+            return y;
+        }
+        let y = x.matmul(self.weight.clone().transpose());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
+            None => y,
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Stacks projections of the same input into one (`[sum out, in]`), so that one
+    /// product computes them all; outputs come in the order given. Biases are kept when
+    /// every part has one.
+    pub fn fuse(parts: Vec<Linear<B>>) -> Linear<B> {
+        let with_bias = parts.iter().all(|p| p.bias.is_some());
+        let (weights, biases): (Vec<_>, Vec<_>) =
+            parts.into_iter().map(|p| (p.weight, p.bias)).unzip();
+        Linear {
+            weight: Tensor::cat(weights, 0),
+            bias: with_bias.then(|| Tensor::cat(biases.into_iter().flatten().collect(), 0)),
+        }
+    }
+
+    /// Without the CPU backend there is no host path.
+    #[cfg(not(feature = "flex"))]
+    fn gemv_host(&self, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        None
+    }
+
+    /// `[1, in]` -> `[1, out]` by [`cpu::gemv`] on the host buffers; `None` on other
+    /// backends or layouts.
+    #[cfg(feature = "flex")]
+    fn gemv_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        let w = host::flex(&self.weight)?;
+        let w = host::contiguous(&w)?;
+        let x = host::flex(x)?.to_contiguous();
+        let x = host::contiguous(&x)?;
+        let bias = match &self.bias {
+            Some(b) => Some(host::flex(b)?),
+            None => None,
+        };
+        let bias = match &bias {
+            Some(b) => Some(host::contiguous(b)?),
+            None => None,
+        };
+        let out = self.out_features();
+        let mut y = vec![0.0f32; out];
+        cpu::gemv(w, x, bias, &mut y);
+        Some(Tensor::from_data(
+            TensorData::new(y, [1, out]),
+            &self.weight.device(),
+        ))
+    }
+}
+
+/// Root-mean-square normalisation: `weight * (x / sqrt(mean(x^2) + eps))`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm<B: Backend> {
+    /// `[hidden]`
+    pub weight: Tensor<B, 1>,
+    /// Added to the mean square.
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// `x`: `[S, hidden]` -> `[S, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        if let Some(y) = self.forward_host(&x) {
+            return y;
+        }
+        // [S, 1]
+        let inv_rms = (x.clone().powi_scalar(2).mean_dim(1) + self.eps)
+            .sqrt()
+            .recip();
+        x * inv_rms * self.weight.clone().unsqueeze_dim::<2>(0)
+    }
+
+    /// Without the CPU backend there is no host path.
+    #[cfg(not(feature = "flex"))]
+    fn forward_host(&self, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        None
+    }
+
+    /// The CPU fast path: one pass per row on the host buffer.
+    #[cfg(feature = "flex")]
+    fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        let w = host::flex(&self.weight)?;
+        let w = host::contiguous(&w)?;
+        let xs = host::flex(x)?.to_contiguous();
+        let xs = host::contiguous(&xs)?;
+        let mut out = vec![0.0f32; xs.len()];
+        cpu::rms_norm(xs, w, self.eps as f32, &mut out);
+        Some(Tensor::from_data(
+            TensorData::new(out, x.dims()),
+            &x.device(),
+        ))
+    }
+}
