@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cake_models::cpu::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),

@@ -21,6 +21,7 @@ fn prompt(len: usize) -> Vec<u32> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    cake_models::cpu::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let path = cake_models::fetch::resolve_model(
         args.get(1).map(String::as_str).filter(|s| !s.is_empty()),

@@ -15,6 +15,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Output rows per GEMV task: large enough to amortise scheduling, small enough to
 /// balance two to sixteen threads.
 const GEMV_ROWS_PER_TASK: usize = 128;
@@ -28,9 +35,18 @@ pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
         .enumerate()
         .for_each(|(c, out)| {
             let o0 = c * GEMV_ROWS_PER_TASK;
-            for (i, y) in out.iter_mut().enumerate() {
-                let row = &w[(o0 + i) * inp..(o0 + i + 1) * inp];
-                *y = simd::dot(row, x) + bias.map_or(0.0, |b| b[o0 + i]);
+            let done = out.len() / 4 * 4;
+            let mut quads = out.chunks_exact_mut(4);
+            for (q, y4) in (&mut quads).enumerate() {
+                let o = o0 + 4 * q;
+                let dots = simd::dot4(&w[o * inp..(o + 4) * inp], x);
+                for (r, y) in y4.iter_mut().enumerate() {
+                    *y = dots[r] + bias.map_or(0.0, |b| b[o + r]);
+                }
+            }
+            for (i, y) in quads.into_remainder().iter_mut().enumerate() {
+                let o = o0 + done + i;
+                *y = simd::dot(&w[o * inp..(o + 1) * inp], x) + bias.map_or(0.0, |b| b[o]);
             }
         });
 }
@@ -71,6 +87,10 @@ pub struct AttentionShape {
 
 /// Query rows per prefill task (a multiple of the matrix kernels' tiles).
 const QUERY_BLOCK: usize = 64;
+/// Query rows per task of the tiled (flash) kernel.
+const FLASH_QUERY_BLOCK: usize = 128;
+/// Keys per tile of the tiled kernel: a `[128, 256]` score tile stays in L2.
+const FLASH_KEY_TILE: usize = 256;
 /// Keys per decode task.
 const KEY_CHUNK: usize = 256;
 
@@ -108,10 +128,10 @@ pub fn attention(
     if let Some(p) = &probs {
         assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
     }
-    if s == 1 {
-        decode_attention(q, keys, shape, visible, output, probs);
-    } else {
-        block_attention(q, keys, shape, visible, output, probs);
+    match (output, probs) {
+        (output, probs) if s == 1 => decode_attention(q, keys, shape, visible, output, probs),
+        (Some(output), None) => flash_attention(q, keys, shape, visible, output),
+        (output, probs) => block_attention(q, keys, shape, visible, output, probs),
     }
 }
 
@@ -223,6 +243,131 @@ fn block_attention(
                     dst.fill(0.0);
                     dst[lo..hi].copy_from_slice(&scores[r * n..(r + 1) * n]);
                 }
+            }
+        }
+    });
+}
+
+/// Several queries, output only: flash-attention tiling. One task per (query head, block
+/// of [`FLASH_QUERY_BLOCK`] queries) walks the visible keys in tiles of
+/// [`FLASH_KEY_TILE`] with an online softmax (running max and sum per query, the output
+/// rescaled when the max grows), so scores never leave the cache and keys past the
+/// block's causal limit are never touched.
+fn flash_attention(
+    q: &[f32],
+    keys: KvRows<'_>,
+    shape: AttentionShape,
+    visible: Visible<'_>,
+    (values, out): (KvRows<'_>, &mut [f32]),
+) {
+    let AttentionShape {
+        queries: s,
+        heads: h,
+        kv_heads: hkv,
+        dim: d,
+    } = shape;
+    let group = h / hkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let blocks = s.div_ceil(FLASH_QUERY_BLOCK);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..h * blocks).into_par_iter().for_each(|task| {
+        let (head, block) = (task / blocks, task % blocks);
+        let kv = head / group;
+        let i0 = block * FLASH_QUERY_BLOCK;
+        let rows = FLASH_QUERY_BLOCK.min(s - i0);
+        let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+        let mut max = vec![f32::NEG_INFINITY; rows];
+        let mut sum = vec![0.0f32; rows];
+        // [rows, d] unnormalised output.
+        let mut acc = vec![0.0f32; rows * d];
+        let mut tile = vec![0.0f32; rows * FLASH_KEY_TILE];
+        for k0 in (lo..hi).step_by(FLASH_KEY_TILE) {
+            let n = FLASH_KEY_TILE.min(hi - k0);
+            let scores = &mut tile[..rows * n];
+            // SAFETY: queries i0..i0+rows of head `head` (row stride H*d), keys
+            // k0..k0+n of KV head `kv` read as [d, n], and the [rows, n] tile.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    q.as_ptr().add((i0 * h + head) * d),
+                    1,
+                    (h * d) as isize,
+                    keys.data.as_ptr().add(kv * keys.head_stride + k0 * d),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (r, &(a, b)) in ranges.iter().enumerate() {
+                let row = &mut scores[r * n..(r + 1) * n];
+                let (a, b) = (a.clamp(k0, k0 + n) - k0, b.clamp(k0, k0 + n) - k0);
+                if a >= b {
+                    row.fill(0.0);
+                    continue;
+                }
+                let tile_max = row[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = max[r].max(tile_max);
+                let correction = if max[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (max[r] - new_max).exp()
+                };
+                let tile_sum = simd::exp_sub(&mut row[a..b], new_max);
+                row[..a].fill(0.0);
+                row[b..].fill(0.0);
+                sum[r] = sum[r] * correction + tile_sum;
+                if correction != 1.0 {
+                    simd::scale(&mut acc[r * d..(r + 1) * d], correction);
+                }
+                max[r] = new_max;
+            }
+            // SAFETY: the [rows, n] probabilities, values k0..k0+n of KV head `kv`
+            // ([n, d]), and the task's own [rows, d] accumulator.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d,
+                    n,
+                    acc.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    true,
+                    scores.as_ptr(),
+                    1,
+                    n as isize,
+                    values.data.as_ptr().add(kv * values.head_stride + k0 * d),
+                    1,
+                    d as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for r in 0..rows {
+            let inv = if sum[r] > 0.0 { 1.0 / sum[r] } else { 0.0 };
+            // SAFETY: this task alone writes query row i0 + r of head `head`.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.ptr().add(((i0 + r) * h + head) * d), d)
+            };
+            for (o, &a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+                *o = a * inv;
             }
         }
     });
@@ -436,6 +581,22 @@ mod tests {
         for (a, b) in probs.iter().zip(&want_probs) {
             assert!((a - b).abs() < 2e-6, "prob {a} vs {b} (s={s} len={len})");
         }
+        // Output only: the tiled kernel for several queries.
+        let mut tiled = vec![0.0; s * h * d];
+        attention(
+            &q,
+            rows(&k, len, d),
+            shape,
+            &visible,
+            Some((rows(&v, len, d), &mut tiled)),
+            None,
+        );
+        for (a, b) in tiled.iter().zip(&want_out) {
+            assert!(
+                (a - b).abs() < 2e-5,
+                "tiled out {a} vs {b} (s={s} len={len})"
+            );
+        }
     }
 
     /// Row-block and split-key attention equal the f64 reference, with GQA, causal and
@@ -447,6 +608,8 @@ mod tests {
         check(1, 4, 4, 8, 600, Some(100));
         check(70, 6, 3, 16, 70, None);
         check(130, 4, 1, 32, 300, Some(50));
+        check(300, 2, 1, 16, 900, None);
+        check(260, 2, 2, 8, 1000, Some(300));
     }
 
     /// The GEMV equals per-row dot products plus bias.

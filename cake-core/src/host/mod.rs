@@ -153,3 +153,21 @@ pub fn attention_probabilities<B: Backend>(
         &device,
     ))
 }
+
+/// The machine's read bandwidth in bytes per second: the best of `rounds` passes of all
+/// threads summing a `bytes`-sized buffer (far larger than the caches), the bound a
+/// memory-bound decoding step cannot beat.
+pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1.0f32; (bytes / 4).max(1 << 16)];
+    let chunk = data.len().div_ceil(rayon::current_num_threads().max(1) * 4);
+    let mut best = f64::INFINITY;
+    let mut checksum = 0.0f32;
+    for _ in 0..rounds.max(1) {
+        let start = std::time::Instant::now();
+        checksum += data.par_chunks(chunk).map(|c| simd::dot(c, c)).sum::<f32>();
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(checksum);
+    (data.len() * 4) as f64 / best
+}

@@ -20,6 +20,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     scalar::dot(a, b)
 }
 
+/// Four dot products of rows `w[r * n..(r + 1) * n]` (`r < 4`, `n = x.len()`) with `x`:
+/// one pass over `x` serves four weight rows (the GEMV's inner kernel).
+pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    assert!(w.len() >= 4 * n, "four rows of x.len()");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`; `w` holds four rows of `n` (checked above).
+        return unsafe { x86::dot4(w, x) };
+    }
+    [0, 1, 2, 3].map(|r| scalar::dot(&w[r * n..(r + 1) * n], x))
+}
+
 /// `y[i] += a * x[i]` over the common length.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -44,6 +57,27 @@ pub fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
         return (max, unsafe { x86::exp_shifted(row, max) });
     }
     (max, scalar::exp_shifted(row, max))
+}
+
+/// SwiGLU's middle: `out[i] = silu(gate[i]) * up[i]` with `silu(g) = g / (1 + exp(-g))`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`.
+        return unsafe { x86::silu_mul(gate, up, out) };
+    }
+    scalar::silu_mul(gate, up, out)
+}
+
+/// In place: `row = exp(row - max)` for a given `max` (at least the row's maximum);
+/// returns the sum of the exponentials.
+pub fn exp_sub(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`.
+        return unsafe { x86::exp_shifted(row, max) };
+    }
+    scalar::exp_shifted(row, max)
 }
 
 /// In place: `row *= a`.
@@ -86,6 +120,13 @@ pub mod scalar {
     pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (y, x) in y.iter_mut().zip(x) {
             *y += a * x;
+        }
+    }
+
+    /// See [`super::silu_mul`].
+    pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
         }
     }
 
@@ -147,6 +188,32 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
+        let n = x.len();
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: i + 8 <= n bounds x, and row r's elements r * n + i.. bound w (4n long).
+        unsafe {
+            while i + 8 <= n {
+                let xv = _mm256_loadu_ps(px.add(i));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(r * n + i)), xv, *acc);
+                }
+                i += 8;
+            }
+        }
+        let mut out = [0.0f32; 4];
+        for r in 0..4 {
+            out[r] = hsum(acc[r]);
+            for j in i..n {
+                out[r] += w[r * n + j] * x[j];
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         let n = y.len().min(x.len());
         let (py, px) = (y.as_mut_ptr(), x.as_ptr());
@@ -196,6 +263,27 @@ mod x86 {
             _mm256_set1_epi32(127),
         ));
         _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let (pg, pu, po) = (gate.as_ptr(), up.as_ptr(), out.as_mut_ptr());
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        // SAFETY: i + 8 <= n bounds the three slices.
+        unsafe {
+            while i + 8 <= n {
+                let g = _mm256_loadu_ps(pg.add(i));
+                let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+                let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(po.add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(pu.add(i))));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            out[j] = gate[j] / (1.0 + (-gate[j]).exp()) * up[j];
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -269,6 +357,20 @@ mod tests {
                     (u - v).abs() <= 1e-6 * v.max(1e-30),
                     "exp n={n}: {u} vs {v}"
                 );
+            }
+        }
+    }
+
+    /// The vector SwiGLU middle equals the scalar one.
+    #[test]
+    fn silu_mul_matches_scalar() {
+        for n in [0, 5, 8, 29, 100] {
+            let (g, u) = (data(n, 0.3), data(n, 1.1));
+            let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
+            silu_mul(&g, &u, &mut a);
+            scalar::silu_mul(&g, &u, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "n={n}: {x} vs {y}");
             }
         }
     }
