@@ -53,6 +53,10 @@ pub struct PolicyArgs {
     /// Decoding-time eviction: policy (fixed size) or none (cache grows) [default: policy]
     #[arg(long)]
     pub decode_evict: Option<String>,
+    /// Amortised decoding eviction: hold up to budget + window + N tokens, then drop N + 1
+    /// at once [default: 0, the paper's one token per step]
+    #[arg(long, value_name = "N")]
+    pub decode_slack: Option<usize>,
     /// StreamingLLM attention sinks [default: 4]
     #[arg(long)]
     pub sinks: Option<usize>,
@@ -84,10 +88,13 @@ const SETTINGS_KEYS: [&str; 5] = ["model", "policy", "allocator", "scorer", "sco
 
 /// The field names of [`PolicyConfig`].
 fn policy_keys() -> Vec<String> {
-    match serde_json::to_value(PolicyConfig::default()) {
+    let mut keys = match serde_json::to_value(PolicyConfig::default()) {
         Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
         _ => Vec::new(),
-    }
+    };
+    // Serialised only when set (see PolicyConfig::decode_slack).
+    keys.push("decode_slack".to_string());
+    keys
 }
 
 /// Rejects unknown keys of a settings file, naming the file and the known keys.
@@ -139,7 +146,7 @@ impl Settings {
                 .prefix_separator("_")
                 .try_parsing(true),
         );
-        let overrides: [(&str, Option<config::Value>); 14] = [
+        let overrides: [(&str, Option<config::Value>); 15] = [
             ("model", model_flag.map(Into::into)),
             ("policy", args.policy.clone().map(Into::into)),
             ("allocator", args.allocator.clone().map(Into::into)),
@@ -158,6 +165,10 @@ impl Settings {
             ("gamma", args.gamma.map(Into::into)),
             ("pool_kernel", args.pool_kernel.map(|v| (v as u64).into())),
             ("decode_evict", args.decode_evict.clone().map(Into::into)),
+            (
+                "decode_slack",
+                args.decode_slack.map(|v| (v as u64).into()),
+            ),
             ("sinks", args.sinks.map(|v| (v as u64).into())),
         ];
         for (key, value) in overrides {
@@ -232,6 +243,9 @@ impl Settings {
         label.push_str(&format!("-w{}", self.cache.window));
         if !self.cache.cascading {
             label.push_str("-oneshot");
+        }
+        if self.cache.decode_slack > 0 {
+            label.push_str(&format!("-slack{}", self.cache.decode_slack));
         }
         label
     }

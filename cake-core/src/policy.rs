@@ -49,12 +49,18 @@ pub struct PolicyConfig {
     pub decode_evict: DecodeEviction,
     /// Amortised decoding eviction: a layer may hold up to `budget + w + decode_slack`
     /// tokens and then drops `decode_slack + 1` at once (0, the default, is the paper's
-    /// one-token-per-step rule).
+    /// one-token-per-step rule). Not serialised when 0, so that settings written before
+    /// it existed keep their identity.
+    #[serde(skip_serializing_if = "is_zero")]
     pub decode_slack: usize,
     /// StreamingLLM's attention sinks.
     pub sinks: usize,
     /// PyramidKV's beta.
     pub beta: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for PolicyConfig {

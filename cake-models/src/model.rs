@@ -168,6 +168,30 @@ impl<B: Backend> Model<B> {
         self.layers.len()
     }
 
+    /// Bytes of weights one decoding step reads: every layer's projections and norms and
+    /// the output head (the one embedding row it looks up is not counted).
+    pub fn decode_weight_bytes(&self) -> usize {
+        fn bytes<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
+            t.shape().num_elements() * t.dtype().size()
+        }
+        fn linear<B: Backend>(l: &Linear<B>) -> usize {
+            bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes)
+        }
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                linear(&l.attention.qkv)
+                    + linear(&l.attention.o)
+                    + linear(&l.mlp.gate_up)
+                    + linear(&l.mlp.down)
+                    + bytes(&l.input_norm.weight)
+                    + bytes(&l.post_attention_norm.weight)
+            })
+            .sum();
+        layers + bytes(&self.norm.weight) + linear(&self.lm_head)
+    }
+
     /// One empty cache per layer.
     pub fn new_caches(&self) -> Vec<LayerCache<B>> {
         (0..self.layers.len()).map(|_| LayerCache::new()).collect()

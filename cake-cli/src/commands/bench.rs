@@ -66,6 +66,9 @@ pub struct BenchRow {
     pub kv_bytes_peak_prefill: usize,
     /// K/V bytes held after the prefill (what decoding attends over).
     pub kv_bytes_after_prefill: usize,
+    /// Bytes-moved bound of one decoding step: (weights + K/V held after prefill) read at
+    /// the measured bandwidth; `None` when the bandwidth was not measured (GPU backends).
+    pub decode_bound_ms: Option<f64>,
 }
 
 /// Runs `cake bench`.
@@ -109,6 +112,17 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             (session.model, session.name, eos)
         }
     };
+    // The CPU backend's decode is memory-bound: measure what memory can deliver.
+    let bandwidth = cake_core::host::is_flex::<B>().then(|| {
+        let bytes_per_s = cake_core::host::read_bandwidth(512 << 20, 5);
+        eprintln!(
+            "read bandwidth {:.1} GB/s; weights read per decoding step {:.1} MB",
+            bytes_per_s / 1e9,
+            model.decode_weight_bytes() as f64 / 1e6
+        );
+        bytes_per_s
+    });
+    let weight_bytes = model.decode_weight_bytes();
     let mut methods = vec!["full".to_string()];
     methods.extend(args.policies.iter().filter(|p| *p != "full").cloned());
     let steps = args.decode_steps.max(1);
@@ -142,6 +156,9 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                 decode_ms_per_token: median_ms(&output.decode_step_times),
                 kv_bytes_peak_prefill: output.kv_bytes_peak_prefill,
                 kv_bytes_after_prefill: output.kv_bytes_after_prefill,
+                decode_bound_ms: bandwidth.map(|bw| {
+                    (weight_bytes + output.kv_bytes_after_prefill) as f64 / bw * 1e3
+                }),
             };
             eprintln!(
                 "context {context:>6} {:<24} prefill {:>9.1} ms  decode {:>7.2} ms/token",
@@ -202,12 +219,15 @@ fn base_full(base: &Settings) -> Settings {
     s
 }
 
-/// The latency/memory table with ratios to the full cache at the same context.
+/// The latency/memory table with ratios to the full cache at the same context, and each
+/// decode figure next to its bytes-moved bound (weights + K/V held, at the measured
+/// bandwidth).
 pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
     use std::fmt::Write as _;
     let mut md = format!(
-        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | decode ms/token | decode speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
+    let or_dash = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for row in rows {
         let full = rows
             .iter()
@@ -215,18 +235,28 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         let speedup = full.map_or(1.0, |f| {
             f.decode_ms_per_token / row.decode_ms_per_token.max(1e-9)
         });
+        let bound_speedup = full
+            .and_then(|f| f.decode_bound_ms.zip(row.decode_bound_ms))
+            .map(|(f, r)| f / r.max(1e-9));
         let memory = full.map_or(1.0, |f| {
             row.kv_bytes_after_prefill as f64 / f.kv_bytes_after_prefill.max(1) as f64
         });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.1}% |",
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {} | {} | {:.2}x | {} | {:.2} | {:.2} | {:.1}% |",
             row.context,
             row.policy,
             row.prefill_ms,
             row.prefill_tokens_per_s,
             row.decode_ms_per_token,
+            or_dash(row.decode_bound_ms, 2),
+            or_dash(
+                row.decode_bound_ms
+                    .map(|b| row.decode_ms_per_token / b.max(1e-9)),
+                2
+            ),
             speedup,
+            bound_speedup.map_or("-".to_string(), |b| format!("{b:.2}x")),
             row.kv_bytes_peak_prefill as f64 / 1048576.0,
             row.kv_bytes_after_prefill as f64 / 1048576.0,
             memory * 100.0
