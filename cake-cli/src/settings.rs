@@ -165,10 +165,7 @@ impl Settings {
             ("gamma", args.gamma.map(Into::into)),
             ("pool_kernel", args.pool_kernel.map(|v| (v as u64).into())),
             ("decode_evict", args.decode_evict.clone().map(Into::into)),
-            (
-                "decode_slack",
-                args.decode_slack.map(|v| (v as u64).into()),
-            ),
+            ("decode_slack", args.decode_slack.map(|v| (v as u64).into())),
             ("sinks", args.sinks.map(|v| (v as u64).into())),
         ];
         for (key, value) in overrides {

@@ -171,6 +171,10 @@ pub fn pool_prefix<B: Backend>(
     if kernel <= 1 || candidates == 0 {
         return scores;
     }
+    #[cfg(feature = "flex")]
+    if let Some(pooled) = crate::host::pool_prefix(&scores, candidates, kernel) {
+        return pooled;
+    }
     if candidates == n {
         return avg_pool(scores, kernel);
     }
@@ -185,6 +189,10 @@ pub fn group_mean<B: Backend>(scores: Tensor<B, 2>, num_kv_heads: usize) -> Tens
     let kv = num_kv_heads.max(1);
     if kv == heads {
         return scores;
+    }
+    #[cfg(feature = "flex")]
+    if let Some(mean) = crate::host::group_mean(&scores, kv) {
+        return mean;
     }
     scores
         .reshape([kv, heads / kv, n])

@@ -156,9 +156,8 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                 decode_ms_per_token: median_ms(&output.decode_step_times),
                 kv_bytes_peak_prefill: output.kv_bytes_peak_prefill,
                 kv_bytes_after_prefill: output.kv_bytes_after_prefill,
-                decode_bound_ms: bandwidth.map(|bw| {
-                    (weight_bytes + output.kv_bytes_after_prefill) as f64 / bw * 1e3
-                }),
+                decode_bound_ms: bandwidth
+                    .map(|bw| (weight_bytes + output.kv_bytes_after_prefill) as f64 / bw * 1e3),
             };
             eprintln!(
                 "context {context:>6} {:<24} prefill {:>9.1} ms  decode {:>7.2} ms/token",
@@ -227,7 +226,8 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
     let mut md = format!(
         "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
-    let or_dash = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let or_dash =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for row in rows {
         let full = rows
             .iter()

@@ -171,3 +171,63 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
     std::hint::black_box(checksum);
     (data.len() * 4) as f64 / best
 }
+
+/// The rows of a 2-D host tensor as one contiguous `[R * N]` vector (a copy).
+fn rows2<B: Backend>(t: &Tensor<B, 2>) -> Option<Vec<f32>> {
+    let host = flex(t)?.to_contiguous();
+    Some(contiguous(&host)?.to_vec())
+}
+
+/// [`crate::stats::pool_prefix`] on the host: `[R, N]`, the first `candidates` columns
+/// average-pooled (width `kernel`, zero padding at their edges, divided by `kernel`).
+pub fn pool_prefix<B: Backend>(
+    scores: &Tensor<B, 2>,
+    candidates: usize,
+    kernel: usize,
+) -> Option<Tensor<B, 2>> {
+    let [rows, n] = scores.dims();
+    let data = rows2(scores)?;
+    let candidates = candidates.min(n);
+    let half = kernel / 2;
+    let mut out = data.clone();
+    for r in 0..rows {
+        let row = &data[r * n..r * n + candidates];
+        let dst = &mut out[r * n..r * n + candidates];
+        for (j, o) in dst.iter_mut().enumerate() {
+            let lo = j.saturating_sub(half);
+            let hi = (j + half + 1).min(candidates);
+            *o = row[lo..hi].iter().sum::<f32>() / kernel as f32;
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [rows, n]),
+        &scores.device(),
+    ))
+}
+
+/// [`crate::stats::group_mean`] on the host: `[H, N] -> [Hkv, N]`, the mean over each KV
+/// head's `H / Hkv` query heads.
+pub fn group_mean<B: Backend>(scores: &Tensor<B, 2>, kv_heads: usize) -> Option<Tensor<B, 2>> {
+    let [heads, n] = scores.dims();
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return None;
+    }
+    let data = rows2(scores)?;
+    let group = heads / kv_heads;
+    let mut out = vec![0.0f32; kv_heads * n];
+    for (kv, dst) in out.chunks_exact_mut(n.max(1)).enumerate().take(kv_heads) {
+        for g in 0..group {
+            let row = &data[(kv * group + g) * n..(kv * group + g + 1) * n];
+            for (o, &x) in dst.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+        for o in dst.iter_mut() {
+            *o /= group as f32;
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [kv_heads, n]),
+        &scores.device(),
+    ))
+}
