@@ -98,6 +98,7 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
     if prefix == 0 || w == 0 {
         return LayerPreference::default();
     }
+
     // [H, w, S - w]
     let a = attn.clone().narrow(2, 0, prefix);
     let entropy = -(a.clone() * a.clone().add_scalar(1e-10).log())
@@ -115,6 +116,10 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
 /// Per-query-head statistic `mean_q A + gamma * var_q A` over the window queries
 /// (unbiased variance, 0 when `w < 2`): `[H, w, N] -> [H, N]` (section 3, before pooling).
 pub fn mean_plus_var<B: Backend>(attn: Tensor<B, 3>, gamma: f64) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(stat) = crate::host::mean_plus_var(&attn, gamma) {
+        return stat;
+    }
     let [heads, w, n] = attn.dims();
     let out = if w >= 2 && gamma != 0.0 {
         let (var, mean) = unbiased_var_mean(attn);

@@ -231,3 +231,36 @@ pub fn group_mean<B: Backend>(scores: &Tensor<B, 2>, kv_heads: usize) -> Option<
         &scores.device(),
     ))
 }
+
+/// [`crate::stats::mean_plus_var`] on the host: `[H, w, N] -> [H, N]`,
+/// `mean_q A + gamma * var_q A` (unbiased, clamped at 0; the mean alone when `w < 2`).
+pub fn mean_plus_var<B: Backend>(attn: &Tensor<B, 3>, gamma: f64) -> Option<Tensor<B, 2>> {
+    let [heads, w, n] = attn.dims();
+    let host = flex(attn)?.to_contiguous();
+    let data = contiguous(&host)?;
+    let mut out = vec![0.0f32; heads * n];
+    let wf = w as f32;
+    for (h, dst) in out.chunks_exact_mut(n.max(1)).enumerate().take(heads) {
+        let block = &data[h * w * n..(h + 1) * w * n];
+        let mut sum_sq = vec![0.0f32; n];
+        for row in block.chunks_exact(n) {
+            for ((o, q), &a) in dst.iter_mut().zip(sum_sq.iter_mut()).zip(row) {
+                *o += a;
+                *q += a * a;
+            }
+        }
+        for (o, q) in dst.iter_mut().zip(&sum_sq) {
+            let mean = *o / wf;
+            *o = if w >= 2 && gamma != 0.0 {
+                let var = ((q - mean * mean * wf) / (wf - 1.0).max(1.0)).max(0.0);
+                mean + var * gamma as f32
+            } else {
+                mean
+            };
+        }
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [heads, n]),
+        &attn.device(),
+    ))
+}
