@@ -117,13 +117,14 @@ impl<B: Backend> LayerCache<B> {
     }
 
     /// Makes room for `rows` rows per head, growing by blocks (at least a quarter of the
-    /// current capacity, so that appends stay amortised O(1)).
+    /// current capacity, so that appends stay amortised O(1), and one spare block, so that
+    /// the decoding steps right after a prefill write in place).
     fn reserve(&mut self, rows: usize, heads: usize, dim: usize, device: &B::Device) {
         let capacity = self.capacity();
         if rows <= capacity {
             return;
         }
-        let new_capacity = round_up(rows.max(capacity + capacity / 4));
+        let new_capacity = round_up(rows.max(capacity + capacity / 4)) + GROWTH_BLOCK;
         self.resize(new_capacity, heads, dim, device);
     }
 
@@ -354,11 +355,22 @@ fn compact_rows<B: Backend>(
         let (buffer, ran) = crate::host::write_in_place(buffer, |data| {
             for (h, k) in keep.iter().enumerate() {
                 let base = h * capacity;
-                // Ascending sources at or after their destinations: a forward copy is safe.
-                for (i, &j) in k.iter().enumerate().skip(from) {
-                    if i != j {
-                        data.copy_within((base + j) * dim..(base + j + 1) * dim, (base + i) * dim);
+                // Runs of consecutive kept rows move with one copy each; ascending sources
+                // sit at or after their destinations, so forward copies are safe.
+                let mut i = from;
+                while i < k.len() {
+                    let mut end = i + 1;
+                    while end < k.len() && k[end] == k[end - 1] + 1 {
+                        end += 1;
                     }
+                    let (src, rows) = (k[i], end - i);
+                    if src != i {
+                        data.copy_within(
+                            (base + src) * dim..(base + src + rows) * dim,
+                            (base + i) * dim,
+                        );
+                    }
+                    i = end;
                 }
             }
         });

@@ -60,7 +60,10 @@ fn check(window: Option<usize>, evict: bool) {
     let generic = attn
         .forward_generic(qkv, 0, &rope, &mut generic_cache, request)
         .unwrap();
-    assert!(max_diff(host.output, generic.output) < 1e-4, "prefill output");
+    assert!(
+        max_diff(host.output, generic.output) < 1e-4,
+        "prefill output"
+    );
     assert!(max_diff(host.queries, generic.queries) < 1e-5, "queries");
     if evict {
         // Heads keep different rows (and so different positions).
@@ -84,7 +87,10 @@ fn check(window: Option<usize>, evict: bool) {
         let generic = attn
             .forward_generic(attn.qkv.forward(x), pos, &rope, &mut generic_cache, request)
             .unwrap();
-        assert!(max_diff(host.output, generic.output) < 1e-4, "decode output");
+        assert!(
+            max_diff(host.output, generic.output) < 1e-4,
+            "decode output"
+        );
         let (hp, gp) = (host.probabilities.unwrap(), generic.probabilities.unwrap());
         assert!(max_diff(hp.clone(), gp) < 1e-5, "decode probabilities");
         // Probabilities of every query head sum to one over its visible keys.

@@ -430,19 +430,26 @@ fn decode_attention(
                 out: vec![0.0; group * d],
                 exps: vec![0.0; group * n],
             };
-            for g in 0..group {
-                let qh = &q[(kv * group + g) * d..][..d];
-                let row = &mut part.exps[g * n..(g + 1) * n];
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = simd::dot(qh, keys.row(kv, a + j)) * scale;
+            // Scores: each key row is read once for the G query heads of its group.
+            let qs = &q[kv * group * d..(kv + 1) * group * d];
+            let mut dots = vec![0.0f32; group];
+            for j in 0..n {
+                simd::dot_group(qs, keys.row(kv, a + j), &mut dots);
+                for (g, &s) in dots.iter().enumerate() {
+                    part.exps[g * n + j] = s * scale;
                 }
-                let (max, sum) = simd::exp_shifted(row);
+            }
+            for g in 0..group {
+                let (max, sum) = simd::exp_shifted(&mut part.exps[g * n..(g + 1) * n]);
                 part.max[g] = max;
                 part.sum[g] = sum;
-                if let Some(values) = &values {
-                    let o = &mut part.out[g * d..(g + 1) * d];
-                    for (j, &p) in row.iter().enumerate() {
-                        simd::axpy(o, p, values.row(kv, a + j));
+            }
+            // Weighted values: each value row is read once for the G heads.
+            if let Some(values) = &values {
+                for j in 0..n {
+                    let v = values.row(kv, a + j);
+                    for g in 0..group {
+                        simd::axpy(&mut part.out[g * d..(g + 1) * d], part.exps[g * n + j], v);
                     }
                 }
             }

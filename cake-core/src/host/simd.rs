@@ -33,6 +33,15 @@ pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
     [0, 1, 2, 3].map(|r| scalar::dot(&w[r * n..(r + 1) * n], x))
 }
 
+/// Dot products of `G = out.len()` rows of `qs` (`[G, d]`, `d = k.len()`) with `k`: one
+/// read of `k` serves the G query heads of a KV-head group.
+pub fn dot_group(qs: &[f32], k: &[f32], out: &mut [f32]) {
+    let d = k.len();
+    for (o, q) in out.iter_mut().zip(qs.chunks_exact(d)) {
+        *o = dot(q, k);
+    }
+}
+
 /// `y[i] += a * x[i]` over the common length.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
