@@ -270,6 +270,45 @@ fn decoding_without_eviction_grows() {
     );
 }
 
+/// `decode_slack = N`: a layer grows to `budget + w + N` tokens, then drops `N + 1` at
+/// once back to `budget + w` (a saw-tooth of period `N + 1`), keeping the window.
+#[test]
+fn decode_slack_evicts_in_batches() {
+    let slack = 3;
+    let cfg = PolicyConfig {
+        decode_slack: slack,
+        ..config(40, 8, true)
+    };
+    let (mut comp, mut caches) = run("cake", &cfg, SMALL, S, 4);
+    let held: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    let budgets = comp.report(&caches).layers;
+    assert!(
+        budgets.iter().zip(&held).any(|(l, &h)| h == l.budget + 8),
+        "some layer decodes at budget + w"
+    );
+    decode(
+        SMALL,
+        S,
+        12,
+        4,
+        &mut comp,
+        &mut caches,
+        |step, layer, cache| {
+            let keep = budgets[layer].budget + 8;
+            if held[layer] != keep {
+                return; // a layer capped by the prompt may grow to its uncapped share first
+            }
+            assert!(cache.len() <= keep + slack, "never above budget + w + slack");
+            // One token per step; at keep + slack + 1 it falls back to keep.
+            let expected = keep + (step + 1) % (slack + 1);
+            assert_eq!(cache.len(), expected, "layer {layer} step {step}");
+            let pos = &cache.positions()[0];
+            let newest = S + step;
+            assert_eq!(&pos[pos.len() - 8..], &(newest - 7..=newest).collect::<Vec<_>>()[..]);
+        },
+    );
+}
+
 #[test]
 fn a_budget_above_the_prompt_keeps_everything() {
     for name in cake_core::PRESETS {
