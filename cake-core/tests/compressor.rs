@@ -298,13 +298,19 @@ fn decode_slack_evicts_in_batches() {
             if held[layer] != keep {
                 return; // a layer capped by the prompt may grow to its uncapped share first
             }
-            assert!(cache.len() <= keep + slack, "never above budget + w + slack");
+            assert!(
+                cache.len() <= keep + slack,
+                "never above budget + w + slack"
+            );
             // One token per step; at keep + slack + 1 it falls back to keep.
             let expected = keep + (step + 1) % (slack + 1);
             assert_eq!(cache.len(), expected, "layer {layer} step {step}");
             let pos = &cache.positions()[0];
             let newest = S + step;
-            assert_eq!(&pos[pos.len() - 8..], &(newest - 7..=newest).collect::<Vec<_>>()[..]);
+            assert_eq!(
+                &pos[pos.len() - 8..],
+                &(newest - 7..=newest).collect::<Vec<_>>()[..]
+            );
         },
     );
 }

@@ -97,27 +97,46 @@ impl<B: Backend> Model<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            let mut linear = |name: &str, out: usize, inp: usize, bias: bool| {
-                load_linear::<B>(source, &format!("{p}.{name}"), out, inp, bias, device)
-            };
+            let name = |n: &str| format!("{p}.{n}");
             let attention = Attention {
-                qkv: Linear::fuse(vec![
-                    linear("self_attn.q_proj", qd, hid, c.qkv_bias)?,
-                    linear("self_attn.k_proj", kvd, hid, c.qkv_bias)?,
-                    linear("self_attn.v_proj", kvd, hid, c.qkv_bias)?,
-                ]),
-                o: linear("self_attn.o_proj", hid, qd, false)?,
+                qkv: load_linear::<B>(
+                    source,
+                    &[
+                        (name("self_attn.q_proj"), qd),
+                        (name("self_attn.k_proj"), kvd),
+                        (name("self_attn.v_proj"), kvd),
+                    ],
+                    hid,
+                    c.qkv_bias,
+                    device,
+                )?,
+                o: load_linear::<B>(
+                    source,
+                    &[(name("self_attn.o_proj"), hid)],
+                    qd,
+                    false,
+                    device,
+                )?,
                 num_heads: c.num_heads,
                 num_kv_heads: c.num_kv_heads,
                 head_dim: d,
                 window: c.sliding_window.get(i).copied().flatten(),
             };
             let mlp = Mlp {
-                gate_up: Linear::fuse(vec![
-                    linear("mlp.gate_proj", inter, hid, false)?,
-                    linear("mlp.up_proj", inter, hid, false)?,
-                ]),
-                down: linear("mlp.down_proj", hid, inter, false)?,
+                gate_up: load_linear::<B>(
+                    source,
+                    &[(name("mlp.gate_proj"), inter), (name("mlp.up_proj"), inter)],
+                    hid,
+                    false,
+                    device,
+                )?,
+                down: load_linear::<B>(
+                    source,
+                    &[(name("mlp.down_proj"), hid)],
+                    inter,
+                    false,
+                    device,
+                )?,
             };
             layers.push(DecoderLayer {
                 input_norm: load_norm(source, &format!("{p}.input_layernorm.weight"), c, device)?,
@@ -140,7 +159,13 @@ impl<B: Backend> Model<B> {
                 bias: None,
             }
         } else {
-            load_linear::<B>(source, "lm_head", c.vocab_size, hid, false, device)?
+            load_linear::<B>(
+                source,
+                &[("lm_head".into(), c.vocab_size)],
+                hid,
+                false,
+                device,
+            )?
         };
         Ok(Self {
             config: config.clone(),
@@ -331,29 +356,60 @@ pub fn kv_bytes<B: Backend>(caches: &[LayerCache<B>]) -> usize {
 }
 
 fn host_to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(t.data, t.shape), device)
+    let mut data = weight_buffer(t.data.len());
+    data.extend_from_slice(&t.data);
+    drop(t.data);
+    Tensor::from_data(TensorData::new(data, t.shape), device)
 }
 
-/// Loads `{name}.weight` `[out, in]` and, if `bias`, `{name}.bias` `[out]`.
+/// An empty buffer for `len` weights. On Linux, large ones ask for transparent huge pages
+/// before their memory is first touched: decoding streams every weight once per token,
+/// and 2 MiB pages spare the TLB misses of 4 KiB ones (the GEMV reads about 10-20%
+/// faster where the kernel grants them; `madvise` is only advice).
+fn weight_buffer(len: usize) -> Vec<f32> {
+    let buffer: Vec<f32> = Vec::with_capacity(len);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if len * 4 >= 4 << 20 {
+        const HUGE: usize = 2 << 20;
+        let start = buffer.as_ptr() as usize;
+        let (first, end) = (start.next_multiple_of(HUGE), start + len * 4);
+        if end > first + HUGE {
+            let bytes = (end - first) / HUGE * HUGE;
+            // SAFETY: the range lies inside the buffer's allocation; MADV_HUGEPAGE only
+            // advises the kernel and never changes the memory's contents.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buffer
+}
+
+/// Loads the projections `{name}.weight` (`[out_i, in]` each, and `{name}.bias` when
+/// `bias`) of the same input stacked into one `[sum out_i, in]` linear layer, so that one
+/// product computes them all (fused QKV, gate/up); outputs come in the order given.
 fn load_linear<B: Backend>(
     source: &mut dyn WeightSource,
-    name: &str,
-    out: usize,
+    parts: &[(String, usize)],
     inp: usize,
     bias: bool,
     device: &B::Device,
 ) -> Result<Linear<B>, WeightError> {
-    let w = source.take_shaped(&format!("{name}.weight"), &[out, inp])?;
-    let weight = host_to_tensor::<B, 2>(w, device);
-    let bias = if bias {
-        Some(host_to_tensor::<B, 1>(
-            source.take_shaped(&format!("{name}.bias"), &[out])?,
-            device,
-        ))
-    } else {
-        None
-    };
-    Ok(Linear { weight, bias })
+    let out: usize = parts.iter().map(|(_, o)| o).sum();
+    let mut weight = weight_buffer(out * inp);
+    let mut biases = Vec::with_capacity(if bias { out } else { 0 });
+    for (name, rows) in parts {
+        let w = source.take_shaped(&format!("{name}.weight"), &[*rows, inp])?;
+        weight.extend_from_slice(&w.data);
+        if bias {
+            let b = source.take_shaped(&format!("{name}.bias"), &[*rows])?;
+            biases.extend_from_slice(&b.data);
+        }
+    }
+    Ok(Linear {
+        weight: Tensor::from_data(TensorData::new(weight, [out, inp]), device),
+        bias: bias.then(|| Tensor::from_data(TensorData::new(biases, [out]), device)),
+    })
 }
 
 fn load_norm<B: Backend>(

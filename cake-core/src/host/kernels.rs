@@ -87,7 +87,7 @@ pub struct AttentionShape {
 
 /// Query rows per prefill task (a multiple of the matrix kernels' tiles).
 const QUERY_BLOCK: usize = 64;
-/// Query rows per task of the tiled (flash) kernel.
+/// Stacked query rows (queries x heads of a group) per task of the tiled (flash) kernel.
 const FLASH_QUERY_BLOCK: usize = 128;
 /// Keys per tile of the tiled kernel: a `[128, 256]` score tile stays in L2.
 const FLASH_KEY_TILE: usize = 256;
@@ -248,11 +248,12 @@ fn block_attention(
     });
 }
 
-/// Several queries, output only: flash-attention tiling. One task per (query head, block
-/// of [`FLASH_QUERY_BLOCK`] queries) walks the visible keys in tiles of
-/// [`FLASH_KEY_TILE`] with an online softmax (running max and sum per query, the output
-/// rescaled when the max grows), so scores never leave the cache and keys past the
-/// block's causal limit are never touched.
+/// Several queries, output only: flash-attention tiling. One task per (KV head, block of
+/// queries) stacks the block's queries of the G query heads that share the KV head into
+/// one `[rows * G, d]` matrix (so each key tile is read once for the whole group), walks
+/// the visible keys in tiles of [`FLASH_KEY_TILE`] with an online softmax (running max
+/// and sum per query, the output rescaled when the max grows), so scores never leave the
+/// cache and keys past the block's causal limit are never touched.
 fn flash_attention(
     q: &[f32],
     keys: KvRows<'_>,
@@ -268,38 +269,45 @@ fn flash_attention(
     } = shape;
     let group = h / hkv;
     let scale = 1.0 / (d as f32).sqrt();
-    let blocks = s.div_ceil(FLASH_QUERY_BLOCK);
+    let block_rows = (FLASH_QUERY_BLOCK / group).max(1);
+    let blocks = s.div_ceil(block_rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..h * blocks).into_par_iter().for_each(|task| {
-        let (head, block) = (task / blocks, task % blocks);
-        let kv = head / group;
-        let i0 = block * FLASH_QUERY_BLOCK;
-        let rows = FLASH_QUERY_BLOCK.min(s - i0);
+    (0..hkv * blocks).into_par_iter().for_each(|task| {
+        let (kv, block) = (task / blocks, task % blocks);
+        let i0 = block * block_rows;
+        let rows = block_rows.min(s - i0);
+        let m = rows * group;
         let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
         let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
-        let mut max = vec![f32::NEG_INFINITY; rows];
-        let mut sum = vec![0.0f32; rows];
-        // [rows, d] unnormalised output.
-        let mut acc = vec![0.0f32; rows * d];
-        let mut tile = vec![0.0f32; rows * FLASH_KEY_TILE];
+        // [rows * G, d]: row r * G + g is query i0 + r of head kv * G + g.
+        let mut packed = Vec::with_capacity(m * d);
+        for r in 0..rows {
+            let at = ((i0 + r) * h + kv * group) * d;
+            packed.extend_from_slice(&q[at..at + group * d]);
+        }
+        let mut max = vec![f32::NEG_INFINITY; m];
+        let mut sum = vec![0.0f32; m];
+        // [rows * G, d] unnormalised output.
+        let mut acc = vec![0.0f32; m * d];
+        let mut tile = vec![0.0f32; m * FLASH_KEY_TILE];
         for k0 in (lo..hi).step_by(FLASH_KEY_TILE) {
             let n = FLASH_KEY_TILE.min(hi - k0);
-            let scores = &mut tile[..rows * n];
-            // SAFETY: queries i0..i0+rows of head `head` (row stride H*d), keys
-            // k0..k0+n of KV head `kv` read as [d, n], and the [rows, n] tile.
+            let scores = &mut tile[..m * n];
+            // SAFETY: the packed [m, d] queries, keys k0..k0+n of KV head `kv` read as
+            // [d, n], and the [m, n] tile.
             unsafe {
                 gemm::gemm(
-                    rows,
+                    m,
                     n,
                     d,
                     scores.as_mut_ptr(),
                     1,
                     n as isize,
                     false,
-                    q.as_ptr().add((i0 * h + head) * d),
+                    packed.as_ptr(),
                     1,
-                    (h * d) as isize,
+                    d as isize,
                     keys.data.as_ptr().add(kv * keys.head_stride + k0 * d),
                     d as isize,
                     1,
@@ -311,34 +319,34 @@ fn flash_attention(
                     gemm::Parallelism::None,
                 );
             }
-            for (r, &(a, b)) in ranges.iter().enumerate() {
-                let row = &mut scores[r * n..(r + 1) * n];
+            for (pr, row) in scores.chunks_exact_mut(n).enumerate() {
+                let (a, b) = ranges[pr / group];
                 let (a, b) = (a.clamp(k0, k0 + n) - k0, b.clamp(k0, k0 + n) - k0);
                 if a >= b {
                     row.fill(0.0);
                     continue;
                 }
                 let tile_max = row[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_max = max[r].max(tile_max);
-                let correction = if max[r] == f32::NEG_INFINITY {
+                let new_max = max[pr].max(tile_max);
+                let correction = if max[pr] == f32::NEG_INFINITY {
                     0.0
                 } else {
-                    (max[r] - new_max).exp()
+                    (max[pr] - new_max).exp()
                 };
                 let tile_sum = simd::exp_sub(&mut row[a..b], new_max);
                 row[..a].fill(0.0);
                 row[b..].fill(0.0);
-                sum[r] = sum[r] * correction + tile_sum;
+                sum[pr] = sum[pr] * correction + tile_sum;
                 if correction != 1.0 {
-                    simd::scale(&mut acc[r * d..(r + 1) * d], correction);
+                    simd::scale(&mut acc[pr * d..(pr + 1) * d], correction);
                 }
-                max[r] = new_max;
+                max[pr] = new_max;
             }
-            // SAFETY: the [rows, n] probabilities, values k0..k0+n of KV head `kv`
-            // ([n, d]), and the task's own [rows, d] accumulator.
+            // SAFETY: the [m, n] probabilities, values k0..k0+n of KV head `kv` ([n, d]),
+            // and the task's own [m, d] accumulator.
             unsafe {
                 gemm::gemm(
-                    rows,
+                    m,
                     d,
                     n,
                     acc.as_mut_ptr(),
@@ -360,13 +368,17 @@ fn flash_attention(
                 );
             }
         }
-        for r in 0..rows {
-            let inv = if sum[r] > 0.0 { 1.0 / sum[r] } else { 0.0 };
-            // SAFETY: this task alone writes query row i0 + r of head `head`.
+        for pr in 0..m {
+            let (r, g) = (pr / group, pr % group);
+            let inv = if sum[pr] > 0.0 { 1.0 / sum[pr] } else { 0.0 };
+            // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.ptr().add(((i0 + r) * h + head) * d), d)
+                std::slice::from_raw_parts_mut(
+                    out_ptr.ptr().add(((i0 + r) * h + kv * group + g) * d),
+                    d,
+                )
             };
-            for (o, &a) in dst.iter_mut().zip(&acc[r * d..(r + 1) * d]) {
+            for (o, &a) in dst.iter_mut().zip(&acc[pr * d..(pr + 1) * d]) {
                 *o = a * inv;
             }
         }

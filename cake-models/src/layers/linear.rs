@@ -40,19 +40,6 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
-    /// Stacks projections of the same input into one (`[sum out, in]`), so that one
-    /// product computes them all; outputs come in the order given. Biases are kept when
-    /// every part has one.
-    pub fn fuse(parts: Vec<Linear<B>>) -> Linear<B> {
-        let with_bias = parts.iter().all(|p| p.bias.is_some());
-        let (weights, biases): (Vec<_>, Vec<_>) =
-            parts.into_iter().map(|p| (p.weight, p.bias)).unzip();
-        Linear {
-            weight: Tensor::cat(weights, 0),
-            bias: with_bias.then(|| Tensor::cat(biases.into_iter().flatten().collect(), 0)),
-        }
-    }
-
     /// Without the CPU backend there is no host path.
     #[cfg(not(feature = "flex"))]
     fn gemv_host(&self, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
