@@ -246,7 +246,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.336_544)),
+            _mm256_max_ps(x, _mm256_set1_ps(-87.336_54)),
             _mm256_set1_ps(88.376_26),
         );
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -261,7 +261,7 @@ mod x86 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
