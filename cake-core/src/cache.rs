@@ -264,8 +264,8 @@ impl<B: Backend> LayerCache<B> {
             return Ok(());
         }
         if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
-            self.keys = Some(compact_rows(k, keep, first_moved, len));
-            self.values = Some(compact_rows(v, keep, first_moved, len));
+            self.keys = Some(compact_rows(k, keep, first_moved));
+            self.values = Some(compact_rows(v, keep, first_moved));
         }
         self.scores = self.scores.take().map(|s| {
             let rows = flat_rows(keep, 0, len, &s.device());
@@ -343,7 +343,6 @@ fn compact_rows<B: Backend>(
     buffer: Tensor<B, 3>,
     keep: &[Vec<usize>],
     from: usize,
-    len: usize,
 ) -> Tensor<B, 3> {
     let [heads, capacity, dim] = buffer.dims();
     let kept = keep.first().map_or(0, Vec::len);
@@ -388,6 +387,5 @@ fn compact_rows<B: Backend>(
         .reshape([heads * capacity, dim])
         .select(0, rows)
         .reshape([heads, n, dim]);
-    let _ = len;
     buffer.slice_assign(s![0..heads, from..kept, 0..dim], moved)
 }

@@ -45,8 +45,12 @@ pub trait KvCompressor<B: Backend> {
         caches: &mut [LayerCache<B>],
     ) -> Result<(), CacheError>;
 
-    /// Called once after the last layer of the prefill (all `caches` filled).
-    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError>;
+    /// Called once after the last layer of the prefill (all `caches` filled). Does
+    /// nothing by default.
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        let _ = caches;
+        Ok(())
+    }
 
     /// Asked during decoding before layer `layer` appends the new token to `cache` (so
     /// the layer will then hold `cache.len() + 1` tokens): should
@@ -58,12 +62,15 @@ pub trait KvCompressor<B: Backend> {
     }
 
     /// Called during decoding after layer `step.layer` appended one new token to `cache`
-    /// and attended.
+    /// and attended. Does nothing by default.
     fn after_decode_step(
         &mut self,
         step: DecodeStep<B>,
         cache: &mut LayerCache<B>,
-    ) -> Result<(), CacheError>;
+    ) -> Result<(), CacheError> {
+        let _ = (step, cache);
+        Ok(())
+    }
 }
 
 /// The full cache: keeps everything.
@@ -75,18 +82,6 @@ impl<B: Backend> KvCompressor<B> for KeepAll {
         &mut self,
         _: PrefillLayer<B>,
         _: &mut [LayerCache<B>],
-    ) -> Result<(), CacheError> {
-        Ok(())
-    }
-
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
-        Ok(())
-    }
-
-    fn after_decode_step(
-        &mut self,
-        _: DecodeStep<B>,
-        _: &mut LayerCache<B>,
     ) -> Result<(), CacheError> {
         Ok(())
     }

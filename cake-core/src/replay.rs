@@ -4,7 +4,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::compressor::{DecodeStep, PrefillLayer};
+use crate::compressor::PrefillLayer;
 use crate::{CacheError, KvCompressor, LayerCache};
 
 /// A [`KvCompressor`] that keeps everything and records each layer's prompt queries.
@@ -40,18 +40,6 @@ impl<B: Backend> KvCompressor<B> for PrefillRecorder<B> {
     ) -> Result<(), CacheError> {
         self.queries.truncate(step.layer);
         self.queries.push(step.queries);
-        Ok(())
-    }
-
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
-        Ok(())
-    }
-
-    fn after_decode_step(
-        &mut self,
-        _: DecodeStep<B>,
-        _: &mut LayerCache<B>,
-    ) -> Result<(), CacheError> {
         Ok(())
     }
 }

@@ -120,16 +120,6 @@ impl KvCompressor<B> for EvictEarlierLayers {
         }
         Ok(())
     }
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
-        Ok(())
-    }
-    fn after_decode_step(
-        &mut self,
-        _: DecodeStep<B>,
-        _: &mut LayerCache<B>,
-    ) -> Result<(), CacheError> {
-        Ok(())
-    }
 }
 
 #[test]

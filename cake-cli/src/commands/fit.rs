@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::{Tensor, backend::Backend};
 use cake_core::stats::{layer_preference, window_attention};
-use cake_core::{CacheError, DecodeStep, KvCompressor, LayerCache, PrefillLayer};
+use cake_core::{CacheError, KvCompressor, LayerCache, PrefillLayer};
 use cake_longbench::prompt::build_prompt;
 use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
@@ -142,18 +142,6 @@ impl<B: Backend> KvCompressor<B> for StatsCollector {
             }
             Err(e) => self.error = Some(e.context(format!("layer {layer}"))),
         }
-        Ok(())
-    }
-
-    fn after_prefill(&mut self, _: &mut [LayerCache<B>]) -> Result<(), CacheError> {
-        Ok(())
-    }
-
-    fn after_decode_step(
-        &mut self,
-        _: DecodeStep<B>,
-        _: &mut LayerCache<B>,
-    ) -> Result<(), CacheError> {
         Ok(())
     }
 }
