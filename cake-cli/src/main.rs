@@ -3,6 +3,7 @@
 
 mod commands;
 mod plots;
+mod progress;
 mod run_dir;
 mod session;
 mod settings;

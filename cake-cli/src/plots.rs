@@ -1,77 +1,32 @@
-//! Charts users plot from results, as SVG and PNG. Text is laid out with a system TrueType
-//! font (DejaVu Sans or Liberation Sans); without one, charts are skipped with a warning
-//! rather than failing the command whose results they illustrate.
+//! Charts users plot from results, as SVG and PNG, in the house style of
+//! `cake_scoring_fit::plot` (which also registers the font). Text is laid out with a
+//! TrueType font (`CAKE_PLOT_FONT`, else DejaVu Sans or Liberation Sans); without one,
+//! charts are skipped with a warning rather than failing the command whose results they
+//! illustrate.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use cake_scoring_fit::plot::{
+    Chart, DrawResult, chart_builder, draw_legend, draw_line, ensure_font, render_file,
+};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-/// Font files tried, in order, for PNG text.
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-];
-
-/// Registers a system font once; `false` when none was found.
-fn font_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
-        FONT_CANDIDATES.iter().any(|path| {
-            let Ok(bytes) = std::fs::read(path) else {
-                return false;
-            };
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-        })
-    })
-}
-
-/// A chart that can draw itself on any plotters backend.
-pub trait Chart {
-    /// Pixel size of the chart.
-    fn size(&self) -> (u32, u32) {
-        (900, 540)
-    }
-    /// Draws the chart on `root`.
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
-    where
-        DB::ErrorType: 'static;
-}
-
 /// Draws `chart` into `<stem>.svg` and `<stem>.png`; returns the files written (none, with
 /// a warning, when no font is installed).
 pub fn render(chart: &impl Chart, stem: &Path) -> Result<Vec<PathBuf>> {
+    if let Err(why) = ensure_font() {
+        eprintln!("warning: {why}; skipped the chart {}", stem.display());
+        return Ok(Vec::new());
+    }
     let mut written = Vec::new();
-    if !font_ready() {
-        eprintln!(
-            "warning: no TrueType font found ({}); skipped the chart {}",
-            FONT_CANDIDATES.join(", "),
-            stem.display()
-        );
-        return Ok(written);
+    for ext in ["svg", "png"] {
+        let path = stem.with_extension(ext);
+        render_file(chart, &path)?;
+        written.push(path);
     }
-    let svg = stem.with_extension("svg");
-    {
-        let root = SVGBackend::new(&svg, chart.size()).into_drawing_area();
-        chart.draw(&root)?;
-        root.present()
-            .with_context(|| format!("cannot write {}", svg.display()))?;
-    }
-    written.push(svg);
-    let png = stem.with_extension("png");
-    {
-        let root = BitMapBackend::new(&png, chart.size()).into_drawing_area();
-        chart.draw(&root)?;
-        root.present()
-            .with_context(|| format!("cannot write {}", png.display()))?;
-    }
-    written.push(png);
     Ok(written)
 }
 
@@ -81,27 +36,19 @@ fn series_color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// Draws series `i` as a line with dots and a legend entry.
-fn draw_line<DB: DrawingBackend>(
-    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
-    i: usize,
-    name: &str,
-    points: Vec<(f64, f64)>,
-) -> Result<()>
+/// Draws one line per `(name, points)` series in the palette's colours, then the legend.
+fn draw_lines<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    series: impl IntoIterator<Item = (String, Vec<(f64, f64)>)>,
+    legend: SeriesLabelPosition,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
-    let color = series_color(i);
-    chart
-        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-        .label(name)
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-    chart.draw_series(
-        points
-            .into_iter()
-            .map(|p| Circle::new(p, 3, color.filled())),
-    )?;
-    Ok(())
+    for (i, (name, points)) in series.into_iter().enumerate() {
+        draw_line(chart, series_color(i), &name, points)?;
+    }
+    draw_legend(chart, legend)
 }
 
 /// Average score against cache size, one line per policy (x: cache sizes, evenly spaced).
@@ -117,22 +64,17 @@ pub struct ScoreVsCacheSize {
 }
 
 impl Chart for ScoreVsCacheSize {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
         let n = self.cache_sizes.len().max(1);
         let values = self.series.iter().flat_map(|(_, v)| v.iter().flatten());
         let top = values
             .chain(self.full.iter())
             .fold(1.0f64, |a, &b| a.max(b))
             * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
+        let mut chart = chart_builder(root, &self.title, 50)
             .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)?;
         let sizes = self.cache_sizes.clone();
         chart
@@ -163,21 +105,15 @@ impl Chart for ScoreVsCacheSize {
                 .label(format!("full cache ({full:.2})"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
         }
-        for (i, (name, scores)) in self.series.iter().enumerate() {
-            let points: Vec<(f64, f64)> = scores
+        let series = self.series.iter().map(|(name, scores)| {
+            let points = scores
                 .iter()
                 .enumerate()
                 .filter_map(|(x, s)| s.map(|s| (x as f64, s)))
                 .collect();
-            draw_line(&mut chart, i, name, points)?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        Ok(())
+            (name.clone(), points)
+        });
+        draw_lines(&mut chart, series, SeriesLabelPosition::LowerRight)
     }
 }
 
@@ -190,17 +126,12 @@ pub struct LayerBudgets {
 }
 
 impl Chart for LayerBudgets {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
         let top = self.kept.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+        let mut chart = chart_builder(root, &self.title, 60)
             .build_cartesian_2d(0usize..self.kept.len(), 0f64..top)?;
         chart
             .configure_mesh()
@@ -228,11 +159,10 @@ pub struct LatencyVsContext {
 }
 
 impl Chart for LatencyVsContext {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
         let x_max = self.contexts.iter().copied().max().unwrap_or(1) as f64 * 1.05;
         let y_max = self
             .series
@@ -240,33 +170,18 @@ impl Chart for LatencyVsContext {
             .flat_map(|(_, v)| v.iter().copied())
             .fold(1e-3f64, f64::max)
             * 1.15;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+        let mut chart = chart_builder(root, &self.title, 60)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
         chart
             .configure_mesh()
             .x_desc("context length (tokens)")
             .y_desc("decode latency (ms / token)")
             .draw()?;
-        for (i, (name, ms)) in self.series.iter().enumerate() {
-            let points: Vec<(f64, f64)> = self
-                .contexts
-                .iter()
-                .zip(ms)
-                .map(|(&c, &m)| (c as f64, m))
-                .collect();
-            draw_line(&mut chart, i, name, points)?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
-        Ok(())
+        let series = self.series.iter().map(|(name, ms)| {
+            let points = self.contexts.iter().zip(ms).map(|(&c, &m)| (c as f64, m));
+            (name.clone(), points.collect())
+        });
+        draw_lines(&mut chart, series, SeriesLabelPosition::UpperLeft)
     }
 }
 
@@ -293,19 +208,14 @@ fn heat(score: f64) -> RGBColor {
 }
 
 impl Chart for NeedleHeatmap {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
         let (cols, rows) = (self.lengths.len(), self.depths.len());
         let lengths = self.lengths.clone();
         let depths = self.depths.clone();
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
+        let mut chart = chart_builder(root, &self.title, 60)
             .build_cartesian_2d(0..cols.max(1), 0..rows.max(1))?;
         chart
             .configure_mesh()

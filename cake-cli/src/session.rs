@@ -4,20 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use std::time::Instant;
 
-use cake_core::{
-    CompressionReport, KeepAll, KvCompressor, LayerCache, PolicyCompressor, PrefillRecorder,
-    replay_prefill,
+use cake_core::{CompressionReport, LayerCache, PrefillRecorder, replay_prefill};
+use cake_longbench::{
+    BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule, SweepGenerator,
 };
-use cake_longbench::{BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule};
 use cake_models::generate::{
-    GenerationConfig, GenerationOutput, Prefilled, Sampling, TextStream, continue_generation,
-    generate_into, host_logits,
+    Generation, GenerationConfig, GenerationOutput, Prefilled, Sampling,
 };
-use cake_models::gguf::GgufFile;
-use cake_models::tokenizer::{ChatMessage, Tokenizer};
-use cake_models::{DecoderConfig, Model, ModelError, PrefillLogits};
+use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
+use cake_models::{DecoderConfig, Model, ModelError};
 
 use crate::settings::Settings;
 
@@ -27,7 +23,8 @@ pub struct Session<B: Backend> {
     pub model: Model<B>,
     /// Its tokenizer and chat template.
     pub tokenizer: Tokenizer,
-    /// A name for reports and for the published-tau lookup.
+    /// A name for reports and for the published-tau lookup: the known model's name, a HF
+    /// folder's `_name_or_path`, or the file's stem.
     pub name: String,
     /// Where it was loaded from.
     pub path: PathBuf,
@@ -40,26 +37,21 @@ impl<B: Backend> Session<B> {
         let path = cake_models::fetch::resolve_model(spec)?;
         let loaded = cake_models::load::<B>(&path, device)
             .with_context(|| format!("cannot load the model at {}", path.display()))?;
+        let display = cake_models::fetch::display_name(spec, &path);
         let (tokenizer, name) = if path.is_dir() {
-            let tokenizer = Tokenizer::from_hf_dir(&path)?;
             let name = loaded.config_json["_name_or_path"]
                 .as_str()
-                .map(str::to_string)
-                .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()));
-            (tokenizer, name)
+                .filter(|n| !n.is_empty())
+                .map_or(display, str::to_string);
+            (Tokenizer::from_hf_dir(&path)?, name)
         } else {
-            let file = GgufFile::open(&path)?;
-            let name = file
-                .metadata()
-                .get_str("general.name")
-                .ok()
-                .map(str::to_string);
-            (Tokenizer::from_gguf(&file)?, name)
+            let file = cake_models::gguf::GgufFile::open(&path)?;
+            (Tokenizer::from_gguf(&file)?, display)
         };
         Ok(Self {
             model: loaded.model,
             tokenizer,
-            name: name.unwrap_or_else(|| path.display().to_string()),
+            name,
             path,
         })
     }
@@ -99,61 +91,37 @@ impl<B: Backend> Session<B> {
         prompt: &[u32],
         settings: &Settings,
         config: &GenerationConfig,
-        on_text: &mut dyn FnMut(&str),
+        on_text: impl FnMut(&str),
     ) -> Result<(GenerationOutput, Option<CompressionReport>)> {
-        let decode = |ids: &[u32]| self.tokenizer.decode(ids, true).unwrap_or_default();
-        let stream = TextStream {
-            decode: &decode,
-            on_text,
-        };
-        generate_with_policy(
-            &self.model,
-            &self.name,
-            settings,
-            prompt,
-            config,
-            &self.tokenizer.eos_token_ids(),
-            Some(stream),
-        )
+        let compressor = settings
+            .spec
+            .compressor::<B>(&self.name, self.model.num_layers())?;
+        let mut run = Generation::new(&self.model)
+            .with_compressor(compressor)
+            .with_config(config.clone())
+            .with_eos(self.tokenizer.eos_token_ids())
+            .with_text(TextStreamer::new(&self.tokenizer, true), on_text);
+        let output = run.generate(prompt)?;
+        Ok((output, run.compressor().report(run.caches())))
     }
-}
 
-/// Generates after `prompt` with the policy of `settings` (temperatures looked up for
-/// `model_name`); returns the output and, for a compressing policy, its report.
-pub fn generate_with_policy<B: Backend>(
-    model: &Model<B>,
-    model_name: &str,
-    settings: &Settings,
-    prompt: &[u32],
-    config: &GenerationConfig,
-    eos: &[u32],
-    stream: Option<TextStream<'_>>,
-) -> Result<(GenerationOutput, Option<CompressionReport>)> {
-    let policy = settings.policy::<B>(model_name, model.num_layers())?;
-    let mut caches: Vec<LayerCache<B>> = model.new_caches();
-    if policy.keeps_all() {
-        let output = generate_into(
-            model,
-            prompt,
-            config,
-            eos,
-            &mut KeepAll,
-            &mut caches,
-            stream,
-        )?;
-        return Ok((output, None));
+    /// Generates `prompt` with `settings` and LongBench's greedy decoding and stop rule.
+    fn answer(
+        &self,
+        prompt: &str,
+        settings: &Settings,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome> {
+        let ids = self.encode(prompt)?;
+        let config = greedy_config(max_new_tokens, stop);
+        let (output, _) = self.generate(&ids, settings, &config, |_| {})?;
+        Ok(GenerationOutcome {
+            text: output.text.unwrap_or_default(),
+            prompt_tokens: ids.len(),
+            new_tokens: output.tokens.len(),
+        })
     }
-    let mut compressor = PolicyCompressor::new(policy, model.num_layers());
-    let output = generate_into(
-        model,
-        prompt,
-        config,
-        eos,
-        &mut compressor as &mut dyn KvCompressor<B>,
-        &mut caches,
-        stream,
-    )?;
-    Ok((output, Some(compressor.report(&caches))))
 }
 
 impl<B: Backend> PromptTokenizer for Session<B> {
@@ -187,140 +155,95 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
         max_new_tokens: usize,
         stop: &StopRule,
     ) -> Result<GenerationOutcome, BoxError> {
-        let ids = self.session.encode(prompt)?;
-        let config = greedy_config(max_new_tokens, stop);
-        let (output, _) = self
+        Ok(self
             .session
-            .generate(&ids, self.settings, &config, &mut |_| {})?;
-        Ok(GenerationOutcome {
-            text: output.text.unwrap_or_default(),
-            prompt_tokens: ids.len(),
-            new_tokens: output.tokens.len(),
-        })
+            .answer(prompt, self.settings, max_new_tokens, stop)?)
     }
 }
 
-/// One prompt's full prefill, kept so several policies can decode from copies of it.
+/// One prompt's full prefill, kept so that every configuration decodes from a copy.
 struct PrefillMemo<B: Backend> {
-    prompt: String,
     caches: Vec<LayerCache<B>>,
     recorder: PrefillRecorder<B>,
     prefilled: Prefilled,
-    prompt_tokens: usize,
 }
 
-/// Shared prefill state of a sweep: the last prompt's full caches and recorded queries.
-pub struct PrefillCache<B: Backend> {
+/// A [`SweepGenerator`] over a [`Session`]: each prompt is prefilled once with the full
+/// cache (recording the prefill hooks' inputs); each configuration's policy then replays
+/// those hooks on a copy of the full caches and decodes. Its predictions equal separate
+/// runs' (see `PrefillRecorder`).
+pub struct PolicySweep<'a, B: Backend> {
+    session: &'a Session<B>,
+    configs: &'a [Settings],
     memo: Option<PrefillMemo<B>>,
-    /// Prefills actually run.
+    /// Prefills run so far.
     pub prefills: usize,
 }
 
-impl<B: Backend> Default for PrefillCache<B> {
-    fn default() -> Self {
+impl<'a, B: Backend> PolicySweep<'a, B> {
+    /// A sweep of `configs` over `session`.
+    pub fn new(session: &'a Session<B>, configs: &'a [Settings]) -> Self {
         Self {
+            session,
+            configs,
             memo: None,
             prefills: 0,
         }
     }
 }
 
-impl<B: Backend> PrefillCache<B> {
-    /// The memo for `prompt`, running the prefill (recording its hooks) when the cached one
-    /// is for another prompt.
-    fn get(&mut self, session: &Session<B>, prompt: &str) -> Result<&PrefillMemo<B>> {
-        if self.memo.as_ref().is_none_or(|m| m.prompt != prompt) {
-            self.memo = None;
-            let ids = session.encode(prompt)?;
-            let mut caches = session.model.new_caches();
-            let mut recorder = PrefillRecorder::new();
-            let start = Instant::now();
-            let prefill =
-                session
-                    .model
-                    .prefill(&ids, &mut caches, &mut recorder, PrefillLogits::Last)?;
-            let prefilled = Prefilled {
-                prompt_len: ids.len(),
-                logits: host_logits(prefill.logits),
-                prefill_time: start.elapsed(),
-                kv_bytes_peak_prefill: prefill.peak_kv_bytes,
-            };
-            self.prefills += 1;
-            self.memo = Some(PrefillMemo {
-                prompt: prompt.to_string(),
-                caches,
-                recorder,
-                prefilled,
-                prompt_tokens: ids.len(),
-            });
-        }
-        self.memo
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("prefill memo missing"))
+impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
+    fn configurations(&self) -> usize {
+        self.configs.len()
     }
-}
 
-/// A [`Generator`] for policy sweeps: the prompt's prefill runs once (in `cache`), then
-/// this generator's policy replays the prefill hooks on a copy of the full caches and
-/// decodes. Its predictions equal a separate run's (see `PrefillRecorder`).
-pub struct SweepGenerator<'a, B: Backend> {
-    /// The model.
-    pub session: &'a Session<B>,
-    /// The policy and its settings.
-    pub settings: &'a Settings,
-    /// The shared prefill of the current prompt.
-    pub cache: &'a mut PrefillCache<B>,
-}
+    fn prepare(&mut self, prompt: &str) -> Result<(), BoxError> {
+        self.memo = None;
+        let ids = self.session.encode(prompt)?;
+        let mut run = Generation::new(&self.session.model).with_compressor(PrefillRecorder::new());
+        run.prefill(&ids)?;
+        let prefilled = run
+            .prefilled()
+            .cloned()
+            .ok_or("the prefill left no state")?;
+        let (recorder, caches) = run.into_parts();
+        self.prefills += 1;
+        self.memo = Some(PrefillMemo {
+            caches,
+            recorder,
+            prefilled,
+        });
+        Ok(())
+    }
 
-impl<B: Backend> Generator for SweepGenerator<'_, B> {
     fn generate(
         &mut self,
-        prompt: &str,
+        configuration: usize,
         max_new_tokens: usize,
         stop: &StopRule,
     ) -> Result<GenerationOutcome, BoxError> {
         let session = self.session;
-        let policy = self
-            .settings
-            .policy::<B>(&session.name, session.model.num_layers())?;
-        let memo = self.cache.get(session, prompt)?;
-        let config = greedy_config(max_new_tokens, stop);
+        let memo = self.memo.as_ref().ok_or("generate called before prepare")?;
+        let settings = self
+            .configs
+            .get(configuration)
+            .ok_or("no such configuration")?;
+        let mut compressor = settings
+            .spec
+            .compressor::<B>(&session.name, session.model.num_layers())?;
         let mut caches = memo.caches.clone();
-        let decode = |ids: &[u32]| session.tokenizer.decode(ids, true).unwrap_or_default();
-        let mut ignore = |_: &str| {};
-        let stream = Some(TextStream {
-            decode: &decode,
-            on_text: &mut ignore,
-        });
-        let eos = session.tokenizer.eos_token_ids();
-        let prefilled = memo.prefilled.clone();
-        let output = if policy.keeps_all() {
-            continue_generation(
-                &session.model,
-                prefilled,
-                &config,
-                &eos,
-                &mut KeepAll,
-                &mut caches,
-                stream,
-            )?
-        } else {
-            let mut compressor = PolicyCompressor::new(policy, session.model.num_layers());
-            replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches)
-                .map_err(ModelError::from)?;
-            continue_generation(
-                &session.model,
-                prefilled,
-                &config,
-                &eos,
-                &mut compressor,
-                &mut caches,
-                stream,
-            )?
-        };
+        replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches)
+            .map_err(ModelError::from)?;
+        let mut run = Generation::new(&session.model)
+            .with_compressor(compressor)
+            .with_config(greedy_config(max_new_tokens, stop))
+            .with_eos(session.tokenizer.eos_token_ids())
+            .with_text(TextStreamer::new(&session.tokenizer, true), |_: &str| {})
+            .with_prefill(caches, memo.prefilled.clone());
+        let output = run.decode()?;
         Ok(GenerationOutcome {
             text: output.text.unwrap_or_default(),
-            prompt_tokens: memo.prompt_tokens,
+            prompt_tokens: memo.prefilled.prompt_len,
             new_tokens: output.tokens.len(),
         })
     }

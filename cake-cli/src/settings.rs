@@ -1,28 +1,36 @@
 //! Resolved settings: defaults < `cake.toml` (or `--config FILE`) < `CAKE_*` environment
 //! variables < command-line flags, all flat keys (`cache_size = 256`, `CAKE_CACHE_SIZE=256`,
 //! `--cache-size 256`).
+//!
+//! One typed struct, [`PolicyArgs`], is every layer: clap fills it from the flags and
+//! serde from the file and from each variable, so a key is declared once and an unknown
+//! key is rejected the same way in the file and in the environment. The layers merge
+//! field by field; the result becomes a [`PolicySpec`] validated once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
-use cake_core::{AllocatorKind, Policy, PolicyConfig, ScorerKind, Static};
+use cake_core::{AllocatorKind, DecodeEviction, Method, PolicyConfig, PolicySpec, ScorerKind};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-/// Policy options shared by every command.
-#[derive(Debug, Clone, Default, Args)]
+/// Policy settings, one layer of them: every key is optional (unset keys fall through to
+/// the layer below).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyArgs {
-    /// Method: full, streaming, h2o, tova, snapkv, pyramidkv or cake [default: cake]
-    #[arg(long)]
-    pub policy: Option<String>,
-    /// Layer-budget allocator (overrides the policy's): uniform, pyramid, preference, static
-    #[arg(long)]
-    pub allocator: Option<String>,
-    /// Token scorer (overrides the policy's): streaming, h2o, tova, snapkv, cake
-    #[arg(long)]
-    pub scorer: Option<String>,
+    /// Model (file and environment only; commands take `--model`).
+    #[arg(skip)]
+    pub model: Option<String>,
+    /// Method [default: cake]
+    #[arg(long, ignore_case = true)]
+    pub policy: Option<Method>,
+    /// Layer-budget allocator (overrides the method's)
+    #[arg(long, ignore_case = true)]
+    pub allocator: Option<AllocatorKind>,
+    /// Token scorer (overrides the method's)
+    #[arg(long, ignore_case = true)]
+    pub scorer: Option<ScorerKind>,
     /// Score-function file for `--allocator static` (written by `cake fit`)
     #[arg(long, value_name = "FILE")]
     pub score_fn: Option<PathBuf>,
@@ -35,7 +43,8 @@ pub struct PolicyArgs {
     /// Observation / recent window w, always kept [default: 32]
     #[arg(long)]
     pub window: Option<usize>,
-    /// Entropy temperature of the layer preference [default: the model's published value, else 1.0]
+    /// Entropy temperature of the layer preference [default: the model's published value
+    /// at the effective cache size, else 1.0]
     #[arg(long)]
     pub tau1: Option<f64>,
     /// Variance temperature of the layer preference [default: as tau1]
@@ -47,12 +56,17 @@ pub struct PolicyArgs {
     /// Width of the average pooling over key positions [default: 5]
     #[arg(long)]
     pub pool_kernel: Option<usize>,
+    /// Layer-by-layer eviction during prefill (file and environment; the flag is
+    /// --no-cascading) [default: true]
+    #[arg(skip)]
+    pub cascading: Option<bool>,
     /// Evict all layers once after prefill instead of layer by layer (cascading)
     #[arg(long)]
+    #[serde(skip)]
     pub no_cascading: bool,
     /// Decoding-time eviction: policy (fixed size) or none (cache grows) [default: policy]
-    #[arg(long)]
-    pub decode_evict: Option<String>,
+    #[arg(long, ignore_case = true)]
+    pub decode_evict: Option<DecodeEviction>,
     /// Amortised decoding eviction: hold up to budget + window + N tokens, then drop N + 1
     /// at once [default: 0, the paper's one token per step]
     #[arg(long, value_name = "N")]
@@ -60,75 +74,123 @@ pub struct PolicyArgs {
     /// StreamingLLM attention sinks [default: 4]
     #[arg(long)]
     pub sinks: Option<usize>,
+    /// PyramidKV's beta: how steeply budgets fall with depth [default: 20]
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// Settings file (default: ./cake.toml when present)
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 }
 
-/// The non-policy part of the resolved settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `CAKE_*` variables that are not settings (read elsewhere).
+const NOT_SETTINGS: [&str; 4] = [
+    "CAKE_CACHE_DIR",
+    "CAKE_PYTHON",
+    "CAKE_PLOT_FONT",
+    "CAKE_GIT_REVISION",
+];
+
+impl PolicyArgs {
+    /// This layer over `lower`: each key set here wins.
+    fn over(self, lower: Self) -> Self {
+        Self {
+            model: self.model.or(lower.model),
+            policy: self.policy.or(lower.policy),
+            allocator: self.allocator.or(lower.allocator),
+            scorer: self.scorer.or(lower.scorer),
+            score_fn: self.score_fn.or(lower.score_fn),
+            cache_size: self.cache_size.or(lower.cache_size),
+            ratio: self.ratio.or(lower.ratio),
+            window: self.window.or(lower.window),
+            tau1: self.tau1.or(lower.tau1),
+            tau2: self.tau2.or(lower.tau2),
+            gamma: self.gamma.or(lower.gamma),
+            pool_kernel: self.pool_kernel.or(lower.pool_kernel),
+            cascading: (self.no_cascading.then_some(false))
+                .or(self.cascading)
+                .or(lower.cascading),
+            no_cascading: false,
+            decode_evict: self.decode_evict.or(lower.decode_evict),
+            decode_slack: self.decode_slack.or(lower.decode_slack),
+            sinks: self.sinks.or(lower.sinks),
+            beta: self.beta.or(lower.beta),
+            config: self.config.or(lower.config),
+        }
+    }
+
+    /// The layer of a settings file; errors name the file, the line and the key.
+    fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read settings file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "settings file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })
+    }
+
+    /// The layer of the `CAKE_*` environment variables (`CAKE_CACHE_SIZE=256`); an
+    /// unknown or malformed variable is an error that names it.
+    fn from_env() -> Result<Self> {
+        let mut layer = Self::default();
+        for (key, value) in std::env::vars_os() {
+            let Some(key) = key.to_str() else { continue };
+            let Some(name) = key.strip_prefix("CAKE_") else {
+                continue;
+            };
+            if NOT_SETTINGS.contains(&key) {
+                continue;
+            }
+            let Some(value) = value.to_str() else {
+                bail!("environment variable {key} is not valid UTF-8");
+            };
+            let one = |value: toml::Value| {
+                toml::Table::from_iter([(name.to_ascii_lowercase(), value)]).try_into::<Self>()
+            };
+            // A number or boolean where the key takes one, else the text itself.
+            let parsed = one(scalar(value)).or_else(|_| one(toml::Value::String(value.into())));
+            let parsed = parsed.map_err(|e| {
+                anyhow::anyhow!(
+                    "environment variable {key}={value}: {} (unset it or fix the value)",
+                    e.to_string().trim_end()
+                )
+            })?;
+            layer = parsed.over(layer);
+        }
+        Ok(layer)
+    }
+}
+
+/// A TOML scalar for an environment value: integer, float, boolean or string.
+fn scalar(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(f) = text.parse::<f64>() {
+        toml::Value::Float(f)
+    } else if let Ok(b) = text.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(text.to_string())
+    }
+}
+
+/// The resolved settings of a command: the model and the policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// Model: a name (`smollm2-135m`, `qwen2.5-coder-0.5b`), a GGUF file or a HF folder.
     pub model: Option<String>,
-    /// Preset method name.
-    pub policy: String,
-    /// Allocator override.
-    pub allocator: Option<String>,
-    /// Scorer override.
-    pub scorer: Option<String>,
-    /// Score-function file of the static allocator.
-    pub score_fn: Option<PathBuf>,
-    /// Everything that tunes the policy.
-    #[serde(skip_deserializing)]
-    pub cache: PolicyConfig,
-}
-
-/// Keys of [`Settings`] read from the layered sources (besides [`PolicyConfig`]'s).
-const SETTINGS_KEYS: [&str; 5] = ["model", "policy", "allocator", "scorer", "score_fn"];
-
-/// The field names of [`PolicyConfig`].
-fn policy_keys() -> Vec<String> {
-    let mut keys = match serde_json::to_value(PolicyConfig::default()) {
-        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
-        _ => Vec::new(),
-    };
-    // Serialised only when set (see PolicyConfig::decode_slack).
-    keys.push("decode_slack".to_string());
-    keys
-}
-
-/// Rejects unknown keys of a settings file, naming the file and the known keys.
-fn check_file_keys(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read settings file {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let known = policy_keys();
-    for key in table.keys() {
-        if !SETTINGS_KEYS.contains(&key.as_str()) && !known.contains(key) {
-            bail!(
-                "{}: unknown key `{key}`; known keys: {}, {}",
-                path.display(),
-                SETTINGS_KEYS.join(", "),
-                known.join(", ")
-            );
-        }
-    }
-    Ok(())
+    /// The policy (serialised flat: `policy`, `allocator`, `scorer`, `score_fn`, `cache`).
+    #[serde(flatten)]
+    pub spec: PolicySpec,
 }
 
 impl Settings {
     /// Resolves defaults < settings file < `CAKE_*` environment < flags; `model_flag` is
-    /// the command's `--model`.
+    /// the command's `--model`. Validates the policy before any model is loaded.
     pub fn resolve(args: &PolicyArgs, model_flag: Option<&str>) -> Result<Self> {
-        let mut defaults = serde_json::to_value(PolicyConfig::default())?;
-        if let serde_json::Value::Object(map) = &mut defaults {
-            map.insert("policy".into(), "cake".into());
-            map.retain(|_, v| !v.is_null());
-        }
-        let defaults = toml::to_string(&defaults).context("cannot encode the defaults")?;
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(&defaults, config::FileFormat::Toml));
         let file = match &args.config {
             Some(path) if !path.exists() => bail!(
                 "settings file {} does not exist: check --config",
@@ -137,156 +199,126 @@ impl Settings {
             Some(path) => Some(path.clone()),
             None => Some(PathBuf::from("cake.toml")).filter(|p| p.exists()),
         };
-        if let Some(path) = &file {
-            check_file_keys(path)?;
-            builder = builder.add_source(config::File::from(path.as_path()));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("CAKE")
-                .prefix_separator("_")
-                .try_parsing(true),
-        );
-        let overrides: [(&str, Option<config::Value>); 15] = [
-            ("model", model_flag.map(Into::into)),
-            ("policy", args.policy.clone().map(Into::into)),
-            ("allocator", args.allocator.clone().map(Into::into)),
-            ("scorer", args.scorer.clone().map(Into::into)),
-            (
-                "score_fn",
-                args.score_fn
-                    .as_ref()
-                    .map(|p| p.display().to_string().into()),
-            ),
-            ("cache_size", args.cache_size.map(|v| (v as u64).into())),
-            ("ratio", args.ratio.map(Into::into)),
-            ("window", args.window.map(|v| (v as u64).into())),
-            ("tau1", args.tau1.map(Into::into)),
-            ("tau2", args.tau2.map(Into::into)),
-            ("gamma", args.gamma.map(Into::into)),
-            ("pool_kernel", args.pool_kernel.map(|v| (v as u64).into())),
-            ("decode_evict", args.decode_evict.clone().map(Into::into)),
-            ("decode_slack", args.decode_slack.map(|v| (v as u64).into())),
-            ("sinks", args.sinks.map(|v| (v as u64).into())),
-        ];
-        for (key, value) in overrides {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value)?;
-            }
-        }
-        if args.no_cascading {
-            builder = builder.set_override("cascading", false)?;
-        }
-        let merged = builder.build().context("cannot merge settings")?;
-        let all: serde_json::Map<String, serde_json::Value> = merged
-            .try_deserialize()
-            .context("invalid settings (flags, CAKE_* variables or settings file)")?;
-        let pick = |keys: &[String]| -> serde_json::Value {
-            all.iter()
-                .filter(|(k, _)| keys.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
+        let file = match &file {
+            Some(path) => PolicyArgs::from_file(path)?,
+            None => PolicyArgs::default(),
         };
-        let settings_keys: Vec<String> = SETTINGS_KEYS.iter().map(|s| s.to_string()).collect();
-        let mut settings: Settings = serde_json::from_value(pick(&settings_keys))
-            .context("invalid settings: model, policy, allocator, scorer or score_fn")?;
-        settings.cache = serde_json::from_value(pick(&policy_keys()))
-            .context("invalid policy settings (cache_size, window, tau1, ...)")?;
-        settings.cache.validate().map_err(|e| {
+        let flags = PolicyArgs {
+            model: model_flag.map(str::to_string),
+            ..args.clone()
+        };
+        let settings = Self::from_layer(flags.over(PolicyArgs::from_env()?.over(file)));
+        settings.spec.validate().map_err(|e| {
             anyhow::anyhow!("{e} (set it with a flag, a CAKE_* variable or the settings file)")
         })?;
-        settings.check_names()?;
         Ok(settings)
     }
 
-    /// Fails on an unknown policy, allocator or scorer name before any model is loaded.
-    pub fn check_names(&self) -> Result<()> {
-        if !cake_core::PRESETS.contains(&self.policy.as_str()) {
-            bail!(
-                "unknown policy `{}`; known policies: {}",
-                self.policy,
-                cake_core::PRESETS.join(", ")
-            );
+    /// The settings a merged layer gives, defaults filling unset keys.
+    fn from_layer(layer: PolicyArgs) -> Self {
+        let d = PolicyConfig::default();
+        let cache = PolicyConfig {
+            cache_size: layer.cache_size.unwrap_or(d.cache_size),
+            ratio: layer.ratio.or(d.ratio),
+            window: layer.window.unwrap_or(d.window),
+            tau1: layer.tau1.or(d.tau1),
+            tau2: layer.tau2.or(d.tau2),
+            gamma: layer.gamma.unwrap_or(d.gamma),
+            pool_kernel: layer.pool_kernel.unwrap_or(d.pool_kernel),
+            cascading: layer.cascading.unwrap_or(d.cascading),
+            decode_evict: layer.decode_evict.unwrap_or(d.decode_evict),
+            decode_slack: layer.decode_slack.unwrap_or(d.decode_slack),
+            sinks: layer.sinks.unwrap_or(d.sinks),
+            beta: layer.beta.unwrap_or(d.beta),
+        };
+        Self {
+            model: layer.model,
+            spec: PolicySpec {
+                method: layer.policy.unwrap_or_default(),
+                allocator: layer.allocator,
+                scorer: layer.scorer,
+                score_fn: layer.score_fn,
+                cache,
+            },
         }
-        if let Some(a) = &self.allocator {
-            a.parse::<AllocatorKind>()?;
-        }
-        if let Some(s) = &self.scorer {
-            s.parse::<ScorerKind>()?;
-        }
-        Ok(())
+    }
+
+    /// These settings with another method and cache size (for sweeps), validated.
+    pub fn with_method(&self, method: Method, cache_size: usize) -> Result<Self> {
+        let mut settings = self.clone();
+        settings.spec.method = method;
+        settings.spec.cache.cache_size = cache_size;
+        settings.spec.validate()?;
+        Ok(settings)
     }
 
     /// A short label for folder names, e.g. `cake-c256-w32`.
     pub fn label(&self) -> String {
-        // An override names both halves; the other one comes from the preset.
-        let base = preset_kinds(&self.policy).ok();
-        let mut label = match (&self.allocator, &self.scorer) {
-            (None, None) => self.policy.clone(),
-            (a, s) => format!(
-                "{}+{}",
-                a.clone()
-                    .or_else(|| base.map(|(a, _)| a.to_string()))
-                    .unwrap_or_default(),
-                s.clone()
-                    .or_else(|| base.map(|(_, s)| s.to_string()))
-                    .unwrap_or_default()
-            ),
-        };
-        match self.cache.ratio {
-            Some(r) => label.push_str(&format!("-r{r}")),
-            None => label.push_str(&format!("-c{}", self.cache.cache_size)),
-        }
-        label.push_str(&format!("-w{}", self.cache.window));
-        if !self.cache.cascading {
-            label.push_str("-oneshot");
-        }
-        if self.cache.decode_slack > 0 {
-            label.push_str(&format!("-slack{}", self.cache.decode_slack));
-        }
-        label
-    }
-
-    /// The policy these settings describe for a model named `model_name` with
-    /// `num_layers` layers (temperatures filled from the published table).
-    pub fn policy<B: Backend>(&self, model_name: &str, num_layers: usize) -> Result<Policy<B>> {
-        let (config, _) = self.cache.clone().with_model_defaults(model_name);
-        let policy = match (&self.allocator, &self.scorer) {
-            (None, None) => Policy::preset(&self.policy, &config)?,
-            (allocator, scorer) => {
-                let base = preset_kinds(&self.policy)?;
-                let allocator: AllocatorKind = match allocator {
-                    Some(a) => a.parse()?,
-                    None => base.0,
-                };
-                let scorer: ScorerKind = match scorer {
-                    Some(s) => s.parse()?,
-                    None => base.1,
-                };
-                if allocator == AllocatorKind::Static {
-                    let Some(path) = &self.score_fn else {
-                        bail!(
-                            "--allocator static needs --score-fn FILE (write one with `cake fit`)"
-                        );
-                    };
-                    let function = cake_core::ScoreFunction::from_path(path)?;
-                    let allocator = Static::from_score_function(&function, num_layers)?;
-                    let scorer = cake_core::policy::build_scorer::<B>(scorer, &config);
-                    Policy::new(Arc::new(allocator), scorer, config)?
-                } else {
-                    Policy::from_kinds(allocator, scorer, config)?
-                }
-            }
-        };
-        Ok(policy)
+        self.spec.label()
     }
 }
 
-/// The allocator and scorer of a preset, for overriding one of them.
-fn preset_kinds(name: &str) -> Result<(AllocatorKind, ScorerKind)> {
-    cake_core::policy::preset_kinds(name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "--allocator/--scorer override the parts of a method; `{name}` has none: use one of streaming, h2o, tova, snapkv, pyramidkv, cake"
-        )
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_merge_key_by_key_and_defaults_fill_the_rest() {
+        let file: PolicyArgs =
+            toml::from_str("cache_size = 12\nwindow = 4\npolicy = \"SnapKV\"\ncascading = false")
+                .unwrap();
+        let flags = PolicyArgs {
+            window: Some(2),
+            ..PolicyArgs::default()
+        };
+        let s = Settings::from_layer(flags.over(file));
+        assert_eq!(s.spec.method, Method::SnapKv);
+        assert_eq!((s.spec.cache.cache_size, s.spec.cache.window), (12, 2));
+        assert!(!s.spec.cache.cascading);
+        assert_eq!(s.spec.cache.gamma, PolicyConfig::default().gamma);
+        // --no-cascading beats a file's `cascading = true`.
+        let file: PolicyArgs = toml::from_str("cascading = true").unwrap();
+        let flags = PolicyArgs {
+            no_cascading: true,
+            ..PolicyArgs::default()
+        };
+        assert!(!Settings::from_layer(flags.over(file)).spec.cache.cascading);
+        assert!(Settings::from_layer(PolicyArgs::default()).spec.cache.cascading);
+    }
+
+    #[test]
+    fn file_and_environment_reject_unknown_keys_alike() {
+        let err = toml::from_str::<PolicyArgs>("cache_sise = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown field `cache_sise`"), "{err}");
+        let one = toml::Table::from_iter([("cache_sise".to_string(), scalar("1"))]);
+        let err = one.try_into::<PolicyArgs>().unwrap_err();
+        assert!(err.to_string().contains("unknown field `cache_sise`"), "{err}");
+        // Flags-only keys are not settings keys.
+        assert!(toml::from_str::<PolicyArgs>("no_cascading = true").is_err());
+        assert!(toml::from_str::<PolicyArgs>("config = \"x\"").is_err());
+    }
+
+    #[test]
+    fn environment_values_take_the_key_type() {
+        let one = |k: &str, v: &str| {
+            let t = toml::Table::from_iter([(k.to_string(), scalar(v))]);
+            t.try_into::<PolicyArgs>()
+        };
+        assert_eq!(one("cache_size", "256").unwrap().cache_size, Some(256));
+        assert_eq!(one("tau1", "2").unwrap().tau1, Some(2.0));
+        assert_eq!(one("policy", "H2O").unwrap().policy, Some(Method::H2o));
+        assert_eq!(one("cascading", "false").unwrap().cascading, Some(false));
+        assert!(one("cache_size", "many").is_err());
+        assert!(one("policy", "magic").is_err());
+    }
+
+    #[test]
+    fn serialises_as_before() {
+        // Folder names hash this JSON: keys, order and values must stay as they were.
+        let s = Settings::from_layer(PolicyArgs::default());
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"model":null,"policy":"cake","allocator":null,"scorer":null,"score_fn":null,"cache":{"cache_size":1024,"ratio":null,"window":32,"tau1":null,"tau2":null,"gamma":200.0,"pool_kernel":5,"cascading":true,"decode_evict":"policy","sinks":4,"beta":20.0}}"#
+        );
+    }
 }

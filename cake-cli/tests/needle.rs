@@ -4,7 +4,7 @@
 
 use cake_core::{KeepAll, KvCompressor, Policy, PolicyCompressor, PolicyConfig};
 use cake_longbench::haystack::MOBY_DICK_EXCERPT;
-use cake_models::generate::{GenerationConfig, Sampling, generate};
+use cake_models::generate::{Generation, GenerationConfig, Sampling};
 use cake_models::gguf::GgufFile;
 use cake_models::tokenizer::{ChatMessage, Tokenizer};
 use cake_models::{Cpu, load};
@@ -46,7 +46,7 @@ fn full_cache_and_cake_c256_both_return_the_passkey() {
     };
     let eos = tokenizer.eos_token_ids();
     let policy = Policy::<Cpu>::preset(
-        "cake",
+        cake_core::Method::Cake,
         &PolicyConfig {
             cache_size: 256,
             window: 32,
@@ -58,7 +58,7 @@ fn full_cache_and_cake_c256_both_return_the_passkey() {
     let compressors: [(&str, &mut dyn KvCompressor<Cpu>); 2] =
         [("full", &mut KeepAll), ("cake C=256", &mut cake)];
     for (name, compressor) in compressors {
-        let out = generate(&model, &ids, &config, &eos, compressor, None).unwrap();
+        let out = Generation::new(&model).with_compressor(compressor).with_config(config.clone()).with_eos(eos.to_vec()).generate(&ids).unwrap();
         let answer = tokenizer.decode(&out.tokens, true).unwrap();
         assert!(answer.contains(KEY), "{name} answered {answer:?}");
     }

@@ -7,43 +7,22 @@
 
 use std::hint::black_box;
 
-use burn::tensor::{Tensor, TensorData, activation::softmax};
-use burn_flex::Flex;
+use burn::tensor::{Tensor, activation::softmax};
 use cake_core::Allocator;
 use cake_core::stats::{cake_indicator, to_host, top_k_indices, window_attention};
 use cake_core::{
     BudgetPlan, KvCompressor, LayerCache, LayerPreference, Policy, PolicyCompressor, PolicyConfig,
     Preference, PrefillLayer,
 };
+use common::{B, tensor3, values};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-type B = Flex;
+mod common;
 
 const H: usize = 32;
 const HKV: usize = 8;
 const W: usize = 32;
 const D: usize = 128;
-
-/// Deterministic pseudo-random values in [-1, 1) (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-fn tensor3(shape: [usize; 3], seed: u64, scale: f32) -> Tensor<B, 3> {
-    let data: Vec<f32> = values(shape.iter().product(), seed)
-        .into_iter()
-        .map(|v| v * scale)
-        .collect();
-    Tensor::from_data(TensorData::new(data, shape), &Default::default())
-}
 
 fn budget_allocation(c: &mut Criterion) {
     let mut group = c.benchmark_group("budget_allocation");
@@ -146,7 +125,8 @@ fn cascade(c: &mut Criterion) {
         let name = if cascading { "cascade" } else { "one_shot" };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let policy = Policy::<B>::preset("cake", &config).expect("valid preset");
+                let policy =
+                    Policy::<B>::preset(cake_core::Method::Cake, &config).expect("valid preset");
                 let mut comp = PolicyCompressor::new(policy, L);
                 let mut caches: Vec<LayerCache<B>> = Vec::with_capacity(L);
                 for (layer, q) in queries.iter().enumerate() {

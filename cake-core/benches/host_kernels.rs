@@ -12,25 +12,13 @@
 use std::hint::black_box;
 
 use burn::tensor::{Tensor, TensorData};
-use burn_flex::Flex;
-use cake_core::host::{AttentionShape, KvRows, attention, gemv};
+use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemv};
 use cake_core::{LayerCache, evict_to_budget};
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use common::{B, tensor3, values};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 
-type B = Flex;
-
-/// Deterministic pseudo-random values in [-1, 1) (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+mod common;
 
 fn rows(data: &[f32], len: usize, dim: usize) -> KvRows<'_> {
     KvRows {
@@ -41,34 +29,42 @@ fn rows(data: &[f32], len: usize, dim: usize) -> KvRows<'_> {
     }
 }
 
+/// Benchmarks one `attention` call of `shape` over `len` cached keys and values, with
+/// the probabilities when `probs`; the parameter shown is `len`.
+fn bench_attention(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    shape: AttentionShape,
+    len: usize,
+    visible: Visible<'_>,
+    probs: bool,
+) {
+    let (s, h, d) = (shape.queries, shape.heads, shape.dim);
+    let q = values(s * h * d, 1);
+    let k = values(shape.kv_heads * len * d, 2);
+    let v = values(shape.kv_heads * len * d, 3);
+    let mut out = vec![0.0f32; s * h * d];
+    let mut p = vec![0.0f32; if probs { h * s * len } else { 0 }];
+    group.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
+        b.iter(|| {
+            let values = Some((rows(&v, len, d), &mut out[..]));
+            let p = probs.then_some(&mut p[..]);
+            attention(&q, rows(&k, len, d), shape, visible, values, p);
+            black_box(out[0])
+        })
+    });
+}
+
 fn prefill_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention_prefill_h9_kv3_d64");
     group.sample_size(10);
-    let (h, hkv, d) = (9, 3, 64);
     for s in [512, 2048, 8192] {
-        let q = values(s * h * d, 1);
-        let k = values(hkv * s * d, 2);
-        let v = values(hkv * s * d, 3);
         let shape = AttentionShape {
             queries: s,
-            heads: h,
-            kv_heads: hkv,
-            dim: d,
+            heads: 9,
+            kv_heads: 3,
+            dim: 64,
         };
-        let mut out = vec![0.0f32; s * h * d];
-        group.bench_with_input(BenchmarkId::from_parameter(s), &s, |b, _| {
-            b.iter(|| {
-                attention(
-                    &q,
-                    rows(&k, s, d),
-                    shape,
-                    &|_, i| (0, i + 1),
-                    Some((rows(&v, s, d), &mut out)),
-                    None,
-                );
-                black_box(out[0])
-            })
-        });
+        bench_attention(&mut group, shape, s, &|_, i| (0, i + 1), false);
     }
     group.finish();
 }
@@ -76,41 +72,16 @@ fn prefill_attention(c: &mut Criterion) {
 fn decode_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention_decode_h32_kv8_d128");
     group.sample_size(20);
-    let (h, hkv, d) = (32, 8, 128);
     for len in [512, 2048, 8192, 32768] {
-        let q = values(h * d, 1);
-        let k = values(hkv * len * d, 2);
-        let v = values(hkv * len * d, 3);
         let shape = AttentionShape {
             queries: 1,
-            heads: h,
-            kv_heads: hkv,
-            dim: d,
+            heads: 32,
+            kv_heads: 8,
+            dim: 128,
         };
-        let mut out = vec![0.0f32; h * d];
-        let mut probs = vec![0.0f32; h * len];
-        group.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
-            b.iter(|| {
-                attention(
-                    &q,
-                    rows(&k, len, d),
-                    shape,
-                    &|_, _| (0, len),
-                    Some((rows(&v, len, d), &mut out)),
-                    Some(&mut probs),
-                );
-                black_box(probs[0])
-            })
-        });
+        bench_attention(&mut group, shape, len, &|_, _| (0, len), true);
     }
     group.finish();
-}
-
-fn tensor3(shape: [usize; 3], seed: u64) -> Tensor<B, 3> {
-    Tensor::from_data(
-        TensorData::new(values(shape.iter().product(), seed), shape),
-        &Default::default(),
-    )
 }
 
 fn cache_ops(c: &mut Criterion) {
@@ -119,9 +90,13 @@ fn cache_ops(c: &mut Criterion) {
     // Append one token to a cache of 4096 (capacity to spare: one row write per head).
     let mut cache = LayerCache::<B>::new();
     cache
-        .append(tensor3([hkv, 4096, d], 1), tensor3([hkv, 4096, d], 2), 0)
+        .append(
+            tensor3([hkv, 4096, d], 1, 1.0),
+            tensor3([hkv, 4096, d], 2, 1.0),
+            0,
+        )
         .unwrap();
-    let (k1, v1) = (tensor3([hkv, 1, d], 3), tensor3([hkv, 1, d], 4));
+    let (k1, v1) = (tensor3([hkv, 1, d], 3, 1.0), tensor3([hkv, 1, d], 4, 1.0));
     group.bench_function("append_one_token_at_4k", |b| {
         b.iter_batched(
             || private_copy(&cache),
@@ -136,8 +111,12 @@ fn cache_ops(c: &mut Criterion) {
     let (budget, w) = (1024 - 32, 32);
     let n = budget + w + 1;
     let mut full = LayerCache::<B>::new();
-    full.append(tensor3([hkv, n, d], 5), tensor3([hkv, n, d], 6), 0)
-        .unwrap();
+    full.append(
+        tensor3([hkv, n, d], 5, 1.0),
+        tensor3([hkv, n, d], 6, 1.0),
+        0,
+    )
+    .unwrap();
     let scores = Tensor::from_data(
         TensorData::new(values(hkv * n, 7), [hkv, n]),
         &Default::default(),

@@ -4,7 +4,6 @@
 //! turns them into integers with the section-4 invariants. A new method is a new impl.
 
 use std::fmt::Debug;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -236,62 +235,17 @@ pub(crate) fn normalise(mut shares: Vec<f64>) -> Vec<f64> {
     shares
 }
 
-/// The allocator names accepted on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AllocatorKind {
-    /// [`Uniform`].
-    Uniform,
-    /// [`Pyramid`].
-    Pyramid,
-    /// [`Preference`].
-    Preference,
-    /// [`Static`] (needs a score-function file).
-    Static,
-}
-
-impl AllocatorKind {
-    /// Every kind with its name.
-    pub const ALL: [(AllocatorKind, &'static str); 4] = [
-        (Self::Uniform, "uniform"),
-        (Self::Pyramid, "pyramid"),
-        (Self::Preference, "preference"),
-        (Self::Static, "static"),
-    ];
-
-    /// The kind's name.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(k, _)| *k == self)
-            .map_or("?", |(_, n)| n)
-    }
-}
-
-impl FromStr for AllocatorKind {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let wanted = s.trim().to_ascii_lowercase();
-        Self::ALL
-            .iter()
-            .find(|(_, n)| *n == wanted)
-            .map(|(k, _)| *k)
-            .ok_or_else(|| ConfigError::UnknownName {
-                what: "allocator",
-                name: s.to_string(),
-                valid: Self::ALL
-                    .iter()
-                    .map(|(_, n)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-}
-
-impl std::fmt::Display for AllocatorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+crate::names::named_enum! {
+    /// The allocators by name (flags, settings files, reports).
+    pub enum AllocatorKind("allocator") {
+        /// [`Uniform`].
+        Uniform = "uniform",
+        /// [`Pyramid`].
+        Pyramid = "pyramid",
+        /// [`Preference`].
+        Preference = "preference",
+        /// [`Static`] (needs a score-function file).
+        Static = "static",
     }
 }
 
@@ -349,7 +303,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_lists_valid() {
-        for (k, n) in AllocatorKind::ALL {
+        for &(k, n) in AllocatorKind::ALL {
             assert_eq!(n.parse::<AllocatorKind>().unwrap(), k);
         }
         let err = "pyramids".parse::<AllocatorKind>().unwrap_err().to_string();

@@ -153,6 +153,9 @@ impl CompressionReport {
 /// layers.
 #[derive(Debug, Clone)]
 pub struct PolicyCompressor<B: Backend> {
+    /// The policy as given.
+    template: Policy<B>,
+    /// The policy of the current prompt (see [`Policy::for_cache_size`]).
     policy: Policy<B>,
     num_layers: usize,
     plan: Option<BudgetPlan>,
@@ -172,6 +175,7 @@ impl<B: Backend> PolicyCompressor<B> {
     /// A compressor for a model with `num_layers` decoder layers.
     pub fn new(policy: Policy<B>, num_layers: usize) -> Self {
         Self {
+            template: policy.clone(),
             policy,
             num_layers,
             plan: None,
@@ -187,7 +191,7 @@ impl<B: Backend> PolicyCompressor<B> {
         }
     }
 
-    /// The policy.
+    /// The policy of the current prompt (temperatures resolved at its cache size).
     pub fn policy(&self) -> &Policy<B> {
         &self.policy
     }
@@ -218,6 +222,7 @@ impl<B: Backend> PolicyCompressor<B> {
     }
 
     fn reset(&mut self, plan: BudgetPlan, num_kv_heads: usize) {
+        self.policy = self.template.for_cache_size(plan.cache_size);
         self.plan = Some(plan);
         self.num_kv_heads = num_kv_heads;
         self.preferences.clear();
@@ -284,7 +289,7 @@ impl<B: Backend> PolicyCompressor<B> {
     /// policy never evicts while decoding.
     fn decode_limit(&self, layer: usize) -> Option<(usize, usize)> {
         let config = self.policy.config();
-        if self.policy.keeps_all() || config.decode_evict == DecodeEviction::None {
+        if config.decode_evict == DecodeEviction::None {
             return None;
         }
         let plan = self.plan?;
@@ -374,7 +379,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             return Ok(());
         };
         let cache = &caches[layer];
-        let (Some(keys), false) = (cache.keys(), self.policy.keeps_all()) else {
+        let Some(keys) = cache.keys() else {
             self.preferences.resize(layer + 1, None);
             return Ok(());
         };
@@ -402,16 +407,6 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
 
     fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
         self.measure(caches);
-        if self.policy.keeps_all() {
-            if let Some(plan) = self.plan {
-                self.budgets = caches
-                    .iter()
-                    .map(|c| c.len().saturating_sub(plan.window))
-                    .collect();
-                self.shares = vec![1.0 / caches.len().max(1) as f64; caches.len()];
-            }
-            return Ok(());
-        }
         if !self.policy.config().cascading {
             self.allocate_and_evict(caches)?;
             self.measure(caches);

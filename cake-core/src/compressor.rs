@@ -73,6 +73,34 @@ pub trait KvCompressor<B: Backend> {
     }
 }
 
+/// A borrowed compressor works as the compressor itself (e.g. to keep it after a
+/// generation that took it).
+impl<B: Backend, C: KvCompressor<B> + ?Sized> KvCompressor<B> for &mut C {
+    fn after_prefill_layer(
+        &mut self,
+        step: PrefillLayer<B>,
+        caches: &mut [LayerCache<B>],
+    ) -> Result<(), CacheError> {
+        (**self).after_prefill_layer(step, caches)
+    }
+
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        (**self).after_prefill(caches)
+    }
+
+    fn wants_decode_attention(&self, layer: usize, cache: &LayerCache<B>) -> bool {
+        (**self).wants_decode_attention(layer, cache)
+    }
+
+    fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        (**self).after_decode_step(step, cache)
+    }
+}
+
 /// The full cache: keeps everything.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KeepAll;

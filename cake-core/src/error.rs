@@ -51,9 +51,24 @@ pub enum ConfigError {
     },
     /// The static allocator was named without a score-function file.
     #[error(
-        "the static allocator needs a score-function file: build it with Static::from_score_function(ScoreFunction::from_path(..))"
+        "the static allocator needs a score-function file: give --score-fn FILE (write one with `cake fit`), or build it with Static::from_score_function"
     )]
     StaticNeedsFile,
+    /// [`crate::Method::Full`] asked for as a policy.
+    #[error(
+        "`full` keeps every token and has no policy: use KeepAll, or PolicySpec::compressor, which gives it for `full`"
+    )]
+    FullIsNotAPolicy,
+    /// An allocator or scorer override on `full`, which has neither.
+    #[error(
+        "`full` keeps every token: it has no allocator or scorer to override (drop --allocator/--scorer, or pick a method such as cake)"
+    )]
+    FullHasNoParts,
+    /// A score-function file given without the static allocator.
+    #[error(
+        "a score-function file is only used by the static allocator: add --allocator static, or drop --score-fn"
+    )]
+    ScoreFunctionUnused,
     /// A static table with no layer.
     #[error("static shares are empty")]
     EmptyShares,

@@ -4,13 +4,16 @@
 //! (see `cake-models`) compute attention and hand the tensors here through the
 //! [`KvCompressor`] hooks. A [`Policy`] pairs an [`Allocator`] (how many tokens each layer
 //! keeps) with a [`Scorer`] (which ones); a [`PolicyCompressor`] runs it through the hooks.
+//! A [`PolicySpec`] describes a policy by value (as flags and settings files do) and is
+//! the one factory of compressors, `full` included.
 //!
 //! ```ignore
-//! let config = PolicyConfig::default().with_model_defaults("Llama-3.1-8B-Instruct").0;
-//! let policy = Policy::preset("cake", &config)?;
-//! let mut compressor = PolicyCompressor::new(policy, num_layers);
-//! model.generate_with(&mut compressor, prompt)?;
-//! println!("{}", compressor.report(&caches).to_json());
+//! let spec = PolicySpec { method: Method::Cake, ..PolicySpec::default() };
+//! let mut compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", num_layers)?;
+//! model.prefill(&prompt, &mut caches, &mut compressor, PrefillLogits::Last)?;
+//! if let Some(report) = compressor.report(&caches) {
+//!     println!("{}", report.to_json());
+//! }
 //! ```
 
 pub mod allocator;
@@ -21,10 +24,12 @@ pub mod compressor;
 pub mod error;
 #[cfg(feature = "flex")]
 pub mod host;
+mod names;
 pub mod policy;
 pub mod replay;
 pub mod score_function;
 pub mod scorer;
+pub mod spec;
 pub mod stats;
 pub mod tau;
 
@@ -36,8 +41,9 @@ pub use cache::LayerCache;
 pub use cascade::{CompressionReport, LayerReport, PolicyCompressor, evict_to_budget};
 pub use compressor::{DecodeStep, KeepAll, KvCompressor, PrefillLayer};
 pub use error::{CacheError, ConfigError};
-pub use policy::{DecodeEviction, PRESETS, Policy, PolicyConfig};
+pub use policy::{DecodeEviction, Method, Policy, PolicyConfig};
 pub use replay::{PrefillRecorder, replay_prefill};
 pub use score_function::ScoreFunction;
 pub use scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
+pub use spec::{Compressor, PolicySpec};
 pub use tau::{TauLookup, TauSource, lookup_tau};

@@ -12,16 +12,58 @@ use crate::error::ConfigError;
 use crate::scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
 use crate::tau::{TauLookup, TauSource, lookup_tau};
 
-/// Whether layers drop tokens while decoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DecodeEviction {
-    /// Keep each layer at `budget_l + w` tokens by dropping the lowest-scored one
-    /// (section 6).
-    #[default]
-    Policy,
-    /// Never evict during decoding: the caches grow.
-    None,
+crate::names::named_enum! {
+    /// Whether layers drop tokens while decoding.
+    #[derive(Default)]
+    pub enum DecodeEviction("decoding eviction") {
+        /// Keep each layer at `budget_l + w` tokens by dropping the lowest-scored one
+        /// (section 6).
+        #[default]
+        Policy = "policy",
+        /// Never evict during decoding: the caches grow.
+        None = "none",
+    }
+}
+
+crate::names::named_enum! {
+    /// The methods of the paper's comparison (section 8): the full cache, or a preset
+    /// pairing of an allocator and a scorer (see [`Method::kinds`]).
+    #[derive(Default)]
+    pub enum Method("method") {
+        /// Keep every token (the baseline; no policy runs).
+        Full = "full",
+        /// StreamingLLM: uniform budgets, attention sinks plus recent tokens.
+        Streaming = "streaming",
+        /// H2O: uniform budgets, accumulated attention.
+        H2o = "h2o",
+        /// TOVA: uniform budgets, the last query's attention.
+        Tova = "tova",
+        /// SnapKV: uniform budgets, pooled window attention.
+        SnapKv = "snapkv",
+        /// PyramidKV: linearly decreasing budgets, SnapKV's scores.
+        PyramidKv = "pyramidkv",
+        /// CAKE: preference-proportional budgets, CAKE's indicator.
+        #[default]
+        Cake = "cake",
+    }
+}
+
+impl Method {
+    /// The allocator and scorer of a method; `None` for [`Method::Full`], which keeps
+    /// everything and runs no policy.
+    pub fn kinds(self) -> Option<(AllocatorKind, ScorerKind)> {
+        use AllocatorKind as A;
+        use ScorerKind as S;
+        Some(match self {
+            Method::Full => return None,
+            Method::Streaming => (A::Uniform, S::Streaming),
+            Method::H2o => (A::Uniform, S::H2o),
+            Method::Tova => (A::Uniform, S::Tova),
+            Method::SnapKv => (A::Uniform, S::SnapKv),
+            Method::PyramidKv => (A::Pyramid, S::SnapKv),
+            Method::Cake => (A::Preference, S::Cake),
+        })
+    }
 }
 
 /// Everything that tunes a policy. `Default` gives the paper's settings.
@@ -142,6 +184,12 @@ impl PolicyConfig {
     /// else the published ones for the model at this cache size (missing ones filled),
     /// else 1.0 / 1.0 with [`TauSource::Fallback`].
     pub fn resolve_tau(&self, model: &str) -> TauLookup {
+        self.resolve_tau_at(model, self.cache_size)
+    }
+
+    /// [`PolicyConfig::resolve_tau`] for an effective cache size `cache_size` (with a
+    /// `ratio`, C is known only once the prompt is).
+    pub fn resolve_tau_at(&self, model: &str, cache_size: usize) -> TauLookup {
         match (self.tau1, self.tau2) {
             (Some(tau1), Some(tau2)) => TauLookup {
                 tau1,
@@ -149,7 +197,7 @@ impl PolicyConfig {
                 source: TauSource::User,
             },
             (t1, t2) => {
-                let found = lookup_tau(model, self.cache_size);
+                let found = lookup_tau(model, cache_size);
                 TauLookup {
                     tau1: t1.unwrap_or(found.tau1),
                     tau2: t2.unwrap_or(found.tau2),
@@ -174,26 +222,20 @@ impl PolicyConfig {
     }
 }
 
-/// A layer-budget allocator paired with a token scorer, and their configuration.
+/// A layer-budget allocator paired with a token scorer, and their configuration. Every
+/// policy evicts; the full cache is [`crate::KeepAll`] (see [`crate::PolicySpec`]).
 #[derive(Debug, Clone)]
 pub struct Policy<B: Backend> {
     name: String,
     allocator: Arc<dyn Allocator>,
     scorer: Arc<dyn Scorer<B>>,
     config: PolicyConfig,
-    keep_all: bool,
+    /// Set by [`Policy::with_published_taus`]: the model whose published temperatures
+    /// fill unset ones once the effective cache size is known.
+    tau_model: Option<String>,
+    /// The allocator's kind when [`Policy::from_kinds`] built it from the config.
+    allocator_kind: Option<AllocatorKind>,
 }
-
-/// The preset names of [`Policy::preset`].
-pub const PRESETS: [&str; 7] = [
-    "full",
-    "streaming",
-    "h2o",
-    "tova",
-    "snapkv",
-    "pyramidkv",
-    "cake",
-];
 
 impl<B: Backend> Policy<B> {
     /// Any allocator with any scorer (e.g. CAKE allocation with the SnapKV scorer).
@@ -208,12 +250,13 @@ impl<B: Backend> Policy<B> {
             allocator,
             scorer,
             config,
-            keep_all: false,
+            tau_model: None,
+            allocator_kind: None,
         })
     }
 
-    /// A policy from allocator and scorer names (the static allocator needs a file: use
-    /// [`Policy::new`] with [`crate::allocator::Static`]).
+    /// A policy from allocator and scorer kinds (the static allocator needs a file: use
+    /// [`Policy::new`] with [`crate::allocator::Static`], or [`crate::PolicySpec`]).
     pub fn from_kinds(
         allocator: AllocatorKind,
         scorer: ScorerKind,
@@ -221,37 +264,47 @@ impl<B: Backend> Policy<B> {
     ) -> Result<Self, ConfigError> {
         let a = build_allocator(allocator, &config)?;
         let s = build_scorer::<B>(scorer, &config);
-        Self::new(a, s, config)
+        let mut policy = Self::new(a, s, config)?;
+        policy.allocator_kind = Some(allocator);
+        Ok(policy)
     }
 
-    /// A named method of the paper's comparison (section 8): `full`, `streaming`, `h2o`,
-    /// `tova`, `snapkv`, `pyramidkv` or `cake`. Cascading follows `config.cascading`.
-    pub fn preset(name: &str, config: &PolicyConfig) -> Result<Self, ConfigError> {
-        let config = config.clone();
-        let key = name.trim().to_ascii_lowercase();
-        if key == "full" {
-            config.validate()?;
-            return Ok(Self {
-                name: "full".into(),
-                allocator: Arc::new(Uniform),
-                scorer: Arc::new(Streaming { sinks: 0 }),
-                config,
-                keep_all: true,
+    /// A method of the paper's comparison (section 8), e.g. `Policy::preset(Method::Cake,
+    /// &config)`. Cascading follows `config.cascading`. [`Method::Full`] is not a policy
+    /// (it keeps everything): it gives [`ConfigError::FullIsNotAPolicy`].
+    pub fn preset(method: Method, config: &PolicyConfig) -> Result<Self, ConfigError> {
+        let (allocator, scorer) = method.kinds().ok_or(ConfigError::FullIsNotAPolicy)?;
+        let mut policy = Self::from_kinds(allocator, scorer, config.clone())?;
+        policy.name = format!("{method} ({allocator}+{scorer})");
+        Ok(policy)
+    }
+
+    /// This policy with unset temperatures taken from the published table for `model`
+    /// (`cake-algorithm.md` section 3), looked up at the effective cache size of each
+    /// prompt (see [`Policy::for_cache_size`]).
+    pub fn with_published_taus(mut self, model: &str) -> Self {
+        self.tau_model = Some(model.to_string());
+        self
+    }
+
+    /// The policy that runs on a prompt whose effective cache size is `cache_size`: with
+    /// [`Policy::with_published_taus`] and a preference allocator built from the config,
+    /// unset temperatures are filled from the table at `cache_size` (so a `ratio` budget
+    /// gets the temperatures of the C it yields); otherwise an unchanged copy.
+    pub fn for_cache_size(&self, cache_size: usize) -> Self {
+        let mut policy = self.clone();
+        if let Some(model) = policy.tau_model.take()
+            && self.allocator_kind == Some(AllocatorKind::Preference)
+        {
+            let taus = self.config.resolve_tau_at(&model, cache_size);
+            policy.config.tau1 = Some(taus.tau1);
+            policy.config.tau2 = Some(taus.tau2);
+            policy.allocator = Arc::new(Preference {
+                tau1: taus.tau1,
+                tau2: taus.tau2,
             });
         }
-        let Some((allocator, scorer)) = preset_kinds(&key) else {
-            return Err(ConfigError::UnknownName {
-                what: "preset",
-                name: name.to_string(),
-                valid: PRESETS.join(", "),
-            });
-        };
-        let mut policy = Self::from_kinds(allocator, scorer, config)?;
-        policy.name = name.trim().to_ascii_lowercase();
         policy
-            .name
-            .push_str(&format!(" ({}+{})", allocator.name(), scorer.name()));
-        Ok(policy)
     }
 
     /// Display name, e.g. `cake (preference+cake)` or `uniform+snapkv`.
@@ -273,27 +326,6 @@ impl<B: Backend> Policy<B> {
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }
-
-    /// True for the full cache (nothing is ever evicted).
-    pub fn keeps_all(&self) -> bool {
-        self.keep_all
-    }
-}
-
-/// The allocator and scorer of a compressing preset (`None` for `full` and unknown names),
-/// e.g. to override one of them.
-pub fn preset_kinds(name: &str) -> Option<(AllocatorKind, ScorerKind)> {
-    use AllocatorKind as A;
-    use ScorerKind as S;
-    Some(match name {
-        "streaming" => (A::Uniform, S::Streaming),
-        "h2o" => (A::Uniform, S::H2o),
-        "tova" => (A::Uniform, S::Tova),
-        "snapkv" => (A::Uniform, S::SnapKv),
-        "pyramidkv" => (A::Pyramid, S::SnapKv),
-        "cake" => (A::Preference, S::Cake),
-        _ => return None,
-    })
 }
 
 /// The allocator of a kind with this config's parameters.
@@ -434,21 +466,24 @@ mod tests {
     #[test]
     fn presets_and_pairs() {
         let c = PolicyConfig::default();
-        for name in PRESETS {
-            let p = Policy::<B>::preset(name, &c).unwrap();
-            assert!(p.name().starts_with(name));
+        for &(method, name) in Method::ALL {
+            match Policy::<B>::preset(method, &c) {
+                Ok(p) => assert!(p.name().starts_with(name)),
+                Err(e) => assert!(method == Method::Full && e.to_string().contains("KeepAll")),
+            }
         }
-        let cake = Policy::<B>::preset("CAKE", &c).unwrap();
+        let cake = Policy::<B>::preset("CAKE".parse().unwrap(), &c).unwrap();
         assert_eq!(
             (cake.allocator().name(), cake.scorer().name()),
             ("preference", "cake")
         );
-        let pyr = Policy::<B>::preset("pyramidkv", &c).unwrap();
+        assert_eq!(cake.name(), "cake (preference+cake)");
+        let pyr = Policy::<B>::preset(Method::PyramidKv, &c).unwrap();
         assert_eq!(
             (pyr.allocator().name(), pyr.scorer().name()),
             ("pyramid", "snapkv")
         );
-        let e = Policy::<B>::preset("snap", &c).unwrap_err().to_string();
+        let e = "snap".parse::<Method>().unwrap_err().to_string();
         assert!(
             e.contains("full, streaming, h2o, tova, snapkv, pyramidkv, cake"),
             "{e}"
@@ -467,7 +502,44 @@ mod tests {
         let e = "heavy".parse::<ScorerKind>().unwrap_err().to_string();
         assert!(e.contains("streaming, h2o, tova, snapkv, cake"), "{e}");
         let bad = PolicyConfig { window: 0, ..c };
-        assert!(Policy::<B>::preset("cake", &bad).is_err());
+        assert!(Policy::<B>::preset(Method::Cake, &bad).is_err());
+    }
+
+    #[test]
+    fn published_taus_follow_the_effective_cache_size() {
+        // Llama-3.1-8B-Instruct's table: C = 128 -> (1.6, 0.6); a ratio of 1/64 of an
+        // 8192-token prompt is C = 128 too, whatever `cache_size` says.
+        let model = "meta-llama/Llama-3.1-8B-Instruct";
+        let config = PolicyConfig {
+            ratio: Some(1.0 / 64.0),
+            ..PolicyConfig::default()
+        };
+        let policy = Policy::<B>::preset(Method::Cake, &config)
+            .unwrap()
+            .with_published_taus(model);
+        let at = policy.for_cache_size(config.cache_size_for(8192));
+        assert_eq!(
+            at.config().taus(),
+            (
+                config.resolve_tau_at(model, 128).tau1,
+                config.resolve_tau_at(model, 128).tau2
+            )
+        );
+        assert_eq!(at.config().taus(), (1.6, 0.6));
+        // User temperatures are never replaced; other allocators are untouched.
+        let user = PolicyConfig {
+            tau1: Some(2.0),
+            tau2: Some(3.0),
+            ..config.clone()
+        };
+        let p = Policy::<B>::preset(Method::Cake, &user)
+            .unwrap()
+            .with_published_taus(model);
+        assert_eq!(p.for_cache_size(128).config().taus(), (2.0, 3.0));
+        let snap = Policy::<B>::preset(Method::SnapKv, &config)
+            .unwrap()
+            .with_published_taus(model);
+        assert_eq!(snap.for_cache_size(128).config().tau1, None);
     }
 
     #[test]

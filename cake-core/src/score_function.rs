@@ -8,20 +8,22 @@
 //! ```
 //! `share(x) = sum_i c_i x^i` (ascending powers) with `x = layer / (num_layers - 1)`;
 //! `head_coefficients`, when not null, is one polynomial per KV head. Other fields are
-//! ignored.
+//! ignored: `cake-scoring-fit`, which writes these files, follows them with its fit report
+//! (its `ScoreFunctionFile` is this struct, flattened, plus those fields), so this struct
+//! and [`ScoreFunction::validate`] are the one definition of the format.
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::allocator::normalise;
 use crate::error::ConfigError;
 
-/// The format tag this reader understands.
+/// The format tag of score-function files.
 pub const SCORE_FUNCTION_FORMAT: &str = "cake-score-function/1";
 
 /// A fitted polynomial of the normalised layer index giving each layer's budget share.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreFunction {
     /// Must be [`SCORE_FUNCTION_FORMAT`].
     pub format: String,
@@ -69,43 +71,52 @@ impl ScoreFunction {
         };
         let f: ScoreFunction = serde_json::from_str(text)
             .map_err(|e| bad(format!("invalid JSON at line {}: {e}", e.line())))?;
-        if f.format != SCORE_FUNCTION_FORMAT {
-            return Err(bad(format!(
+        f.validate().map_err(bad)?;
+        Ok(f)
+    }
+
+    /// Checks the invariants the readers rely on: the format tag, at least one layer, and
+    /// `degree + 1` finite coefficients in the layer polynomial and in each of the head
+    /// polynomials (one per KV head, when `num_kv_heads` is given). The error says what is
+    /// wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != SCORE_FUNCTION_FORMAT {
+            return Err(format!(
                 "format is {:?}, expected {SCORE_FUNCTION_FORMAT:?}",
-                f.format
-            )));
+                self.format
+            ));
         }
-        if f.num_layers == 0 {
-            return Err(bad("num_layers is 0".into()));
+        if self.num_layers == 0 {
+            return Err("num_layers is 0".into());
         }
         let check = |name: &str, c: &[f64]| {
-            if c.len() != f.degree + 1 {
-                return Err(bad(format!(
+            if c.len() != self.degree + 1 {
+                return Err(format!(
                     "{name} has {} values but degree {} needs {}",
                     c.len(),
-                    f.degree,
-                    f.degree + 1
-                )));
+                    self.degree,
+                    self.degree + 1
+                ));
             }
             if c.iter().any(|v| !v.is_finite()) {
-                return Err(bad(format!("{name} has a non-finite value")));
+                return Err(format!("{name} has a non-finite value"));
             }
             Ok(())
         };
-        check("coefficients", &f.coefficients)?;
-        if let Some(heads) = &f.head_coefficients {
-            if heads.is_empty() || (f.num_kv_heads != 0 && heads.len() != f.num_kv_heads) {
-                return Err(bad(format!(
+        check("coefficients", &self.coefficients)?;
+        if let Some(heads) = &self.head_coefficients {
+            if heads.is_empty() || (self.num_kv_heads != 0 && heads.len() != self.num_kv_heads) {
+                return Err(format!(
                     "head_coefficients has {} polynomials for {} KV heads",
                     heads.len(),
-                    f.num_kv_heads
-                )));
+                    self.num_kv_heads
+                ));
             }
             for (h, c) in heads.iter().enumerate() {
                 check(&format!("head_coefficients[{h}]"), c)?;
             }
         }
-        Ok(f)
+        Ok(())
     }
 
     /// Normalised layer index `x = layer / (L - 1)` (0 for a one-layer model).
@@ -161,6 +172,14 @@ mod tests {
         assert_eq!(f.raw_layer_values(), vec![1.0, 0.5, 1.0]);
         let s = f.layer_shares();
         assert!((s[0] - 0.4).abs() < 1e-12 && (s[1] - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        let f = ScoreFunction::from_json_str(FILE).unwrap();
+        let text = serde_json::to_string(&f).unwrap();
+        assert!(text.contains("\"head_coefficients\":null"), "{text}");
+        assert_eq!(ScoreFunction::from_json_str(&text).unwrap(), f);
     }
 
     #[test]

@@ -15,12 +15,9 @@
 //! - `streaming`: position based, the sinks first then the most recent.
 
 use std::fmt::Debug;
-use std::str::FromStr;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
-use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
 use crate::stats::{attention, cake_indicator, group_mean, pool_prefix};
 
 /// What a scorer sees after a layer's prefill.
@@ -324,64 +321,18 @@ impl<B: Backend> Scorer<B> for Streaming {
     }
 }
 
-/// The scorer names accepted on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScorerKind {
-    /// [`Streaming`].
-    Streaming,
-    /// [`H2o`].
-    H2o,
-    /// [`Tova`].
-    Tova,
-    /// [`SnapKv`].
-    SnapKv,
-    /// [`Cake`].
-    Cake,
-}
-
-impl ScorerKind {
-    /// Every kind with its name.
-    pub const ALL: [(ScorerKind, &'static str); 5] = [
-        (Self::Streaming, "streaming"),
-        (Self::H2o, "h2o"),
-        (Self::Tova, "tova"),
-        (Self::SnapKv, "snapkv"),
-        (Self::Cake, "cake"),
-    ];
-
-    /// The kind's name.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(k, _)| *k == self)
-            .map_or("?", |(_, n)| n)
-    }
-}
-
-impl FromStr for ScorerKind {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let wanted = s.trim().to_ascii_lowercase();
-        Self::ALL
-            .iter()
-            .find(|(_, n)| *n == wanted)
-            .map(|(k, _)| *k)
-            .ok_or_else(|| ConfigError::UnknownName {
-                what: "scorer",
-                name: s.to_string(),
-                valid: Self::ALL
-                    .iter()
-                    .map(|(_, n)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-}
-
-impl std::fmt::Display for ScorerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+crate::names::named_enum! {
+    /// The scorers by name (flags, settings files, reports).
+    pub enum ScorerKind("scorer") {
+        /// [`Streaming`].
+        Streaming = "streaming",
+        /// [`H2o`].
+        H2o = "h2o",
+        /// [`Tova`].
+        Tova = "tova",
+        /// [`SnapKv`].
+        SnapKv = "snapkv",
+        /// [`Cake`].
+        Cake = "cake",
     }
 }

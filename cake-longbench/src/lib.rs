@@ -24,7 +24,7 @@ pub use haystack::{HaystackError, HaystackSource, fetch_haystack};
 pub use metrics::{Metric, MetricError};
 pub use predict::{
     BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
-    StopRule, predict_dataset,
+    StopRule, SweepGenerator, predict_dataset, predict_sweep,
 };
 pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
 pub use record::{DataError, LongBenchRecord, read_dataset};

@@ -64,6 +64,53 @@ pub trait Generator {
     ) -> Result<GenerationOutcome, BoxError>;
 }
 
+/// Several configurations answering the same records (a policy sweep). For each record
+/// the loop calls [`SweepGenerator::prepare`] once with the prompt, then
+/// [`SweepGenerator::generate`] for every configuration that still lacks the record, so an
+/// implementation can share work between configurations (one prefill per prompt).
+pub trait SweepGenerator {
+    /// Number of configurations (one prediction file each).
+    fn configurations(&self) -> usize;
+
+    /// Called once per record that some configuration still needs, before its
+    /// generations.
+    fn prepare(&mut self, prompt: &str) -> Result<(), BoxError>;
+
+    /// Configuration `configuration`'s answer to the prompt last prepared.
+    fn generate(
+        &mut self,
+        configuration: usize,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError>;
+}
+
+/// One [`Generator`] as a sweep of one configuration.
+struct Single<'a, G: ?Sized> {
+    generator: &'a mut G,
+    prompt: String,
+}
+
+impl<G: Generator + ?Sized> SweepGenerator for Single<'_, G> {
+    fn configurations(&self) -> usize {
+        1
+    }
+
+    fn prepare(&mut self, prompt: &str) -> Result<(), BoxError> {
+        prompt.clone_into(&mut self.prompt);
+        Ok(())
+    }
+
+    fn generate(
+        &mut self,
+        _: usize,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError> {
+        self.generator.generate(&self.prompt, max_new_tokens, stop)
+    }
+}
+
 /// One line of a prediction file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionLine {
@@ -86,6 +133,8 @@ pub struct PredictionLine {
 /// Progress of the loop, reported after every record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress<'a> {
+    /// The configuration (0 outside sweeps).
+    pub configuration: usize,
     /// 0-based index of the record in the dataset.
     pub index: usize,
     /// Record id.
@@ -277,7 +326,7 @@ pub fn predict_dataset<I, T, G, P>(
     generator: &mut G,
     out_file: &Path,
     max_length: usize,
-    mut progress: P,
+    progress: P,
 ) -> Result<PredictSummary, PredictError>
 where
     I: IntoIterator<Item = Result<LongBenchRecord, DataError>>,
@@ -285,84 +334,172 @@ where
     G: Generator + ?Sized,
     P: FnMut(&Progress<'_>),
 {
+    let mut single = Single {
+        generator,
+        prompt: String::new(),
+    };
+    let files = [out_file.to_path_buf()];
+    let summaries = predict_sweep(
+        records,
+        spec,
+        tokenizer,
+        &mut single,
+        &files,
+        max_length,
+        progress,
+    )?;
+    Ok(summaries.into_iter().next().unwrap_or_default())
+}
+
+/// A prediction file being extended: its existing lines and the handle to append to.
+struct Output<'a> {
+    path: &'a Path,
+    existing: Vec<PredictionLine>,
+    file: File,
+    summary: PredictSummary,
+}
+
+impl<'a> Output<'a> {
+    /// Opens `path` for appending after cutting off a torn last line.
+    fn open(path: &'a Path) -> Result<Self, PredictError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let existing = load_existing(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
+        Ok(Self {
+            path,
+            existing: existing.lines,
+            file,
+            summary: PredictSummary {
+                repaired_bytes: existing.repaired_bytes,
+                ..PredictSummary::default()
+            },
+        })
+    }
+
+    /// Whether record `index` (id `id`) is already in the file; an error when the file
+    /// holds another record there.
+    fn has(&self, index: usize, id: &str) -> Result<bool, PredictError> {
+        let Some(done) = self.existing.get(index) else {
+            return Ok(false);
+        };
+        match &done.id {
+            Some(found) if found != id => Err(PredictError::Mismatch {
+                path: self.path.to_path_buf(),
+                line: index + 1,
+                found: found.clone(),
+                expected: id.to_string(),
+            }),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// Predict every record of a dataset for every configuration of a sweep, in one pass:
+/// configuration `k` writes `out_files[k]`, resuming what is already there (each file is
+/// read once). Each record's prompt is built once and prepared once, and only when some
+/// configuration still needs it. `progress` is called after each (record, configuration).
+/// The files equal those of separate [`predict_dataset`] runs with the same generations.
+pub fn predict_sweep<I, T, S, P>(
+    records: I,
+    spec: &DatasetSpec,
+    tokenizer: &T,
+    generator: &mut S,
+    out_files: &[PathBuf],
+    max_length: usize,
+    mut progress: P,
+) -> Result<Vec<PredictSummary>, PredictError>
+where
+    I: IntoIterator<Item = Result<LongBenchRecord, DataError>>,
+    T: PromptTokenizer + ?Sized,
+    S: SweepGenerator + ?Sized,
+    P: FnMut(&Progress<'_>),
+{
     if max_length < 2 {
         return Err(PredictError::MaxLength(max_length));
     }
-    if let Some(parent) = out_file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    let existing = load_existing(out_file)?;
-    let mut summary = PredictSummary {
-        repaired_bytes: existing.repaired_bytes,
-        ..Default::default()
-    };
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out_file)
-        .map_err(io_err(out_file))?;
-    file.seek(SeekFrom::End(0)).map_err(io_err(out_file))?;
+    let mut outputs = out_files
+        .iter()
+        .map(|path| Output::open(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let stop = StopRule::for_dataset(spec);
     let mut seen = 0usize;
     for (index, record) in records.into_iter().enumerate() {
         let record = record?;
         seen = index + 1;
-        if let Some(done) = existing.lines.get(index) {
-            if let Some(found) = &done.id
-                && *found != record.id
-            {
-                return Err(PredictError::Mismatch {
-                    path: out_file.to_path_buf(),
-                    line: index + 1,
-                    found: found.clone(),
-                    expected: record.id.clone(),
+        let mut prompt = None;
+        for (configuration, output) in outputs.iter_mut().enumerate() {
+            if output.has(index, &record.id)? {
+                output.summary.resumed += 1;
+                progress(&Progress {
+                    configuration,
+                    index,
+                    id: &record.id,
+                    resumed: true,
+                    outcome: None,
+                    truncated: false,
                 });
+                continue;
             }
-            summary.resumed += 1;
+            let truncated = match &prompt {
+                Some(truncated) => *truncated,
+                None => {
+                    let built = build_prompt(&record, spec, tokenizer, max_length)?;
+                    generator
+                        .prepare(&built.text)
+                        .map_err(|source| PredictError::Generation {
+                            index,
+                            id: record.id.clone(),
+                            source,
+                        })?;
+                    *prompt.insert(built.truncated)
+                }
+            };
+            let outcome = generator
+                .generate(configuration, spec.max_new_tokens, &stop)
+                .map_err(|source| PredictError::Generation {
+                    index,
+                    id: record.id.clone(),
+                    source,
+                })?;
+            let line = PredictionLine {
+                pred: outcome.text.clone(),
+                answers: record.answers.clone(),
+                all_classes: record.all_classes.clone(),
+                length: record.length,
+                id: Some(record.id.clone()),
+                depth: record.depth,
+            };
+            append_line(&mut output.file, output.path, &line)?;
+            let summary = &mut output.summary;
+            summary.generated += 1;
+            summary.truncated += usize::from(truncated);
+            summary.prompt_tokens += outcome.prompt_tokens;
+            summary.new_tokens += outcome.new_tokens;
             progress(&Progress {
+                configuration,
                 index,
                 id: &record.id,
-                resumed: true,
-                outcome: None,
-                truncated: false,
+                resumed: false,
+                outcome: Some(&outcome),
+                truncated,
             });
-            continue;
         }
-        let prompt = build_prompt(&record, spec, tokenizer, max_length)?;
-        let outcome = generator
-            .generate(&prompt.text, spec.max_new_tokens, &stop)
-            .map_err(|source| PredictError::Generation {
-                index,
-                id: record.id.clone(),
-                source,
-            })?;
-        let line = PredictionLine {
-            pred: outcome.text.clone(),
-            answers: record.answers,
-            all_classes: record.all_classes,
-            length: record.length,
-            id: Some(record.id.clone()),
-            depth: record.depth,
-        };
-        append_line(&mut file, out_file, &line)?;
-        summary.generated += 1;
-        summary.truncated += usize::from(prompt.truncated);
-        summary.prompt_tokens += outcome.prompt_tokens;
-        summary.new_tokens += outcome.new_tokens;
-        progress(&Progress {
-            index,
-            id: &record.id,
-            resumed: false,
-            outcome: Some(&outcome),
-            truncated: prompt.truncated,
-        });
     }
-    if existing.lines.len() > seen {
-        return Err(PredictError::TooManyLines {
-            path: out_file.to_path_buf(),
-            lines: existing.lines.len(),
-            records: seen,
-        });
+    for output in &outputs {
+        if output.existing.len() > seen {
+            return Err(PredictError::TooManyLines {
+                path: output.path.to_path_buf(),
+                lines: output.existing.len(),
+                records: seen,
+            });
+        }
     }
-    Ok(summary)
+    Ok(outputs.into_iter().map(|o| o.summary).collect())
 }

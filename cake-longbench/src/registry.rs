@@ -64,22 +64,16 @@ pub const ENGLISH_16: [&str; 16] = [
     "repobench-p",
 ];
 
-/// The 13 datasets of LongBench-E (the length-bucketed variant).
-pub const LONGBENCH_E: [&str; 13] = [
-    "qasper",
-    "multifieldqa_en",
-    "hotpotqa",
-    "2wikimqa",
-    "gov_report",
-    "multi_news",
-    "trec",
-    "triviaqa",
-    "samsum",
-    "passage_count",
-    "passage_retrieval_en",
-    "lcc",
-    "repobench-p",
-];
+/// The English datasets LongBench-E leaves out (it has no length-bucketed version of them).
+pub const NOT_IN_LONGBENCH_E: [&str; 3] = ["narrativeqa", "musique", "qmsum"];
+
+/// The 13 datasets of LongBench-E (the length-bucketed variant): [`ENGLISH_16`] without
+/// [`NOT_IN_LONGBENCH_E`], in that order.
+pub fn longbench_e() -> impl Iterator<Item = &'static str> {
+    ENGLISH_16
+        .into_iter()
+        .filter(|name| !NOT_IN_LONGBENCH_E.contains(name))
+}
 
 /// Language of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -142,6 +136,8 @@ pub enum RegistryError {
     },
 }
 
+/// How a dataset is generated and scored: an entry of `datasets.json`, and the same fields
+/// of a synthetic task.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rules {
@@ -151,22 +147,44 @@ struct Rules {
     first_line_only: bool,
     stop_on_newline: bool,
     min_new_tokens: usize,
+    /// Set in `datasets.json` only (no synthetic task is part of the average).
+    #[serde(default)]
     english16: bool,
 }
 
+impl Rules {
+    fn into_spec(
+        self,
+        name: String,
+        prompt: String,
+        max_new_tokens: usize,
+        synthetic: bool,
+    ) -> DatasetSpec {
+        DatasetSpec {
+            name,
+            language: self.language,
+            prompt,
+            max_new_tokens,
+            metric: self.metric,
+            chat_template: self.chat_template,
+            first_line_only: self.first_line_only,
+            stop_on_newline: self.stop_on_newline,
+            min_new_tokens: self.min_new_tokens,
+            english16: self.english16,
+            synthetic,
+        }
+    }
+}
+
+/// A task of `synthetic_tasks.json`: its own prompt and generation length, then its rules.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SyntheticSpec {
     #[allow(dead_code)]
     description: String,
     prompt: String,
     max_new_tokens: usize,
-    metric: Metric,
-    language: Language,
-    chat_template: bool,
-    first_line_only: bool,
-    stop_on_newline: bool,
-    min_new_tokens: usize,
+    #[serde(flatten)]
+    rules: Rules,
 }
 
 struct Registry {
@@ -197,41 +215,18 @@ fn registry() -> &'static Registry {
             let r = rules
                 .remove(name)
                 .unwrap_or_else(|| panic!("datasets.json lacks {name}"));
-            let name = name.to_string();
-            specs.push(DatasetSpec {
-                prompt: prompts
-                    .get(&name)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("no prompt for {name}")),
-                max_new_tokens: *maxlens
-                    .get(&name)
-                    .unwrap_or_else(|| panic!("no max length for {name}")),
-                name,
-                language: r.language,
-                metric: r.metric,
-                chat_template: r.chat_template,
-                first_line_only: r.first_line_only,
-                stop_on_newline: r.stop_on_newline,
-                min_new_tokens: r.min_new_tokens,
-                english16: r.english16,
-                synthetic: false,
-            });
+            let prompt = prompts
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("no prompt for {name}"));
+            let max_new_tokens = *maxlens
+                .get(name)
+                .unwrap_or_else(|| panic!("no max length for {name}"));
+            specs.push(r.into_spec(name.to_string(), prompt, max_new_tokens, false));
         }
         let synth: BTreeMap<String, SyntheticSpec> = parse("synthetic_tasks.json", SYNTHETIC_TASKS);
         for (name, s) in synth {
-            specs.push(DatasetSpec {
-                name,
-                language: s.language,
-                prompt: s.prompt,
-                max_new_tokens: s.max_new_tokens,
-                metric: s.metric,
-                chat_template: s.chat_template,
-                first_line_only: s.first_line_only,
-                stop_on_newline: s.stop_on_newline,
-                min_new_tokens: s.min_new_tokens,
-                english16: false,
-                synthetic: true,
-            });
+            specs.push(s.rules.into_spec(name, s.prompt, s.max_new_tokens, true));
         }
         Registry {
             specs,
@@ -309,7 +304,9 @@ mod tests {
             longbench().filter(|s| s.language == Language::Zh).count(),
             5
         );
-        for name in LONGBENCH_E {
+        assert!(synthetic().all(|s| !s.english16));
+        assert_eq!(longbench_e().count(), 13);
+        for name in longbench_e() {
             assert!(lookup(name).is_ok());
         }
     }

@@ -7,8 +7,8 @@ use std::path::Path;
 use cake_longbench::prompt::middle_cut;
 use cake_longbench::{
     ApproxTokenizer, BoxError, GenerationOutcome, Generator, LongBenchRecord, PredictError,
-    PredictionLine, PromptTokenizer, StopRule, build_prompt, evaluate_dir, predict_dataset,
-    registry,
+    PredictSummary, PredictionLine, PromptTokenizer, StopRule, build_prompt, evaluate_dir,
+    predict_dataset, registry,
 };
 use proptest::prelude::*;
 
@@ -33,6 +33,17 @@ struct Echo {
     calls: usize,
     fail_at: Option<usize>,
     stops: Vec<StopRule>,
+}
+
+impl Echo {
+    /// An echo that fails at call `fail_at` (1-based), if any.
+    fn new(fail_at: Option<usize>) -> Self {
+        Self {
+            calls: 0,
+            fail_at,
+            stops: vec![],
+        }
+    }
 }
 
 impl Generator for Echo {
@@ -75,6 +86,20 @@ fn ok_records(
     v.iter().cloned().map(Ok)
 }
 
+/// Predicts `data` as dataset `dataset` into `out` with `g`, prompts of at most
+/// `max_length` approximate tokens.
+fn predict(
+    data: &[LongBenchRecord],
+    dataset: &str,
+    g: &mut Echo,
+    out: &Path,
+    max_length: usize,
+) -> Result<PredictSummary, PredictError> {
+    let spec = registry::lookup(dataset).unwrap();
+    let tok = ApproxTokenizer::new();
+    predict_dataset(ok_records(data), spec, &tok, g, out, max_length, |_| {})
+}
+
 #[test]
 fn crash_then_resume_writes_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,13 +109,14 @@ fn crash_then_resume_writes_every_record_once() {
     let data = records(7);
 
     // First run dies on the 4th generation: 3 lines written.
-    let mut g = Echo {
-        calls: 0,
-        fail_at: Some(4),
-        stops: vec![],
-    };
-    let err =
-        predict_dataset(ok_records(&data), spec, &tok, &mut g, &out, 10_000, |_| {}).unwrap_err();
+    let err = predict(
+        &data,
+        "passage_count",
+        &mut Echo::new(Some(4)),
+        &out,
+        10_000,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, PredictError::Generation { index: 3, .. }),
         "{err}"
@@ -106,11 +132,7 @@ fn crash_then_resume_writes_every_record_once() {
         .write_all(torn)
         .unwrap();
 
-    let mut g = Echo {
-        calls: 0,
-        fail_at: None,
-        stops: vec![],
-    };
+    let mut g = Echo::new(None);
     let mut seen = Vec::new();
     let summary = predict_dataset(ok_records(&data), spec, &tok, &mut g, &out, 10_000, |p| {
         seen.push((p.index, p.resumed));
@@ -134,13 +156,8 @@ fn crash_then_resume_writes_every_record_once() {
     }
 
     // A third run has nothing left to do.
-    let mut g = Echo {
-        calls: 0,
-        fail_at: None,
-        stops: vec![],
-    };
-    let summary =
-        predict_dataset(ok_records(&data), spec, &tok, &mut g, &out, 10_000, |_| {}).unwrap();
+    let mut g = Echo::new(None);
+    let summary = predict(&data, "passage_count", &mut g, &out, 10_000).unwrap();
     assert_eq!((summary.resumed, summary.generated, g.calls), (7, 0, 0));
 
     // And the file scores: every prediction equals its gold count -> 100.
@@ -156,27 +173,11 @@ fn crash_then_resume_writes_every_record_once() {
 fn resume_refuses_a_file_of_other_data() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("passage_count.jsonl");
-    let spec = registry::lookup("passage_count").unwrap();
-    let tok = ApproxTokenizer::new();
-    let mut g = Echo {
-        calls: 0,
-        fail_at: None,
-        stops: vec![],
-    };
-    predict_dataset(
-        ok_records(&records(2)),
-        spec,
-        &tok,
-        &mut g,
-        &out,
-        10_000,
-        |_| {},
-    )
-    .unwrap();
+    let mut g = Echo::new(None);
+    predict(&records(2), "passage_count", &mut g, &out, 10_000).unwrap();
     let mut other = records(3);
     other[1].id = "someone-else".into();
-    let err =
-        predict_dataset(ok_records(&other), spec, &tok, &mut g, &out, 10_000, |_| {}).unwrap_err();
+    let err = predict(&other, "passage_count", &mut g, &out, 10_000).unwrap_err();
     assert!(
         err.to_string().contains("someone-else") && err.to_string().contains(":2"),
         "{err}"
@@ -187,16 +188,7 @@ fn resume_refuses_a_file_of_other_data() {
         "not json\n{\"pred\":\"1\",\"answers\":[\"1\"],\"all_classes\":null,\"length\":1}\n",
     )
     .unwrap();
-    let err = predict_dataset(
-        ok_records(&records(2)),
-        spec,
-        &tok,
-        &mut g,
-        &out,
-        10_000,
-        |_| {},
-    )
-    .unwrap_err();
+    let err = predict(&records(2), "passage_count", &mut g, &out, 10_000).unwrap_err();
     assert!(
         matches!(err, PredictError::CorruptLine { line: 1, .. }),
         "{err}"
@@ -206,23 +198,9 @@ fn resume_refuses_a_file_of_other_data() {
 #[test]
 fn samsum_asks_for_newline_stop_and_one_token() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = registry::lookup("samsum").unwrap();
-    let tok = ApproxTokenizer::new();
-    let mut g = Echo {
-        calls: 0,
-        fail_at: None,
-        stops: vec![],
-    };
-    predict_dataset(
-        ok_records(&records(1)),
-        spec,
-        &tok,
-        &mut g,
-        &dir.path().join("samsum.jsonl"),
-        100,
-        |_| {},
-    )
-    .unwrap();
+    let mut g = Echo::new(None);
+    let out = dir.path().join("samsum.jsonl");
+    predict(&records(1), "samsum", &mut g, &out, 100).unwrap();
     assert_eq!(
         g.stops,
         vec![StopRule {

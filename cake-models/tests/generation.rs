@@ -3,10 +3,7 @@
 
 use std::path::PathBuf;
 
-use cake_core::KeepAll;
-use cake_models::generate::{
-    GenerateError, GenerationConfig, Sampling, StopReason, TextStream, generate,
-};
+use cake_models::generate::{GenerateError, Generation, GenerationConfig, Sampling, StopReason};
 use cake_models::{Cpu, Model, load};
 
 fn tiny_llama() -> (Model<Cpu>, Vec<u32>, Vec<u32>) {
@@ -37,7 +34,10 @@ fn greedy(max_new_tokens: usize, min_new_tokens: usize) -> GenerationConfig {
 #[test]
 fn greedy_generation_matches_torch_and_reports_timing() {
     let (model, prompt, expected) = tiny_llama();
-    let out = generate(&model, &prompt, &greedy(16, 0), &[], &mut KeepAll, None).unwrap();
+    let out = Generation::new(&model)
+        .with_config(greedy(16, 0))
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(out.tokens, expected);
     assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
     assert_eq!(out.prompt_len, prompt.len());
@@ -53,11 +53,19 @@ fn greedy_generation_matches_torch_and_reports_timing() {
 fn eos_stops_and_min_new_tokens_suppresses_it() {
     let (model, prompt, expected) = tiny_llama();
     let eos = [expected[3]];
-    let out = generate(&model, &prompt, &greedy(16, 0), &eos, &mut KeepAll, None).unwrap();
+    let out = Generation::new(&model)
+        .with_config(greedy(16, 0))
+        .with_eos(eos.to_vec())
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(out.stop_reason, StopReason::Eos);
     assert_eq!(out.tokens, expected[..3]);
 
-    let out = generate(&model, &prompt, &greedy(16, 5), &eos, &mut KeepAll, None).unwrap();
+    let out = Generation::new(&model)
+        .with_config(greedy(16, 5))
+        .with_eos(eos.to_vec())
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(out.tokens[..3], expected[..3]);
     assert_ne!(
         out.tokens[3], expected[3],
@@ -79,12 +87,20 @@ fn seeded_top_p_is_reproducible() {
         },
         stop_strings: vec![],
     };
-    let a = generate(&model, &prompt, &config(3), &[], &mut KeepAll, None).unwrap();
-    let b = generate(&model, &prompt, &config(3), &[], &mut KeepAll, None).unwrap();
+    let a = Generation::new(&model)
+        .with_config(config(3))
+        .generate(&prompt)
+        .unwrap();
+    let b = Generation::new(&model)
+        .with_config(config(3))
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     let others: Vec<Vec<u32>> = (4..8)
         .map(|seed| {
-            generate(&model, &prompt, &config(seed), &[], &mut KeepAll, None)
+            Generation::new(&model)
+                .with_config(config(seed))
+                .generate(&prompt)
                 .unwrap()
                 .tokens
         })
@@ -100,6 +116,7 @@ fn stop_string_cuts_text_and_streaming_delivers_it() {
     let (model, prompt, expected) = tiny_llama();
     // A toy decoder: token t -> "<t>".
     let decode = |t: &[u32]| t.iter().map(|x| format!("<{x}>")).collect::<String>();
+    let piece = |t: u32| format!("<{t}>");
     let stop = format!("<{}>", expected[4]);
     let mut streamed = String::new();
     let mut on_text = |s: &str| streamed.push_str(s);
@@ -107,11 +124,11 @@ fn stop_string_cuts_text_and_streaming_delivers_it() {
         stop_strings: vec![stop],
         ..greedy(16, 0)
     };
-    let stream = TextStream {
-        decode: &decode,
-        on_text: &mut on_text,
-    };
-    let out = generate(&model, &prompt, &config, &[], &mut KeepAll, Some(stream)).unwrap();
+    let out = Generation::new(&model)
+        .with_config(config)
+        .with_text(piece, &mut on_text)
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(out.stop_reason, StopReason::StopString);
     assert_eq!(out.tokens, expected[..5]);
     let want = decode(&expected[..4]);
@@ -122,14 +139,23 @@ fn stop_string_cuts_text_and_streaming_delivers_it() {
 #[test]
 fn bad_requests_are_errors() {
     let (model, prompt, _) = tiny_llama();
-    let err = generate(&model, &[], &greedy(4, 0), &[], &mut KeepAll, None).unwrap_err();
+    let err = Generation::new(&model)
+        .with_config(greedy(4, 0))
+        .generate(&[])
+        .unwrap_err();
     assert!(matches!(
         err,
         GenerateError::Model(cake_models::ModelError::EmptyPrompt)
     ));
-    let err = generate(&model, &prompt, &greedy(4, 5), &[], &mut KeepAll, None).unwrap_err();
+    let err = Generation::new(&model)
+        .with_config(greedy(4, 5))
+        .generate(&prompt)
+        .unwrap_err();
     assert!(matches!(err, GenerateError::Config(_)));
-    let err = generate(&model, &[300], &greedy(4, 0), &[], &mut KeepAll, None).unwrap_err();
+    let err = Generation::new(&model)
+        .with_config(greedy(4, 0))
+        .generate(&[300])
+        .unwrap_err();
     assert!(matches!(
         err,
         GenerateError::Model(cake_models::ModelError::TokenOutOfRange { token: 300, .. })
@@ -138,5 +164,10 @@ fn bad_requests_are_errors() {
         stop_strings: vec!["x".into()],
         ..greedy(4, 0)
     };
-    assert!(generate(&model, &prompt, &config, &[], &mut KeepAll, None).is_err());
+    assert!(
+        Generation::new(&model)
+            .with_config(config.clone())
+            .generate(&prompt)
+            .is_err()
+    );
 }

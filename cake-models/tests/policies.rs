@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use cake_core::{KeepAll, LayerCache, PRESETS, Policy, PolicyCompressor, PolicyConfig};
-use cake_models::generate::{GenerationConfig, Sampling, generate, generate_into};
+use cake_core::{KeepAll, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig, PolicySpec};
+use cake_models::generate::{Generation, GenerationConfig, Sampling};
 use cake_models::{Cpu, Model, PrefillLogits, load};
 
 fn tiny(arch: &str) -> Model<Cpu> {
@@ -56,11 +56,20 @@ fn a_budget_covering_the_prompt_reproduces_the_full_cache_for_every_policy() {
     for arch in ["llama", "mistral", "qwen2"] {
         let model = tiny(arch);
         let ids = prompt(40);
-        let full = generate(&model, &ids, &greedy(12), &[], &mut KeepAll, None).unwrap();
+        let full = Generation::new(&model)
+            .with_config(greedy(12))
+            .generate(&ids)
+            .unwrap();
         let full_logits = last_logits(&model, &ids, &mut KeepAll);
-        for name in PRESETS {
-            let policy = Policy::<Cpu>::preset(name, &config(64, 8)).unwrap();
-            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
+        for &(method, name) in Method::ALL {
+            let spec = |cache: PolicyConfig| PolicySpec {
+                method,
+                cache,
+                ..PolicySpec::default()
+            };
+            let mut compressor = spec(config(64, 8))
+                .compressor(name, model.num_layers())
+                .unwrap();
             let logits = last_logits(&model, &ids, &mut compressor);
             assert_eq!(logits, full_logits, "{arch} {name}: prefill logits differ");
             // Without decoding eviction every policy equals the full cache.
@@ -68,17 +77,27 @@ fn a_budget_covering_the_prompt_reproduces_the_full_cache_for_every_policy() {
                 decode_evict: cake_core::DecodeEviction::None,
                 ..config(64, 8)
             };
-            let policy = Policy::<Cpu>::preset(name, &no_decode).unwrap();
-            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
-            let out = generate(&model, &ids, &greedy(12), &[], &mut compressor, None).unwrap();
+            let mut compressor = spec(no_decode)
+                .compressor(name, model.num_layers())
+                .unwrap();
+            let out = Generation::new(&model)
+                .with_compressor(&mut compressor)
+                .with_config(greedy(12))
+                .generate(&ids)
+                .unwrap();
             assert_eq!(out.tokens, full.tokens, "{arch} {name}: tokens differ");
             // With decoding eviction, a layer keeps its uncapped share of B_total: with a
             // uniform allocator that is C >= S + 12, so nothing is evicted. (Pyramid and
             // preference shares give some layers less than S + 12 and rightly evict.)
-            if !matches!(name, "pyramidkv" | "cake") {
-                let policy = Policy::<Cpu>::preset(name, &config(64, 8)).unwrap();
-                let mut compressor = PolicyCompressor::new(policy, model.num_layers());
-                let out = generate(&model, &ids, &greedy(12), &[], &mut compressor, None).unwrap();
+            if !matches!(method, Method::PyramidKv | Method::Cake) {
+                let mut compressor = spec(config(64, 8))
+                    .compressor(name, model.num_layers())
+                    .unwrap();
+                let out = Generation::new(&model)
+                    .with_compressor(&mut compressor)
+                    .with_config(greedy(12))
+                    .generate(&ids)
+                    .unwrap();
                 assert_eq!(
                     out.tokens, full.tokens,
                     "{arch} {name}: decode-evict tokens differ"
@@ -110,7 +129,7 @@ fn caches_hold_their_budgets_and_keep_the_window() {
         let model = tiny(arch);
         let layers = model.num_layers();
         for name in ["streaming", "h2o", "tova", "snapkv", "pyramidkv", "cake"] {
-            let policy = Policy::<Cpu>::preset(name, &config(c, w)).unwrap();
+            let policy = Policy::<Cpu>::preset(name.parse().unwrap(), &config(c, w)).unwrap();
             let (caches, report) = compress(&model, &prompt(s), policy);
             let mut total = 0;
             for (layer, cache) in caches.iter().enumerate() {
@@ -145,9 +164,9 @@ fn cascading_equals_one_shot_and_bounds_the_peak() {
     for arch in ["llama", "mistral", "qwen2"] {
         let model = tiny(arch);
         let layers = model.num_layers();
-        let cascade = Policy::<Cpu>::preset("cake", &config(c, w)).unwrap();
+        let cascade = Policy::<Cpu>::preset(Method::Cake, &config(c, w)).unwrap();
         let one_shot = Policy::<Cpu>::preset(
-            "cake",
+            Method::Cake,
             &PolicyConfig {
                 cascading: false,
                 ..config(c, w)
@@ -177,21 +196,14 @@ fn decoding_keeps_each_layer_at_its_budget_with_increasing_positions() {
     for arch in ["llama", "qwen2"] {
         let model = tiny(arch);
         for name in ["snapkv", "cake", "h2o", "tova", "streaming"] {
-            let policy = Policy::<Cpu>::preset(name, &config(c, w)).unwrap();
-            let mut compressor = PolicyCompressor::new(policy, model.num_layers());
-            let mut caches = model.new_caches();
-            let out = generate_into(
-                &model,
-                &prompt(s),
-                &greedy(65),
-                &[],
-                &mut compressor,
-                &mut caches,
-                None,
-            )
-            .unwrap();
+            let policy = Policy::<Cpu>::preset(name.parse().unwrap(), &config(c, w)).unwrap();
+            let mut run = Generation::new(&model)
+                .with_compressor(PolicyCompressor::new(policy, model.num_layers()))
+                .with_config(greedy(65));
+            let out = run.generate(&prompt(s)).unwrap();
             assert_eq!(out.tokens.len(), 65);
-            let report = compressor.report(&caches);
+            let report = run.compressor().report(run.caches());
+            let caches = run.caches();
             for (layer, cache) in caches.iter().enumerate() {
                 // 64 decoding steps appended 64 tokens; eviction kept the size fixed.
                 assert_eq!(
@@ -215,25 +227,18 @@ fn decoding_keeps_each_layer_at_its_budget_with_increasing_positions() {
 fn no_decode_eviction_lets_the_cache_grow() {
     let model = tiny("llama");
     let policy = Policy::<Cpu>::preset(
-        "cake",
+        Method::Cake,
         &PolicyConfig {
             decode_evict: cake_core::DecodeEviction::None,
             ..config(16, 4)
         },
     )
     .unwrap();
-    let mut compressor = PolicyCompressor::new(policy, model.num_layers());
-    let mut caches = model.new_caches();
-    generate_into(
-        &model,
-        &prompt(80),
-        &greedy(11),
-        &[],
-        &mut compressor,
-        &mut caches,
-        None,
-    )
-    .unwrap();
+    let mut run = Generation::new(&model)
+        .with_compressor(PolicyCompressor::new(policy, model.num_layers()))
+        .with_config(greedy(11));
+    run.generate(&prompt(80)).unwrap();
+    let (_, caches) = run.into_parts();
     let total: usize = caches.iter().map(LayerCache::len).sum();
     assert_eq!(
         total,

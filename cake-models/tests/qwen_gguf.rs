@@ -5,8 +5,7 @@
 
 use std::path::PathBuf;
 
-use cake_core::KeepAll;
-use cake_models::generate::{GenerationConfig, Sampling, generate};
+use cake_models::generate::{Generation, GenerationConfig, Sampling};
 use cake_models::{Architecture, Cpu, load};
 
 #[test]
@@ -46,7 +45,10 @@ fn qwen_greedy_continuations_match_transformers() {
             sampling: Sampling::Greedy,
             stop_strings: vec![],
         };
-        let out = generate(&model, &prompt, &config, &[], &mut KeepAll, None).unwrap();
+        let out = Generation::new(&model)
+            .with_config(config.clone())
+            .generate(&prompt)
+            .unwrap();
         assert_eq!(out.tokens, want, "prompt {:?}", case["messages"]);
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use cake_core::KeepAll;
-use cake_models::generate::{GenerationConfig, Sampling, generate};
+use cake_models::generate::{Generation, GenerationConfig, Sampling};
 use cake_models::{Architecture, Cpu, load};
 
 /// Max abs difference on the probed last-position logits: both sides dequantise the same
@@ -67,6 +67,9 @@ fn smollm2_gguf_matches_transformers() {
         sampling: Sampling::Greedy,
         stop_strings: vec![],
     };
-    let out = generate(&model, &prompt, &config, &[], &mut KeepAll, None).unwrap();
+    let out = Generation::new(&model)
+        .with_config(config.clone())
+        .generate(&prompt)
+        .unwrap();
     assert_eq!(out.tokens, greedy);
 }

@@ -3,13 +3,17 @@
 //! The model side computes, for each layer `l` of one calibration sample, the CAKE
 //! preference parts (`H_l` spatial entropy, `V_l` temporal variance, `P_l = H_l^(1/tau1) *
 //! V_l^(1/tau2)`, see `cake-algorithm.md` section 2, with `cake-core`'s statistics) and the
-//! PCA summaries of the layer's key and value states ([`crate::pca`]). [`sample_rows`] turns
+//! PCA summaries of the layer's key and value states ([`crate::pca`]): a [`StatsCollector`]
+//! passed to a model's prefill as its `KvCompressor` measures them. [`sample_rows`] turns
 //! one sample's layers into [`LayerStatsRow`]s, adding the normalised preference share.
 
+use burn::tensor::{Tensor, backend::Backend};
+use cake_core::stats::{layer_preference, window_attention};
+use cake_core::{CacheError, KvCompressor, LayerCache, PrefillLayer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FitError, Result};
-use crate::pca::PcaSummary;
+use crate::pca::{PcaSummary, pca_summary_layer, pca_summary_per_head};
 
 /// What a model run measured for one layer (or one KV head of one layer) of one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -190,4 +194,237 @@ pub fn sample_rows(
             Ok(row)
         })
         .collect()
+}
+
+/// A `KvCompressor` that keeps every token and measures each layer of a prefill: its
+/// preference parts over the last `window` queries and the PCA spread of its key and value
+/// states, for the whole layer and, when asked, for each KV head (with the group of query
+/// heads that read it).
+///
+/// Run one prefill per calibration sample with a fresh collector, then turn it into rows
+/// with [`StatsCollector::into_rows`]. A layer that cannot be measured does not fail the
+/// model call: the first such error is kept and returned by `into_rows`.
+#[derive(Debug)]
+pub struct StatsCollector {
+    window: usize,
+    top_k: usize,
+    taus: (f64, f64),
+    per_head: bool,
+    /// Whole-layer measurements, one per layer.
+    layers: Vec<LayerMeasurement>,
+    /// `heads[l][h]`: KV head `h` of layer `l` (empty unless `per_head`).
+    heads: Vec<Vec<LayerMeasurement>>,
+    error: Option<FitError>,
+}
+
+impl StatsCollector {
+    /// A collector over the last `window` queries, recording `top_k` principal components
+    /// and `P_l = H_l^(1/tau1) * V_l^(1/tau2)` with `taus = (tau1, tau2)`; also per KV head
+    /// when `per_head`.
+    pub fn new(window: usize, top_k: usize, taus: (f64, f64), per_head: bool) -> Self {
+        Self {
+            window,
+            top_k,
+            taus,
+            per_head,
+            layers: Vec::new(),
+            heads: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Whole-layer measurements so far, layer 0 first.
+    pub fn layers(&self) -> &[LayerMeasurement] {
+        &self.layers
+    }
+
+    /// KV head `head`'s measurement in every layer so far (empty without `per_head`).
+    pub fn head(&self, head: usize) -> Vec<LayerMeasurement> {
+        self.heads
+            .iter()
+            .filter_map(|layer| layer.get(head).copied())
+            .collect()
+    }
+
+    /// The sample's rows ([`sample_rows`]): every layer, then, with `per_head`, every
+    /// layer of KV head 0, 1, ..; or the first error met while measuring.
+    pub fn into_rows(self, dataset: &str, sample_id: &str) -> Result<Vec<LayerStatsRow>> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let mut rows = sample_rows(dataset, sample_id, None, &self.layers)?;
+        let kv_heads = self.heads.first().map_or(0, Vec::len);
+        for h in 0..kv_heads {
+            rows.extend(sample_rows(dataset, sample_id, Some(h), &self.head(h))?);
+        }
+        Ok(rows)
+    }
+
+    /// Measurements of one layer: the whole layer, then each KV head when `per_head`.
+    fn measure<B: Backend>(
+        &self,
+        queries: Tensor<B, 3>,
+        cache: &LayerCache<B>,
+    ) -> Result<(LayerMeasurement, Vec<LayerMeasurement>)> {
+        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+            return Err(FitError::NotEnoughData("the layer cached nothing".into()));
+        };
+        let [kv_heads, len, dim] = keys.dims();
+        // [H, w, S]
+        let attn = window_attention(queries, keys.clone(), self.window);
+        let (tau1, tau2) = self.taus;
+        let key_states = host(keys)?;
+        let value_states = host(values)?;
+        let layer = LayerMeasurement::from_parts(
+            layer_preference(&attn),
+            tau1,
+            tau2,
+            pca_summary_layer(&key_states, kv_heads, len, dim, self.top_k)?,
+            pca_summary_layer(&value_states, kv_heads, len, dim, self.top_k)?,
+        );
+        if !self.per_head {
+            return Ok((layer, Vec::new()));
+        }
+        let group = attn.dims()[0] / kv_heads;
+        let key_pca = pca_summary_per_head(&key_states, kv_heads, len, dim, self.top_k)?;
+        let value_pca = pca_summary_per_head(&value_states, kv_heads, len, dim, self.top_k)?;
+        let heads = (0..kv_heads)
+            .map(|h| {
+                // [G, w, S]: the query heads that read KV head h
+                let group_attn = attn.clone().narrow(0, h * group, group);
+                LayerMeasurement::from_parts(
+                    layer_preference(&group_attn),
+                    tau1,
+                    tau2,
+                    key_pca[h],
+                    value_pca[h],
+                )
+            })
+            .collect();
+        Ok((layer, heads))
+    }
+}
+
+/// A `[Hkv, S, d]` K/V tensor copied to the host.
+fn host<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| FitError::InvalidValue(format!("cannot read the K/V states back: {e:?}")))
+}
+
+impl<B: Backend> KvCompressor<B> for StatsCollector {
+    fn after_prefill_layer(
+        &mut self,
+        PrefillLayer { layer, queries }: PrefillLayer<B>,
+        caches: &mut [LayerCache<B>],
+    ) -> std::result::Result<(), CacheError> {
+        if self.error.is_none() {
+            match self.measure(queries, &caches[layer]) {
+                Ok((whole, heads)) => {
+                    self.layers.push(whole);
+                    self.heads.push(heads);
+                }
+                Err(e) => {
+                    self.error = Some(FitError::Measure {
+                        layer,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::TensorData;
+    use burn_flex::Flex;
+
+    use super::*;
+
+    /// A `[a, b, c]` tensor of deterministic values in [-1, 1) (xorshift).
+    fn tensor(shape: [usize; 3], seed: u64) -> Tensor<Flex, 3> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, shape), &Default::default())
+    }
+
+    /// Prefills `layers` layers of 4 query heads, 2 KV heads, d = 8 over 12 tokens.
+    fn prefill(collector: &mut StatsCollector, layers: usize) {
+        let mut caches: Vec<LayerCache<Flex>> = Vec::new();
+        for layer in 0..layers {
+            let seed = 3 * layer as u64;
+            let mut cache = LayerCache::new();
+            cache
+                .append(
+                    tensor([2, 12, 8], seed + 1),
+                    tensor([2, 12, 8], seed + 2),
+                    0,
+                )
+                .unwrap();
+            caches.push(cache);
+            let step = PrefillLayer {
+                layer,
+                queries: tensor([4, 12, 8], seed + 3),
+            };
+            collector.after_prefill_layer(step, &mut caches).unwrap();
+        }
+    }
+
+    #[test]
+    fn collects_layer_and_head_rows() {
+        let mut collector = StatsCollector::new(4, 3, (1.0, 1.0), true);
+        prefill(&mut collector, 3);
+        assert_eq!(collector.layers().len(), 3);
+        assert_eq!(collector.head(1).len(), 3);
+        assert!(collector.head(2).is_empty(), "two KV heads");
+        let layer0 = collector.layers()[0];
+        assert!(
+            layer0.preference > 0.0 && layer0.key_pca.top_k == 3,
+            "{layer0:?}"
+        );
+        let rows = collector.into_rows("synth_kv", "r0").unwrap();
+        // 3 whole layers, then 3 layers of each of the 2 KV heads.
+        assert_eq!(rows.len(), 9);
+        let heads: Vec<Option<usize>> = rows.iter().map(|r| r.kv_head).collect();
+        assert_eq!(heads[..4], [None, None, None, Some(0)]);
+        for head in [None, Some(0), Some(1)] {
+            let total: f64 = rows
+                .iter()
+                .filter(|r| r.kv_head == head)
+                .map(|r| r.share)
+                .sum();
+            assert!((total - 1.0).abs() < 1e-12, "{head:?}: {total}");
+        }
+
+        let mut layers_only = StatsCollector::new(4, 3, (1.0, 1.0), false);
+        prefill(&mut layers_only, 2);
+        assert_eq!(layers_only.into_rows("d", "s").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_empty_layer_is_an_error_naming_it() {
+        let mut collector = StatsCollector::new(4, 3, (1.0, 1.0), false);
+        prefill(&mut collector, 1);
+        let mut caches = vec![LayerCache::<Flex>::new(), LayerCache::new()];
+        let step = PrefillLayer {
+            layer: 1,
+            queries: tensor([4, 12, 8], 9),
+        };
+        collector.after_prefill_layer(step, &mut caches).unwrap();
+        let e = collector.into_rows("d", "s").unwrap_err();
+        assert!(
+            matches!(e, FitError::Measure { layer: 1, .. }) && e.to_string().contains("nothing"),
+            "{e}"
+        );
+    }
 }

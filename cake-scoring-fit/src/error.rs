@@ -64,6 +64,14 @@ pub enum FitError {
     /// The linear-algebra backend reported a failure.
     #[error("linear algebra failed: {0}")]
     Linalg(String),
+    /// A layer of a model run could not be measured ([`crate::StatsCollector`]).
+    #[error("cannot measure layer {layer}: {message}")]
+    Measure {
+        /// The layer.
+        layer: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// Drawing the plot failed.
     #[error("{path}: cannot draw plot: {message}")]
     Plot {

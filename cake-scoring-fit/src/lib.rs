@@ -10,7 +10,8 @@
 //!    to the shares, degree chosen by k-fold cross-validation over samples.
 //! 3. **Generalise** ([`generalise`]): leave one dataset out, report MSE and Spearman.
 //! 4. **Output** ([`score_file`], [`report`], [`plot`]): the `cake-score-function/1` JSON
-//!    file read by `cake-core`'s `Static` allocator, a Markdown report and a plot.
+//!    file read by `cake-core`'s `Static` allocator, a Markdown report and a plot
+//!    ([`plot`] also holds the chart setup the `cake` command's charts share).
 //!
 //! Linear algebra (covariance eigenvalues, least squares) uses `faer`.
 
@@ -28,7 +29,8 @@ pub mod report;
 pub mod score_file;
 
 pub use collect::{
-    LayerMeasurement, LayerStatsRow, normalised_layer, sample_rows, shares_from_preferences,
+    LayerMeasurement, LayerStatsRow, StatsCollector, normalised_layer, sample_rows,
+    shares_from_preferences,
 };
 pub use cv::{DegreeSelection, fold_assignment, select_degree_cv};
 pub use error::{FitError, Result};

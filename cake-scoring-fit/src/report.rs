@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::ops::RangeInclusive;
 
+use cake_core::ScoreFunction;
 use serde::{Deserialize, Serialize};
 
 use crate::collect::LayerStatsRow;
@@ -186,19 +187,21 @@ impl FitReport {
     /// The score-function file for `cake-core`'s `Static` allocator.
     pub fn to_score_file(&self) -> ScoreFunctionFile {
         ScoreFunctionFile {
-            format: SCORE_FUNCTION_FORMAT.to_owned(),
-            model: self.model.clone(),
-            num_layers: self.num_layers,
-            num_kv_heads: self.num_kv_heads,
-            degree: self.selection.degree,
-            domain: [0.0, 1.0],
-            coefficients: self.poly.coefficients.clone(),
-            head_coefficients: (!self.heads.is_empty()).then(|| {
-                self.heads
-                    .iter()
-                    .map(|h| h.poly.coefficients.clone())
-                    .collect()
-            }),
+            function: ScoreFunction {
+                format: SCORE_FUNCTION_FORMAT.to_owned(),
+                model: self.model.clone(),
+                num_layers: self.num_layers,
+                num_kv_heads: self.num_kv_heads,
+                degree: self.selection.degree,
+                domain: Some([0.0, 1.0]),
+                coefficients: self.poly.coefficients.clone(),
+                head_coefficients: (!self.heads.is_empty()).then(|| {
+                    self.heads
+                        .iter()
+                        .map(|h| h.poly.coefficients.clone())
+                        .collect()
+                }),
+            },
             pca: PcaSettings {
                 top_k: self.pca_top_k,
             },

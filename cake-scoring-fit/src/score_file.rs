@@ -1,6 +1,10 @@
 //! The fitted score-function file (`cake-score-function/1`) that `cake-core`'s `Static`
-//! allocator reads (`cake_core::score_function::ScoreFunction`; it ignores the metadata
-//! fields, which are kept here for reports and plots).
+//! allocator reads.
+//!
+//! The format is defined once, by `cake_core::ScoreFunction` (the fields the allocator
+//! reads, and their validation); a [`ScoreFunctionFile`] is that struct followed by the
+//! fit's report fields (PCA settings, datasets, CV errors, held-out results), which the
+//! allocator ignores and reports and plots use.
 //!
 //! `share(x) = sum_i c_i x^i` (ascending powers) with `x = layer / (num_layers - 1)`;
 //! `head_coefficients` holds one polynomial of the same degree per KV head, or is null.
@@ -8,14 +12,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cake_core::ScoreFunction;
+pub use cake_core::score_function::SCORE_FUNCTION_FORMAT;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FitError, Result};
 use crate::generalise::HeldOutReport;
 use crate::poly::Poly;
-
-/// Format tag of the file.
-pub const SCORE_FUNCTION_FORMAT: &str = "cake-score-function/1";
 
 /// PCA settings used while collecting the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -24,25 +27,13 @@ pub struct PcaSettings {
     pub top_k: usize,
 }
 
-/// Contents of a score-function file.
+/// Contents of a score-function file: the function `cake-core` reads, then the fit report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreFunctionFile {
-    /// Always [`SCORE_FUNCTION_FORMAT`].
-    pub format: String,
-    /// Model the statistics were collected on.
-    pub model: String,
-    /// Decoder layers of that model.
-    pub num_layers: usize,
-    /// KV heads per layer of that model.
-    pub num_kv_heads: usize,
-    /// Polynomial degree (`coefficients.len() - 1`).
-    pub degree: usize,
-    /// Domain of `x` (always `[0, 1]`).
-    pub domain: [f64; 2],
-    /// Layer-share polynomial, ascending powers.
-    pub coefficients: Vec<f64>,
-    /// One polynomial (same degree) per KV head, or `None`.
-    pub head_coefficients: Option<Vec<Vec<f64>>>,
+    /// The function (`format` .. `head_coefficients`, written first); a fitted file
+    /// always has its model, KV heads and the domain `[0, 1]`.
+    #[serde(flatten)]
+    pub function: ScoreFunction,
     /// PCA settings of the collected statistics.
     pub pca: PcaSettings,
     /// Calibration datasets the fit used.
@@ -59,73 +50,36 @@ impl ScoreFunctionFile {
     /// The layer polynomial.
     pub fn poly(&self) -> Poly {
         Poly {
-            coefficients: self.coefficients.clone(),
+            coefficients: self.function.coefficients.clone(),
         }
     }
 
     /// Raw fitted share of every layer (not clamped or normalised).
     pub fn raw_layer_shares(&self) -> Vec<f64> {
-        let poly = self.poly();
-        (0..self.num_layers)
-            .map(|l| poly.eval(crate::collect::normalised_layer(l, self.num_layers)))
-            .collect()
+        self.function.raw_layer_values()
     }
 
-    /// Checks the invariants the reader relies on.
+    /// Checks the invariants the reader relies on ([`ScoreFunction::validate`]) and the
+    /// domain `[0, 1]`.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.format != SCORE_FUNCTION_FORMAT {
+        self.function.validate()?;
+        if self.function.domain != Some([0.0, 1.0]) {
             return Err(format!(
-                "format is {:?}, expected {SCORE_FUNCTION_FORMAT:?}",
-                self.format
+                "domain is {:?}, expected [0.0, 1.0]",
+                self.function.domain
             ));
-        }
-        if self.num_layers == 0 {
-            return Err("num_layers is 0".into());
-        }
-        if self.domain != [0.0, 1.0] {
-            return Err(format!("domain is {:?}, expected [0.0, 1.0]", self.domain));
-        }
-        let check = |name: &str, c: &[f64]| {
-            if c.len() != self.degree + 1 {
-                return Err(format!(
-                    "{name} has {} values but degree {} needs {}",
-                    c.len(),
-                    self.degree,
-                    self.degree + 1
-                ));
-            }
-            if c.iter().any(|v| !v.is_finite()) {
-                return Err(format!("{name} has a non-finite value"));
-            }
-            Ok(())
-        };
-        check("coefficients", &self.coefficients)?;
-        if let Some(heads) = &self.head_coefficients {
-            if heads.len() != self.num_kv_heads {
-                return Err(format!(
-                    "head_coefficients has {} polynomials for {} KV heads",
-                    heads.len(),
-                    self.num_kv_heads
-                ));
-            }
-            for (h, c) in heads.iter().enumerate() {
-                check(&format!("head_coefficients[{h}]"), c)?;
-            }
         }
         Ok(())
     }
 
     /// Writes the file as pretty JSON (after validating it).
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.validate()
-            .map_err(|message| FitError::InvalidScoreFile {
-                path: path.to_path_buf(),
-                message,
-            })?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| FitError::InvalidScoreFile {
+        let invalid = |message: String| FitError::InvalidScoreFile {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        self.validate().map_err(invalid)?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| invalid(e.to_string()))?;
         std::fs::write(path, text + "\n").map_err(|source| FitError::Io {
             path: path.to_path_buf(),
             source,

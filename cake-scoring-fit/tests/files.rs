@@ -216,16 +216,41 @@ fn fitted_file_round_trips_and_cake_core_reads_it() {
     let path = dir.path().join("smollm2.score.json");
     file.save(&path).unwrap();
     assert_json_close(&ScoreFunctionFile::load(&path).unwrap(), &file);
-    let json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    // The format: cake-core's fields, then the fit report, in this order.
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("  \""))
+        .map(|l| l.split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "format",
+            "model",
+            "num_layers",
+            "num_kv_heads",
+            "degree",
+            "domain",
+            "coefficients",
+            "head_coefficients",
+            "pca",
+            "datasets",
+            "cv_errors",
+            "held_out",
+            "fit_mse"
+        ]
+    );
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["format"], "cake-score-function/1");
+    assert_eq!(json["domain"], serde_json::json!([0.0, 1.0]));
     assert_eq!(json["pca"]["top_k"], 4);
     assert_eq!(json["coefficients"].as_array().unwrap().len(), 4);
     assert!(json["cv_errors"]["3"].is_f64() && json["held_out"][0]["spearman"].is_f64());
 
     let core = ScoreFunction::from_path(&path).unwrap();
     assert_eq!(core.num_layers, 30);
-    for (a, b) in core.coefficients.iter().zip(&file.coefficients) {
+    for (a, b) in core.coefficients.iter().zip(&file.function.coefficients) {
         assert!((a - b).abs() <= 1e-15 * b.abs(), "{a} vs {b}");
     }
     let raw = file.raw_layer_shares();
@@ -237,7 +262,7 @@ fn fitted_file_round_trips_and_cake_core_reads_it() {
 
     // Layer-only file (head_coefficients null) is read too.
     let mut layer_only = file.clone();
-    layer_only.head_coefficients = None;
+    layer_only.function.head_coefficients = None;
     layer_only.save(&path).unwrap();
     assert!(
         ScoreFunction::from_path(&path)
@@ -257,7 +282,7 @@ fn bad_score_files_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.json");
     let mut f = report.to_score_file();
-    f.degree += 1;
+    f.function.degree += 1;
     let e = f.save(&path).unwrap_err().to_string();
     assert!(e.contains("f.json") && e.contains("degree"), "{e}");
     report.to_score_file().save(&path).unwrap();

@@ -6,15 +6,16 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use cake_models::config::decoder_config;
-use cake_models::generate::{GenerationConfig, Sampling};
-use cake_models::weights::{HostTensor, WeightError, WeightSource};
+use cake_core::Method;
+use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, Sampling};
+use cake_models::weights::RandomWeights;
 use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
 use super::median_ms;
 use crate::plots::{LatencyVsContext, render};
 use crate::run_dir::{Manifest, folder_for};
-use crate::session::{Session, generate_with_policy};
+use crate::session::Session;
 use crate::settings::{PolicyArgs, Settings};
 
 /// Arguments of `cake bench`.
@@ -31,14 +32,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "512,2048")]
     pub context: Vec<usize>,
     /// Methods compared with the full cache
-    #[arg(long, value_delimiter = ',', default_value = "cake")]
-    pub policies: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "cake", ignore_case = true)]
+    pub policies: Vec<Method>,
     /// Decoding steps timed per run (the median is reported)
     #[arg(long, default_value_t = 16)]
     pub decode_steps: usize,
-    /// cpu, or cuda (needs a build with --features cuda)
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    /// Compute backend (cuda needs a build with --features cuda)
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu, ignore_case = true)]
+    pub backend: BackendKind,
     /// Write bench.json, bench.md and a latency plot into a folder here
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -71,17 +72,34 @@ pub struct BenchRow {
     pub decode_bound_ms: Option<f64>,
 }
 
+/// The compute backends `cake bench` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// burn-flex on the CPU, with the host kernels.
+    Cpu,
+    /// burn-cuda (a build with `--features cuda`).
+    Cuda,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
 /// Runs `cake bench`.
 pub fn run(args: Args) -> Result<()> {
-    match args.backend.as_str() {
-        "cpu" => bench_on::<cake_models::Cpu>(&args, &Default::default()),
+    match args.backend {
+        BackendKind::Cpu => bench_on::<cake_models::Cpu>(&args, &Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => bench_on::<cake_models::Cuda>(&args, &Default::default()),
+        BackendKind::Cuda => bench_on::<cake_models::Cuda>(&args, &Default::default()),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => anyhow::bail!(
+        BackendKind::Cuda => anyhow::bail!(
             "this `cake` was built without CUDA: rebuild with `cargo build --release -p cake-cli --features cuda`"
         ),
-        other => anyhow::bail!("unknown backend `{other}`: use cpu or cuda"),
     }
 }
 
@@ -123,8 +141,8 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         bytes_per_s
     });
     let weight_bytes = model.decode_weight_bytes();
-    let mut methods = vec!["full".to_string()];
-    methods.extend(args.policies.iter().filter(|p| *p != "full").cloned());
+    let mut methods = vec![Method::Full];
+    methods.extend(args.policies.iter().filter(|&&m| m != Method::Full));
     let steps = args.decode_steps.max(1);
     let config = GenerationConfig {
         max_new_tokens: steps + 1,
@@ -134,20 +152,19 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     };
     // Warm-up: first-use allocations and kernel compilation are not measured.
     let warm = prompt_tokens(64.min(args.context[0]), model.config().vocab_size);
-    generate_with_policy(&model, &name, &base_full(&base), &warm, &config, &eos, None)?;
+    let full = base.with_method(Method::Full, base.spec.cache.cache_size)?;
+    timed_run(&model, &name, &full, &warm, &config, &eos)?;
     let mut rows = Vec::new();
     for &context in &args.context {
         let prompt = prompt_tokens(context, model.config().vocab_size);
-        for method in &methods {
-            let mut settings = base.clone();
-            settings.policy = method.clone();
-            let (output, _) =
-                generate_with_policy(&model, &name, &settings, &prompt, &config, &eos, None)?;
+        for &method in &methods {
+            let settings = base.with_method(method, base.spec.cache.cache_size)?;
+            let output = timed_run(&model, &name, &settings, &prompt, &config, &eos)?;
             let prefill_s = output.prefill_time.as_secs_f64();
             let row = BenchRow {
                 context,
-                policy: if method == "full" {
-                    "full".into()
+                policy: if method == Method::Full {
+                    method.to_string()
                 } else {
                     settings.label()
                 },
@@ -166,7 +183,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             rows.push(row);
         }
     }
-    let table = markdown(&name, &args.backend, &rows);
+    let table = markdown(&name, &args.backend.to_string(), &rows);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -187,8 +204,8 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             .map(|m| {
                 let label = rows
                     .iter()
-                    .find(|r| r.policy == *m || r.policy.starts_with(&format!("{m}-")))
-                    .map_or(m.clone(), |r| r.policy.clone());
+                    .find(|r| r.policy == m.name() || r.policy.starts_with(&format!("{m}-")))
+                    .map_or(m.to_string(), |r| r.policy.clone());
                 let ms = args
                     .context
                     .iter()
@@ -212,10 +229,21 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     Ok(())
 }
 
-fn base_full(base: &Settings) -> Settings {
-    let mut s = base.clone();
-    s.policy = "full".into();
-    s
+/// One generation without text (the prompt is random tokens): its timings and memory.
+fn timed_run<B: Backend>(
+    model: &Model<B>,
+    name: &str,
+    settings: &Settings,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    eos: &[u32],
+) -> Result<GenerationOutput> {
+    let compressor = settings.spec.compressor::<B>(name, model.num_layers())?;
+    let mut run = Generation::new(model)
+        .with_compressor(compressor)
+        .with_config(config.clone())
+        .with_eos(eos.to_vec());
+    Ok(run.generate(prompt)?)
 }
 
 /// The latency/memory table with ratios to the full cache at the same context, and each
@@ -286,81 +314,4 @@ fn read_config(path: &std::path::Path) -> Result<DecoderConfig> {
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     decoder_config(&json)
         .with_context(|| format!("{} is not a supported config.json", path.display()))
-}
-
-/// Weights drawn uniformly from [-0.03, 0.03] (norms are 1), with the shapes a config asks
-/// for: speed does not depend on the values.
-struct RandomWeights {
-    config: DecoderConfig,
-    state: u64,
-}
-
-impl RandomWeights {
-    fn new(config: &DecoderConfig) -> Self {
-        Self {
-            config: config.clone(),
-            state: 0x2545_f491_4f6c_dd1d,
-        }
-    }
-
-    fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let c = &self.config;
-        let (h, q, kv, i) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-            c.intermediate_size,
-        );
-        let bias = name.ends_with(".bias");
-        let shape = match name.rsplit('.').nth(1)? {
-            "embed_tokens" | "lm_head" => vec![c.vocab_size, h],
-            "q_proj" if bias => vec![q],
-            "k_proj" | "v_proj" if bias => vec![kv],
-            "q_proj" => vec![q, h],
-            "k_proj" | "v_proj" => vec![kv, h],
-            "o_proj" => vec![h, q],
-            "gate_proj" | "up_proj" => vec![i, h],
-            "down_proj" => vec![h, i],
-            "input_layernorm" | "post_attention_layernorm" | "norm" => vec![h],
-            _ => return None,
-        };
-        Some(shape)
-    }
-}
-
-impl WeightSource for RandomWeights {
-    fn origin(&self) -> String {
-        "random weights".into()
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        match name {
-            "lm_head.weight" => !self.config.tie_word_embeddings,
-            n if n.ends_with(".bias") => self.config.qkv_bias,
-            n => self.shape(n).is_some(),
-        }
-    }
-
-    fn take(&mut self, name: &str) -> Result<HostTensor, WeightError> {
-        let Some(shape) = self.shape(name) else {
-            return Err(WeightError::Missing {
-                name: name.to_string(),
-                origin: self.origin(),
-            });
-        };
-        let n: usize = shape.iter().product();
-        let data = if name.contains("norm") {
-            vec![1.0; n]
-        } else {
-            (0..n)
-                .map(|_| {
-                    self.state ^= self.state << 13;
-                    self.state ^= self.state >> 7;
-                    self.state ^= self.state << 17;
-                    ((self.state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.06
-                })
-                .collect()
-        };
-        Ok(HostTensor { shape, data })
-    }
 }

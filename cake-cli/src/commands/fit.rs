@@ -5,16 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::{Tensor, backend::Backend};
-use cake_core::stats::{layer_preference, window_attention};
-use cake_core::{CacheError, KvCompressor, LayerCache, PrefillLayer};
 use cake_longbench::prompt::build_prompt;
 use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
 use cake_models::PrefillLogits;
 use cake_scoring_fit::{
-    FitConfig, LayerMeasurement, LayerStatsRow, fit_score_function, pca_summary_layer,
-    pca_summary_per_head, plot_fit, rows_for_head, sample_rows, write_csv, write_jsonl,
+    FitConfig, LayerStatsRow, StatsCollector, fit_score_function, plot_fit, rows_for_head,
+    write_csv, write_jsonl,
 };
 use indicatif::ProgressBar;
 
@@ -57,95 +54,6 @@ pub struct Args {
     pub policy: PolicyArgs,
 }
 
-/// Records each layer's preference parts and K/V PCA during a prefill (keeps everything).
-struct StatsCollector {
-    window: usize,
-    top_k: usize,
-    taus: (f64, f64),
-    per_head: bool,
-    /// Whole-layer measurements, one per layer.
-    layers: Vec<LayerMeasurement>,
-    /// `heads[l][h]`: KV head `h` of layer `l` (empty unless `per_head`).
-    heads: Vec<Vec<LayerMeasurement>>,
-    error: Option<anyhow::Error>,
-}
-
-impl StatsCollector {
-    /// Measurements of one layer: the whole layer, then each KV head when `per_head`.
-    fn measure<B: Backend>(
-        &self,
-        queries: Tensor<B, 3>,
-        cache: &LayerCache<B>,
-    ) -> Result<(LayerMeasurement, Vec<LayerMeasurement>)> {
-        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
-            anyhow::bail!("layer cached nothing");
-        };
-        let [kv_heads, len, dim] = keys.dims();
-        // [H, w, S]
-        let attn = window_attention(queries, keys.clone(), self.window);
-        let (tau1, tau2) = self.taus;
-        let key_states = host(&keys)?;
-        let value_states = host(&values)?;
-        let layer = LayerMeasurement::from_parts(
-            layer_preference(&attn),
-            tau1,
-            tau2,
-            pca_summary_layer(&key_states, kv_heads, len, dim, self.top_k)?,
-            pca_summary_layer(&value_states, kv_heads, len, dim, self.top_k)?,
-        );
-        if !self.per_head {
-            return Ok((layer, Vec::new()));
-        }
-        let group = attn.dims()[0] / kv_heads;
-        let key_pca = pca_summary_per_head(&key_states, kv_heads, len, dim, self.top_k)?;
-        let value_pca = pca_summary_per_head(&value_states, kv_heads, len, dim, self.top_k)?;
-        let heads = (0..kv_heads)
-            .map(|h| {
-                // [G, w, S]: the query heads that read KV head h
-                let group_attn = attn.clone().narrow(0, h * group, group);
-                LayerMeasurement::from_parts(
-                    layer_preference(&group_attn),
-                    tau1,
-                    tau2,
-                    key_pca[h],
-                    value_pca[h],
-                )
-            })
-            .collect();
-        Ok((layer, heads))
-    }
-}
-
-/// A `[Hkv, S, d]` K/V tensor copied to the host.
-fn host<B: Backend>(t: &Tensor<B, 3>) -> Result<Vec<f32>> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("cannot read K/V back: {e:?}"))
-}
-
-impl<B: Backend> KvCompressor<B> for StatsCollector {
-    fn after_prefill_layer(
-        &mut self,
-        step: PrefillLayer<B>,
-        caches: &mut [LayerCache<B>],
-    ) -> Result<(), CacheError> {
-        if self.error.is_some() {
-            return Ok(());
-        }
-        let layer = step.layer;
-        match self.measure(step.queries, &caches[layer]) {
-            Ok((whole, heads)) => {
-                self.layers.push(whole);
-                self.heads.push(heads);
-            }
-            Err(e) => self.error = Some(e.context(format!("layer {layer}"))),
-        }
-        Ok(())
-    }
-}
-
 /// Runs `cake fit`.
 pub fn run(args: Args) -> Result<()> {
     let settings = Settings::resolve(&args.policy, args.model.as_deref())?;
@@ -157,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         )
     })?;
-    let taus = settings.cache.resolve_tau(&session.name);
+    let taus = settings.spec.cache.resolve_tau(&session.name);
     let datasets = if args.datasets.is_empty() {
         super::pred::known_datasets(&args.data_dir)?
     } else {
@@ -174,30 +82,21 @@ pub fn run(args: Args) -> Result<()> {
         for record in &records {
             let prompt = build_prompt(record, spec, &session, args.max_length)?;
             let ids = session.encode(&prompt.text)?;
-            let mut collector = StatsCollector {
-                window: settings.cache.window,
-                top_k: args.top_k,
-                taus: (taus.tau1, taus.tau2),
-                per_head: args.per_head,
-                layers: Vec::new(),
-                heads: Vec::new(),
-                error: None,
-            };
+            let mut collector = StatsCollector::new(
+                settings.spec.cache.window,
+                args.top_k,
+                (taus.tau1, taus.tau2),
+                args.per_head,
+            );
             let mut caches = session.model.new_caches();
             session
                 .model
                 .prefill(&ids, &mut caches, &mut collector, PrefillLogits::Last)?;
-            if let Some(error) = collector.error {
-                return Err(error.context(format!("measuring {name} record {}", record.id)));
-            }
-            rows.extend(sample_rows(name, &record.id, None, &collector.layers)?);
-            if args.per_head {
-                for h in 0..session.config().num_kv_heads {
-                    let head: Vec<LayerMeasurement> =
-                        collector.heads.iter().map(|layer| layer[h]).collect();
-                    rows.extend(sample_rows(name, &record.id, Some(h), &head)?);
-                }
-            }
+            rows.extend(
+                collector
+                    .into_rows(name, &record.id)
+                    .with_context(|| format!("measuring {name} record {}", record.id))?,
+            );
             bar.inc(1);
         }
         bar.finish();

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_longbench::predict::predict_dataset;
+use cake_core::Method;
+use cake_longbench::predict::{predict_dataset, predict_sweep};
 use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
-use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::progress::Progress;
 use crate::run_dir::{Manifest, folder_for};
-use crate::session::{PolicyGenerator, PrefillCache, Session, SweepGenerator};
+use crate::session::{PolicyGenerator, PolicySweep, Session};
 use crate::settings::{PolicyArgs, Settings};
 
 /// Arguments of `cake pred`.
@@ -28,8 +29,8 @@ pub struct Args {
     #[arg(long)]
     pub model: Option<String>,
     /// Several methods in one run (each gets its folder), e.g. full,snapkv,cake
-    #[arg(long, value_delimiter = ',')]
-    pub policies: Vec<String>,
+    #[arg(long, value_delimiter = ',', ignore_case = true)]
+    pub policies: Vec<Method>,
     /// Several cache sizes in one run, e.g. 64,128,256,512
     #[arg(long, value_delimiter = ',')]
     pub cache_sizes: Vec<usize>,
@@ -55,12 +56,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let base = Settings::resolve(&args.policy, args.model.as_deref())?;
     let datasets = dataset_names(&args)?;
+    let configs = configurations(&base, &args)?;
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
-    let configs = configurations(&base, &args)?;
     let start = Instant::now();
     if configs.len() > 1 && !args.no_sweep {
-        predict_sweep(&session, &configs, &args, &datasets)?;
+        predict_configurations(&session, &configs, &args, &datasets)?;
     } else {
         for settings in &configs {
             predict_run(&session, settings, &args, &datasets)?;
@@ -74,10 +75,11 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Every configuration at once, record by record: each prompt is prefilled once and every
-/// configuration decodes from a copy of that prefill. The files equal separate runs'
-/// (same `predict_dataset` writer, same generations), and resuming works the same way.
-pub fn predict_sweep<B: Backend>(
+/// Every configuration at once, in one pass per dataset: each prompt is prefilled once and
+/// every configuration that still lacks the record decodes from a copy of that prefill.
+/// The files equal separate runs' (same writer, same generations), and resuming works the
+/// same way.
+pub fn predict_configurations<B: Backend>(
     session: &Session<B>,
     configs: &[Settings],
     args: &Args,
@@ -90,105 +92,65 @@ pub fn predict_sweep<B: Backend>(
         dirs.push(dir);
     }
     let max_length = max_length(session, args.max_length);
-    let mut cache = PrefillCache::default();
+    let mut sweep = PolicySweep::new(session, configs);
     for name in datasets {
         let spec = registry::lookup(name)?;
-        let records: Vec<_> = read_dataset(&args.data_dir, name)?
-            .take(args.max_samples.unwrap_or(usize::MAX))
-            .collect::<Result<_, _>>()?;
-        let bar = progress_bar(
-            (records.len() * configs.len()) as u64,
-            format!("sweep x{} {name}", configs.len()),
-        );
+        let records = read_dataset(&args.data_dir, name)?;
+        let total = count_records(&args.data_dir, name, args.max_samples) * configs.len();
+        let mut progress = Progress::new(total as u64, format!("sweep x{} {name}", configs.len()));
         let start = Instant::now();
         let mut tokens = 0usize;
         let files: Vec<PathBuf> = dirs
             .iter()
             .map(|d| d.join(format!("{name}.jsonl")))
             .collect();
-        // Complete lines already written per configuration (a torn last line is not
-        // counted: the call for that record repairs it).
-        let done: Vec<usize> = files.iter().map(|f| complete_lines(f)).collect();
-        for i in 0..records.len() {
-            for ((settings, out_file), &done) in configs.iter().zip(&files).zip(&done) {
-                // Finished records are skipped without a call; the last record always
-                // calls so the whole file is checked against the dataset.
-                if i < done && i + 1 < records.len() {
-                    bar.inc(1);
-                    continue;
+        predict_sweep(
+            records.take(args.max_samples.unwrap_or(usize::MAX)),
+            spec,
+            session,
+            &mut sweep,
+            &files,
+            max_length,
+            |step| {
+                if let Some(outcome) = step.outcome {
+                    tokens += outcome.new_tokens;
                 }
-                let out_file = out_file.clone();
-                let mut generator = SweepGenerator {
-                    session,
-                    settings,
-                    cache: &mut cache,
-                };
-                // Records 0..i are already in the file (checked, skipped); record i is new.
-                predict_dataset(
-                    records[..=i].iter().cloned().map(Ok),
-                    spec,
-                    session,
-                    &mut generator,
-                    &out_file,
-                    max_length,
-                    |progress| {
-                        if let Some(outcome) = progress.outcome {
-                            tokens += outcome.new_tokens;
-                        }
-                    },
-                )
-                .with_context(|| format!("predicting {name} into {}", out_file.display()))?;
                 let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{rate:.1} new tok/s"));
-                bar.inc(1);
-            }
-        }
-        bar.finish_with_message(format!("{} prefills so far", cache.prefills));
+                progress.set_message(format!("{rate:.1} new tok/s"));
+                progress.inc(1);
+            },
+        )
+        .with_context(|| format!("predicting {name} into {}", args.out.display()))?;
+        progress.finish(format!("{} prefills so far", sweep.prefills));
     }
     Ok(dirs)
 }
 
-fn progress_bar(len: u64, prefix: String) -> ProgressBar {
-    let bar = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{prefix:>32} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
-/// Every (policy, cache size) configuration asked for, in order.
+/// Every (method, cache size) configuration asked for, in order, validated.
 pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
-    let policies = if args.policies.is_empty() {
-        vec![base.policy.clone()]
+    let methods = if args.policies.is_empty() {
+        vec![base.spec.method]
     } else {
         args.policies.clone()
     };
     let sizes = if args.cache_sizes.is_empty() {
-        vec![base.cache.cache_size]
+        vec![base.spec.cache.cache_size]
     } else {
         args.cache_sizes.clone()
     };
     let mut out = Vec::new();
-    for policy in &policies {
+    for &method in &methods {
         // The full cache does not depend on the cache size: one run.
-        let sizes_here = if policy == "full" {
+        let sizes_here = if method == Method::Full {
             &sizes[..1]
         } else {
             &sizes[..]
         };
         for &size in sizes_here {
-            let mut settings = base.clone();
-            settings.policy = policy.clone();
-            settings.cache.cache_size = size;
-            settings
-                .cache
-                .validate()
-                .map_err(|e| anyhow::anyhow!("{e} (from --cache-sizes)"))?;
-            // Fail before any generation on an unknown policy name.
-            settings.check_names()?;
-            out.push(settings);
+            out.push(
+                base.with_method(method, size)
+                    .map_err(|e| anyhow::anyhow!("{e} (from --policies / --cache-sizes)"))?,
+            );
         }
     }
     Ok(out)
@@ -255,7 +217,7 @@ pub fn predict_run<B: Backend>(
         let spec = registry::lookup(name)?;
         let records = read_dataset(&args.data_dir, name)?;
         let total = count_records(&args.data_dir, name, args.max_samples);
-        let bar = progress_bar(total as u64, format!("{} {name}", settings.label()));
+        let mut progress = Progress::new(total as u64, format!("{} {name}", settings.label()));
         let mut generator = PolicyGenerator { session, settings };
         let start = Instant::now();
         let mut tokens = 0usize;
@@ -268,27 +230,22 @@ pub fn predict_run<B: Backend>(
             &mut generator,
             &out_file,
             max_length,
-            |progress| {
-                if let Some(outcome) = progress.outcome {
+            |step| {
+                if let Some(outcome) = step.outcome {
                     tokens += outcome.prompt_tokens + outcome.new_tokens;
                 }
                 let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{rate:.0} tok/s"));
-                bar.inc(1);
+                progress.set_message(format!("{rate:.0} tok/s"));
+                progress.inc(1);
             },
         )
         .with_context(|| format!("predicting {name} into {}", out_file.display()))?;
-        bar.finish_with_message(format!(
+        progress.finish(format!(
             "{} new, {} resumed, {} truncated",
             summary.generated, summary.resumed, summary.truncated
         ));
     }
     Ok(dir)
-}
-
-/// Newline-terminated lines of `path` (0 when it does not exist).
-fn complete_lines(path: &Path) -> usize {
-    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|&&b| b == b'\n').count())
 }
 
 /// Records in `<dir>/<name>.jsonl` (non-empty lines), capped at `max`; for the progress bar.

@@ -135,6 +135,101 @@ pub fn attention(
     }
 }
 
+/// The key ranges `visible(kv, i)` of queries `i0..i0 + rows`, and their union `lo..hi`.
+fn block_ranges(
+    visible: Visible<'_>,
+    kv: usize,
+    i0: usize,
+    rows: usize,
+) -> (Vec<(usize, usize)>, usize, usize) {
+    let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+    (ranges, lo, hi)
+}
+
+/// Scaled scores `dst[r, j] = scale * (q_r . k_j)`, `[m, n]` row-major, of `m` query rows
+/// (width `d`, `q_stride` apart from `q`) against the `n` consecutive key rows at `keys`;
+/// single-threaded (the tasks are the parallelism).
+///
+/// # Safety
+/// The `m` query rows, `n * d` keys and `m * n` destination must be in bounds.
+#[inline]
+unsafe fn gemm_scores(
+    (m, n, d): (usize, usize, usize),
+    dst: *mut f32,
+    q: *const f32,
+    q_stride: usize,
+    keys: *const f32,
+    scale: f32,
+) {
+    // SAFETY: the caller's; keys are read as a [d, n] matrix (column stride d).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d,
+            dst,
+            1,
+            n as isize,
+            false,
+            q,
+            1,
+            q_stride as isize,
+            keys,
+            d as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Weighted values `dst_r = sum_j p[r, j] v_j` (or `dst_r +=` when `accumulate`) of the
+/// `[m, n]` row-major weights `p` over the `n` consecutive value rows (width `d`) at
+/// `values`, into `m` rows `dst_stride` apart; single-threaded.
+///
+/// # Safety
+/// The `m * n` weights, `n * d` values and `m` destination rows must be in bounds.
+#[inline]
+unsafe fn gemm_values(
+    (m, n, d): (usize, usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    accumulate: bool,
+    p: *const f32,
+    values: *const f32,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        gemm::gemm(
+            m,
+            d,
+            n,
+            dst,
+            1,
+            dst_stride as isize,
+            accumulate,
+            p,
+            1,
+            n as isize,
+            values,
+            1,
+            d as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Several queries: one task per (query head, block of [`QUERY_BLOCK`] queries); scores
 /// and weighted values are two small matrix products over the keys the block can see.
 fn block_attention(
@@ -162,9 +257,7 @@ fn block_attention(
         let kv = head / group;
         let i0 = block * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(s - i0);
-        let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
-        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+        let (ranges, lo, hi) = block_ranges(visible, kv, i0, rows);
         let n = hi - lo;
         // [rows, n]: scaled scores of the block's queries over keys lo..hi.
         let mut scores = vec![0.0f32; rows * n];
@@ -173,26 +266,13 @@ fn block_attention(
             // (row stride H*d), keys lo..hi of KV head `kv` read as a [d, n] matrix
             // (column stride d), and the [rows, n] destination.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    d,
+                gemm_scores(
+                    (rows, n, d),
                     scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
                     q.as_ptr().add((i0 * h + head) * d),
-                    1,
-                    (h * d) as isize,
+                    h * d,
                     keys.data.as_ptr().add(kv * keys.head_stride + lo * d),
-                    d as isize,
-                    1,
-                    0.0,
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
         }
@@ -208,26 +288,13 @@ fn block_attention(
         // of head `head`.
         unsafe {
             match output {
-                Some((values, out_ptr)) if n > 0 => gemm::gemm(
-                    rows,
-                    d,
-                    n,
+                Some((values, out_ptr)) if n > 0 => gemm_values(
+                    (rows, n, d),
                     out_ptr.0.add((i0 * h + head) * d),
-                    1,
-                    (h * d) as isize,
+                    h * d,
                     false,
                     scores.as_ptr(),
-                    1,
-                    n as isize,
                     values.data.as_ptr().add(kv * values.head_stride + lo * d),
-                    1,
-                    d as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 ),
                 Some((_, out_ptr)) => {
                     for r in 0..rows {
@@ -277,9 +344,7 @@ fn flash_attention(
         let i0 = block * block_rows;
         let rows = block_rows.min(s - i0);
         let m = rows * group;
-        let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
-        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+        let (ranges, lo, hi) = block_ranges(visible, kv, i0, rows);
         // [rows * G, d]: row r * G + g is query i0 + r of head kv * G + g.
         let mut packed = Vec::with_capacity(m * d);
         for r in 0..rows {
@@ -297,26 +362,13 @@ fn flash_attention(
             // SAFETY: the packed [m, d] queries, keys k0..k0+n of KV head `kv` read as
             // [d, n], and the [m, n] tile.
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    d,
+                gemm_scores(
+                    (m, n, d),
                     scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
                     packed.as_ptr(),
-                    1,
-                    d as isize,
+                    d,
                     keys.data.as_ptr().add(kv * keys.head_stride + k0 * d),
-                    d as isize,
-                    1,
-                    0.0,
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
             for (pr, row) in scores.chunks_exact_mut(n).enumerate() {
@@ -345,26 +397,13 @@ fn flash_attention(
             // SAFETY: the [m, n] probabilities, values k0..k0+n of KV head `kv` ([n, d]),
             // and the task's own [m, d] accumulator.
             unsafe {
-                gemm::gemm(
-                    m,
-                    d,
-                    n,
+                gemm_values(
+                    (m, n, d),
                     acc.as_mut_ptr(),
-                    1,
-                    d as isize,
+                    d,
                     true,
                     scores.as_ptr(),
-                    1,
-                    n as isize,
                     values.data.as_ptr().add(kv * values.head_stride + k0 * d),
-                    1,
-                    d as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
         }

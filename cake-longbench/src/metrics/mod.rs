@@ -275,21 +275,25 @@ fn share_equal(prediction: &str, target: &str) -> f64 {
 
 /// `retrieval_score`.
 pub fn retrieval_score(prediction: &str, ground_truth: &str) -> Result<f64, MetricError> {
-    let id = pytext::first_number_after(ground_truth, "Paragraph ").ok_or_else(|| {
-        MetricError::NoParagraphId {
-            answer: ground_truth.into(),
-            pattern: "Paragraph ",
-        }
-    })?;
-    Ok(share_equal(prediction, &id))
+    paragraph_retrieval(prediction, ground_truth, "Paragraph ")
 }
 
 /// `retrieval_zh_score`.
 pub fn retrieval_zh_score(prediction: &str, ground_truth: &str) -> Result<f64, MetricError> {
-    let id = pytext::first_number_after(ground_truth, "段落").ok_or_else(|| {
+    paragraph_retrieval(prediction, ground_truth, "段落")
+}
+
+/// Share of the numbers in `prediction` equal to the paragraph id that follows `pattern`
+/// in `ground_truth`.
+fn paragraph_retrieval(
+    prediction: &str,
+    ground_truth: &str,
+    pattern: &'static str,
+) -> Result<f64, MetricError> {
+    let id = pytext::first_number_after(ground_truth, pattern).ok_or_else(|| {
         MetricError::NoParagraphId {
             answer: ground_truth.into(),
-            pattern: "段落",
+            pattern,
         }
     })?;
     Ok(share_equal(prediction, &id))

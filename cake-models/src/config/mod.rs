@@ -3,8 +3,20 @@
 //!
 //! Both config.json dialects are read: the classic one (`rope_theta` + `rope_scaling`) and
 //! the transformers 5 one (`rope_parameters` holding the theta and the scaling).
+//!
+//! Each architecture has its own file with its `config.json` struct and what sets it apart
+//! from the shared decoder: [`llama`], [`mistral`], [`qwen2`]; [`decoder_config`] picks one
+//! by `architectures` / `model_type`.
+
+pub mod llama;
+pub mod mistral;
+pub mod qwen2;
 
 use serde::Deserialize;
+
+pub use llama::{Llama3RopeScaling, LlamaConfig};
+pub use mistral::MistralConfig;
+pub use qwen2::Qwen2Config;
 
 /// Fields of `config.json` common to Llama, Mistral and Qwen2 (flattened into each
 /// architecture's own config struct).
@@ -92,19 +104,6 @@ pub struct RopeScalingJson {
     /// Llama-3 original training context.
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
-}
-
-/// Llama-3.1 frequency scaling of RoPE (`rope_type: "llama3"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Llama3RopeScaling {
-    /// Divisor of the low frequencies.
-    pub factor: f64,
-    /// Wavelengths above `original_max / low_freq_factor` are divided by `factor`.
-    pub low_freq_factor: f64,
-    /// Wavelengths below `original_max / high_freq_factor` are kept.
-    pub high_freq_factor: f64,
-    /// Training context of the unscaled model.
-    pub original_max_position_embeddings: usize,
 }
 
 /// Rotary embedding parameters.
@@ -260,29 +259,7 @@ impl BaseConfig {
         let llama3 = match scaling {
             Some(s) => match s.rope_type.as_deref() {
                 None | Some("default") => None,
-                Some("llama3") => {
-                    let missing = |field: &str| {
-                        ConfigError::Invalid(format!("llama3 rope scaling needs `{field}`"))
-                    };
-                    let scaling = Llama3RopeScaling {
-                        factor: s.factor.ok_or_else(|| missing("factor"))?,
-                        low_freq_factor: s
-                            .low_freq_factor
-                            .ok_or_else(|| missing("low_freq_factor"))?,
-                        high_freq_factor: s
-                            .high_freq_factor
-                            .ok_or_else(|| missing("high_freq_factor"))?,
-                        original_max_position_embeddings: s
-                            .original_max_position_embeddings
-                            .ok_or_else(|| missing("original_max_position_embeddings"))?,
-                    };
-                    if scaling.high_freq_factor <= scaling.low_freq_factor {
-                        return Err(ConfigError::Invalid(
-                            "llama3 rope scaling needs high_freq_factor > low_freq_factor".into(),
-                        ));
-                    }
-                    Some(scaling)
-                }
+                Some("llama3") => Some(Llama3RopeScaling::from_json(s)?),
                 Some(other) => {
                     return Err(ConfigError::Invalid(format!(
                         "rope scaling type {other:?} is not supported (supported: default, llama3)"
@@ -314,8 +291,8 @@ pub fn architecture_of(json: &serde_json::Value) -> Result<Architecture, ConfigE
 /// Parses a config.json value of any supported architecture into a [`DecoderConfig`].
 pub fn decoder_config(json: &serde_json::Value) -> Result<DecoderConfig, ConfigError> {
     match architecture_of(json)? {
-        Architecture::Llama => crate::llama::LlamaConfig::from_json(json)?.decoder(),
-        Architecture::Mistral => crate::mistral::MistralConfig::from_json(json)?.decoder(),
-        Architecture::Qwen2 => crate::qwen2::Qwen2Config::from_json(json)?.decoder(),
+        Architecture::Llama => LlamaConfig::from_json(json)?.decoder(),
+        Architecture::Mistral => MistralConfig::from_json(json)?.decoder(),
+        Architecture::Qwen2 => Qwen2Config::from_json(json)?.decoder(),
     }
 }

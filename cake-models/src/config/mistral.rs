@@ -1,8 +1,30 @@
 //! Mistral: the shared decoder with an optional sliding attention window on every layer.
+//!
+//! What is Mistral's own: `sliding_window` (v0.1: 4096; `null` from v0.2 on, i.e. full
+//! attention), applied to every layer alike. No biases, plain RoPE (`rope_theta` 10000 in
+//! v0.1, 1000000 from v0.2).
+//!
+//! # Shapes
+//! Example: Mistral-7B-v0.1 / -Instruct-v0.3.
+//! - hidden size: `hidden_size` (4096)
+//! - layers: `num_hidden_layers` (32)
+//! - query heads H: `num_attention_heads` (32)
+//! - KV heads Hkv: `num_key_value_heads` (8)
+//! - head_dim d: `head_dim`, else `hidden_size / H` (128)
+//! - MLP: SwiGLU, `hidden -> 2 x intermediate_size -> hidden` (14336)
+//! - vocabulary: `vocab_size` (32000 in v0.1, 32768 in v0.3); separate output head
+//!
+//! # Layers
+//! The shared decoder ([`Model`](crate::model::Model)): every
+//! [`DecoderLayer`](crate::layers::DecoderLayer) is RMSNorm, grouped-query
+//! [`Attention`](crate::layers::Attention) (fused QKV without bias; with a window, a query
+//! at position p sees keys at `p - w < j <= p`) with [`Rotary`](crate::layers::Rotary)
+//! embeddings, RMSNorm, and the SwiGLU [`Mlp`](crate::layers::Mlp)
+//! (`crate::layers::{attention, rotary, mlp, decoder}`).
 
 use serde::Deserialize;
 
-use crate::config::{Architecture, BaseConfig, ConfigError, DecoderConfig};
+use super::{Architecture, BaseConfig, ConfigError, DecoderConfig};
 
 /// `config.json` of a `MistralForCausalLM`.
 #[derive(Debug, Clone, Deserialize)]

