@@ -44,6 +44,13 @@ enum Command {
 
 fn main() -> ExitCode {
     cake_models::cpu::tune_allocator();
+    // Spans (load, prefill per layer, eviction, decode) with their durations on stderr,
+    // chosen by RUST_LOG (e.g. RUST_LOG=cake_models=debug); silent by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),

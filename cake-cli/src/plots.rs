@@ -170,8 +170,8 @@ impl Chart for LatencyVsContext {
             .flat_map(|(_, v)| v.iter().copied())
             .fold(1e-3f64, f64::max)
             * 1.15;
-        let mut chart = chart_builder(root, &self.title, 60)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+        let mut chart =
+            chart_builder(root, &self.title, 60).build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
         chart
             .configure_mesh()
             .x_desc("context length (tokens)")

@@ -9,9 +9,7 @@ use cake_core::{CompressionReport, LayerCache, PrefillRecorder, replay_prefill};
 use cake_longbench::{
     BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule, SweepGenerator,
 };
-use cake_models::generate::{
-    Generation, GenerationConfig, GenerationOutput, Prefilled, Sampling,
-};
+use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, Prefilled};
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
 use cake_models::{DecoderConfig, Model, ModelError};
 
@@ -252,13 +250,11 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
 /// LongBench's greedy decoding with a dataset's stop rule.
 fn greedy_config(max_new_tokens: usize, stop: &StopRule) -> GenerationConfig {
     GenerationConfig {
-        max_new_tokens,
-        min_new_tokens: stop.min_new_tokens.min(max_new_tokens),
-        sampling: Sampling::Greedy,
         stop_strings: if stop.stop_on_newline {
             vec!["\n".into()]
         } else {
             Vec::new()
         },
+        ..GenerationConfig::greedy(max_new_tokens, stop.min_new_tokens.min(max_new_tokens))
     }
 }

@@ -283,16 +283,27 @@ mod tests {
             ..PolicyArgs::default()
         };
         assert!(!Settings::from_layer(flags.over(file)).spec.cache.cascading);
-        assert!(Settings::from_layer(PolicyArgs::default()).spec.cache.cascading);
+        assert!(
+            Settings::from_layer(PolicyArgs::default())
+                .spec
+                .cache
+                .cascading
+        );
     }
 
     #[test]
     fn file_and_environment_reject_unknown_keys_alike() {
         let err = toml::from_str::<PolicyArgs>("cache_sise = 1").unwrap_err();
-        assert!(err.to_string().contains("unknown field `cache_sise`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `cache_sise`"),
+            "{err}"
+        );
         let one = toml::Table::from_iter([("cache_sise".to_string(), scalar("1"))]);
         let err = one.try_into::<PolicyArgs>().unwrap_err();
-        assert!(err.to_string().contains("unknown field `cache_sise`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `cache_sise`"),
+            "{err}"
+        );
         // Flags-only keys are not settings keys.
         assert!(toml::from_str::<PolicyArgs>("no_cascading = true").is_err());
         assert!(toml::from_str::<PolicyArgs>("config = \"x\"").is_err());

@@ -2,16 +2,11 @@
 //! generate / pred / eval run on a tiny random-weight Llama (cake-models' parity fixture)
 //! with a byte-level tokenizer.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-
-fn cake() -> Command {
-    let mut cmd = Command::cargo_bin("cake").expect("the cake binary is built for tests");
-    // Isolate from the developer's settings and model choice.
-    cmd.env_remove("CAKE_MODEL").env_remove("CAKE_CACHE_SIZE");
-    cmd
-}
+use common::{cake, success};
 
 /// Runs `cake` and returns (success, stderr).
 fn run(args: &[&str], dir: &Path) -> (bool, String) {
@@ -24,6 +19,25 @@ fn run(args: &[&str], dir: &Path) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `cake <command> --model MODEL --data-dir DATA --window 4 --max-length 200` then
+/// `args` (a tiny model's run over written records) in `dir`, and asserts success.
+fn run_on_records(command: &str, model: &str, data: &Path, args: &[&str], dir: &Path) {
+    let data = data.to_str().unwrap();
+    let common = [
+        command,
+        "--model",
+        model,
+        "--data-dir",
+        data,
+        "--window",
+        "4",
+        "--max-length",
+        "200",
+    ];
+    let (ok, stderr) = run(&[&common[..], args].concat(), dir);
+    assert!(ok, "{stderr}");
 }
 
 /// Asserts failure with one `error:` line mentioning every needle, and no panic.
@@ -149,17 +163,12 @@ fn settings_layer_file_then_env_then_flags() {
         "--json",
     ];
     // File: C=12, w=4. Env overrides C; the flag overrides the window.
-    let out = cake()
-        .current_dir(dir.path())
-        .env("CAKE_CACHE_SIZE", "10")
-        .args(args)
-        .args(["--window", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    success(
+        cake()
+            .current_dir(dir.path())
+            .env("CAKE_CACHE_SIZE", "10")
+            .args(args)
+            .args(["--window", "2"]),
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -205,26 +214,8 @@ fn fit_per_head_writes_a_score_function_the_static_allocator_uses() {
     write_records(&data, "synth_kv", 4);
     let out = work.path().join("fit");
     let model = model.path().to_str().unwrap();
-    let (ok, stderr) = run(
-        &[
-            "fit",
-            "--model",
-            model,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--window",
-            "4",
-            "--max-length",
-            "200",
-            "--folds",
-            "2",
-            "--per-head",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert!(ok, "{stderr}");
+    let args = ["--folds", "2", "--per-head", "--out", out.to_str().unwrap()];
+    run_on_records("fit", model, &data, &args, work.path());
     // 2 datasets x 4 samples x 3 layers x (whole layer + 2 KV heads)
     let stats = std::fs::read_to_string(out.join("stats.jsonl")).unwrap();
     assert_eq!(stats.lines().count(), 2 * 4 * 3 * 3);
@@ -269,33 +260,21 @@ fn fit_per_head_writes_a_score_function_the_static_allocator_uses() {
 
     // The fitted file drives generation with no window statistics.
     let pred = work.path().join("pred");
-    let (ok, stderr) = run(
-        &[
-            "pred",
-            "--model",
-            model,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--datasets",
-            "synth_kv",
-            "--window",
-            "4",
-            "--max-length",
-            "200",
-            "--policies",
-            "cake",
-            "--allocator",
-            "static",
-            "--score-fn",
-            score_fn.to_str().unwrap(),
-            "--cache-sizes",
-            "8",
-            "--out",
-            pred.to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert!(ok, "{stderr}");
+    let args = [
+        "--datasets",
+        "synth_kv",
+        "--policies",
+        "cake",
+        "--allocator",
+        "static",
+        "--score-fn",
+        score_fn.to_str().unwrap(),
+        "--cache-sizes",
+        "8",
+        "--out",
+        pred.to_str().unwrap(),
+    ];
+    run_on_records("pred", model, &data, &args, work.path());
     let runs: Vec<_> = std::fs::read_dir(&pred).unwrap().collect();
     assert_eq!(runs.len(), 1);
     let run_dir = runs[0].as_ref().unwrap().path();
@@ -331,19 +310,9 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
     std::fs::create_dir_all(&data).unwrap();
     write_records(&data, "synth_passkey", 3);
     let model = model.path().to_str().unwrap();
-    let data = data.to_str().unwrap();
     // One `cake pred` of full, snapkv and cake at C = 8, 16 into `out`; must succeed.
     let pred = |out: &Path, extra: &[&str]| {
-        let common = [
-            "pred",
-            "--model",
-            model,
-            "--data-dir",
-            data,
-            "--window",
-            "4",
-            "--max-length",
-            "200",
+        let args = [
             "--policies",
             "full,snapkv,cake",
             "--cache-sizes",
@@ -351,8 +320,13 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
             "--out",
             out.to_str().unwrap(),
         ];
-        let (ok, stderr) = run(&[&common[..], extra].concat(), work.path());
-        assert!(ok, "{stderr}");
+        run_on_records(
+            "pred",
+            model,
+            &data,
+            &[&args[..], extra].concat(),
+            work.path(),
+        );
     };
     let sweep = work.path().join("sweep");
     let separate = work.path().join("separate");

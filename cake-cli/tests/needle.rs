@@ -4,7 +4,7 @@
 
 use cake_core::{KeepAll, KvCompressor, Policy, PolicyCompressor, PolicyConfig};
 use cake_longbench::haystack::MOBY_DICK_EXCERPT;
-use cake_models::generate::{Generation, GenerationConfig, Sampling};
+use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::gguf::GgufFile;
 use cake_models::tokenizer::{ChatMessage, Tokenizer};
 use cake_models::{Cpu, load};
@@ -38,12 +38,7 @@ fn full_cache_and_cake_c256_both_return_the_passkey() {
         "prompt of {} tokens",
         ids.len()
     );
-    let config = GenerationConfig {
-        max_new_tokens: 8,
-        min_new_tokens: 0,
-        sampling: Sampling::Greedy,
-        stop_strings: vec![],
-    };
+    let config = GenerationConfig::greedy(8, 0);
     let eos = tokenizer.eos_token_ids();
     let policy = Policy::<Cpu>::preset(
         cake_core::Method::Cake,
@@ -58,7 +53,12 @@ fn full_cache_and_cake_c256_both_return_the_passkey() {
     let compressors: [(&str, &mut dyn KvCompressor<Cpu>); 2] =
         [("full", &mut KeepAll), ("cake C=256", &mut cake)];
     for (name, compressor) in compressors {
-        let out = Generation::new(&model).with_compressor(compressor).with_config(config.clone()).with_eos(eos.to_vec()).generate(&ids).unwrap();
+        let out = Generation::new(&model)
+            .with_compressor(compressor)
+            .with_config(config.clone())
+            .with_eos(eos.to_vec())
+            .generate(&ids)
+            .unwrap();
         let answer = tokenizer.decode(&out.tokens, true).unwrap();
         assert!(answer.contains(KEY), "{name} answered {answer:?}");
     }

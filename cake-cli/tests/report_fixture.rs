@@ -6,9 +6,11 @@
 //!
 //! Uses the embedded default model (SmolLM2-135M-Instruct, fetched with pip).
 
+mod common;
+
 use std::path::PathBuf;
 
-use assert_cmd::Command;
+use common::{cake, success};
 use serde_json::Value;
 
 #[test]
@@ -18,25 +20,17 @@ fn default_cake_run_keeps_the_committed_tokens() {
         &std::fs::read_to_string(fixtures.join("report_default.json")).unwrap(),
     )
     .unwrap();
-    let out = Command::cargo_bin("cake")
-        .unwrap()
-        .env_remove("CAKE_MODEL")
-        .env_remove("CAKE_CACHE_SIZE")
-        .current_dir(tempfile::tempdir().unwrap().path())
-        .args([
-            "generate",
-            "--max-new-tokens",
-            "32",
-            "--json",
-            "--prompt-file",
-        ])
-        .arg(fixtures.join("report_prompt.txt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = success(
+        cake()
+            .current_dir(tempfile::tempdir().unwrap().path())
+            .args([
+                "generate",
+                "--max-new-tokens",
+                "32",
+                "--json",
+                "--prompt-file",
+            ])
+            .arg(fixtures.join("report_prompt.txt")),
     );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     let report = &got["report"];

@@ -245,6 +245,7 @@ impl<B: Backend> PolicyCompressor<B> {
     /// Re-allocates budgets over the layers in `caches` (sharing the whole `B_total`) and
     /// evicts each down to its budget, clamped to what it still holds.
     fn allocate_and_evict(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        let _span = tracing::debug_span!("evict", layers = caches.len()).entered();
         let Some(plan) = self.plan else {
             return Ok(());
         };
@@ -469,6 +470,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         }); // [Hkv, n]
         cache.set_scores(scores)?;
         if over {
+            let _span = tracing::trace_span!("decode_evict", layer, held = cache.len()).entered();
             evict_to_budget(cache, keep - plan.window, plan.window)?;
         }
         Ok(())

@@ -33,6 +33,20 @@ pub struct PrefillInput<'a, B: Backend> {
     pub window: usize,
 }
 
+impl<B: Backend> PrefillInput<'_, B> {
+    /// KV heads of the layer.
+    fn kv_heads(&self) -> usize {
+        self.keys.dims()[0]
+    }
+
+    /// Scores that keep the most recent prompt tokens (after `sinks` first ones), `[Hkv, S]`:
+    /// what a scorer falls back to without window attention.
+    fn recency(&self, sinks: usize) -> Tensor<B, 2> {
+        let [kv, len, _] = self.keys.dims();
+        recency(&vec![(0..len).collect(); kv], sinks, &self.keys.device())
+    }
+}
+
 /// What a scorer sees at a decoding step of one layer.
 #[derive(Debug)]
 pub struct DecodeInput<'a, B: Backend> {
@@ -117,14 +131,11 @@ impl<B: Backend> Scorer<B> for Cake {
     }
 
     fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
-        let kv = input.keys.dims()[0];
         match input.window_attention {
-            Some(attn) => cake_indicator(attn.clone(), self.gamma, self.pool_kernel, kv),
-            None => recency(
-                &vec![(0..input.keys.dims()[1]).collect(); kv],
-                0,
-                &input.keys.device(),
-            ),
+            Some(attn) => {
+                cake_indicator(attn.clone(), self.gamma, self.pool_kernel, input.kv_heads())
+            }
+            None => input.recency(0),
         }
     }
 
@@ -147,13 +158,9 @@ impl<B: Backend> Scorer<B> for SnapKv {
     }
 
     fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
-        let kv = input.keys.dims()[0];
+        let kv = input.kv_heads();
         let Some(attn) = input.window_attention else {
-            return recency(
-                &vec![(0..input.keys.dims()[1]).collect(); kv],
-                0,
-                &input.keys.device(),
-            );
+            return input.recency(0);
         };
         let [heads, w, len] = attn.dims();
         // [H, S]
@@ -179,13 +186,9 @@ impl<B: Backend> Scorer<B> for Tova {
     }
 
     fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
-        let kv = input.keys.dims()[0];
+        let kv = input.kv_heads();
         let Some(attn) = input.window_attention else {
-            return recency(
-                &vec![(0..input.keys.dims()[1]).collect(); kv],
-                0,
-                &input.keys.device(),
-            );
+            return input.recency(0);
         };
         let [_, w, len] = attn.dims();
         // [H, 1, S] -> [1, 1, S] -> [Hkv, S]
@@ -308,12 +311,7 @@ impl<B: Backend> Scorer<B> for Streaming {
     }
 
     fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
-        let [kv, len, _] = input.keys.dims();
-        recency(
-            &vec![(0..len).collect(); kv],
-            self.sinks,
-            &input.keys.device(),
-        )
+        input.recency(self.sinks)
     }
 
     fn decode_scores(&self, input: DecodeInput<'_, B>) -> Tensor<B, 2> {

@@ -45,6 +45,18 @@ pub struct GenerationConfig {
     pub stop_strings: Vec<String>,
 }
 
+impl GenerationConfig {
+    /// Greedy decoding of exactly `min_new_tokens..=max_new_tokens` tokens (EOS ends it
+    /// only after `min_new_tokens`), no stop strings.
+    pub fn greedy(max_new_tokens: usize, min_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            min_new_tokens,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for GenerationConfig {
     fn default() -> Self {
         Self {
@@ -285,6 +297,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
 
     /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.
     pub fn generate(&mut self, prompt: &[u32]) -> Result<GenerationOutput, GenerateError> {
+        let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
         validate(&self.config, self.text.is_some())?;
         self.prefill(prompt)?;
         self.decode()
@@ -315,6 +328,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
         let mut decode_step_times = Vec::new();
         let mut text = TextState::default();
         let mut stop_reason = StopReason::MaxNewTokens;
+        let _span = tracing::info_span!("decode", max_new_tokens = config.max_new_tokens).entered();
         while tokens.len() < config.max_new_tokens {
             let early = tokens.len() < config.min_new_tokens;
             if early {
@@ -352,6 +366,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
             decode_step_times.push(step.elapsed());
             kv_bytes_peak = kv_bytes_peak.max(kv_bytes(&self.caches));
         }
+        tracing::debug!(tokens = tokens.len(), ?stop_reason, "decoded");
         let text = match self.text.as_mut() {
             Some(sink) => {
                 if stop_reason != StopReason::StopString

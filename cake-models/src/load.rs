@@ -106,6 +106,7 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
 
 /// Loads a model from a Hugging Face folder or a `.gguf` file.
 pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
+    let _span = tracing::info_span!("load", path = %path.display()).entered();
     if path.is_dir() {
         load_hf_dir(path, device)
     } else if path.is_file()

@@ -221,10 +221,12 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::CachesNotEmpty);
         }
         let s = tokens.len();
+        let _span = tracing::info_span!("prefill", tokens = s).entered();
         let mut x = self.embed(tokens)?; // [S, hidden]
         let rope = self.rope_tables(0, s);
         let mut peak = 0;
         for (l, layer) in self.layers.iter().enumerate() {
+            let _layer = tracing::debug_span!("prefill_layer", layer = l).entered();
             let request = AttentionRequest::default();
             let (y, attn) = layer.forward(x, 0, &rope, &mut caches[l], request)?;
             x = y;
@@ -233,6 +235,7 @@ impl<B: Backend> Model<B> {
                 layer: l,
                 queries: attn.queries,
             };
+            let _hook = tracing::debug_span!("compress", layer = l).entered();
             compressor.after_prefill_layer(step, &mut caches[..=l])?;
         }
         compressor.after_prefill(caches)?;
@@ -256,6 +259,7 @@ impl<B: Backend> Model<B> {
         caches: &mut [LayerCache<B>],
         compressor: &mut dyn KvCompressor<B>,
     ) -> Result<Tensor<B, 1>, ModelError> {
+        let _span = tracing::debug_span!("decode_step", position).entered();
         self.check_caches(caches)?;
         for cache in caches.iter() {
             if let Some(&last) = cache.positions().iter().filter_map(|p| p.last()).max()

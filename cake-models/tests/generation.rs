@@ -23,12 +23,7 @@ fn tiny_llama() -> (Model<Cpu>, Vec<u32>, Vec<u32>) {
 }
 
 fn greedy(max_new_tokens: usize, min_new_tokens: usize) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens,
-        min_new_tokens,
-        sampling: Sampling::Greedy,
-        stop_strings: vec![],
-    }
+    GenerationConfig::greedy(max_new_tokens, min_new_tokens)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use cake_core::{KeepAll, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig, PolicySpec};
-use cake_models::generate::{Generation, GenerationConfig, Sampling};
+use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::{Cpu, Model, PrefillLogits, load};
 
 fn tiny(arch: &str) -> Model<Cpu> {
@@ -30,12 +30,7 @@ fn config(cache_size: usize, window: usize) -> PolicyConfig {
 }
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens,
-        min_new_tokens: max_new_tokens,
-        sampling: Sampling::Greedy,
-        stop_strings: vec![],
-    }
+    GenerationConfig::greedy(max_new_tokens, max_new_tokens)
 }
 
 fn last_logits(
@@ -62,44 +57,42 @@ fn a_budget_covering_the_prompt_reproduces_the_full_cache_for_every_policy() {
             .unwrap();
         let full_logits = last_logits(&model, &ids, &mut KeepAll);
         for &(method, name) in Method::ALL {
-            let spec = |cache: PolicyConfig| PolicySpec {
-                method,
-                cache,
-                ..PolicySpec::default()
-            };
-            let mut compressor = spec(config(64, 8))
+            let compressor = |cache: PolicyConfig| {
+                PolicySpec {
+                    method,
+                    cache,
+                    ..PolicySpec::default()
+                }
                 .compressor(name, model.num_layers())
-                .unwrap();
-            let logits = last_logits(&model, &ids, &mut compressor);
+                .unwrap()
+            };
+            let tokens = |cache: PolicyConfig| {
+                Generation::new(&model)
+                    .with_compressor(compressor(cache))
+                    .with_config(greedy(12))
+                    .generate(&ids)
+                    .unwrap()
+                    .tokens
+            };
+            let logits = last_logits(&model, &ids, &mut compressor(config(64, 8)));
             assert_eq!(logits, full_logits, "{arch} {name}: prefill logits differ");
             // Without decoding eviction every policy equals the full cache.
             let no_decode = PolicyConfig {
                 decode_evict: cake_core::DecodeEviction::None,
                 ..config(64, 8)
             };
-            let mut compressor = spec(no_decode)
-                .compressor(name, model.num_layers())
-                .unwrap();
-            let out = Generation::new(&model)
-                .with_compressor(&mut compressor)
-                .with_config(greedy(12))
-                .generate(&ids)
-                .unwrap();
-            assert_eq!(out.tokens, full.tokens, "{arch} {name}: tokens differ");
+            assert_eq!(
+                tokens(no_decode),
+                full.tokens,
+                "{arch} {name}: tokens differ"
+            );
             // With decoding eviction, a layer keeps its uncapped share of B_total: with a
             // uniform allocator that is C >= S + 12, so nothing is evicted. (Pyramid and
             // preference shares give some layers less than S + 12 and rightly evict.)
             if !matches!(method, Method::PyramidKv | Method::Cake) {
-                let mut compressor = spec(config(64, 8))
-                    .compressor(name, model.num_layers())
-                    .unwrap();
-                let out = Generation::new(&model)
-                    .with_compressor(&mut compressor)
-                    .with_config(greedy(12))
-                    .generate(&ids)
-                    .unwrap();
                 assert_eq!(
-                    out.tokens, full.tokens,
+                    tokens(config(64, 8)),
+                    full.tokens,
                     "{arch} {name}: decode-evict tokens differ"
                 );
             }

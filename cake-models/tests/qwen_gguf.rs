@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use cake_models::generate::{Generation, GenerationConfig, Sampling};
+use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::{Architecture, Cpu, load};
 
 #[test]
@@ -39,12 +39,7 @@ fn qwen_greedy_continuations_match_transformers() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["argmax_32_ids"]);
         assert_eq!(want.len(), 32);
-        let config = GenerationConfig {
-            max_new_tokens: 32,
-            min_new_tokens: 32,
-            sampling: Sampling::Greedy,
-            stop_strings: vec![],
-        };
+        let config = GenerationConfig::greedy(32, 32);
         let out = Generation::new(&model)
             .with_config(config.clone())
             .generate(&prompt)

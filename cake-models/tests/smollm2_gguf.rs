@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use cake_core::KeepAll;
-use cake_models::generate::{Generation, GenerationConfig, Sampling};
+use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::{Architecture, Cpu, load};
 
 /// Max abs difference on the probed last-position logits: both sides dequantise the same
@@ -61,12 +61,7 @@ fn smollm2_gguf_matches_transformers() {
         .fold(0.0, f32::max);
     assert!(diff <= TOL, "max abs diff on probed logits {diff}");
 
-    let config = GenerationConfig {
-        max_new_tokens: greedy.len(),
-        min_new_tokens: 0,
-        sampling: Sampling::Greedy,
-        stop_strings: vec![],
-    };
+    let config = GenerationConfig::greedy(greedy.len(), 0);
     let out = Generation::new(&model)
         .with_config(config.clone())
         .generate(&prompt)

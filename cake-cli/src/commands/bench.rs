@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_models::config::decoder_config;
 use cake_core::Method;
-use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, Sampling};
+use cake_models::config::decoder_config;
+use cake_models::generate::{Generation, GenerationConfig, GenerationOutput};
 use cake_models::weights::RandomWeights;
 use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
@@ -32,7 +32,12 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "512,2048")]
     pub context: Vec<usize>,
     /// Methods compared with the full cache
-    #[arg(long, value_delimiter = ',', default_value = "cake", ignore_case = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cake",
+        ignore_case = true
+    )]
     pub policies: Vec<Method>,
     /// Decoding steps timed per run (the median is reported)
     #[arg(long, default_value_t = 16)]
@@ -144,12 +149,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let mut methods = vec![Method::Full];
     methods.extend(args.policies.iter().filter(|&&m| m != Method::Full));
     let steps = args.decode_steps.max(1);
-    let config = GenerationConfig {
-        max_new_tokens: steps + 1,
-        min_new_tokens: steps + 1,
-        sampling: Sampling::Greedy,
-        stop_strings: Vec::new(),
-    };
+    let config = GenerationConfig::greedy(steps + 1, steps + 1);
     // Warm-up: first-use allocations and kernel compilation are not measured.
     let warm = prompt_tokens(64.min(args.context[0]), model.config().vocab_size);
     let full = base.with_method(Method::Full, base.spec.cache.cache_size)?;

@@ -128,100 +128,89 @@ pub fn attention(
     if let Some(p) = &probs {
         assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
     }
+    let input = Inputs {
+        q,
+        keys,
+        shape,
+        visible,
+    };
     match (output, probs) {
-        (output, probs) if s == 1 => decode_attention(q, keys, shape, visible, output, probs),
-        (Some(output), None) => flash_attention(q, keys, shape, visible, output),
-        (output, probs) => block_attention(q, keys, shape, visible, output, probs),
+        (output, probs) if s == 1 => decode_attention(input, output, probs),
+        (Some(output), None) => flash_attention(input, output),
+        (output, probs) => block_attention(input, output, probs),
     }
 }
 
-/// The key ranges `visible(kv, i)` of queries `i0..i0 + rows`, and their union `lo..hi`.
-fn block_ranges(
-    visible: Visible<'_>,
-    kv: usize,
-    i0: usize,
-    rows: usize,
-) -> (Vec<(usize, usize)>, usize, usize) {
-    let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| visible(kv, i)).collect();
-    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
-    (ranges, lo, hi)
+/// What every attention kernel reads (checked by [`attention`]).
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    /// Queries `[S, H, d]`.
+    q: &'a [f32],
+    keys: KvRows<'a>,
+    shape: AttentionShape,
+    visible: Visible<'a>,
 }
 
-/// Scaled scores `dst[r, j] = scale * (q_r . k_j)`, `[m, n]` row-major, of `m` query rows
-/// (width `d`, `q_stride` apart from `q`) against the `n` consecutive key rows at `keys`;
-/// single-threaded (the tasks are the parallelism).
-///
-/// # Safety
-/// The `m` query rows, `n * d` keys and `m * n` destination must be in bounds.
-#[inline]
-unsafe fn gemm_scores(
-    (m, n, d): (usize, usize, usize),
-    dst: *mut f32,
-    q: *const f32,
-    q_stride: usize,
-    keys: *const f32,
-    scale: f32,
-) {
-    // SAFETY: the caller's; keys are read as a [d, n] matrix (column stride d).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            dst,
-            1,
-            n as isize,
-            false,
-            q,
-            1,
-            q_stride as isize,
-            keys,
-            d as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+impl Inputs<'_> {
+    /// Query heads per KV head, G.
+    fn group(&self) -> usize {
+        self.shape.heads / self.shape.kv_heads
+    }
+
+    /// The score scale `1 / sqrt(d)`.
+    fn scale(&self) -> f32 {
+        1.0 / (self.shape.dim as f32).sqrt()
+    }
+
+    /// The key ranges `visible(kv, i)` of queries `i0..i0 + rows`, and their union `lo..hi`.
+    fn block_ranges(
+        &self,
+        kv: usize,
+        i0: usize,
+        rows: usize,
+    ) -> (Vec<(usize, usize)>, usize, usize) {
+        let ranges: Vec<(usize, usize)> = (i0..i0 + rows).map(|i| (self.visible)(kv, i)).collect();
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0).max(lo);
+        (ranges, lo, hi)
     }
 }
 
-/// Weighted values `dst_r = sum_j p[r, j] v_j` (or `dst_r +=` when `accumulate`) of the
-/// `[m, n]` row-major weights `p` over the `n` consecutive value rows (width `d`) at
-/// `values`, into `m` rows `dst_stride` apart; single-threaded.
+/// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`, for `dst`
+/// `[m, n]` and `lhs` `[m, k]` row-major at the given row strides, and `rhs` `[k, n]` at the
+/// given (column, row) strides; single-threaded (the attention tasks are the parallelism).
+/// The attention scores are `lhs` = queries, `rhs` = keys read as `[d, n]` (strides
+/// `(d, 1)`); the weighted values are `lhs` = probabilities, `rhs` = values (`(1, d)`).
 ///
 /// # Safety
-/// The `m * n` weights, `n * d` values and `m` destination rows must be in bounds.
+/// All three matrices must lie in bounds of their buffers.
 #[inline]
-unsafe fn gemm_values(
-    (m, n, d): (usize, usize, usize),
-    dst: *mut f32,
-    dst_stride: usize,
+unsafe fn small_gemm(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
     accumulate: bool,
-    p: *const f32,
-    values: *const f32,
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, usize, usize),
+    beta: f32,
 ) {
     // SAFETY: the caller's.
     unsafe {
         gemm::gemm(
             m,
-            d,
             n,
+            k,
             dst,
             1,
-            dst_stride as isize,
+            dst_rs as isize,
             accumulate,
-            p,
+            lhs,
             1,
-            n as isize,
-            values,
-            1,
-            d as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
             if accumulate { 1.0 } else { 0.0 },
-            1.0,
+            beta,
             false,
             false,
             false,
@@ -233,22 +222,13 @@ unsafe fn gemm_values(
 /// Several queries: one task per (query head, block of [`QUERY_BLOCK`] queries); scores
 /// and weighted values are two small matrix products over the keys the block can see.
 fn block_attention(
-    q: &[f32],
-    keys: KvRows<'_>,
-    shape: AttentionShape,
-    visible: Visible<'_>,
+    input: Inputs<'_>,
     output: Option<(KvRows<'_>, &mut [f32])>,
     probs: Option<&mut [f32]>,
 ) {
-    let AttentionShape {
-        queries: s,
-        heads: h,
-        kv_heads: hkv,
-        dim: d,
-    } = shape;
-    let group = h / hkv;
-    let len = keys.len;
-    let scale = 1.0 / (d as f32).sqrt();
+    let Inputs { q, keys, shape, .. } = input;
+    let (s, h, d) = (shape.queries, shape.heads, shape.dim);
+    let (group, scale, len) = (input.group(), input.scale(), keys.len);
     let blocks = s.div_ceil(QUERY_BLOCK);
     let output = output.map(|(values, out)| (values, SharedOut(out.as_mut_ptr())));
     let probs_ptr = probs.map(|p| SharedOut(p.as_mut_ptr()));
@@ -257,7 +237,7 @@ fn block_attention(
         let kv = head / group;
         let i0 = block * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(s - i0);
-        let (ranges, lo, hi) = block_ranges(visible, kv, i0, rows);
+        let (ranges, lo, hi) = input.block_ranges(kv, i0, rows);
         let n = hi - lo;
         // [rows, n]: scaled scores of the block's queries over keys lo..hi.
         let mut scores = vec![0.0f32; rows * n];
@@ -266,12 +246,12 @@ fn block_attention(
             // (row stride H*d), keys lo..hi of KV head `kv` read as a [d, n] matrix
             // (column stride d), and the [rows, n] destination.
             unsafe {
-                gemm_scores(
+                small_gemm(
                     (rows, n, d),
-                    scores.as_mut_ptr(),
-                    q.as_ptr().add((i0 * h + head) * d),
-                    h * d,
-                    keys.data.as_ptr().add(kv * keys.head_stride + lo * d),
+                    (scores.as_mut_ptr(), n),
+                    false,
+                    (q.as_ptr().add((i0 * h + head) * d), h * d),
+                    (keys.data.as_ptr().add(kv * keys.head_stride + lo * d), d, 1),
                     scale,
                 );
             }
@@ -288,13 +268,17 @@ fn block_attention(
         // of head `head`.
         unsafe {
             match output {
-                Some((values, out_ptr)) if n > 0 => gemm_values(
-                    (rows, n, d),
-                    out_ptr.0.add((i0 * h + head) * d),
-                    h * d,
+                Some((values, out_ptr)) if n > 0 => small_gemm(
+                    (rows, d, n),
+                    (out_ptr.0.add((i0 * h + head) * d), h * d),
                     false,
-                    scores.as_ptr(),
-                    values.data.as_ptr().add(kv * values.head_stride + lo * d),
+                    (scores.as_ptr(), n),
+                    (
+                        values.data.as_ptr().add(kv * values.head_stride + lo * d),
+                        1,
+                        d,
+                    ),
+                    1.0,
                 ),
                 Some((_, out_ptr)) => {
                     for r in 0..rows {
@@ -321,21 +305,10 @@ fn block_attention(
 /// the visible keys in tiles of [`FLASH_KEY_TILE`] with an online softmax (running max
 /// and sum per query, the output rescaled when the max grows), so scores never leave the
 /// cache and keys past the block's causal limit are never touched.
-fn flash_attention(
-    q: &[f32],
-    keys: KvRows<'_>,
-    shape: AttentionShape,
-    visible: Visible<'_>,
-    (values, out): (KvRows<'_>, &mut [f32]),
-) {
-    let AttentionShape {
-        queries: s,
-        heads: h,
-        kv_heads: hkv,
-        dim: d,
-    } = shape;
-    let group = h / hkv;
-    let scale = 1.0 / (d as f32).sqrt();
+fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
+    let Inputs { q, keys, shape, .. } = input;
+    let (s, h, hkv, d) = (shape.queries, shape.heads, shape.kv_heads, shape.dim);
+    let (group, scale) = (input.group(), input.scale());
     let block_rows = (FLASH_QUERY_BLOCK / group).max(1);
     let blocks = s.div_ceil(block_rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -344,7 +317,7 @@ fn flash_attention(
         let i0 = block * block_rows;
         let rows = block_rows.min(s - i0);
         let m = rows * group;
-        let (ranges, lo, hi) = block_ranges(visible, kv, i0, rows);
+        let (ranges, lo, hi) = input.block_ranges(kv, i0, rows);
         // [rows * G, d]: row r * G + g is query i0 + r of head kv * G + g.
         let mut packed = Vec::with_capacity(m * d);
         for r in 0..rows {
@@ -362,12 +335,12 @@ fn flash_attention(
             // SAFETY: the packed [m, d] queries, keys k0..k0+n of KV head `kv` read as
             // [d, n], and the [m, n] tile.
             unsafe {
-                gemm_scores(
+                small_gemm(
                     (m, n, d),
-                    scores.as_mut_ptr(),
-                    packed.as_ptr(),
-                    d,
-                    keys.data.as_ptr().add(kv * keys.head_stride + k0 * d),
+                    (scores.as_mut_ptr(), n),
+                    false,
+                    (packed.as_ptr(), d),
+                    (keys.data.as_ptr().add(kv * keys.head_stride + k0 * d), d, 1),
                     scale,
                 );
             }
@@ -397,13 +370,17 @@ fn flash_attention(
             // SAFETY: the [m, n] probabilities, values k0..k0+n of KV head `kv` ([n, d]),
             // and the task's own [m, d] accumulator.
             unsafe {
-                gemm_values(
-                    (m, n, d),
-                    acc.as_mut_ptr(),
-                    d,
+                small_gemm(
+                    (m, d, n),
+                    (acc.as_mut_ptr(), d),
                     true,
-                    scores.as_ptr(),
-                    values.data.as_ptr().add(kv * values.head_stride + k0 * d),
+                    (scores.as_ptr(), n),
+                    (
+                        values.data.as_ptr().add(kv * values.head_stride + k0 * d),
+                        1,
+                        d,
+                    ),
+                    1.0,
                 );
             }
         }
@@ -439,22 +416,18 @@ struct Partial {
 /// One query: split-key ("flash decoding") tasks per (KV head, chunk of keys), each
 /// serving the KV head's G query heads from one read of its rows, merged exactly.
 fn decode_attention(
-    q: &[f32],
-    keys: KvRows<'_>,
-    shape: AttentionShape,
-    visible: Visible<'_>,
+    input: Inputs<'_>,
     output: Option<(KvRows<'_>, &mut [f32])>,
     probs: Option<&mut [f32]>,
 ) {
-    let AttentionShape {
-        heads: h,
-        kv_heads: hkv,
-        dim: d,
-        ..
-    } = shape;
-    let group = h / hkv;
-    let len = keys.len;
-    let scale = 1.0 / (d as f32).sqrt();
+    let Inputs {
+        q,
+        keys,
+        shape,
+        visible,
+    } = input;
+    let (h, hkv, d) = (shape.heads, shape.kv_heads, shape.dim);
+    let (group, scale, len) = (input.group(), input.scale(), keys.len);
     let (values, mut out) = match output {
         Some((values, out)) => (Some(values), Some(out)),
         None => (None, None),
@@ -622,39 +595,29 @@ mod tests {
                 dim: d,
             }
         }
+        let run = |out: &mut [f32], probs: Option<&mut [f32]>| {
+            let values = Some((rows(&v, len, d), out));
+            attention(&q, rows(&k, len, d), shape, &visible, values, probs);
+        };
+        let close = |what: &str, got: &[f32], want: &[f32], tolerance: f32| {
+            for (a, b) in got.iter().zip(want) {
+                let (a, b) = (*a, *b);
+                assert!(
+                    (a - b).abs() < tolerance,
+                    "{what} {a} vs {b} (s={s} len={len})"
+                );
+            }
+        };
         let mut out = vec![0.0; s * h * d];
         let mut probs = vec![0.0; h * s * len];
-        attention(
-            &q,
-            rows(&k, len, d),
-            shape,
-            &visible,
-            Some((rows(&v, len, d), &mut out)),
-            Some(&mut probs),
-        );
+        run(&mut out, Some(&mut probs));
         let (want_out, want_probs) = reference(&q, &k, &v, shape, len, &visible);
-        for (a, b) in out.iter().zip(&want_out) {
-            assert!((a - b).abs() < 2e-5, "out {a} vs {b} (s={s} len={len})");
-        }
-        for (a, b) in probs.iter().zip(&want_probs) {
-            assert!((a - b).abs() < 2e-6, "prob {a} vs {b} (s={s} len={len})");
-        }
+        close("out", &out, &want_out, 2e-5);
+        close("prob", &probs, &want_probs, 2e-6);
         // Output only: the tiled kernel for several queries.
         let mut tiled = vec![0.0; s * h * d];
-        attention(
-            &q,
-            rows(&k, len, d),
-            shape,
-            &visible,
-            Some((rows(&v, len, d), &mut tiled)),
-            None,
-        );
-        for (a, b) in tiled.iter().zip(&want_out) {
-            assert!(
-                (a - b).abs() < 2e-5,
-                "tiled out {a} vs {b} (s={s} len={len})"
-            );
-        }
+        run(&mut tiled, None);
+        close("tiled out", &tiled, &want_out, 2e-5);
     }
 
     /// Row-block and split-key attention equal the f64 reference, with GQA, causal and
