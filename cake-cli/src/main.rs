@@ -2,6 +2,7 @@
 //! and scores, benchmarks and inspection. It only wires the workspace crates together.
 
 mod commands;
+mod exit;
 mod plots;
 mod progress;
 mod run_dir;
@@ -17,6 +18,9 @@ use clap::{Parser, Subcommand};
 /// Models: a known name (smollm2-135m, the default; qwen2.5-coder-0.5b), a GGUF file or a
 /// Hugging Face folder. Settings: defaults < cake.toml (or --config) < CAKE_* variables <
 /// flags.
+///
+/// Exit codes: 0 success, 1 internal error, 2 usage (flags, settings, busy output folder),
+/// 3 bad input data (datasets, prediction or score-function files), 4 bad model files.
 #[derive(Debug, Parser)]
 #[command(name = "cake", version, about, long_about = None)]
 struct Cli {
@@ -65,7 +69,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::code(&error))
         }
     }
 }

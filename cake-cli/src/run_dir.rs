@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::exit::usage_bail;
+
 /// Everything needed to say how a result was produced.
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a, C: Serialize> {
@@ -52,6 +54,54 @@ impl<'a, C: Serialize> Manifest<'a, C> {
             )
         })
     }
+}
+
+/// An exclusive hold on a result folder, released when dropped (or when the process
+/// dies: the operating system drops the file lock). Two `cake pred` runs on one
+/// configuration would interleave their lines; the second one fails instead.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// Locks `dir` for this process through `dir/.lock`, which names the holder (process id
+/// and command line). Fails when another process holds it, naming that process.
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot create the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            usage_bail!(
+                "{} is in use by another run ({}): wait for it to finish, or choose another --out",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    let holder = format!(
+        "process {}: {}\n",
+        std::process::id(),
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(holder.as_bytes()))
+        .and_then(|()| file.flush())
+        .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+    Ok(FolderLock { _file: file })
 }
 
 /// A stable 64-bit FNV-1a hash of `text` (folder names must not change between builds).
@@ -105,6 +155,17 @@ mod tests {
                 .unwrap()
                 .starts_with("cake_c128-")
         );
+    }
+
+    #[test]
+    fn a_locked_folder_refuses_a_second_holder_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_folder(dir.path()).unwrap();
+        let err = lock_folder(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another run (process "), "{err}");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        assert!(lock_folder(dir.path()).is_ok());
     }
 
     #[test]

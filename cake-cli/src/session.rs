@@ -13,6 +13,7 @@ use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, Pref
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
 use cake_models::{DecoderConfig, Model, ModelError};
 
+use crate::exit::usage_ensure;
 use crate::settings::Settings;
 
 /// A model ready to generate.
@@ -78,7 +79,7 @@ impl<B: Backend> Session<B> {
     /// Prompt token ids (special tokens added as the tokenizer is configured to).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let ids = self.tokenizer.encode(text, true)?;
-        anyhow::ensure!(!ids.is_empty(), "the prompt is empty: give some text");
+        usage_ensure!(!ids.is_empty(), "the prompt is empty: give some text");
         Ok(ids)
     }
 

@@ -9,10 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cake_core::{AllocatorKind, DecodeEviction, Method, PolicyConfig, PolicySpec, ScorerKind};
 use clap::Args;
 use serde::{Deserialize, Serialize};
+
+use crate::exit::{UsageError, usage_bail};
 
 /// Policy settings, one layer of them: every key is optional (unset keys fall through to
 /// the layer below).
@@ -123,13 +125,14 @@ impl PolicyArgs {
     fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read settings file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
+        let layer = toml::from_str(&text).map_err(|e| {
+            UsageError(format!(
                 "settings file {}: {}",
                 path.display(),
                 e.to_string().trim_end()
-            )
-        })
+            ))
+        })?;
+        Ok(layer)
     }
 
     /// The layer of the `CAKE_*` environment variables (`CAKE_CACHE_SIZE=256`); an
@@ -145,7 +148,7 @@ impl PolicyArgs {
                 continue;
             }
             let Some(value) = value.to_str() else {
-                bail!("environment variable {key} is not valid UTF-8");
+                usage_bail!("environment variable {key} is not valid UTF-8");
             };
             let one = |value: toml::Value| {
                 toml::Table::from_iter([(name.to_ascii_lowercase(), value)]).try_into::<Self>()
@@ -153,10 +156,10 @@ impl PolicyArgs {
             // A number or boolean where the key takes one, else the text itself.
             let parsed = one(scalar(value)).or_else(|_| one(toml::Value::String(value.into())));
             let parsed = parsed.map_err(|e| {
-                anyhow::anyhow!(
+                UsageError(format!(
                     "environment variable {key}={value}: {} (unset it or fix the value)",
                     e.to_string().trim_end()
-                )
+                ))
             })?;
             layer = parsed.over(layer);
         }
@@ -192,7 +195,7 @@ impl Settings {
     /// the command's `--model`. Validates the policy before any model is loaded.
     pub fn resolve(args: &PolicyArgs, model_flag: Option<&str>) -> Result<Self> {
         let file = match &args.config {
-            Some(path) if !path.exists() => bail!(
+            Some(path) if !path.exists() => usage_bail!(
                 "settings file {} does not exist: check --config",
                 path.display()
             ),
@@ -209,7 +212,9 @@ impl Settings {
         };
         let settings = Self::from_layer(flags.over(PolicyArgs::from_env()?.over(file)));
         settings.spec.validate().map_err(|e| {
-            anyhow::anyhow!("{e} (set it with a flag, a CAKE_* variable or the settings file)")
+            UsageError(format!(
+                "{e} (set it with a flag, a CAKE_* variable or the settings file)"
+            ))
         })?;
         Ok(settings)
     }

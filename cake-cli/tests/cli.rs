@@ -111,6 +111,86 @@ fn unknown_policy_lists_the_known_ones() {
 }
 
 #[test]
+fn names_ignore_case_and_the_environment_rejects_unknown_keys_like_the_file() {
+    // `CAKE` and `SnapKV` parse; the run then stops on the cache size, before loading.
+    assert_clean_error(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--policy",
+            "CAKE",
+            "--scorer",
+            "SnapKV",
+            "--cache-size",
+            "16",
+            "--window",
+            "32",
+        ],
+        &["cache_size 16 must exceed window 32"],
+    );
+    // `full` has nothing to override.
+    assert_clean_error(
+        &[
+            "generate", "--prompt", "hi", "--policy", "full", "--scorer", "h2o",
+        ],
+        &["`full` keeps every token"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, needles) in [
+        (
+            "CAKE_CACHE_SISE",
+            "128",
+            ["CAKE_CACHE_SISE=128", "unknown field `cache_sise`"],
+        ),
+        ("CAKE_WINDOW", "wide", ["CAKE_WINDOW=wide", "invalid type"]),
+        (
+            "CAKE_POLICY",
+            "magic",
+            ["CAKE_POLICY=magic", "full, streaming, h2o"],
+        ),
+    ] {
+        let out = cake()
+            .current_dir(dir.path())
+            .env(key, value)
+            .args(["generate", "--prompt", "hi"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}={value} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in needles {
+            assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn exit_codes_say_what_went_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = |args: &[&str]| {
+        cake()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    // Usage: clap's and ours.
+    assert_eq!(code(&["generate", "--bogus"]), Some(2));
+    assert_eq!(code(&["generate", "--prompt", "hi", "--cache-size", "0"]), Some(2));
+    // A corrupt model file.
+    let model = dir.path().join("bad.gguf");
+    std::fs::write(&model, b"GGUF\x03\x00\x00\x00 not a model").unwrap();
+    assert_eq!(code(&["inspect", "--model", model.to_str().unwrap()]), Some(4));
+    // A corrupt prediction file.
+    let run = dir.path().join("preds/cake-c64-w32-00000000");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("synth_kv.jsonl"), "not json\n").unwrap();
+    assert_eq!(code(&["eval", dir.path().join("preds").to_str().unwrap()]), Some(3));
+}
+
+#[test]
 fn unknown_dataset_lists_the_known_ones() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap();

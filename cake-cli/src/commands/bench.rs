@@ -13,6 +13,7 @@ use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
 use super::median_ms;
+use crate::exit::{usage_bail, usage_ensure};
 use crate::plots::{LatencyVsContext, render};
 use crate::run_dir::{Manifest, folder_for};
 use crate::session::Session;
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => bench_on::<cake_models::Cuda>(&args, &Default::default()),
         #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => anyhow::bail!(
+        BackendKind::Cuda => usage_bail!(
             "this `cake` was built without CUDA: rebuild with `cargo build --release -p cake-cli --features cuda`"
         ),
     }
@@ -110,11 +111,11 @@ pub fn run(args: Args) -> Result<()> {
 
 fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let base = Settings::resolve(&args.policy, args.model.as_deref())?;
-    anyhow::ensure!(
+    usage_ensure!(
         !args.context.is_empty(),
         "give at least one --context length"
     );
-    anyhow::ensure!(
+    usage_ensure!(
         args.context.iter().all(|&c| c > 0),
         "--context lengths must be positive"
     );

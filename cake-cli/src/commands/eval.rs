@@ -10,6 +10,7 @@ use cake_longbench::eval::{
 };
 use cake_longbench::registry;
 
+use crate::exit::usage_ensure;
 use crate::plots::{NeedleHeatmap, ScoreVsCacheSize, render};
 
 /// Arguments of `cake eval`.
@@ -40,13 +41,13 @@ pub struct RunScore {
 
 /// Runs `cake eval`.
 pub fn run(args: Args) -> Result<()> {
-    anyhow::ensure!(
+    usage_ensure!(
         args.dir.is_dir(),
         "{} is not a folder: give the --out folder of `cake pred`",
         args.dir.display()
     );
     let runs = evaluate_tree(&args.dir, args.e)?;
-    anyhow::ensure!(
+    usage_ensure!(
         !runs.is_empty(),
         "no prediction files (<dataset>.jsonl) in {} or its sub-folders",
         args.dir.display()

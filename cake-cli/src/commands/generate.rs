@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use cake_models::generate::{GenerationConfig, Sampling};
 
 use super::{median_ms, mib};
+use crate::exit::{usage_bail, usage_ensure};
 use crate::plots::{LayerBudgets, render};
 use crate::session::Session;
 use crate::settings::{PolicyArgs, Settings};
@@ -59,9 +60,9 @@ pub fn run(args: Args) -> Result<()> {
         (Some(text), _) => text.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the prompt file {}", path.display()))?,
-        (None, None) => anyhow::bail!("give --prompt TEXT or --prompt-file FILE"),
+        (None, None) => usage_bail!("give --prompt TEXT or --prompt-file FILE"),
     };
-    anyhow::ensure!(
+    usage_ensure!(
         !text.trim().is_empty(),
         "the prompt is empty: give some text"
     );

@@ -11,8 +11,9 @@ use cake_longbench::predict::{predict_dataset, predict_sweep};
 use cake_longbench::record::read_dataset;
 use cake_longbench::registry;
 
+use crate::exit::usage_ensure;
 use crate::progress::Progress;
-use crate::run_dir::{Manifest, folder_for};
+use crate::run_dir::{Manifest, folder_for, lock_folder};
 use crate::session::{PolicyGenerator, PolicySweep, Session};
 use crate::settings::{PolicyArgs, Settings};
 
@@ -86,8 +87,10 @@ pub fn predict_configurations<B: Backend>(
     datasets: &[String],
 ) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
+    let mut locks = Vec::new();
     for settings in configs {
         let dir = folder_for(&args.out, &settings.label(), settings)?;
+        locks.push(lock_folder(&dir)?);
         Manifest::new(settings).write(&dir)?;
         dirs.push(dir);
     }
@@ -123,6 +126,7 @@ pub fn predict_configurations<B: Backend>(
         .with_context(|| format!("predicting {name} into {}", args.out.display()))?;
         progress.finish(format!("{} prefills so far", sweep.prefills));
     }
+    drop(locks);
     Ok(dirs)
 }
 
@@ -147,17 +151,16 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
             &sizes[..]
         };
         for &size in sizes_here {
-            out.push(
-                base.with_method(method, size)
-                    .map_err(|e| anyhow::anyhow!("{e} (from --policies / --cache-sizes)"))?,
-            );
+            out.push(base.with_method(method, size).map_err(|e| {
+                crate::exit::UsageError(format!("{e} (from --policies / --cache-sizes)"))
+            })?);
         }
     }
     Ok(out)
 }
 
 fn dataset_names(args: &Args) -> Result<Vec<String>> {
-    anyhow::ensure!(
+    usage_ensure!(
         args.data_dir.is_dir(),
         "--data-dir {} is not a folder (write the synthetic suite with `cake suite --out DIR`)",
         args.data_dir.display()
@@ -166,7 +169,7 @@ fn dataset_names(args: &Args) -> Result<Vec<String>> {
         for name in &args.datasets {
             registry::lookup(name)?;
             let path = args.data_dir.join(format!("{name}.jsonl"));
-            anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+            usage_ensure!(path.exists(), "{} does not exist", path.display());
         }
         return Ok(args.datasets.clone());
     }
@@ -185,7 +188,7 @@ pub fn known_datasets(dir: &Path) -> Result<Vec<String>> {
         })
         .collect();
     names.sort();
-    anyhow::ensure!(
+    usage_ensure!(
         !names.is_empty(),
         "no known <dataset>.jsonl in {}: create the synthetic suite there with `cake suite --out {}` or copy LongBench's data/*.jsonl into it",
         dir.display(),
@@ -211,6 +214,7 @@ pub fn predict_run<B: Backend>(
     datasets: &[String],
 ) -> Result<PathBuf> {
     let dir = folder_for(&args.out, &settings.label(), settings)?;
+    let _lock = lock_folder(&dir)?;
     Manifest::new(settings).write(&dir)?;
     let max_length = max_length(session, args.max_length);
     for name in datasets {

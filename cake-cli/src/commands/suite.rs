@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use cake_longbench::haystack::{HaystackSource, fetch_haystack};
 use cake_longbench::synthetic::{Haystack, SuiteConfig, TASKS, generate_suite};
 
+use crate::exit::{usage_bail, usage_ensure};
 use crate::session::Session;
 
 /// Arguments of `cake suite`.
@@ -52,7 +53,7 @@ pub fn write_suite<B: burn::tensor::backend::Backend>(
     let source = match args.haystack.as_str() {
         "essays" => HaystackSource::PaulGrahamEssays,
         "moby-dick" => HaystackSource::MobyDick,
-        other => anyhow::bail!("unknown haystack `{other}`: use essays or moby-dick"),
+        other => usage_bail!("unknown haystack `{other}`: use essays or moby-dick"),
     };
     let text = fetch_haystack(source)?;
     let haystack = Haystack::from_text(&text)?;
@@ -63,7 +64,7 @@ pub fn write_suite<B: burn::tensor::backend::Backend>(
     config.samples_per_cell = args.samples;
     if !args.tasks.is_empty() {
         for task in &args.tasks {
-            anyhow::ensure!(
+            usage_ensure!(
                 TASKS.contains(&task.as_str()),
                 "unknown task `{task}`; known tasks: {}",
                 TASKS.join(", ")
