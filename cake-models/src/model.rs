@@ -293,6 +293,11 @@ impl<B: Backend> Model<B> {
             .tables(start, n, c.num_heads, c.num_kv_heads, &self.device)
     }
 
+    /// The decoder layers, in order.
+    pub fn layers(&self) -> &[DecoderLayer<B>] {
+        &self.layers
+    }
+
     fn check_caches(&self, caches: &[LayerCache<B>]) -> Result<(), ModelError> {
         if caches.len() != self.layers.len() {
             return Err(ModelError::CacheCount {

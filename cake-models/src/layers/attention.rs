@@ -217,7 +217,8 @@ impl<B: Backend> Attention<B> {
     /// attention `[H, S, L]`.
     ///
     /// # Errors
-    /// When the cache is empty.
+    /// When the cache is empty, when the queries are not `[H, S, d]` with this attention's
+    /// H and d and S > 0, or when the cache holds another number of KV heads.
     pub fn attend(
         &self,
         q: Tensor<B, 3>,
@@ -228,10 +229,22 @@ impl<B: Backend> Attention<B> {
         let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
             return Err(CacheError::Empty);
         };
+        let [h, s, d] = q.dims();
+        let kv_dims = keys.dims();
+        if h != self.num_heads
+            || d != self.head_dim
+            || s == 0
+            || kv_dims[0] != self.num_kv_heads
+            || kv_dims[2] != self.head_dim
+        {
+            return Err(CacheError::Shape(format!(
+                "queries [{h}, {s}, {d}] over cached keys {kv_dims:?}: this attention takes [{}, S > 0, {}] over [{}, len, {}]",
+                self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim
+            )));
+        }
         if !probabilities && let Some(out) = self.attend_fused(q.clone(), start, cache) {
             return Ok((out, None));
         }
-        let [h, s, d] = q.dims();
         let hkv = self.num_kv_heads;
         let g = h / hkv;
         let positions = cache.positions();

@@ -1,0 +1,129 @@
+//! The public API returns errors on bad arguments instead of panicking: attention over an
+//! empty cache or with queries of the wrong shape, caches that do not fit the model,
+//! positions that go backwards, unsorted or duplicate keep lists, decoding before a prefill.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, TensorData};
+use cake_core::{CacheError, KeepAll, LayerCache};
+use cake_models::generate::{GenerateError, Generation};
+use cake_models::{Cpu, Model, ModelError, PrefillLogits, load};
+
+fn tiny() -> Model<Cpu> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny/llama");
+    load::<Cpu>(&dir, &Default::default()).unwrap().model
+}
+
+fn tensor(shape: [usize; 3]) -> Tensor<Cpu, 3> {
+    let n = shape.iter().product::<usize>();
+    let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    Tensor::from_data(TensorData::new(data, shape), &Default::default())
+}
+
+#[test]
+fn attention_rejects_empty_caches_and_foreign_shapes() {
+    let model = tiny();
+    // 4 query heads and 2 KV heads of 16 dims.
+    let attention = &model.layers()[0].attention;
+    let empty = LayerCache::<Cpu>::new();
+    let q = tensor([4, 1, 16]);
+    assert_eq!(
+        attention.attend(q.clone(), 0, &empty, false).unwrap_err(),
+        CacheError::Empty
+    );
+    let mut cache = LayerCache::<Cpu>::new();
+    cache
+        .append(tensor([2, 3, 16]), tensor([2, 3, 16]), 0)
+        .unwrap();
+    assert!(attention.attend(q.clone(), 3, &cache, true).is_ok());
+    for bad in [[3, 1, 16], [4, 1, 8], [4, 0, 16]] {
+        let err = attention.attend(tensor(bad), 3, &cache, false).unwrap_err();
+        assert!(matches!(err, CacheError::Shape(_)), "{bad:?}: {err}");
+    }
+    // A cache of 3 KV heads is not this attention's.
+    let mut foreign = LayerCache::<Cpu>::new();
+    foreign
+        .append(tensor([3, 3, 16]), tensor([3, 3, 16]), 0)
+        .unwrap();
+    assert!(matches!(
+        attention.attend(q, 3, &foreign, false),
+        Err(CacheError::Shape(_))
+    ));
+}
+
+#[test]
+fn caches_must_fit_the_model_and_positions_must_advance() {
+    let model = tiny();
+    let ids = [1u32, 2, 3, 4];
+    // One cache short.
+    let mut short: Vec<LayerCache<Cpu>> = model.new_caches();
+    short.pop();
+    assert!(matches!(
+        model.prefill(&ids, &mut short, &mut KeepAll, PrefillLogits::Last),
+        Err(ModelError::CacheCount { .. })
+    ));
+    // Prefill twice into the same caches.
+    let mut caches = model.new_caches();
+    model
+        .prefill(&ids, &mut caches, &mut KeepAll, PrefillLogits::Last)
+        .unwrap();
+    assert!(matches!(
+        model.prefill(&ids, &mut caches, &mut KeepAll, PrefillLogits::Last),
+        Err(ModelError::CachesNotEmpty)
+    ));
+    // Decoding at a position already cached.
+    assert!(matches!(
+        model.forward_decode(5, 2, &mut caches, &mut KeepAll),
+        Err(ModelError::PositionNotAfterCache { .. })
+    ));
+    assert!(
+        model
+            .forward_decode(5, 4, &mut caches, &mut KeepAll)
+            .is_ok()
+    );
+    // A layer cache filled with 3 KV heads elsewhere.
+    let mut foreign = model.new_caches();
+    foreign[0]
+        .append(tensor([3, 2, 16]), tensor([3, 2, 16]), 0)
+        .unwrap();
+    let err = model
+        .forward_decode(5, 2, &mut foreign, &mut KeepAll)
+        .unwrap_err();
+    assert!(err.to_string().contains("shape"), "{err}");
+    // An empty prompt and an unknown token.
+    let mut caches = model.new_caches();
+    assert!(matches!(
+        model.prefill(&[], &mut caches, &mut KeepAll, PrefillLogits::Last),
+        Err(ModelError::EmptyPrompt)
+    ));
+    assert!(matches!(
+        model.prefill(&[100_000], &mut caches, &mut KeepAll, PrefillLogits::Last),
+        Err(ModelError::TokenOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn keep_lists_must_be_sorted_unique_and_in_range() {
+    let mut cache = LayerCache::<Cpu>::new();
+    cache
+        .append(tensor([2, 5, 16]), tensor([2, 5, 16]), 0)
+        .unwrap();
+    for bad in [
+        vec![vec![2, 1], vec![0, 1]],
+        vec![vec![1, 1], vec![0, 1]],
+        vec![vec![0, 9], vec![0, 1]],
+        vec![vec![0, 1]],
+    ] {
+        assert!(cache.retain(&bad).is_err(), "{bad:?}");
+        assert_eq!(cache.len(), 5, "a rejected keep list changes nothing");
+    }
+    cache.retain(&[vec![0, 4], vec![1, 3]]).unwrap();
+    assert_eq!(cache.positions(), &[vec![0, 4], vec![1, 3]]);
+}
+
+#[test]
+fn decoding_needs_a_prefill_first() {
+    let model = tiny();
+    let err = Generation::new(&model).decode().unwrap_err();
+    assert!(matches!(err, GenerateError::Config(_)), "{err}");
+}
