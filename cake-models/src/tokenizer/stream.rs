@@ -30,39 +30,32 @@ impl<'a> TextStreamer<'a> {
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
         self.ids.push(id);
-        let before = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let now = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
-        if now.len() > before.len()
-            && !now.ends_with('\u{FFFD}')
-            && now.is_char_boundary(before.len())
-        {
-            let delta = now[before.len()..].to_string();
+        let delta = self.pending(false)?;
+        if delta.is_some() {
             self.prefix = self.read;
             self.read = self.ids.len();
-            Ok(Some(delta))
-        } else {
-            Ok(None)
         }
+        Ok(delta)
     }
 
     /// The text still held back (an incomplete character at the end), if any.
     pub fn finish(&mut self) -> Result<Option<String>, TokenizerError> {
-        let before = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let now = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
+        let delta = self.pending(true)?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
-        if now.len() > before.len() && now.is_char_boundary(before.len()) {
-            Ok(Some(now[before.len()..].to_string()))
-        } else {
-            Ok(None)
-        }
+        Ok(delta)
+    }
+
+    /// The text the ids after `read` add to the decoded context window; `None` while it
+    /// ends in a partial character (a replacement char), unless `at_end`.
+    fn pending(&self, at_end: bool) -> Result<Option<String>, TokenizerError> {
+        let decode = |ids: &[u32]| self.tokenizer.decode(ids, self.skip_special);
+        let before = decode(&self.ids[self.prefix..self.read])?;
+        let now = decode(&self.ids[self.prefix..])?;
+        let complete = at_end || !now.ends_with('\u{FFFD}');
+        Ok(
+            (now.len() > before.len() && complete && now.is_char_boundary(before.len()))
+                .then(|| now[before.len()..].to_string()),
+        )
     }
 }
