@@ -47,12 +47,16 @@ impl<'a, C: Serialize> Manifest<'a, C> {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join("run.json");
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(&path, text + "\n").with_context(|| {
-            format!(
-                "cannot write {}: check that the output folder is writable",
-                path.display()
-            )
-        })
+        // Written aside then renamed over: a kill never leaves a truncated manifest.
+        let partial = dir.join("run.json.partial");
+        std::fs::write(&partial, text + "\n")
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .with_context(|| {
+                format!(
+                    "cannot write {}: check that the output folder is writable",
+                    path.display()
+                )
+            })
     }
 }
 

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{cake, success};
+use common::{cake, success, tiny_model, write_records};
 
 /// Runs `cake` and returns (success, stderr).
 fn run(args: &[&str], dir: &Path) -> (bool, String) {
@@ -52,23 +52,6 @@ fn assert_clean_error(args: &[&str], needles: &[&str]) {
     for needle in needles {
         assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
     }
-}
-
-/// A tiny Llama folder: cake-models' random-weight parity fixture plus a byte tokenizer.
-fn tiny_model() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("../cake-models/fixtures/tiny/llama");
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        root.join("tests/fixtures/byte_tokenizer.json"),
-        dir.path().join("tokenizer.json"),
-    )
-    .unwrap();
-    dir
 }
 
 #[test]
@@ -178,16 +161,25 @@ fn exit_codes_say_what_went_wrong() {
     };
     // Usage: clap's and ours.
     assert_eq!(code(&["generate", "--bogus"]), Some(2));
-    assert_eq!(code(&["generate", "--prompt", "hi", "--cache-size", "0"]), Some(2));
+    assert_eq!(
+        code(&["generate", "--prompt", "hi", "--cache-size", "0"]),
+        Some(2)
+    );
     // A corrupt model file.
     let model = dir.path().join("bad.gguf");
     std::fs::write(&model, b"GGUF\x03\x00\x00\x00 not a model").unwrap();
-    assert_eq!(code(&["inspect", "--model", model.to_str().unwrap()]), Some(4));
+    assert_eq!(
+        code(&["inspect", "--model", model.to_str().unwrap()]),
+        Some(4)
+    );
     // A corrupt prediction file.
     let run = dir.path().join("preds/cake-c64-w32-00000000");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("synth_kv.jsonl"), "not json\n").unwrap();
-    assert_eq!(code(&["eval", dir.path().join("preds").to_str().unwrap()]), Some(3));
+    assert_eq!(
+        code(&["eval", dir.path().join("preds").to_str().unwrap()]),
+        Some(3)
+    );
 }
 
 #[test]
@@ -264,24 +256,6 @@ fn settings_layer_file_then_env_then_flags() {
     assert_eq!(report["prompt_len"], 36);
     // Decoding evicts one token per appended one: the size stays at L * C.
     assert_eq!(held, 3 * 10);
-}
-
-/// Writes `n` LongBench-format records of `dataset` (a short code-retrieval prompt each).
-fn write_records(data: &Path, dataset: &str, n: usize) {
-    let records: String = (0..n)
-        .map(|i| {
-            serde_json::json!({
-                "input": format!("What is the code {i}?"),
-                "context": format!("The secret code is {i}{i}{i}. Some filler text follows here, {}.", "and more ".repeat(i + 2)),
-                "answers": [format!("{i}{i}{i}")],
-                "length": 20, "dataset": dataset, "language": "en",
-                "all_classes": null, "_id": format!("r{i}")
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(data.join(format!("{dataset}.jsonl")), records).unwrap();
 }
 
 #[test]
