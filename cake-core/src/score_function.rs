@@ -12,6 +12,7 @@
 //! (its `ScoreFunctionFile` is this struct, flattened, plus those fields), so this struct
 //! and [`ScoreFunction::validate`] are the one definition of the format.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,14 @@ use crate::error::ConfigError;
 
 /// The format tag of score-function files.
 pub const SCORE_FUNCTION_FORMAT: &str = "cake-score-function/1";
+
+/// Most layers a score-function file may declare (the shares are tabulated per layer).
+pub const MAX_LAYERS: usize = 1 << 12;
+/// Most per-KV-head polynomials a score-function file may hold (the head shares are
+/// tabulated per layer and head).
+pub const MAX_KV_HEADS: usize = 1 << 10;
+/// Largest score-function file read (fitted files are a few kilobytes).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// A fitted polynomial of the normalised layer index giving each layer's budget share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,12 +57,23 @@ pub struct ScoreFunction {
 }
 
 impl ScoreFunction {
-    /// Reads and validates a score-function file.
+    /// Reads and validates a score-function file (at most [`MAX_FILE_BYTES`]: the path
+    /// comes from settings, and may name a device such as `/dev/zero`).
     pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+            .map_err(io)?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::ScoreFunction {
+                path: path.display().to_string(),
+                reason: format!("file is larger than {MAX_FILE_BYTES} bytes"),
+            });
+        }
         Self::from_json_str(&text).map_err(|e| match e {
             ConfigError::ScoreFunction { reason, .. } => ConfigError::ScoreFunction {
                 path: path.display().to_string(),
@@ -75,10 +95,10 @@ impl ScoreFunction {
         Ok(f)
     }
 
-    /// Checks the invariants the readers rely on: the format tag, at least one layer, and
-    /// `degree + 1` finite coefficients in the layer polynomial and in each of the head
-    /// polynomials (one per KV head, when `num_kv_heads` is given). The error says what is
-    /// wrong.
+    /// Checks the invariants the readers rely on: the format tag, 1 to [`MAX_LAYERS`]
+    /// layers, at most [`MAX_KV_HEADS`] KV heads, and `degree + 1` finite coefficients in the
+    /// layer polynomial and in each of the head polynomials (one per KV head, when
+    /// `num_kv_heads` is given). The error says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != SCORE_FUNCTION_FORMAT {
             return Err(format!(
@@ -89,13 +109,26 @@ impl ScoreFunction {
         if self.num_layers == 0 {
             return Err("num_layers is 0".into());
         }
+        if self.num_layers > MAX_LAYERS {
+            return Err(format!(
+                "num_layers is {}, more than {MAX_LAYERS}",
+                self.num_layers
+            ));
+        }
+        if self.num_kv_heads > MAX_KV_HEADS {
+            return Err(format!(
+                "num_kv_heads is {}, more than {MAX_KV_HEADS}",
+                self.num_kv_heads
+            ));
+        }
         let check = |name: &str, c: &[f64]| {
-            if c.len() != self.degree + 1 {
+            // `degree` comes from the file: `degree + 1` may overflow.
+            if self.degree.checked_add(1) != Some(c.len()) {
                 return Err(format!(
                     "{name} has {} values but degree {} needs {}",
                     c.len(),
                     self.degree,
-                    self.degree + 1
+                    self.degree as u128 + 1
                 ));
             }
             if c.iter().any(|v| !v.is_finite()) {
@@ -105,7 +138,10 @@ impl ScoreFunction {
         };
         check("coefficients", &self.coefficients)?;
         if let Some(heads) = &self.head_coefficients {
-            if heads.is_empty() || (self.num_kv_heads != 0 && heads.len() != self.num_kv_heads) {
+            if heads.is_empty()
+                || heads.len() > MAX_KV_HEADS
+                || (self.num_kv_heads != 0 && heads.len() != self.num_kv_heads)
+            {
                 return Err(format!(
                     "head_coefficients has {} polynomials for {} KV heads",
                     heads.len(),

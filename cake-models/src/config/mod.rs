@@ -18,6 +18,11 @@ pub use llama::{Llama3RopeScaling, LlamaConfig};
 pub use mistral::MistralConfig;
 pub use qwen2::Qwen2Config;
 
+/// Most decoder layers a config may declare. Per-layer tables (sliding windows, caches) are
+/// sized from `num_hidden_layers` before any weight is read, so a corrupt count must be
+/// refused here rather than allocated; released models have at most a few hundred layers.
+pub const MAX_LAYERS: usize = 1 << 12;
+
 /// Fields of `config.json` common to Llama, Mistral and Qwen2 (flattened into each
 /// architecture's own config struct).
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +225,12 @@ impl BaseConfig {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(ConfigError::Invalid(format!(
+                "num_hidden_layers ({}) is larger than {MAX_LAYERS}",
+                self.num_hidden_layers
+            )));
         }
         Ok(DecoderConfig {
             architecture,

@@ -190,7 +190,8 @@ impl GgufFile {
             let (heads, kv_heads) = self.head_counts()?;
             let n_head = if is_q { heads } else { kv_heads };
             let rows = shape[0];
-            if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+            // `rows == 0` (a dimension of 0 in the file) would divide by zero below.
+            if n_head == 0 || rows == 0 || !rows.is_multiple_of(2 * n_head) {
                 return Err(GgufError::Corrupt {
                     path: self.path.clone(),
                     what: format!(

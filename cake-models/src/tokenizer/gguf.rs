@@ -58,11 +58,7 @@ impl Tokenizer {
             pre,
             if add_bos { bos } else { None },
         )?;
-        let inner: tokenizers::Tokenizer =
-            serde_json::from_value(tokenizer_json).map_err(|e| TokenizerError::Tokenizers {
-                context: format!("tokenizer rebuilt from {}", file.path().display()),
-                message: e.to_string(),
-            })?;
+        let inner = super::tokenizer_from_json(tokenizer_json, file.path())?;
 
         let name = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string());
         let special = SpecialTokens {

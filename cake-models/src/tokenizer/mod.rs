@@ -101,6 +101,67 @@ fn read_json(path: &Path) -> Result<Json, TokenizerError> {
     })
 }
 
+/// Builds a `tokenizers` tokenizer from a parsed `tokenizer.json` (or one rebuilt from GGUF
+/// metadata).
+///
+/// `tokenizers` 0.22 deserialises some parts through `.expect()`: a syntax error inside the
+/// `decoder` object (`decoders/mod.rs`) or a malformed `Precompiled` normalizer
+/// (`normalizers/mod.rs`) panics instead of failing. Parsing the text to a JSON value first
+/// (done by the caller) rules out the syntax errors; a panic that still escapes is turned
+/// into an error here, so a corrupt file never takes the process down.
+fn tokenizer_from_json(json: Json, path: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let error = |message: String| TokenizerError::Tokenizers {
+        context: path.display().to_string(),
+        message,
+    };
+    check_added_tokens(&json).map_err(error)?;
+    guarded(&path.display().to_string(), move || {
+        serde_json::from_value::<tokenizers::Tokenizer>(json)
+    })?
+    .map_err(|e| error(e.to_string()))
+}
+
+/// Longest added (special) token accepted, in bytes. `tokenizers` matches added tokens with
+/// an Aho-Corasick automaton whose construction takes time quadratic in a token's length
+/// when the token repeats one character (a 64 KiB token takes minutes); real special
+/// tokens are a few dozen bytes.
+pub const MAX_ADDED_TOKEN_BYTES: usize = 1024;
+
+/// Refuses added tokens longer than [`MAX_ADDED_TOKEN_BYTES`].
+fn check_added_tokens(json: &Json) -> Result<(), String> {
+    let tokens = json.get("added_tokens").and_then(Json::as_array);
+    for (i, token) in tokens.into_iter().flatten().enumerate() {
+        if let Some(content) = token.get("content").and_then(Json::as_str)
+            && content.len() > MAX_ADDED_TOKEN_BYTES
+        {
+            return Err(format!(
+                "added_tokens[{i}] is {} bytes long (at most {MAX_ADDED_TOKEN_BYTES} are accepted)",
+                content.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a call into `tokenizers`, turning a panic into an error. `tokenizers` 0.22 panics
+/// on some malformed files instead of failing: while loading (a syntax error inside the
+/// `decoder` object, a malformed `Precompiled` normalizer) and while encoding (a
+/// `TemplateProcessing` post-processor that names a special token it does not define,
+/// `processors/template.rs`), so every call from here is guarded.
+fn guarded<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, TokenizerError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        TokenizerError::Tokenizers {
+            context: context.to_string(),
+            message: format!("the tokenizers crate panicked: {what}"),
+        }
+    })
+}
+
 /// A special-token entry of `tokenizer_config.json`: a string or `{"content": ...}`.
 fn token_string(v: Option<&Json>) -> Option<String> {
     match v? {
@@ -124,12 +185,7 @@ impl Tokenizer {
                 ),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
-            TokenizerError::Tokenizers {
-                context: tok_path.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
+        let inner = tokenizer_from_json(read_json(&tok_path)?, &tok_path)?;
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
             read_json(&config_path)?
@@ -195,18 +251,16 @@ impl Tokenizer {
     /// Token ids of `text`; `add_special_tokens` adds what the tokenizer's post-processor adds
     /// (e.g. BOS). Special tokens written in the text (`<|im_start|>`) are always matched whole.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self
-            .inner
-            .encode_fast(text, add_special_tokens)
-            .map_err(tk_err("encode"))?;
+        let enc = guarded("encode", || {
+            self.inner.encode_fast(text, add_special_tokens)
+        })?
+        .map_err(tk_err("encode"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; `skip_special` leaves out special tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(tk_err("decode"))
+        guarded("decode", || self.inner.decode(ids, skip_special))?.map_err(tk_err("decode"))
     }
 
     /// Number of ids the tokenizer knows, added tokens included.
