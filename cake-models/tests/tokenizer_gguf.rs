@@ -9,7 +9,8 @@
 //! digit differently) and Qwen2 NFC-normalises. The fixture marks those prompts
 //! (`matches_reference: false`); all other prompts must equal transformers' ids exactly.
 
-use std::path::Path;
+mod common;
+
 
 use cake_models::fetch::resolve_model;
 use cake_models::gguf::GgufFile;
@@ -23,18 +24,7 @@ fn load(model: &str) -> Tokenizer {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tokenizer")
-        .join(format!("{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    common::fixture_json(&format!("tokenizer/{name}.json"))
 }
 
 fn check_prompts(tok: &Tokenizer, f: &Value) -> usize {
@@ -44,14 +34,14 @@ fn check_prompts(tok: &Tokenizer, f: &Value) -> usize {
         let got = tok.encode(text, false).unwrap();
         assert_eq!(
             got,
-            ids(&p["ids_reference"]),
+            common::ids(&p["ids_reference"]),
             "{text:?}: published-tokenizer ids"
         );
         if p["matches_reference"].as_bool().unwrap() {
-            assert_eq!(got, ids(&p["ids"]), "{text:?}: transformers ids");
+            assert_eq!(got, common::ids(&p["ids"]), "{text:?}: transformers ids");
             assert_eq!(
                 tok.encode(text, true).unwrap(),
-                ids(&p["ids_special"]),
+                common::ids(&p["ids_special"]),
                 "{text:?}: with special tokens"
             );
         } else {
@@ -78,7 +68,7 @@ fn check_chats(tok: &Tokenizer, f: &Value) {
         );
         assert_eq!(
             tok.encode(&rendered, false).unwrap(),
-            ids(&c["ids"]),
+            common::ids(&c["ids"]),
             "ids of chat {msgs:?}"
         );
     }
@@ -86,7 +76,10 @@ fn check_chats(tok: &Tokenizer, f: &Value) {
         let msgs: Vec<ChatMessage> = serde_json::from_value(g["messages"].clone()).unwrap();
         let rendered = tok.apply_chat_template(&msgs, true).unwrap();
         assert_eq!(rendered, g["prompt"].as_str().unwrap());
-        assert_eq!(tok.encode(&rendered, false).unwrap(), ids(&g["prompt_ids"]));
+        assert_eq!(
+            tok.encode(&rendered, false).unwrap(),
+            common::ids(&g["prompt_ids"])
+        );
     }
 }
 

@@ -2,6 +2,8 @@
 //! generation_config.json) against transformers' `AutoTokenizer` on the same folder: token ids,
 //! decoding, and chat-template rendering (generator: tools/fixtures/gen_tokenizer_hf_tiny.py).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cake_models::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
@@ -12,16 +14,7 @@ fn dir() -> PathBuf {
 }
 
 fn fixture() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer/hf_tiny.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    common::fixture_json("tokenizer/hf_tiny.json")
 }
 
 fn messages(v: &Value) -> Vec<ChatMessage> {
@@ -33,14 +26,18 @@ fn ids_and_decoding_match_transformers() {
     let tok = Tokenizer::from_hf_dir(&dir()).expect("load");
     for p in fixture()["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&p["ids"]), "{text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            common::ids(&p["ids"]),
+            "{text:?}"
+        );
         assert_eq!(
             tok.encode(text, true).unwrap(),
-            ids(&p["ids_special"]),
+            common::ids(&p["ids_special"]),
             "{text:?} with BOS"
         );
         assert_eq!(
-            tok.decode(&ids(&p["ids"]), false).unwrap(),
+            tok.decode(&common::ids(&p["ids"]), false).unwrap(),
             p["decoded"].as_str().unwrap()
         );
     }
@@ -55,7 +52,7 @@ fn special_ids() {
         Some(f["bos_token_id"].as_u64().unwrap() as u32)
     );
     // eos_token "<|im_end|>" (id 4) from tokenizer_config.json, then generation_config's [4, 2].
-    assert_eq!(tok.eos_token_ids(), ids(&f["eos_token_ids"]));
+    assert_eq!(tok.eos_token_ids(), common::ids(&f["eos_token_ids"]));
 }
 
 #[test]
