@@ -134,3 +134,35 @@ fn gguf_q_projection_with_zero_rows_is_corrupt() {
     );
     assert!(file.hf_tensors().any(|t| t.is_err()));
 }
+
+#[test]
+fn chat_template_line_past_minijinja_positions_is_an_error() {
+    // cake-fuzz `tokenizer` (crash): a chat template line of 65 535 characters (here an
+    // unterminated string) wrapped minijinja's 16-bit column numbers, and formatting the
+    // compile error (`{e:#}`) panicked with a capacity overflow.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        hf_tiny().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .expect("copy");
+    let messages = [cake_models::tokenizer::ChatMessage::new("user", "hi")];
+    let template = format!("{{{{\"{}", "A".repeat(65_532));
+    std::fs::write(dir.path().join("chat_template.jinja"), &template).expect("write");
+    let tokenizer = Tokenizer::from_hf_dir(dir.path()).expect("loads");
+    let err = tokenizer.apply_chat_template(&messages, true).unwrap_err();
+    assert!(matches!(err, TokenizerError::Template(_)), "{err}");
+    assert!(err.to_string().contains("65535 bytes long"), "{err}");
+    // Too many lines are refused the same way; a long but representable line still
+    // reports its compile error normally.
+    let many = "x\n".repeat(cake_models::tokenizer::MAX_TEMPLATE_EXTENT + 1);
+    std::fs::write(dir.path().join("chat_template.jinja"), many).expect("write");
+    let tokenizer = Tokenizer::from_hf_dir(dir.path()).expect("loads");
+    let err = tokenizer.apply_chat_template(&messages, true).unwrap_err();
+    assert!(err.to_string().contains("lines"), "{err}");
+    let long = format!("{{{{\"{}", "A".repeat(60_000));
+    std::fs::write(dir.path().join("chat_template.jinja"), long).expect("write");
+    let tokenizer = Tokenizer::from_hf_dir(dir.path()).expect("loads");
+    let err = tokenizer.apply_chat_template(&messages, true).unwrap_err();
+    assert!(err.to_string().contains("syntax error"), "{err}");
+}

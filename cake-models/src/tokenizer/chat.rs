@@ -39,6 +39,7 @@ impl Tokenizer {
         let Some(source) = self.chat_template.as_deref() else {
             return Ok(plain_chat(messages, add_generation_prompt));
         };
+        check_template_extent(source)?;
         let env = jinja_environment();
         let template = env
             .template_from_str(source)
@@ -55,6 +56,33 @@ impl Tokenizer {
             .render(ctx)
             .map_err(|e| TokenizerError::Template(format!("{e:#}")))
     }
+}
+
+/// Longest line, and most lines, a chat template may have. minijinja (2.24) records
+/// template positions as 16-bit line and column numbers; past them the positions wrap, and
+/// its error report (`{e:#}`, which underlines the failing span) then panics with a
+/// capacity overflow (`debug.rs`). Real templates are a few kilobytes.
+pub const MAX_TEMPLATE_EXTENT: usize = u16::MAX as usize - 1;
+
+/// Refuses templates whose positions minijinja cannot represent ([`MAX_TEMPLATE_EXTENT`]).
+fn check_template_extent(source: &str) -> Result<(), TokenizerError> {
+    let mut lines = 0usize;
+    for (i, line) in source.split('\n').enumerate() {
+        lines += 1;
+        if line.len() > MAX_TEMPLATE_EXTENT {
+            return Err(TokenizerError::Template(format!(
+                "line {} of the chat template is {} bytes long (at most {MAX_TEMPLATE_EXTENT})",
+                i + 1,
+                line.len()
+            )));
+        }
+    }
+    if lines > MAX_TEMPLATE_EXTENT {
+        return Err(TokenizerError::Template(format!(
+            "the chat template has {lines} lines (at most {MAX_TEMPLATE_EXTENT})"
+        )));
+    }
+    Ok(())
 }
 
 /// The fallback used when a model has no chat template.

@@ -23,7 +23,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::gguf::GgufError;
 
-pub use chat::ChatMessage;
+pub use chat::{ChatMessage, MAX_TEMPLATE_EXTENT};
 pub use stream::TextStreamer;
 
 /// Everything that can go wrong loading or using a tokenizer.
