@@ -11,7 +11,6 @@
 
 mod common;
 
-
 use cake_models::fetch::resolve_model;
 use cake_models::gguf::GgufFile;
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
