@@ -450,16 +450,18 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         if !over && !scorer.accumulates() {
             return Ok(());
         }
-        let Some(keys) = cache.keys() else {
+        if cache.is_empty() {
             return Ok(());
-        };
-        let device = keys.device();
-        // [H, 1, n]
+        }
+        let device = step.query.device();
+        // [H, 1, n]. No view of the cache's buffers may outlive this: eviction compacts
+        // them in place only while the cache holds them alone (else it copies them whole).
         let attn = match step.attention {
             Some(attn) => Some(attn),
-            None => scorer
-                .needs_window_attention()
-                .then(|| attention(step.query, keys, None)),
+            None if scorer.needs_window_attention() => {
+                cache.keys().map(|keys| attention(step.query, keys, None))
+            }
+            None => None,
         };
         let scores = scorer.decode_scores(DecodeInput {
             attention: attn.as_ref(),
