@@ -63,6 +63,10 @@ pub fn code(error: &anyhow::Error) -> u8 {
             || cause.is::<cake_models::tokenizer::TokenizerError>()
         {
             Some(MODEL)
+        } else if let Some(cake_models::generate::GenerateError::PromptTooLong { .. }) =
+            cause.downcast_ref()
+        {
+            Some(USAGE)
         } else if let Some(e) = cause.downcast_ref::<PredictError>() {
             match e {
                 PredictError::Generation { .. } | PredictError::Io { .. } => None,

@@ -59,8 +59,13 @@ pub struct ScoreVsCacheSize {
     pub cache_sizes: Vec<usize>,
     /// (policy, score per cache size; `None` where not run).
     pub series: Vec<(String, Vec<Option<f64>>)>,
+    /// Per series (same order), the (low, high) interval at each cache size, drawn as an
+    /// error bar; `None` (or a missing entry) draws none.
+    pub intervals: Vec<Vec<Option<(f64, f64)>>>,
     /// The full-cache score, drawn as a dashed horizontal line.
     pub full: Option<f64>,
+    /// The full-cache score's (low, high) interval, drawn as a grey band.
+    pub full_interval: Option<(f64, f64)>,
 }
 
 impl Chart for ScoreVsCacheSize {
@@ -70,8 +75,14 @@ impl Chart for ScoreVsCacheSize {
     {
         let n = self.cache_sizes.len().max(1);
         let values = self.series.iter().flat_map(|(_, v)| v.iter().flatten());
+        let highs = self
+            .intervals
+            .iter()
+            .flat_map(|v| v.iter().flatten().map(|(_, high)| high))
+            .chain(self.full_interval.iter().map(|(_, high)| high));
         let top = values
             .chain(self.full.iter())
+            .chain(highs)
             .fold(1.0f64, |a, &b| a.max(b))
             * 1.1;
         let mut chart = chart_builder(root, &self.title, 50)
@@ -93,6 +104,12 @@ impl Chart for ScoreVsCacheSize {
             .x_desc("cache size C (tokens per layer)")
             .y_desc("average score")
             .draw()?;
+        if let Some((low, high)) = self.full_interval {
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(-0.5, low), (n as f64 - 0.5, high)],
+                BLACK.mix(0.08).filled(),
+            )))?;
+        }
         if let Some(full) = self.full {
             let style = BLACK.mix(0.6).stroke_width(1);
             chart
@@ -104,6 +121,23 @@ impl Chart for ScoreVsCacheSize {
                 ))?
                 .label(format!("full cache ({full:.2})"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+        }
+        // Error bars first, in the series' colours, so the lines and markers stay on top.
+        for (i, ((_, scores), bars)) in self.series.iter().zip(&self.intervals).enumerate() {
+            let color = series_color(i);
+            chart.draw_series(scores.iter().zip(bars).enumerate().filter_map(
+                |(x, (score, bar))| {
+                    let (score, (low, high)) = (score.as_ref()?, bar.as_ref()?);
+                    Some(ErrorBar::new_vertical(
+                        x as f64,
+                        *low,
+                        *score,
+                        *high,
+                        color.stroke_width(1),
+                        8,
+                    ))
+                },
+            ))?;
         }
         let series = self.series.iter().map(|(name, scores)| {
             let points = scores
@@ -256,12 +290,26 @@ mod tests {
             title: "synthetic suite".into(),
             cache_sizes: vec![64, 128, 256],
             series: vec![("cake".into(), vec![Some(40.0), None, Some(80.0)])],
+            intervals: vec![vec![Some((30.0, 50.0)), None, Some((70.0, 88.0))]],
             full: Some(90.0),
+            full_interval: Some((85.0, 95.0)),
         };
         let files = render(&chart, &dir.path().join("score")).unwrap();
         let svg = std::fs::read_to_string(&files[0]).unwrap();
         assert!(svg.contains("cake") && svg.contains("full cache (90.00)"));
-        assert!(svg.contains(">128<") || svg.contains("128"));
+        // Every cache size labels the x axis, as a text element of its own.
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .and_then(|(_, rest)| rest.split('<').next())
+            })
+            .map(str::trim)
+            .collect();
+        for c in ["64", "128", "256"] {
+            assert!(texts.contains(&c), "x tick {c} missing: {texts:?}");
+        }
 
         let heat = NeedleHeatmap {
             title: "needle".into(),

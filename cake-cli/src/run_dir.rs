@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use cake_longbench::Shard;
 use serde::Serialize;
 
 use crate::exit::usage_bail;
@@ -45,12 +46,27 @@ impl<'a, C: Serialize> Manifest<'a, C> {
 
     /// Writes `run.json` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join("run.json");
+        self.write_to(&dir.join("run.json"), &dir.join("run.json.partial"))
+    }
+
+    /// Writes the manifest of shard `shard` of a run into `dir`: `shards/run.shard-I-of-N.json`
+    /// and `run.json` (the folder's identity for `cake eval`; every shard writes the same
+    /// configuration). Each shard writes through temporary files of its own, so shards
+    /// running at once never trip over each other.
+    pub fn write_shard(&self, dir: &Path, shard: Shard) -> Result<()> {
+        let own = shard.manifest_file(dir);
+        let mut partial = own.clone().into_os_string();
+        partial.push(".partial");
+        self.write_to(&own, Path::new(&partial))?;
+        let partial = dir.join(format!("run.json.partial.{}", shard.tag()));
+        self.write_to(&dir.join("run.json"), &partial)
+    }
+
+    fn write_to(&self, path: &Path, partial: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         // Written aside then renamed over: a kill never leaves a truncated manifest.
-        let partial = dir.join("run.json.partial");
-        std::fs::write(&partial, text + "\n")
-            .and_then(|()| std::fs::rename(&partial, &path))
+        std::fs::write(partial, text + "\n")
+            .and_then(|()| std::fs::rename(partial, path))
             .with_context(|| {
                 format!(
                     "cannot write {}: check that the output folder is writable",
@@ -71,14 +87,36 @@ pub struct FolderLock {
 /// Locks `dir` for this process through `dir/.lock`, which names the holder (process id
 /// and command line). Fails when another process holds it, naming that process.
 pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    lock_file(&dir.join(".lock"), &dir.display().to_string())
+}
+
+/// Locks shard `shard` of the run folder `dir` through `dir/shards/shard-I-of-N.lock`
+/// (creating `dir/shards`): shards of one configuration run at once, each holding only its
+/// own lock and writing only its own files; a second run of the same shard fails.
+pub fn lock_shard(dir: &Path, shard: Shard) -> Result<FolderLock> {
+    let shards = Shard::shards_dir(dir);
+    std::fs::create_dir_all(&shards).with_context(|| {
+        format!(
+            "cannot create {}: choose a writable --out",
+            shards.display()
+        )
+    })?;
+    lock_file(
+        &shard.lock_file(dir),
+        &format!("shard {shard} of {}", dir.display()),
+    )
+}
+
+/// Locks the lock file `path` (created if needed) for this process and writes the holder
+/// into it; `what` names what it guards in the error when another process holds it.
+fn lock_file(path: &Path, what: &str) -> Result<FolderLock> {
     use std::io::{Read, Seek, Write};
-    let path = dir.join(".lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot create the lock file {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
@@ -86,8 +124,7 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             usage_bail!(
-                "{} is in use by another run ({}): wait for it to finish, or choose another --out",
-                dir.display(),
+                "{what} is in use by another run ({}): wait for it to finish, or choose another --out",
                 holder.trim()
             );
         }
@@ -170,6 +207,40 @@ mod tests {
         assert!(err.contains(&std::process::id().to_string()), "{err}");
         drop(first);
         assert!(lock_folder(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn shards_lock_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = lock_folder(dir.path()).unwrap();
+        let zero = Shard::new(0, 2).unwrap();
+        let a = lock_shard(dir.path(), zero).unwrap();
+        let b = lock_shard(dir.path(), Shard::new(1, 2).unwrap()).unwrap();
+        let err = lock_shard(dir.path(), zero).unwrap_err().to_string();
+        assert!(
+            err.contains("shard 0/2 of") && err.contains("in use"),
+            "{err}"
+        );
+        drop((whole, a, b));
+        assert!(lock_shard(dir.path(), zero).is_ok());
+    }
+
+    #[test]
+    fn shard_manifests_use_their_own_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({"c": 1});
+        let shard = Shard::new(1, 2).unwrap();
+        lock_shard(dir.path(), shard).unwrap();
+        Manifest::new(&config)
+            .write_shard(dir.path(), shard)
+            .unwrap();
+        assert!(dir.path().join("run.json").is_file());
+        assert!(dir.path().join("shards/run.shard-1-of-2.json").is_file());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("partial")), "{names:?}");
     }
 
     #[test]

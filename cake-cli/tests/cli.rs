@@ -407,6 +407,31 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
         assert_eq!(a, b, "{name}: sweep and separate runs differ");
         assert_eq!(String::from_utf8(a).unwrap().lines().count(), 3);
     }
+    // Negative control: at C = 8 the evicting policies keep a fraction of each prompt, so
+    // their answers differ from the full cache's on some record (a sweep that replayed the
+    // full cache for every policy would pass the byte-equality above).
+    let answers = |name: &str| -> Vec<(String, String)> {
+        std::fs::read_to_string(sweep.join(name).join("synth_passkey.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                let pred = v["pred"].as_str().unwrap().to_string();
+                (pred, v["answers"][0].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let full = names.iter().find(|n| n.starts_with("full")).unwrap();
+    let evicting_c8 = names
+        .iter()
+        .filter(|n| n.contains("-c8-") && !n.starts_with("full"));
+    for evicting in evicting_c8 {
+        assert_ne!(
+            answers(evicting),
+            answers(full),
+            "{evicting}: same answers as the full cache"
+        );
+    }
     // Resuming a finished run generates nothing and changes nothing.
     let before = std::fs::read(sweep.join(&names[0]).join("synth_passkey.jsonl")).unwrap();
     pred(&sweep, &[]);
@@ -422,8 +447,30 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
             &std::fs::read_to_string(sweep.join(name).join("result.json")).unwrap(),
         )
         .unwrap();
+        // LongBench's count_score, recomputed here: the share of the numbers in the
+        // answer that equal the gold one, averaged over records, in percent (2 decimals).
+        let by_hand: f64 = answers(name)
+            .iter()
+            .map(|(pred, gold)| {
+                let numbers: Vec<&str> = pred
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                let right = numbers.iter().filter(|n| *n == gold).count();
+                if numbers.is_empty() {
+                    0.0
+                } else {
+                    right as f64 / numbers.len() as f64
+                }
+            })
+            .sum::<f64>()
+            / 3.0;
         let score = result["synth_passkey"].as_f64().unwrap();
-        assert!((0.0..=100.0).contains(&score));
+        assert!(
+            (score - (100.0 * by_hand * 100.0).round() / 100.0).abs() < 1e-9,
+            "{name}: eval says {score}, the predictions give {}",
+            100.0 * by_hand
+        );
     }
 }
 
@@ -454,4 +501,122 @@ fn unwritable_output_folder_is_reported() {
         ],
         &["blocker"],
     );
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_files_and_scores() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Ids r0..r3 hash (FNV-1a) alternately to shards 1, 0, 1, 0: merging must interleave.
+    write_records(&data, "synth_passkey", 4);
+    let model = model.path().to_str().unwrap();
+    let pred = |out: &Path, extra: &[&str]| {
+        let args = [
+            "--policies",
+            "full,cake",
+            "--cache-sizes",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run_on_records(
+            "pred",
+            model,
+            &data,
+            &[&args[..], extra].concat(),
+            work.path(),
+        );
+    };
+    let plain = work.path().join("plain");
+    let sharded = work.path().join("sharded");
+    pred(&plain, &[]);
+    // Shard 0 as a sweep, shard 1 configuration by configuration: the same layout.
+    pred(&sharded, &["--shard", "0/2"]);
+    // One shard alone cannot be merged: eval names the missing one (bad data, exit 3).
+    let out = cake()
+        .current_dir(work.path())
+        .args(["eval", sharded.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("shard(s) 1/2 missing"), "{stderr}");
+    pred(&sharded, &["--shard", "1/2", "--no-sweep"]);
+    // Resuming a finished shard changes nothing.
+    pred(&sharded, &["--shard", "0/2"]);
+
+    for root in [&plain, &sharded] {
+        let (ok, stderr) = run(&["eval", root.to_str().unwrap()], work.path());
+        assert!(ok, "{stderr}");
+    }
+    let folders = |root: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                e.path()
+                    .is_dir()
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let names = folders(&plain);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names, folders(&sharded));
+    for name in &names {
+        let shard_lines = |i: usize| {
+            std::fs::read_to_string(
+                sharded
+                    .join(name)
+                    .join(format!("shards/synth_passkey.shard-{i}-of-2.jsonl")),
+            )
+            .unwrap()
+            .lines()
+            .count()
+        };
+        assert_eq!((shard_lines(0), shard_lines(1)), (2, 2), "{name}");
+        let a = std::fs::read(plain.join(name).join("synth_passkey.jsonl")).unwrap();
+        let b = std::fs::read(sharded.join(name).join("synth_passkey.jsonl")).unwrap();
+        assert_eq!(a, b, "{name}: merged shards differ from the unsharded run");
+        // Same records in the same order: same scores, intervals and paired differences.
+        let a = std::fs::read_to_string(plain.join(name).join("result.json")).unwrap();
+        let b = std::fs::read_to_string(sharded.join(name).join("result.json")).unwrap();
+        assert_eq!(a, b, "{name}: result.json differs");
+        let result: serde_json::Value = serde_json::from_str(&a).unwrap();
+        let score = result["synth_passkey"].as_f64().unwrap();
+        let u = &result["_uncertainty"];
+        assert_eq!(
+            (u["seed"].as_u64(), u["resamples"].as_u64()),
+            (Some(2025), Some(1000))
+        );
+        let interval = &u["datasets"]["synth_passkey"];
+        assert_eq!(interval["score"].as_f64(), Some(score));
+        let (low, high) = (
+            interval["low"].as_f64().unwrap(),
+            interval["high"].as_f64().unwrap(),
+        );
+        assert!(low <= score && score <= high, "{interval}");
+        assert_eq!(interval["records"], 4);
+        if name.starts_with("cake") {
+            // cake - full on the same 4 records.
+            let paired = &u["paired"][0];
+            assert_eq!(paired["reference"], "full");
+            assert_eq!(paired["datasets"]["synth_passkey"]["records"], 4);
+        }
+    }
+    let summary = std::fs::read_to_string(sharded.join("summary.md")).unwrap();
+    assert!(summary.contains("policy - full cache"), "{summary}");
+    assert!(summary.contains(" ["), "{summary}");
+    // A malformed --shard is a usage error that shows the expected form.
+    let out = cake()
+        .current_dir(work.path())
+        .args(["pred", "--data-dir", ".", "--out", ".", "--shard", "2/2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected I/N"));
 }

@@ -68,6 +68,14 @@ pub enum EvalError {
         /// File or dataset.
         what: String,
     },
+    /// Shard files of a sharded run cannot be merged (missing, incomplete, inconsistent).
+    #[error("{path}: {message}")]
+    Shards {
+        /// The file or folder at fault.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Predictions, answers and lengths differ in count.
     #[error("{dataset}: {predictions} predictions but {answers} answer lists / lengths")]
     LengthMismatch {
@@ -103,7 +111,12 @@ pub fn score_record(
     Ok(best)
 }
 
-fn record_scores(
+/// Score of every record (0..1, [`score_record`]) in order.
+///
+/// # Errors
+/// [`EvalError::LengthMismatch`] when the slices differ in length; [`EvalError::Metric`]
+/// when a metric fails on a record.
+pub fn record_scores(
     spec: &DatasetSpec,
     predictions: &[String],
     answers: &[Vec<String>],
@@ -138,6 +151,11 @@ pub fn score_predictions(
     all_classes: Option<&[String]>,
 ) -> Result<f64, EvalError> {
     let scores = record_scores(spec, predictions, answers, all_classes)?;
+    plain_score(spec, &scores)
+}
+
+/// The dataset score of per-record scores: `round(100 * total / n, 2)`.
+fn plain_score(spec: &DatasetSpec, scores: &[f64]) -> Result<f64, EvalError> {
     if scores.is_empty() {
         return Err(EvalError::Empty {
             what: spec.name.clone(),
@@ -174,18 +192,23 @@ pub fn score_predictions_e(
         });
     }
     let scores = record_scores(spec, predictions, answers, all_classes)?;
+    Ok(bucket_scores(&scores, lengths))
+}
+
+/// Per-bucket scores of per-record scores and their lengths.
+fn bucket_scores(scores: &[f64], lengths: &[u64]) -> BTreeMap<String, Option<f64>> {
     let mut buckets: BTreeMap<&str, Vec<f64>> = BUCKETS.iter().map(|&b| (b, Vec::new())).collect();
     for (s, &len) in scores.iter().zip(lengths) {
         buckets.entry(bucket_of(len)).or_default().push(*s);
     }
-    Ok(buckets
+    buckets
         .into_iter()
         .map(|(b, v)| {
             let value =
                 (!v.is_empty()).then(|| pytext::numpy_round2(100.0 * pytext::numpy_mean(&v)));
             (b.to_string(), value)
         })
-        .collect())
+        .collect()
 }
 
 /// Score of one dataset in a result: a number, or per-bucket numbers for LongBench-E.
@@ -210,6 +233,14 @@ pub struct EvalResult {
     pub english16_missing: Vec<String>,
     /// Number of scored predictions per dataset.
     pub counts: BTreeMap<String, usize>,
+    /// Per dataset, every record's score (0..1, the maximum over its answers) in file
+    /// order: the data of the bootstrap intervals ([`crate::stats`]).
+    #[serde(default)]
+    pub record_scores: BTreeMap<String, Vec<f64>>,
+    /// Per dataset, every record's `_id` in file order (empty when a line has none): two
+    /// runs are compared record by record only when these agree.
+    #[serde(default)]
+    pub record_ids: BTreeMap<String, Vec<String>>,
 }
 
 impl EvalResult {
@@ -274,6 +305,8 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
     files.sort();
     let mut scores = BTreeMap::new();
     let mut counts = BTreeMap::new();
+    let mut per_record = BTreeMap::new();
+    let mut ids = BTreeMap::new();
     for path in files {
         // eval.py: dataset = filename.split('.')[0]
         let file_name = path
@@ -294,25 +327,23 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
         let predictions: Vec<String> = lines.iter().map(|l| l.pred.clone()).collect();
         let answers: Vec<Vec<String>> = lines.iter().map(|l| l.answers.clone()).collect();
         let all_classes = lines.last().and_then(|l| l.all_classes.clone());
+        let records = record_scores(spec, &predictions, &answers, all_classes.as_deref())?;
         let score = if longbench_e {
             let lengths: Vec<u64> = lines.iter().map(|l| l.length).collect();
-            DatasetScore::Buckets(score_predictions_e(
-                spec,
-                &predictions,
-                &answers,
-                &lengths,
-                all_classes.as_deref(),
-            )?)
+            DatasetScore::Buckets(bucket_scores(&records, &lengths))
         } else {
-            DatasetScore::Plain(score_predictions(
-                spec,
-                &predictions,
-                &answers,
-                all_classes.as_deref(),
-            )?)
+            DatasetScore::Plain(plain_score(spec, &records)?)
         };
         counts.insert(name.to_string(), lines.len());
         scores.insert(name.to_string(), score);
+        per_record.insert(name.to_string(), records);
+        ids.insert(
+            name.to_string(),
+            lines
+                .iter()
+                .map(|l| l.id.clone().unwrap_or_default())
+                .collect(),
+        );
     }
     let english16_missing: Vec<String> = ENGLISH_16
         .iter()
@@ -327,6 +358,8 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
         english16_average,
         english16_missing,
         counts,
+        record_scores: per_record,
+        record_ids: ids,
     })
 }
 

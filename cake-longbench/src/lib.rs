@@ -16,6 +16,8 @@ pub mod prompt;
 pub mod pytext;
 pub mod record;
 pub mod registry;
+pub mod shard;
+pub mod stats;
 pub mod synthetic;
 
 pub use approx_tokenizer::ApproxTokenizer;
@@ -29,4 +31,6 @@ pub use predict::{
 pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
 pub use record::{DataError, LongBenchRecord, read_dataset};
 pub use registry::{DatasetSpec, Language, RegistryError};
+pub use shard::{Shard, ShardIndex, ShardParseError};
+pub use stats::{BootstrapConfig, Interval, StatsError};
 pub use synthetic::{Haystack, SuiteConfig, SuiteError, SuiteFile, generate_suite, generate_task};

@@ -145,6 +145,16 @@ pub enum GenerateError {
     /// The detokenizer failed.
     #[error("cannot decode the generated tokens: {0}")]
     Text(String),
+    /// The prompt is longer than the context the model was trained for.
+    #[error(
+        "the prompt has {prompt} tokens, more than the model's context of {context} (max_position_embeddings): shorten it (`cake pred` truncates prompts in the middle to --max-length)"
+    )]
+    PromptTooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// The model's `max_position_embeddings`.
+        context: usize,
+    },
 }
 
 /// The state a prefill leaves for decoding: the first next-token logits (on the host)
@@ -279,7 +289,22 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
 
     /// Prefills `prompt` into the caches (which must be empty), running the compressor's
     /// prefill hooks.
+    ///
+    /// # Errors
+    /// [`GenerateError::PromptTooLong`] when the prompt has more tokens than the model's
+    /// `max_position_embeddings` (when the config states it): a generation never extends a
+    /// prompt past the trained context silently. Truncate first (LongBench's rule keeps the
+    /// first and last halves, see `cake_longbench::prompt`). Decoding may run past the
+    /// context, as in transformers.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<&Prefilled, GenerateError> {
+        if let Some(context) = self.model.config().max_position_embeddings
+            && prompt.len() > context
+        {
+            return Err(GenerateError::PromptTooLong {
+                prompt: prompt.len(),
+                context,
+            });
+        }
         let start = Instant::now();
         let prefill = self.model.prefill(
             prompt,

@@ -92,10 +92,15 @@ pub fn load_hf_dir<B: Backend>(
 pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
     let mut file = GgufFile::open(path)?;
     let config_json = file.hf_config()?;
-    let config = decoder_config(&config_json).map_err(|source| LoadError::Config {
+    let mut config = decoder_config(&config_json).map_err(|source| LoadError::Config {
         path: path.to_path_buf(),
         source,
     })?;
+    // Llama-3 scaling travels as a tensor of per-frequency divisors, not as metadata.
+    if let Some(factors) = file.rope_freq_factors(config.head_dim)? {
+        config.rope.freq_factors = Some(factors);
+        config.rope.llama3 = None;
+    }
     let model = Model::from_weights(&config, &mut file, device)?;
     Ok(LoadedModel {
         model,

@@ -127,3 +127,31 @@ fn decoding_needs_a_prefill_first() {
     let err = Generation::new(&model).decode().unwrap_err();
     assert!(matches!(err, GenerateError::Config(_)), "{err}");
 }
+
+/// A prompt longer than `max_position_embeddings` (256 for the tiny model) is refused
+/// before any work, naming both lengths; one of exactly the context length runs.
+#[test]
+fn prompts_longer_than_the_context_are_refused() {
+    let model = tiny();
+    assert_eq!(model.config().max_position_embeddings, Some(256));
+    let prompt: Vec<u32> = (0..257).map(|i| 3 + i % 200).collect();
+    let mut run = Generation::new(&model);
+    let err = run.prefill(&prompt).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GenerateError::PromptTooLong {
+                prompt: 257,
+                context: 256
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("257") && err.to_string().contains("256"));
+    assert!(run.caches().iter().all(LayerCache::is_empty));
+    let prefilled = Generation::new(&model)
+        .prefill(&prompt[..256])
+        .unwrap()
+        .clone();
+    assert_eq!(prefilled.prompt_len, 256);
+}

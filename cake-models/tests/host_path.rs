@@ -45,6 +45,7 @@ fn check(window: Option<usize>, evict: bool) {
         &RopeConfig {
             theta: 10_000.0,
             llama3: None,
+            freq_factors: None,
         },
     );
     let device = Default::default();

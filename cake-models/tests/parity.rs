@@ -198,3 +198,163 @@ fn mistral_greedy_matches_torch() {
 fn qwen2_greedy_matches_torch() {
     check_greedy("qwen2");
 }
+
+/// Logits rows of a long-context fixture (`tools/fixtures/gen_long_parity.py`): a
+/// 2048-token input and torch's logits at selected positions.
+struct LongExpected {
+    input_ids: Vec<u32>,
+    positions: Vec<usize>,
+    /// `[positions][vocab]`
+    logits: Vec<Vec<f32>>,
+    json: serde_json::Value,
+}
+
+fn long_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/long")
+}
+
+fn long_fixture(name: &str) -> LongExpected {
+    let path = long_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).expect("long fixture");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("long fixture JSON");
+    let numbers = |key: &str| -> Vec<u64> {
+        json[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(|v| v.as_u64().expect("integer"))
+            .collect()
+    };
+    let logits = json["logits"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("row")
+                .iter()
+                .map(|v| v.as_f64().expect("f") as f32)
+                .collect()
+        })
+        .collect();
+    LongExpected {
+        input_ids: numbers("input_ids").into_iter().map(|i| i as u32).collect(),
+        positions: numbers("positions")
+            .into_iter()
+            .map(|p| p as usize)
+            .collect(),
+        logits,
+        json,
+    }
+}
+
+/// Prefills the 2048 tokens (full cache) and compares the logits at the fixture's
+/// positions; returns the largest difference.
+fn long_logits_diff(model: &cake_models::Model<Cpu>, exp: &LongExpected) -> f32 {
+    let mut caches = model.new_caches();
+    let prefill = model
+        .prefill(
+            &exp.input_ids,
+            &mut caches,
+            &mut KeepAll,
+            PrefillLogits::All,
+        )
+        .expect("prefill");
+    let vocab = model.config().vocab_size;
+    let got = to_vec(prefill.logits);
+    exp.positions
+        .iter()
+        .zip(&exp.logits)
+        .map(|(&p, want)| max_abs_diff(&got[p * vocab..(p + 1) * vocab], want))
+        .fold(0.0, f32::max)
+}
+
+fn check_long_logits(folder: &str, fixture_name: &str) {
+    let exp = long_fixture(fixture_name);
+    assert_eq!(exp.input_ids.len(), 2048);
+    let device = Default::default();
+    let model = load::<Cpu>(&fixture(folder).0, &device)
+        .expect("load fixture")
+        .model;
+    let diff = long_logits_diff(&model, &exp);
+    assert!(
+        diff <= TOL,
+        "{fixture_name}: max abs logit diff {diff} > {TOL} over 2048 positions"
+    );
+}
+
+/// Llama-3 rope scaling past `original_max_position_embeddings` (64) up to position 2047.
+#[test]
+fn llama_logits_match_torch_at_2k_positions() {
+    check_long_logits("llama", "llama");
+}
+
+/// Mistral's sliding window (8) over 2048 positions.
+#[test]
+fn mistral_logits_match_torch_at_2k_positions() {
+    check_long_logits("mistral", "mistral");
+}
+
+/// Qwen2 with full attention over 2048 positions.
+#[test]
+fn qwen2_logits_match_torch_at_2k_positions() {
+    check_long_logits("qwen2", "qwen2");
+}
+
+/// Qwen2 with `use_sliding_window` (window 48 on layers from `max_window_layers` = 1 on):
+/// the config overrides recorded in the fixture are applied to the qwen2 folder's config.
+#[test]
+fn qwen2_sliding_window_logits_match_torch_at_2k_positions() {
+    let exp = long_fixture("qwen2_sliding");
+    let dir = fixture("qwen2").0;
+    let text = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("config JSON");
+    let overrides = exp.json["config_overrides"].as_object().expect("overrides");
+    for (key, value) in overrides {
+        json[key] = value.clone();
+    }
+    // The saved config lists `layer_types` (all full attention), which outranks the
+    // sliding-window fields; without it the rule of `max_window_layers` applies, as the
+    // generator's torch model did.
+    json.as_object_mut().expect("object").remove("layer_types");
+    let config = cake_models::config::decoder_config(&json).expect("config");
+    assert_eq!(config.sliding_window, vec![None, Some(48), Some(48)]);
+    let mut weights = cake_models::weights::SafetensorsFolder::open(&dir).expect("weights");
+    let model = cake_models::Model::<Cpu>::from_weights(&config, &mut weights, &Default::default())
+        .expect("model");
+    let diff = long_logits_diff(&model, &exp);
+    assert!(
+        diff <= TOL,
+        "qwen2 sliding: max abs logit diff {diff} > {TOL}"
+    );
+}
+
+/// A Llama-3-scaled GGUF written as llama.cpp's converter writes it (scaling only as the
+/// `rope_freqs.weight` divisors, q/k permuted) gives transformers' logits of the Hugging
+/// Face model, past `original_max_position_embeddings`; without the divisors it would not.
+#[test]
+fn llama3_scaled_gguf_matches_torch_past_the_original_context() {
+    let exp = long_fixture("llama");
+    let path = long_dir().join("llama.gguf");
+    let device = Default::default();
+    let loaded = load::<Cpu>(&path, &device).expect("load GGUF");
+    let factors = loaded
+        .config
+        .rope
+        .freq_factors
+        .clone()
+        .expect("rope_freqs read");
+    assert_eq!(factors.len(), 8);
+    assert!(factors.contains(&1.0) && factors.contains(&8.0));
+    let diff = long_logits_diff(&loaded.model, &exp);
+    assert!(diff <= TOL, "GGUF: max abs logit diff {diff} > {TOL}");
+
+    // Negative control: the same file with the divisors ignored is far off.
+    let mut config = loaded.config.clone();
+    config.rope.freq_factors = None;
+    let mut file = cake_models::gguf::GgufFile::open(&path).expect("GGUF");
+    let unscaled =
+        cake_models::Model::<Cpu>::from_weights(&config, &mut file, &device).expect("model");
+    let off = long_logits_diff(&unscaled, &exp);
+    assert!(off > 100.0 * TOL, "unscaled rope should differ, got {off}");
+}

@@ -8,10 +8,18 @@ use anyhow::{Context, Result};
 use cake_longbench::eval::{
     DatasetScore, EvalResult, evaluate_dir, read_predictions, score_record,
 };
+use cake_longbench::pytext::py_round2;
 use cake_longbench::registry;
+use cake_longbench::shard::{Shard, find_shard_sets, merge_set};
+use cake_longbench::stats::{
+    BootstrapConfig, bootstrap_mean, bootstrap_mean_of_means, paired_bootstrap,
+    paired_bootstrap_of_means,
+};
+use serde::Serialize;
 
 use crate::exit::usage_ensure;
 use crate::plots::{NeedleHeatmap, ScoreVsCacheSize, render};
+use crate::run_dir::lock_shard;
 
 /// Arguments of `cake eval`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +45,102 @@ pub struct RunScore {
     pub scores: BTreeMap<String, DatasetScore>,
     /// Mean over the datasets present (plain scores only).
     pub average: Option<f64>,
+    /// Per dataset, the score with its bootstrap interval over records (plain scores only;
+    /// none with `--e`).
+    pub intervals: BTreeMap<String, ScoreInterval>,
+    /// [`Self::average`] with its interval (each dataset's records resampled on their own).
+    pub average_interval: Option<ScoreInterval>,
+    /// Paired differences, this run minus a reference run on the same records (`cake` at
+    /// the same cache size, the full cache).
+    pub paired: Vec<Comparison>,
+    /// Per dataset, each record's `_id` and score (0..1), for the paired differences.
+    #[serde(skip)]
+    records: BTreeMap<String, (Vec<String>, Vec<f64>)>,
+}
+
+/// The bootstrap every interval of `cake eval` uses: 1000 resamples, seed 2025, 95%.
+pub fn bootstrap() -> BootstrapConfig {
+    BootstrapConfig::default()
+}
+
+/// A score (0-100) with its percentile bootstrap interval, rounded to 2 decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScoreInterval {
+    /// The point estimate, as in result.json (unchanged by the bootstrap).
+    pub score: f64,
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+    /// Records resampled (over all datasets for an average).
+    pub records: usize,
+}
+
+/// A difference of scores (this run minus the reference, 0-100 scale) on the same records,
+/// with its paired bootstrap interval, rounded to 2 decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Difference {
+    /// Mean of the per-record differences, x100.
+    pub difference: f64,
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+    /// Records paired (over all datasets for an average).
+    pub records: usize,
+}
+
+/// One run compared with a reference run, record by record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Policy of the reference run (`cake` or `full`).
+    pub reference: String,
+    /// Cache size of the reference run (`None` for the full cache).
+    pub reference_cache_size: Option<usize>,
+    /// Folder name of the reference run.
+    pub reference_dir: String,
+    /// Per dataset present in both runs with the same records (same `_id`s in order).
+    pub datasets: BTreeMap<String, Difference>,
+    /// Over those datasets: the difference of the averages (each dataset weighs the same).
+    pub average: Option<Difference>,
+    /// Datasets of both runs left out because their records differ.
+    pub skipped: Vec<String>,
+}
+
+/// The `_uncertainty` entry of a run's result.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uncertainty {
+    /// How the intervals are computed.
+    pub method: &'static str,
+    /// Confidence level.
+    pub level: f64,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+    /// Seed of the SplitMix64 stream.
+    pub seed: u64,
+    /// Per dataset.
+    pub datasets: BTreeMap<String, ScoreInterval>,
+    /// The average over the datasets.
+    pub average: Option<ScoreInterval>,
+    /// Paired differences against reference runs.
+    pub paired: Vec<Comparison>,
+}
+
+/// What the `_uncertainty` entry says about its method.
+const METHOD: &str = "percentile bootstrap over records (stratified by dataset for averages; paired on record indices for differences)";
+
+/// result.json: LongBench's `{dataset: score}` plus, for plain scores, `_uncertainty`.
+#[derive(Serialize)]
+struct ResultFile<'a> {
+    #[serde(flatten)]
+    scores: &'a BTreeMap<String, DatasetScore>,
+    #[serde(rename = "_uncertainty", skip_serializing_if = "Option::is_none")]
+    uncertainty: Option<Uncertainty>,
+}
+
+/// `{:.2}` of a value rounded as Python does, on the 0-100 scale.
+fn percent(x: f64) -> f64 {
+    py_round2(100.0 * x)
 }
 
 /// Runs `cake eval`.
@@ -56,9 +160,9 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Evaluates `dir` (if it holds predictions) and each sub-folder that does; writes
-/// `result.json` + `result.md` into each run folder and, for several runs, `summary.md`,
-/// `summary.json` and plots into `dir`.
+/// Evaluates `dir` (if it holds predictions) and each sub-folder that does, after merging
+/// the shard files of sharded runs; writes `result.json` + `result.md` into each run
+/// folder and, for several runs, `summary.md`, `summary.json` and plots into `dir`.
 pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
     let mut folders = vec![dir.to_path_buf()];
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -69,33 +173,23 @@ pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
     subdirs.sort();
     folders.extend(subdirs);
     let mut runs = Vec::new();
+    let mut results = Vec::new();
     for folder in folders {
+        merge_shards(&folder)?;
         if !has_predictions(&folder) {
             continue;
         }
         let result = evaluate_dir(&folder, longbench_e)
             .with_context(|| format!("cannot evaluate {}", folder.display()))?;
-        result.write_result_json(&folder.join("result.json"))?;
-        std::fs::write(folder.join("result.md"), result_markdown(&result))
-            .with_context(|| format!("cannot write {}", folder.join("result.md").display()))?;
-        let (policy, cache_size) = run_identity(&folder);
-        let plain: Vec<f64> = result
-            .scores
-            .values()
-            .filter_map(|s| match s {
-                DatasetScore::Plain(v) => Some(*v),
-                DatasetScore::Buckets(_) => None,
-            })
-            .collect();
-        let average = (!plain.is_empty())
-            .then(|| (plain.iter().sum::<f64>() / plain.len() as f64 * 100.0).round() / 100.0);
-        runs.push(RunScore {
-            dir: folder,
-            policy,
-            cache_size,
-            scores: result.scores,
-            average,
-        });
+        runs.push(score_run(folder, &result)?);
+        results.push(result);
+    }
+    add_comparisons(&mut runs)?;
+    for (run, result) in runs.iter().zip(&results) {
+        write_result_json(run, result)?;
+        let path = run.dir.join("result.md");
+        std::fs::write(&path, result_markdown(result, &run.intervals))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if runs.len() > 1 {
         std::fs::write(dir.join("summary.md"), summary_markdown(&runs))
@@ -107,6 +201,207 @@ pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
         plot_runs(dir, &runs)?;
     }
     Ok(runs)
+}
+
+/// Merges the shard files of `folder` (a sharded `cake pred`, see
+/// [`cake_longbench::shard`]) into `<dataset>.jsonl`, holding every shard's lock meanwhile
+/// so that a shard still predicting is never read half-way.
+fn merge_shards(folder: &Path) -> Result<()> {
+    let sets = find_shard_sets(folder)?;
+    let mut locks = Vec::new();
+    let mut locked = Vec::new();
+    for set in &sets {
+        for &i in &set.present {
+            let shard = Shard::new(i, set.count)
+                .with_context(|| format!("shard files in {}", folder.display()))?;
+            if !locked.contains(&shard) {
+                locks.push(lock_shard(folder, shard)?);
+                locked.push(shard);
+            }
+        }
+    }
+    for set in &sets {
+        let merged = merge_set(folder, set)?;
+        if merged.written {
+            eprintln!(
+                "merged {} shards of {} into {} ({} records)",
+                set.count,
+                set.dataset,
+                folder.join(format!("{}.jsonl", set.dataset)).display(),
+                merged.records
+            );
+        }
+    }
+    drop(locks);
+    Ok(())
+}
+
+/// A run's scores with their bootstrap intervals (plain scores only).
+fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
+    let config = bootstrap();
+    let (policy, cache_size) = run_identity(&folder);
+    let mut intervals = BTreeMap::new();
+    let mut records = BTreeMap::new();
+    for (name, score) in &result.scores {
+        let DatasetScore::Plain(score) = score else {
+            continue;
+        };
+        let (Some(values), Some(ids)) =
+            (result.record_scores.get(name), result.record_ids.get(name))
+        else {
+            continue;
+        };
+        let interval = bootstrap_mean(values, &config)
+            .with_context(|| format!("bootstrap of {name} in {}", folder.display()))?;
+        intervals.insert(
+            name.clone(),
+            ScoreInterval {
+                score: *score,
+                low: percent(interval.low),
+                high: percent(interval.high),
+                records: values.len(),
+            },
+        );
+        records.insert(name.clone(), (ids.clone(), values.clone()));
+    }
+    let plain: Vec<f64> = intervals.values().map(|i| i.score).collect();
+    let average = (!plain.is_empty())
+        .then(|| (plain.iter().sum::<f64>() / plain.len() as f64 * 100.0).round() / 100.0);
+    let average_interval = match average {
+        Some(score) => {
+            let groups: Vec<&[f64]> = records.values().map(|(_, v)| v.as_slice()).collect();
+            let interval = bootstrap_mean_of_means(&groups, &config)
+                .with_context(|| format!("bootstrap of the average of {}", folder.display()))?;
+            Some(ScoreInterval {
+                score,
+                low: percent(interval.low),
+                high: percent(interval.high),
+                records: groups.iter().map(|g| g.len()).sum(),
+            })
+        }
+        None => None,
+    };
+    Ok(RunScore {
+        dir: folder,
+        policy,
+        cache_size,
+        scores: result.scores.clone(),
+        average,
+        intervals,
+        average_interval,
+        paired: Vec::new(),
+        records,
+    })
+}
+
+/// Paired differences: every policy but `cake` against `cake` at the same cache size, and
+/// every policy but `full` against the full cache.
+fn add_comparisons(runs: &mut [RunScore]) -> Result<()> {
+    let mut all = Vec::new();
+    for (a, run) in runs.iter().enumerate() {
+        let mut references = Vec::new();
+        if run.policy != "cake"
+            && run.cache_size.is_some()
+            && let Some(b) = runs
+                .iter()
+                .position(|r| r.policy == "cake" && r.cache_size == run.cache_size)
+        {
+            references.push(b);
+        }
+        if run.policy != "full"
+            && let Some(b) = runs.iter().position(|r| r.policy == "full")
+        {
+            references.push(b);
+        }
+        for b in references {
+            all.push((a, compare(run, &runs[b])?));
+        }
+    }
+    for (a, comparison) in all {
+        runs[a].paired.push(comparison);
+    }
+    Ok(())
+}
+
+/// `run` minus `reference` on the datasets both hold with the same records.
+fn compare(run: &RunScore, reference: &RunScore) -> Result<Comparison> {
+    let config = bootstrap();
+    let mut datasets = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut pairs: Vec<(&[f64], &[f64])> = Vec::new();
+    for (name, (ids, values)) in &run.records {
+        let Some((ref_ids, ref_values)) = reference.records.get(name) else {
+            continue;
+        };
+        if ids != ref_ids {
+            skipped.push(name.clone());
+            continue;
+        }
+        let d = paired_bootstrap(values, ref_values, &config)
+            .with_context(|| format!("paired bootstrap of {name}"))?;
+        datasets.insert(
+            name.clone(),
+            Difference {
+                difference: percent(d.estimate),
+                low: percent(d.low),
+                high: percent(d.high),
+                records: values.len(),
+            },
+        );
+        pairs.push((values, ref_values));
+    }
+    let average = if pairs.is_empty() {
+        None
+    } else {
+        let d = paired_bootstrap_of_means(&pairs, &config).context("paired bootstrap")?;
+        Some(Difference {
+            difference: percent(d.estimate),
+            low: percent(d.low),
+            high: percent(d.high),
+            records: pairs.iter().map(|(a, _)| a.len()).sum(),
+        })
+    };
+    Ok(Comparison {
+        reference: reference.policy.clone(),
+        reference_cache_size: reference.cache_size,
+        reference_dir: reference
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        datasets,
+        average,
+        skipped,
+    })
+}
+
+/// Writes the run's result.json: LongBench's `{dataset: score}` (pretty, 4-space indent),
+/// plus `_uncertainty` when there are intervals.
+fn write_result_json(run: &RunScore, result: &EvalResult) -> Result<()> {
+    let path = run.dir.join("result.json");
+    if run.intervals.is_empty() {
+        result.write_result_json(&path)?;
+        return Ok(());
+    }
+    let config = bootstrap();
+    let file = ResultFile {
+        scores: &result.scores,
+        uncertainty: Some(Uncertainty {
+            method: METHOD,
+            level: config.level,
+            resamples: config.resamples,
+            seed: config.seed,
+            datasets: run.intervals.clone(),
+            average: run.average_interval,
+            paired: run.paired.clone(),
+        }),
+    };
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    file.serialize(&mut ser)?;
+    buf.push(b'\n');
+    std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn has_predictions(dir: &Path) -> bool {
@@ -161,15 +456,39 @@ fn fmt_score(score: &DatasetScore) -> String {
     }
 }
 
-/// One run's scores as a Markdown table.
-pub fn result_markdown(result: &EvalResult) -> String {
+/// `54.30 [48.10, 60.20]`.
+fn fmt_interval(score: f64, low: f64, high: f64) -> String {
+    format!("{score:.2} [{low:.2}, {high:.2}]")
+}
+
+/// The note under tables with intervals.
+fn interval_note() -> String {
+    let c = bootstrap();
+    format!(
+        "Brackets: {:.0}% percentile bootstrap interval over records ({} resamples, seed {}).\n",
+        c.level * 100.0,
+        c.resamples,
+        c.seed
+    )
+}
+
+/// One run's scores as a Markdown table, with their intervals where known.
+pub fn result_markdown(result: &EvalResult, intervals: &BTreeMap<String, ScoreInterval>) -> String {
     let mut md = String::from("| dataset | predictions | score |\n|---|---:|---:|\n");
     for (name, score) in &result.scores {
         let count = result.counts.get(name).copied().unwrap_or(0);
-        let _ = writeln!(md, "| {name} | {count} | {} |", fmt_score(score));
+        let cell = match intervals.get(name) {
+            Some(i) => fmt_interval(i.score, i.low, i.high),
+            None => fmt_score(score),
+        };
+        let _ = writeln!(md, "| {name} | {count} | {cell} |");
     }
     if let Some(avg) = &result.english16_average {
         let _ = writeln!(md, "| **English-16 average** | | {} |", fmt_score(avg));
+    }
+    if !intervals.is_empty() {
+        md.push('\n');
+        md.push_str(&interval_note());
     }
     md
 }
@@ -199,9 +518,14 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
     for policy in policies {
         let _ = write!(md, "| {policy} |");
         let mine: Vec<&RunScore> = runs.iter().filter(|r| r.policy == policy).collect();
-        let cell = |r: Option<&&RunScore>| {
-            r.and_then(|r| r.average)
-                .map_or("-".to_string(), |a| format!("{a:.2}"))
+        let cell = |r: Option<&&RunScore>| match r {
+            Some(RunScore {
+                average_interval: Some(i),
+                ..
+            }) => fmt_interval(i.score, i.low, i.high),
+            _ => r
+                .and_then(|r| r.average)
+                .map_or("-".to_string(), |a| format!("{a:.2}")),
         };
         if sizes.is_empty() {
             let _ = write!(md, " {} |", cell(mine.first()));
@@ -217,6 +541,79 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
         }
         md.push('\n');
     }
+    if runs.iter().any(|r| r.average_interval.is_some()) {
+        md.push('\n');
+        md.push_str(&interval_note());
+    }
+    for (reference, title) in [
+        ("cake", "policy - cake at the same C"),
+        ("full", "policy - full cache"),
+    ] {
+        md.push_str(&differences_markdown(runs, &sizes, reference, title));
+    }
+    md
+}
+
+/// Paired differences of the averages against `reference`, policies x cache sizes; empty
+/// when no run was compared with it.
+fn differences_markdown(
+    runs: &[RunScore],
+    sizes: &[usize],
+    reference: &str,
+    title: &str,
+) -> String {
+    let rows: Vec<(&RunScore, &Difference)> = runs
+        .iter()
+        .filter_map(|r| {
+            let c = r.paired.iter().find(|c| c.reference == reference)?;
+            Some((r, c.average.as_ref()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\nPaired difference of the average score, {title} (same records; brackets: paired bootstrap interval):\n\n| policy |"
+    );
+    let sized: Vec<usize> = sizes.to_vec();
+    if sized.is_empty() {
+        md.push_str(" difference |\n|---|---:|\n");
+    } else {
+        for c in &sized {
+            let _ = write!(md, " C={c} |");
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---:|".repeat(sized.len()));
+        md.push('\n');
+    }
+    let mut policies: Vec<&str> = Vec::new();
+    for (run, _) in &rows {
+        if !policies.contains(&run.policy.as_str()) {
+            policies.push(&run.policy);
+        }
+    }
+    for policy in policies {
+        let _ = write!(md, "| {policy} |");
+        let mine: Vec<&(&RunScore, &Difference)> =
+            rows.iter().filter(|(r, _)| r.policy == policy).collect();
+        let cell = |d: Option<&&(&RunScore, &Difference)>| {
+            d.map_or("-".to_string(), |(_, d)| {
+                fmt_interval(d.difference, d.low, d.high)
+            })
+        };
+        if sized.is_empty() {
+            let _ = write!(md, " {} |", cell(mine.first()));
+        } else {
+            for c in &sized {
+                let found = mine
+                    .iter()
+                    .find(|(r, _)| r.cache_size == Some(*c))
+                    .or_else(|| mine.iter().find(|(r, _)| r.cache_size.is_none()));
+                let _ = write!(md, " {} |", cell(found));
+            }
+        }
+        md.push('\n');
+    }
     md
 }
 
@@ -227,27 +624,41 @@ fn plot_runs(dir: &Path, runs: &[RunScore]) -> Result<()> {
     sizes.dedup();
     if !sizes.is_empty() {
         let mut series: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+        let mut intervals: Vec<Vec<Option<(f64, f64)>>> = Vec::new();
         let mut full = None;
+        let mut full_interval = None;
         for run in runs {
+            let bar = run.average_interval.map(|i| (i.low, i.high));
             match run.cache_size {
-                None => full = full.or(run.average),
+                None => {
+                    if full.is_none() {
+                        full = run.average;
+                        full_interval = bar;
+                    }
+                }
                 Some(c) => {
                     let i = sizes.iter().position(|&s| s == c).unwrap_or(0);
-                    if let Some(entry) = series.iter_mut().find(|(p, _)| *p == run.policy) {
-                        entry.1[i] = run.average;
+                    if let Some(k) = series.iter().position(|(p, _)| *p == run.policy) {
+                        series[k].1[i] = run.average;
+                        intervals[k][i] = bar;
                     } else {
                         let mut v = vec![None; sizes.len()];
                         v[i] = run.average;
                         series.push((run.policy.clone(), v));
+                        let mut b = vec![None; sizes.len()];
+                        b[i] = bar;
+                        intervals.push(b);
                     }
                 }
             }
         }
         let chart = ScoreVsCacheSize {
-            title: "average score vs cache size".into(),
+            title: "average score vs cache size (95% bootstrap intervals)".into(),
             cache_sizes: sizes,
             series,
+            intervals,
             full,
+            full_interval,
         };
         render(&chart, &dir.join("score_vs_cache_size"))?;
     }

@@ -8,12 +8,13 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use cake_core::Method;
 use cake_longbench::predict::{predict_dataset, predict_sweep};
-use cake_longbench::record::read_dataset;
+use cake_longbench::record::{DataError, LongBenchRecord, read_dataset};
 use cake_longbench::registry;
+use cake_longbench::{Shard, ShardIndex};
 
 use crate::exit::usage_ensure;
 use crate::progress::Progress;
-use crate::run_dir::{Manifest, folder_for, lock_folder};
+use crate::run_dir::{FolderLock, Manifest, folder_for, lock_folder, lock_shard};
 use crate::session::{PolicyGenerator, PolicySweep, Session};
 use crate::settings::{PolicyArgs, Settings};
 
@@ -49,6 +50,11 @@ pub struct Args {
     /// instead of once for all (same files, slower; for checking)
     #[arg(long)]
     pub no_sweep: bool,
+    /// Predict only shard I of N (0 <= I < N): the records whose `_id` hashes (FNV-1a) to I
+    /// modulo N, into `<folder>/shards/<dataset>.shard-I-of-N.jsonl`; run every I (e.g. as a
+    /// Slurm array or Kubernetes indexed job) into one --out, then `cake eval` merges them
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -86,29 +92,28 @@ pub fn predict_configurations<B: Backend>(
     args: &Args,
     datasets: &[String],
 ) -> Result<Vec<PathBuf>> {
+    let max_length = max_length(session, args.max_length)?;
     let mut dirs = Vec::new();
     let mut locks = Vec::new();
     for settings in configs {
         let dir = folder_for(&args.out, &settings.label(), settings)?;
-        locks.push(lock_folder(&dir)?);
-        Manifest::new(settings).write(&dir)?;
+        locks.push(open_run(&dir, settings, args.shard)?);
         dirs.push(dir);
     }
-    let max_length = max_length(session, args.max_length);
     let mut sweep = PolicySweep::new(session, configs);
     for name in datasets {
         let spec = registry::lookup(name)?;
-        let records = read_dataset(&args.data_dir, name)?;
-        let total = count_records(&args.data_dir, name, args.max_samples) * configs.len();
+        let (records, count) = dataset_records(args, name, &dirs)?;
+        let total = count * configs.len();
         let mut progress = Progress::new(total as u64, format!("sweep x{} {name}", configs.len()));
         let start = Instant::now();
         let mut tokens = 0usize;
         let files: Vec<PathBuf> = dirs
             .iter()
-            .map(|d| d.join(format!("{name}.jsonl")))
+            .map(|d| prediction_file(d, name, args.shard))
             .collect();
         predict_sweep(
-            records.take(args.max_samples.unwrap_or(usize::MAX)),
+            records,
             spec,
             session,
             &mut sweep,
@@ -197,13 +202,24 @@ pub fn known_datasets(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The prompt budget for a model.
-pub fn max_length<B: Backend>(session: &Session<B>, flag: Option<usize>) -> usize {
-    flag.or_else(|| registry::model_max_length(&session.name).ok())
-        .unwrap_or_else(|| {
-            let context = session.config().max_position_embeddings.unwrap_or(8192);
-            context.saturating_sub(512).clamp(256, 7500)
-        })
+/// The prompt budget for a model: `--max-length`, else LongBench's `model2maxlen` entry,
+/// else the model's context less 512 tokens for the answer (between 256 and 7500).
+///
+/// # Errors
+/// A usage error when `--max-length` exceeds the model's context (`max_position_embeddings`):
+/// prompts are truncated in the middle to this budget, never run past the context.
+pub fn max_length<B: Backend>(session: &Session<B>, flag: Option<usize>) -> Result<usize> {
+    let context = session.config().max_position_embeddings;
+    if let (Some(flag), Some(context)) = (flag, context) {
+        usage_ensure!(
+            flag <= context,
+            "--max-length {flag} exceeds the context of {} ({context} tokens, max_position_embeddings): use at most {context}",
+            session.name
+        );
+    }
+    Ok(flag
+        .or_else(|| registry::model_max_length(&session.name).ok())
+        .unwrap_or_else(|| context.unwrap_or(8192).saturating_sub(512).clamp(256, 7500)))
 }
 
 /// Predicts every dataset for one configuration into its folder; returns the folder.
@@ -213,20 +229,17 @@ pub fn predict_run<B: Backend>(
     args: &Args,
     datasets: &[String],
 ) -> Result<PathBuf> {
+    let max_length = max_length(session, args.max_length)?;
     let dir = folder_for(&args.out, &settings.label(), settings)?;
-    let _lock = lock_folder(&dir)?;
-    Manifest::new(settings).write(&dir)?;
-    let max_length = max_length(session, args.max_length);
+    let _lock = open_run(&dir, settings, args.shard)?;
     for name in datasets {
         let spec = registry::lookup(name)?;
-        let records = read_dataset(&args.data_dir, name)?;
-        let total = count_records(&args.data_dir, name, args.max_samples);
+        let (records, total) = dataset_records(args, name, std::slice::from_ref(&dir))?;
         let mut progress = Progress::new(total as u64, format!("{} {name}", settings.label()));
         let mut generator = PolicyGenerator { session, settings };
         let start = Instant::now();
         let mut tokens = 0usize;
-        let records = records.take(args.max_samples.unwrap_or(usize::MAX));
-        let out_file = dir.join(format!("{name}.jsonl"));
+        let out_file = prediction_file(&dir, name, args.shard);
         let summary = predict_dataset(
             records,
             spec,
@@ -250,6 +263,62 @@ pub fn predict_run<B: Backend>(
         ));
     }
     Ok(dir)
+}
+
+/// Locks a configuration folder for this run and writes its manifest: the whole folder
+/// (`.lock`, `run.json`) for an unsharded run; only the shard's lock and manifest (plus the
+/// shared `run.json`) for a shard, so that the shards of a configuration run at once.
+fn open_run(dir: &Path, settings: &Settings, shard: Option<Shard>) -> Result<FolderLock> {
+    let manifest = Manifest::new(settings);
+    match shard {
+        None => {
+            let lock = lock_folder(dir)?;
+            manifest.write(dir)?;
+            Ok(lock)
+        }
+        Some(shard) => {
+            let lock = lock_shard(dir, shard)?;
+            manifest.write_shard(dir, shard)?;
+            Ok(lock)
+        }
+    }
+}
+
+/// The prediction file of dataset `name` in configuration folder `dir`: `<name>.jsonl`, or
+/// the shard's `shards/<name>.shard-I-of-N.jsonl`.
+fn prediction_file(dir: &Path, name: &str, shard: Option<Shard>) -> PathBuf {
+    match shard {
+        None => dir.join(format!("{name}.jsonl")),
+        Some(shard) => shard.predictions_file(dir, name),
+    }
+}
+
+/// Records of a dataset, as the prediction loop takes them.
+type Records = Box<dyn Iterator<Item = Result<LongBenchRecord, DataError>>>;
+
+/// The records of dataset `name` this run predicts and their number (for the progress
+/// bar): the first `--max-samples`, streamed; for a shard, those of them that belong to it,
+/// after writing the shard's index (positions and ids in the dataset, from which
+/// `cake eval` restores the dataset order when merging) into every folder of `dirs`.
+fn dataset_records(args: &Args, name: &str, dirs: &[PathBuf]) -> Result<(Records, usize)> {
+    let records = read_dataset(&args.data_dir, name)?.take(args.max_samples.unwrap_or(usize::MAX));
+    let Some(shard) = args.shard else {
+        let count = count_records(&args.data_dir, name, args.max_samples);
+        return Ok((Box::new(records), count));
+    };
+    let all = records.collect::<Result<Vec<_>, _>>()?;
+    let (index, mine) = ShardIndex::select(name, shard, all);
+    for dir in dirs {
+        let path = shard.index_file(dir, name);
+        index.write(&path).with_context(|| {
+            format!(
+                "cannot write the shard index {}: check that --out is writable",
+                path.display()
+            )
+        })?;
+    }
+    let count = mine.len();
+    Ok((Box::new(mine.into_iter().map(Ok)), count))
 }
 
 /// Records in `<dir>/<name>.jsonl` (non-empty lines), capped at `max`; for the progress bar.

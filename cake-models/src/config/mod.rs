@@ -112,12 +112,16 @@ pub struct RopeScalingJson {
 }
 
 /// Rotary embedding parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     /// Base of the frequencies.
     pub theta: f64,
     /// Optional Llama-3 frequency scaling.
     pub llama3: Option<Llama3RopeScaling>,
+    /// Per-frequency divisors `[d / 2]` of the inverse frequencies, as a GGUF file stores
+    /// Llama-3 scaling (llama.cpp's `rope_freqs.weight`: 1 for short wavelengths, `factor`
+    /// for long ones, smoothed between). Replaces `llama3` when present.
+    pub freq_factors: Option<Vec<f32>>,
 }
 
 /// Which decoder architecture a config describes.
@@ -279,7 +283,11 @@ impl BaseConfig {
             },
             None => None,
         };
-        Ok(RopeConfig { theta, llama3 })
+        Ok(RopeConfig {
+            theta,
+            llama3,
+            freq_factors: None,
+        })
     }
 }
 

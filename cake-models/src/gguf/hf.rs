@@ -172,6 +172,30 @@ impl GgufFile {
             })
     }
 
+    /// The rotary frequency divisors `[head_dim / 2]` of `rope_freqs.weight`, the form in
+    /// which llama.cpp's converter stores Llama-3 rope scaling (its metadata carries no
+    /// scaling type), or `None` when the file has no such tensor.
+    ///
+    /// # Errors
+    /// When the tensor does not hold `head_dim / 2` finite, positive values.
+    pub fn rope_freq_factors(&self, head_dim: usize) -> Result<Option<Vec<f32>>, GgufError> {
+        let Ok(info) = self.tensor_info("rope_freqs.weight") else {
+            return Ok(None);
+        };
+        let factors = dequantize(info.ty, self.tensor_bytes(info), &info.name)?;
+        if factors.len() != head_dim / 2 || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(GgufError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "`rope_freqs.weight` must hold {} finite positive factors (head_dim / 2), found {} values",
+                    head_dim / 2,
+                    factors.len()
+                ),
+            });
+        }
+        Ok(Some(factors))
+    }
+
     /// One tensor by Hugging Face name: `(shape, values)` as in [`GgufFile::hf_tensors`].
     pub fn hf_tensor(&self, hf: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let gguf = gguf_name(hf).ok_or_else(|| GgufError::MissingTensor {

@@ -24,7 +24,12 @@ impl Rotary {
             .step_by(2)
             .map(|i| 1.0 / theta.powf(i as f32 / head_dim as f32))
             .collect();
-        if let Some(scaling) = &rope.llama3 {
+        if let Some(factors) = &rope.freq_factors {
+            // llama.cpp's rotation: theta_i = position * base^(-2i/d) / factor_i.
+            for (f, factor) in inv_freq.iter_mut().zip(factors) {
+                *f /= factor;
+            }
+        } else if let Some(scaling) = &rope.llama3 {
             llama3_scale(&mut inv_freq, scaling);
         }
         Self { inv_freq }
@@ -209,6 +214,7 @@ mod tests {
         let rope = RopeConfig {
             theta: 10_000.0,
             llama3: None,
+            freq_factors: None,
         };
         let rotary = Rotary::new(8, &rope);
         let (n, heads, d) = (3, 2, 8);
