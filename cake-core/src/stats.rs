@@ -99,8 +99,11 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
         return LayerPreference::default();
     }
 
-    // [H, w, S - w]
+    // [H, w, S - w]; copied contiguous once on the CPU backend, so that the element-wise
+    // ops below do not each iterate a strided view (same values, same reductions).
     let a = attn.clone().narrow(2, 0, prefix);
+    #[cfg(feature = "flex")]
+    let a = crate::host::make_contiguous(a);
     let entropy = -(a.clone() * a.clone().add_scalar(1e-10).log())
         .sum()
         .into_scalar()

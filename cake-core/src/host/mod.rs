@@ -43,6 +43,16 @@ pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, 
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
+/// `t` with a contiguous layout: a copy of a strided view on the CPU backend (element
+/// values unchanged, so later element-wise ops give the same bits, without strided
+/// iteration), `t` itself elsewhere or when already contiguous.
+pub fn make_contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    match flex(&t) {
+        Some(host) if contiguous(&host).is_none() => from_flex(host.to_contiguous()).unwrap_or(t),
+        _ => t,
+    }
+}
+
 /// True when `B`'s float tensors are host tensors.
 pub fn is_flex<B: Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<FlexTensor>()
