@@ -18,7 +18,9 @@ use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::compressor::{DecodeStep, PrefillLayer};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
-use crate::stats::{attention, layer_preference, to_host, top_k_indices, window_attention};
+use crate::stats::{
+    attention, layer_preference, to_host, top_k_indices, top_k_on_device, window_attention,
+};
 use crate::{CacheError, KvCompressor, LayerCache};
 
 /// Keeps, per KV head, the `keep` best-scored of the cached tokens before the last
@@ -39,7 +41,19 @@ pub fn evict_to_budget<B: Backend>(
         return Ok(n);
     }
     let heads = cache.num_kv_heads();
+    #[cfg(feature = "flex")]
+    let on_host = crate::host::is_flex::<B>();
+    #[cfg(not(feature = "flex"))]
+    let on_host = false;
     let kept: Vec<Vec<usize>> = match cache.scores() {
+        // Other backends rank on their device and read back only the chosen indices.
+        Some(scores) if !on_host => top_k_on_device(scores.clone(), candidates, keep)
+            .into_iter()
+            .map(|mut k| {
+                k.extend(candidates..n);
+                k
+            })
+            .collect(),
         Some(scores) => {
             let host = to_host(scores.clone()); // [Hkv * n]
             if host.len() != heads * n {
@@ -123,6 +137,10 @@ pub struct CompressionReport {
     pub total_budget: usize,
     /// Temperatures used by the preference (`None` unless the allocator needs them).
     pub taus: Option<(f64, f64)>,
+    /// Where [`CompressionReport::taus`] came from (the user, the published table, a
+    /// `--tau-file` table, or the fallback); absent when not looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau_source: Option<crate::tau::TauSource>,
     /// Per-layer outcome.
     pub layers: Vec<LayerReport>,
     /// Budgets after each cascade stage `m` for layers `0..=m` (one-shot: one stage).
@@ -349,6 +367,7 @@ impl<B: Backend> PolicyCompressor<B> {
             window: plan.window,
             cache_size: plan.cache_size,
             total_budget: plan.total(),
+            tau_source: taus.and(self.policy.tau_source().cloned()),
             taus,
             layers,
             stage_budgets: self.stage_budgets.clone(),

@@ -104,6 +104,7 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
     let a = attn.clone().narrow(2, 0, prefix);
     #[cfg(feature = "flex")]
     let a = crate::host::make_contiguous(a);
+    count_readback(2);
     let entropy = -(a.clone() * a.clone().add_scalar(1e-10).log())
         .sum()
         .into_scalar()
@@ -246,8 +247,95 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// What cake-core read back from tensors to the host on the calling thread: tensors and
+/// elements (scores, statistics, selected indices). On a GPU backend every read back is a
+/// synchronisation and a transfer, so tests count them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readbacks {
+    /// Tensors read back.
+    pub tensors: usize,
+    /// Elements read back, all tensors together.
+    pub elements: usize,
+}
+
+thread_local! {
+    static READBACKS: std::cell::Cell<Readbacks> = const {
+        std::cell::Cell::new(Readbacks { tensors: 0, elements: 0 })
+    };
+}
+
+/// The read backs of cake-core on this thread so far (see [`Readbacks`]).
+pub fn readbacks() -> Readbacks {
+    READBACKS.with(std::cell::Cell::get)
+}
+
+fn count_readback(elements: usize) {
+    READBACKS.with(|r| {
+        let mut now = r.get();
+        now.tensors += 1;
+        now.elements += elements;
+        r.set(now);
+    });
+}
+
+/// The kept columns, per row of `scores` (`[R, N]`), as [`top_k_indices`] picks them: the
+/// `keep` best of the first `candidates` columns, ascending. The ranking runs on the
+/// tensor's device, and only the smaller side of the split comes back to the host: the
+/// `R x keep` kept indices, or the `R x (candidates - keep)` evicted ones (one per row
+/// for the paper's one-token decoding eviction, by an arg-min). Ties: the arg-min evicts
+/// the lowest index, as the host rule does; wider top-k ties follow the backend's order.
+pub fn top_k_on_device<B: Backend>(
+    scores: Tensor<B, 2>,
+    candidates: usize,
+    keep: usize,
+) -> Vec<Vec<usize>> {
+    let [rows, n] = scores.dims();
+    let candidates = candidates.min(n);
+    let keep = keep.min(candidates);
+    let evict = candidates - keep;
+    if keep == 0 || evict == 0 {
+        return vec![(0..keep).collect(); rows];
+    }
+    // [R, candidates]
+    let ranked = scores.narrow(1, 0, candidates);
+    let (chosen, k) = if evict == 1 {
+        (ranked.argmin(1), 1) // [R, 1]
+    } else if keep <= evict {
+        (ranked.topk_with_indices(keep, 1).1, keep) // [R, keep]
+    } else {
+        (ranked.neg().topk_with_indices(evict, 1).1, evict) // [R, evict]
+    };
+    count_readback(rows * k);
+    let flat: Vec<i64> = chosen
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    flat.chunks(k)
+        .map(|row| {
+            let mut picked: Vec<usize> = row.iter().map(|&i| i.max(0) as usize).collect();
+            picked.sort_unstable();
+            if k == keep {
+                return picked;
+            }
+            // `picked` are the evicted columns: keep the others.
+            let mut evicted = picked.into_iter().peekable();
+            (0..candidates)
+                .filter(|&i| {
+                    let out = evicted.peek() == Some(&i);
+                    if out {
+                        evicted.next();
+                    }
+                    !out
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Row-major host copy of a 2-D tensor as f32.
 pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+    count_readback(t.shape().num_elements());
     t.cast(DType::F32)
         .into_data()
         .convert::<f32>()

@@ -368,3 +368,78 @@ fn matches_pytorch_on_random_attention() {
         assert_eq!(cache.positions()[h], expected, "KV head {h}");
     }
 }
+
+/// The device-side ranking keeps exactly what the host rule keeps (distinct scores), and
+/// reads back only the smaller side of the split: one index per head for a one-token
+/// eviction, never the scores.
+#[test]
+fn device_top_k_equals_the_host_rule_and_reads_back_only_indices() {
+    use cake_core::stats::{readbacks, top_k_indices, top_k_on_device};
+    let (heads, n, candidates) = (3, 50, 44);
+    // Distinct scores in a scrambled order.
+    let host: Vec<f32> = (0..heads * n)
+        .map(|i| ((i * 37 + 11) % 211) as f32 * 0.01 + i as f32 * 1e-5)
+        .collect();
+    let scores = Tensor::<B, 2>::from_data(
+        TensorData::new(host.clone(), [heads, n]),
+        &Default::default(),
+    );
+    for keep in [0, 1, 10, 22, 30, 43, 44] {
+        let before = readbacks();
+        let kept = top_k_on_device(scores.clone(), candidates, keep);
+        let after = readbacks();
+        for (h, k) in kept.iter().enumerate() {
+            let want = top_k_indices(&host[h * n..h * n + candidates], keep);
+            assert_eq!(k, &want, "keep {keep}, head {h}");
+        }
+        let chosen = keep.min(candidates - keep);
+        let expected = if chosen == 0 {
+            (0, 0)
+        } else {
+            (1, heads * chosen)
+        };
+        assert_eq!(
+            (
+                after.tensors - before.tensors,
+                after.elements - before.elements
+            ),
+            expected,
+            "keep {keep}: read backs"
+        );
+    }
+    // Ties in a one-token eviction: the lowest index goes, as on the host.
+    let tied = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![0.5f32, 0.1, 0.1, 0.9], [1, 4]),
+        &Default::default(),
+    );
+    assert_eq!(top_k_on_device(tied, 4, 3), vec![vec![0, 2, 3]]);
+    assert_eq!(top_k_indices(&[0.5, 0.1, 0.1, 0.9], 3), vec![0, 2, 3]);
+}
+
+/// The CPU backend's decoding eviction reads the scores of each evicting layer once.
+#[test]
+fn host_eviction_reads_each_layers_scores_once() {
+    use cake_core::evict_to_budget;
+    use cake_core::stats::readbacks;
+    let (heads, n, d) = (2, 12, 4);
+    let rows = |seed: usize| {
+        let v: Vec<f32> = (0..heads * n * d)
+            .map(|i| ((i + seed) as f32 * 0.7).sin())
+            .collect();
+        Tensor::<B, 3>::from_data(TensorData::new(v, [heads, n, d]), &Default::default())
+    };
+    let mut cache = LayerCache::<B>::new();
+    cache.append(rows(1), rows(2), 0).unwrap();
+    let s: Vec<f32> = (0..heads * n).map(|i| ((i * 7) % 13) as f32).collect();
+    cache
+        .set_scores(Tensor::from_data(
+            TensorData::new(s, [heads, n]),
+            &Default::default(),
+        ))
+        .unwrap();
+    let before = readbacks();
+    assert_eq!(evict_to_budget(&mut cache, 7, 4).unwrap(), 11);
+    let after = readbacks();
+    assert_eq!(after.tensors - before.tensors, 1);
+    assert_eq!(after.elements - before.elements, heads * n);
+}
