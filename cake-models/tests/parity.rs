@@ -19,21 +19,19 @@ struct Expected {
     greedy: Vec<u32>,
 }
 
-fn fixture(name: &str) -> (PathBuf, Expected) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name);
-    let text = std::fs::read_to_string(dir.join("expected.json")).expect("fixture expected.json");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
-    let ids = |key: &str| -> Vec<u32> {
-        json[key]
-            .as_array()
-            .expect(key)
-            .iter()
-            .map(|v| v.as_u64().expect("id") as u32)
-            .collect()
-    };
-    let logits = json["logits"]
+/// The integers of the array `json[key]`.
+fn json_ints(json: &serde_json::Value, key: &str) -> Vec<u64> {
+    json[key]
+        .as_array()
+        .expect(key)
+        .iter()
+        .map(|v| v.as_u64().expect("integer"))
+        .collect()
+}
+
+/// The rows of logits `json["logits"]`: `[rows][vocab]`.
+fn json_logits(json: &serde_json::Value) -> Vec<Vec<f32>> {
+    json["logits"]
         .as_array()
         .expect("logits")
         .iter()
@@ -44,12 +42,26 @@ fn fixture(name: &str) -> (PathBuf, Expected) {
                 .map(|v| v.as_f64().expect("f") as f32)
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+fn fixture(name: &str) -> (PathBuf, Expected) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tiny")
+        .join(name);
+    let text = std::fs::read_to_string(dir.join("expected.json")).expect("fixture expected.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
+    let ids = |key: &str| -> Vec<u32> {
+        json_ints(&json, key)
+            .into_iter()
+            .map(|i| i as u32)
+            .collect()
+    };
     (
         dir,
         Expected {
             input_ids: ids("input_ids"),
-            logits,
+            logits: json_logits(&json),
             greedy: ids("greedy_tokens"),
         },
     )
@@ -217,33 +229,16 @@ fn long_fixture(name: &str) -> LongExpected {
     let path = long_dir().join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).expect("long fixture");
     let json: serde_json::Value = serde_json::from_str(&text).expect("long fixture JSON");
-    let numbers = |key: &str| -> Vec<u64> {
-        json[key]
-            .as_array()
-            .expect(key)
-            .iter()
-            .map(|v| v.as_u64().expect("integer"))
-            .collect()
-    };
-    let logits = json["logits"]
-        .as_array()
-        .expect("logits")
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .expect("row")
-                .iter()
-                .map(|v| v.as_f64().expect("f") as f32)
-                .collect()
-        })
-        .collect();
     LongExpected {
-        input_ids: numbers("input_ids").into_iter().map(|i| i as u32).collect(),
-        positions: numbers("positions")
+        input_ids: json_ints(&json, "input_ids")
+            .into_iter()
+            .map(|i| i as u32)
+            .collect(),
+        positions: json_ints(&json, "positions")
             .into_iter()
             .map(|p| p as usize)
             .collect(),
-        logits,
+        logits: json_logits(&json),
         json,
     }
 }
