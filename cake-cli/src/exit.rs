@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | internal error (a bug, or an operating-system failure such as a full disk) |
 //! | 2 | usage: bad flags, settings, or a busy output folder |
-//! | 3 | bad input data: a dataset, prediction or score-function file |
+//! | 3 | bad input data: a dataset, prediction, score-function or temperature file |
 //! | 4 | bad model: model files, their config or tokenizer, or fetching them |
 
 /// A mistake in how the command was called (flags, settings), reported with exit code 2.
@@ -51,6 +51,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
         } else if let Some(e) = cause.downcast_ref::<cake_core::ConfigError>() {
             Some(match e {
                 cake_core::ConfigError::ScoreFunction { .. }
+                | cake_core::ConfigError::TauFile { .. }
                 | cake_core::ConfigError::Io { .. }
                 | cake_core::ConfigError::LayerCountMismatch { .. } => DATA,
                 _ => USAGE,
@@ -77,6 +78,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
             || cause.is::<cake_longbench::EvalError>()
             || cause.is::<cake_longbench::RegistryError>()
             || cause.is::<cake_longbench::PromptError>()
+            || cause.is::<cake_longbench::NeedleError>()
             || cause.is::<cake_longbench::MetricError>()
         {
             Some(DATA)

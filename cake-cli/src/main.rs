@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Generate an answer with a compressed cache, streaming it; then print timing and memory.
     Generate(commands::generate::Args),
+    /// Show which layers and KV heads kept a record's needle: diagnosis.json and a picture.
+    Diagnose(commands::diagnose::Args),
     /// Write LongBench-format predictions (resumable) for datasets or the synthetic suite.
     Pred(commands::pred::Args),
     /// Score a folder of predictions: result.json and a Markdown table.
@@ -44,6 +46,8 @@ enum Command {
     Fit(commands::fit::Args),
     /// Write the offline synthetic suite (LongBench JSONL format) into a folder.
     Suite(commands::suite::Args),
+    /// Grid-search CAKE's temperatures per cache size on calibration data; write a table.
+    Tune(commands::tune::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,12 +62,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => commands::generate::run(args),
+        Command::Diagnose(args) => commands::diagnose::run(args),
         Command::Pred(args) => commands::pred::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Suite(args) => commands::suite::run(args),
         Command::Fit(args) => commands::fit::run(args),
+        Command::Tune(args) => commands::tune::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -249,7 +249,7 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
 }
 
 /// LongBench's greedy decoding with a dataset's stop rule.
-fn greedy_config(max_new_tokens: usize, stop: &StopRule) -> GenerationConfig {
+pub(crate) fn greedy_config(max_new_tokens: usize, stop: &StopRule) -> GenerationConfig {
     GenerationConfig {
         stop_strings: if stop.stop_on_newline {
             vec!["\n".into()]

@@ -36,6 +36,10 @@ pub struct PolicyArgs {
     /// Score-function file for `--allocator static` (written by `cake fit`)
     #[arg(long, value_name = "FILE")]
     pub score_fn: Option<PathBuf>,
+    /// Temperature table (JSON, the published table's format; written by `cake tune`)
+    /// used instead of the published temperatures when --tau1/--tau2 are unset
+    #[arg(long, value_name = "FILE")]
+    pub tau_file: Option<PathBuf>,
     /// Cache size C: average tokens kept per layer, window included [default: 1024]
     #[arg(long)]
     pub cache_size: Option<usize>,
@@ -102,6 +106,7 @@ impl PolicyArgs {
             allocator: self.allocator.or(lower.allocator),
             scorer: self.scorer.or(lower.scorer),
             score_fn: self.score_fn.or(lower.score_fn),
+            tau_file: self.tau_file.or(lower.tau_file),
             cache_size: self.cache_size.or(lower.cache_size),
             ratio: self.ratio.or(lower.ratio),
             window: self.window.or(lower.window),
@@ -185,7 +190,8 @@ fn scalar(text: &str) -> toml::Value {
 pub struct Settings {
     /// Model: a name (`smollm2-135m`, `qwen2.5-coder-0.5b`), a GGUF file or a HF folder.
     pub model: Option<String>,
-    /// The policy (serialised flat: `policy`, `allocator`, `scorer`, `score_fn`, `cache`).
+    /// The policy (serialised flat: `policy`, `allocator`, `scorer`, `score_fn`,
+    /// `tau_file` when set, `cache`).
     #[serde(flatten)]
     pub spec: PolicySpec,
 }
@@ -216,6 +222,10 @@ impl Settings {
                 "{e} (set it with a flag, a CAKE_* variable or the settings file)"
             ))
         })?;
+        // A bad temperature file is reported before any model is loaded.
+        if let Some(path) = &settings.spec.tau_file {
+            cake_core::TauFile::read(path)?;
+        }
         Ok(settings)
     }
 
@@ -243,6 +253,7 @@ impl Settings {
                 allocator: layer.allocator,
                 scorer: layer.scorer,
                 score_fn: layer.score_fn,
+                tau_file: layer.tau_file,
                 cache,
             },
         }
@@ -336,5 +347,17 @@ mod tests {
             serde_json::to_string(&s).unwrap(),
             r#"{"model":null,"policy":"cake","allocator":null,"scorer":null,"score_fn":null,"cache":{"cache_size":1024,"ratio":null,"window":32,"tau1":null,"tau2":null,"gamma":200.0,"pool_kernel":5,"cascading":true,"decode_evict":"policy","sinks":4,"beta":20.0}}"#
         );
+        // A temperature file is a key of every layer and enters the JSON only when set.
+        let file: PolicyArgs = toml::from_str("tau_file = \"t.json\"").unwrap();
+        let s = Settings::from_layer(PolicyArgs::default().over(file));
+        assert_eq!(s.spec.tau_file, Some(PathBuf::from("t.json")));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""score_fn":null,"tau_file":"t.json","cache":"#),
+            "{json}"
+        );
+        let t = toml::Table::from_iter([("tau_file".to_string(), scalar("e.json"))]);
+        let env = t.try_into::<PolicyArgs>().unwrap();
+        assert_eq!(env.tau_file, Some(PathBuf::from("e.json")));
     }
 }

@@ -620,3 +620,340 @@ fn shards_merge_into_the_unsharded_files_and_scores() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected I/N"));
 }
+
+#[test]
+fn tune_writes_the_argmax_table_and_tau_file_drives_a_run() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("calib");
+    std::fs::create_dir_all(&data).unwrap();
+    // lcc's edit similarity gives graded scores to any text, even a random model's.
+    write_records(&data, "lcc", 3);
+    let model = model.path().to_str().unwrap();
+    // `cake tune` over a 2 x 2 grid at C = 8 into `out`; returns stderr and tune.json.
+    let tune = |out: &Path, extra: &[&str]| -> (String, serde_json::Value) {
+        let args = [
+            "tune",
+            "--model",
+            model,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--window",
+            "4",
+            "--max-length",
+            "200",
+            "--cache-sizes",
+            "8",
+            "--tau1",
+            "4,0.5",
+            "--tau2",
+            "1,4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let (ok, stderr) = run(&[&args[..], extra].concat(), work.path());
+        assert!(ok, "{stderr}");
+        let text = std::fs::read_to_string(out.join("tune.json")).unwrap();
+        (stderr, serde_json::from_str(&text).unwrap())
+    };
+    // The calibration folder as the evaluation folder: every record overlaps.
+    let first = work.path().join("first");
+    let (stderr, report) = tune(&first, &["--eval-data", data.to_str().unwrap()]);
+    assert!(
+        stderr.contains("warning: 3 of 3 calibration record(s) of lcc"),
+        "{stderr}"
+    );
+    // Make the answers what (tau1, tau2) = (4, 4) says (the line lcc's metric reads), so
+    // that it scores 100 and the argmax is not the first grid point.
+    let dir_of = |report: &serde_json::Value, out: &Path, taus: (f64, f64)| {
+        let p = report["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| (p["tau1"].as_f64(), p["tau2"].as_f64()) == (Some(taus.0), Some(taus.1)))
+            .unwrap()
+            .clone();
+        out.join(p["dir"].as_str().unwrap())
+    };
+    let preds =
+        std::fs::read_to_string(dir_of(&report, &first, (4.0, 4.0)).join("lcc.jsonl")).unwrap();
+    let records: String = std::fs::read_to_string(data.join("lcc.jsonl"))
+        .unwrap()
+        .lines()
+        .zip(preds.lines())
+        .map(|(record, pred)| {
+            let mut record: serde_json::Value = serde_json::from_str(record).unwrap();
+            let pred: serde_json::Value = serde_json::from_str(pred).unwrap();
+            let line = pred["pred"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches('\n')
+                .split('\n')
+                .find(|l| !l.contains('`') && !l.contains('#') && !l.contains("//"))
+                .unwrap_or("")
+                .to_string();
+            record["answers"] = serde_json::json!([line]);
+            record.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(data.join("lcc.jsonl"), records).unwrap();
+
+    let out = work.path().join("tune");
+    let (_, report) = tune(&out, &[]);
+    // One prefill per prompt for the whole grid.
+    assert_eq!(report["prefills"], 3);
+    let points = report["points"].as_array().unwrap();
+    let grid: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p["tau1"].as_f64().unwrap(), p["tau2"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(grid, [(0.5, 1.0), (0.5, 4.0), (4.0, 1.0), (4.0, 4.0)]);
+    let averages: Vec<f64> = points
+        .iter()
+        .map(|p| p["average"].as_f64().unwrap())
+        .collect();
+    assert_eq!(averages[3], 100.0, "{averages:?}");
+    // Negative control: the temperatures change the answers, so the grid is not flat.
+    assert!(averages.iter().any(|&a| a < 100.0), "{averages:?}");
+    // Every reported score is what `cake eval` gives the point's predictions.
+    let (ok, stderr) = run(&["eval", out.join("runs").to_str().unwrap()], work.path());
+    assert!(ok, "{stderr}");
+    for p in points {
+        assert_eq!(p["cache_size"], 8);
+        let dir = out.join(p["dir"].as_str().unwrap());
+        let text = std::fs::read_to_string(dir.join("result.json")).unwrap();
+        let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(p["average"], result["lcc"], "{p}");
+        assert_eq!(p["scores"]["lcc"], result["lcc"], "{p}");
+    }
+    // The table's choice is the argmax of the reported scores (ties: the smallest).
+    let mut argmax = (f64::NEG_INFINITY, 0.0, 0.0);
+    for (p, &average) in points.iter().zip(&averages) {
+        if average > argmax.0 {
+            argmax = (
+                average,
+                p["tau1"].as_f64().unwrap(),
+                p["tau2"].as_f64().unwrap(),
+            );
+        }
+    }
+    assert_eq!(argmax.0, 100.0, "{averages:?}");
+    // Not simply the first grid point (on this fixture tau2 changes the answers, tau1
+    // does not: (0.5, 4) ties (4, 4) and wins as the smaller).
+    assert_ne!((argmax.1, argmax.2), grid[0], "{averages:?}");
+    let table = cake_core::TauTable::from_path(&out.join("taus.json")).unwrap();
+    assert_eq!(table.entries.len(), 1);
+    let entry = &table.entries[0];
+    assert_eq!(
+        (entry.cache_size, entry.tau1, entry.tau2),
+        (8, argmax.1, argmax.2)
+    );
+    assert_eq!(report["best"][0]["tau2"].as_f64(), Some(argmax.2));
+    let md = std::fs::read_to_string(out.join("tune.md")).unwrap();
+    assert!(md.contains("| tau1 \\ tau2 | 1 | 4 |"), "{md}");
+    assert!(md.contains("**100.00**"), "{md}");
+
+    // --tau-file: the run uses the table's temperatures and names the file as their source.
+    let taus = out.join("taus.json");
+    let generate = |env: Option<&Path>, extra: &[&str]| -> serde_json::Value {
+        let args = [
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "abcdefghijklmnopqrstuvwxyz0123456789",
+            "--max-new-tokens",
+            "2",
+            "--cache-size",
+            "8",
+            "--window",
+            "4",
+            "--json",
+        ];
+        let mut cmd = cake();
+        cmd.current_dir(work.path()).args(args).args(extra);
+        if let Some(file) = env {
+            cmd.env("CAKE_TAU_FILE", file);
+        }
+        serde_json::from_slice(&success(&mut cmd).stdout).unwrap()
+    };
+    let with_file = generate(None, &["--tau-file", taus.to_str().unwrap()]);
+    assert_eq!(entry.model, with_file["model"].as_str().unwrap());
+    let report = &with_file["report"];
+    assert_eq!(report["taus"], serde_json::json!([argmax.1, argmax.2]));
+    assert_eq!(
+        report["tau_source"],
+        serde_json::json!({"kind": "file", "path": taus.to_str().unwrap(), "model": entry.model, "cache_size": 8})
+    );
+    // The same through the environment (CAKE_TAU_FILE).
+    let from_env = generate(Some(&taus), &[]);
+    assert_eq!(from_env["report"]["tau_source"], report["tau_source"]);
+    // Without it the tiny model has no published temperatures: 1.0 / 1.0, the fallback.
+    let plain = generate(None, &[]);
+    assert_eq!(plain["report"]["taus"], serde_json::json!([1.0, 1.0]));
+    assert_eq!(plain["report"]["tau_source"]["kind"], "fallback");
+    // A bad table is bad input data (exit 3), named before the model loads.
+    let bad = work.path().join("bad_taus.json");
+    let text = r#"{"entries": [{"model": "m", "cache_size": 8, "tau1": 0, "tau2": 1}]}"#;
+    std::fs::write(&bad, text).unwrap();
+    let out = cake()
+        .current_dir(work.path())
+        .args([
+            "generate",
+            "--prompt",
+            "hi",
+            "--tau-file",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("bad_taus.json") && stderr.contains("tau1 = 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn diagnose_counts_the_needle_tokens_each_kv_head_kept() {
+    let model = tiny_model();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A few-shot record (the tiny model's 256 positions hold its short template) whose
+    // needle is the example that answers the question; a second record has no needle.
+    let needle = "Item: wolf\nType: daxel";
+    let context = format!(
+        "Item: tiger\nType: blicket\n{needle}\nItem: mango\nType: wuggo\nItem: harp\nType: fepple"
+    );
+    let char_start = context.find(needle).unwrap(); // ASCII: bytes are characters
+    let record = |id: &str, with_needle: bool| {
+        let mut r = serde_json::json!({
+            "input": "Item: wolf\nType:", "context": context, "answers": ["daxel"],
+            "length": 60, "dataset": "synth_fewshot", "language": "en",
+            "all_classes": ["blicket", "daxel", "wuggo", "fepple"], "_id": id, "depth": 0.3,
+        });
+        if with_needle {
+            r["needle"] = serde_json::json!({
+                "text": needle, "char_start": char_start, "char_end": char_start + needle.len()
+            });
+        }
+        r.to_string() + "\n"
+    };
+    std::fs::write(
+        data.join("synth_fewshot.jsonl"),
+        record("few-1", true) + &record("few-2", false),
+    )
+    .unwrap();
+    let out = work.path().join("diag");
+    let args = |id: &str| {
+        [
+            "diagnose",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dataset",
+            "synth_fewshot",
+            "--record",
+            id,
+            "--cache-size",
+            "16",
+            "--window",
+            "4",
+            "--max-length",
+            "250",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+    };
+    let run_out = success(cake().current_dir(work.path()).args(args("few-1")));
+    let stdout = String::from_utf8_lossy(&run_out.stdout);
+    assert!(stdout.contains("needle at tokens"), "{stdout}");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("diagnosis.json")).unwrap())
+            .unwrap();
+    // The byte tokenizer gives one token per byte: the span is the needle's bytes, found
+    // where they sit in the prompt (template prefix, then the context).
+    let prefix = "Please determine the type of the item below. Here are some examples of items and their types.\n\n";
+    let start = d["needle"]["token_start"].as_u64().unwrap() as usize;
+    let end = d["needle"]["token_end"].as_u64().unwrap() as usize;
+    assert_eq!(start, prefix.len() + char_start);
+    assert_eq!(end - start, needle.len());
+    assert_eq!(
+        d["needle"]["tokens"].as_u64().unwrap() as usize,
+        needle.len()
+    );
+    assert_eq!(d["needle"]["token_text"], needle);
+    assert_eq!(d["truncated"], false);
+    assert_eq!(d["answer"]["gold"], serde_json::json!(["daxel"]));
+    assert!(d["answer"]["predicted"].is_string());
+    let prompt_len = d["prompt_len"].as_u64().unwrap() as usize;
+    assert_eq!(
+        prompt_len,
+        prefix.len() + context.len() + 1 + "Item: wolf\nType:".len()
+    );
+    let layers = d["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    let mut held_total = 0;
+    for layer in layers {
+        let held = layer["held"].as_u64().unwrap() as usize;
+        held_total += held;
+        let heads = layer["heads"].as_array().unwrap();
+        assert_eq!(heads.len(), 2, "two KV heads");
+        for head in heads {
+            let kept: Vec<usize> = head["kept_positions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as usize)
+                .collect();
+            // Each head keeps the report's `held` tokens; its needle count is a recount
+            // of its kept positions inside the span.
+            assert_eq!(kept.len(), held, "{layer}");
+            assert_eq!(head["kept"].as_u64().unwrap() as usize, held);
+            let recount = kept.iter().filter(|&&p| (start..end).contains(&p)).count();
+            assert_eq!(head["needle_kept"].as_u64().unwrap() as usize, recount);
+            assert!(recount <= end - start);
+            assert!(kept.iter().all(|&p| p < prompt_len));
+        }
+    }
+    // CAKE at C = 16 holds C tokens per layer on average after the prefill.
+    assert_eq!(held_total, 16 * 3);
+    assert!(held_total < 3 * prompt_len);
+    // The picture names the needle and every layer's rows.
+    let svg = std::fs::read_to_string(out.join("diagnosis.svg")).unwrap();
+    assert!(
+        svg.contains("needle") && svg.contains("Item: wolf Type: daxel"),
+        "{svg}"
+    );
+    assert!(svg.contains("L2 h1") && svg.contains("budget"));
+
+    // Unknown record: a usage error naming it; a record without a needle: bad data.
+    let o = cake()
+        .current_dir(work.path())
+        .args(args("nope"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nope") && stderr.contains("few-1"),
+        "{stderr}"
+    );
+    let o = cake()
+        .current_dir(work.path())
+        .args(args("few-2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("few-2") && stderr.contains("needle"),
+        "{stderr}"
+    );
+}

@@ -90,6 +90,14 @@ pub enum ConfigError {
         /// What is wrong and where.
         reason: String,
     },
+    /// A temperature table file (`--tau-file`) that cannot be used.
+    #[error("temperature file {path}: {reason}")]
+    TauFile {
+        /// The file.
+        path: String,
+        /// What is wrong, where, and how to fix it.
+        reason: String,
+    },
     /// A file that cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {

@@ -46,4 +46,4 @@ pub use replay::{PrefillRecorder, replay_prefill};
 pub use score_function::ScoreFunction;
 pub use scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
 pub use spec::{Compressor, PolicySpec};
-pub use tau::{TauLookup, TauSource, lookup_tau};
+pub use tau::{TauEntry, TauFile, TauLookup, TauSource, TauTable, lookup_tau};

@@ -10,7 +10,7 @@ use crate::allocator::{Allocator, AllocatorKind, Preference, Pyramid, Uniform};
 use crate::budget::BudgetPlan;
 use crate::error::ConfigError;
 use crate::scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
-use crate::tau::{TauLookup, TauSource, lookup_tau};
+use crate::tau::{TauFile, TauLookup, TauSource, lookup_tau};
 
 crate::names::named_enum! {
     /// Whether layers drop tokens while decoding.
@@ -190,6 +190,17 @@ impl PolicyConfig {
     /// [`PolicyConfig::resolve_tau`] for an effective cache size `cache_size` (with a
     /// `ratio`, C is known only once the prompt is).
     pub fn resolve_tau_at(&self, model: &str, cache_size: usize) -> TauLookup {
+        self.resolve_tau_in(None, model, cache_size)
+    }
+
+    /// [`PolicyConfig::resolve_tau_at`] with unset temperatures looked up in `file` (a
+    /// `--tau-file` table) instead of the published table when given.
+    pub fn resolve_tau_in(
+        &self,
+        file: Option<&TauFile>,
+        model: &str,
+        cache_size: usize,
+    ) -> TauLookup {
         match (self.tau1, self.tau2) {
             (Some(tau1), Some(tau2)) => TauLookup {
                 tau1,
@@ -197,7 +208,10 @@ impl PolicyConfig {
                 source: TauSource::User,
             },
             (t1, t2) => {
-                let found = lookup_tau(model, cache_size);
+                let found = match file {
+                    Some(file) => file.lookup(model, cache_size),
+                    None => lookup_tau(model, cache_size),
+                };
                 TauLookup {
                     tau1: t1.unwrap_or(found.tau1),
                     tau2: t2.unwrap_or(found.tau2),
@@ -233,6 +247,11 @@ pub struct Policy<B: Backend> {
     /// Set by [`Policy::with_published_taus`]: the model whose published temperatures
     /// fill unset ones once the effective cache size is known.
     tau_model: Option<String>,
+    /// Set by [`Policy::with_tau_file`]: the table that replaces the published one.
+    tau_file: Option<Arc<TauFile>>,
+    /// Where the temperatures of the current prompt came from (set by
+    /// [`Policy::for_cache_size`] when it looks them up).
+    tau_source: Option<TauSource>,
     /// The allocator's kind when [`Policy::from_kinds`] built it from the config.
     allocator_kind: Option<AllocatorKind>,
 }
@@ -251,6 +270,8 @@ impl<B: Backend> Policy<B> {
             scorer,
             config,
             tau_model: None,
+            tau_file: None,
+            tau_source: None,
             allocator_kind: None,
         })
     }
@@ -287,6 +308,23 @@ impl<B: Backend> Policy<B> {
         self
     }
 
+    /// [`Policy::with_published_taus`] with the table of `file` (e.g. written by `cake
+    /// tune`) instead of the published one.
+    ///
+    /// # Errors
+    /// [`ConfigError::TauFile`] when a preference allocator would look temperatures up
+    /// and the file has no entry for `model` (never a silent `1.0 / 1.0`).
+    pub fn with_tau_file(mut self, model: &str, file: TauFile) -> Result<Self, ConfigError> {
+        let looks_up = self.allocator_kind == Some(AllocatorKind::Preference)
+            && (self.config.tau1.is_none() || self.config.tau2.is_none());
+        if looks_up {
+            file.require_model(model)?;
+        }
+        self.tau_model = Some(model.to_string());
+        self.tau_file = Some(Arc::new(file));
+        Ok(self)
+    }
+
     /// The policy that runs on a prompt whose effective cache size is `cache_size`: with
     /// [`Policy::with_published_taus`] and a preference allocator built from the config,
     /// unset temperatures are filled from the table at `cache_size` (so a `ratio` budget
@@ -296,15 +334,24 @@ impl<B: Backend> Policy<B> {
         if let Some(model) = policy.tau_model.take()
             && self.allocator_kind == Some(AllocatorKind::Preference)
         {
-            let taus = self.config.resolve_tau_at(&model, cache_size);
+            let taus = self
+                .config
+                .resolve_tau_in(self.tau_file.as_deref(), &model, cache_size);
             policy.config.tau1 = Some(taus.tau1);
             policy.config.tau2 = Some(taus.tau2);
             policy.allocator = Arc::new(Preference {
                 tau1: taus.tau1,
                 tau2: taus.tau2,
             });
+            policy.tau_source = Some(taus.source);
         }
         policy
+    }
+
+    /// Where this policy's temperatures came from, once [`Policy::for_cache_size`] looked
+    /// them up (`None` before, or when it had nothing to look up).
+    pub fn tau_source(&self) -> Option<&TauSource> {
+        self.tau_source.as_ref()
     }
 
     /// Display name, e.g. `cake (preference+cake)` or `uniform+snapkv`.
@@ -540,6 +587,73 @@ mod tests {
             .unwrap()
             .with_published_taus(model);
         assert_eq!(snap.for_cache_size(128).config().tau1, None);
+    }
+
+    #[test]
+    fn a_tau_file_replaces_the_published_table() {
+        let model = "meta-llama/Llama-3.1-8B-Instruct";
+        let file = TauFile {
+            path: "my/taus.json".into(),
+            table: crate::tau::TauTable::parse(
+                r#"{"entries": [{"model": "Llama-3.1-8B-Instruct", "cache_size": 100, "tau1": 3.0, "tau2": 0.25}]}"#,
+                "my/taus.json",
+            )
+            .unwrap(),
+        };
+        let config = PolicyConfig::default();
+        let policy = Policy::<B>::preset(Method::Cake, &config)
+            .unwrap()
+            .with_tau_file(model, file.clone())
+            .unwrap();
+        assert_eq!(policy.tau_source(), None);
+        let at = policy.for_cache_size(128);
+        assert_eq!(at.config().taus(), (3.0, 0.25));
+        assert_eq!(
+            at.tau_source(),
+            Some(&TauSource::File {
+                path: "my/taus.json".into(),
+                model: "Llama-3.1-8B-Instruct".into(),
+                cache_size: 100
+            })
+        );
+        // Without the file: the published values, and their source.
+        let published = Policy::<B>::preset(Method::Cake, &config)
+            .unwrap()
+            .with_published_taus(model)
+            .for_cache_size(128);
+        assert_eq!(published.config().taus(), (1.6, 0.6));
+        assert!(matches!(
+            published.tau_source(),
+            Some(TauSource::Published { .. })
+        ));
+        // A model the file lacks is an error for CAKE, not for SnapKV or user taus.
+        let err = Policy::<B>::preset(Method::Cake, &config)
+            .unwrap()
+            .with_tau_file("Qwen2.5-7B-Instruct", file.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("my/taus.json") && err.contains("Qwen2.5-7B"),
+            "{err}"
+        );
+        assert!(
+            Policy::<B>::preset(Method::SnapKv, &config)
+                .unwrap()
+                .with_tau_file("Qwen2.5-7B-Instruct", file.clone())
+                .is_ok()
+        );
+        let user = PolicyConfig {
+            tau1: Some(2.0),
+            tau2: Some(0.5),
+            ..config
+        };
+        let p = Policy::<B>::preset(Method::Cake, &user)
+            .unwrap()
+            .with_tau_file("Qwen2.5-7B-Instruct", file)
+            .unwrap()
+            .for_cache_size(128);
+        assert_eq!(p.config().taus(), (2.0, 0.5));
+        assert_eq!(p.tau_source(), Some(&TauSource::User));
     }
 
     #[test]

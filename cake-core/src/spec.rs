@@ -23,10 +23,11 @@ use crate::error::{CacheError, ConfigError};
 use crate::policy::{Method, Policy, PolicyConfig, build_scorer};
 use crate::score_function::ScoreFunction;
 use crate::scorer::ScorerKind;
+use crate::tau::TauFile;
 
 /// A policy by value: a method, optional overrides of its allocator or scorer, the
 /// static allocator's score-function file, and the tuning. Serialises with the keys of
-/// the settings file (`policy`, `allocator`, `scorer`, `score_fn`, `cache`).
+/// the settings file (`policy`, `allocator`, `scorer`, `score_fn`, `tau_file`, `cache`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
@@ -40,6 +41,11 @@ pub struct PolicySpec {
     pub scorer: Option<ScorerKind>,
     /// Score-function file of the static allocator (written by `cake fit`).
     pub score_fn: Option<PathBuf>,
+    /// Temperature table file (the published table's format, e.g. written by `cake
+    /// tune`) that replaces the published table for unset temperatures. Not serialised
+    /// when unset, so that settings written before it existed keep their identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau_file: Option<PathBuf>,
     /// Everything that tunes the policy.
     #[serde(default)]
     pub cache: PolicyConfig,
@@ -105,8 +111,9 @@ impl PolicySpec {
     }
 
     /// The policy for a model named `model` (unset temperatures come from its published
-    /// values at each prompt's effective cache size) with `num_layers` layers; `None` for
-    /// `full`. Reads the static allocator's score-function file.
+    /// values, or from the `tau_file` table when set, at each prompt's effective cache
+    /// size) with `num_layers` layers; `None` for `full`. Reads the static allocator's
+    /// score-function file and the temperature file.
     pub fn policy<B: Backend>(
         &self,
         model: &str,
@@ -126,7 +133,10 @@ impl PolicySpec {
             }
             _ => Policy::from_kinds(allocator, scorer, self.cache.clone())?,
         };
-        Ok(Some(policy.with_published_taus(model)))
+        Ok(Some(match &self.tau_file {
+            Some(path) => policy.with_tau_file(model, TauFile::read(path)?)?,
+            None => policy.with_published_taus(model),
+        }))
     }
 
     /// The compressor this spec describes for a model named `model` with `num_layers`
@@ -216,6 +226,7 @@ mod tests {
             allocator,
             scorer,
             score_fn: score_fn.map(PathBuf::from),
+            tau_file: None,
             cache: PolicyConfig::default(),
         };
         assert!(spec(Method::Cake, None, None, None).validate().is_ok());
@@ -285,8 +296,17 @@ mod tests {
         assert_eq!(json["policy"], "snapkv");
         assert_eq!(json["allocator"], "pyramid");
         assert!(json["scorer"].is_null() && json["score_fn"].is_null());
+        // An unset tau_file is not written at all (run folders hash this JSON).
+        assert!(json.get("tau_file").is_none());
         assert_eq!(json["cache"]["cache_size"], 1024);
         let back: PolicySpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
+        spec.tau_file = Some(PathBuf::from("taus.json"));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["tau_file"], "taus.json");
+        assert_eq!(serde_json::from_value::<PolicySpec>(json).unwrap(), spec);
+        // A missing file is reported with its path when the compressor is built.
+        let err = spec.compressor::<B>("m", 4).unwrap_err().to_string();
+        assert!(err.contains("taus.json"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ pub mod approx_tokenizer;
 pub mod eval;
 pub mod haystack;
 pub mod metrics;
+pub mod needle;
 pub mod predict;
 pub mod prompt;
 pub mod pytext;
@@ -24,12 +25,13 @@ pub use approx_tokenizer::ApproxTokenizer;
 pub use eval::{DatasetScore, EvalError, EvalResult, evaluate_dir};
 pub use haystack::{HaystackError, HaystackSource, fetch_haystack};
 pub use metrics::{Metric, MetricError};
+pub use needle::{NeedleError, PromptWithNeedle, locate_needle, token_span};
 pub use predict::{
     BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
     StopRule, SweepGenerator, predict_dataset, predict_sweep,
 };
 pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
-pub use record::{DataError, LongBenchRecord, read_dataset};
+pub use record::{DataError, LongBenchRecord, NeedleSpan, read_dataset};
 pub use registry::{DatasetSpec, Language, RegistryError};
 pub use shard::{Shard, ShardIndex, ShardParseError};
 pub use stats::{BootstrapConfig, Interval, StatsError};

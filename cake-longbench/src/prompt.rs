@@ -162,6 +162,7 @@ mod tests {
             all_classes: None,
             id: "id7".into(),
             depth: None,
+            needle: None,
         }
     }
 

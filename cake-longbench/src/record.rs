@@ -34,6 +34,57 @@ pub struct LongBenchRecord {
     /// synthetic suite sets it (LongBench's tools ignore the extra field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<f64>,
+    /// Where the answer-bearing "needle" sits in `context`, for the synthetic tasks with
+    /// one (passkey, multi-key, key-value, few-shot); left out of the JSON when `None`, and
+    /// ignored by readers that do not know it (LongBench's `pred.py` and `eval.py` read
+    /// only the fields they use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needle: Option<NeedleSpan>,
+}
+
+/// The needle of a synthetic record: its text and its place in the record's `context`, in
+/// characters (Unicode scalar values, as Python indexes a `str`:
+/// `context[char_start:char_end] == text`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedleSpan {
+    /// The needle's text.
+    pub text: String,
+    /// First character of the needle in `context`.
+    pub char_start: usize,
+    /// One past its last character.
+    pub char_end: usize,
+}
+
+impl NeedleSpan {
+    /// The span of the first occurrence of `text` in `context`, if any.
+    pub fn find(context: &str, text: &str) -> Option<Self> {
+        let byte = context.find(text)?;
+        let char_start = context[..byte].chars().count();
+        Some(Self {
+            text: text.to_string(),
+            char_start,
+            char_end: char_start + text.chars().count(),
+        })
+    }
+
+    /// The needle's byte range in `context`, checked: `None` when the span lies outside
+    /// the context or does not hold `text` there.
+    pub fn byte_range(&self, context: &str) -> Option<std::ops::Range<usize>> {
+        if self.char_start > self.char_end {
+            return None;
+        }
+        let mut bytes = context
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(context.len()));
+        let start = bytes.nth(self.char_start)?;
+        let end = if self.char_end == self.char_start {
+            start
+        } else {
+            bytes.nth(self.char_end - self.char_start - 1)?
+        };
+        (context.get(start..end) == Some(self.text.as_str())).then_some(start..end)
+    }
 }
 
 /// Reading a data file failed.

@@ -24,6 +24,7 @@ fn records(n: usize) -> Vec<LongBenchRecord> {
             all_classes: None,
             id: format!("rec-{i}"),
             depth: Some(i as f64 / 10.0),
+            needle: None,
         })
         .collect()
 }

@@ -153,6 +153,26 @@ fn check_gold_at_depth(r: &LongBenchRecord) {
     }
 }
 
+/// The needle field: set for the single-needle tasks, its span holds its text, which holds
+/// the gold answer.
+fn check_needle(r: &LongBenchRecord) {
+    let marked = [
+        "synth_passkey",
+        "synth_multikey",
+        "synth_kv",
+        "synth_fewshot",
+    ];
+    let Some(needle) = &r.needle else {
+        assert!(!marked.contains(&r.dataset.as_str()), "{}: no needle", r.id);
+        return;
+    };
+    assert!(marked.contains(&r.dataset.as_str()), "{}", r.id);
+    let bytes = needle.byte_range(&r.context).expect("span holds the text");
+    assert_eq!(&r.context[bytes], needle.text);
+    assert_eq!(r.context.matches(&needle.text).count(), 1, "{}", r.id);
+    assert!(needle.text.contains(&r.answers[0]), "{}", r.id);
+}
+
 #[test]
 fn every_task_is_deterministic_sized_and_holds_its_gold_at_depth() {
     let hay = Haystack::excerpt();
@@ -186,6 +206,7 @@ fn every_task_is_deterministic_sized_and_holds_its_gold_at_depth() {
                 r.id
             );
             check_gold_at_depth(r);
+            check_needle(r);
         }
         let other = generate_task(task, &config(&tok, &hay, 8)).unwrap();
         assert_ne!(a, other, "{task}: the seed matters");
@@ -275,6 +296,8 @@ fn suite_files_predict_and_evaluate_like_longbench() {
             .map(Result::unwrap)
             .collect();
         assert_eq!(records.len(), f.records);
+        // The needle field survives the JSONL round trip.
+        assert_eq!(records, generate_task(&f.task, &cfg).unwrap(), "{}", f.task);
         let mut oracle = Oracle {
             records,
             second_line: spec.first_line_only,

@@ -236,6 +236,21 @@ fn merge_shards(folder: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The average of a run's plain dataset scores (the mean over datasets, rounded to 2
+/// decimals): the `average` of `summary.md` and the objective of `cake tune`; `None`
+/// without plain scores.
+pub fn suite_average(scores: &BTreeMap<String, DatasetScore>) -> Option<f64> {
+    let plain: Vec<f64> = scores
+        .values()
+        .filter_map(|s| match s {
+            DatasetScore::Plain(v) => Some(*v),
+            DatasetScore::Buckets(_) => None,
+        })
+        .collect();
+    (!plain.is_empty())
+        .then(|| (plain.iter().sum::<f64>() / plain.len() as f64 * 100.0).round() / 100.0)
+}
+
 /// A run's scores with their bootstrap intervals (plain scores only).
 fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
     let config = bootstrap();
@@ -264,9 +279,7 @@ fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
         );
         records.insert(name.clone(), (ids.clone(), values.clone()));
     }
-    let plain: Vec<f64> = intervals.values().map(|i| i.score).collect();
-    let average = (!plain.is_empty())
-        .then(|| (plain.iter().sum::<f64>() / plain.len() as f64 * 100.0).round() / 100.0);
+    let average = suite_average(&result.scores);
     let average_interval = match average {
         Some(score) => {
             let groups: Vec<&[f64]> = records.values().map(|(_, v)| v.as_slice()).collect();

@@ -1,12 +1,14 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod diagnose;
 pub mod eval;
 pub mod fit;
 pub mod generate;
 pub mod inspect;
 pub mod pred;
 pub mod suite;
+pub mod tune;
 
 use std::time::Duration;
 

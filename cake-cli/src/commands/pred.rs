@@ -82,6 +82,16 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// What [`predict_configurations`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepRun {
+    /// The folder of each configuration, in the order given.
+    pub dirs: Vec<PathBuf>,
+    /// Prompts prefilled (once each, whatever the number of configurations; records every
+    /// configuration already had are not prefilled).
+    pub prefills: usize,
+}
+
 /// Every configuration at once, in one pass per dataset: each prompt is prefilled once and
 /// every configuration that still lacks the record decodes from a copy of that prefill.
 /// The files equal separate runs' (same writer, same generations), and resuming works the
@@ -91,7 +101,7 @@ pub fn predict_configurations<B: Backend>(
     configs: &[Settings],
     args: &Args,
     datasets: &[String],
-) -> Result<Vec<PathBuf>> {
+) -> Result<SweepRun> {
     let max_length = max_length(session, args.max_length)?;
     let mut dirs = Vec::new();
     let mut locks = Vec::new();
@@ -132,7 +142,10 @@ pub fn predict_configurations<B: Backend>(
         progress.finish(format!("{} prefills so far", sweep.prefills));
     }
     drop(locks);
-    Ok(dirs)
+    Ok(SweepRun {
+        dirs,
+        prefills: sweep.prefills,
+    })
 }
 
 /// Every (method, cache size) configuration asked for, in order, validated.
@@ -164,7 +177,9 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
     Ok(out)
 }
 
-fn dataset_names(args: &Args) -> Result<Vec<String>> {
+/// The datasets of a run: `--datasets` (each checked to exist in `--data-dir`), else every
+/// known `<name>.jsonl` there.
+pub fn dataset_names(args: &Args) -> Result<Vec<String>> {
     usage_ensure!(
         args.data_dir.is_dir(),
         "--data-dir {} is not a folder (write the synthetic suite with `cake suite --out DIR`)",

@@ -22,7 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::prompt::{PromptError, PromptTokenizer, fill_template};
-use crate::record::LongBenchRecord;
+use crate::record::{LongBenchRecord, NeedleSpan};
 use crate::registry::{self, RegistryError};
 use rng::SplitMix64;
 
@@ -260,6 +260,9 @@ pub(crate) struct Draft {
     pub input: String,
     pub answers: Vec<String>,
     pub all_classes: Option<Vec<String>>,
+    /// The needle's text, for tasks with one contiguous answer-bearing span (it occurs
+    /// once in the context).
+    pub needle: Option<String>,
 }
 
 /// One generated file.
@@ -306,6 +309,10 @@ pub fn generate_task(
                 let (draft, tokens) = fit(task, &spec.prompt, length, config.tokenizer, &build)?;
                 let depth_tag =
                     depth.map_or_else(|| "na".to_string(), |d| format!("{:.0}", d * 100.0));
+                let needle = draft
+                    .needle
+                    .as_deref()
+                    .and_then(|text| NeedleSpan::find(&draft.context, text));
                 out.push(LongBenchRecord {
                     input: draft.input,
                     context: draft.context,
@@ -316,6 +323,7 @@ pub fn generate_task(
                     all_classes: draft.all_classes,
                     id: format!("{task}-{length}-d{depth_tag}-{sample}"),
                     depth: *depth,
+                    needle,
                 });
             }
         }
@@ -510,6 +518,7 @@ fn record_for_template(d: &Draft) -> LongBenchRecord {
         all_classes: d.all_classes.clone(),
         id: String::new(),
         depth: None,
+        needle: None,
     }
 }
 

@@ -99,10 +99,11 @@ fn passkey(h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
     let start = rng.below(h.sentences.len());
     let needle = format!("The pass key is {key}. Remember it. {key} is the pass key.");
     Built::Draft(Draft {
-        context: insert_at_depths(&filler(h, start, units), &[(depth, needle)], " "),
+        context: insert_at_depths(&filler(h, start, units), &[(depth, needle.clone())], " "),
         input: "What is the pass key?".into(),
         answers: vec![key],
         all_classes: None,
+        needle: Some(needle),
     })
 }
 
@@ -123,6 +124,7 @@ fn multikey(h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
         ),
         answers: vec![vs[0].clone()],
         all_classes: None,
+        needle: Some(magic(&ks[0], &vs[0])),
     })
 }
 
@@ -154,6 +156,7 @@ fn multivalue(h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
         ),
         answers: vec![answer],
         all_classes: None,
+        needle: None,
     })
 }
 
@@ -186,6 +189,7 @@ fn kv(_h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
         input: format!("What is the value of key \"{}\"?", pairs[target].0),
         answers: vec![pairs[target].1.clone()],
         all_classes: None,
+        needle: Some(lines[target].trim_start().to_string()),
     })
 }
 
@@ -223,6 +227,7 @@ fn passage_retrieval(h: &Haystack, seed: u64, units: usize, depth: f64) -> Built
         input: extract,
         answers: vec![format!("Paragraph {}", target + 1)],
         all_classes: None,
+        needle: None,
     })
 }
 
@@ -247,6 +252,7 @@ fn passage_count(h: &Haystack, seed: u64, units: usize, _depth: f64) -> Built {
         input: String::new(),
         answers: vec![unique.to_string()],
         all_classes: None,
+        needle: None,
     })
 }
 
@@ -294,6 +300,7 @@ fn vartrack(h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
         ),
         answers: vec![names[..HOPS].join(" ")],
         all_classes: None,
+        needle: None,
     })
 }
 
@@ -391,6 +398,7 @@ fn fewshot(_h: &Haystack, seed: u64, units: usize, depth: f64) -> Built {
         }
     }
     Built::Draft(Draft {
+        needle: Some(examples[target].clone()),
         context: examples.join("\n"),
         input: format!("Item: {query}\nType:"),
         answers: vec![labels[query_cat].to_string()],
