@@ -226,13 +226,9 @@ impl TauFile {
     /// the smaller); `1.0 / 1.0` with [`TauSource::Fallback`] when the model is not in
     /// it (see [`TauFile::require_model`]).
     pub fn lookup(&self, model: &str, cache_size: usize) -> TauLookup {
-        self.table.nearest(model, cache_size).map_or(
-            TauLookup {
-                tau1: 1.0,
-                tau2: 1.0,
-                source: TauSource::Fallback,
-            },
-            |e| TauLookup {
+        self.table
+            .nearest(model, cache_size)
+            .map_or(TauLookup::fallback(), |e| TauLookup {
                 tau1: e.tau1,
                 tau2: e.tau2,
                 source: TauSource::File {
@@ -240,8 +236,7 @@ impl TauFile {
                     model: e.model.clone(),
                     cache_size: e.cache_size,
                 },
-            },
-        )
+            })
     }
 }
 
@@ -282,6 +277,17 @@ pub struct TauLookup {
     pub source: TauSource,
 }
 
+impl TauLookup {
+    /// `tau1 = tau2 = 1`, for a model no table lists.
+    pub fn fallback() -> Self {
+        Self {
+            tau1: 1.0,
+            tau2: 1.0,
+            source: TauSource::Fallback,
+        }
+    }
+}
+
 /// The published entries.
 pub fn published() -> Vec<TauEntry> {
     TauTable::published().entries
@@ -299,21 +305,16 @@ fn normalise_name(name: &str) -> String {
 /// the last path component) at cache size `cache_size`, from the nearest published cache
 /// size (ties: the smaller); `1.0 / 1.0` with [`TauSource::Fallback`] for other models.
 pub fn lookup_tau(model: &str, cache_size: usize) -> TauLookup {
-    TauTable::published().nearest(model, cache_size).map_or(
-        TauLookup {
-            tau1: 1.0,
-            tau2: 1.0,
-            source: TauSource::Fallback,
-        },
-        |e| TauLookup {
+    TauTable::published()
+        .nearest(model, cache_size)
+        .map_or(TauLookup::fallback(), |e| TauLookup {
             tau1: e.tau1,
             tau2: e.tau2,
             source: TauSource::Published {
                 model: e.model.clone(),
                 cache_size: e.cache_size,
             },
-        },
-    )
+        })
 }
 
 #[cfg(test)]
