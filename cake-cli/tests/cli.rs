@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::{cake, success, tiny_model, write_records};
 
@@ -38,6 +38,47 @@ fn run_on_records(command: &str, model: &str, data: &Path, args: &[&str], dir: &
     ];
     let (ok, stderr) = run(&[&common[..], args].concat(), dir);
     assert!(ok, "{stderr}");
+}
+
+/// The tiny model and `n` records of `dataset` in `work/data`.
+struct Records {
+    model: tempfile::TempDir,
+    work: tempfile::TempDir,
+    data: PathBuf,
+}
+
+impl Records {
+    fn new(dataset: &str, n: usize) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let data = work.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        write_records(&data, dataset, n);
+        Self {
+            model: tiny_model(),
+            work,
+            data,
+        }
+    }
+
+    /// `cake pred` of `policies` at cache sizes `sizes` into `out` (plus `extra` flags);
+    /// must succeed.
+    fn pred(&self, policies: &str, sizes: &str, out: &Path, extra: &[&str]) {
+        let args = [
+            "--policies",
+            policies,
+            "--cache-sizes",
+            sizes,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run_on_records(
+            "pred",
+            self.model.path().to_str().unwrap(),
+            &self.data,
+            &[&args[..], extra].concat(),
+            self.work.path(),
+        );
+    }
 }
 
 /// Asserts failure with one `error:` line mentioning every needle, and no panic.
@@ -358,30 +399,10 @@ fn fit_without_data_names_the_folder() {
 
 #[test]
 fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
-    let model = tiny_model();
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    write_records(&data, "synth_passkey", 3);
-    let model = model.path().to_str().unwrap();
+    let records = Records::new("synth_passkey", 3);
+    let work = &records.work;
     // One `cake pred` of full, snapkv and cake at C = 8, 16 into `out`; must succeed.
-    let pred = |out: &Path, extra: &[&str]| {
-        let args = [
-            "--policies",
-            "full,snapkv,cake",
-            "--cache-sizes",
-            "8,16",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        run_on_records(
-            "pred",
-            model,
-            &data,
-            &[&args[..], extra].concat(),
-            work.path(),
-        );
-    };
+    let pred = |out: &Path, extra: &[&str]| records.pred("full,snapkv,cake", "8,16", out, extra);
     let sweep = work.path().join("sweep");
     let separate = work.path().join("separate");
     pred(&sweep, &[]);
@@ -505,30 +526,10 @@ fn unwritable_output_folder_is_reported() {
 
 #[test]
 fn shards_merge_into_the_unsharded_files_and_scores() {
-    let model = tiny_model();
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
     // Ids r0..r3 hash (FNV-1a) alternately to shards 1, 0, 1, 0: merging must interleave.
-    write_records(&data, "synth_passkey", 4);
-    let model = model.path().to_str().unwrap();
-    let pred = |out: &Path, extra: &[&str]| {
-        let args = [
-            "--policies",
-            "full,cake",
-            "--cache-sizes",
-            "8",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        run_on_records(
-            "pred",
-            model,
-            &data,
-            &[&args[..], extra].concat(),
-            work.path(),
-        );
-    };
+    let records = Records::new("synth_passkey", 4);
+    let work = &records.work;
+    let pred = |out: &Path, extra: &[&str]| records.pred("full,cake", "8", out, extra);
     let plain = work.path().join("plain");
     let sharded = work.path().join("sharded");
     pred(&plain, &[]);
