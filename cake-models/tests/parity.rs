@@ -67,6 +67,19 @@ fn fixture(name: &str) -> (PathBuf, Expected) {
     )
 }
 
+/// Prefills `ids` with the full cache: the logits of every position `[S * vocab]` and
+/// the caches.
+fn prefill_all(
+    model: &cake_models::Model<Cpu>,
+    ids: &[u32],
+) -> (Vec<f32>, Vec<cake_core::LayerCache<Cpu>>) {
+    let mut caches = model.new_caches();
+    let prefill = model
+        .prefill(ids, &mut caches, &mut KeepAll, PrefillLogits::All)
+        .expect("prefill");
+    (to_vec(prefill.logits), caches)
+}
+
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().to_vec::<f32>().expect("f32 logits")
 }
@@ -94,18 +107,9 @@ fn check_prefill_logits(name: &str) {
     let device = Default::default();
     let loaded = load::<Cpu>(&dir, &device).expect("load fixture");
     let model = loaded.model;
-    let mut caches = model.new_caches();
-    let prefill = model
-        .prefill(
-            &exp.input_ids,
-            &mut caches,
-            &mut KeepAll,
-            PrefillLogits::All,
-        )
-        .expect("prefill");
+    let (got, caches) = prefill_all(&model, &exp.input_ids);
     let vocab = model.config().vocab_size;
-    assert_eq!(prefill.logits.dims(), [exp.input_ids.len(), vocab]);
-    let got = to_vec(prefill.logits);
+    assert_eq!(got.len(), exp.input_ids.len() * vocab);
     let want: Vec<f32> = exp.logits.iter().flatten().copied().collect();
     let diff = max_abs_diff(&got, &want);
     assert!(diff <= TOL, "{name}: max abs logit diff {diff} > {TOL}");
@@ -246,17 +250,8 @@ fn long_fixture(name: &str) -> LongExpected {
 /// Prefills the 2048 tokens (full cache) and compares the logits at the fixture's
 /// positions; returns the largest difference.
 fn long_logits_diff(model: &cake_models::Model<Cpu>, exp: &LongExpected) -> f32 {
-    let mut caches = model.new_caches();
-    let prefill = model
-        .prefill(
-            &exp.input_ids,
-            &mut caches,
-            &mut KeepAll,
-            PrefillLogits::All,
-        )
-        .expect("prefill");
+    let (got, _) = prefill_all(model, &exp.input_ids);
     let vocab = model.config().vocab_size;
-    let got = to_vec(prefill.logits);
     exp.positions
         .iter()
         .zip(&exp.logits)
