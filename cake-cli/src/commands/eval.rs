@@ -511,24 +511,8 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
     let mut sizes: Vec<usize> = runs.iter().filter_map(|r| r.cache_size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut policies: Vec<&str> = Vec::new();
-    for run in runs {
-        if !policies.contains(&run.policy.as_str()) {
-            policies.push(&run.policy);
-        }
-    }
-    let mut md = String::from("| policy |");
-    if sizes.is_empty() {
-        md.push_str(" average |\n|---|---:|\n");
-    } else {
-        for c in &sizes {
-            let _ = write!(md, " C={c} |");
-        }
-        md.push_str("\n|---|");
-        md.push_str(&"---:|".repeat(sizes.len()));
-        md.push('\n');
-    }
-    for policy in policies {
+    let mut md = policy_table_header("average", &sizes);
+    for policy in policies_in_order(runs.iter()) {
         let _ = write!(md, "| {policy} |");
         let mine: Vec<&RunScore> = runs.iter().filter(|r| r.policy == policy).collect();
         let cell = |r: Option<&&RunScore>| match r {
@@ -567,6 +551,34 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
     md
 }
 
+/// The head of a policies x cache sizes table: one column per C, or a single `column`
+/// when no run has a cache size.
+fn policy_table_header(column: &str, sizes: &[usize]) -> String {
+    let mut md = String::from("| policy |");
+    if sizes.is_empty() {
+        let _ = write!(md, " {column} |\n|---|---:|\n");
+    } else {
+        for c in sizes {
+            let _ = write!(md, " C={c} |");
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---:|".repeat(sizes.len()));
+        md.push('\n');
+    }
+    md
+}
+
+/// The policies of `runs`, each once, in order of first appearance.
+fn policies_in_order<'a>(runs: impl Iterator<Item = &'a RunScore>) -> Vec<&'a str> {
+    let mut policies: Vec<&str> = Vec::new();
+    for run in runs {
+        if !policies.contains(&run.policy.as_str()) {
+            policies.push(&run.policy);
+        }
+    }
+    policies
+}
+
 /// Paired differences of the averages against `reference`, policies x cache sizes; empty
 /// when no run was compared with it.
 fn differences_markdown(
@@ -586,26 +598,10 @@ fn differences_markdown(
         return String::new();
     }
     let mut md = format!(
-        "\nPaired difference of the average score, {title} (same records; brackets: paired bootstrap interval):\n\n| policy |"
+        "\nPaired difference of the average score, {title} (same records; brackets: paired bootstrap interval):\n\n{}",
+        policy_table_header("difference", sizes)
     );
-    let sized: Vec<usize> = sizes.to_vec();
-    if sized.is_empty() {
-        md.push_str(" difference |\n|---|---:|\n");
-    } else {
-        for c in &sized {
-            let _ = write!(md, " C={c} |");
-        }
-        md.push_str("\n|---|");
-        md.push_str(&"---:|".repeat(sized.len()));
-        md.push('\n');
-    }
-    let mut policies: Vec<&str> = Vec::new();
-    for (run, _) in &rows {
-        if !policies.contains(&run.policy.as_str()) {
-            policies.push(&run.policy);
-        }
-    }
-    for policy in policies {
+    for policy in policies_in_order(rows.iter().map(|(run, _)| *run)) {
         let _ = write!(md, "| {policy} |");
         let mine: Vec<&(&RunScore, &Difference)> =
             rows.iter().filter(|(r, _)| r.policy == policy).collect();
@@ -614,10 +610,10 @@ fn differences_markdown(
                 fmt_interval(d.difference, d.low, d.high)
             })
         };
-        if sized.is_empty() {
+        if sizes.is_empty() {
             let _ = write!(md, " {} |", cell(mine.first()));
         } else {
-            for c in &sized {
+            for c in sizes {
                 let found = mine
                     .iter()
                     .find(|(r, _)| r.cache_size == Some(*c))
