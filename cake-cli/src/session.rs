@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 
-use cake_core::{CompressionReport, LayerCache, PrefillRecorder, replay_prefill};
+use cake_core::CompressionReport;
 use cake_longbench::{
     BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule, SweepGenerator,
 };
-use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, Prefilled};
+use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, PrefillSnapshot};
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
-use cake_models::{DecoderConfig, Model, ModelError};
+use cake_models::{DecoderConfig, Model};
 
 use crate::exit::usage_ensure;
 use crate::settings::Settings;
@@ -160,21 +160,13 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
     }
 }
 
-/// One prompt's full prefill, kept so that every configuration decodes from a copy.
-struct PrefillMemo<B: Backend> {
-    caches: Vec<LayerCache<B>>,
-    recorder: PrefillRecorder<B>,
-    prefilled: Prefilled,
-}
-
 /// A [`SweepGenerator`] over a [`Session`]: each prompt is prefilled once with the full
-/// cache (recording the prefill hooks' inputs); each configuration's policy then replays
-/// those hooks on a copy of the full caches and decodes. Its predictions equal separate
-/// runs' (see `PrefillRecorder`).
+/// cache (a [`PrefillSnapshot`]); each configuration's policy then resumes from it and
+/// decodes. Its predictions equal separate runs'.
 pub struct PolicySweep<'a, B: Backend> {
     session: &'a Session<B>,
     configs: &'a [Settings],
-    memo: Option<PrefillMemo<B>>,
+    snapshot: Option<PrefillSnapshot<B>>,
     /// Prefills run so far.
     pub prefills: usize,
 }
@@ -185,7 +177,7 @@ impl<'a, B: Backend> PolicySweep<'a, B> {
         Self {
             session,
             configs,
-            memo: None,
+            snapshot: None,
             prefills: 0,
         }
     }
@@ -197,21 +189,10 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
     }
 
     fn prepare(&mut self, prompt: &str) -> Result<(), BoxError> {
-        self.memo = None;
+        self.snapshot = None;
         let ids = self.session.encode(prompt)?;
-        let mut run = Generation::new(&self.session.model).with_compressor(PrefillRecorder::new());
-        run.prefill(&ids)?;
-        let prefilled = run
-            .prefilled()
-            .cloned()
-            .ok_or("the prefill left no state")?;
-        let (recorder, caches) = run.into_parts();
+        self.snapshot = Some(PrefillSnapshot::capture(&self.session.model, &ids)?);
         self.prefills += 1;
-        self.memo = Some(PrefillMemo {
-            caches,
-            recorder,
-            prefilled,
-        });
         Ok(())
     }
 
@@ -222,27 +203,26 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
         stop: &StopRule,
     ) -> Result<GenerationOutcome, BoxError> {
         let session = self.session;
-        let memo = self.memo.as_ref().ok_or("generate called before prepare")?;
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .ok_or("generate called before prepare")?;
         let settings = self
             .configs
             .get(configuration)
             .ok_or("no such configuration")?;
-        let mut compressor = settings
+        let compressor = settings
             .spec
             .compressor::<B>(&session.name, session.model.num_layers())?;
-        let mut caches = memo.caches.clone();
-        replay_prefill(&mut compressor, memo.recorder.queries(), &mut caches)
-            .map_err(ModelError::from)?;
-        let mut run = Generation::new(&session.model)
-            .with_compressor(compressor)
+        let mut run = snapshot
+            .resume(&session.model, compressor)?
             .with_config(greedy_config(max_new_tokens, stop))
             .with_eos(session.tokenizer.eos_token_ids())
-            .with_text(TextStreamer::new(&session.tokenizer, true), |_: &str| {})
-            .with_prefill(caches, memo.prefilled.clone());
+            .with_text(TextStreamer::new(&session.tokenizer, true), |_: &str| {});
         let output = run.decode()?;
         Ok(GenerationOutcome {
             text: output.text.unwrap_or_default(),
-            prompt_tokens: memo.prefilled.prompt_len,
+            prompt_tokens: snapshot.prefilled().prompt_len,
             new_tokens: output.tokens.len(),
         })
     }

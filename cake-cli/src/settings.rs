@@ -90,7 +90,8 @@ pub struct PolicyArgs {
 }
 
 /// `CAKE_*` variables that are not settings (read elsewhere).
-const NOT_SETTINGS: [&str; 4] = [
+const NOT_SETTINGS: [&str; 5] = [
+    "CAKE_MEMORY_LIMIT",
     "CAKE_CACHE_DIR",
     "CAKE_PYTHON",
     "CAKE_PLOT_FONT",

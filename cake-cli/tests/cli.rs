@@ -492,6 +492,37 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
             "{name}: eval says {score}, the predictions give {}",
             100.0 * by_hand
         );
+        // The paper-style table of its C (the full cache's row is in every one) shows the
+        // same score, with its interval, under the dataset's column, then the average.
+        let tables: Vec<&str> = summary
+            .split("### Per task")
+            .nth(1)
+            .expect("a per-task section")
+            .split("\nC = ")
+            .skip(1)
+            .collect();
+        let tables: Vec<&str> = match name.split("-c").nth(1).and_then(|t| t.split('-').next()) {
+            Some(c) if !name.starts_with("full") => tables
+                .into_iter()
+                .filter(|t| t.starts_with(&format!("{c}:")))
+                .collect(),
+            _ => tables,
+        };
+        assert!(!tables.is_empty(), "{name}: no per-task table\n{summary}");
+        let policy = name.split('-').next().unwrap();
+        for table in tables {
+            assert!(
+                table.contains("| policy | synth_passkey | **average** |"),
+                "{table}"
+            );
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {policy} |")))
+                .unwrap_or_else(|| panic!("{name}: no row in\n{table}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert!(cells[2].starts_with(&format!("{score:.2} [")), "{row}");
+            assert!(cells[3].starts_with(&format!("{score:.2} [")), "{row}");
+        }
     }
 }
 

@@ -416,3 +416,98 @@ fn killed_and_resumed_runs_lose_nothing_and_end_identical() {
         "every torn line is repaired"
     );
 }
+
+/// A second `cake pred` on a folder another one is writing exits with 2 and names the
+/// holder's process id; the first run's file ends whole (every line one complete record,
+/// none twice), equal to a run that had the folder to itself.
+#[test]
+fn a_second_run_on_a_held_folder_is_refused_and_names_the_holder() {
+    let model = tiny_model();
+    let args = |work: &Path, data: &Path| {
+        let mut cmd = cake_process();
+        cmd.current_dir(work)
+            .args(["pred", "--model"])
+            .arg(model.path())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--window", "4", "--max-length", "200", "--out", "preds"])
+            .args(["--policy", "snapkv", "--cache-size", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    };
+    // The first run must still be writing when the second one has finished: grow the
+    // dataset until it is (the tiny model is fast).
+    for records in [64, 256, 1024, 4096] {
+        let work = tempfile::tempdir().unwrap();
+        let data = work.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        write_records(&data, "synth_kv", records);
+        let mut first = args(work.path(), &data)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cake starts");
+        let pid = first.id().to_string();
+        // Wait until the first run holds its folder (the lock file names it).
+        let held = loop {
+            if first.try_wait().unwrap().is_some() {
+                break false;
+            }
+            let named = folders(work.path()).iter().any(|f| {
+                std::fs::read_to_string(work.path().join("preds").join(f).join(".lock"))
+                    .is_ok_and(|holder| holder.contains(&format!("process {pid}:")))
+            });
+            if named {
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if !held {
+            continue;
+        }
+        let second = args(work.path(), &data).output().expect("cake runs");
+        let overlapped = first.try_wait().unwrap().is_none();
+        assert!(first.wait().unwrap().success());
+        if !overlapped {
+            continue; // the first run ended before the second one looked: inconclusive
+        }
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("in use by another run"), "{stderr}");
+        assert!(stderr.contains(&format!("process {pid}:")), "{stderr}");
+
+        // The held folder: one whole line per record, equal to a run on its own.
+        let [folder] = &folders(work.path())[..] else {
+            panic!("one configuration folder expected");
+        };
+        let written = std::fs::read(
+            work.path()
+                .join("preds")
+                .join(folder)
+                .join("synth_kv.jsonl"),
+        )
+        .unwrap();
+        assert_eq!(complete_lines(&written), records);
+        assert!(written.ends_with(b"\n"));
+        let alone = tempfile::tempdir().unwrap();
+        let status = args(alone.path(), &data)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let reference = std::fs::read(
+            alone
+                .path()
+                .join("preds")
+                .join(folder)
+                .join("synth_kv.jsonl"),
+        )
+        .unwrap();
+        assert!(
+            written == reference,
+            "the held run's file differs from a lone run's"
+        );
+        return;
+    }
+    panic!("the first run never outlasted the second, even with 4096 records");
+}

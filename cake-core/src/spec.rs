@@ -88,13 +88,19 @@ impl PolicySpec {
         self.kinds().is_none()
     }
 
+    /// The policy's name: the method (`cake`, `full`), or `allocator+scorer` when either
+    /// is overridden (`static+cake`, `preference+snapkv`).
+    pub fn name(&self) -> String {
+        match (self.allocator, self.scorer, self.kinds()) {
+            (None, None, _) | (_, _, None) => self.method.to_string(),
+            (_, _, Some((allocator, scorer))) => format!("{allocator}+{scorer}"),
+        }
+    }
+
     /// A short label for folder names and tables, e.g. `cake-c256-w32`,
     /// `preference+snapkv-r0.1-w32-oneshot`.
     pub fn label(&self) -> String {
-        let mut label = match (self.allocator, self.scorer, self.kinds()) {
-            (None, None, _) | (_, _, None) => self.method.to_string(),
-            (_, _, Some((allocator, scorer))) => format!("{allocator}+{scorer}"),
-        };
+        let mut label = self.name();
         let c = &self.cache;
         match c.ratio {
             Some(r) => label.push_str(&format!("-r{r}")),

@@ -115,3 +115,70 @@ fn gguf_tensor_of_2_pow_40_elements_fails_without_allocating() {
         );
     }
 }
+
+/// A safetensors file whose 8-byte header length is `header_len` and whose header is
+/// `header`, followed by 64 bytes of data.
+fn safetensors_claiming(header_len: u64, header: &str) -> Vec<u8> {
+    let mut bytes = header_len.to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 64]);
+    bytes
+}
+
+#[test]
+fn safetensors_claiming_2_pow_40_elements_fails_without_allocating() {
+    use cake_models::weights::{SafetensorsFolder, WeightError};
+    let tensor = r#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,4398046511104]}}"#;
+    for (header_len, header) in [
+        // A tensor of 2^40 elements in a file of a few bytes.
+        (tensor.len() as u64, tensor),
+        // A header that claims to be 2^40 bytes long.
+        (1u64 << 40, tensor),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("model.safetensors"),
+            safetensors_claiming(header_len, header),
+        )
+        .expect("write");
+        reset_peak_request();
+        let err = SafetensorsFolder::open(dir.path()).unwrap_err();
+        assert!(matches!(err, WeightError::Safetensors { .. }), "{err}");
+        assert!(
+            peak_request() < 64 << 10,
+            "largest allocation {}",
+            peak_request()
+        );
+    }
+}
+
+#[test]
+fn a_config_whose_weights_exceed_memory_is_refused_before_loading() {
+    // Valid shapes whose f32 weights need about 2^50 bytes: refused from the config alone
+    // (no weight file is even opened), whatever the machine's available memory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 1 << 20,
+        "intermediate_size": 1 << 22,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 8192,
+        "num_key_value_heads": 8192,
+        "vocab_size": 1 << 20,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write");
+    reset_peak_request();
+    let err = cake_models::load::<cake_models::Cpu>(dir.path(), &Default::default()).unwrap_err();
+    assert!(
+        matches!(err, cake_models::LoadError::TooLarge { needed, .. } if needed > 1 << 49),
+        "{err}"
+    );
+    assert!(err.to_string().contains("CAKE_MEMORY_LIMIT"), "{err}");
+    assert!(
+        peak_request() < 64 << 10,
+        "largest allocation {}",
+        peak_request()
+    );
+}

@@ -11,7 +11,8 @@
 //! the plain and the evicting paths run. WARMUP: generations before the baseline reading
 //! (default `min(20, N / 5)`; glibc keeps freed memory, so the resident set climbs to the
 //! working set's high-water mark first, which takes more generations on a tiny model whose
-//! process is a few MiB). RSS is also printed at each tenth of the run.
+//! process is a few MiB). RSS is also printed at each tenth of the run. The run fails (exit
+//! code 1) when the highest reading after the warm-up is more than 5% above the warm-up's.
 
 use std::time::Instant;
 
@@ -151,5 +152,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mib(high.max(end)),
         start.elapsed().as_secs_f64()
     );
+    let peak_growth = high.max(end) as f64 / after_warmup as f64 - 1.0;
+    if peak_growth > BOUND {
+        return Err(format!(
+            "RSS grew {:+.2}% over the warm-up's at its highest, more than the {:.0}% bound",
+            peak_growth * 100.0,
+            BOUND * 100.0
+        )
+        .into());
+    }
+    println!(
+        "highest RSS after warm-up {:+.2}% over the warm-up's: within the {:.0}% bound",
+        peak_growth * 100.0,
+        BOUND * 100.0
+    );
     Ok(())
 }
+
+/// Allowed growth of the resident set over the warm-up's, at any reading after it.
+const BOUND: f64 = 0.05;

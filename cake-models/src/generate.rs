@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use cake_core::{KeepAll, KvCompressor, LayerCache};
+use cake_core::{KeepAll, KvCompressor, LayerCache, PrefillRecorder, replay_prefill};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -171,6 +171,58 @@ pub struct Prefilled {
     pub prefill_time: Duration,
     /// Largest K/V bytes held during the prefill.
     pub kv_bytes_peak_prefill: usize,
+}
+
+/// One prompt's full-cache prefill, kept so that several policies decode from it (a policy
+/// sweep prefills each prompt once). [`PrefillSnapshot::resume`] replays the recorded
+/// prefill hooks for a compressor on a copy of the full caches, which leaves exactly what
+/// a live prefill with that compressor would have (see [`PrefillRecorder`]), and returns a
+/// generation ready for [`Generation::decode`].
+#[derive(Debug, Clone)]
+pub struct PrefillSnapshot<B: Backend> {
+    caches: Vec<LayerCache<B>>,
+    recorder: PrefillRecorder<B>,
+    prefilled: Prefilled,
+}
+
+impl<B: Backend> PrefillSnapshot<B> {
+    /// Prefills `prompt` with the full cache, recording what each layer's hooks saw.
+    ///
+    /// # Errors
+    /// As [`Generation::prefill`].
+    pub fn capture(model: &Model<B>, prompt: &[u32]) -> Result<Self, GenerateError> {
+        let mut run = Generation::new(model).with_compressor(PrefillRecorder::new());
+        let prefilled = run.prefill(prompt)?.clone();
+        let (recorder, caches) = run.into_parts();
+        Ok(Self {
+            caches,
+            recorder,
+            prefilled,
+        })
+    }
+
+    /// The prefill's state (prompt length, first logits, timing, peak K/V).
+    pub fn prefilled(&self) -> &Prefilled {
+        &self.prefilled
+    }
+
+    /// A generation that continues this prefill under `compressor`: its prefill hooks run
+    /// on a copy of the full caches; the snapshot stays for the next policy.
+    ///
+    /// # Errors
+    /// A compressor hook's error (as from a live prefill).
+    pub fn resume<'a, C: KvCompressor<B>>(
+        &self,
+        model: &'a Model<B>,
+        mut compressor: C,
+    ) -> Result<Generation<'a, B, C>, GenerateError> {
+        let mut caches = self.caches.clone();
+        replay_prefill(&mut compressor, self.recorder.queries(), &mut caches)
+            .map_err(ModelError::from)?;
+        Ok(Generation::new(model)
+            .with_compressor(compressor)
+            .with_prefill(caches, self.prefilled.clone()))
+    }
 }
 
 /// The text side of a generation: a detokenizer and where its pieces go.

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use crate::config::{ConfigError, DecoderConfig, decoder_config};
 use crate::gguf::GgufFile;
 use crate::model::Model;
-use crate::weights::{SafetensorsFolder, WeightError};
+use crate::weights::{SafetensorsFolder, WeightError, WeightLayout};
 
 /// A model that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,101 @@ pub enum LoadError {
     /// The weights cannot be read or do not fit the config.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// The f32 weights the config implies need more memory than the budget allows.
+    #[error(
+        "{path}: the model needs {needed} bytes of f32 weights, more than the memory budget of {budget} bytes ({source_of_budget}); free memory or raise {MEMORY_LIMIT_VAR}"
+    )]
+    TooLarge {
+        /// The model file or folder.
+        path: PathBuf,
+        /// Bytes of f32 weights the config implies.
+        needed: u64,
+        /// The budget.
+        budget: u64,
+        /// Where the budget came from (the variable or `/proc/meminfo`).
+        source_of_budget: String,
+    },
+}
+
+/// Environment variable that sets the memory budget of a load, in bytes (`K`, `M`, `G`
+/// suffixes allowed, powers of 1024); without it the budget is the system's available
+/// memory (`MemAvailable` in `/proc/meminfo`), and where that is unknown nothing is checked.
+pub const MEMORY_LIMIT_VAR: &str = "CAKE_MEMORY_LIMIT";
+
+/// Bytes of the f32 host copy of every weight `config` implies (saturating: a config that
+/// claims absurd sizes yields `u64::MAX`, never an overflow).
+pub fn weight_bytes(config: &DecoderConfig) -> u64 {
+    WeightLayout::new(config)
+        .tensors()
+        .iter()
+        .map(|t| {
+            t.shape
+                .iter()
+                .fold(4u64, |acc, &d| acc.saturating_mul(d as u64))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The memory budget of a load and where it came from: [`MEMORY_LIMIT_VAR`], else
+/// `MemAvailable`; `None` when neither is known.
+pub fn memory_budget() -> Result<Option<(u64, String)>, String> {
+    if let Ok(text) = std::env::var(MEMORY_LIMIT_VAR) {
+        return parse_bytes(&text)
+            .map(|b| Some((b, MEMORY_LIMIT_VAR.to_string())))
+            .ok_or_else(|| {
+                format!("{MEMORY_LIMIT_VAR}={text:?} is not a size in bytes (e.g. 8G, 512M)")
+            });
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kb| kb.trim().parse::<u64>().ok())
+        });
+    Ok(available.map(|kb| (kb.saturating_mul(1024), "available memory".to_string())))
+}
+
+/// `123`, `8K`, `512M`, `8G` (powers of 1024) as bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => return None,
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1u64 << shift)
+}
+
+/// Refuses a model whose f32 weights exceed the memory budget, before anything is
+/// allocated for them.
+fn check_memory(path: &Path, config: &DecoderConfig) -> Result<(), LoadError> {
+    let needed = weight_bytes(config);
+    let budget = memory_budget().map_err(|message| LoadError::Config {
+        path: path.to_path_buf(),
+        source: ConfigError::Invalid(message),
+    })?;
+    match budget {
+        Some((budget, source_of_budget)) if needed > budget => Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            needed,
+            budget,
+            source_of_budget,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A loaded model with the configuration it was built from.
@@ -77,6 +172,7 @@ pub fn load_hf_dir<B: Backend>(
         })?;
     let config =
         decoder_config(&config_json).map_err(|source| LoadError::Config { path, source })?;
+    check_memory(dir, &config)?;
     let mut weights = SafetensorsFolder::open(dir)?;
     let model = Model::from_weights(&config, &mut weights, device)?;
     Ok(LoadedModel {
@@ -101,6 +197,7 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
         config.rope.freq_factors = Some(factors);
         config.rope.llama3 = None;
     }
+    check_memory(path, &config)?;
     let model = Model::from_weights(&config, &mut file, device)?;
     Ok(LoadedModel {
         model,

@@ -55,31 +55,46 @@ struct Plan {
     heatmap_tasks: &'static str,
     samples_per_task: usize,
     bench_contexts: &'static str,
+    /// Calibration records per task (suite seed 1, disjoint from the evaluation's seed 0)
+    /// for `cake tune` and `cake fit`; 0 skips tuned and static CAKE.
+    calibration_samples: usize,
+    calibration_lengths: &'static str,
 }
 
+/// About 20 minutes on 2 cores: 8 tasks x 6 records at 1K tokens plus 10 needle records,
+/// every policy at C = 64 and 128 (CAKE vs SnapKV and PyramidKV at C = 128 with intervals).
 const QUICK: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
-    cache_sizes: "64,256",
+    cache_sizes: "64,128",
     lengths: "1024",
-    heatmap_lengths: "1024,1536,2048",
+    heatmap_lengths: "1024,1536",
     depths: "0,25,50,75,100",
-    tasks: "synth_vartrack,synth_multikey",
+    tasks: ALL_TASKS,
     heatmap_tasks: "synth_passkey",
-    samples_per_task: 1,
+    samples_per_task: 6,
     bench_contexts: "512,2048,4096",
+    calibration_samples: 0,
+    calibration_lengths: "1024",
 };
 
+/// The study: 8 tasks x 3 lengths x 10 records (240) plus 15 needle records, five cache
+/// sizes, every policy, and CAKE with tuned temperatures and with static fitted budgets.
 const FULL: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
-    cache_sizes: "64,128,256,512",
-    lengths: "1024,2048,4096",
-    heatmap_lengths: "1024,2048,4096",
+    cache_sizes: "64,128,256,512,1024",
+    lengths: "2048,4096,8192",
+    heatmap_lengths: "2048,4096,8192",
     depths: "0,25,50,75,100",
-    tasks: "synth_passkey,synth_multikey,synth_multivalue,synth_kv,synth_passage_retrieval,synth_passage_count,synth_vartrack,synth_fewshot",
+    tasks: ALL_TASKS,
     heatmap_tasks: "synth_passkey",
-    samples_per_task: 15,
+    samples_per_task: 10,
     bench_contexts: "512,2048,4096,8192",
+    calibration_samples: 2,
+    calibration_lengths: "2048,4096",
 };
+
+/// Every synthetic task type.
+const ALL_TASKS: &str = "synth_passkey,synth_multikey,synth_multivalue,synth_kv,synth_passage_retrieval,synth_passage_count,synth_vartrack,synth_fewshot";
 
 fn main() -> Result<()> {
     match Cli::parse().command {
@@ -194,6 +209,47 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             .args(["--max-samples", &samples, "--out"])
             .arg(out.join("pred-longbench")))?;
     }
+    // 2b. CAKE with temperatures tuned on calibration records (seed 1: never the
+    // evaluation's), and with static budgets fitted on them.
+    if plan.calibration_samples > 0 {
+        let calib = out.join("calib");
+        let tune = out.join("tune");
+        let fit = out.join("fit");
+        run(cake()
+            .args(["suite", "--model", &args.accuracy_model, "--out"])
+            .arg(&calib)
+            .args(["--tasks", plan.tasks, "--lengths", plan.calibration_lengths])
+            .args(["--depths", "25,75", "--seed", "1"])
+            .args(["--samples", &plan.calibration_samples.to_string()]))?;
+        run(cake()
+            .args(["tune", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(&calib)
+            .args(["--cache-sizes", plan.cache_sizes, "--window", "32"])
+            .arg("--eval-data")
+            .arg(&suite)
+            .arg("--out")
+            .arg(&tune))?;
+        run(cake()
+            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(&suite)
+            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
+            .args(["--window", "32", "--tau-file"])
+            .arg(tune.join("taus.json"))
+            .arg("--out")
+            .arg(&pred))?;
+        run(cake()
+            .args(["fit", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(&calib)
+            .args(["--max-samples", "4", "--out"])
+            .arg(&fit))?;
+        run(cake()
+            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+            .arg(&suite)
+            .args(["--policies", "cake", "--allocator", "static", "--score-fn"])
+            .arg(fit.join("score_function.json"))
+            .args(["--cache-sizes", plan.cache_sizes, "--window", "32", "--out"])
+            .arg(&pred))?;
+    }
     let pred_seconds = t.elapsed().as_secs_f64();
 
     // 3. Scores, the comparison table and plots.
@@ -270,6 +326,14 @@ fn write_report(
     {
         md.push_str("## LongBench (given data)\n\n");
         md.push_str(&lb);
+        md.push('\n');
+    }
+    if let Ok(tuned) = std::fs::read_to_string(out.join("tune/tune.md")) {
+        md.push_str("## Tuned temperatures (calibration suite, seed 1)\n\n");
+        md.push_str(
+            "`cake (tuned taus)` in the tables above runs CAKE with these; `cake` with the published ones or the 1.0/1.0 fallback. `static+cake` uses budgets fitted by `cake fit` (`fit/fit.md`).\n\n",
+        );
+        md.push_str(&tuned);
         md.push('\n');
     }
     md.push_str("## Needle retrieval heatmaps (depth x length)\n\n");

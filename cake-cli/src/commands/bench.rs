@@ -164,8 +164,8 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             let prefill_s = output.prefill_time.as_secs_f64();
             let row = BenchRow {
                 context,
-                policy: if method == Method::Full {
-                    method.to_string()
+                policy: if settings.spec.keeps_all() {
+                    settings.spec.name()
                 } else {
                     settings.label()
                 },

@@ -432,29 +432,31 @@ fn has_predictions(dir: &Path) -> bool {
 
 /// (policy label, cache size) from the run's `run.json`, else from the folder name.
 fn run_identity(dir: &Path) -> (String, Option<usize>) {
-    let manifest: Option<serde_json::Value> = std::fs::read_to_string(dir.join("run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let Some(config) = manifest.as_ref().map(|m| &m["config"]) else {
+    // The manifest's `config` is the run's settings: the model and the policy spec,
+    // flattened. Read the spec back typed; a folder without one is named by its folder.
+    let spec = std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|mut m| {
+            let mut config = m.get_mut("config")?.take();
+            config.as_object_mut()?.remove("model");
+            serde_json::from_value::<cake_core::PolicySpec>(config).ok()
+        });
+    let Some(spec) = spec else {
         return (name, None);
     };
-    let policy = match (config["allocator"].as_str(), config["scorer"].as_str()) {
-        (None, None) => config["policy"].as_str().unwrap_or("?").to_string(),
-        (a, s) => format!(
-            "{}+{}",
-            a.unwrap_or(config["policy"].as_str().unwrap_or("?")),
-            s.unwrap_or("default")
-        ),
-    };
-    let cache_size = if policy == "full" || !config["cache"]["ratio"].is_null() {
-        None
-    } else {
-        config["cache"]["cache_size"].as_u64().map(|c| c as usize)
-    };
+    let mut policy = spec.name();
+    // Temperatures from a tuned table are another configuration of the same policy: keep
+    // the two apart (and compare them, paired, with the published/fallback run).
+    if spec.tau_file.is_some() {
+        policy.push_str(" (tuned taus)");
+    }
+    let cache_size =
+        (!spec.keeps_all() && spec.cache.ratio.is_none()).then_some(spec.cache.cache_size);
     (policy, cache_size)
 }
 
@@ -542,11 +544,73 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
         md.push('\n');
         md.push_str(&interval_note());
     }
+    md.push_str(&per_task_markdown(runs, &sizes));
     for (reference, title) in [
         ("cake", "policy - cake at the same C"),
         ("full", "policy - full cache"),
     ] {
         md.push_str(&differences_markdown(runs, &sizes, reference, title));
+    }
+    md
+}
+
+/// The paper's layout: for each cache size, policies x (datasets, average), each cell a
+/// score with its interval (the full cache, which has no C, is a row of every table).
+fn per_task_markdown(runs: &[RunScore], sizes: &[usize]) -> String {
+    let mut datasets: Vec<&str> = runs
+        .iter()
+        .flat_map(|r| r.scores.keys().map(String::as_str))
+        .collect();
+    datasets.sort_unstable();
+    datasets.dedup();
+    if datasets.is_empty() {
+        return String::new();
+    }
+    let cell = |run: &RunScore, dataset: Option<&str>| {
+        let interval = match dataset {
+            Some(d) => run.intervals.get(d),
+            None => run.average_interval.as_ref(),
+        };
+        match (interval, dataset) {
+            (Some(i), _) => fmt_interval(i.score, i.low, i.high),
+            (None, Some(d)) => run.scores.get(d).map_or("-".into(), fmt_score),
+            (None, None) => run.average.map_or("-".into(), |a| format!("{a:.2}")),
+        }
+    };
+    let columns: Vec<Option<usize>> = if sizes.is_empty() {
+        vec![None]
+    } else {
+        sizes.iter().copied().map(Some).collect()
+    };
+    let mut md = String::from("\n### Per task\n");
+    for c in columns {
+        let _ = write!(
+            md,
+            "\n{}\n\n| policy |",
+            c.map_or("All runs:".to_string(), |c| format!("C = {c}:"))
+        );
+        for d in &datasets {
+            let _ = write!(md, " {d} |");
+        }
+        md.push_str(" **average** |\n|---|");
+        md.push_str(&"---:|".repeat(datasets.len() + 1));
+        md.push('\n');
+        for policy in policies_in_order(runs.iter()) {
+            let run = runs
+                .iter()
+                .filter(|r| r.policy == policy)
+                .find(|r| r.cache_size == c)
+                .or_else(|| {
+                    runs.iter()
+                        .find(|r| r.policy == policy && r.cache_size.is_none())
+                });
+            let Some(run) = run else { continue };
+            let _ = write!(md, "| {policy} |");
+            for d in &datasets {
+                let _ = write!(md, " {} |", cell(run, Some(d)));
+            }
+            let _ = writeln!(md, " {} |", cell(run, None));
+        }
     }
     md
 }
@@ -742,4 +806,63 @@ pub fn needle_heatmap(
         depths: depths.iter().map(|&d| d as f64).collect(),
         scores,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run folder whose manifest holds `config` (the settings `cake pred` writes).
+    fn run_with(config: serde_json::Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({ "config": config });
+        std::fs::write(dir.path().join("run.json"), manifest.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn runs_are_identified_from_their_typed_settings() {
+        let cake = |extra: serde_json::Value| {
+            let mut config = serde_json::json!({
+                "model": "m", "policy": "cake", "allocator": null, "scorer": null,
+                "score_fn": null, "cache": cake_core::PolicyConfig::default(),
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                config[k] = v.clone();
+            }
+            run_identity(run_with(config).path())
+        };
+        assert_eq!(cake(serde_json::json!({})), ("cake".into(), Some(1024)));
+        // Tuned temperatures are a configuration of their own, compared with `cake`.
+        assert_eq!(
+            cake(serde_json::json!({"tau_file": "tune/taus.json"})),
+            ("cake (tuned taus)".into(), Some(1024))
+        );
+        // An override names both halves of the policy.
+        assert_eq!(
+            cake(serde_json::json!({"allocator": "static", "score_fn": "f.json"})),
+            ("static+cake".into(), Some(1024))
+        );
+        // The full cache has no C; neither has a ratio run.
+        assert_eq!(
+            cake(serde_json::json!({"policy": "full"})),
+            ("full".into(), None)
+        );
+        let mut ratio = cake_core::PolicyConfig::default();
+        ratio.ratio = Some(0.1);
+        assert_eq!(
+            cake(serde_json::json!({"cache": ratio})).1,
+            None,
+            "a ratio run has no fixed C"
+        );
+        // A folder without a readable manifest is named by its folder.
+        let bare = tempfile::tempdir().unwrap();
+        let name = bare
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(run_identity(bare.path()), (name, None));
+    }
 }

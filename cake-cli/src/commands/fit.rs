@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use cake_longbench::prompt::build_prompt;
 use cake_longbench::record::read_dataset;
@@ -13,7 +14,6 @@ use cake_scoring_fit::{
     FitConfig, LayerStatsRow, StatsCollector, fit_score_function, plot_fit, rows_for_head,
     write_csv, write_jsonl,
 };
-use indicatif::ProgressBar;
 
 use crate::session::Session;
 use crate::settings::{PolicyArgs, Settings};
@@ -65,7 +65,12 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         )
     })?;
-    let taus = settings.spec.cache.resolve_tau(&session.name);
+    // Temperatures as the policy resolves them: the `--tau-file` table when given, else the
+    // published one, at each prompt's effective cache size (known only then with --ratio).
+    let tau_file = match &settings.spec.tau_file {
+        Some(path) => Some(cake_core::TauFile::read(path)?),
+        None => None,
+    };
     let datasets = if args.datasets.is_empty() {
         super::pred::known_datasets(&args.data_dir)?
     } else {
@@ -77,11 +82,16 @@ pub fn run(args: Args) -> Result<()> {
         let records: Vec<_> = read_dataset(&args.data_dir, name)?
             .take(args.max_samples)
             .collect::<Result<_, _>>()?;
-        let bar = ProgressBar::new(records.len() as u64);
-        bar.set_message(name.clone());
+        let mut progress = Progress::new(records.len() as u64, format!("fit {name}"));
         for record in &records {
             let prompt = build_prompt(record, spec, &session, args.max_length)?;
             let ids = session.encode(&prompt.text)?;
+            let cache = &settings.spec.cache;
+            let taus = cache.resolve_tau_in(
+                tau_file.as_ref(),
+                &session.name,
+                cache.cache_size_for(ids.len()),
+            );
             let mut collector = StatsCollector::new(
                 settings.spec.cache.window,
                 args.top_k,
@@ -97,9 +107,9 @@ pub fn run(args: Args) -> Result<()> {
                     .into_rows(name, &record.id)
                     .with_context(|| format!("measuring {name} record {}", record.id))?,
             );
-            bar.inc(1);
+            progress.inc(1);
         }
-        bar.finish();
+        progress.finish(format!("{} records", records.len()));
     }
     write_jsonl(&args.out.join("stats.jsonl"), &rows)?;
     write_csv(&args.out.join("stats.csv"), &rows)?;
