@@ -136,6 +136,45 @@ fn gguf_q_projection_with_zero_rows_is_corrupt() {
 }
 
 #[test]
+fn gguf_q_projection_with_zero_columns_and_huge_rows_is_corrupt_at_once() {
+    // cake-fuzz `gguf` (hang, killed after 20 s; seed 2026, execution 984353): a
+    // q-projection whose inner dimension is 0 and whose outer one is huge holds no data,
+    // and un-permuting its rows looped over the claimed row count.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.gguf");
+    let mut bytes = std::fs::read(path).expect("tiny.gguf");
+    let name = b"blk.0.attn_q.weight";
+    let table = bytes
+        .windows(14)
+        .position(|w| w == b"test.str_array")
+        .expect("metadata key");
+    let entry = table
+        + bytes[table..]
+            .windows(name.len())
+            .position(|w| w == name)
+            .expect("tensor entry")
+        + name.len();
+    // Entry: u32 n_dims = 2, then dims [cols, rows]: cols 0, rows 2^40 (a multiple of
+    // 2 x the heads).
+    assert_eq!(bytes[entry..entry + 4], 2u32.to_le_bytes());
+    bytes[entry + 4..entry + 12].copy_from_slice(&0u64.to_le_bytes());
+    bytes[entry + 12..entry + 20].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let file = cake_models::gguf::GgufFile::from_bytes("cols0.gguf", bytes).expect("parses");
+    let start = Instant::now();
+    let err = file
+        .hf_tensor("model.layers.0.self_attn.q_proj.weight")
+        .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(err, cake_models::gguf::GgufError::Corrupt { ref what, .. } if what.contains("column")),
+        "{err}"
+    );
+}
+
+#[test]
 fn chat_template_line_past_minijinja_positions_is_an_error() {
     // cake-fuzz `tokenizer` (crash): a chat template line of 65 535 characters (here an
     // unterminated string) wrapped minijinja's 16-bit column numbers, and formatting the

@@ -214,12 +214,23 @@ impl GgufFile {
             let (heads, kv_heads) = self.head_counts()?;
             let n_head = if is_q { heads } else { kv_heads };
             let rows = shape[0];
-            // `rows == 0` (a dimension of 0 in the file) would divide by zero below.
+            // `rows == 0` (a dimension of 0 in the file) would divide by zero below; empty
+            // data with many rows (another dimension 0) would loop over a count the file
+            // claims without data behind it.
             if n_head == 0 || rows == 0 || !rows.is_multiple_of(2 * n_head) {
                 return Err(GgufError::Corrupt {
                     path: self.path.clone(),
                     what: format!(
                         "tensor `{}` has {rows} rows, not a multiple of 2 x {n_head} heads",
+                        info.name
+                    ),
+                });
+            }
+            if data.is_empty() || !data.len().is_multiple_of(rows) {
+                return Err(GgufError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!(
+                        "tensor `{}` has shape {shape:?}: a projection needs at least one column",
                         info.name
                     ),
                 });
