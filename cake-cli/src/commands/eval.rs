@@ -848,8 +848,10 @@ mod tests {
             cake(serde_json::json!({"policy": "full"})),
             ("full".into(), None)
         );
-        let mut ratio = cake_core::PolicyConfig::default();
-        ratio.ratio = Some(0.1);
+        let ratio = cake_core::PolicyConfig {
+            ratio: Some(0.1),
+            ..Default::default()
+        };
         assert_eq!(
             cake(serde_json::json!({"cache": ratio})).1,
             None,
