@@ -104,10 +104,9 @@ fn huge_added_token_is_refused_quickly() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
-#[test]
-fn gguf_q_projection_with_zero_rows_is_corrupt() {
-    // cake-fuzz `gguf` (crash): tiny.gguf with the outer dimension of blk.0.attn_q.weight
-    // set to 0 (one byte changed); un-permuting its (empty) rows divided by zero.
+/// `fixtures/gguf/tiny.gguf` with the dimensions of `blk.0.attn_q.weight` (GGUF order:
+/// inner, then outer; `[256, 64]` in the file) replaced by `[cols, rows]`.
+fn tiny_gguf_with_q_dims(cols: u64, rows: u64) -> cake_models::gguf::GgufFile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.gguf");
     let mut bytes = std::fs::read(path).expect("tiny.gguf");
     let name = b"blk.0.attn_q.weight";
@@ -121,10 +120,19 @@ fn gguf_q_projection_with_zero_rows_is_corrupt() {
             .position(|w| w == name)
             .expect("tensor entry")
         + name.len();
-    // Entry: u32 n_dims = 2, then dims [256, 64]; the second (outer) one becomes 0.
+    // Entry: u32 n_dims = 2, then the two u64 dimensions.
     assert_eq!(bytes[entry..entry + 4], 2u32.to_le_bytes());
-    bytes[entry + 12..entry + 20].copy_from_slice(&0u64.to_le_bytes());
-    let file = cake_models::gguf::GgufFile::from_bytes("rows0.gguf", bytes).expect("parses");
+    assert_eq!(bytes[entry + 4..entry + 12], 256u64.to_le_bytes());
+    bytes[entry + 4..entry + 12].copy_from_slice(&cols.to_le_bytes());
+    bytes[entry + 12..entry + 20].copy_from_slice(&rows.to_le_bytes());
+    cake_models::gguf::GgufFile::from_bytes("edited.gguf", bytes).expect("parses")
+}
+
+#[test]
+fn gguf_q_projection_with_zero_rows_is_corrupt() {
+    // cake-fuzz `gguf` (crash): tiny.gguf with the outer dimension of blk.0.attn_q.weight
+    // set to 0 (one byte changed); un-permuting its (empty) rows divided by zero.
+    let file = tiny_gguf_with_q_dims(256, 0);
     let err = file
         .hf_tensor("model.layers.0.self_attn.q_proj.weight")
         .unwrap_err();
@@ -138,27 +146,9 @@ fn gguf_q_projection_with_zero_rows_is_corrupt() {
 #[test]
 fn gguf_q_projection_with_zero_columns_and_huge_rows_is_corrupt_at_once() {
     // cake-fuzz `gguf` (hang, killed after 20 s; seed 2026, execution 984353): a
-    // q-projection whose inner dimension is 0 and whose outer one is huge holds no data,
-    // and un-permuting its rows looped over the claimed row count.
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.gguf");
-    let mut bytes = std::fs::read(path).expect("tiny.gguf");
-    let name = b"blk.0.attn_q.weight";
-    let table = bytes
-        .windows(14)
-        .position(|w| w == b"test.str_array")
-        .expect("metadata key");
-    let entry = table
-        + bytes[table..]
-            .windows(name.len())
-            .position(|w| w == name)
-            .expect("tensor entry")
-        + name.len();
-    // Entry: u32 n_dims = 2, then dims [cols, rows]: cols 0, rows 2^40 (a multiple of
-    // 2 x the heads).
-    assert_eq!(bytes[entry..entry + 4], 2u32.to_le_bytes());
-    bytes[entry + 4..entry + 12].copy_from_slice(&0u64.to_le_bytes());
-    bytes[entry + 12..entry + 20].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    let file = cake_models::gguf::GgufFile::from_bytes("cols0.gguf", bytes).expect("parses");
+    // q-projection whose inner dimension is 0 and whose outer one is huge (a multiple of
+    // 2 x the heads) holds no data, and un-permuting its rows looped over the claimed count.
+    let file = tiny_gguf_with_q_dims(0, 1 << 40);
     let start = Instant::now();
     let err = file
         .hf_tensor("model.layers.0.self_attn.q_proj.weight")
