@@ -111,6 +111,42 @@ fn folder_without_config_json_is_named() {
 }
 
 #[test]
+fn a_model_over_the_memory_limit_is_refused_with_both_figures() {
+    let model = tiny_model();
+    let path = model.path().to_str().unwrap();
+    let out = cake()
+        .args(["inspect", "--model", path])
+        .env("CAKE_MEMORY_LIMIT", "1K")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("memory budget of 1024 bytes (CAKE_MEMORY_LIMIT)"),
+        "{stderr}"
+    );
+    // A limit that is not a size is an error too, never ignored.
+    let out = cake()
+        .args(["inspect", "--model", path])
+        .env("CAKE_MEMORY_LIMIT", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAKE_MEMORY_LIMIT=\"lots\""));
+    // Within the limit the same model loads.
+    let out = cake()
+        .args(["inspect", "--model", path])
+        .env("CAKE_MEMORY_LIMIT", "1G")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn cache_size_not_above_window_is_rejected_before_loading() {
     assert_clean_error(
         &[

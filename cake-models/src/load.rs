@@ -68,7 +68,8 @@ pub enum LoadError {
 pub const MEMORY_LIMIT_VAR: &str = "CAKE_MEMORY_LIMIT";
 
 /// Bytes of the f32 host copy of every weight `config` implies (saturating: a config that
-/// claims absurd sizes yields `u64::MAX`, never an overflow).
+/// claims absurd sizes yields `u64::MAX`, never an overflow). A lower bound of what a load
+/// holds at its peak (a fused projection briefly exists as parts and as the stack).
 pub fn weight_bytes(config: &DecoderConfig) -> u64 {
     WeightLayout::new(config)
         .tensors()
@@ -219,5 +220,22 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B
         load_gguf(path, device)
     } else {
         Err(LoadError::NotAModel(path.to_path_buf()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes_and_reject_the_rest() {
+        assert_eq!(parse_bytes("123"), Some(123));
+        assert_eq!(parse_bytes(" 8k "), Some(8 << 10));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("8G"), Some(8 << 30));
+        assert_eq!(parse_bytes("2T"), Some(2 << 40));
+        for bad in ["", "G", "8X", "-1G", "1.5G", "99999999999T"] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
+        }
     }
 }

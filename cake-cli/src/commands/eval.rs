@@ -596,14 +596,11 @@ fn per_task_markdown(runs: &[RunScore], sizes: &[usize]) -> String {
         md.push_str(&"---:|".repeat(datasets.len() + 1));
         md.push('\n');
         for policy in policies_in_order(runs.iter()) {
-            let run = runs
-                .iter()
-                .filter(|r| r.policy == policy)
-                .find(|r| r.cache_size == c)
-                .or_else(|| {
-                    runs.iter()
-                        .find(|r| r.policy == policy && r.cache_size.is_none())
-                });
+            let mine = |size: Option<usize>| {
+                runs.iter()
+                    .find(|r| r.policy == policy && r.cache_size == size)
+            };
+            let run = mine(c).or_else(|| mine(None));
             let Some(run) = run else { continue };
             let _ = write!(md, "| {policy} |");
             for d in &datasets {
