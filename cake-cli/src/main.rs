@@ -43,10 +43,16 @@ enum Command {
     /// Show a model's architecture, heads, K/V bytes per token, chat template and taus.
     Inspect(commands::inspect::Args),
     /// Fit a static score function of the layer index from calibration prompts.
+    ///
+    /// The calibration records (--data-dir) must not be the evaluation records: write them
+    /// with another seed, e.g. `cake suite --out calib --seed 1`.
     Fit(commands::fit::Args),
     /// Write the offline synthetic suite (LongBench JSONL format) into a folder.
     Suite(commands::suite::Args),
     /// Grid-search CAKE's temperatures per cache size on calibration data; write a table.
+    ///
+    /// The calibration records (--data-dir) must not be the evaluation records: write them
+    /// with another seed, e.g. `cake suite --out calib --seed 1`.
     Tune(commands::tune::Args),
 }
 

@@ -465,15 +465,23 @@ impl Chart for KeptTokens {
 mod tests {
     use super::*;
 
-    /// The contents of an SVG's text elements, trimmed (they carry newlines around them).
-    fn texts_of(svg: &str) -> Vec<&str> {
+    /// An SVG's text elements: each one's attributes and its content, trimmed (they carry
+    /// newlines around them).
+    fn text_elements(svg: &str) -> Vec<(&str, &str)> {
         svg.split("<text")
             .skip(1)
             .filter_map(|t| {
-                t.split_once('>')
-                    .and_then(|(_, rest)| rest.split('<').next())
+                let (attributes, rest) = t.split_once('>')?;
+                Some((attributes, rest.split('<').next()?.trim()))
             })
-            .map(str::trim)
+            .collect()
+    }
+
+    /// The contents of an SVG's text elements.
+    fn texts_of(svg: &str) -> Vec<&str> {
+        text_elements(svg)
+            .into_iter()
+            .map(|(_, text)| text)
             .collect()
     }
 
@@ -531,15 +539,10 @@ mod tests {
         }
         // Column labels sit at the cell centres: under the scores of their column.
         let x_of = |label: &str| -> f64 {
-            svg.split("<text")
-                .skip(1)
-                .find(|t| {
-                    t.split_once('>')
-                        .and_then(|(_, r)| r.split('<').next())
-                        .map(str::trim)
-                        == Some(label)
-                })
-                .and_then(|t| t.split("x=\"").nth(1)?.split('"').next()?.parse().ok())
+            text_elements(&svg)
+                .into_iter()
+                .find(|&(_, text)| text == label)
+                .and_then(|(a, _)| a.split("x=\"").nth(1)?.split('"').next()?.parse().ok())
                 .unwrap_or_else(|| panic!("no x for {label}"))
         };
         assert_eq!(x_of("1024"), x_of("33"));

@@ -1,5 +1,6 @@
 //! Progress of long work: a bar on a terminal; elsewhere (CI, `nohup`, a log file) one
-//! line every tenth of the work or every minute, with rate and ETA.
+//! line every N items (`CAKE_PROGRESS_EVERY=N`; by default a tenth of the work) and at
+//! least every minute, with rate and ETA.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -16,6 +17,30 @@ pub struct Progress {
     start: Instant,
     last_line: Instant,
     last_line_done: u64,
+    /// Items between two lines off a terminal.
+    every: u64,
+}
+
+/// The variable that sets the items between two progress lines off a terminal.
+pub const PROGRESS_EVERY_VAR: &str = "CAKE_PROGRESS_EVERY";
+
+/// Items between two progress lines over `total` items: `CAKE_PROGRESS_EVERY` when it is
+/// set (a positive integer), else a tenth of the work. A value that is not a positive
+/// integer is reported once per progress and ignored.
+fn line_every(total: u64, setting: Option<&str>) -> u64 {
+    let tenth = (total / 10).max(1);
+    match setting.map(str::trim) {
+        None | Some("") => tenth,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!(
+                    "warning: {PROGRESS_EVERY_VAR}={v} is not a positive integer; a progress line every {tenth} items"
+                );
+                tenth
+            }
+        },
+    }
 }
 
 /// Seconds between progress lines when nothing else triggers one.
@@ -44,6 +69,7 @@ impl Progress {
             start: now,
             last_line: now,
             last_line_done: 0,
+            every: line_every(total, std::env::var(PROGRESS_EVERY_VAR).ok().as_deref()),
         }
     }
 
@@ -62,7 +88,7 @@ impl Progress {
             bar.inc(n);
             return;
         }
-        let step = (self.total / 10).max(1);
+        let step = self.every;
         let due = self.done / step > self.last_line_done / step
             || self.last_line.elapsed() >= LINE_EVERY
             || self.done == self.total;
@@ -135,5 +161,26 @@ mod tests {
         assert!(line.starts_with("cake synth_kv: 10/40 (25%), "), "{line}");
         assert!(line.ends_with("; 12 tok/s"), "{line}");
         assert!(line.contains("items/s, eta "), "{line}");
+    }
+
+    #[test]
+    fn lines_come_every_n_items_when_set() {
+        assert_eq!(line_every(200, None), 20);
+        assert_eq!(line_every(5, None), 1);
+        assert_eq!(line_every(200, Some("7")), 7);
+        assert_eq!(line_every(200, Some("0")), 20);
+        assert_eq!(line_every(200, Some("many")), 20);
+        let mut p = Progress::new(10, "t");
+        (p.bar, p.every) = (None, 3);
+        let mut lines = Vec::new();
+        for _ in 0..10 {
+            let before = p.last_line_done;
+            p.inc(1);
+            if p.last_line_done != before {
+                lines.push(p.done);
+            }
+        }
+        // Every third item, and the last one.
+        assert_eq!(lines, [3, 6, 9, 10]);
     }
 }

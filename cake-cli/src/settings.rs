@@ -90,8 +90,9 @@ pub struct PolicyArgs {
 }
 
 /// `CAKE_*` variables that are not settings (read elsewhere).
-const NOT_SETTINGS: [&str; 5] = [
+const NOT_SETTINGS: [&str; 6] = [
     "CAKE_MEMORY_LIMIT",
+    "CAKE_PROGRESS_EVERY",
     "CAKE_CACHE_DIR",
     "CAKE_PYTHON",
     "CAKE_PLOT_FONT",

@@ -974,12 +974,7 @@ fn diagnose_counts_the_needle_tokens_each_kv_head_kept() {
         let heads = layer["heads"].as_array().unwrap();
         assert_eq!(heads.len(), 2, "two KV heads");
         for head in heads {
-            let kept: Vec<usize> = head["kept_positions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_u64().unwrap() as usize)
-                .collect();
+            let kept: Vec<usize> = serde_json::from_value(head["kept_positions"].clone()).unwrap();
             // Each head keeps the report's `held` tokens; its needle count is a recount
             // of its kept positions inside the span.
             assert_eq!(kept.len(), held, "{layer}");

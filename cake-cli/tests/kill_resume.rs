@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use cake_longbench::synthetic::rng::SplitMix64;
 use common::{cake_process, tiny_model, write_records};
 
 const DATASETS: [&str; 2] = ["synth_passkey", "synth_kv"];
@@ -33,24 +34,6 @@ const KILLS: usize = 20;
 const SEED: u64 = 0x00c0_ffee_cafe;
 /// SIGKILL.
 const SIGKILL: i32 = 9;
-
-/// SplitMix64: a small seeded generator (the delays must be reproducible).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// One `cake pred` command line (beyond the shared arguments) and what it writes.
 struct Job {
@@ -246,7 +229,7 @@ fn killed_and_resumed_runs_lose_nothing_and_end_identical() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEED);
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut kills = 0usize;
     let mut at_start = 0; // killed before writing a line (loading, first prefill)
     let mut between_records = 0; // killed after writing lines, last line complete

@@ -421,93 +421,96 @@ mod tests {
     fn validation_names_the_problem() {
         let d = PolicyConfig::default();
         assert!(d.validate().is_ok());
-        assert!(
-            err(PolicyConfig {
-                cache_size: 0,
-                ..d.clone()
-            })
-            .contains("cache_size is 0")
-        );
-        assert!(
-            err(PolicyConfig {
-                cache_size: 32,
-                ..d.clone()
-            })
-            .contains("must exceed window 32")
-        );
-        assert!(
-            err(PolicyConfig {
-                window: 0,
-                ..d.clone()
-            })
-            .contains("window is 0")
-        );
-        assert!(
-            err(PolicyConfig {
-                ratio: Some(0.0),
-                ..d.clone()
-            })
-            .contains("outside (0, 1]")
-        );
-        assert!(
-            err(PolicyConfig {
-                ratio: Some(1.5),
-                ..d.clone()
-            })
-            .contains("outside (0, 1]")
-        );
-        assert!(
-            err(PolicyConfig {
-                ratio: Some(f64::NAN),
-                ..d.clone()
-            })
-            .contains("outside")
-        );
+        let cases: [(PolicyConfig, &str); 11] = [
+            (
+                PolicyConfig {
+                    cache_size: 0,
+                    ..d.clone()
+                },
+                "cache_size is 0",
+            ),
+            (
+                PolicyConfig {
+                    cache_size: 32,
+                    ..d.clone()
+                },
+                "must exceed window 32",
+            ),
+            (
+                PolicyConfig {
+                    window: 0,
+                    ..d.clone()
+                },
+                "window is 0",
+            ),
+            (
+                PolicyConfig {
+                    ratio: Some(0.0),
+                    ..d.clone()
+                },
+                "outside (0, 1]",
+            ),
+            (
+                PolicyConfig {
+                    ratio: Some(1.5),
+                    ..d.clone()
+                },
+                "outside (0, 1]",
+            ),
+            (
+                PolicyConfig {
+                    ratio: Some(f64::NAN),
+                    ..d.clone()
+                },
+                "outside",
+            ),
+            (
+                PolicyConfig {
+                    tau1: Some(0.0),
+                    ..d.clone()
+                },
+                "tau1",
+            ),
+            (
+                PolicyConfig {
+                    tau2: Some(f64::INFINITY),
+                    ..d.clone()
+                },
+                "tau2",
+            ),
+            (
+                PolicyConfig {
+                    gamma: -1.0,
+                    ..d.clone()
+                },
+                "gamma",
+            ),
+            (
+                PolicyConfig {
+                    beta: 0.5,
+                    ..d.clone()
+                },
+                "beta",
+            ),
+            (
+                PolicyConfig {
+                    pool_kernel: 4,
+                    ..d.clone()
+                },
+                "odd",
+            ),
+        ];
+        for (config, want) in cases {
+            let message = err(config.clone());
+            assert!(message.contains(want), "{config:?}: {message}");
+        }
         // With a ratio the cache size is not used.
-        assert!(
-            PolicyConfig {
-                ratio: Some(1.0),
-                cache_size: 0,
-                ..d.clone()
-            }
-            .validate()
-            .is_ok()
-        );
-        assert!(
-            err(PolicyConfig {
-                tau1: Some(0.0),
-                ..d.clone()
-            })
-            .contains("tau1")
-        );
-        assert!(
-            err(PolicyConfig {
-                tau2: Some(f64::INFINITY),
-                ..d.clone()
-            })
-            .contains("tau2")
-        );
-        assert!(
-            err(PolicyConfig {
-                gamma: -1.0,
-                ..d.clone()
-            })
-            .contains("gamma")
-        );
-        assert!(
-            err(PolicyConfig {
-                beta: 0.5,
-                ..d.clone()
-            })
-            .contains("beta")
-        );
-        assert!(
-            err(PolicyConfig {
-                pool_kernel: 4,
-                ..d.clone()
-            })
-            .contains("odd")
-        );
+        let by_ratio = PolicyConfig {
+            ratio: Some(1.0),
+            cache_size: 0,
+            ..d
+        };
+        assert!(by_ratio.validate().is_ok());
     }
 
     #[test]

@@ -262,24 +262,23 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn u32(&mut self, fields: &mut Vec<Field>) -> Option<u32> {
-        let v = u32::from_le_bytes(self.bytes.get(self.pos..self.pos + 4)?.try_into().ok()?);
+    /// The next `N` bytes, recorded as one field.
+    fn field<const N: usize>(&mut self, fields: &mut Vec<Field>) -> Option<[u8; N]> {
+        let bytes = self.bytes.get(self.pos..self.pos + N)?.try_into().ok()?;
         fields.push(Field {
             offset: self.pos,
-            width: 4,
+            width: N as u8,
         });
-        self.pos += 4;
-        Some(v)
+        self.pos += N;
+        Some(bytes)
+    }
+
+    fn u32(&mut self, fields: &mut Vec<Field>) -> Option<u32> {
+        self.field(fields).map(u32::from_le_bytes)
     }
 
     fn u64(&mut self, fields: &mut Vec<Field>) -> Option<u64> {
-        let v = u64::from_le_bytes(self.bytes.get(self.pos..self.pos + 8)?.try_into().ok()?);
-        fields.push(Field {
-            offset: self.pos,
-            width: 8,
-        });
-        self.pos += 8;
-        Some(v)
+        self.field(fields).map(u64::from_le_bytes)
     }
 
     fn skip(&mut self, n: u64) -> Option<()> {

@@ -547,7 +547,7 @@ mod tests {
         };
         let mut changed = 0;
         for i in 0..2000 {
-            let mut rng = Rng::for_execution(5, "t", i);
+            let mut rng = crate::rng::for_execution(5, "t", i);
             let mut data = seed.bytes.clone();
             mutate(&mut rng, &mut data, &seed, &corpus, &cfg);
             assert!(data.len() <= 64);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::mutate::{Seed, mutate};
-use crate::rng::Rng;
+use crate::rng;
 use crate::targets::Target;
 use crate::worker::SharedState;
 
@@ -182,7 +182,7 @@ pub fn input_for(target: &dyn Target, seeds: &[Seed], seed: u64, index: u64) -> 
     if let Some(s) = usize::try_from(index).ok().filter(|&i| i < seeds.len()) {
         return (s, seeds[s].bytes.clone());
     }
-    let mut rng = Rng::for_execution(seed, target.name(), index);
+    let mut rng = rng::for_execution(seed, target.name(), index);
     let s = rng.below(seeds.len());
     let mut data = seeds[s].bytes.clone();
     mutate(&mut rng, &mut data, &seeds[s], seeds, &target.mutation());

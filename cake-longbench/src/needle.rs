@@ -189,7 +189,7 @@ pub fn token_span(offsets: &[(usize, usize)], bytes: &Range<usize>) -> Option<Ra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approx_tokenizer::ApproxTokenizer;
+    use crate::approx_tokenizer::{ApproxTokenizer, WithChat};
     use crate::prompt::build_prompt;
     use crate::record::NeedleSpan;
     use crate::registry;
@@ -286,19 +286,9 @@ mod tests {
 
     #[test]
     fn the_chat_template_shifts_the_needle() {
-        struct Chat(ApproxTokenizer);
-        impl PromptTokenizer for Chat {
-            fn encode(&self, t: &str) -> Vec<u32> {
-                self.0.encode(t)
-            }
-            fn decode(&self, ids: &[u32]) -> String {
-                self.0.decode(ids)
-            }
-            fn apply_chat_template(&self, user: &str) -> String {
-                format!("<user>\n{}\n</user>\n", user.trim())
-            }
-        }
-        let tok = Chat(ApproxTokenizer::new());
+        let tok = WithChat(ApproxTokenizer::new(), |user| {
+            format!("<user>\n{}\n</user>\n", user.trim())
+        });
         let spec = registry::lookup("synth_passkey").unwrap();
         let found = locate_needle(&record(5, 5), spec, &tok, 100_000).unwrap();
         assert!(found.prompt.text.starts_with("<user>\n"));

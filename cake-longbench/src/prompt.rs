@@ -148,7 +148,7 @@ pub fn build_prompt<T: PromptTokenizer + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approx_tokenizer::ApproxTokenizer;
+    use crate::approx_tokenizer::{ApproxTokenizer, WithChat};
     use crate::registry;
 
     fn record(context: &str, input: &str) -> LongBenchRecord {
@@ -190,19 +190,9 @@ mod tests {
 
     #[test]
     fn chat_rule_follows_the_dataset() {
-        struct Chat(ApproxTokenizer);
-        impl PromptTokenizer for Chat {
-            fn encode(&self, t: &str) -> Vec<u32> {
-                self.0.encode(t)
-            }
-            fn decode(&self, ids: &[u32]) -> String {
-                self.0.decode(ids)
-            }
-            fn apply_chat_template(&self, user: &str) -> String {
-                format!("<user>{user}</user>")
-            }
-        }
-        let tok = Chat(ApproxTokenizer::new());
+        let tok = WithChat(ApproxTokenizer::new(), |user| {
+            format!("<user>{user}</user>")
+        });
         let r = record("ctx", "q");
         let trec = build_prompt(&r, registry::lookup("trec").unwrap(), &tok, 1000).unwrap();
         assert!(!trec.text.starts_with("<user>") && !trec.truncated);

@@ -373,21 +373,22 @@ mod tests {
             paired_bootstrap(&[1.0], &[1.0, 2.0], &config()),
             Err(StatsError::LengthMismatch { left: 1, right: 2 })
         );
-        let zero = BootstrapConfig {
-            resamples: 0,
-            ..config()
-        };
-        assert!(matches!(
-            bootstrap_mean(&[1.0], &zero),
-            Err(StatsError::Config { .. })
-        ));
-        let level = BootstrapConfig {
-            level: 1.0,
-            ..config()
-        };
-        assert!(matches!(
-            bootstrap_mean(&[1.0], &level),
-            Err(StatsError::Config { .. })
-        ));
+        let bad = [
+            BootstrapConfig {
+                resamples: 0,
+                ..config()
+            },
+            BootstrapConfig {
+                level: 1.0,
+                ..config()
+            },
+        ];
+        for config in &bad {
+            let result = bootstrap_mean(&[1.0], config);
+            assert!(
+                matches!(result, Err(StatsError::Config { .. })),
+                "{config:?}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use cake_core::{KeepAll, KvCompressor, LayerCache, PrefillRecorder, replay_prefi
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::model::{Model, ModelError, PrefillLogits, kv_bytes};
+use crate::model::{Model, ModelError, PrefillLogits, Prefilled, kv_bytes};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,22 +157,6 @@ pub enum GenerateError {
     },
 }
 
-/// The state a prefill leaves for decoding: the first next-token logits (on the host)
-/// and the prefill's measurements. [`crate::Prefill`] is the model's raw result; this is
-/// what a [`Generation`] keeps of it, and what policy sweeps copy to decode several
-/// policies from one prefill ([`Generation::with_prefill`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prefilled {
-    /// Prompt length S (the first generated token sits at position S).
-    pub prompt_len: usize,
-    /// Next-token logits after the prompt, `[vocab]`.
-    pub logits: Vec<f32>,
-    /// Prefill wall time.
-    pub prefill_time: Duration,
-    /// Largest K/V bytes held during the prefill.
-    pub kv_bytes_peak_prefill: usize,
-}
-
 /// One prompt's full-cache prefill, kept so that several policies decode from it (a policy
 /// sweep prefills each prompt once). [`PrefillSnapshot::resume`] replays the recorded
 /// prefill hooks for a compressor on a copy of the full caches, which leaves exactly what
@@ -182,7 +166,7 @@ pub struct Prefilled {
 pub struct PrefillSnapshot<B: Backend> {
     caches: Vec<LayerCache<B>>,
     recorder: PrefillRecorder<B>,
-    prefilled: Prefilled,
+    prefilled: Prefilled<Vec<f32>>,
 }
 
 impl<B: Backend> PrefillSnapshot<B> {
@@ -202,7 +186,7 @@ impl<B: Backend> PrefillSnapshot<B> {
     }
 
     /// The prefill's state (prompt length, first logits, timing, peak K/V).
-    pub fn prefilled(&self) -> &Prefilled {
+    pub fn prefilled(&self) -> &Prefilled<Vec<f32>> {
         &self.prefilled
     }
 
@@ -251,7 +235,7 @@ pub struct Generation<'a, B: Backend, C = KeepAll> {
     config: GenerationConfig,
     eos: Vec<u32>,
     text: Option<TextSink<'a>>,
-    prefilled: Option<Prefilled>,
+    prefilled: Option<Prefilled<Vec<f32>>>,
 }
 
 impl<'a, B: Backend> Generation<'a, B, KeepAll> {
@@ -313,7 +297,11 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     /// Starts from a prefill run elsewhere: `caches` hold the prompt as this generation's
     /// compressor would have left it (e.g. after `cake_core::replay_prefill` on copies of
     /// full caches), `prefilled` its first logits. [`Generation::decode`] continues.
-    pub fn with_prefill(mut self, caches: Vec<LayerCache<B>>, prefilled: Prefilled) -> Self {
+    pub fn with_prefill(
+        mut self,
+        caches: Vec<LayerCache<B>>,
+        prefilled: Prefilled<Vec<f32>>,
+    ) -> Self {
         self.caches = caches;
         self.prefilled = Some(prefilled);
         self
@@ -330,7 +318,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     }
 
     /// The prefill's state, once it ran.
-    pub fn prefilled(&self) -> Option<&Prefilled> {
+    pub fn prefilled(&self) -> Option<&Prefilled<Vec<f32>>> {
         self.prefilled.as_ref()
     }
 
@@ -348,7 +336,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     /// prompt past the trained context silently. Truncate first (LongBench's rule keeps the
     /// first and last halves, see `cake_longbench::prompt`). Decoding may run past the
     /// context, as in transformers.
-    pub fn prefill(&mut self, prompt: &[u32]) -> Result<&Prefilled, GenerateError> {
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<&Prefilled<Vec<f32>>, GenerateError> {
         if let Some(context) = self.model.config().max_position_embeddings
             && prompt.len() > context
         {
@@ -364,12 +352,9 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
             &mut self.compressor,
             PrefillLogits::Last,
         )?;
-        Ok(self.prefilled.insert(Prefilled {
-            prompt_len: prompt.len(),
-            logits: logits_to_vec(prefill.logits),
-            prefill_time: start.elapsed(),
-            kv_bytes_peak_prefill: prefill.peak_kv_bytes,
-        }))
+        Ok(self
+            .prefilled
+            .insert(prefill.map_logits(start, logits_to_vec)))
     }
 
     /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.

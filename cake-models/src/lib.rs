@@ -16,6 +16,7 @@ pub mod config;
 #[cfg(feature = "flex")]
 pub mod cpu;
 pub mod fetch;
+pub mod file;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
@@ -26,7 +27,7 @@ pub mod weights;
 
 pub use config::{Architecture, DecoderConfig};
 pub use load::{LoadError, LoadedModel, load};
-pub use model::{Model, ModelError, Prefill, PrefillLogits};
+pub use model::{Model, ModelError, PrefillLogits, Prefilled};
 
 /// The CPU backend (burn-flex, f32).
 #[cfg(feature = "flex")]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use crate::config::{ConfigError, DecoderConfig, decoder_config};
+use crate::file::{FileError, read_json};
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::weights::{SafetensorsFolder, WeightError, WeightLayout};
@@ -16,22 +17,9 @@ pub enum LoadError {
     /// The path does not exist or is neither a folder nor a `.gguf` file.
     #[error("{0} is neither a Hugging Face model folder nor a .gguf file")]
     NotAModel(PathBuf),
-    /// config.json cannot be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// config.json is not JSON.
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// Parser error (with line and column).
-        source: serde_json::Error,
-    },
+    /// config.json cannot be read or is not JSON.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// config.json does not describe a supported model.
     #[error("{path}: {source}")]
     Config {
@@ -162,15 +150,7 @@ pub fn load_hf_dir<B: Backend>(
     device: &B::Device,
 ) -> Result<LoadedModel<B>, LoadError> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let config_json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| LoadError::Json {
-            path: path.clone(),
-            source,
-        })?;
+    let config_json = read_json(&path)?;
     let config =
         decoder_config(&config_json).map_err(|source| LoadError::Config { path, source })?;
     check_memory(dir, &config)?;

@@ -1,6 +1,8 @@
 //! The decoder shared by Llama, Mistral and Qwen2: embedding, decoder layers, final norm and
 //! output head, with explicit absolute positions and one [`LayerCache`] per layer.
 
+use std::time::{Duration, Instant};
+
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use cake_core::{CacheError, DecodeStep, KvCompressor, LayerCache, PrefillLayer};
 
@@ -58,14 +60,35 @@ pub enum PrefillLogits {
     All,
 }
 
-/// Result of [`Model::prefill`].
-#[derive(Debug, Clone)]
-pub struct Prefill<B: Backend> {
-    /// `[1, vocab]` or `[S, vocab]`, see [`PrefillLogits`].
-    pub logits: Tensor<B, 2>,
+/// What a prefill leaves for decoding: the logits and the prefill's measurements. `L` is
+/// how the logits are held: [`Model::prefill`] returns the `[1, vocab]` or `[S, vocab]`
+/// tensor (see [`PrefillLogits`]); a [`crate::generate::Generation`] keeps the next-token
+/// logits `[vocab]` on the host, which policy sweeps copy to decode several policies from
+/// one prefill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prefilled<L> {
+    /// Prompt length S (the first generated token sits at position S).
+    pub prompt_len: usize,
+    /// The logits.
+    pub logits: L,
+    /// Prefill wall time (in a generation, including reading the logits back).
+    pub prefill_time: Duration,
     /// Largest total K/V bytes held by all caches at any point of the prefill (measured
     /// after each layer's append, before the compressor runs).
-    pub peak_kv_bytes: usize,
+    pub kv_bytes_peak_prefill: usize,
+}
+
+impl<L> Prefilled<L> {
+    /// The same prefill with its logits converted by `f`; the wall time then includes `f`.
+    pub fn map_logits<M>(self, start: Instant, f: impl FnOnce(L) -> M) -> Prefilled<M> {
+        let logits = f(self.logits);
+        Prefilled {
+            prompt_len: self.prompt_len,
+            logits,
+            prefill_time: start.elapsed(),
+            kv_bytes_peak_prefill: self.kv_bytes_peak_prefill,
+        }
+    }
 }
 
 /// A decoder-only transformer (Llama / Mistral / Qwen2 family) on backend `B`.
@@ -212,7 +235,8 @@ impl<B: Backend> Model<B> {
         caches: &mut [LayerCache<B>],
         compressor: &mut dyn KvCompressor<B>,
         which: PrefillLogits,
-    ) -> Result<Prefill<B>, ModelError> {
+    ) -> Result<Prefilled<Tensor<B, 2>>, ModelError> {
+        let start = Instant::now();
         if tokens.is_empty() {
             return Err(ModelError::EmptyPrompt);
         }
@@ -243,9 +267,12 @@ impl<B: Backend> Model<B> {
             PrefillLogits::Last => x.narrow(0, s - 1, 1),
             PrefillLogits::All => x,
         };
-        Ok(Prefill {
-            logits: self.head(x),
-            peak_kv_bytes: peak,
+        let logits = self.head(x);
+        Ok(Prefilled {
+            prompt_len: s,
+            logits,
+            prefill_time: start.elapsed(),
+            kv_bytes_peak_prefill: peak,
         })
     }
 

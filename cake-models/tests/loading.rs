@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cake_models::file::FileError;
 use cake_models::weights::WeightError;
 use cake_models::{Cpu, LoadError, load};
 
@@ -97,7 +98,10 @@ fn bad_configs_are_reported() {
 
     let dir = copy_fixture("llama");
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
-    assert!(matches!(load_err(dir.path()), LoadError::Json { .. }));
+    assert!(matches!(
+        load_err(dir.path()),
+        LoadError::File(FileError::Json { .. })
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(

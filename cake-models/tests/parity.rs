@@ -259,6 +259,15 @@ fn long_logits_diff(model: &cake_models::Model<Cpu>, exp: &LongExpected) -> f32 
         .fold(0.0, f32::max)
 }
 
+/// Asserts the model's logits at the fixture's probed positions are within [`TOL`].
+fn assert_long_logits(what: &str, model: &cake_models::Model<Cpu>, exp: &LongExpected) {
+    let diff = long_logits_diff(model, exp);
+    assert!(
+        diff <= TOL,
+        "{what}: max abs logit diff {diff} > {TOL} over 2048 positions"
+    );
+}
+
 fn check_long_logits(folder: &str, fixture_name: &str) {
     let exp = long_fixture(fixture_name);
     assert_eq!(exp.input_ids.len(), 2048);
@@ -266,11 +275,7 @@ fn check_long_logits(folder: &str, fixture_name: &str) {
     let model = load::<Cpu>(&fixture(folder).0, &device)
         .expect("load fixture")
         .model;
-    let diff = long_logits_diff(&model, &exp);
-    assert!(
-        diff <= TOL,
-        "{fixture_name}: max abs logit diff {diff} > {TOL} over 2048 positions"
-    );
+    assert_long_logits(fixture_name, &model, &exp);
 }
 
 /// Llama-3 rope scaling past `original_max_position_embeddings` (64) up to position 2047.
@@ -312,11 +317,7 @@ fn qwen2_sliding_window_logits_match_torch_at_2k_positions() {
     let mut weights = cake_models::weights::SafetensorsFolder::open(&dir).expect("weights");
     let model = cake_models::Model::<Cpu>::from_weights(&config, &mut weights, &Default::default())
         .expect("model");
-    let diff = long_logits_diff(&model, &exp);
-    assert!(
-        diff <= TOL,
-        "qwen2 sliding: max abs logit diff {diff} > {TOL}"
-    );
+    assert_long_logits("qwen2 sliding", &model, &exp);
 }
 
 /// A Llama-3-scaled GGUF written as llama.cpp's converter writes it (scaling only as the
@@ -336,8 +337,7 @@ fn llama3_scaled_gguf_matches_torch_past_the_original_context() {
         .expect("rope_freqs read");
     assert_eq!(factors.len(), 8);
     assert!(factors.contains(&1.0) && factors.contains(&8.0));
-    let diff = long_logits_diff(&loaded.model, &exp);
-    assert!(diff <= TOL, "GGUF: max abs logit diff {diff} > {TOL}");
+    assert_long_logits("GGUF", &loaded.model, &exp);
 
     // Negative control: the same file with the divisors ignored is far off.
     let mut config = loaded.config.clone();

@@ -19,12 +19,7 @@ fn smollm2_gguf_matches_transformers() {
     let json = common::fixture_json("smollm2_reference.json");
     let ids = |k: &str| common::ids(&json[k]);
     let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));
-    let want: Vec<f32> = json["probe_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let want: Vec<f32> = serde_json::from_value(json["probe_logits"].clone()).expect("logits");
 
     let loaded = load::<Cpu>(&path, &Default::default()).expect("load SmolLM2 GGUF");
     let config = &loaded.config;

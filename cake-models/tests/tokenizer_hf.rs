@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use cake_models::file::FileError;
 use cake_models::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 use serde_json::Value;
 
@@ -93,18 +94,24 @@ fn missing_folder_is_named() {
     assert!(err.contains("/nonexistent/model/tokenizer.json"), "{err}");
 }
 
-#[test]
-fn malformed_config_is_named() {
+/// A folder holding only the fixture's tokenizer.json.
+fn tokenizer_json_alone() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(
         dir().join("tokenizer.json"),
         tmp.path().join("tokenizer.json"),
     )
     .unwrap();
+    tmp
+}
+
+#[test]
+fn malformed_config_is_named() {
+    let tmp = tokenizer_json_alone();
     std::fs::write(tmp.path().join("tokenizer_config.json"), "{ not json").unwrap();
     let err = Tokenizer::from_hf_dir(tmp.path()).unwrap_err();
     assert!(
-        matches!(err, TokenizerError::Json { .. })
+        matches!(err, TokenizerError::File(FileError::Json { .. }))
             && err.to_string().contains("tokenizer_config.json"),
         "{err}"
     );
@@ -112,12 +119,7 @@ fn malformed_config_is_named() {
 
 #[test]
 fn plain_text_fallback_without_template() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir().join("tokenizer.json"),
-        tmp.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    let tmp = tokenizer_json_alone();
     let tok = Tokenizer::from_hf_dir(tmp.path()).expect("tokenizer.json alone is enough");
     assert!(tok.chat_template().is_none());
     let msgs = [

@@ -43,11 +43,6 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-
-    /// Uniform index in `0..n` (n > 0); the modulo bias is below 2^-50 for any realistic n.
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 /// Index of each row's sample (`(dataset, sample_id)` pairs numbered in order of first
@@ -116,7 +111,8 @@ pub fn fold_assignment(
     let mut order: Vec<usize> = (0..n_samples).collect();
     let mut rng = SplitMix64(seed);
     for i in (1..n_samples).rev() {
-        order.swap(i, rng.below(i + 1));
+        // Modulo, not multiply-shift: the folds stay those of earlier releases.
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     let mut fold_of_sample = vec![0; n_samples];
     for (pos, &s) in order.iter().enumerate() {

@@ -15,21 +15,15 @@ use cake_scoring_fit::{
     write_csv, write_jsonl,
 };
 
+use super::pred::DataArgs;
 use crate::session::Session;
 use crate::settings::{PolicyArgs, Settings};
 
 /// Arguments of `cake fit`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Folder of LongBench-format `<dataset>.jsonl` calibration files (e.g. `cake suite`)
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Datasets to use (default: every known `<name>.jsonl` in --data-dir)
-    #[arg(long, value_delimiter = ',')]
-    pub datasets: Vec<String>,
-    /// Model: smollm2-135m (default), qwen2.5-coder-0.5b, a .gguf file or a HF folder
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Calibration prompts per dataset
     #[arg(long, default_value_t = 8)]
     pub max_samples: usize,
@@ -56,7 +50,7 @@ pub struct Args {
 
 /// Runs `cake fit`.
 pub fn run(args: Args) -> Result<()> {
-    let settings = Settings::resolve(&args.policy, args.model.as_deref())?;
+    let settings = Settings::resolve(&args.policy, args.data.model.as_deref())?;
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
     std::fs::create_dir_all(&args.out).with_context(|| {
@@ -71,15 +65,11 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => Some(cake_core::TauFile::read(path)?),
         None => None,
     };
-    let datasets = if args.datasets.is_empty() {
-        super::pred::known_datasets(&args.data_dir)?
-    } else {
-        args.datasets.clone()
-    };
+    let datasets = args.data.dataset_names()?;
     let mut rows: Vec<LayerStatsRow> = Vec::new();
     for name in &datasets {
         let spec = registry::lookup(name)?;
-        let records: Vec<_> = read_dataset(&args.data_dir, name)?
+        let records: Vec<_> = read_dataset(&args.data.data_dir, name)?
             .take(args.max_samples)
             .collect::<Result<_, _>>()?;
         let mut progress = Progress::new(records.len() as u64, format!("fit {name}"));

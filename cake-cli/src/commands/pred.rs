@@ -18,18 +18,46 @@ use crate::run_dir::{FolderLock, Manifest, folder_for, lock_folder, lock_shard};
 use crate::session::{PolicyGenerator, PolicySweep, Session};
 use crate::settings::{PolicyArgs, Settings};
 
-/// Arguments of `cake pred`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Datasets to predict (default: every known `<name>.jsonl` in --data-dir)
-    #[arg(long, value_delimiter = ',')]
-    pub datasets: Vec<String>,
+/// The records to read and the model that reads them (`cake pred`, `tune`, `fit`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
     /// Folder of LongBench-format `<dataset>.jsonl` files (LongBench data, or `cake suite`)
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Datasets to use (default: every known `<name>.jsonl` in --data-dir)
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
     /// Model: smollm2-135m (default), qwen2.5-coder-0.5b, a .gguf file or a HF folder
     #[arg(long)]
     pub model: Option<String>,
+}
+
+impl DataArgs {
+    /// The datasets: `--datasets` (each checked to exist in `--data-dir`), else every known
+    /// `<name>.jsonl` there.
+    pub fn dataset_names(&self) -> Result<Vec<String>> {
+        usage_ensure!(
+            self.data_dir.is_dir(),
+            "--data-dir {} is not a folder (write the synthetic suite with `cake suite --out DIR`)",
+            self.data_dir.display()
+        );
+        if !self.datasets.is_empty() {
+            for name in &self.datasets {
+                registry::lookup(name)?;
+                let path = self.data_dir.join(format!("{name}.jsonl"));
+                usage_ensure!(path.exists(), "{} does not exist", path.display());
+            }
+            return Ok(self.datasets.clone());
+        }
+        known_datasets(&self.data_dir)
+    }
+}
+
+/// Arguments of `cake pred`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Several methods in one run (each gets its folder), e.g. full,snapkv,cake
     #[arg(long, value_delimiter = ',', ignore_case = true)]
     pub policies: Vec<Method>,
@@ -61,8 +89,8 @@ pub struct Args {
 
 /// Runs `cake pred`.
 pub fn run(args: Args) -> Result<()> {
-    let base = Settings::resolve(&args.policy, args.model.as_deref())?;
-    let datasets = dataset_names(&args)?;
+    let base = Settings::resolve(&args.policy, args.data.model.as_deref())?;
+    let datasets = args.data.dataset_names()?;
     let configs = configurations(&base, &args)?;
     let device = Default::default();
     let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
@@ -175,25 +203,6 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
         }
     }
     Ok(out)
-}
-
-/// The datasets of a run: `--datasets` (each checked to exist in `--data-dir`), else every
-/// known `<name>.jsonl` there.
-pub fn dataset_names(args: &Args) -> Result<Vec<String>> {
-    usage_ensure!(
-        args.data_dir.is_dir(),
-        "--data-dir {} is not a folder (write the synthetic suite with `cake suite --out DIR`)",
-        args.data_dir.display()
-    );
-    if !args.datasets.is_empty() {
-        for name in &args.datasets {
-            registry::lookup(name)?;
-            let path = args.data_dir.join(format!("{name}.jsonl"));
-            usage_ensure!(path.exists(), "{} does not exist", path.display());
-        }
-        return Ok(args.datasets.clone());
-    }
-    known_datasets(&args.data_dir)
 }
 
 /// Stems of the known `<dataset>.jsonl` files in `dir`, sorted.
@@ -316,9 +325,10 @@ type Records = Box<dyn Iterator<Item = Result<LongBenchRecord, DataError>>>;
 /// after writing the shard's index (positions and ids in the dataset, from which
 /// `cake eval` restores the dataset order when merging) into every folder of `dirs`.
 fn dataset_records(args: &Args, name: &str, dirs: &[PathBuf]) -> Result<(Records, usize)> {
-    let records = read_dataset(&args.data_dir, name)?.take(args.max_samples.unwrap_or(usize::MAX));
+    let records =
+        read_dataset(&args.data.data_dir, name)?.take(args.max_samples.unwrap_or(usize::MAX));
     let Some(shard) = args.shard else {
-        let count = count_records(&args.data_dir, name, args.max_samples);
+        let count = count_records(&args.data.data_dir, name, args.max_samples);
         return Ok((Box::new(records), count));
     };
     let all = records.collect::<Result<Vec<_>, _>>()?;

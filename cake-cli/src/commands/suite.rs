@@ -55,7 +55,7 @@ pub fn write_suite<B: burn::tensor::backend::Backend>(
         "moby-dick" => HaystackSource::MobyDick,
         other => usage_bail!("unknown haystack `{other}`: use essays or moby-dick"),
     };
-    let text = fetch_haystack(source)?;
+    let text = fetch_haystack(source, &cake_models::fetch::cache_dir()?)?;
     let haystack = Haystack::from_text(&text)?;
     let mut config = SuiteConfig::new(session, &haystack);
     config.seed = args.seed;

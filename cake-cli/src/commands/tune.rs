@@ -29,7 +29,7 @@ use cake_longbench::record::read_dataset;
 use serde::Serialize;
 
 use super::eval::suite_average;
-use super::pred::{self, predict_configurations};
+use super::pred::{self, DataArgs, predict_configurations};
 use crate::exit::{usage_bail, usage_ensure};
 use crate::session::Session;
 use crate::settings::{PolicyArgs, Settings};
@@ -37,16 +37,8 @@ use crate::settings::{PolicyArgs, Settings};
 /// Arguments of `cake tune`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Folder of calibration `<dataset>.jsonl` files, disjoint from the evaluation data
-    /// (e.g. `cake suite --out calib --seed 1`)
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Datasets to use (default: every known `<name>.jsonl` in --data-dir)
-    #[arg(long, value_delimiter = ',')]
-    pub datasets: Vec<String>,
-    /// Model: smollm2-135m (default), qwen2.5-coder-0.5b, a .gguf file or a HF folder
-    #[arg(long)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Cache sizes C to tune for, e.g. 64,128,256
     #[arg(long, value_delimiter = ',', required = true)]
     pub cache_sizes: Vec<usize>,
@@ -151,7 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         config: args.config.clone(),
         ..PolicyArgs::default()
     };
-    let base = Settings::resolve(&layer, args.model.as_deref())?;
+    let base = Settings::resolve(&layer, args.data.model.as_deref())?;
     usage_ensure!(
         base.spec.cache.ratio.is_none(),
         "cake tune tunes at fixed cache sizes (--cache-sizes): unset `ratio` in the settings"
@@ -168,9 +160,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let configs = grid_settings(&base, &sizes, &tau1, &tau2, &gamma)?;
     let pred_args = pred::Args {
-        datasets: args.datasets.clone(),
-        data_dir: args.data_dir.clone(),
-        model: args.model.clone(),
+        data: args.data.clone(),
         policies: Vec::new(),
         cache_sizes: Vec::new(),
         max_length: args.max_length,
@@ -180,9 +170,9 @@ pub fn run(args: Args) -> Result<()> {
         shard: None,
         policy: PolicyArgs::default(),
     };
-    let datasets = pred::dataset_names(&pred_args)?;
+    let datasets = args.data.dataset_names()?;
     if let Some(eval) = &args.eval_data {
-        for warning in overlap_warnings(&args.data_dir, eval, &datasets, args.max_samples)? {
+        for warning in overlap_warnings(&args.data.data_dir, eval, &datasets, args.max_samples)? {
             eprintln!("warning: {warning}");
         }
     }
@@ -226,7 +216,7 @@ pub fn run(args: Args) -> Result<()> {
     let table = TauTable {
         source: format!(
             "cake tune on {} ({}; {} records per dataset at most), objective: {OBJECTIVE}",
-            args.data_dir.display(),
+            args.data.data_dir.display(),
             datasets.join(", "),
             args.max_samples
                 .map_or("all".to_string(), |n| n.to_string())
@@ -243,7 +233,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let report = Report {
         model: &session.name,
-        data_dir: args.data_dir.display().to_string(),
+        data_dir: args.data.data_dir.display().to_string(),
         datasets: &datasets,
         max_samples: args.max_samples,
         objective: OBJECTIVE,

@@ -1,5 +1,6 @@
 //! A tiny deterministic generator (SplitMix64), so the synthetic suite is the same on every
-//! platform and with every version of the `rand` crate.
+//! platform and with every version of the `rand` crate; the bootstrap and the fuzzer use
+//! it too.
 
 /// SplitMix64 pseudo-random generator.
 #[derive(Debug, Clone)]
@@ -49,6 +50,16 @@ impl SplitMix64 {
     /// Uniform float in [0, 1).
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: usize, den: usize) -> bool {
+        self.below(den) < num
+    }
+
+    /// A random byte.
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
     }
 
     /// One element of a non-empty slice.

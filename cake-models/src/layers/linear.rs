@@ -50,10 +50,8 @@ impl<B: Backend> Linear<B> {
     /// backends or layouts.
     #[cfg(feature = "flex")]
     fn gemv_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        let w = host::flex(&self.weight)?;
-        let w = host::contiguous(&w)?;
-        let x = host::flex(x)?.to_contiguous();
-        let x = host::contiguous(&x)?;
+        let (w, x) = host_buffers(&self.weight, x)?;
+        let (w, x) = (host::contiguous(&w)?, host::contiguous(&x)?);
         let bias = match &self.bias {
             Some(b) => Some(host::flex(b)?),
             None => None,
@@ -70,6 +68,19 @@ impl<B: Backend> Linear<B> {
             &self.weight.device(),
         ))
     }
+}
+
+/// The CPU fast path's operands: a weight's host buffer as stored (`None` unless it is
+/// contiguous, never copied) and the activations `x`, made contiguous where they are not;
+/// `None` off the CPU backend.
+#[cfg(feature = "flex")]
+fn host_buffers<B: Backend, const D: usize>(
+    weight: &Tensor<B, D>,
+    x: &Tensor<B, 2>,
+) -> Option<(burn_flex::FlexTensor, burn_flex::FlexTensor)> {
+    let w = host::flex(weight)?;
+    host::contiguous(&w)?;
+    Some((w, host::flex(x)?.to_contiguous()))
 }
 
 /// Root-mean-square normalisation: `weight * (x / sqrt(mean(x^2) + eps))`.
@@ -103,10 +114,8 @@ impl<B: Backend> RmsNorm<B> {
     /// The CPU fast path: one pass per row on the host buffer.
     #[cfg(feature = "flex")]
     fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        let w = host::flex(&self.weight)?;
-        let w = host::contiguous(&w)?;
-        let xs = host::flex(x)?.to_contiguous();
-        let xs = host::contiguous(&xs)?;
+        let (w, xs) = host_buffers(&self.weight, x)?;
+        let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
         let mut out = vec![0.0f32; xs.len()];
         cpu::rms_norm(xs, w, self.eps as f32, &mut out);
         Some(Tensor::from_data(

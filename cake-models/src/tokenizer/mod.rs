@@ -16,11 +16,12 @@ mod chat;
 mod gguf;
 mod stream;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use crate::file::{FileError, read_json, read_text};
 use crate::gguf::GgufError;
 
 pub use chat::{ChatMessage, MAX_TEMPLATE_EXTENT};
@@ -29,22 +30,9 @@ pub use stream::TextStreamer;
 /// Everything that can go wrong loading or using a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// A JSON file is malformed.
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The parse error.
-        source: serde_json::Error,
-    },
+    /// A file could not be read, or a JSON file is malformed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The `tokenizers` crate rejected a tokenizer or failed to encode/decode.
     #[error("tokenizer error ({context}): {message}")]
     Tokenizers {
@@ -88,17 +76,6 @@ fn tk_err(context: &str) -> impl FnOnce(tokenizers::Error) -> TokenizerError + '
         context: context.to_string(),
         message: e.to_string(),
     }
-}
-
-fn read_json(path: &Path) -> Result<Json, TokenizerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.into(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| TokenizerError::Json {
-        path: path.into(),
-        source,
-    })
 }
 
 /// Builds a `tokenizers` tokenizer from a parsed `tokenizer.json` (or one rebuilt from GGUF
@@ -177,13 +154,14 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(TokenizerError::Io {
+            return Err(FileError::Io {
                 path: tok_path,
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "tokenizer.json missing from the model folder",
                 ),
-            });
+            }
+            .into());
         }
         let inner = tokenizer_from_json(read_json(&tok_path)?, &tok_path)?;
         let config_path = dir.join("tokenizer_config.json");
@@ -201,12 +179,7 @@ impl Tokenizer {
         };
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = if jinja_path.is_file() {
-            Some(
-                std::fs::read_to_string(&jinja_path).map_err(|source| TokenizerError::Io {
-                    path: jinja_path,
-                    source,
-                })?,
-            )
+            Some(read_text(&jinja_path)?)
         } else {
             match config.get("chat_template") {
                 Some(Json::String(s)) => Some(s.clone()),

@@ -51,6 +51,9 @@ pub enum WeightError {
         /// Parser error.
         source: safetensors::SafeTensorError,
     },
+    /// `model.safetensors.index.json` cannot be read or is not JSON.
+    #[error(transparent)]
+    File(#[from] crate::file::FileError),
     /// `model.safetensors.index.json` is malformed.
     #[error("{path}: {message}")]
     Index {
@@ -191,15 +194,7 @@ impl SafetensorsFolder {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let shard_names: Vec<String> = if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|source| WeightError::Io {
-                path: index_path.clone(),
-                source,
-            })?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| WeightError::Index {
-                    path: index_path.clone(),
-                    message: format!("not valid JSON: {e}"),
-                })?;
+            let json = crate::file::read_json(&index_path)?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())

@@ -148,56 +148,25 @@ mod tests {
             // The table against shapes written out by hand.
             let shape = |n: &str| taken.iter().find(|t| t.name == n).map(|t| t.shape.clone());
             let bias = config.qkv_bias;
+            let hand: [(&str, Option<Vec<usize>>); 12] = [
+                ("self_attn.q_proj.weight", Some(vec![64, 64])),
+                ("self_attn.k_proj.weight", Some(vec![32, 64])),
+                ("self_attn.v_proj.weight", Some(vec![32, 64])),
+                ("self_attn.o_proj.weight", Some(vec![64, 64])),
+                ("mlp.gate_proj.weight", Some(vec![128, 64])),
+                ("mlp.up_proj.weight", Some(vec![128, 64])),
+                ("mlp.down_proj.weight", Some(vec![64, 128])),
+                ("input_layernorm.weight", Some(vec![64])),
+                ("post_attention_layernorm.weight", Some(vec![64])),
+                ("self_attn.q_proj.bias", bias.then(|| vec![64])),
+                ("self_attn.k_proj.bias", bias.then(|| vec![32])),
+                ("self_attn.v_proj.bias", bias.then(|| vec![32])),
+            ];
             for l in 0..2 {
-                let p = format!("model.layers.{l}");
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.q_proj.weight")),
-                    Some(vec![64, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.k_proj.weight")),
-                    Some(vec![32, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.v_proj.weight")),
-                    Some(vec![32, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.o_proj.weight")),
-                    Some(vec![64, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.mlp.gate_proj.weight")),
-                    Some(vec![128, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.mlp.up_proj.weight")),
-                    Some(vec![128, 64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.mlp.down_proj.weight")),
-                    Some(vec![64, 128])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.input_layernorm.weight")),
-                    Some(vec![64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.post_attention_layernorm.weight")),
-                    Some(vec![64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.q_proj.bias")),
-                    bias.then(|| vec![64])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.k_proj.bias")),
-                    bias.then(|| vec![32])
-                );
-                assert_eq!(
-                    shape(&format!("{p}.self_attn.v_proj.bias")),
-                    bias.then(|| vec![32])
-                );
+                for (name, want) in &hand {
+                    let name = format!("model.layers.{l}.{name}");
+                    assert_eq!(&shape(&name), want, "{architecture} {name}");
+                }
             }
             assert_eq!(shape("model.embed_tokens.weight"), Some(vec![100, 64]));
             assert_eq!(shape("model.norm.weight"), Some(vec![64]));
