@@ -84,17 +84,23 @@ pub fn rope_in_place(
 }
 
 /// SwiGLU's middle: rows of `gate_up` are `[gate (inter) | up (inter)]`; writes
-/// `silu(gate) * up` rows of width `inter` into `out`.
+/// `silu(gate) * up` rows of width `inter` into `out`, vectorised ([`simd::silu_mul`],
+/// whose `exp` is within 2e-7 relative of libm's) and threaded over blocks of rows.
 pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
-    for (row, dst) in gate_up
-        .chunks_exact(2 * inter)
-        .zip(out.chunks_exact_mut(inter))
-    {
-        let (gate, up) = row.split_at(inter);
-        for ((o, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+    if inter == 0 {
+        return;
     }
+    out.par_chunks_mut(ROWS_PER_TASK * inter)
+        .zip(gate_up.par_chunks(ROWS_PER_TASK * 2 * inter))
+        .for_each(|(out, gate_up)| {
+            for (row, dst) in gate_up
+                .chunks_exact(2 * inter)
+                .zip(out.chunks_exact_mut(inter))
+            {
+                let (gate, up) = row.split_at(inter);
+                simd::silu_mul(gate, up, dst);
+            }
+        });
 }
 
 #[cfg(test)]

@@ -138,15 +138,14 @@ impl<B: Backend> Attention<B> {
     ) -> Result<AttentionOutput<B>, CacheError> {
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let width = (h + 2 * hkv) * d;
-        let qkv = qkv.to_contiguous();
-        let Some(data) = host::contiguous(&qkv) else {
-            unreachable!("a contiguous copy is contiguous")
-        };
-        let s = data.len() / width;
-        let mut rows = data.to_vec();
+        // [S, width]: rotated in place in the projection's own buffer (copied on write
+        // only if something else holds it).
+        let mut contiguous = qkv.to_contiguous();
         drop(qkv);
-        cpu::rope_in_place(&mut rows, width, 0, h, inv_freq, start);
-        cpu::rope_in_place(&mut rows, width, h * d, hkv, inv_freq, start);
+        let rows = contiguous.storage_mut::<f32>();
+        let s = rows.len() / width;
+        cpu::rope_in_place(rows, width, 0, h, inv_freq, start);
+        cpu::rope_in_place(rows, width, h * d, hkv, inv_freq, start);
         // Queries [S, H, d]; keys and values [Hkv, S, d].
         let mut q = Vec::with_capacity(s * h * d);
         let mut k = vec![0.0f32; hkv * s * d];
@@ -159,7 +158,7 @@ impl<B: Backend> Attention<B> {
                 v[at..at + d].copy_from_slice(&row[(h + hkv + kv) * d..(h + hkv + kv + 1) * d]);
             }
         }
-        drop(rows);
+        drop(contiguous);
         let tensor3 = |data: Vec<f32>, shape: [usize; 3]| -> Tensor<B, 3> {
             Tensor::from_data(TensorData::new(data, shape), device)
         };
