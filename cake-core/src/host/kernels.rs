@@ -22,33 +22,28 @@ impl SharedOut {
     }
 }
 
-/// Output rows per GEMV task: large enough to amortise scheduling, small enough to
-/// balance two to sixteen threads.
-const GEMV_ROWS_PER_TASK: usize = 128;
+/// Most output rows per GEMV task: large enough to amortise scheduling.
+const GEMV_MAX_ROWS_PER_TASK: usize = 128;
 
 /// `y = W x + b` with `W` row-major `[out, in]` (each output a contiguous dot product),
-/// `x`: `[in]`, `y`: `[out]`, split over threads by output rows.
+/// `x`: `[in]`, `y`: `[out]`, split over threads by output rows: at least eight tasks per
+/// thread, so that matrices of a few hundred rows (a small model's output projection)
+/// still keep every thread busy to the end.
 pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let inp = x.len();
     debug_assert_eq!(w.len(), y.len() * inp);
-    y.par_chunks_mut(GEMV_ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(c, out)| {
-            let o0 = c * GEMV_ROWS_PER_TASK;
-            let done = out.len() / 4 * 4;
-            let mut quads = out.chunks_exact_mut(4);
-            for (q, y4) in (&mut quads).enumerate() {
-                let o = o0 + 4 * q;
-                let dots = simd::dot4(&w[o * inp..(o + 4) * inp], x);
-                for (r, y) in y4.iter_mut().enumerate() {
-                    *y = dots[r] + bias.map_or(0.0, |b| b[o + r]);
-                }
+    let tasks = 8 * rayon::current_num_threads();
+    let rows = y.len().div_ceil(tasks).next_multiple_of(4);
+    let rows = rows.clamp(4, GEMV_MAX_ROWS_PER_TASK);
+    y.par_chunks_mut(rows).enumerate().for_each(|(c, out)| {
+        let o0 = c * rows;
+        simd::matvec(&w[o0 * inp..(o0 + out.len()) * inp], x, out);
+        if let Some(b) = bias {
+            for (y, &b) in out.iter_mut().zip(&b[o0..]) {
+                *y += b;
             }
-            for (i, y) in quads.into_remainder().iter_mut().enumerate() {
-                let o = o0 + done + i;
-                *y = simd::dot(&w[o * inp..(o + 1) * inp], x) + bias.map_or(0.0, |b| b[o]);
-            }
-        });
+        }
+    });
 }
 
 /// Keys or values of one layer as the cache stores them: KV head `h`'s row `j` is
@@ -66,9 +61,10 @@ pub struct KvRows<'a> {
 }
 
 impl KvRows<'_> {
-    fn row(&self, head: usize, j: usize) -> &[f32] {
-        let at = head * self.head_stride + j * self.dim;
-        &self.data[at..at + self.dim]
+    /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous.
+    fn rows(&self, head: usize, from: usize, to: usize) -> &[f32] {
+        let at = head * self.head_stride;
+        &self.data[at + from * self.dim..at + to * self.dim]
     }
 }
 
@@ -454,27 +450,25 @@ fn decode_attention(
                 out: vec![0.0; group * d],
                 exps: vec![0.0; group * n],
             };
-            // Scores: each key row is read once for the G query heads of its group.
-            let qs = &q[kv * group * d..(kv + 1) * group * d];
-            let mut dots = vec![0.0f32; group];
-            for j in 0..n {
-                simd::dot_group(qs, keys.row(kv, a + j), &mut dots);
-                for (g, &s) in dots.iter().enumerate() {
-                    part.exps[g * n + j] = s * scale;
-                }
+            // Scores of the chunk's keys for each of the G query heads of the group, four
+            // keys per pass over the query; the chunk's rows stay in cache across heads.
+            let chunk = keys.rows(kv, a, b);
+            for g in 0..group {
+                let scores = &mut part.exps[g * n..(g + 1) * n];
+                simd::matvec(chunk, &q[(kv * group + g) * d..][..d], scores);
+                simd::scale(scores, scale);
             }
             for g in 0..group {
                 let (max, sum) = simd::exp_shifted(&mut part.exps[g * n..(g + 1) * n]);
                 part.max[g] = max;
                 part.sum[g] = sum;
             }
-            // Weighted values: each value row is read once for the G heads.
+            // Weighted values per query head, the output in registers over the chunk.
             if let Some(values) = &values {
-                for j in 0..n {
-                    let v = values.row(kv, a + j);
-                    for g in 0..group {
-                        simd::axpy(&mut part.out[g * d..(g + 1) * d], part.exps[g * n + j], v);
-                    }
+                let chunk = values.rows(kv, a, b);
+                for g in 0..group {
+                    let weights = &part.exps[g * n..(g + 1) * n];
+                    simd::weighted_sum(&mut part.out[g * d..(g + 1) * d], weights, chunk);
                 }
             }
             part

@@ -33,13 +33,34 @@ pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
     [0, 1, 2, 3].map(|r| scalar::dot(&w[r * n..(r + 1) * n], x))
 }
 
-/// Dot products of `G = out.len()` rows of `qs` (`[G, d]`, `d = k.len()`) with `k`: one
-/// read of `k` serves the G query heads of a KV-head group.
-pub fn dot_group(qs: &[f32], k: &[f32], out: &mut [f32]) {
-    let d = k.len();
-    for (o, q) in out.iter_mut().zip(qs.chunks_exact(d)) {
-        *o = dot(q, k);
+/// `out[j] = rows[j] . x` for the `out.len()` rows of `rows` (`[n, d]`, `d = x.len()`):
+/// four rows per pass over `x` ([`dot4`]), the rest one by one.
+pub fn matvec(rows: &[f32], x: &[f32], out: &mut [f32]) {
+    let d = x.len();
+    let quads = out.len() / 4;
+    for (q, o4) in out.chunks_exact_mut(4).enumerate() {
+        o4.copy_from_slice(&dot4(&rows[4 * q * d..(4 * q + 4) * d], x));
     }
+    for (j, o) in out.iter_mut().enumerate().skip(4 * quads) {
+        *o = dot(&rows[j * d..(j + 1) * d], x);
+    }
+}
+
+/// `out[c] += sum_j weights[j] * rows[j * d + c]` (`d = out.len()`, `rows`: `[n, d]`,
+/// `n = weights.len()`): the attention's weighted sum of value rows, with the output
+/// held in registers over all rows instead of read and written once per row.
+pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+    let d = out.len();
+    assert!(
+        rows.len() >= weights.len() * d,
+        "one row of out.len() per weight"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`; `rows` holds `weights.len()` rows of `d` (checked above).
+        return unsafe { x86::weighted_sum(out, weights, rows) };
+    }
+    scalar::weighted_sum(out, weights, rows)
 }
 
 /// `y[i] += a * x[i]` over the common length.
@@ -132,6 +153,14 @@ pub mod scalar {
         }
     }
 
+    /// See [`super::weighted_sum`].
+    pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+        let d = out.len();
+        for (&w, row) in weights.iter().zip(rows.chunks_exact(d.max(1))) {
+            axpy(out, w, row);
+        }
+    }
+
     /// See [`super::silu_mul`].
     pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -220,6 +249,50 @@ mod x86 {
             }
         }
         out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
+        const TILE: usize = 64;
+        let d = out.len();
+        let (po, pr) = (out.as_mut_ptr(), rows.as_ptr());
+        let mut c = 0;
+        // SAFETY (all accesses): c + TILE <= d, resp. c + 8 <= d, bounds `out`, and row j's
+        // elements j * d + c.. bound `rows` (weights.len() rows of d, checked by the caller).
+        unsafe {
+            // Tiles of 64 columns: eight accumulators live in registers over all rows.
+            while c + TILE <= d {
+                let mut acc = [_mm256_setzero_ps(); TILE / 8];
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_loadu_ps(po.add(c + 8 * k));
+                }
+                for (j, &w) in weights.iter().enumerate() {
+                    let wv = _mm256_set1_ps(w);
+                    let row = pr.add(j * d + c);
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * k)), *acc);
+                    }
+                }
+                for (k, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(po.add(c + 8 * k), *acc);
+                }
+                c += TILE;
+            }
+            while c + 8 <= d {
+                let mut acc = _mm256_loadu_ps(po.add(c));
+                for (j, &w) in weights.iter().enumerate() {
+                    acc =
+                        _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(pr.add(j * d + c)), acc);
+                }
+                _mm256_storeu_ps(po.add(c), acc);
+                c += 8;
+            }
+        }
+        for col in c..d {
+            for (j, &w) in weights.iter().enumerate() {
+                out[col] += w * rows[j * d + col];
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -328,6 +401,41 @@ mod tests {
         (0..n)
             .map(|i| ((i as f32 + seed) * 0.731).sin() * 3.0)
             .collect()
+    }
+
+    #[test]
+    fn matvec_and_weighted_sum_match_scalar() {
+        for (n, d) in [
+            (0, 64),
+            (1, 64),
+            (5, 64),
+            (9, 8),
+            (7, 72),
+            (13, 3),
+            (300, 128),
+        ] {
+            let rows = data(n * d, 0.3);
+            let x = data(d, 1.1);
+            let mut out = vec![0.0; n];
+            matvec(&rows, &x, &mut out);
+            for (j, &o) in out.iter().enumerate() {
+                let want = scalar::dot(&rows[j * d..(j + 1) * d], &x);
+                assert!(
+                    (o - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "matvec {n}x{d} row {j}"
+                );
+            }
+            let weights = data(n, 2.2);
+            let (mut fast, mut slow) = (data(d, 4.0), data(d, 4.0));
+            weighted_sum(&mut fast, &weights, &rows);
+            scalar::weighted_sum(&mut slow, &weights, &rows);
+            for (c, (u, v)) in fast.iter().zip(&slow).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "weighted_sum {n}x{d} col {c}"
+                );
+            }
+        }
     }
 
     /// The dispatched bodies equal the scalar ones up to float reordering, at lengths
