@@ -405,20 +405,29 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         };
         let scorer = self.policy.scorer();
         let needs_pref = self.policy.allocator().needs_preference();
-        let attn = (needs_pref || scorer.needs_window_attention())
-            .then(|| window_attention(queries.clone(), keys.clone(), plan.window)); // [H, w, S]
-        let preference = attn.as_ref().map(layer_preference);
+        let attn = (needs_pref || scorer.needs_window_attention()).then(|| {
+            let _span = tracing::trace_span!("window_attention", layer).entered();
+            window_attention(queries.clone(), keys.clone(), plan.window) // [H, w, S]
+        });
+        let preference = attn.as_ref().map(|attn| {
+            let _span = tracing::trace_span!("layer_preference", layer).entered();
+            layer_preference(attn)
+        });
         self.preferences.resize(layer, None);
         self.preferences.push(preference);
-        let scores = scorer.prefill_scores(&PrefillInput {
-            queries: &queries,
-            keys: &keys,
-            window_attention: attn.as_ref(),
-            window: plan.window,
-        }); // [Hkv, S]
+        let scores = {
+            let _span = tracing::trace_span!("prefill_scores", layer).entered();
+            scorer.prefill_scores(&PrefillInput {
+                queries: &queries,
+                keys: &keys,
+                window_attention: attn.as_ref(),
+                window: plan.window,
+            }) // [Hkv, S]
+        };
         drop((attn, keys));
         caches[layer].set_scores(scores)?;
         if self.policy.config().cascading {
+            let _span = tracing::trace_span!("cascade_evict", layer).entered();
             self.allocate_and_evict(&mut caches[..=layer])?;
             self.measure(&caches[..=layer]);
         }
