@@ -1,13 +1,17 @@
 //! `cake bench`: prefill latency, decode latency per token and K/V memory, full cache vs
 //! policies, at several context lengths; on a real model or random weights of any shape.
+//! The methods' decoding steps interleave (one step of each in turn), so that the decode
+//! ratios hold on a machine whose speed drifts while it runs.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::Method;
+use cake_core::{Compressor, LayerCache, Method};
 use cake_models::config::decoder_config;
-use cake_models::generate::{Generation, GenerationConfig, GenerationOutput};
+use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, argmax};
+use cake_models::model::kv_bytes;
 use cake_models::weights::RandomWeights;
 use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
@@ -40,7 +44,7 @@ pub struct Args {
         ignore_case = true
     )]
     pub policies: Vec<Method>,
-    /// Decoding steps timed per run (the median is reported)
+    /// Decoding steps timed per method, interleaved across methods (the median is reported)
     #[arg(long, default_value_t = 16)]
     pub decode_steps: usize,
     /// Compute backend (cuda needs a build with --features cuda)
@@ -158,24 +162,32 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let mut rows = Vec::new();
     for &context in &args.context {
         let prompt = prompt_tokens(context, model.config().vocab_size);
+        // Every method prefills, then their decoding steps interleave (one step of each in
+        // turn, the order rotating), so that a machine's drifting speed (other tenants, clock
+        // changes) weighs on every method alike and the decode ratios can be trusted.
+        let mut decoders = Vec::with_capacity(methods.len());
         for &method in &methods {
             let settings = base.with_method(method, base.spec.cache.cache_size)?;
-            let output = timed_run(&model, &name, &settings, &prompt, &config, &eos)?;
-            let prefill_s = output.prefill_time.as_secs_f64();
+            decoders.push(Decoder::prefill(&model, &name, &settings, &prompt)?);
+        }
+        for step in 0..steps {
+            for k in 0..decoders.len() {
+                let i = (step + k) % decoders.len();
+                decoders[i].step(&model)?;
+            }
+        }
+        for d in &decoders {
+            let prefill_s = d.prefill_time.as_secs_f64();
             let row = BenchRow {
                 context,
-                policy: if settings.spec.keeps_all() {
-                    settings.spec.name()
-                } else {
-                    settings.label()
-                },
+                policy: d.label.clone(),
                 prefill_ms: prefill_s * 1e3,
                 prefill_tokens_per_s: context as f64 / prefill_s.max(1e-9),
-                decode_ms_per_token: median_ms(&output.decode_step_times),
-                kv_bytes_peak_prefill: output.kv_bytes_peak_prefill,
-                kv_bytes_after_prefill: output.kv_bytes_after_prefill,
+                decode_ms_per_token: median_ms(&d.step_times),
+                kv_bytes_peak_prefill: d.kv_bytes_peak_prefill,
+                kv_bytes_after_prefill: d.kv_bytes_after_prefill,
                 decode_bound_ms: bandwidth
-                    .map(|bw| (weight_bytes + output.kv_bytes_after_prefill) as f64 / bw * 1e3),
+                    .map(|bw| (weight_bytes + d.kv_bytes_after_prefill) as f64 / bw * 1e3),
             };
             eprintln!(
                 "context {context:>6} {:<24} prefill {:>9.1} ms  decode {:>7.2} ms/token",
@@ -245,6 +257,63 @@ fn timed_run<B: Backend>(
         .with_config(config.clone())
         .with_eos(eos.to_vec());
     Ok(run.generate(prompt)?)
+}
+
+/// One method's greedy decoding after its prefill, stepped from outside so that several
+/// methods' steps can interleave.
+struct Decoder<B: Backend> {
+    label: String,
+    caches: Vec<LayerCache<B>>,
+    compressor: Compressor<B>,
+    /// Next-token logits.
+    logits: Vec<f32>,
+    /// Absolute position of the next token fed.
+    position: usize,
+    prefill_time: Duration,
+    kv_bytes_peak_prefill: usize,
+    kv_bytes_after_prefill: usize,
+    /// Wall time of each step: the forward of one token and reading back its logits.
+    step_times: Vec<Duration>,
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Prefills `prompt` with the method of `settings`.
+    fn prefill(model: &Model<B>, name: &str, settings: &Settings, prompt: &[u32]) -> Result<Self> {
+        let compressor = settings.spec.compressor::<B>(name, model.num_layers())?;
+        let mut run = Generation::new(model).with_compressor(compressor);
+        let prefilled = run.prefill(prompt)?.clone();
+        let (compressor, caches) = run.into_parts();
+        Ok(Self {
+            label: if settings.spec.keeps_all() {
+                settings.spec.name()
+            } else {
+                settings.label()
+            },
+            kv_bytes_after_prefill: kv_bytes(&caches),
+            caches,
+            compressor,
+            logits: prefilled.logits,
+            position: prefilled.prompt_len,
+            prefill_time: prefilled.prefill_time,
+            kv_bytes_peak_prefill: prefilled.kv_bytes_peak_prefill,
+            step_times: Vec::new(),
+        })
+    }
+
+    /// Feeds the greedy next token (EOS included: a benchmark decodes a fixed count).
+    fn step(&mut self, model: &Model<B>) -> Result<()> {
+        let token = argmax(&self.logits);
+        let start = Instant::now();
+        let logits =
+            model.forward_decode(token, self.position, &mut self.caches, &mut self.compressor)?;
+        self.logits = logits
+            .into_data()
+            .to_vec()
+            .map_err(|e| anyhow::anyhow!("logits: {e:?}"))?;
+        self.step_times.push(start.elapsed());
+        self.position += 1;
+        Ok(())
+    }
 }
 
 /// The latency/memory table with ratios to the full cache at the same context, and each
