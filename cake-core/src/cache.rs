@@ -267,12 +267,7 @@ impl<B: Backend> LayerCache<B> {
             self.keys = Some(compact_rows(k, keep, first_moved));
             self.values = Some(compact_rows(v, keep, first_moved));
         }
-        self.scores = self.scores.take().map(|s| {
-            let rows = flat_rows(keep, 0, len, &s.device());
-            s.reshape([heads * len])
-                .select(0, rows)
-                .reshape([heads, kept])
-        });
+        self.scores = self.scores.take().map(|s| gather_scores(s, keep, len));
         self.positions = keep
             .iter()
             .zip(&self.positions)
@@ -290,6 +285,34 @@ impl<B: Backend> LayerCache<B> {
         }
         Ok(())
     }
+}
+
+/// The scores `[Hkv, len]` of the kept tokens `keep[h]`: `[Hkv, kept]`, gathered on the
+/// host buffer on the CPU backend (a decoding step evicts every step), by a device
+/// `select` elsewhere.
+fn gather_scores<B: Backend>(
+    scores: Tensor<B, 2>,
+    keep: &[Vec<usize>],
+    len: usize,
+) -> Tensor<B, 2> {
+    let heads = keep.len();
+    let kept = keep.first().map_or(0, Vec::len);
+    #[cfg(feature = "flex")]
+    if let Some(host) = crate::host::flex(&scores).map(|t| t.to_contiguous())
+        && let Some(data) = crate::host::contiguous(&host)
+    {
+        let gathered: Vec<f32> = keep
+            .iter()
+            .enumerate()
+            .flat_map(|(h, k)| k.iter().map(move |&i| data[h * len + i]))
+            .collect();
+        return Tensor::from_data(TensorData::new(gathered, [heads, kept]), &scores.device());
+    }
+    let rows = flat_rows(keep, 0, len, &scores.device());
+    scores
+        .reshape([heads * len])
+        .select(0, rows)
+        .reshape([heads, kept])
 }
 
 /// Row indices into the `[Hkv * len]` flattening of the kept rows `keep[h][from..]`.

@@ -45,6 +45,7 @@ pub fn evict_to_budget<B: Backend>(
     let on_host = crate::host::is_flex::<B>();
     #[cfg(not(feature = "flex"))]
     let on_host = false;
+    let select = tracing::trace_span!("select_kept", n, keep).entered();
     let kept: Vec<Vec<usize>> = match cache.scores() {
         // Other backends rank on their device and read back only the chosen indices.
         Some(scores) if !on_host => top_k_on_device(scores.clone(), candidates, keep)
@@ -73,6 +74,8 @@ pub fn evict_to_budget<B: Backend>(
         }
         None => vec![(candidates - keep..n).collect(); heads],
     };
+    drop(select);
+    let _retain = tracing::trace_span!("retain", n, keep).entered();
     cache.retain(&kept)?;
     Ok(keep + w)
 }

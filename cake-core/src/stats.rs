@@ -237,6 +237,17 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
             row[i]
         }
     };
+    if k + 1 == row.len() {
+        // One to drop (a decoding step): the lowest-ranked token, i.e. the smallest score
+        // at the earliest index, found in one pass instead of a selection and a sort.
+        let mut drop = 0;
+        for i in 1..row.len() {
+            if key(i).total_cmp(&key(drop)).is_lt() {
+                drop = i;
+            }
+        }
+        return (0..row.len()).filter(|&i| i != drop).collect();
+    }
     // Descending by (score, index).
     let cmp = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(b.cmp(a));
     if k < idx.len() && k > 0 {

@@ -134,6 +134,38 @@ fn indicator_pooling_and_group_mean_by_hand() {
     close(&to_host(ind), &[0.605_555_6, 11.611_111, 25.25], 1e-5);
 }
 
+/// Keeping all but one (a decoding step's eviction) drops exactly the token the full
+/// ranking puts last: ties keep the later token, NaN ranks below everything.
+#[test]
+fn keeping_all_but_one_drops_the_lowest_ranked_token() {
+    let mut state = 7u64;
+    for len in 1..40 {
+        let row: Vec<f32> = (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                match (state >> 60) as u8 {
+                    0 => f32::NAN,
+                    v => f32::from(v % 4), // many ties
+                }
+            })
+            .collect();
+        let key = |i: usize| {
+            if row[i].is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                row[i]
+            }
+        };
+        let mut ranked: Vec<usize> = (0..len).collect();
+        ranked.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(b.cmp(&a)));
+        let mut want = ranked[..len - 1].to_vec();
+        want.sort_unstable();
+        assert_eq!(top_k_indices(&row, len - 1), want, "{row:?}");
+    }
+}
+
 #[test]
 fn top_k_prefers_high_scores_then_recent_tokens() {
     let row = [0.5, 0.1, 0.5, 0.9, f32::NAN];
