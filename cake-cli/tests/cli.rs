@@ -1020,3 +1020,49 @@ fn diagnose_counts_the_needle_tokens_each_kv_head_kept() {
         "{stderr}"
     );
 }
+
+/// `cake bench` on the tiny model: every method at every context gets a row with a
+/// measured decode step (the methods' steps interleave), and CAKE holds exactly C / S of
+/// the full cache's K/V after the prefill.
+#[test]
+fn bench_rows_cover_every_method_and_context_with_the_kept_share() {
+    let model = tiny_model();
+    let out = success(cake().args([
+        "bench",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--context",
+        "64,128",
+        "--policies",
+        "cake",
+        "--cache-size",
+        "24",
+        "--window",
+        "4",
+        "--decode-steps",
+        "3",
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for pair in rows.chunks(2) {
+        let (full, cake) = (&pair[0], &pair[1]);
+        let context = full["context"].as_u64().unwrap();
+        assert_eq!(cake["context"].as_u64().unwrap(), context);
+        assert_eq!(full["policy"], "full");
+        assert!(
+            cake["policy"].as_str().unwrap().starts_with("cake-c24-w4"),
+            "{cake}"
+        );
+        for row in pair {
+            assert!(row["decode_ms_per_token"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["prefill_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        let bytes = |r: &serde_json::Value| r["kv_bytes_after_prefill"].as_f64().unwrap();
+        let share = bytes(cake) / bytes(full);
+        assert!(
+            (share - 24.0 / context as f64).abs() < 1e-9,
+            "{share} at {context}"
+        );
+    }
+}

@@ -345,16 +345,13 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
                 context,
             });
         }
-        let start = Instant::now();
         let prefill = self.model.prefill(
             prompt,
             &mut self.caches,
             &mut self.compressor,
             PrefillLogits::Last,
         )?;
-        Ok(self
-            .prefilled
-            .insert(prefill.map_logits(start, logits_to_vec)))
+        Ok(self.prefilled.insert(prefill.map_logits(logits_to_vec)))
     }
 
     /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.

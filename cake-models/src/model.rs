@@ -79,13 +79,15 @@ pub struct Prefilled<L> {
 }
 
 impl<L> Prefilled<L> {
-    /// The same prefill with its logits converted by `f`; the wall time then includes `f`.
-    pub fn map_logits<M>(self, start: Instant, f: impl FnOnce(L) -> M) -> Prefilled<M> {
+    /// The same prefill with its logits converted by `f` (e.g. read back to the host); the
+    /// wall time then includes `f`'s.
+    pub fn map_logits<M>(self, f: impl FnOnce(L) -> M) -> Prefilled<M> {
+        let start = Instant::now();
         let logits = f(self.logits);
         Prefilled {
             prompt_len: self.prompt_len,
             logits,
-            prefill_time: start.elapsed(),
+            prefill_time: self.prefill_time + start.elapsed(),
             kv_bytes_peak_prefill: self.kv_bytes_peak_prefill,
         }
     }
