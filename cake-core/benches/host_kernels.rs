@@ -12,6 +12,7 @@
 use std::hint::black_box;
 
 use burn::tensor::{Tensor, TensorData};
+use cake_core::host::kernels::packed_starts;
 use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemv};
 use cake_core::{LayerCache, evict_to_budget};
 use common::{B, tensor3, values};
@@ -20,10 +21,10 @@ use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criteri
 
 mod common;
 
-fn rows(data: &[f32], len: usize, dim: usize) -> KvRows<'_> {
+fn rows<'a>(data: &'a [f32], starts: &'a [usize], len: usize, dim: usize) -> KvRows<'a> {
     KvRows {
         data,
-        head_stride: len * dim,
+        starts,
         len,
         dim,
     }
@@ -44,11 +45,12 @@ fn bench_attention(
     let v = values(shape.kv_heads * len * d, 3);
     let mut out = vec![0.0f32; s * h * d];
     let mut p = vec![0.0f32; if probs { h * s * len } else { 0 }];
+    let starts = packed_starts(shape.kv_heads, len);
     group.bench_with_input(BenchmarkId::from_parameter(len), &len, |b, _| {
         b.iter(|| {
-            let values = Some((rows(&v, len, d), &mut out[..]));
+            let values = Some((rows(&v, &starts, len, d), &mut out[..]));
             let p = probs.then_some(&mut p[..]);
-            attention(&q, rows(&k, len, d), shape, visible, values, p);
+            attention(&q, rows(&k, &starts, len, d), shape, visible, values, p);
             black_box(out[0])
         })
     });

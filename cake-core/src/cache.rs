@@ -1,18 +1,20 @@
 //! The per-layer key/value cache that every model and every policy share.
 //!
 //! # Storage
-//! Keys and values live in buffers of `capacity` rows per KV head, `[Hkv, capacity, d]`,
-//! of which the first `len` rows per head are valid. Appending writes the new rows into
-//! the spare capacity (in place on the CPU backend, a `slice_assign` elsewhere) and grows
-//! the buffers by whole blocks of [`GROWTH_BLOCK`] rows (and at least a quarter of their
-//! size) only when they are full, so a decoding step costs one row write instead of a
-//! copy of the whole cache. Eviction compacts the kept rows to the front of the same
-//! buffers (only rows after the first evicted one move) and gives memory back by
-//! shrinking the buffers when much more than a block would stay unused.
+//! Keys and values live in one buffer each, `[rows, d]`, split into one region per KV head:
+//! head `h` owns rows `start_h..start_h + capacity_h`, of which the first `len_h` are valid
+//! ([`HeadSpan`]). Heads hold their own number of rows (per-head budgets): the bytes held
+//! are the sum over heads, and each head's region is sized by its own count, so a head
+//! that keeps few tokens really frees memory (no masking of a full-size cache).
 //!
-//! Rows are addressed per KV head (head `h`'s rows start at `h * capacity`), so heads
-//! could hold different row counts; today every head holds `len` rows (per-head budgets
-//! are future work, see the crate README).
+//! Appending writes the new rows into each head's spare capacity (in place on the CPU
+//! backend, a `slice_assign` elsewhere). A head's region grows by whole blocks of
+//! [`GROWTH_BLOCK`] rows (and at least a quarter of its size) only when it is full, so a
+//! decoding step costs one row write per head instead of a copy of the whole cache.
+//! Eviction compacts each head's kept rows to the front of its region (only rows after
+//! the first evicted one move) and gives memory back by shrinking regions when much more
+//! than a block would stay unused. Heads holding the same count get the same capacity, so
+//! the common layer-budget case is a plain `[Hkv, capacity, d]` layout.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
 
@@ -21,23 +23,35 @@ use crate::error::CacheError;
 /// Rows per KV head that buffers grow (and are rounded) by.
 pub const GROWTH_BLOCK: usize = 128;
 
+/// Where one KV head's rows live in the layer's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadSpan {
+    /// First row of the head's region.
+    pub start: usize,
+    /// Valid rows (cached tokens) of the head.
+    pub len: usize,
+    /// Rows the region holds before it must grow.
+    pub capacity: usize,
+}
+
 /// Keys and values of one decoder layer, stored per KV head (no GQA repetition).
 ///
-/// `positions[h]` holds the absolute position of each of the `len` cached tokens of KV
-/// head `h` (heads may keep different tokens after eviction, but always the same number of
-/// them); `scores`, when present, is `[Hkv, len]`: the surviving eviction scores of the
-/// cached tokens, so that a later cascade stage re-ranks survivors with the scores they
-/// were selected by.
+/// `positions[h]` holds the absolute position of each of the `len_h` cached tokens of KV
+/// head `h` (heads keep their own tokens, and with per-head budgets their own number of
+/// them); `scores`, when present, is `[Hkv, len]` with `len` the longest head's count:
+/// row `h`'s first `len_h` entries are the surviving eviction scores of head `h`'s tokens
+/// (the rest is padding), so that a later cascade stage re-ranks survivors with the
+/// scores they were selected by.
 ///
 /// Eviction moves the kept rows together and shrinks the buffers: evicted memory is
 /// released, never masked.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
-    /// `[Hkv, capacity, d]`
-    keys: Option<Tensor<B, 3>>,
-    /// `[Hkv, capacity, d]`
-    values: Option<Tensor<B, 3>>,
-    len: usize,
+    /// `[rows, d]`
+    keys: Option<Tensor<B, 2>>,
+    /// `[rows, d]`
+    values: Option<Tensor<B, 2>>,
+    heads: Vec<HeadSpan>,
     positions: Vec<Vec<usize>>,
     scores: Option<Tensor<B, 2>>,
 }
@@ -59,13 +73,14 @@ impl<B: Backend> LayerCache<B> {
         Self {
             keys: None,
             values: None,
-            len: 0,
+            heads: Vec::new(),
             positions: Vec::new(),
             scores: None,
         }
     }
 
-    /// Appends `n` new tokens whose absolute positions are `start_pos..start_pos + n`.
+    /// Appends `n` new tokens to every KV head, at absolute positions
+    /// `start_pos..start_pos + n`.
     ///
     /// `keys`, `values`: `[Hkv, n, d]` (any layout). When the cache carries scores, the
     /// new rows get score 0 (policies that rank them re-score after appending, see
@@ -88,7 +103,7 @@ impl<B: Backend> LayerCache<B> {
             )));
         }
         if let Some(k) = &self.keys {
-            let [h, _, d] = k.dims();
+            let (h, d) = (self.heads.len(), k.dims()[1]);
             if (h, d) != (heads, dim) {
                 return Err(CacheError::Shape(format!(
                     "appending [{heads}, {n}, {dim}] rows to a cache of {h} heads of width {d}"
@@ -100,80 +115,182 @@ impl<B: Backend> LayerCache<B> {
         }
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); heads];
+            self.heads = vec![HeadSpan::default(); heads];
         }
+        let old_len = self.len();
         for head in &mut self.positions {
             head.extend(start_pos..start_pos + n);
         }
-        let len = self.len;
-        self.reserve(len + n, heads, dim, &keys.device());
-        self.keys = self.keys.take().map(|buf| write_rows(buf, keys, len));
-        self.values = self.values.take().map(|buf| write_rows(buf, values, len));
-        self.len += n;
+        self.reserve(n, dim, &keys.device());
+        let at: Vec<usize> = self.heads.iter().map(|h| h.start + h.len).collect();
+        self.keys = self.keys.take().map(|buf| write_rows(buf, keys, &at));
+        self.values = self.values.take().map(|buf| write_rows(buf, values, &at));
+        for head in &mut self.heads {
+            head.len += n;
+        }
+        let new_len = self.len();
         self.scores = self.scores.take().map(|old| {
+            // Each head's new rows follow its own count: rebuild when heads are ragged.
             let device = old.device();
-            Tensor::cat(vec![old, Tensor::zeros([heads, n], &device)], 1)
+            if self.heads.iter().all(|h| h.len == new_len) && old.dims()[1] == old_len {
+                Tensor::cat(vec![old, Tensor::zeros([heads, n], &device)], 1)
+            } else {
+                let lens: Vec<usize> = self.heads.iter().map(|h| h.len - n).collect();
+                pad_rows(old, &lens, new_len)
+            }
         });
         Ok(())
     }
 
-    /// Makes room for `rows` rows per head, growing by blocks (at least a quarter of the
-    /// current capacity, so that appends stay amortised O(1), and one spare block, so that
-    /// the decoding steps right after a prefill write in place).
-    fn reserve(&mut self, rows: usize, heads: usize, dim: usize, device: &B::Device) {
-        let capacity = self.capacity();
-        if rows <= capacity {
+    /// Makes room for `n` more rows in every head, growing a full head's region by blocks
+    /// (at least a quarter of its capacity, so that appends stay amortised O(1), and one
+    /// spare block, so that the decoding steps right after a prefill write in place).
+    fn reserve(&mut self, n: usize, dim: usize, device: &B::Device) {
+        if self.keys.is_some() && self.heads.iter().all(|h| h.len + n <= h.capacity) {
             return;
         }
-        let new_capacity = round_up(rows.max(capacity + capacity / 4)) + GROWTH_BLOCK;
-        self.resize(new_capacity, heads, dim, device);
+        let capacities = self
+            .heads
+            .iter()
+            .map(|h| {
+                if h.len + n <= h.capacity && self.keys.is_some() {
+                    h.capacity
+                } else {
+                    round_up((h.len + n).max(h.capacity + h.capacity / 4)) + GROWTH_BLOCK
+                }
+            })
+            .collect();
+        self.relayout(capacities, dim, device);
     }
 
-    /// Moves the valid rows into new buffers of `capacity` rows per head.
-    fn resize(&mut self, capacity: usize, heads: usize, dim: usize, device: &B::Device) {
-        let len = self.len;
-        let grow = |old: Option<Tensor<B, 3>>| {
-            let fresh = Tensor::<B, 3>::zeros([heads, capacity, dim], device);
+    /// Moves every head's valid rows into new buffers whose regions have `capacities`.
+    fn relayout(&mut self, capacities: Vec<usize>, dim: usize, device: &B::Device) {
+        let mut start = 0;
+        let fresh: Vec<HeadSpan> = self
+            .heads
+            .iter()
+            .zip(&capacities)
+            .map(|(old, &capacity)| {
+                let span = HeadSpan {
+                    start,
+                    len: old.len,
+                    capacity,
+                };
+                start += capacity;
+                span
+            })
+            .collect();
+        let rows = start;
+        let old_heads = std::mem::replace(&mut self.heads, fresh);
+        let new_heads = &self.heads;
+        let grow = |old: Option<Tensor<B, 2>>| {
+            let buffer = Tensor::<B, 2>::zeros([rows, dim], device);
             match old {
-                Some(old) if len > 0 => write_rows(fresh, old.narrow(1, 0, len), 0),
-                _ => fresh,
+                Some(old) => copy_regions(buffer, &old, &old_heads, new_heads),
+                None => buffer,
             }
         };
         self.keys = Some(grow(self.keys.take()));
         self.values = Some(grow(self.values.take()));
     }
 
-    /// Cached keys `[Hkv, len, d]` (a view of the buffer), or `None` when empty.
+    /// Cached keys `[Hkv, len, d]` (a view of the buffer when the heads' regions are
+    /// equal), or `None` when empty or when heads hold different counts (see
+    /// [`LayerCache::head_keys`]).
     pub fn keys(&self) -> Option<Tensor<B, 3>> {
-        self.keys.as_ref().map(|k| k.clone().narrow(1, 0, self.len))
+        self.uniform_view(self.keys.as_ref())
     }
 
-    /// Cached values `[Hkv, len, d]` (a view of the buffer), or `None` when empty.
+    /// Cached values `[Hkv, len, d]`, as [`LayerCache::keys`].
     pub fn values(&self) -> Option<Tensor<B, 3>> {
-        self.values
-            .as_ref()
-            .map(|v| v.clone().narrow(1, 0, self.len))
+        self.uniform_view(self.values.as_ref())
     }
 
-    /// The whole key and value buffers, `[Hkv, capacity, d]` each, of which the first
-    /// [`LayerCache::len`] rows per head are valid; `None` when nothing was ever cached.
-    /// For kernels that read the cache in place.
-    pub fn buffers(&self) -> Option<(&Tensor<B, 3>, &Tensor<B, 3>)> {
+    fn uniform_view(&self, buffer: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 3>> {
+        let buffer = buffer?;
+        if self.is_ragged() || self.is_empty() {
+            return None;
+        }
+        let (heads, len, dim) = (self.heads.len(), self.len(), buffer.dims()[1]);
+        let capacity = self.heads[0].capacity;
+        let strided = self
+            .heads
+            .iter()
+            .enumerate()
+            .all(|(h, span)| span.capacity == capacity && span.start == h * capacity);
+        if strided {
+            // [rows, d] -> [Hkv, capacity, d] -> [Hkv, len, d]
+            return Some(
+                buffer
+                    .clone()
+                    .reshape([heads, capacity, dim])
+                    .narrow(1, 0, len),
+            );
+        }
+        let rows = self
+            .heads
+            .iter()
+            .map(|span| buffer.clone().narrow(0, span.start, len))
+            .collect();
+        Some(Tensor::stack(rows, 0))
+    }
+
+    /// Keys of KV head `head`, `[len_h, d]` (a view), or `None` when empty or out of range.
+    pub fn head_keys(&self, head: usize) -> Option<Tensor<B, 2>> {
+        self.head_view(self.keys.as_ref(), head)
+    }
+
+    /// Values of KV head `head`, `[len_h, d]`, as [`LayerCache::head_keys`].
+    pub fn head_values(&self, head: usize) -> Option<Tensor<B, 2>> {
+        self.head_view(self.values.as_ref(), head)
+    }
+
+    fn head_view(&self, buffer: Option<&Tensor<B, 2>>, head: usize) -> Option<Tensor<B, 2>> {
+        let span = self.heads.get(head).filter(|s| s.len > 0)?;
+        Some(buffer?.clone().narrow(0, span.start, span.len))
+    }
+
+    /// The whole key and value buffers, `[rows, d]` each, where KV head `h`'s valid rows
+    /// are `spans()[h].start..+len`; `None` when nothing was ever cached. For kernels
+    /// that read the cache in place.
+    pub fn buffers(&self) -> Option<(&Tensor<B, 2>, &Tensor<B, 2>)> {
         self.keys.as_ref().zip(self.values.as_ref())
     }
 
-    /// Number of cached tokens per KV head.
-    pub fn len(&self) -> usize {
-        self.len
+    /// Each KV head's region in [`LayerCache::buffers`].
+    pub fn spans(&self) -> &[HeadSpan] {
+        &self.heads
     }
 
-    /// Rows per KV head the buffers can hold before growing.
+    /// Cached tokens of the longest KV head (every head's count unless per-head budgets
+    /// made them ragged).
+    pub fn len(&self) -> usize {
+        self.heads.iter().map(|h| h.len).max().unwrap_or(0)
+    }
+
+    /// Cached tokens of each KV head.
+    pub fn head_lens(&self) -> Vec<usize> {
+        self.heads.iter().map(|h| h.len).collect()
+    }
+
+    /// Key rows held, summed over KV heads (as many value rows).
+    pub fn rows(&self) -> usize {
+        self.heads.iter().map(|h| h.len).sum()
+    }
+
+    /// True when KV heads hold different numbers of tokens.
+    pub fn is_ragged(&self) -> bool {
+        self.heads.windows(2).any(|w| w[0].len != w[1].len)
+    }
+
+    /// Rows per KV head the smallest region can hold before growing.
     pub fn capacity(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.dims()[1])
+        self.heads.iter().map(|h| h.capacity).min().unwrap_or(0)
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Number of KV heads (0 when empty).
@@ -181,17 +298,19 @@ impl<B: Backend> LayerCache<B> {
         self.positions.len()
     }
 
-    /// Absolute positions of the cached tokens, per KV head: `[Hkv][len]`, ascending.
+    /// Absolute positions of the cached tokens, per KV head: `[Hkv][len_h]`, ascending.
     pub fn positions(&self) -> &[Vec<usize>] {
         &self.positions
     }
 
-    /// Surviving eviction scores `[Hkv, len]`, if the cache has been scored.
+    /// Surviving eviction scores `[Hkv, len]` (row `h` valid in its first `len_h`
+    /// entries), if the cache has been scored.
     pub fn scores(&self) -> Option<&Tensor<B, 2>> {
         self.scores.as_ref()
     }
 
-    /// Attaches eviction scores `[Hkv, len]` to the cached tokens.
+    /// Attaches eviction scores `[Hkv, len]` to the cached tokens (row `h`'s first `len_h`
+    /// entries score head `h`'s tokens; the rest is ignored).
     ///
     /// # Errors
     /// When the shape is not `[Hkv, len]`.
@@ -208,175 +327,224 @@ impl<B: Backend> LayerCache<B> {
         Ok(())
     }
 
-    /// Bytes of the key and value rows held (`2 * Hkv * len * d` elements of the
-    /// backend's float type): what the policy keeps.
+    /// Bytes of the key and value rows held (`2 * rows * d` elements of the backend's
+    /// float type, summed over heads): what the policy keeps.
     pub fn bytes(&self) -> usize {
         let Some(keys) = &self.keys else { return 0 };
-        let [heads, _, dim] = keys.dims();
-        2 * heads * self.len * dim * keys.dtype().size()
+        2 * self.rows() * keys.dims()[1] * keys.dtype().size()
     }
 
     /// Bytes allocated by the buffers (held rows plus spare capacity).
     pub fn allocated_bytes(&self) -> usize {
-        let count = |t: &Option<Tensor<B, 3>>| t.as_ref().map_or(0, |t| t.shape().num_elements());
+        let count = |t: &Option<Tensor<B, 2>>| t.as_ref().map_or(0, |t| t.shape().num_elements());
         let elem = self.keys.as_ref().map_or(0, |k| k.dtype().size());
         (count(&self.keys) + count(&self.values)) * elem
     }
 
-    /// Keeps, for every KV head `h`, the rows `keep[h]` (indices into the current cache,
-    /// strictly ascending, the same count for every head) and releases all others.
+    /// Keeps, for every KV head `h`, the rows `keep[h]` (indices into the head's current
+    /// rows, strictly ascending; heads may keep different counts) and releases all others.
     ///
     /// # Errors
-    /// When there is not one list per head, the heads keep different counts, or an index
-    /// is out of range, repeated or out of order; the cache is then unchanged.
+    /// When there is not one list per head or an index is out of range, repeated or out
+    /// of order; the cache is then unchanged.
     pub fn retain(&mut self, keep: &[Vec<usize>]) -> Result<(), CacheError> {
         let heads = self.num_kv_heads();
-        let len = self.len;
         if keep.len() != heads {
             return Err(CacheError::Retain(format!(
                 "{} keep lists for {heads} KV heads",
                 keep.len()
             )));
         }
-        let kept = keep.first().map_or(0, Vec::len);
-        if keep.iter().any(|k| k.len() != kept) {
-            return Err(CacheError::Retain("KV heads keep different counts".into()));
-        }
-        for k in keep {
+        for (k, span) in keep.iter().zip(&self.heads) {
             if k.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(CacheError::Retain(
                     "kept indices must be strictly ascending".into(),
                 ));
             }
-            if let Some(&i) = k.last().filter(|&&i| i >= len) {
+            if let Some(&i) = k.last().filter(|&&i| i >= span.len) {
                 return Err(CacheError::Retain(format!(
-                    "kept index {i} out of range (cache holds {len})"
+                    "kept index {i} out of range (the KV head holds {})",
+                    span.len
                 )));
             }
         }
-        // Rows before the first evicted one stay where they are.
-        let first_moved = keep
+        // Per head, rows before the first evicted one stay where they are.
+        let unmoved: Vec<usize> = keep
             .iter()
             .map(|k| k.iter().enumerate().take_while(|&(i, &j)| i == j).count())
-            .min()
-            .unwrap_or(0);
-        if first_moved == kept && kept == len {
+            .collect();
+        let unchanged = keep
+            .iter()
+            .zip(&unmoved)
+            .zip(&self.heads)
+            .all(|((k, &u), span)| u == k.len() && k.len() == span.len);
+        if unchanged {
             return Ok(());
         }
         if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
-            self.keys = Some(compact_rows(k, keep, first_moved));
-            self.values = Some(compact_rows(v, keep, first_moved));
+            self.keys = Some(compact_rows(k, &self.heads, keep, &unmoved));
+            self.values = Some(compact_rows(v, &self.heads, keep, &unmoved));
         }
-        self.scores = self.scores.take().map(|s| gather_scores(s, keep, len));
+        let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
+        self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
         self.positions = keep
             .iter()
             .zip(&self.positions)
             .map(|(k, pos)| k.iter().map(|&i| pos[i]).collect())
             .collect();
-        self.len = kept;
-        // Give memory back when more than two blocks would stay unused.
-        let capacity = self.capacity();
-        if capacity > round_up(kept) + 2 * GROWTH_BLOCK
-            && let Some(k) = &self.keys
-        {
-            let [heads, _, dim] = k.dims();
-            let device = k.device();
-            self.resize(round_up(kept) + GROWTH_BLOCK, heads, dim, &device);
+        for (span, k) in self.heads.iter_mut().zip(keep) {
+            span.len = k.len();
+        }
+        // Give memory back when a region would leave more than two blocks unused.
+        let wasteful = self
+            .heads
+            .iter()
+            .any(|h| h.capacity > round_up(h.len) + 2 * GROWTH_BLOCK);
+        if wasteful && let Some(k) = &self.keys {
+            let (dim, device) = (k.dims()[1], k.device());
+            let capacities = self
+                .heads
+                .iter()
+                .map(|h| round_up(h.len) + GROWTH_BLOCK)
+                .collect();
+            self.relayout(capacities, dim, &device);
         }
         Ok(())
     }
 }
 
-/// The scores `[Hkv, len]` of the kept tokens `keep[h]`: `[Hkv, kept]`, gathered on the
-/// host buffer on the CPU backend (a decoding step evicts every step), by a device
-/// `select` elsewhere.
+/// Scores `[Hkv, n]` whose row `h` is valid in its first `lens[h]` entries, re-laid as
+/// `[Hkv, width]` with the same valid entries (new entries 0).
+fn pad_rows<B: Backend>(scores: Tensor<B, 2>, lens: &[usize], width: usize) -> Tensor<B, 2> {
+    let device = scores.device();
+    let rows = lens
+        .iter()
+        .enumerate()
+        .map(|(h, &len)| {
+            let row = scores.clone().narrow(0, h, 1).narrow(1, 0, len.min(width));
+            if len >= width {
+                row
+            } else {
+                Tensor::cat(vec![row, Tensor::zeros([1, width - len], &device)], 1)
+            }
+        })
+        .collect();
+    Tensor::cat(rows, 0)
+}
+
+/// The scores `[Hkv, n]` of the kept tokens `keep[h]`: `[Hkv, width]` (row `h` padded
+/// past `keep[h].len()`), gathered on the host buffer on the CPU backend (a decoding step
+/// evicts every step), by a device `select` elsewhere.
 fn gather_scores<B: Backend>(
     scores: Tensor<B, 2>,
     keep: &[Vec<usize>],
-    len: usize,
+    width: usize,
 ) -> Tensor<B, 2> {
-    let heads = keep.len();
-    let kept = keep.first().map_or(0, Vec::len);
+    let [heads, n] = scores.dims();
+    // Padding entries repeat the head's first score (any valid index would do).
+    let index = |h: usize, i: usize| h * n + keep[h].get(i).copied().unwrap_or(0);
     #[cfg(feature = "flex")]
     if let Some(host) = crate::host::flex(&scores).map(|t| t.to_contiguous())
         && let Some(data) = crate::host::contiguous(&host)
     {
-        let gathered: Vec<f32> = keep
-            .iter()
-            .enumerate()
-            .flat_map(|(h, k)| k.iter().map(move |&i| data[h * len + i]))
+        let gathered: Vec<f32> = (0..heads)
+            .flat_map(|h| (0..width).map(move |i| (h, i)))
+            .map(|(h, i)| data[index(h, i)])
             .collect();
-        return Tensor::from_data(TensorData::new(gathered, [heads, kept]), &scores.device());
+        return Tensor::from_data(TensorData::new(gathered, [heads, width]), &scores.device());
     }
-    let rows = flat_rows(keep, 0, len, &scores.device());
-    scores
-        .reshape([heads * len])
-        .select(0, rows)
-        .reshape([heads, kept])
-}
-
-/// Row indices into the `[Hkv * len]` flattening of the kept rows `keep[h][from..]`.
-fn flat_rows<B: Backend>(
-    keep: &[Vec<usize>],
-    from: usize,
-    len: usize,
-    device: &B::Device,
-) -> Tensor<B, 1, Int> {
-    let flat: Vec<i64> = keep
-        .iter()
-        .enumerate()
-        .flat_map(|(h, k)| k[from..].iter().map(move |&i| (h * len + i) as i64))
+    let flat: Vec<i64> = (0..heads)
+        .flat_map(|h| (0..width).map(move |i| (h, i)))
+        .map(|(h, i)| index(h, i) as i64)
         .collect();
-    let n = flat.len();
-    Tensor::from_data(TensorData::new(flat, [n]), device)
+    let rows: Tensor<B, 1, Int> =
+        Tensor::from_data(TensorData::new(flat, [heads * width]), &scores.device());
+    scores
+        .reshape([heads * n])
+        .select(0, rows)
+        .reshape([heads, width])
 }
 
-/// Writes `rows` (`[Hkv, n, d]`) into `buffer` (`[Hkv, capacity, d]`) at rows
-/// `at..at + n` of every head; returns the buffer.
-fn write_rows<B: Backend>(buffer: Tensor<B, 3>, rows: Tensor<B, 3>, at: usize) -> Tensor<B, 3> {
+/// Writes `rows` (`[Hkv, n, d]`) into `buffer` (`[rows, d]`): head `h`'s rows at buffer
+/// rows `at[h]..at[h] + n`; returns the buffer.
+fn write_rows<B: Backend>(buffer: Tensor<B, 2>, rows: Tensor<B, 3>, at: &[usize]) -> Tensor<B, 2> {
     let [heads, n, dim] = rows.dims();
     #[cfg(feature = "flex")]
-    let buffer = {
-        let capacity = buffer.dims()[1];
-        let source = crate::host::flex(&rows);
-        match source {
-            Some(src) => {
-                let src = src.to_contiguous();
-                let src = src.storage::<f32>();
-                let (buffer, ran) = crate::host::write_in_place(buffer, |dst| {
-                    for h in 0..heads {
-                        let to = (h * capacity + at) * dim;
-                        dst[to..to + n * dim].copy_from_slice(&src[h * n * dim..(h + 1) * n * dim]);
-                    }
-                });
-                if ran {
-                    return buffer;
+    let buffer = match crate::host::flex(&rows) {
+        Some(src) => {
+            let src = src.to_contiguous();
+            let src = src.storage::<f32>();
+            let (buffer, ran) = crate::host::write_in_place(buffer, |dst| {
+                for (h, &row) in at.iter().enumerate().take(heads) {
+                    let to = row * dim;
+                    dst[to..to + n * dim].copy_from_slice(&src[h * n * dim..(h + 1) * n * dim]);
                 }
-                buffer
+            });
+            if ran {
+                return buffer;
             }
-            None => buffer,
+            buffer
         }
+        None => buffer,
     };
-    buffer.slice_assign(s![0..heads, at..at + n, 0..dim], rows)
+    at.iter().enumerate().take(heads).fold(buffer, |buffer, (h, &row)| {
+        // [1, n, d] -> [n, d]
+        let head = rows.clone().narrow(0, h, 1).reshape([n, dim]);
+        buffer.slice_assign(s![row..row + n, 0..dim], head)
+    })
 }
 
-/// Moves, in every head `h`, row `keep[h][i]` to row `i` for `i >= from` (rows before
-/// `from` already sit in place); returns the buffer (same capacity).
+/// Copies each head's valid rows from `old` (laid out by `from`) into `buffer` (laid out
+/// by `to`, same heads and counts); returns the buffer.
+fn copy_regions<B: Backend>(
+    buffer: Tensor<B, 2>,
+    old: &Tensor<B, 2>,
+    from: &[HeadSpan],
+    to: &[HeadSpan],
+) -> Tensor<B, 2> {
+    let dim = buffer.dims()[1];
+    #[cfg(feature = "flex")]
+    let buffer = match crate::host::flex(old).map(|t| t.to_contiguous()) {
+        Some(src) => {
+            let src = src.storage::<f32>();
+            let (buffer, ran) = crate::host::write_in_place(buffer, |dst| {
+                for (a, b) in from.iter().zip(to) {
+                    let n = a.len * dim;
+                    dst[b.start * dim..b.start * dim + n]
+                        .copy_from_slice(&src[a.start * dim..a.start * dim + n]);
+                }
+            });
+            if ran {
+                return buffer;
+            }
+            buffer
+        }
+        None => buffer,
+    };
+    from.iter()
+        .zip(to)
+        .filter(|(a, _)| a.len > 0)
+        .fold(buffer, |buffer, (a, b)| {
+            let rows = old.clone().narrow(0, a.start, a.len);
+            buffer.slice_assign(s![b.start..b.start + a.len, 0..dim], rows)
+        })
+}
+
+/// Moves, in every head `h`, row `keep[h][i]` to row `i` of its region for
+/// `i >= unmoved[h]` (earlier rows already sit in place); returns the buffer (same
+/// layout).
 fn compact_rows<B: Backend>(
-    buffer: Tensor<B, 3>,
+    buffer: Tensor<B, 2>,
+    spans: &[HeadSpan],
     keep: &[Vec<usize>],
-    from: usize,
-) -> Tensor<B, 3> {
-    let [heads, capacity, dim] = buffer.dims();
-    let kept = keep.first().map_or(0, Vec::len);
-    if from >= kept {
-        return buffer;
-    }
+    unmoved: &[usize],
+) -> Tensor<B, 2> {
+    let dim = buffer.dims()[1];
     #[cfg(feature = "flex")]
     let buffer = {
         let (buffer, ran) = crate::host::write_in_place(buffer, |data| {
-            for (h, k) in keep.iter().enumerate() {
-                let base = h * capacity;
+            for ((k, span), &from) in keep.iter().zip(spans).zip(unmoved) {
+                let base = span.start;
                 // Runs of consecutive kept rows move with one copy each; ascending sources
                 // sit at or after their destinations, so forward copies are safe.
                 let mut i = from;
@@ -402,13 +570,17 @@ fn compact_rows<B: Backend>(
         buffer
     };
     let device = buffer.device();
-    let rows = flat_rows::<B>(keep, from, capacity, &device);
-    let n = kept - from;
-    // [Hkv * capacity, d] -> [Hkv * n, d] -> [Hkv, n, d]
-    let moved = buffer
-        .clone()
-        .reshape([heads * capacity, dim])
-        .select(0, rows)
-        .reshape([heads, n, dim]);
-    buffer.slice_assign(s![0..heads, from..kept, 0..dim], moved)
+    keep.iter()
+        .zip(spans)
+        .zip(unmoved)
+        .filter(|((k, _), from)| **from < k.len())
+        .fold(buffer, |buffer, ((k, span), &from)| {
+            let flat: Vec<i64> = k[from..].iter().map(|&i| (span.start + i) as i64).collect();
+            let n = flat.len();
+            let rows: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(flat, [n]), &device);
+            // [n, d]
+            let moved = buffer.clone().select(0, rows);
+            let to = span.start + from;
+            buffer.slice_assign(s![to..to + n, 0..dim], moved)
+        })
 }

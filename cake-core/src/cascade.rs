@@ -10,10 +10,11 @@
 //! KV heads holds `len * Hkv` key rows (and as many value rows). It is measured when a hook
 //! starts (the layer just appended holds all `S` tokens) and after its eviction.
 
-use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use crate::allocator::LayerPreference;
+use crate::allocator::{Allocator, LayerPreference, Preference, SHARE_EPSILON};
+use crate::heads::{HeadBudgets, adakv_split, pair_budgets};
 use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::compressor::{DecodeStep, PrefillLayer};
 use crate::policy::{DecodeEviction, Policy};
@@ -25,7 +26,8 @@ use crate::{CacheError, KvCompressor, LayerCache};
 
 /// Keeps, per KV head, the `keep` best-scored of the cached tokens before the last
 /// `window` ones, and all of the last `window`. Uses the cache's stored scores (a cache
-/// without scores keeps its most recent tokens). Returns the tokens kept per head.
+/// without scores keeps its most recent tokens). Returns the tokens kept per head (the
+/// longest head's count when heads were ragged).
 ///
 /// # Errors
 /// When the cache rejects the kept rows (stored scores of the wrong shape).
@@ -34,50 +36,91 @@ pub fn evict_to_budget<B: Backend>(
     keep: usize,
     window: usize,
 ) -> Result<usize, CacheError> {
-    let n = cache.len();
-    let w = window.min(n);
-    let candidates = n - w;
-    if keep >= candidates {
-        return Ok(n);
-    }
+    let keeps = vec![keep; cache.num_kv_heads()];
+    let held = evict_heads_to_budgets(cache, &keeps, window)?;
+    Ok(held.into_iter().max().unwrap_or(0))
+}
+
+/// [`evict_to_budget`] with a budget per KV head: head `h` keeps its `keeps[h]`
+/// best-scored tokens before its own last `window` ones, and those `window`. Returns the
+/// tokens each head holds.
+///
+/// # Errors
+/// When there is not one budget per head, or the cache rejects the kept rows.
+pub fn evict_heads_to_budgets<B: Backend>(
+    cache: &mut LayerCache<B>,
+    keeps: &[usize],
+    window: usize,
+) -> Result<Vec<usize>, CacheError> {
     let heads = cache.num_kv_heads();
+    if keeps.len() != heads {
+        return Err(CacheError::Retain(format!(
+            "{} budgets for {heads} KV heads",
+            keeps.len()
+        )));
+    }
+    let lens = cache.head_lens();
+    let width = cache.len();
+    // Per head: (candidates before its window, tokens it keeps of them).
+    let plan: Vec<(usize, usize)> = lens
+        .iter()
+        .zip(keeps)
+        .map(|(&n, &keep)| {
+            let candidates = n - window.min(n);
+            (candidates, keep.min(candidates))
+        })
+        .collect();
+    if plan.iter().all(|&(candidates, keep)| keep == candidates) {
+        return Ok(lens);
+    }
     #[cfg(feature = "flex")]
     let on_host = crate::host::is_flex::<B>();
     #[cfg(not(feature = "flex"))]
     let on_host = false;
-    let select = tracing::trace_span!("select_kept", n, keep).entered();
-    let kept: Vec<Vec<usize>> = match cache.scores() {
+    let select = tracing::trace_span!("select_kept", n = width, keep = keeps[0]).entered();
+    let uniform = plan.windows(2).all(|p| p[0] == p[1]) && !cache.is_ragged();
+    let mut kept: Vec<Vec<usize>> = match cache.scores() {
         // Other backends rank on their device and read back only the chosen indices.
-        Some(scores) if !on_host => top_k_on_device(scores.clone(), candidates, keep)
-            .into_iter()
-            .map(|mut k| {
-                k.extend(candidates..n);
-                k
+        Some(scores) if !on_host && uniform => {
+            let (candidates, keep) = plan[0];
+            top_k_on_device(scores.clone(), candidates, keep)
+        }
+        Some(scores) if !on_host => plan
+            .iter()
+            .enumerate()
+            .map(|(h, &(candidates, keep))| {
+                let row = scores.clone().narrow(0, h, 1);
+                let mut picked = top_k_on_device(row, candidates, keep);
+                picked.pop().unwrap_or_default()
             })
             .collect(),
         Some(scores) => {
-            let host = to_host(scores.clone()); // [Hkv * n]
-            if host.len() != heads * n {
+            let host = to_host(scores.clone()); // [Hkv * width]
+            if host.len() != heads * width {
                 return Err(CacheError::Shape(format!(
-                    "{} stored scores for {heads} x {n} cached tokens",
+                    "{} stored scores for {heads} x {width} cached tokens",
                     host.len()
                 )));
             }
-            (0..heads)
-                .map(|h| {
-                    let row = &host[h * n..h * n + candidates];
-                    let mut k = top_k_indices(row, keep);
-                    k.extend(candidates..n);
-                    k
+            plan.iter()
+                .enumerate()
+                .map(|(h, &(candidates, keep))| {
+                    top_k_indices(&host[h * width..h * width + candidates], keep)
                 })
                 .collect()
         }
-        None => vec![(candidates - keep..n).collect(); heads],
+        None => plan
+            .iter()
+            .map(|&(candidates, keep)| (candidates - keep..candidates).collect())
+            .collect(),
     };
+    for ((k, &(candidates, _)), &n) in kept.iter_mut().zip(&plan).zip(&lens) {
+        k.extend(candidates..n);
+    }
     drop(select);
-    let _retain = tracing::trace_span!("retain", n, keep).entered();
+    let _retain = tracing::trace_span!("retain", n = width, keep = keeps[0]).entered();
     cache.retain(&kept)?;
-    Ok(keep + w)
+    Ok(kept.iter().map(Vec::len).collect())
 }
 
 /// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except
@@ -99,17 +142,23 @@ pub fn decode_budgets(budgets: &[usize], shares: &[f64], total: usize) -> Vec<us
 pub struct LayerReport {
     /// Layer index.
     pub layer: usize,
-    /// Final budget: prompt tokens kept outside the window.
+    /// Final budget: prompt tokens kept outside the window (per KV head; with per-head
+    /// budgets, the heads' mean rounded down, see [`LayerReport::head_budgets`]).
     pub budget: usize,
-    /// Tokens held per KV head now.
+    /// Tokens held per KV head now (the longest head's count when heads differ).
     pub held: usize,
+    /// Per-head budgets `[Hkv]`, present when `head_budgets` is not `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_budgets: Option<Vec<usize>>,
     /// Preference parts `H_l`, `V_l`, when measured.
     pub preference: Option<LayerPreference>,
     /// `P_l = H_l^(1/tau1) * V_l^(1/tau2)` with the policy's temperatures, when measured.
     pub preference_score: Option<f64>,
-    /// The layer's share of `B_total` given by the allocator (shares sum to 1).
+    /// The layer's share of `B_total` given by the allocator (shares sum to 1; with
+    /// per-pair shares, the sum of its heads' shares).
     pub share: f64,
-    /// Absolute positions of the kept tokens, per KV head `[Hkv][held]`, ascending.
+    /// Absolute positions of the kept tokens, per KV head `[Hkv][held_h]`, ascending
+    /// (each head with its own length under per-head budgets).
     pub kept_positions: Vec<Vec<usize>>,
 }
 
@@ -126,6 +175,9 @@ pub struct CompressionReport {
     pub cascading: bool,
     /// Decoding-time eviction mode.
     pub decode_evict: DecodeEviction,
+    /// How budgets reached the KV heads (absent for `none`).
+    #[serde(default, skip_serializing_if = "HeadBudgets::is_none")]
+    pub head_budgets: HeadBudgets,
     /// Prompt length S.
     pub prompt_len: usize,
     /// Decoder layers L.
@@ -148,17 +200,18 @@ pub struct CompressionReport {
     pub layers: Vec<LayerReport>,
     /// Budgets after each cascade stage `m` for layers `0..=m` (one-shot: one stage).
     pub stage_budgets: Vec<Vec<usize>>,
-    /// Times a stage gave a layer more budget than it still held (integer rounding); the
-    /// layer kept what it had, never a dropped token.
+    /// Times a stage gave a layer (or a KV head) more budget than it still held (integer
+    /// rounding); it kept what it had, never a dropped token.
     pub clamped_growths: usize,
-    /// Peak tokens held per KV head, summed over layers, during prefill.
+    /// Peak tokens held per KV head (the longest head's), summed over layers, during
+    /// prefill.
     pub peak_tokens: usize,
-    /// Peak key rows (`tokens * Hkv`, summed over layers) during prefill; value rows are
-    /// as many.
+    /// Peak key rows (tokens summed over KV heads and layers) during prefill; value rows
+    /// are as many.
     pub peak_token_rows: usize,
     /// Token rows of the full cache, `S * L * Hkv`.
     pub full_token_rows: usize,
-    /// Bytes of keys and values held now, all layers.
+    /// Bytes of keys and values held now, all layers (kept rows times the row size).
     pub bytes_held: usize,
 }
 
@@ -182,10 +235,19 @@ pub struct PolicyCompressor<B: Backend> {
     plan: Option<BudgetPlan>,
     num_kv_heads: usize,
     preferences: Vec<Option<LayerPreference>>,
+    /// Per KV head preferences `[layer][Hkv]` (`head_budgets = preference`).
+    head_preferences: Vec<Vec<LayerPreference>>,
     shares: Vec<f64>,
+    /// Normalised per-(layer, KV head) shares (`preference` and `static` head budgets).
+    pair_shares: Vec<Vec<f64>>,
     /// Per-layer decoding budgets (see [`decode_budgets`]), computed at the first step.
     decode_budgets: Vec<usize>,
+    /// Per-(layer, KV head) decoding budgets, computed with [`Self::decode_budgets`].
+    head_decode_budgets: Vec<Vec<usize>>,
     budgets: Vec<usize>,
+    /// Per-(layer, KV head) budgets `[layer][Hkv]` (all equal to the layer's with
+    /// `head_budgets = none`).
+    head_budgets: Vec<Vec<usize>>,
     stage_budgets: Vec<Vec<usize>>,
     clamped_growths: usize,
     peak_tokens: usize,
@@ -202,9 +264,13 @@ impl<B: Backend> PolicyCompressor<B> {
             plan: None,
             num_kv_heads: 0,
             preferences: Vec::new(),
+            head_preferences: Vec::new(),
             shares: Vec::new(),
+            pair_shares: Vec::new(),
             decode_budgets: Vec::new(),
+            head_decode_budgets: Vec::new(),
             budgets: Vec::new(),
+            head_budgets: Vec::new(),
             stage_budgets: Vec::new(),
             clamped_growths: 0,
             peak_tokens: 0,
@@ -227,6 +293,11 @@ impl<B: Backend> PolicyCompressor<B> {
         &self.budgets
     }
 
+    /// Current per-(layer, KV head) budgets `[layer][Hkv]` of the layers seen.
+    pub fn head_budgets(&self) -> &[Vec<usize>] {
+        &self.head_budgets
+    }
+
     /// Measured preference parts per layer seen (`None` where not measured).
     pub fn preferences(&self) -> &[Option<LayerPreference>] {
         &self.preferences
@@ -242,14 +313,22 @@ impl<B: Backend> PolicyCompressor<B> {
         self.clamped_growths
     }
 
+    fn head_mode(&self) -> HeadBudgets {
+        self.policy.config().head_budgets
+    }
+
     fn reset(&mut self, plan: BudgetPlan, num_kv_heads: usize) {
         self.policy = self.template.for_cache_size(plan.cache_size);
         self.plan = Some(plan);
         self.num_kv_heads = num_kv_heads;
         self.preferences.clear();
+        self.head_preferences.clear();
         self.shares.clear();
+        self.pair_shares.clear();
         self.budgets.clear();
+        self.head_budgets.clear();
         self.decode_budgets.clear();
+        self.head_decode_budgets.clear();
         self.stage_budgets.clear();
         self.clamped_growths = 0;
         self.peak_tokens = 0;
@@ -258,69 +337,218 @@ impl<B: Backend> PolicyCompressor<B> {
 
     fn measure(&mut self, caches: &[LayerCache<B>]) {
         let tokens: usize = caches.iter().map(LayerCache::len).sum();
-        let rows: usize = caches.iter().map(|c| c.len() * c.num_kv_heads()).sum();
+        let rows: usize = caches.iter().map(LayerCache::rows).sum();
         self.peak_tokens = self.peak_tokens.max(tokens);
         self.peak_token_rows = self.peak_token_rows.max(rows);
     }
 
     /// Re-allocates budgets over the layers in `caches` (sharing the whole `B_total`) and
-    /// evicts each down to its budget, clamped to what it still holds.
+    /// evicts each down to its budget, clamped to what it still holds; per KV head as the
+    /// policy's `head_budgets` says.
     fn allocate_and_evict(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
         let _span = tracing::debug_span!("evict", layers = caches.len()).entered();
         let Some(plan) = self.plan else {
             return Ok(());
         };
         let seen = caches.len().min(self.preferences.len());
+        let mode = self.head_mode();
+        if mode.shares_pairs() {
+            return self.allocate_pairs(&mut caches[..seen], plan);
+        }
         let shares = self
             .policy
             .allocator()
             .shares(self.num_layers, &self.preferences[..seen]);
-        let sum: f64 = shares.iter().sum();
-        self.shares = shares
-            .iter()
-            .map(|s| {
-                if sum > 0.0 {
-                    s / sum
-                } else {
-                    1.0 / seen as f64
-                }
-            })
-            .collect();
+        self.shares = normalised(&shares);
         let wanted = plan.allocate(&shares);
         let mut budgets = Vec::with_capacity(seen);
+        let mut head_budgets = Vec::with_capacity(seen);
         for (l, (cache, &want)) in caches.iter_mut().zip(&wanted).enumerate() {
-            let held = cache.len().saturating_sub(plan.window);
-            if want > held {
-                // Rounding gave the layer a token more than it kept at an earlier stage:
-                // it keeps what it has; a dropped token is never needed back.
-                if self.budgets.get(l).is_some() {
-                    self.clamped_growths += 1;
+            let (budget, heads) = if mode == HeadBudgets::AdaKv {
+                self.evict_adakv(cache, l, want, plan.window)?
+            } else {
+                let held = cache.len().saturating_sub(plan.window);
+                if want > held {
+                    // Rounding gave the layer a token more than it kept at an earlier
+                    // stage: it keeps what it has; a dropped token is never needed back.
+                    if self.budgets.get(l).is_some() {
+                        self.clamped_growths += 1;
+                    }
                 }
-            }
-            let budget = want.min(held);
-            evict_to_budget(cache, budget, plan.window)?;
+                let budget = want.min(held);
+                evict_to_budget(cache, budget, plan.window)?;
+                (budget, vec![budget; cache.num_kv_heads()])
+            };
             budgets.push(budget);
+            head_budgets.push(heads);
         }
         self.stage_budgets.push(budgets.clone());
         self.budgets = budgets;
+        self.head_budgets = head_budgets;
         Ok(())
     }
 
-    /// The decoding limit of `layer`: `(tokens kept, tokens held before evicting)`, i.e.
-    /// `budget + w` and that plus the policy's slack; `None` before a prefill or when the
-    /// policy never evicts while decoding.
-    fn decode_limit(&self, layer: usize) -> Option<(usize, usize)> {
+    /// AdaKV inside layer `l`: its `want * Hkv` token rows go to the heads' best pooled
+    /// scores, each head first keeping `floor(head_floor * want)`. Returns the layer
+    /// budget (clamped to what the layer still holds) and the heads' budgets.
+    fn evict_adakv(
+        &mut self,
+        cache: &mut LayerCache<B>,
+        l: usize,
+        want: usize,
+        window: usize,
+    ) -> Result<(usize, Vec<usize>), CacheError> {
+        let lens = cache.head_lens();
+        let heads = lens.len();
+        let candidates: Vec<usize> = lens.iter().map(|&n| n - window.min(n)).collect();
+        let available: usize = candidates.iter().sum();
+        if want * heads > available && self.budgets.get(l).is_some() {
+            self.clamped_growths += 1;
+        }
+        let budget = want.min(available / heads.max(1));
+        let width = cache.len();
+        let scores = match cache.scores() {
+            Some(scores) => to_host(scores.clone()),
+            // Unscored: recency (later rows first).
+            None => (0..heads * width).map(|i| (i % width.max(1)) as f32).collect(),
+        };
+        let rows: Vec<&[f32]> = (0..heads)
+            .map(|h| &scores[h * width..h * width + candidates[h]])
+            .collect();
+        let mut kept = adakv_split(&rows, want, self.policy.config().head_floor);
+        for ((k, &c), &n) in kept.iter_mut().zip(&candidates).zip(&lens) {
+            k.extend(c..n);
+        }
+        let head_budgets: Vec<usize> = kept
+            .iter()
+            .zip(&lens)
+            .map(|(k, &n)| k.len() - window.min(n))
+            .collect();
+        cache.retain(&kept)?;
+        Ok((budget, head_budgets))
+    }
+
+    /// `preference` and `static` head budgets: the shares of every (layer, KV head) pair
+    /// seen share `B_total * Hkv` token rows, each pair capped at `S - w` and clamped to
+    /// what its head still holds.
+    fn allocate_pairs(
+        &mut self,
+        caches: &mut [LayerCache<B>],
+        plan: BudgetPlan,
+    ) -> Result<(), CacheError> {
+        let heads = self.num_kv_heads;
+        let raw: Vec<Vec<f64>> = match self.head_mode() {
+            HeadBudgets::Static => {
+                let table = self.policy.head_shares().unwrap_or(&[]);
+                (0..caches.len())
+                    .map(|l| match table.get(l) {
+                        Some(row) if row.len() == heads => row.clone(),
+                        _ => vec![SHARE_EPSILON; heads],
+                    })
+                    .collect()
+            }
+            _ => {
+                let (tau1, tau2) = self.policy.config().taus();
+                // A layer measured without attention has no head preferences: share 0.
+                let flat: Vec<Option<LayerPreference>> = (0..caches.len())
+                    .flat_map(|l| match self.head_preferences.get(l) {
+                        Some(row) if row.len() == heads => row.iter().map(|p| Some(*p)).collect(),
+                        _ => vec![None; heads],
+                    })
+                    .collect();
+                let shares = Preference { tau1, tau2 }.shares(self.num_layers, &flat);
+                shares.chunks(heads.max(1)).map(<[f64]>::to_vec).collect()
+            }
+        };
+        let sum: f64 = raw.iter().flatten().sum();
+        let count = (raw.len() * heads).max(1) as f64;
+        self.pair_shares = raw
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|s| if sum > 0.0 { s / sum } else { 1.0 / count })
+                    .collect()
+            })
+            .collect();
+        self.shares = self.pair_shares.iter().map(|r| r.iter().sum()).collect();
+        let wanted = pair_budgets(&raw, plan.total() * heads, plan.cap());
+        let mut budgets = Vec::with_capacity(caches.len());
+        let mut head_budgets = Vec::with_capacity(caches.len());
+        for (l, (cache, want)) in caches.iter_mut().zip(wanted).enumerate() {
+            let held: Vec<usize> = cache
+                .head_lens()
+                .iter()
+                .map(|n| n.saturating_sub(plan.window))
+                .collect();
+            if want.iter().zip(&held).any(|(w, h)| w > h) && self.budgets.get(l).is_some() {
+                self.clamped_growths += 1;
+            }
+            let keeps: Vec<usize> = want.iter().zip(&held).map(|(w, h)| *w.min(h)).collect();
+            evict_heads_to_budgets(cache, &keeps, plan.window)?;
+            budgets.push(keeps.iter().sum::<usize>() / keeps.len().max(1));
+            head_budgets.push(keeps);
+        }
+        self.stage_budgets.push(budgets.clone());
+        self.budgets = budgets;
+        self.head_budgets = head_budgets;
+        Ok(())
+    }
+
+    /// Decoding budgets per (layer, KV head), from the prefill's: a head may grow past
+    /// its budget only where its layer (or, with per-pair shares, the pair itself) was
+    /// capped by the prompt (see [`decode_budgets`]).
+    fn set_decode_budgets(&mut self, plan: BudgetPlan) {
+        self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
+        if self.head_mode().shares_pairs() {
+            let flat_budgets: Vec<usize> = self.head_budgets.iter().flatten().copied().collect();
+            let flat_shares: Vec<f64> = self.pair_shares.iter().flatten().copied().collect();
+            let flat = decode_budgets(
+                &flat_budgets,
+                &flat_shares,
+                plan.total() * self.num_kv_heads,
+            );
+            let mut at = 0;
+            self.head_decode_budgets = self
+                .head_budgets
+                .iter()
+                .map(|row| {
+                    let out = flat[at..at + row.len()].to_vec();
+                    at += row.len();
+                    out
+                })
+                .collect();
+        } else {
+            self.head_decode_budgets = self
+                .head_budgets
+                .iter()
+                .zip(self.decode_budgets.iter().zip(&self.budgets))
+                .map(|(row, (&decode, &budget))| row.iter().map(|b| b + decode - budget).collect())
+                .collect();
+        }
+    }
+
+    /// The decoding limits of `layer`'s KV heads: `(tokens kept, tokens held before
+    /// evicting)` each, i.e. `budget + w` and that plus the policy's slack; `None` before
+    /// a prefill or when the policy never evicts while decoding.
+    fn decode_limits(&self, layer: usize) -> Option<Vec<(usize, usize)>> {
         let config = self.policy.config();
         if config.decode_evict == DecodeEviction::None {
             return None;
         }
         let plan = self.plan?;
-        let budget = match self.decode_budgets.get(layer) {
-            Some(&b) => b,
-            None => *self.budgets.get(layer)?,
+        let budgets = match self.head_decode_budgets.get(layer) {
+            Some(b) => b,
+            None => self.head_budgets.get(layer)?,
         };
-        let keep = budget + plan.window;
-        Some((keep, keep + config.decode_slack))
+        Some(
+            budgets
+                .iter()
+                .map(|b| {
+                    let keep = b + plan.window;
+                    (keep, keep + config.decode_slack)
+                })
+                .collect(),
+        )
     }
 
     /// The report of the current prompt, with the kept positions read from `caches`.
@@ -332,12 +560,11 @@ impl<B: Backend> PolicyCompressor<B> {
             num_layers: self.num_layers,
         });
         let config = self.policy.config();
-        let taus = self
-            .policy
-            .allocator()
-            .needs_preference()
+        let taus = (self.policy.allocator().needs_preference()
+            || config.head_budgets == HeadBudgets::Preference)
             .then(|| config.taus());
         let (t1, t2) = config.taus();
+        let per_head = !config.head_budgets.is_none();
         let layers = caches
             .iter()
             .enumerate()
@@ -351,6 +578,9 @@ impl<B: Backend> PolicyCompressor<B> {
                         .copied()
                         .unwrap_or_else(|| cache.len().saturating_sub(plan.window)),
                     held: cache.len(),
+                    head_budgets: per_head
+                        .then(|| self.head_budgets.get(l).cloned())
+                        .flatten(),
                     preference,
                     preference_score: preference.map(|p| p.score(t1, t2)),
                     share: self.shares.get(l).copied().unwrap_or(0.0),
@@ -364,6 +594,7 @@ impl<B: Backend> PolicyCompressor<B> {
             scorer: self.policy.scorer().name().to_string(),
             cascading: config.cascading,
             decode_evict: config.decode_evict,
+            head_budgets: config.head_budgets,
             prompt_len: plan.prompt_len,
             num_layers: self.num_layers,
             num_kv_heads: self.num_kv_heads,
@@ -381,6 +612,69 @@ impl<B: Backend> PolicyCompressor<B> {
             bytes_held: caches.iter().map(LayerCache::bytes).sum(),
         }
     }
+
+    /// Scores `[Hkv, len]` of a decoding step over a cache whose KV heads hold different
+    /// counts: each KV head is scored alone, from its own query group's attention (so
+    /// TOVA averages over the group, not the layer) and its own positions; rows are
+    /// padded to the longest head.
+    fn ragged_decode_scores(
+        &self,
+        step: DecodeStep<B>,
+        cache: &LayerCache<B>,
+        window: usize,
+    ) -> Option<Tensor<B, 2>> {
+        let scorer = self.policy.scorer();
+        let heads = cache.num_kv_heads();
+        let [h, _, d] = step.query.dims();
+        let group = h / heads.max(1);
+        let width = cache.len();
+        let device = step.query.device();
+        let rows = (0..heads)
+            .map(|kv| {
+                let n = cache.positions()[kv].len();
+                let attn = match &step.attention {
+                    Some(a) => Some(a.clone().narrow(0, kv * group, group).narrow(2, 0, n)),
+                    None if scorer.needs_window_attention() && n > 0 => {
+                        let q = step.query.clone().narrow(0, kv * group, group);
+                        let keys = cache.head_keys(kv)?.reshape([1, n, d]);
+                        Some(attention(q, keys, None))
+                    }
+                    None => None,
+                };
+                let stored = cache
+                    .scores()
+                    .map(|s| s.clone().narrow(0, kv, 1).narrow(1, 0, n));
+                let row = scorer.decode_scores(DecodeInput {
+                    attention: attn.as_ref(),
+                    stored,
+                    positions: &cache.positions()[kv..=kv],
+                    window,
+                    device: &device,
+                }); // [1, n]
+                Some(if n < width {
+                    Tensor::cat(vec![row, Tensor::zeros([1, width - n], &device)], 1)
+                } else {
+                    row
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Tensor::cat(rows, 0))
+    }
+}
+
+/// Shares divided by their sum (equal shares when the sum is 0).
+fn normalised(shares: &[f64]) -> Vec<f64> {
+    let sum: f64 = shares.iter().sum();
+    shares
+        .iter()
+        .map(|s| {
+            if sum > 0.0 {
+                s / sum
+            } else {
+                1.0 / shares.len() as f64
+            }
+        })
+        .collect()
 }
 
 impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
@@ -396,6 +690,16 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         if layer == 0 || self.plan.is_none() {
             let plan = self.policy.config().plan(cache.len(), self.num_layers);
             self.reset(plan, cache.num_kv_heads());
+            if let Some(table) = self.policy.head_shares()
+                && self.head_mode() == HeadBudgets::Static
+                && let Some(row) = table.iter().find(|row| row.len() != self.num_kv_heads)
+            {
+                return Err(CacheError::Shape(format!(
+                    "the score function has per-head shares for {} KV heads, the model has {}",
+                    row.len(),
+                    self.num_kv_heads
+                )));
+            }
         }
         self.measure(&caches[..=layer]);
         let Some(plan) = self.plan else {
@@ -404,20 +708,43 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         let cache = &caches[layer];
         let Some(keys) = cache.keys() else {
             self.preferences.resize(layer + 1, None);
+            self.head_preferences.resize(layer + 1, Vec::new());
             return Ok(());
         };
         let scorer = self.policy.scorer();
-        let needs_pref = self.policy.allocator().needs_preference();
+        let head_prefs = self.head_mode() == HeadBudgets::Preference;
+        let needs_pref = self.policy.allocator().needs_preference() || head_prefs;
         let attn = (needs_pref || scorer.needs_window_attention()).then(|| {
             let _span = tracing::trace_span!("window_attention", layer).entered();
             window_attention(queries.clone(), keys.clone(), plan.window) // [H, w, S]
         });
-        let preference = attn.as_ref().map(|attn| {
-            let _span = tracing::trace_span!("layer_preference", layer).entered();
-            layer_preference(attn)
-        });
+        let (preference, heads) = match &attn {
+            Some(attn) if head_prefs => {
+                let _span = tracing::trace_span!("layer_preference", layer).entered();
+                // Per KV head: its query group's window attention [G, w, S].
+                let [h, _, _] = attn.dims();
+                let kv = self.num_kv_heads.max(1);
+                let group = h / kv;
+                let heads: Vec<LayerPreference> = (0..kv)
+                    .map(|g| layer_preference(&attn.clone().narrow(0, g * group, group)))
+                    .collect();
+                // Entropy and variance are sums over heads: the layer's is their sum.
+                let layer_pref = LayerPreference {
+                    entropy: heads.iter().map(|p| p.entropy).sum(),
+                    variance: heads.iter().map(|p| p.variance).sum(),
+                };
+                (Some(layer_pref), heads)
+            }
+            Some(attn) if needs_pref => {
+                let _span = tracing::trace_span!("layer_preference", layer).entered();
+                (Some(layer_preference(attn)), Vec::new())
+            }
+            _ => (None, Vec::new()),
+        };
         self.preferences.resize(layer, None);
         self.preferences.push(preference);
+        self.head_preferences.resize(layer, Vec::new());
+        self.head_preferences.push(heads);
         let scores = {
             let _span = tracing::trace_span!("prefill_scores", layer).entered();
             scorer.prefill_scores(&PrefillInput {
@@ -444,7 +771,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             self.measure(caches);
         }
         if let Some(plan) = self.plan {
-            self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
+            self.set_decode_budgets(plan);
         }
         Ok(())
     }
@@ -452,59 +779,85 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
     fn wants_decode_attention(&self, layer: usize, cache: &LayerCache<B>) -> bool {
         let scorer = self.policy.scorer();
         scorer.needs_window_attention()
-            && self.decode_limit(layer).is_some_and(|(_, evict_above)| {
-                cache.len() + 1 > evict_above || scorer.accumulates()
+            && self.decode_limits(layer).is_some_and(|limits| {
+                scorer.accumulates()
+                    || cache
+                        .head_lens()
+                        .iter()
+                        .zip(&limits)
+                        .any(|(n, (_, evict_above))| n + 1 > *evict_above)
             })
     }
 
-    /// Section 6: once a layer holds more than `budget + w` tokens (plus the policy's
-    /// `decode_slack`), re-score its tokens from the new query's attention (the model's
-    /// own probabilities when it passed them, else recomputed) and keep the best `budget`
-    /// outside the window. With slack 0 (the paper's rule) that drops one token per step;
-    /// with slack N it drops N + 1 at once every N + 1 steps.
+    /// Section 6: once a KV head holds more than its `budget + w` tokens (plus the
+    /// policy's `decode_slack`), re-score the layer's tokens from the new query's
+    /// attention (the model's own probabilities when it passed them, else recomputed) and
+    /// keep that head's best `budget` outside the window. With slack 0 (the paper's rule)
+    /// that drops one token per step; with slack N it drops N + 1 at once every N + 1
+    /// steps. Heads with per-head budgets each follow their own limit.
     fn after_decode_step(
         &mut self,
         step: DecodeStep<B>,
         cache: &mut LayerCache<B>,
     ) -> Result<(), CacheError> {
         let layer = step.layer;
-        if self.decode_budgets.len() != self.budgets.len()
+        if self.head_decode_budgets.len() != self.head_budgets.len()
             && let Some(plan) = self.plan
         {
-            self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
+            self.set_decode_budgets(plan);
         }
-        let (Some(plan), Some((keep, evict_above))) = (self.plan, self.decode_limit(layer)) else {
+        let (Some(plan), Some(limits)) = (self.plan, self.decode_limits(layer)) else {
             return Ok(());
         };
         let scorer = self.policy.scorer();
-        let over = cache.len() > evict_above;
-        if !over && !scorer.accumulates() {
+        let lens = cache.head_lens();
+        let over: Vec<bool> = lens
+            .iter()
+            .zip(&limits)
+            .map(|(n, (_, evict_above))| n > evict_above)
+            .collect();
+        let any_over = over.iter().any(|&o| o);
+        if !any_over && !scorer.accumulates() {
             return Ok(());
         }
         if cache.is_empty() {
             return Ok(());
         }
-        let device = step.query.device();
-        // [H, 1, n]. No view of the cache's buffers may outlive this: eviction compacts
-        // them in place only while the cache holds them alone (else it copies them whole).
-        let attn = match step.attention {
-            Some(attn) => Some(attn),
-            None if scorer.needs_window_attention() => {
-                cache.keys().map(|keys| attention(step.query, keys, None))
+        let scores = if cache.is_ragged() {
+            match self.ragged_decode_scores(step, cache, plan.window) {
+                Some(scores) => scores,
+                None => return Ok(()),
             }
-            None => None,
+        } else {
+            let device = step.query.device();
+            // [H, 1, n]. No view of the cache's buffers may outlive this: eviction
+            // compacts them in place only while the cache holds them alone (else it
+            // copies them whole).
+            let attn = match step.attention {
+                Some(attn) => Some(attn),
+                None if scorer.needs_window_attention() => {
+                    cache.keys().map(|keys| attention(step.query, keys, None))
+                }
+                None => None,
+            };
+            scorer.decode_scores(DecodeInput {
+                attention: attn.as_ref(),
+                stored: cache.scores().cloned(),
+                positions: cache.positions(),
+                window: plan.window,
+                device: &device,
+            }) // [Hkv, n]
         };
-        let scores = scorer.decode_scores(DecodeInput {
-            attention: attn.as_ref(),
-            stored: cache.scores().cloned(),
-            positions: cache.positions(),
-            window: plan.window,
-            device: &device,
-        }); // [Hkv, n]
         cache.set_scores(scores)?;
-        if over {
+        if any_over {
             let _span = tracing::trace_span!("decode_evict", layer, held = cache.len()).entered();
-            evict_to_budget(cache, keep - plan.window, plan.window)?;
+            let keeps: Vec<usize> = limits
+                .iter()
+                .zip(&over)
+                .zip(&lens)
+                .map(|(((keep, _), &over), &n)| if over { keep - plan.window } else { n })
+                .collect();
+            evict_heads_to_budgets(cache, &keeps, plan.window)?;
         }
         Ok(())
     }

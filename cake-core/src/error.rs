@@ -36,6 +36,30 @@ pub enum ConfigError {
     /// `beta` is below 1 or not finite.
     #[error("beta = {0} must be a finite number >= 1 (PyramidKV uses 20)")]
     BadBeta(f64),
+    /// AdaKV's floor fraction is outside `[0, 1]`.
+    #[error("head_floor = {0} must be a fraction in [0, 1] (AdaKV uses 0.2)")]
+    BadHeadFloor(f64),
+    /// Static head budgets without a score-function file.
+    #[error(
+        "--head-budgets static needs a score-function file with per-head polynomials: give --score-fn FILE (write one with `cake fit --per-head`)"
+    )]
+    StaticHeadsNeedFile,
+    /// Static head budgets from a score function fitted without `--per-head`.
+    #[error(
+        "{path}: this score function has no per-head polynomials (head_coefficients); refit with `cake fit --per-head`, or use another --head-budgets mode"
+    )]
+    NoHeadShares {
+        /// The score-function file.
+        path: String,
+    },
+    /// Per-head shares for another number of KV heads than the model has.
+    #[error("the score function has shares for {file_heads} KV heads, the model has {model_heads}")]
+    HeadCountMismatch {
+        /// KV heads in the file.
+        file_heads: usize,
+        /// KV heads in the model.
+        model_heads: usize,
+    },
     /// The pooling kernel is even or 0.
     #[error("pool_kernel = {0} must be odd (1 disables pooling; CAKE uses 5)")]
     BadPoolKernel(usize),
@@ -66,7 +90,7 @@ pub enum ConfigError {
     FullHasNoParts,
     /// A score-function file given without the static allocator.
     #[error(
-        "a score-function file is only used by the static allocator: add --allocator static, or drop --score-fn"
+        "a score-function file is only used by the static allocator or static head budgets: add --allocator static or --head-budgets static, or drop --score-fn"
     )]
     ScoreFunctionUnused,
     /// A static table with no layer.

@@ -22,6 +22,7 @@ pub mod cache;
 pub mod cascade;
 pub mod compressor;
 pub mod error;
+pub mod heads;
 #[cfg(feature = "flex")]
 pub mod host;
 mod names;
@@ -37,10 +38,13 @@ pub use allocator::{
     Allocator, AllocatorKind, LayerPreference, Preference, Pyramid, Static, Uniform,
 };
 pub use budget::{BudgetPlan, allocate_budgets};
-pub use cache::LayerCache;
-pub use cascade::{CompressionReport, LayerReport, PolicyCompressor, evict_to_budget};
+pub use cache::{HeadSpan, LayerCache};
+pub use cascade::{
+    CompressionReport, LayerReport, PolicyCompressor, evict_heads_to_budgets, evict_to_budget,
+};
 pub use compressor::{DecodeStep, KeepAll, KvCompressor, PrefillLayer};
 pub use error::{CacheError, ConfigError};
+pub use heads::HeadBudgets;
 pub use policy::{DecodeEviction, Method, Policy, PolicyConfig};
 pub use replay::{PrefillRecorder, replay_prefill};
 pub use score_function::ScoreFunction;

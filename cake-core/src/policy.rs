@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocator::{Allocator, AllocatorKind, Preference, Pyramid, Uniform};
 use crate::budget::BudgetPlan;
 use crate::error::ConfigError;
+use crate::heads::HeadBudgets;
 use crate::scorer::{Cake, H2o, Scorer, ScorerKind, SnapKv, Streaming, Tova};
 use crate::tau::{TauFile, TauLookup, TauSource, lookup_tau};
 
@@ -95,6 +96,16 @@ pub struct PolicyConfig {
     /// it existed keep their identity.
     #[serde(skip_serializing_if = "is_zero")]
     pub decode_slack: usize,
+    /// How a layer's budget reaches its KV heads (section 10): `none` (every head keeps
+    /// the layer's budget, the paper's rule), `preference`, `adakv` or `static`. Not
+    /// serialised when `none`, so that settings written before it existed keep their
+    /// identity.
+    #[serde(skip_serializing_if = "HeadBudgets::is_none")]
+    pub head_budgets: HeadBudgets,
+    /// AdaKV's floor: with `head_budgets = adakv`, every KV head keeps at least this
+    /// fraction of its layer's budget, in `[0, 1]` (0.2). Not serialised at its default.
+    #[serde(skip_serializing_if = "is_default_floor")]
+    pub head_floor: f64,
     /// StreamingLLM's attention sinks.
     pub sinks: usize,
     /// PyramidKV's beta.
@@ -103,6 +114,13 @@ pub struct PolicyConfig {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// AdaKV's default floor fraction (`cake-algorithm.md`, section 10).
+pub const DEFAULT_HEAD_FLOOR: f64 = 0.2;
+
+fn is_default_floor(x: &f64) -> bool {
+    *x == DEFAULT_HEAD_FLOOR
 }
 
 impl Default for PolicyConfig {
@@ -118,6 +136,8 @@ impl Default for PolicyConfig {
             cascading: true,
             decode_evict: DecodeEviction::Policy,
             decode_slack: 0,
+            head_budgets: HeadBudgets::None,
+            head_floor: DEFAULT_HEAD_FLOOR,
             sinks: 4,
             beta: 20.0,
         }
@@ -155,6 +175,9 @@ impl PolicyConfig {
         }
         if !(self.beta.is_finite() && self.beta >= 1.0) {
             return Err(ConfigError::BadBeta(self.beta));
+        }
+        if !(0.0..=1.0).contains(&self.head_floor) {
+            return Err(ConfigError::BadHeadFloor(self.head_floor));
         }
         if self.pool_kernel.is_multiple_of(2) {
             return Err(ConfigError::BadPoolKernel(self.pool_kernel));
@@ -254,6 +277,8 @@ pub struct Policy<B: Backend> {
     tau_source: Option<TauSource>,
     /// The allocator's kind when [`Policy::from_kinds`] built it from the config.
     allocator_kind: Option<AllocatorKind>,
+    /// Fixed per-(layer, KV head) shares `[L][Hkv]` for `head_budgets = static`.
+    head_shares: Option<Arc<Vec<Vec<f64>>>>,
 }
 
 impl<B: Backend> Policy<B> {
@@ -273,6 +298,7 @@ impl<B: Backend> Policy<B> {
             tau_file: None,
             tau_source: None,
             allocator_kind: None,
+            head_shares: None,
         })
     }
 
@@ -346,6 +372,19 @@ impl<B: Backend> Policy<B> {
             policy.tau_source = Some(taus.source);
         }
         policy
+    }
+
+    /// This policy with fixed per-(layer, KV head) shares `[L][Hkv]` (a fitted score
+    /// function's, see [`crate::allocator::Static::head_shares`]), which
+    /// `head_budgets = static` shares the budget by.
+    pub fn with_head_shares(mut self, shares: Vec<Vec<f64>>) -> Self {
+        self.head_shares = Some(Arc::new(shares));
+        self
+    }
+
+    /// The fixed per-head shares, when set.
+    pub fn head_shares(&self) -> Option<&[Vec<f64>]> {
+        self.head_shares.as_deref().map(Vec::as_slice)
     }
 
     /// Where this policy's temperatures came from, once [`Policy::for_cache_size`] looked

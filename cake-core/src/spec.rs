@@ -20,7 +20,8 @@ use crate::allocator::{AllocatorKind, Static};
 use crate::cascade::{CompressionReport, PolicyCompressor};
 use crate::compressor::{DecodeStep, KvCompressor, PrefillLayer};
 use crate::error::{CacheError, ConfigError};
-use crate::policy::{Method, Policy, PolicyConfig, build_scorer};
+use crate::heads::HeadBudgets;
+use crate::policy::{DEFAULT_HEAD_FLOOR, Method, Policy, PolicyConfig, build_scorer};
 use crate::score_function::ScoreFunction;
 use crate::scorer::ScorerKind;
 use crate::tau::TauFile;
@@ -67,9 +68,12 @@ impl PolicySpec {
         if self.method == Method::Full && (self.allocator.is_some() || self.scorer.is_some()) {
             return Err(ConfigError::FullHasNoParts);
         }
+        let static_heads = self.cache.head_budgets == HeadBudgets::Static;
         match (self.allocator, &self.score_fn) {
             (Some(AllocatorKind::Static), None) => Err(ConfigError::StaticNeedsFile),
+            (_, None) if static_heads => Err(ConfigError::StaticHeadsNeedFile),
             (Some(AllocatorKind::Static), Some(_)) | (_, None) => Ok(()),
+            (_, Some(_)) if static_heads => Ok(()),
             (_, Some(_)) => Err(ConfigError::ScoreFunctionUnused),
         }
     }
@@ -113,6 +117,12 @@ impl PolicySpec {
         if c.decode_slack > 0 {
             label.push_str(&format!("-slack{}", c.decode_slack));
         }
+        if !c.head_budgets.is_none() {
+            label.push_str(&format!("-heads-{}", c.head_budgets));
+            if c.head_budgets == HeadBudgets::AdaKv && c.head_floor != DEFAULT_HEAD_FLOOR {
+                label.push_str(&format!("{}", c.head_floor));
+            }
+        }
         label
     }
 
@@ -129,16 +139,30 @@ impl PolicySpec {
         let Some((allocator, scorer)) = self.kinds() else {
             return Ok(None);
         };
-        let policy = match (self.allocator, self.scorer, &self.score_fn) {
-            (None, None, _) => Policy::preset(self.method, &self.cache)?,
-            (Some(AllocatorKind::Static), _, Some(path)) => {
-                let function = ScoreFunction::from_path(path)?;
-                let allocator = Static::from_score_function(&function, num_layers)?;
+        let function = match &self.score_fn {
+            Some(path) => Some(ScoreFunction::from_path(path)?),
+            None => None,
+        };
+        let mut policy = match (self.allocator, self.scorer, &function) {
+            (Some(AllocatorKind::Static), _, Some(function)) => {
+                let allocator = Static::from_score_function(function, num_layers)?;
                 let scorer = build_scorer::<B>(scorer, &self.cache);
                 Policy::new(Arc::new(allocator), scorer, self.cache.clone())?
             }
+            (None, None, _) => Policy::preset(self.method, &self.cache)?,
             _ => Policy::from_kinds(allocator, scorer, self.cache.clone())?,
         };
+        if self.cache.head_budgets == HeadBudgets::Static
+            && let (Some(function), Some(path)) = (&function, &self.score_fn)
+        {
+            let statics = Static::from_score_function(function, num_layers)?;
+            let Some(shares) = statics.head_shares() else {
+                return Err(ConfigError::NoHeadShares {
+                    path: path.display().to_string(),
+                });
+            };
+            policy = policy.with_head_shares(shares.to_vec());
+        }
         Ok(Some(match &self.tau_file {
             Some(path) => policy.with_tau_file(model, TauFile::read(path)?)?,
             None => policy.with_published_taus(model),

@@ -47,25 +47,35 @@ pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
 }
 
 /// Keys or values of one layer as the cache stores them: KV head `h`'s row `j` is
-/// `data[h * head_stride + j * dim ..][..dim]`, rows `0..len` valid.
+/// `data[(starts[h] + j) * dim ..][..dim]`. Heads may hold different numbers of rows
+/// (per-head budgets); the queries' visible ranges never reach past a head's own rows.
 #[derive(Debug, Clone, Copy)]
 pub struct KvRows<'a> {
-    /// The buffer (capacity rows per head).
+    /// The buffer (every head's region).
     pub data: &'a [f32],
-    /// Elements between two KV heads (capacity x d).
-    pub head_stride: usize,
-    /// Valid rows per head.
+    /// First row of each KV head's region.
+    pub starts: &'a [usize],
+    /// Rows of the longest head: the width of a probability row `[H, S, len]`.
     pub len: usize,
     /// Head width d.
     pub dim: usize,
 }
 
 impl KvRows<'_> {
+    /// Element offset of row `row` of KV head `head`.
+    fn offset(&self, head: usize, row: usize) -> usize {
+        (self.starts[head] + row) * self.dim
+    }
+
     /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous.
     fn rows(&self, head: usize, from: usize, to: usize) -> &[f32] {
-        let at = head * self.head_stride;
-        &self.data[at + from * self.dim..at + to * self.dim]
+        &self.data[self.offset(head, from)..self.offset(head, to)]
     }
+}
+
+/// Row starts `0, len, 2 len, ..` of `heads` KV heads stored back to back.
+pub fn packed_starts(heads: usize, len: usize) -> Vec<usize> {
+    (0..heads).map(|h| h * len).collect()
 }
 
 /// The shape of one attention call.
@@ -117,6 +127,7 @@ pub fn attention(
         ..
     } = shape;
     assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
+    assert!(keys.starts.len() >= shape.kv_heads, "a start per KV head");
     if let Some((values, out)) = &output {
         assert_eq!(out.len(), s * h * d, "output [S, H, d]");
         assert_eq!(values.len, keys.len, "as many values as keys");
@@ -247,7 +258,7 @@ fn block_attention(
                     (scores.as_mut_ptr(), n),
                     false,
                     (q.as_ptr().add((i0 * h + head) * d), h * d),
-                    (keys.data.as_ptr().add(kv * keys.head_stride + lo * d), d, 1),
+                    (keys.data.as_ptr().add(keys.offset(kv, lo)), d, 1),
                     scale,
                 );
             }
@@ -270,7 +281,7 @@ fn block_attention(
                     false,
                     (scores.as_ptr(), n),
                     (
-                        values.data.as_ptr().add(kv * values.head_stride + lo * d),
+                        values.data.as_ptr().add(values.offset(kv, lo)),
                         1,
                         d,
                     ),
@@ -336,7 +347,7 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
                     (scores.as_mut_ptr(), n),
                     false,
                     (packed.as_ptr(), d),
-                    (keys.data.as_ptr().add(kv * keys.head_stride + k0 * d), d, 1),
+                    (keys.data.as_ptr().add(keys.offset(kv, k0)), d, 1),
                     scale,
                 );
             }
@@ -372,7 +383,7 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
                     true,
                     (scores.as_ptr(), n),
                     (
-                        values.data.as_ptr().add(kv * values.head_stride + k0 * d),
+                        values.data.as_ptr().add(values.offset(kv, k0)),
                         1,
                         d,
                     ),
@@ -581,17 +592,16 @@ mod tests {
             let lo = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(kv);
             (lo.min(p + 1), p + 1)
         };
-        fn rows(data: &[f32], len: usize, d: usize) -> KvRows<'_> {
-            KvRows {
-                data,
-                head_stride: len * d,
-                len,
-                dim: d,
-            }
-        }
+        let starts = packed_starts(hkv, len);
+        let rows = |data| KvRows {
+            data,
+            starts: &starts,
+            len,
+            dim: d,
+        };
         let run = |out: &mut [f32], probs: Option<&mut [f32]>| {
-            let values = Some((rows(&v, len, d), out));
-            attention(&q, rows(&k, len, d), shape, &visible, values, probs);
+            let values = Some((rows(&v), out));
+            attention(&q, rows(&k), shape, &visible, values, probs);
         };
         let close = |what: &str, got: &[f32], want: &[f32], tolerance: f32| {
             for (a, b) in got.iter().zip(want) {

@@ -96,34 +96,27 @@ pub fn write_in_place<B: Backend, const D: usize>(
     }
 }
 
-/// Rows `[Hkv, len, d]` of a host tensor as [`KvRows`] (a strided view when the rows are
-/// contiguous, else a contiguous copy kept in `hold`).
-fn kv_rows<'a>(t: &'a FlexTensor, hold: &'a mut Option<FlexTensor>) -> Option<KvRows<'a>> {
+/// Rows `[Hkv, len, d]` of a host tensor as a buffer and the rows between two heads (a
+/// strided view when the rows are contiguous, else a contiguous copy kept in `hold`).
+fn kv_data<'a>(t: &'a FlexTensor, hold: &'a mut Option<FlexTensor>) -> Option<(&'a [f32], usize)> {
     let layout = t.layout();
     let dims = layout.shape().to_vec();
     let [heads, len, dim] = dims[..] else {
         return None;
     };
     let strides = layout.strides();
-    let rows_in_place = strides[2] == 1 && strides[1] == dim as isize && strides[0] >= 0;
+    let rows_in_place = strides[2] == 1
+        && strides[1] == dim as isize
+        && strides[0] >= 0
+        && (strides[0] as usize).is_multiple_of(dim.max(1));
     if rows_in_place {
         let data = &t.storage::<f32>()[layout.start_offset()..];
-        let head_stride = strides[0] as usize;
-        let needed = heads.saturating_sub(1) * head_stride + len * dim;
-        return (data.len() >= needed).then_some(KvRows {
-            data,
-            head_stride: if heads > 1 { head_stride } else { len * dim },
-            len,
-            dim,
-        });
+        let head_rows = if heads > 1 { strides[0] as usize / dim.max(1) } else { len };
+        let needed = (heads.saturating_sub(1) * head_rows + len) * dim;
+        return (data.len() >= needed).then_some((data, head_rows));
     }
     let copy = hold.insert(t.to_contiguous());
-    Some(KvRows {
-        data: copy.as_slice::<f32>()?,
-        head_stride: len * dim,
-        len,
-        dim,
-    })
+    Some((copy.as_slice::<f32>()?, len))
 }
 
 /// Attention probabilities `[H, n, S]` of `queries` (`[H, n, d]`) over `keys`
@@ -145,7 +138,14 @@ pub fn attention_probabilities<B: Backend>(
     let q = contiguous(&q)?;
     let k = flex(keys)?;
     let mut hold = None;
-    let rows = kv_rows(&k, &mut hold)?;
+    let (data, head_rows) = kv_data(&k, &mut hold)?;
+    let starts = kernels::packed_starts(kv_heads, head_rows);
+    let rows = KvRows {
+        data,
+        starts: &starts,
+        len,
+        dim,
+    };
     let shape = AttentionShape {
         queries: n,
         heads,

@@ -4,7 +4,8 @@
 //! - input `x`: `[S, hidden]` at absolute positions `start..start + S`
 //! - fused projection: `[S, (H + 2 Hkv) d]` = queries | keys | values
 //! - queries handed to the compression hooks: `[H, S, d]`, post-RoPE, unscaled
-//! - cache: `[Hkv, capacity, d]` per keys and values, `len` rows valid per head
+//! - cache: one `[rows, d]` buffer per keys and values, a region per KV head (heads may
+//!   hold different counts, see [`LayerCache`])
 //! - output: `[S, hidden]`
 
 use burn::tensor::ops::AttentionModuleOptions;
@@ -180,10 +181,10 @@ impl<B: Backend> Attention<B> {
         let (Some(kd), Some(vd)) = (host::contiguous(&kb), host::contiguous(&vb)) else {
             unreachable!("cache buffers are contiguous")
         };
-        let head_stride = cache.capacity() * d;
+        let starts: Vec<usize> = cache.spans().iter().map(|span| span.start).collect();
         let rows = |data| KvRows {
             data,
-            head_stride,
+            starts: &starts,
             len,
             dim: d,
         };
@@ -225,29 +226,80 @@ impl<B: Backend> Attention<B> {
         cache: &LayerCache<B>,
         probabilities: bool,
     ) -> Result<(Tensor<B, 3>, Option<Tensor<B, 3>>), CacheError> {
-        let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+        let Some((buffer, _)) = cache.buffers().filter(|_| !cache.is_empty()) else {
             return Err(CacheError::Empty);
         };
         let [h, s, d] = q.dims();
-        let kv_dims = keys.dims();
+        let (hkv, width) = (cache.num_kv_heads(), buffer.dims()[1]);
         if h != self.num_heads
             || d != self.head_dim
             || s == 0
-            || kv_dims[0] != self.num_kv_heads
-            || kv_dims[2] != self.head_dim
+            || hkv != self.num_kv_heads
+            || width != self.head_dim
         {
             return Err(CacheError::Shape(format!(
-                "queries [{h}, {s}, {d}] over cached keys {kv_dims:?}: this attention takes [{}, S > 0, {}] over [{}, len, {}]",
+                "queries [{h}, {s}, {d}] over a cache of {hkv} KV heads of width {width}: this attention takes [{}, S > 0, {}] over {} heads of width {}",
                 self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim
             )));
         }
-        if !probabilities && let Some(out) = self.attend_fused(q.clone(), start, cache) {
-            return Ok((out, None));
+        if !cache.is_ragged() {
+            if !probabilities && let Some(out) = self.attend_fused(q.clone(), start, cache) {
+                return Ok((out, None));
+            }
+            let (Some(keys), Some(values)) = (cache.keys(), cache.values()) else {
+                return Err(CacheError::Empty);
+            };
+            return Ok(self.attend_rows(q, start, keys, values, cache.positions(), probabilities));
         }
-        let hkv = self.num_kv_heads;
+        // Heads with their own counts (per-head budgets): each KV head with its G query
+        // heads, probabilities padded with zeros to the longest head.
         let g = h / hkv;
-        let positions = cache.positions();
         let len = cache.len();
+        let mut outputs = Vec::with_capacity(hkv);
+        let mut all_probs = Vec::with_capacity(hkv);
+        for kv in 0..hkv {
+            let (Some(keys), Some(values)) = (cache.head_keys(kv), cache.head_values(kv)) else {
+                return Err(CacheError::Empty);
+            };
+            let n = keys.dims()[0];
+            let positions = &cache.positions()[kv..=kv];
+            let (out, probs) = self.attend_rows(
+                q.clone().narrow(0, kv * g, g),
+                start,
+                keys.unsqueeze_dim(0),
+                values.unsqueeze_dim(0),
+                positions,
+                probabilities,
+            );
+            outputs.push(out);
+            if let Some(p) = probs {
+                // [G, S, n] -> [G, S, len]
+                all_probs.push(if n < len {
+                    let pad = Tensor::zeros([g, s, len - n], &p.device());
+                    Tensor::cat(vec![p, pad], 2)
+                } else {
+                    p
+                });
+            }
+        }
+        let probs = probabilities.then(|| Tensor::cat(all_probs, 0));
+        Ok((Tensor::cat(outputs, 0), probs))
+    }
+
+    /// [`Attention::attend`]'s blocked softmax over `keys`/`values` (`[Hk, L, d]`, with
+    /// `positions[kv]` the cached positions of KV head `kv`) for queries `q`: `[G Hk, S, d]`.
+    fn attend_rows(
+        &self,
+        q: Tensor<B, 3>,
+        start: usize,
+        keys: Tensor<B, 3>,
+        values: Tensor<B, 3>,
+        positions: &[Vec<usize>],
+        probabilities: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+        let [h, s, d] = q.dims();
+        let [hkv, len, _] = keys.dims();
+        let g = h / hkv;
         let device = q.device();
         let scale = 1.0 / (d as f64).sqrt();
         // [Hkv, G, S, d]: query heads h = kv * G + g share KV head kv.
@@ -295,7 +347,7 @@ impl<B: Backend> Attention<B> {
             outputs.push(probs.matmul(vc).reshape([hkv, g, c, d]));
         }
         let probs = probabilities.then(|| Tensor::cat(all_probs, 1));
-        Ok((Tensor::cat(outputs, 2).reshape([h, s, d]), probs))
+        (Tensor::cat(outputs, 2).reshape([h, s, d]), probs)
     }
 
     /// The backend's fused attention for multi-token queries in the two common shapes: a
