@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cake_core::{AllocatorKind, DecodeEviction, Method, PolicyConfig, PolicySpec, ScorerKind};
+use cake_core::{
+    AllocatorKind, DecodeEviction, HeadBudgets, Method, PolicyConfig, PolicySpec, ScorerKind,
+};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +35,8 @@ pub struct PolicyArgs {
     /// Token scorer (overrides the method's)
     #[arg(long, ignore_case = true)]
     pub scorer: Option<ScorerKind>,
-    /// Score-function file for `--allocator static` (written by `cake fit`)
+    /// Score-function file for `--allocator static` or `--head-budgets static` (written by
+    /// `cake fit`; per-head shares need `cake fit --per-head`)
     #[arg(long, value_name = "FILE")]
     pub score_fn: Option<PathBuf>,
     /// Temperature table (JSON, the published table's format; written by `cake tune`)
@@ -77,6 +80,17 @@ pub struct PolicyArgs {
     /// at once [default: 0, the paper's one token per step]
     #[arg(long, value_name = "N")]
     pub decode_slack: Option<usize>,
+    /// How a layer's budget reaches its KV heads, each storing only its own kept rows:
+    /// none (every head keeps the layer's budget), preference (CAKE's preference per KV
+    /// head, the budget shared over all layer x head pairs), adakv (layer budgets, split
+    /// by the heads' pooled scores with a floor per head), static (per-head shares of a
+    /// `cake fit --per-head` score function, --score-fn) [default: none]
+    #[arg(long, ignore_case = true)]
+    pub head_budgets: Option<HeadBudgets>,
+    /// AdaKV's floor: with --head-budgets adakv, each KV head keeps at least this fraction
+    /// of its layer's budget, in [0, 1] [default: 0.2]
+    #[arg(long, value_name = "FRACTION")]
+    pub head_floor: Option<f64>,
     /// StreamingLLM attention sinks [default: 4]
     #[arg(long)]
     pub sinks: Option<usize>,
@@ -122,6 +136,8 @@ impl PolicyArgs {
             no_cascading: false,
             decode_evict: self.decode_evict.or(lower.decode_evict),
             decode_slack: self.decode_slack.or(lower.decode_slack),
+            head_budgets: self.head_budgets.or(lower.head_budgets),
+            head_floor: self.head_floor.or(lower.head_floor),
             sinks: self.sinks.or(lower.sinks),
             beta: self.beta.or(lower.beta),
             config: self.config.or(lower.config),
@@ -245,6 +261,8 @@ impl Settings {
             cascading: layer.cascading.unwrap_or(d.cascading),
             decode_evict: layer.decode_evict.unwrap_or(d.decode_evict),
             decode_slack: layer.decode_slack.unwrap_or(d.decode_slack),
+            head_budgets: layer.head_budgets.unwrap_or(d.head_budgets),
+            head_floor: layer.head_floor.unwrap_or(d.head_floor),
             sinks: layer.sinks.unwrap_or(d.sinks),
             beta: layer.beta.unwrap_or(d.beta),
         };

@@ -487,11 +487,14 @@ fn write_rows<B: Backend>(buffer: Tensor<B, 2>, rows: Tensor<B, 3>, at: &[usize]
         }
         None => buffer,
     };
-    at.iter().enumerate().take(heads).fold(buffer, |buffer, (h, &row)| {
-        // [1, n, d] -> [n, d]
-        let head = rows.clone().narrow(0, h, 1).reshape([n, dim]);
-        buffer.slice_assign(s![row..row + n, 0..dim], head)
-    })
+    at.iter()
+        .enumerate()
+        .take(heads)
+        .fold(buffer, |buffer, (h, &row)| {
+            // [1, n, d] -> [n, d]
+            let head = rows.clone().narrow(0, h, 1).reshape([n, dim]);
+            buffer.slice_assign(s![row..row + n, 0..dim], head)
+        })
 }
 
 /// Copies each head's valid rows from `old` (laid out by `from`) into `buffer` (laid out

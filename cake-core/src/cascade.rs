@@ -14,9 +14,9 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::allocator::{Allocator, LayerPreference, Preference, SHARE_EPSILON};
-use crate::heads::{HeadBudgets, adakv_split, pair_budgets};
 use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::compressor::{DecodeStep, PrefillLayer};
+use crate::heads::{HeadBudgets, adakv_split, pair_budgets};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{
@@ -410,7 +410,9 @@ impl<B: Backend> PolicyCompressor<B> {
         let scores = match cache.scores() {
             Some(scores) => to_host(scores.clone()),
             // Unscored: recency (later rows first).
-            None => (0..heads * width).map(|i| (i % width.max(1)) as f32).collect(),
+            None => (0..heads * width)
+                .map(|i| (i % width.max(1)) as f32)
+                .collect(),
         };
         let rows: Vec<&[f32]> = (0..heads)
             .map(|h| &scores[h * width..h * width + candidates[h]])

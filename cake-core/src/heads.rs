@@ -118,11 +118,20 @@ mod tests {
         let kept = adakv_split(&[&h0, &h1], 2, 0.5);
         assert_eq!(kept, vec![vec![0, 1, 2], vec![1]]);
         // No floor: the pool alone.
-        assert_eq!(adakv_split(&[&h0, &h1], 2, 0.0), vec![vec![0, 1, 2, 3], vec![]]);
+        assert_eq!(
+            adakv_split(&[&h0, &h1], 2, 0.0),
+            vec![vec![0, 1, 2, 3], vec![]]
+        );
         // Full floor: every head keeps its own budget (the layer rule).
-        assert_eq!(adakv_split(&[&h0, &h1], 2, 1.0), vec![vec![0, 1], vec![0, 1]]);
+        assert_eq!(
+            adakv_split(&[&h0, &h1], 2, 1.0),
+            vec![vec![0, 1], vec![0, 1]]
+        );
         // Fewer candidates than the budget: everything kept.
-        assert_eq!(adakv_split(&[&h0, &h1], 9, 0.2), vec![vec![0, 1, 2, 3], vec![0, 1, 2]]);
+        assert_eq!(
+            adakv_split(&[&h0, &h1], 9, 0.2),
+            vec![vec![0, 1, 2, 3], vec![0, 1, 2]]
+        );
     }
 
     #[test]
@@ -131,7 +140,10 @@ mod tests {
         let b = pair_budgets(&[vec![3.0, 1.0], vec![0.0, 0.0]], 8, 5);
         assert_eq!(b, vec![vec![5, 3], vec![0, 0]]);
         // Equal shares: equal budgets.
-        assert_eq!(pair_budgets(&[vec![1.0; 3]; 2], 12, 9), vec![vec![2; 3]; 2]);
+        assert_eq!(
+            pair_budgets(&vec![vec![1.0; 3]; 2], 12, 9),
+            vec![vec![2; 3]; 2]
+        );
     }
 
     #[test]

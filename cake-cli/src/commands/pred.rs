@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::Method;
+use cake_core::{HeadBudgets, Method};
 use cake_longbench::predict::{predict_dataset, predict_sweep};
 use cake_longbench::record::{DataError, LongBenchRecord, read_dataset};
 use cake_longbench::registry;
@@ -64,6 +64,10 @@ pub struct Args {
     /// Several cache sizes in one run, e.g. 64,128,256,512
     #[arg(long, value_delimiter = ',')]
     pub cache_sizes: Vec<usize>,
+    /// Several head-budget modes in one run (each method and cache size with each), e.g.
+    /// none,preference,adakv (see --head-budgets)
+    #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
+    pub head_budget_modes: Vec<HeadBudgets>,
     /// Prompt budget in tokens (middle truncation) [default: LongBench's model2maxlen, else
     /// the model's context minus 512, at most 7500]
     #[arg(long)]
@@ -188,18 +192,31 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
     } else {
         args.cache_sizes.clone()
     };
+    let modes = if args.head_budget_modes.is_empty() {
+        vec![base.spec.cache.head_budgets]
+    } else {
+        args.head_budget_modes.clone()
+    };
     let mut out = Vec::new();
     for &method in &methods {
-        // The full cache does not depend on the cache size: one run.
-        let sizes_here = if method == Method::Full {
-            &sizes[..1]
+        // The full cache depends on neither the cache size nor the head budgets: one run.
+        let full = method == Method::Full;
+        let sizes_here = if full { &sizes[..1] } else { &sizes[..] };
+        let modes_here = if full {
+            &[HeadBudgets::None][..]
         } else {
-            &sizes[..]
+            &modes[..]
         };
         for &size in sizes_here {
-            out.push(base.with_method(method, size).map_err(|e| {
-                crate::exit::UsageError(format!("{e} (from --policies / --cache-sizes)"))
-            })?);
+            for &mode in modes_here {
+                let mut settings = base.clone();
+                settings.spec.cache.head_budgets = mode;
+                out.push(settings.with_method(method, size).map_err(|e| {
+                    crate::exit::UsageError(format!(
+                        "{e} (from --policies / --cache-sizes / --head-budget-modes)"
+                    ))
+                })?);
+            }
         }
     }
     Ok(out)

@@ -163,6 +163,7 @@ pub fn run(args: Args) -> Result<()> {
         data: args.data.clone(),
         policies: Vec::new(),
         cache_sizes: Vec::new(),
+        head_budget_modes: Vec::new(),
         max_length: args.max_length,
         max_samples: args.max_samples,
         out: args.out.join("runs"),

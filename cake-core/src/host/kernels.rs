@@ -280,11 +280,7 @@ fn block_attention(
                     (out_ptr.0.add((i0 * h + head) * d), h * d),
                     false,
                     (scores.as_ptr(), n),
-                    (
-                        values.data.as_ptr().add(values.offset(kv, lo)),
-                        1,
-                        d,
-                    ),
+                    (values.data.as_ptr().add(values.offset(kv, lo)), 1, d),
                     1.0,
                 ),
                 Some((_, out_ptr)) => {
@@ -382,11 +378,7 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
                     (acc.as_mut_ptr(), d),
                     true,
                     (scores.as_ptr(), n),
-                    (
-                        values.data.as_ptr().add(values.offset(kv, k0)),
-                        1,
-                        d,
-                    ),
+                    (values.data.as_ptr().add(values.offset(kv, k0)), 1, d),
                     1.0,
                 );
             }

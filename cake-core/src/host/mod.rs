@@ -111,7 +111,11 @@ fn kv_data<'a>(t: &'a FlexTensor, hold: &'a mut Option<FlexTensor>) -> Option<(&
         && (strides[0] as usize).is_multiple_of(dim.max(1));
     if rows_in_place {
         let data = &t.storage::<f32>()[layout.start_offset()..];
-        let head_rows = if heads > 1 { strides[0] as usize / dim.max(1) } else { len };
+        let head_rows = if heads > 1 {
+            strides[0] as usize / dim.max(1)
+        } else {
+            len
+        };
         let needed = (heads.saturating_sub(1) * head_rows + len) * dim;
         return (data.len() >= needed).then_some((data, head_rows));
     }

@@ -1,0 +1,348 @@
+//! Per-head budgets (`cake-algorithm.md`, section 10): the ragged storage, the pure
+//! allocation math (property tests, as for the layer budgets) and the compressor's three
+//! head-budget modes end to end on synthetic Q/K/V.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use cake_core::heads::{adakv_split, pair_budgets};
+use cake_core::{
+    HeadBudgets, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig, ScoreFunction,
+    evict_heads_to_budgets,
+};
+use common::{B, Normal, SMALL, decode, prefill};
+use proptest::prelude::*;
+
+/// A cache of `heads` KV heads holding `len` tokens at positions `0..len`, whose key row
+/// of token `p` in head `h` is `[h, p, ..]` and value row `[-h, -p, ..]` (so that every row
+/// says which token it is).
+fn labelled_cache(heads: usize, len: usize, dim: usize) -> LayerCache<B> {
+    let rows = |sign: f32| -> Tensor<B, 3> {
+        let data: Vec<f32> = (0..heads * len * dim)
+            .map(|i| {
+                let (h, p, c) = (i / (len * dim), (i / dim) % len, i % dim);
+                sign * [h as f32, p as f32, 1.0][c.min(2)]
+            })
+            .collect();
+        Tensor::from_data(
+            TensorData::new(data, [heads, len, dim]),
+            &Default::default(),
+        )
+    };
+    let mut cache = LayerCache::<B>::new();
+    cache.append(rows(1.0), rows(-1.0), 0).unwrap();
+    cache
+}
+
+/// Each head's key rows, checked against the positions it claims to hold.
+fn assert_rows_follow_positions(cache: &LayerCache<B>, dim: usize) {
+    for h in 0..cache.num_kv_heads() {
+        let pos = &cache.positions()[h];
+        let keys = cache
+            .head_keys(h)
+            .map(|k| k.into_data().into_vec::<f32>().unwrap());
+        let values = cache
+            .head_values(h)
+            .map(|v| v.into_data().into_vec::<f32>().unwrap());
+        let (keys, values) = (keys.unwrap_or_default(), values.unwrap_or_default());
+        assert_eq!(keys.len(), pos.len() * dim, "head {h}");
+        for (i, &p) in pos.iter().enumerate() {
+            assert_eq!(keys[i * dim + 1], p as f32, "head {h} row {i}");
+            assert_eq!(values[i * dim + 1], -(p as f32), "head {h} row {i}");
+            assert_eq!(keys[i * dim], h as f32, "head {h} row {i}");
+        }
+    }
+}
+
+#[test]
+fn ragged_heads_hold_their_own_rows_and_free_memory() {
+    let (heads, len, dim) = (3, 600, 4);
+    let mut cache = labelled_cache(heads, len, dim);
+    let full_allocated = cache.allocated_bytes();
+    // Head 0 keeps 10 rows, head 1 all, head 2 every other row.
+    let keep = vec![
+        (590..600).collect(),
+        (0..600).collect(),
+        (0..600).step_by(2).collect::<Vec<_>>(),
+    ];
+    cache.retain(&keep).unwrap();
+    assert!(cache.is_ragged());
+    assert_eq!(cache.head_lens(), vec![10, 600, 300]);
+    assert_eq!(cache.len(), 600);
+    assert_eq!(cache.rows(), 910);
+    // Bytes held: kept rows times the row size (keys and values, f32).
+    assert_eq!(cache.bytes(), 910 * 2 * dim * 4);
+    // The short heads gave their memory back: less allocated than the full cache.
+    assert!(cache.allocated_bytes() < full_allocated);
+    let spans = cache.spans();
+    assert!(spans[0].capacity < spans[1].capacity, "{spans:?}");
+    assert_rows_follow_positions(&cache, dim);
+    assert!(
+        cache.keys().is_none(),
+        "no [Hkv, len, d] view of ragged heads"
+    );
+    // A decoding step appends one row to every head, each after its own rows.
+    let row = |sign: f32| -> Tensor<B, 3> {
+        let data: Vec<f32> = (0..heads * dim)
+            .map(|i| sign * [(i / dim) as f32, 600.0, 1.0][(i % dim).min(2)])
+            .collect();
+        Tensor::from_data(TensorData::new(data, [heads, 1, dim]), &Default::default())
+    };
+    cache.append(row(1.0), row(-1.0), 600).unwrap();
+    assert_eq!(cache.head_lens(), vec![11, 601, 301]);
+    assert_rows_follow_positions(&cache, dim);
+    // Budgets per head: head 0 keeps 2 + window 3, head 1 100 + 3, head 2 everything.
+    let scores: Vec<f32> = (0..heads * cache.len()).map(|i| (i % 7) as f32).collect();
+    cache
+        .set_scores(Tensor::from_data(
+            TensorData::new(scores, [heads, cache.len()]),
+            &Default::default(),
+        ))
+        .unwrap();
+    let held = evict_heads_to_budgets(&mut cache, &[2, 100, 1000], 3).unwrap();
+    assert_eq!(held, vec![5, 103, 301]);
+    assert_eq!(cache.head_lens(), held);
+    assert_rows_follow_positions(&cache, dim);
+    for (h, pos) in cache.positions().iter().enumerate() {
+        assert!(pos.windows(2).all(|p| p[0] < p[1]), "head {h} ascending");
+        assert_eq!(pos.last(), Some(&600), "head {h} keeps its window");
+    }
+    assert_eq!(cache.scores().unwrap().dims(), [heads, 301]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Per-pair budgets: each at most the cap, summing to the total when the caps allow
+    /// it (else every pair keeps everything).
+    #[test]
+    fn pair_budgets_meet_the_section_4_invariants(
+        layers in 1usize..6,
+        heads in 1usize..5,
+        cap in 0usize..60,
+        total in 0usize..400,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Normal::new(seed);
+        let shares: Vec<Vec<f64>> = (0..layers)
+            .map(|_| (0..heads).map(|_| f64::from(rng.sample().abs())).collect())
+            .collect();
+        let budgets = pair_budgets(&shares, total, cap);
+        prop_assert_eq!(budgets.len(), layers);
+        let flat: Vec<usize> = budgets.iter().flatten().copied().collect();
+        prop_assert_eq!(flat.len(), layers * heads);
+        prop_assert!(flat.iter().all(|&b| b <= cap));
+        let sum: usize = flat.iter().sum();
+        if cap * layers * heads > total {
+            prop_assert_eq!(sum, total);
+        } else {
+            prop_assert!(flat.iter().all(|&b| b == cap));
+        }
+    }
+
+    /// AdaKV's split: the counts sum to `min(budget * Hkv, candidates)`, every head keeps
+    /// at least its floor (or all it has), indices are unique, ascending and in range, and
+    /// each head keeps its own best-scored candidates.
+    #[test]
+    fn adakv_split_keeps_floors_and_the_best_of_the_pool(
+        lens in prop::collection::vec(0usize..40, 1..5),
+        budget in 0usize..30,
+        floor in 0.0f64..1.0,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Normal::new(seed);
+        let rows: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| (0..n).map(|_| (rng.sample() * 4.0).round()).collect())
+            .collect();
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let kept = adakv_split(&refs, budget, floor);
+        let total: usize = kept.iter().map(Vec::len).sum();
+        prop_assert_eq!(total, (budget * lens.len()).min(lens.iter().sum()));
+        let min_floor = (floor * budget as f64).floor() as usize;
+        for (h, k) in kept.iter().enumerate() {
+            prop_assert!(k.len() >= min_floor.min(lens[h]), "head {} floor", h);
+            prop_assert!(k.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(k.iter().all(|&i| i < lens[h]));
+            let worst_kept = k.iter().map(|&i| rows[h][i]).fold(f32::INFINITY, f32::min);
+            for i in (0..lens[h]).filter(|i| !k.contains(i)) {
+                prop_assert!(rows[h][i] <= worst_kept, "head {} dropped a better token", h);
+            }
+        }
+        // Beyond the floors, the pool is ranked across heads: a dropped candidate never
+        // outscores a candidate kept above its head's floor.
+        for (h, k) in kept.iter().enumerate() {
+            if k.len() <= min_floor {
+                continue;
+            }
+            let mut own: Vec<f32> = k.iter().map(|&i| rows[h][i]).collect();
+            own.sort_by(|a, b| b.total_cmp(a));
+            let marginal = own[k.len() - 1];
+            for (g, other) in kept.iter().enumerate() {
+                for i in (0..lens[g]).filter(|i| !other.contains(i)) {
+                    prop_assert!(rows[g][i] <= marginal, "pool order: head {} vs {}", g, h);
+                }
+            }
+        }
+    }
+
+    /// Random retains and appends on a ragged cache: every head's rows follow its
+    /// positions, and the bytes held are the kept rows times the row size.
+    #[test]
+    fn ragged_retain_and_append_keep_rows_with_their_tokens(
+        heads in 1usize..4,
+        len in 1usize..300,
+        seed in any::<u64>(),
+        steps in 1usize..4,
+    ) {
+        let dim = 3;
+        let mut cache = labelled_cache(heads, len, dim);
+        let mut rng = Normal::new(seed);
+        let mut next = len;
+        for _ in 0..steps {
+            let keep: Vec<Vec<usize>> = cache
+                .head_lens()
+                .iter()
+                .map(|&n| (0..n).filter(|_| rng.sample() > -0.3).collect())
+                .collect();
+            cache.retain(&keep).unwrap();
+            let row = |sign: f32| -> Tensor<B, 3> {
+                let data: Vec<f32> = (0..heads * dim)
+                    .map(|i| sign * [(i / dim) as f32, next as f32, 1.0][i % dim])
+                    .collect();
+                Tensor::from_data(TensorData::new(data, [heads, 1, dim]), &Default::default())
+            };
+            cache.append(row(1.0), row(-1.0), next).unwrap();
+            next += 1;
+            assert_rows_follow_positions(&cache, dim);
+            prop_assert_eq!(cache.bytes(), cache.rows() * 2 * dim * 4);
+            prop_assert_eq!(cache.rows(), cache.head_lens().iter().sum::<usize>());
+        }
+    }
+}
+
+fn config(head_budgets: HeadBudgets) -> PolicyConfig {
+    PolicyConfig {
+        cache_size: 40,
+        window: 8,
+        head_budgets,
+        ..PolicyConfig::default()
+    }
+}
+
+const S: usize = 200;
+
+fn run_cake(
+    cfg: &PolicyConfig,
+    policy: Option<Policy<B>>,
+) -> (PolicyCompressor<B>, Vec<LayerCache<B>>) {
+    let policy = policy.unwrap_or_else(|| Policy::<B>::preset(Method::Cake, cfg).unwrap());
+    let mut comp = PolicyCompressor::new(policy, SMALL.layers);
+    let caches = prefill(SMALL, S, 11, &mut comp);
+    (comp, caches)
+}
+
+#[test]
+fn per_head_modes_share_the_budget_and_keep_every_heads_window() {
+    let (c, w) = (40, 8);
+    let total_rows = SMALL.layers * SMALL.kv_heads * (c - w);
+    let static_fn = ScoreFunction::from_json_str(
+        r#"{"format": "cake-score-function/1", "model": "synthetic", "num_layers": 6, "num_kv_heads": 2, "degree": 1,
+            "domain": [0.0, 1.0], "coefficients": [1.0, 0.0],
+            "head_coefficients": [[1.0, 0.0], [0.2, 1.5]], "cv_error": 0.0}"#,
+    )
+    .unwrap();
+    for mode in [
+        HeadBudgets::Preference,
+        HeadBudgets::AdaKv,
+        HeadBudgets::Static,
+    ] {
+        let cfg = config(mode);
+        let policy = (mode == HeadBudgets::Static).then(|| {
+            let statics = cake_core::Static::from_score_function(&static_fn, SMALL.layers).unwrap();
+            Policy::<B>::preset(Method::Cake, &cfg)
+                .unwrap()
+                .with_head_shares(statics.head_shares().unwrap().to_vec())
+        });
+        let (comp, mut caches) = run_cake(&cfg, policy);
+        let report = comp.report(&caches);
+        assert_eq!(report.head_budgets, mode);
+        let heads: Vec<Vec<usize>> = report
+            .layers
+            .iter()
+            .map(|l| l.head_budgets.clone().unwrap())
+            .collect();
+        let sum: usize = heads.iter().flatten().sum();
+        if report.clamped_growths == 0 {
+            assert_eq!(sum, total_rows, "{mode}: {heads:?}");
+        }
+        assert!(
+            heads.iter().any(|l| l.windows(2).any(|p| p[0] != p[1])),
+            "{mode}: some layer's heads differ: {heads:?}"
+        );
+        for (l, cache) in caches.iter().enumerate() {
+            for (h, pos) in cache.positions().iter().enumerate() {
+                assert_eq!(pos.len(), heads[l][h] + w, "{mode} layer {l} head {h}");
+                assert!(pos.windows(2).all(|p| p[0] < p[1]));
+                assert_eq!(&pos[pos.len() - w..], &(S - w..S).collect::<Vec<_>>()[..]);
+            }
+            if mode == HeadBudgets::AdaKv {
+                // The layer budget is split, with the floor per head.
+                let b = report.layers[l].budget;
+                assert_eq!(
+                    heads[l].iter().sum::<usize>(),
+                    b * SMALL.kv_heads,
+                    "layer {l}"
+                );
+                assert!(
+                    heads[l].iter().all(|&x| x >= b / 5),
+                    "floor: {:?}",
+                    heads[l]
+                );
+            }
+        }
+        assert_eq!(
+            report.bytes_held,
+            caches.iter().map(LayerCache::rows).sum::<usize>() * 2 * SMALL.dim * 4
+        );
+        // Decoding: every head stays at its own budget + w.
+        let sizes: Vec<Vec<usize>> = caches.iter().map(LayerCache::head_lens).collect();
+        let mut comp = comp;
+        decode(
+            SMALL,
+            S,
+            5,
+            3,
+            &mut comp,
+            &mut caches,
+            |step, layer, cache| {
+                assert_eq!(
+                    cache.head_lens(),
+                    sizes[layer],
+                    "{mode} step {step} layer {layer}"
+                );
+                for pos in cache.positions() {
+                    assert_eq!(pos.last(), Some(&(S + step)));
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn none_is_the_layer_rule() {
+    // `none` equals the default policy exactly (same kept positions).
+    let (_, a) = run_cake(&config(HeadBudgets::None), None);
+    let (_, b) = run_cake(
+        &PolicyConfig {
+            cache_size: 40,
+            window: 8,
+            ..PolicyConfig::default()
+        },
+        None,
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.positions(), y.positions());
+        assert!(!x.is_ragged());
+    }
+}
