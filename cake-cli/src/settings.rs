@@ -288,6 +288,18 @@ impl Settings {
         Ok(settings)
     }
 
+    /// These settings with head budgets `mode`. The score-function file stays only where
+    /// something uses it (the static allocator or static head budgets), so that one
+    /// `--score-fn` can serve a sweep over modes.
+    pub fn with_head_budgets(&self, mode: HeadBudgets) -> Self {
+        let mut settings = self.clone();
+        settings.spec.cache.head_budgets = mode;
+        if mode != HeadBudgets::Static && settings.spec.allocator != Some(AllocatorKind::Static) {
+            settings.spec.score_fn = None;
+        }
+        settings
+    }
+
     /// A short label for folder names, e.g. `cake-c256-w32`.
     pub fn label(&self) -> String {
         self.spec.label()

@@ -411,6 +411,58 @@ fn fit_per_head_writes_a_score_function_the_static_allocator_uses() {
     let run_dir = runs[0].as_ref().unwrap().path();
     let predictions = std::fs::read_to_string(run_dir.join("synth_kv.jsonl")).unwrap();
     assert_eq!(predictions.lines().count(), 4);
+
+    // Its per-head polynomials drive per-head budgets: `generate --json` lists each KV
+    // head's kept positions with its own length, and the bytes are the kept rows'.
+    let out = success(cake().current_dir(work.path()).args([
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "the quick brown fox jumps over the lazy dog, again and again and again.",
+        "--max-new-tokens",
+        "3",
+        "--window",
+        "4",
+        "--cache-size",
+        "16",
+        "--head-budgets",
+        "static",
+        "--score-fn",
+        score_fn.to_str().unwrap(),
+        "--json",
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &json["report"];
+    assert_eq!(report["head_budgets"], "static");
+    let mut rows = 0;
+    for layer in report["layers"].as_array().unwrap() {
+        let budgets: Vec<u64> = serde_json::from_value(layer["head_budgets"].clone()).unwrap();
+        let kept: Vec<Vec<u64>> = serde_json::from_value(layer["kept_positions"].clone()).unwrap();
+        assert_eq!(budgets.len(), 2);
+        let lens: Vec<u64> = kept.iter().map(|k| k.len() as u64).collect();
+        assert_eq!(
+            lens,
+            budgets.iter().map(|b| b + 4).collect::<Vec<_>>(),
+            "{layer}"
+        );
+        rows += lens.iter().sum::<u64>();
+    }
+    // The tiny model: head width 16, f32 keys and values.
+    assert_eq!(report["bytes_held"].as_u64().unwrap(), rows * 2 * 16 * 4);
+    // A static mode needs the per-head file; a whole-layer-only fit names the fix.
+    assert_clean_error(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "abc",
+            "--head-budgets",
+            "static",
+        ],
+        &["--score-fn", "cake fit --per-head"],
+    );
 }
 
 #[test]
@@ -559,6 +611,46 @@ fn pred_then_eval_on_a_tiny_model_and_sweep_equals_separate_runs() {
             assert!(cells[2].starts_with(&format!("{score:.2} [")), "{row}");
             assert!(cells[3].starts_with(&format!("{score:.2} [")), "{row}");
         }
+    }
+}
+
+#[test]
+fn pred_sweeps_head_budget_modes_like_separate_runs() {
+    let records = Records::new("synth_kv", 2);
+    let work = &records.work;
+    let modes = ["--head-budget-modes", "none,preference,adakv"];
+    let (sweep, separate) = (work.path().join("sweep"), work.path().join("separate"));
+    records.pred("full,cake", "8", &sweep, &modes);
+    records.pred(
+        "full,cake",
+        "8",
+        &separate,
+        &[&modes[..], &["--no-sweep"]].concat(),
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&sweep)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The full cache once; cake with each mode in its own folder.
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("cake-c8-w4-heads-adakv")),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("cake-c8-w4-heads-preference")),
+        "{names:?}"
+    );
+    for name in &names {
+        let a = std::fs::read(sweep.join(name).join("synth_kv.jsonl")).unwrap();
+        let b = std::fs::read(separate.join(name).join("synth_kv.jsonl")).unwrap();
+        assert_eq!(a, b, "{name}: sweep and separate runs differ");
+        assert_eq!(String::from_utf8(a).unwrap().lines().count(), 2);
     }
 }
 

@@ -198,8 +198,7 @@ proptest! {
         let dim = 3;
         let mut cache = labelled_cache(heads, len, dim);
         let mut rng = Normal::new(seed);
-        let mut next = len;
-        for _ in 0..steps {
+        for next in len..len + steps {
             let keep: Vec<Vec<usize>> = cache
                 .head_lens()
                 .iter()
@@ -213,7 +212,6 @@ proptest! {
                 Tensor::from_data(TensorData::new(data, [heads, 1, dim]), &Default::default())
             };
             cache.append(row(1.0), row(-1.0), next).unwrap();
-            next += 1;
             assert_rows_follow_positions(&cache, dim);
             prop_assert_eq!(cache.bytes(), cache.rows() * 2 * dim * 4);
             prop_assert_eq!(cache.rows(), cache.head_lens().iter().sum::<usize>());

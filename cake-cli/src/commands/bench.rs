@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::{Compressor, LayerCache, Method};
+use cake_core::{Compressor, HeadBudgets, LayerCache, Method};
 use cake_models::config::decoder_config;
 use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, argmax};
 use cake_models::model::kv_bytes;
@@ -44,6 +44,10 @@ pub struct Args {
         ignore_case = true
     )]
     pub policies: Vec<Method>,
+    /// Head-budget modes each policy runs with (see --head-budgets), e.g. none,preference:
+    /// per-head against layer-only budgets at equal total, side by side
+    #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
+    pub head_budget_modes: Vec<HeadBudgets>,
     /// Decoding steps timed per method, interleaved across methods (the median is reported)
     #[arg(long, default_value_t = 16)]
     pub decode_steps: usize,
@@ -151,24 +155,33 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         bytes_per_s
     });
     let weight_bytes = model.decode_weight_bytes();
-    let mut methods = vec![Method::Full];
-    methods.extend(args.policies.iter().filter(|&&m| m != Method::Full));
+    let modes = if args.head_budget_modes.is_empty() {
+        vec![base.spec.cache.head_budgets]
+    } else {
+        args.head_budget_modes.clone()
+    };
+    let full = base.with_head_budgets(HeadBudgets::None);
+    let mut configs = vec![full.with_method(Method::Full, base.spec.cache.cache_size)?];
+    for &method in args.policies.iter().filter(|&&m| m != Method::Full) {
+        for &mode in &modes {
+            let settings = base.with_head_budgets(mode);
+            configs.push(settings.with_method(method, base.spec.cache.cache_size)?);
+        }
+    }
     let steps = args.decode_steps.max(1);
     let config = GenerationConfig::greedy(steps + 1, steps + 1);
     // Warm-up: first-use allocations and kernel compilation are not measured.
     let warm = prompt_tokens(64.min(args.context[0]), model.config().vocab_size);
-    let full = base.with_method(Method::Full, base.spec.cache.cache_size)?;
-    timed_run(&model, &name, &full, &warm, &config, &eos)?;
+    timed_run(&model, &name, &configs[0], &warm, &config, &eos)?;
     let mut rows = Vec::new();
     for &context in &args.context {
         let prompt = prompt_tokens(context, model.config().vocab_size);
         // Every method prefills, then their decoding steps interleave (one step of each in
         // turn, the order rotating), so that a machine's drifting speed (other tenants, clock
         // changes) weighs on every method alike and the decode ratios can be trusted.
-        let mut decoders = Vec::with_capacity(methods.len());
-        for &method in &methods {
-            let settings = base.with_method(method, base.spec.cache.cache_size)?;
-            decoders.push(Decoder::prefill(&model, &name, &settings, &prompt)?);
+        let mut decoders = Vec::with_capacity(configs.len());
+        for settings in &configs {
+            decoders.push(Decoder::prefill(&model, &name, settings, &prompt)?);
         }
         for step in 0..steps {
             for k in 0..decoders.len() {
@@ -212,13 +225,10 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("cannot write into {}", dir.display()))?;
         std::fs::write(dir.join("bench.md"), &table)?;
-        let series = methods
+        let series = configs
             .iter()
-            .map(|m| {
-                let label = rows
-                    .iter()
-                    .find(|r| r.policy == m.name() || r.policy.starts_with(&format!("{m}-")))
-                    .map_or(m.to_string(), |r| r.policy.clone());
+            .map(|settings| {
+                let label = run_label(settings);
                 let ms = args
                     .context
                     .iter()
@@ -243,6 +253,15 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
 }
 
 /// One generation without text (the prompt is random tokens): its timings and memory.
+/// A configuration's row label: `full`, or the policy's label (`cake-c1024-w32`).
+fn run_label(settings: &Settings) -> String {
+    if settings.spec.keeps_all() {
+        settings.spec.name()
+    } else {
+        settings.label()
+    }
+}
+
 fn timed_run<B: Backend>(
     model: &Model<B>,
     name: &str,
@@ -284,11 +303,7 @@ impl<B: Backend> Decoder<B> {
         let prefilled = run.prefill(prompt)?.clone();
         let (compressor, caches) = run.into_parts();
         Ok(Self {
-            label: if settings.spec.keeps_all() {
-                settings.spec.name()
-            } else {
-                settings.label()
-            },
+            label: run_label(settings),
             kv_bytes_after_prefill: kv_bytes(&caches),
             caches,
             compressor,

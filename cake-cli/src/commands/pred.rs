@@ -209,8 +209,10 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
         };
         for &size in sizes_here {
             for &mode in modes_here {
-                let mut settings = base.clone();
-                settings.spec.cache.head_budgets = mode;
+                let mut settings = base.with_head_budgets(mode);
+                if full {
+                    settings.spec.score_fn = None;
+                }
                 out.push(settings.with_method(method, size).map_err(|e| {
                     crate::exit::UsageError(format!(
                         "{e} (from --policies / --cache-sizes / --head-budget-modes)"
