@@ -103,6 +103,18 @@ pub struct PolicyArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The flags of a run over several head-budget `modes`: when they include `static` and
+/// `--head-budgets` is not given, the base settings take `static`, so that a `--score-fn`
+/// meant for those configurations validates (each configuration then sets its own mode,
+/// see [`Settings::with_head_budgets`]).
+pub fn policy_for_modes(flags: &PolicyArgs, modes: &[HeadBudgets]) -> PolicyArgs {
+    let mut flags = flags.clone();
+    if flags.head_budgets.is_none() && modes.contains(&HeadBudgets::Static) {
+        flags.head_budgets = Some(HeadBudgets::Static);
+    }
+    flags
+}
+
 /// `CAKE_*` variables that are not settings (read elsewhere).
 const NOT_SETTINGS: [&str; 6] = [
     "CAKE_MEMORY_LIMIT",

@@ -17,11 +17,13 @@ use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
 use super::median_ms;
-use crate::exit::{usage_bail, usage_ensure};
+#[cfg(not(feature = "cuda"))]
+use crate::exit::usage_bail;
+use crate::exit::usage_ensure;
 use crate::plots::{LatencyVsContext, render};
 use crate::run_dir::{Manifest, folder_for};
 use crate::session::Session;
-use crate::settings::{PolicyArgs, Settings};
+use crate::settings::{PolicyArgs, Settings, policy_for_modes};
 
 /// Arguments of `cake bench`.
 #[derive(Debug, clap::Args)]
@@ -118,7 +120,10 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
-    let base = Settings::resolve(&args.policy, args.model.as_deref())?;
+    let base = Settings::resolve(
+        &policy_for_modes(&args.policy, &args.head_budget_modes),
+        args.model.as_deref(),
+    )?;
     usage_ensure!(
         !args.context.is_empty(),
         "give at least one --context length"

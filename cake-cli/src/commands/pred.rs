@@ -16,7 +16,7 @@ use crate::exit::usage_ensure;
 use crate::progress::Progress;
 use crate::run_dir::{FolderLock, Manifest, folder_for, lock_folder, lock_shard};
 use crate::session::{PolicyGenerator, PolicySweep, Session};
-use crate::settings::{PolicyArgs, Settings};
+use crate::settings::{PolicyArgs, Settings, policy_for_modes};
 
 /// The records to read and the model that reads them (`cake pred`, `tune`, `fit`).
 #[derive(Debug, Clone, clap::Args)]
@@ -93,7 +93,10 @@ pub struct Args {
 
 /// Runs `cake pred`.
 pub fn run(args: Args) -> Result<()> {
-    let base = Settings::resolve(&args.policy, args.data.model.as_deref())?;
+    let base = Settings::resolve(
+        &policy_for_modes(&args.policy, &args.head_budget_modes),
+        args.data.model.as_deref(),
+    )?;
     let datasets = args.data.dataset_names()?;
     let configs = configurations(&base, &args)?;
     let device = Default::default();
