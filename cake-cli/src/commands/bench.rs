@@ -50,6 +50,11 @@ pub struct Args {
     /// per-head against layer-only budgets at equal total, side by side
     #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
     pub head_budget_modes: Vec<HeadBudgets>,
+    /// Prefills timed per method, in rounds interleaved across methods (the order
+    /// rotating; the median is reported), so that prefill ratios hold on a machine whose
+    /// speed drifts
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub prefill_rounds: usize,
     /// Decoding steps timed per method, interleaved across methods (the median is reported)
     #[arg(long, default_value_t = 16)]
     pub decode_steps: usize,
@@ -184,18 +189,27 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         // Every method prefills, then their decoding steps interleave (one step of each in
         // turn, the order rotating), so that a machine's drifting speed (other tenants, clock
         // changes) weighs on every method alike and the decode ratios can be trusted.
-        let mut decoders = Vec::with_capacity(configs.len());
-        for settings in &configs {
-            decoders.push(Decoder::prefill(&model, &name, settings, &prompt)?);
+        let rounds = args.prefill_rounds.max(1);
+        let mut prefill_times = vec![Vec::with_capacity(rounds); configs.len()];
+        let mut last: Vec<Option<Decoder<B>>> = configs.iter().map(|_| None).collect();
+        for round in 0..rounds {
+            for k in 0..configs.len() {
+                let i = (round + k) % configs.len();
+                last[i] = None; // the previous round's caches go before the next prefill
+                let decoder = Decoder::prefill(&model, &name, &configs[i], &prompt)?;
+                prefill_times[i].push(decoder.prefill_time);
+                last[i] = Some(decoder);
+            }
         }
+        let mut decoders: Vec<Decoder<B>> = last.into_iter().flatten().collect();
         for step in 0..steps {
             for k in 0..decoders.len() {
                 let i = (step + k) % decoders.len();
                 decoders[i].step(&model)?;
             }
         }
-        for d in &decoders {
-            let prefill_s = d.prefill_time.as_secs_f64();
+        for (d, times) in decoders.iter().zip(&prefill_times) {
+            let prefill_s = median_ms(times) / 1e3;
             let row = BenchRow {
                 context,
                 policy: d.label.clone(),
@@ -342,7 +356,7 @@ impl<B: Backend> Decoder<B> {
 pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
     use std::fmt::Write as _;
     let mut md = format!(
-        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | prefill vs full | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let or_dash =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
@@ -356,16 +370,18 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         let bound_speedup = full
             .and_then(|f| f.decode_bound_ms.zip(row.decode_bound_ms))
             .map(|(f, r)| f / r.max(1e-9));
+        let prefill_ratio = full.map_or(1.0, |f| row.prefill_ms / f.prefill_ms.max(1e-9));
         let memory = full.map_or(1.0, |f| {
             row.kv_bytes_after_prefill as f64 / f.kv_bytes_after_prefill.max(1) as f64
         });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {} | {} | {:.2}x | {} | {:.2} | {:.2} | {:.1}% |",
+            "| {} | {} | {:.1} | {:.0} | {:+.1}% | {:.2} | {} | {} | {:.2}x | {} | {:.2} | {:.2} | {:.1}% |",
             row.context,
             row.policy,
             row.prefill_ms,
             row.prefill_tokens_per_s,
+            (prefill_ratio - 1.0) * 100.0,
             row.decode_ms_per_token,
             or_dash(row.decode_bound_ms, 2),
             or_dash(
