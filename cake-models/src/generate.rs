@@ -354,6 +354,20 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
         Ok(self.prefilled.insert(prefill.map_logits(logits_to_vec)))
     }
 
+    /// One decoding step: feeds `token` at absolute `position` through the model (the
+    /// compressor's decoding hooks run) and returns the next token's logits. What
+    /// [`Generation::decode`] does per token, for callers that pick tokens themselves
+    /// (e.g. benchmarks stepping several generations in turn).
+    ///
+    /// # Errors
+    /// When the model rejects the token or position.
+    pub fn step(&mut self, token: u32, position: usize) -> Result<Vec<f32>, GenerateError> {
+        let logits =
+            self.model
+                .forward_decode(token, position, &mut self.caches, &mut self.compressor)?;
+        Ok(logits_to_vec(logits))
+    }
+
     /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.
     pub fn generate(&mut self, prompt: &[u32]) -> Result<GenerationOutput, GenerateError> {
         let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
@@ -372,7 +386,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
                 "nothing to decode from: run prefill (or give with_prefill) first".into(),
             ));
         };
-        let config = &self.config;
+        let config = self.config.clone();
         let mut sampler = Sampler::new(config.sampling);
         let Prefilled {
             prompt_len,
@@ -415,13 +429,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
                 break;
             }
             let step = Instant::now();
-            let position = prompt_len + tokens.len() - 1;
-            logits = logits_to_vec(self.model.forward_decode(
-                token,
-                position,
-                &mut self.caches,
-                &mut self.compressor,
-            )?);
+            logits = self.step(token, prompt_len + tokens.len() - 1)?;
             decode_step_times.push(step.elapsed());
             kv_bytes_peak = kv_bytes_peak.max(kv_bytes(&self.caches));
         }

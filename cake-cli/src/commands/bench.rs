@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::{Compressor, HeadBudgets, LayerCache, Method};
+use cake_core::{Compressor, HeadBudgets, Method};
 use cake_models::config::decoder_config;
 use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, argmax};
 use cake_models::model::kv_bytes;
@@ -205,7 +205,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         for step in 0..steps {
             for k in 0..decoders.len() {
                 let i = (step + k) % decoders.len();
-                decoders[i].step(&model)?;
+                decoders[i].step()?;
             }
         }
         for (d, times) in decoders.iter().zip(&prefill_times) {
@@ -299,10 +299,9 @@ fn timed_run<B: Backend>(
 
 /// One method's greedy decoding after its prefill, stepped from outside so that several
 /// methods' steps can interleave.
-struct Decoder<B: Backend> {
+struct Decoder<'a, B: Backend> {
     label: String,
-    caches: Vec<LayerCache<B>>,
-    compressor: Compressor<B>,
+    run: Generation<'a, B, Compressor<B>>,
     /// Next-token logits.
     logits: Vec<f32>,
     /// Absolute position of the next token fed.
@@ -314,18 +313,21 @@ struct Decoder<B: Backend> {
     step_times: Vec<Duration>,
 }
 
-impl<B: Backend> Decoder<B> {
+impl<'a, B: Backend> Decoder<'a, B> {
     /// Prefills `prompt` with the method of `settings`.
-    fn prefill(model: &Model<B>, name: &str, settings: &Settings, prompt: &[u32]) -> Result<Self> {
+    fn prefill(
+        model: &'a Model<B>,
+        name: &str,
+        settings: &Settings,
+        prompt: &[u32],
+    ) -> Result<Self> {
         let compressor = settings.spec.compressor::<B>(name, model.num_layers())?;
         let mut run = Generation::new(model).with_compressor(compressor);
         let prefilled = run.prefill(prompt)?.clone();
-        let (compressor, caches) = run.into_parts();
         Ok(Self {
             label: run_label(settings),
-            kv_bytes_after_prefill: kv_bytes(&caches),
-            caches,
-            compressor,
+            kv_bytes_after_prefill: kv_bytes(run.caches()),
+            run,
             logits: prefilled.logits,
             position: prefilled.prompt_len,
             prefill_time: prefilled.prefill_time,
@@ -335,15 +337,10 @@ impl<B: Backend> Decoder<B> {
     }
 
     /// Feeds the greedy next token (EOS included: a benchmark decodes a fixed count).
-    fn step(&mut self, model: &Model<B>) -> Result<()> {
+    fn step(&mut self) -> Result<()> {
         let token = argmax(&self.logits);
         let start = Instant::now();
-        let logits =
-            model.forward_decode(token, self.position, &mut self.caches, &mut self.compressor)?;
-        self.logits = logits
-            .into_data()
-            .to_vec()
-            .map_err(|e| anyhow::anyhow!("logits: {e:?}"))?;
+        self.logits = self.run.step(token, self.position)?;
         self.step_times.push(start.elapsed());
         self.position += 1;
         Ok(())
