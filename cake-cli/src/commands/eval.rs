@@ -184,6 +184,20 @@ pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
         runs.push(score_run(folder, &result)?);
         results.push(result);
     }
+    // Two folders of one (policy, C) would share a row of the summary: say so.
+    for (i, a) in runs.iter().enumerate() {
+        if let Some(b) = runs[..i]
+            .iter()
+            .find(|b| b.policy == a.policy && b.cache_size == a.cache_size)
+        {
+            eprintln!(
+                "warning: {} and {} are both `{}` at the same cache size; the summary shows the first",
+                b.dir.display(),
+                a.dir.display(),
+                a.policy
+            );
+        }
+    }
     add_comparisons(&mut runs)?;
     for (run, result) in runs.iter().zip(&results) {
         write_result_json(run, result)?;
@@ -454,6 +468,10 @@ fn run_identity(dir: &Path) -> (String, Option<usize>) {
     // the two apart (and compare them, paired, with the published/fallback run).
     if spec.tau_file.is_some() {
         policy.push_str(" (tuned taus)");
+    }
+    // So are per-head budgets: `cake (heads adakv)` is compared, paired, with `cake`.
+    if !spec.keeps_all() && !spec.cache.head_budgets.is_none() {
+        policy.push_str(&format!(" (heads {})", spec.cache.head_budgets));
     }
     let cache_size =
         (!spec.keeps_all() && spec.cache.ratio.is_none()).then_some(spec.cache.cache_size);
@@ -839,6 +857,15 @@ mod tests {
         assert_eq!(
             cake(serde_json::json!({"allocator": "static", "score_fn": "f.json"})),
             ("static+cake".into(), Some(1024))
+        );
+        // Per-head budgets are a configuration of their own too.
+        let heads = cake_core::PolicyConfig {
+            head_budgets: cake_core::HeadBudgets::AdaKv,
+            ..Default::default()
+        };
+        assert_eq!(
+            cake(serde_json::json!({"cache": heads})),
+            ("cake (heads adakv)".into(), Some(1024))
         );
         // The full cache has no C; neither has a ratio run.
         assert_eq!(
