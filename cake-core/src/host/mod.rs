@@ -186,6 +186,70 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
     (data.len() * 4) as f64 / best
 }
 
+/// The entropy terms `a * ln(a + 1e-10)` of a host tensor, element by element in f32
+/// exactly as the Burn expression `a.clone() * a.add_scalar(1e-10).log()` computes them
+/// on the CPU backend (the same `f32::ln`, the same order of rounding), but in one
+/// threaded pass instead of three single-threaded ones. Same shape, contiguous, so that
+/// Burn's own `sum` of it gives the same bits as before.
+pub fn entropy_terms<B: Backend, const D: usize>(a: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    use rayon::prelude::*;
+    let host = flex(a)?.to_contiguous();
+    let data = contiguous(&host)?;
+    let mut out = vec![0.0f32; data.len()];
+    let chunk = data
+        .len()
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .max(4096);
+    out.par_chunks_mut(chunk)
+        .zip(data.par_chunks(chunk))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x * (x + 1e-10f32).ln();
+            }
+        });
+    Some(Tensor::from_data(
+        TensorData::new(out, a.shape()),
+        &a.device(),
+    ))
+}
+
+/// [`crate::stats::unbiased_var_mean`]'s variance of a host tensor `[H, w, N]` over axis 1,
+/// `[H, 1, N]`, element by element in f32 exactly as its Burn expression computes it on
+/// the CPU backend: the sums run over the `w` rows in order from 0 (as burn-flex's
+/// `sum_dim` does), then `(sum_sq - mean * mean * w) / max(w - 1, 1)` clamped at 0, with
+/// the same roundings; threaded over the `H x N` outputs. Burn's `sum` of it then gives
+/// the same bits as the Burn path.
+pub fn unbiased_var<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    use rayon::prelude::*;
+    let [heads, w, n] = x.dims();
+    let host = flex(x)?.to_contiguous();
+    let data = contiguous(&host)?;
+    let wf = w as f32;
+    let wm1 = (w as f64 - 1.0).max(1.0) as f32;
+    let mut out = vec![0.0f32; heads * n];
+    let chunk = n.max(1);
+    out.par_chunks_mut(chunk).enumerate().for_each(|(h, dst)| {
+        let block = &data[h * w * n..(h + 1) * w * n];
+        let mut sum = vec![0.0f32; n];
+        let mut sum_sq = vec![0.0f32; n];
+        for row in block.chunks_exact(n) {
+            for ((s, q), &a) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row) {
+                *s += a;
+                *q += a * a;
+            }
+        }
+        for ((o, &s), &q) in dst.iter_mut().zip(&sum).zip(&sum_sq) {
+            let mean = s / wf;
+            let centred = q - mean * mean * wf;
+            *o = (centred / wm1).max(0.0);
+        }
+    });
+    Some(Tensor::from_data(
+        TensorData::new(out, [heads, 1, n]),
+        &x.device(),
+    ))
+}
+
 /// The rows of a 2-D host tensor as one contiguous `[R * N]` vector (a copy).
 fn rows2<B: Backend>(t: &Tensor<B, 2>) -> Option<Vec<f32>> {
     let host = flex(t)?.to_contiguous();
