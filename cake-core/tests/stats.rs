@@ -475,3 +475,26 @@ fn host_eviction_reads_each_layers_scores_once() {
     assert_eq!(after.tensors - before.tensors, 1);
     assert_eq!(after.elements - before.elements, heads * n);
 }
+
+/// The host passes of the layer preference give the Burn expressions' values bit for bit
+/// (so the preferences, the budgets and the report fixture do not move).
+#[test]
+fn host_preference_terms_equal_the_burn_expressions_bit_for_bit() {
+    let mut rng = common::Normal::new(5);
+    let (h, w, n) = (3, 7, 1000);
+    // Softmax-like rows in [0, 1], some exact zeros.
+    let data: Vec<f32> = (0..h * w * n)
+        .map(|i| {
+            let x = (rng.sample() * 3.0).exp() / 400.0;
+            if i % 97 == 0 { 0.0 } else { x.min(1.0) }
+        })
+        .collect();
+    let a = t3(data, [h, w, n]);
+    let burn_terms = a.clone() * a.clone().add_scalar(1e-10).log();
+    let host_terms = cake_core::host::entropy_terms(&a).unwrap();
+    let bits = |t: Tensor<B, 3>| -> Vec<u32> { host3(t).iter().map(|x| x.to_bits()).collect() };
+    assert_eq!(bits(host_terms), bits(burn_terms));
+    let burn_var = cake_core::stats::unbiased_var_mean(a.clone()).0;
+    let host_var = cake_core::host::unbiased_var(&a).unwrap();
+    assert_eq!(bits(host_var), bits(burn_var));
+}
