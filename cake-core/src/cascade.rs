@@ -692,15 +692,19 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         if layer == 0 || self.plan.is_none() {
             let plan = self.policy.config().plan(cache.len(), self.num_layers);
             self.reset(plan, cache.num_kv_heads());
-            if let Some(table) = self.policy.head_shares()
-                && self.head_mode() == HeadBudgets::Static
-                && let Some(row) = table.iter().find(|row| row.len() != self.num_kv_heads)
-            {
-                return Err(CacheError::Shape(format!(
-                    "the score function has per-head shares for {} KV heads, the model has {}",
-                    row.len(),
-                    self.num_kv_heads
-                )));
+            if self.head_mode() == HeadBudgets::Static {
+                let Some(table) = self.policy.head_shares() else {
+                    return Err(CacheError::Policy(
+                        "head_budgets = static needs per-head shares: build the policy with Policy::with_head_shares (PolicySpec does, from a `cake fit --per-head` --score-fn)".into(),
+                    ));
+                };
+                if let Some(row) = table.iter().find(|row| row.len() != self.num_kv_heads) {
+                    return Err(CacheError::Policy(format!(
+                        "the score function has per-head shares for {} KV heads, the model has {}",
+                        row.len(),
+                        self.num_kv_heads
+                    )));
+                }
             }
         }
         self.measure(&caches[..=layer]);

@@ -148,4 +148,8 @@ pub enum CacheError {
     /// Keep lists that `LayerCache::retain` cannot apply.
     #[error("cannot retain these rows: {0}")]
     Retain(String),
+    /// A policy that cannot run on this model (e.g. static head budgets without shares
+    /// for its KV heads).
+    #[error("the policy cannot run: {0}")]
+    Policy(String),
 }

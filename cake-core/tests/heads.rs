@@ -344,3 +344,24 @@ fn none_is_the_layer_rule() {
         assert!(!x.is_ragged());
     }
 }
+
+#[test]
+fn static_head_budgets_need_shares_for_the_models_heads() {
+    use cake_core::{KvCompressor, PrefillLayer};
+    let cfg = config(HeadBudgets::Static);
+    let try_prefill = |policy: Policy<B>| {
+        let mut comp = PolicyCompressor::new(policy, SMALL.layers);
+        let mut rng = Normal::new(1);
+        let mut caches = vec![LayerCache::<B>::new()];
+        let k = rng.tensor([SMALL.kv_heads, 50, SMALL.dim], 1.0);
+        caches[0].append(k.clone(), k, 0).unwrap();
+        let queries = rng.tensor([SMALL.heads, 50, SMALL.dim], 1.0);
+        comp.after_prefill_layer(PrefillLayer { layer: 0, queries }, &mut caches)
+            .unwrap_err()
+            .to_string()
+    };
+    let bare = Policy::<B>::preset(Method::Cake, &cfg).unwrap();
+    assert!(try_prefill(bare.clone()).contains("with_head_shares"));
+    let three = bare.with_head_shares(vec![vec![1.0; 3]; SMALL.layers]);
+    assert!(try_prefill(three).contains("3 KV heads, the model has 2"));
+}
