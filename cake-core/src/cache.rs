@@ -117,7 +117,6 @@ impl<B: Backend> LayerCache<B> {
             self.positions = vec![Vec::new(); heads];
             self.heads = vec![HeadSpan::default(); heads];
         }
-        let old_len = self.len();
         for head in &mut self.positions {
             head.extend(start_pos..start_pos + n);
         }
@@ -132,7 +131,7 @@ impl<B: Backend> LayerCache<B> {
         self.scores = self.scores.take().map(|old| {
             // Each head's new rows follow its own count: rebuild when heads are ragged.
             let device = old.device();
-            if self.heads.iter().all(|h| h.len == new_len) && old.dims()[1] == old_len {
+            if !self.is_ragged() {
                 Tensor::cat(vec![old, Tensor::zeros([heads, n], &device)], 1)
             } else {
                 let lens: Vec<usize> = self.heads.iter().map(|h| h.len - n).collect();

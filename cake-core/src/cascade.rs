@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::allocator::{Allocator, LayerPreference, Preference, SHARE_EPSILON};
 use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::compressor::{DecodeStep, PrefillLayer};
-use crate::heads::{HeadBudgets, adakv_split, pair_budgets};
+use crate::heads::{HeadBudgets, adakv_split, pair_budgets, regroup};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{
@@ -462,16 +462,8 @@ impl<B: Backend> PolicyCompressor<B> {
                 shares.chunks(heads.max(1)).map(<[f64]>::to_vec).collect()
             }
         };
-        let sum: f64 = raw.iter().flatten().sum();
-        let count = (raw.len() * heads).max(1) as f64;
-        self.pair_shares = raw
-            .iter()
-            .map(|row| {
-                row.iter()
-                    .map(|s| if sum > 0.0 { s / sum } else { 1.0 / count })
-                    .collect()
-            })
-            .collect();
+        let flat: Vec<f64> = raw.iter().flatten().copied().collect();
+        self.pair_shares = regroup(&normalised(&flat), &raw);
         self.shares = self.pair_shares.iter().map(|r| r.iter().sum()).collect();
         let wanted = pair_budgets(&raw, plan.total() * heads, plan.cap());
         let mut budgets = Vec::with_capacity(caches.len());
@@ -509,16 +501,7 @@ impl<B: Backend> PolicyCompressor<B> {
                 &flat_shares,
                 plan.total() * self.num_kv_heads,
             );
-            let mut at = 0;
-            self.head_decode_budgets = self
-                .head_budgets
-                .iter()
-                .map(|row| {
-                    let out = flat[at..at + row.len()].to_vec();
-                    at += row.len();
-                    out
-                })
-                .collect();
+            self.head_decode_budgets = regroup(&flat, &self.head_budgets);
         } else {
             self.head_decode_budgets = self
                 .head_budgets

@@ -44,13 +44,17 @@ impl HeadBudgets {
 pub fn pair_budgets(shares: &[Vec<f64>], total: usize, cap: usize) -> Vec<Vec<usize>> {
     let flat: Vec<f64> = shares.iter().flatten().copied().collect();
     let budgets = allocate_budgets(&flat, total, &vec![cap; flat.len()]);
+    regroup(&budgets, shares)
+}
+
+/// `flat` (the pairs of `like` in row order) cut back into rows of `like`'s lengths.
+pub fn regroup<T: Clone, U>(flat: &[T], like: &[Vec<U>]) -> Vec<Vec<T>> {
     let mut at = 0;
-    shares
-        .iter()
-        .map(|layer| {
-            let row = budgets[at..at + layer.len()].to_vec();
-            at += layer.len();
-            row
+    like.iter()
+        .map(|row| {
+            let out = flat[at..at + row.len()].to_vec();
+            at += row.len();
+            out
         })
         .collect()
 }

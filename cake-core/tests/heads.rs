@@ -327,21 +327,26 @@ fn per_head_modes_share_the_budget_and_keep_every_heads_window() {
     }
 }
 
+/// AdaKV with a floor of 1 gives every head its layer's budget from its own best
+/// tokens: exactly the layer rule (`none`), through the other code path, after prefill
+/// and over decoding steps.
 #[test]
-fn none_is_the_layer_rule() {
-    // `none` equals the default policy exactly (same kept positions).
-    let (_, a) = run_cake(&config(HeadBudgets::None), None);
-    let (_, b) = run_cake(
-        &PolicyConfig {
-            cache_size: 40,
-            window: 8,
-            ..PolicyConfig::default()
-        },
-        None,
-    );
-    for (x, y) in a.iter().zip(&b) {
+fn adakv_with_a_full_floor_is_the_layer_rule() {
+    let full_floor = PolicyConfig {
+        head_floor: 1.0,
+        ..config(HeadBudgets::AdaKv)
+    };
+    let (mut a, mut layer_caches) = run_cake(&config(HeadBudgets::None), None);
+    let (mut b, mut head_caches) = run_cake(&full_floor, None);
+    assert_eq!(a.budgets(), b.budgets());
+    for (x, y) in layer_caches.iter().zip(&head_caches) {
         assert_eq!(x.positions(), y.positions());
-        assert!(!x.is_ragged());
+        assert!(!x.is_ragged() && !y.is_ragged());
+    }
+    decode(SMALL, S, 4, 9, &mut a, &mut layer_caches, |_, _, _| {});
+    decode(SMALL, S, 4, 9, &mut b, &mut head_caches, |_, _, _| {});
+    for (x, y) in layer_caches.iter().zip(&head_caches) {
+        assert_eq!(x.positions(), y.positions());
     }
 }
 
