@@ -340,6 +340,29 @@ impl<B: Backend> LayerCache<B> {
         (count(&self.keys) + count(&self.values)) * elem
     }
 
+    /// Rows of head `h`'s whole region: its rows before `start` (spare since eviction
+    /// moved the head's rows toward the region's end) plus its capacity. Regions are laid
+    /// back to back, so head `h`'s begins where head `h - 1`'s ends.
+    fn region_rows(&self, h: usize) -> usize {
+        let begin = match h {
+            0 => 0,
+            _ => self.heads[h - 1].start + self.heads[h - 1].capacity,
+        };
+        self.heads[h].start + self.heads[h].capacity - begin
+    }
+
+    /// True when eviction compacts the buffers in place on the host (the CPU backend),
+    /// where its cost is the rows moved: each head then moves whichever side of its
+    /// evicted rows is shorter. Elsewhere rows move by a device `select`, whose cost does
+    /// not depend on the side, and the kept rows always stay at their region's start, so
+    /// that [`LayerCache::keys`] remains a zero-copy view.
+    fn compacts_in_place(&self) -> bool {
+        #[cfg(feature = "flex")]
+        return crate::host::is_flex::<B>();
+        #[cfg(not(feature = "flex"))]
+        false
+    }
+
     /// Keeps, for every KV head `h`, the rows `keep[h]` (indices into the head's current
     /// rows, strictly ascending; heads may keep different counts) and releases all others.
     ///
@@ -367,22 +390,21 @@ impl<B: Backend> LayerCache<B> {
                 )));
             }
         }
-        // Per head, rows before the first evicted one stay where they are.
-        let unmoved: Vec<usize> = keep
-            .iter()
-            .map(|k| k.iter().enumerate().take_while(|&(i, &j)| i == j).count())
-            .collect();
         let unchanged = keep
             .iter()
-            .zip(&unmoved)
             .zip(&self.heads)
-            .all(|((k, &u), span)| u == k.len() && k.len() == span.len);
+            .all(|(k, span)| k.len() == span.len);
         if unchanged {
             return Ok(());
         }
+        let moves: Vec<Compaction> = keep
+            .iter()
+            .zip(&self.heads)
+            .map(|(k, span)| Compaction::plan(k, span, self.compacts_in_place()))
+            .collect();
         if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
-            self.keys = Some(compact_rows(k, &self.heads, keep, &unmoved));
-            self.values = Some(compact_rows(v, &self.heads, keep, &unmoved));
+            self.keys = Some(compact_rows(k, &moves, keep));
+            self.values = Some(compact_rows(v, &moves, keep));
         }
         let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
         self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
@@ -391,14 +413,18 @@ impl<B: Backend> LayerCache<B> {
             .zip(&self.positions)
             .map(|(k, pos)| k.iter().map(|&i| pos[i]).collect())
             .collect();
-        for (span, k) in self.heads.iter_mut().zip(keep) {
+        for (span, (k, moved)) in self.heads.iter_mut().zip(keep.iter().zip(&moves)) {
+            let dropped = span.len - k.len();
             span.len = k.len();
+            if moved.from_front {
+                // The region's end stays: its first `dropped` rows are now spare.
+                span.start += dropped;
+                span.capacity -= dropped;
+            }
         }
         // Give memory back when a region would leave more than two blocks unused.
-        let wasteful = self
-            .heads
-            .iter()
-            .any(|h| h.capacity > round_up(h.len) + 2 * GROWTH_BLOCK);
+        let wasteful = (0..self.heads.len())
+            .any(|h| self.region_rows(h) > round_up(self.heads[h].len) + 2 * GROWTH_BLOCK);
         if wasteful && let Some(k) = &self.keys {
             let (dim, device) = (k.dims()[1], k.device());
             let capacities = self
@@ -532,37 +558,92 @@ fn copy_regions<B: Backend>(
         })
 }
 
-/// Moves, in every head `h`, row `keep[h][i]` to row `i` of its region for
-/// `i >= unmoved[h]` (earlier rows already sit in place); returns the buffer (same
-/// layout).
+/// How one KV head's kept rows move inside its region when others are evicted.
+///
+/// The kept rows stay in order. Either the rows before the first evicted one stay put and
+/// the later kept rows move down to follow them (`from_front == false`, the region's start
+/// kept), or the rows after the last evicted one stay put and the earlier kept rows move
+/// up to meet them (`from_front == true`, the head's first row moves up by the number
+/// evicted). Only the rows of `keep[moved]` change place, to region rows `to..`.
+#[derive(Debug, Clone)]
+struct Compaction {
+    from_front: bool,
+    /// Buffer row of the head's current first row.
+    start: usize,
+    /// Indices into `keep` of the rows that move.
+    moved: std::ops::Range<usize>,
+    /// Buffer row the first moved row lands on.
+    to: usize,
+}
+
+impl Compaction {
+    /// The cheaper of the two moves when `shortest` (else always the first), for a head
+    /// at `span` keeping its rows `keep` (strictly ascending, in range).
+    fn plan(keep: &[usize], span: &HeadSpan, shortest: bool) -> Self {
+        let (n, m) = (span.len, keep.len());
+        let unmoved = keep
+            .iter()
+            .enumerate()
+            .take_while(|&(i, &j)| i == j)
+            .count();
+        let settled = keep
+            .iter()
+            .rev()
+            .enumerate()
+            .take_while(|&(i, &j)| j == n - 1 - i)
+            .count();
+        if shortest && settled > unmoved {
+            Self {
+                from_front: true,
+                start: span.start,
+                moved: 0..m - settled,
+                to: span.start + n - m,
+            }
+        } else {
+            Self {
+                from_front: false,
+                start: span.start,
+                moved: unmoved..m,
+                to: span.start + unmoved,
+            }
+        }
+    }
+}
+
+/// Moves every head's rows as its [`Compaction`] says (row `keep[h][i]` of the head to
+/// buffer row `to + i - moved.start`); returns the buffer (same size).
 fn compact_rows<B: Backend>(
     buffer: Tensor<B, 2>,
-    spans: &[HeadSpan],
+    moves: &[Compaction],
     keep: &[Vec<usize>],
-    unmoved: &[usize],
 ) -> Tensor<B, 2> {
     let dim = buffer.dims()[1];
     #[cfg(feature = "flex")]
     let buffer = {
         let (buffer, ran) = crate::host::write_in_place(buffer, |data| {
-            for ((k, span), &from) in keep.iter().zip(spans).zip(unmoved) {
-                let base = span.start;
-                // Runs of consecutive kept rows move with one copy each; ascending sources
-                // sit at or after their destinations, so forward copies are safe.
-                let mut i = from;
-                while i < k.len() {
+            for (k, plan) in keep.iter().zip(moves) {
+                // Runs of consecutive kept rows move with one copy each. Moving down,
+                // sources sit at or after their destinations: copy the runs first to
+                // last. Moving up, they sit at or before them: copy last to first.
+                let mut runs = Vec::new();
+                let mut i = plan.moved.start;
+                while i < plan.moved.end {
                     let mut end = i + 1;
-                    while end < k.len() && k[end] == k[end - 1] + 1 {
+                    while end < plan.moved.end && k[end] == k[end - 1] + 1 {
                         end += 1;
                     }
-                    let (src, rows) = (k[i], end - i);
-                    if src != i {
-                        data.copy_within(
-                            (base + src) * dim..(base + src + rows) * dim,
-                            (base + i) * dim,
-                        );
-                    }
+                    runs.push(i..end);
                     i = end;
+                }
+                if plan.from_front {
+                    runs.reverse();
+                }
+                for run in runs {
+                    let src = plan.start + k[run.start];
+                    let dst = plan.to + run.start - plan.moved.start;
+                    if src != dst {
+                        data.copy_within(src * dim..(src + run.len()) * dim, dst * dim);
+                    }
                 }
             }
         });
@@ -573,16 +654,17 @@ fn compact_rows<B: Backend>(
     };
     let device = buffer.device();
     keep.iter()
-        .zip(spans)
-        .zip(unmoved)
-        .filter(|((k, _), from)| **from < k.len())
-        .fold(buffer, |buffer, ((k, span), &from)| {
-            let flat: Vec<i64> = k[from..].iter().map(|&i| (span.start + i) as i64).collect();
+        .zip(moves)
+        .filter(|(_, plan)| !plan.moved.is_empty())
+        .fold(buffer, |buffer, (k, plan)| {
+            let flat: Vec<i64> = k[plan.moved.clone()]
+                .iter()
+                .map(|&i| (plan.start + i) as i64)
+                .collect();
             let n = flat.len();
             let rows: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(flat, [n]), &device);
             // [n, d]
             let moved = buffer.clone().select(0, rows);
-            let to = span.start + from;
-            buffer.slice_assign(s![to..to + n, 0..dim], moved)
+            buffer.slice_assign(s![plan.to..plan.to + n, 0..dim], moved)
         })
 }

@@ -96,9 +96,17 @@ fn decode_attention_scores<B: Backend>(
     let attn = input.attention?;
     let [heads, _, n] = attn.dims();
     let kv = input.positions.len().max(1);
+    let candidates = n.saturating_sub(input.window);
+    let attn = attn.clone().reshape([heads, n]);
+    #[cfg(feature = "flex")]
+    if kv < heads
+        && let Some(scores) = crate::host::pooled_group_mean(&attn, kv, candidates, kernel)
+    {
+        return Some(scores);
+    }
     // [H, n] -> [Hkv, n]
-    let scores = group_mean(attn.clone().reshape([heads, n]), kv);
-    Some(pool_prefix(scores, n.saturating_sub(input.window), kernel))
+    let scores = group_mean(attn, kv);
+    Some(pool_prefix(scores, candidates, kernel))
 }
 
 /// Fallback when a scorer got no attention: recency `[Hkv, n]` (position as score).

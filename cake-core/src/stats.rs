@@ -236,7 +236,6 @@ pub fn cake_indicator<B: Backend>(
 /// (the more recent token); NaN ranks below everything.
 pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
     let k = k.min(row.len());
-    let mut idx: Vec<usize> = (0..row.len()).collect();
     let key = |i: usize| {
         if row[i].is_nan() {
             f32::NEG_INFINITY
@@ -255,6 +254,7 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
         }
         return (0..row.len()).filter(|&i| i != drop).collect();
     }
+    let mut idx: Vec<usize> = (0..row.len()).collect();
     // Descending by (score, index).
     let cmp = |a: &usize, b: &usize| key(*b).total_cmp(&key(*a)).then(b.cmp(a));
     if k < idx.len() && k > 0 {
@@ -354,6 +354,12 @@ pub fn top_k_on_device<B: Backend>(
 /// Row-major host copy of a 2-D tensor as f32.
 pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
     count_readback(t.shape().num_elements());
+    #[cfg(feature = "flex")]
+    if let Some(host) = crate::host::flex(&t)
+        && let Some(data) = crate::host::contiguous(&host)
+    {
+        return data.to_vec(); // a copy of the host buffer, no conversion
+    }
     t.cast(DType::F32)
         .into_data()
         .convert::<f32>()

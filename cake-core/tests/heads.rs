@@ -370,3 +370,87 @@ fn static_head_budgets_need_shares_for_the_models_heads() {
     let three = bare.with_head_shares(vec![vec![1.0; 3]; SMALL.layers]);
     assert!(try_prefill(three).contains("3 KV heads, the model has 2"));
 }
+
+/// Eviction moves, per head, whichever side of the evicted rows is shorter (on the CPU
+/// backend). Either way, in place or by a `select` when something else holds the buffers,
+/// every head's rows still follow its positions, the uniform view equals the heads'
+/// rows, appends after front moves land after the kept rows, and a long run of
+/// one-token evictions at the front keeps the allocation bounded.
+#[test]
+fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
+    let (heads, len, dim) = (3, 300, 4);
+    let append = |cache: &mut LayerCache<B>, p: usize| {
+        let row = |sign: f32| -> Tensor<B, 3> {
+            let data: Vec<f32> = (0..heads * dim)
+                .map(|i| sign * [(i / dim) as f32, p as f32, 1.0][(i % dim).min(2)])
+                .collect();
+            Tensor::from_data(TensorData::new(data, [heads, 1, dim]), &Default::default())
+        };
+        cache.append(row(1.0), row(-1.0), p).unwrap();
+    };
+    let uniform_view_matches = |cache: &LayerCache<B>| {
+        let view = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
+        let rows: Vec<f32> = (0..heads)
+            .flat_map(|h| {
+                cache
+                    .head_keys(h)
+                    .unwrap()
+                    .into_data()
+                    .into_vec::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(view, rows);
+    };
+    // Head 0 drops row 5 (the front is shorter), head 1 row 290 (the back), head 2 rows
+    // 0..3 (nothing moves from the front).
+    let without =
+        |n: usize, gone: &[usize]| -> Vec<usize> { (0..n).filter(|i| !gone.contains(i)).collect() };
+    let keep = vec![
+        without(len, &[5, 6, 7]),
+        without(len, &[290, 291, 292]),
+        without(len, &[0, 1, 2]),
+    ];
+    let mut results = Vec::new();
+    for shared in [false, true] {
+        let mut cache = labelled_cache(heads, len, dim);
+        let held = shared.then(|| cache.buffers().map(|(k, v)| (k.clone(), v.clone())));
+        cache.retain(&keep).unwrap();
+        drop(held);
+        assert_eq!(cache.head_lens(), vec![297; 3]);
+        assert_rows_follow_positions(&cache, dim);
+        uniform_view_matches(&cache);
+        append(&mut cache, 300);
+        assert_rows_follow_positions(&cache, dim);
+        results.push(cache.positions().to_vec());
+    }
+    assert_eq!(
+        results[0], results[1],
+        "in place and by select keep the same tokens"
+    );
+    assert!(results[0][2][0] == 3 && results[0][0][5] == 8);
+
+    // The decoding rule at the front: append one, drop the oldest non-sink row, 600 times.
+    let mut cache = labelled_cache(heads, 200, dim);
+    let mut allocated = Vec::new();
+    for step in 0..600 {
+        append(&mut cache, 200 + step);
+        let n = cache.len();
+        cache
+            .retain(&vec![without(n, &[1 + step % 3]); heads])
+            .unwrap();
+        assert_eq!(cache.head_lens(), vec![200; 3]);
+        allocated.push(cache.allocated_bytes());
+        if step % 97 == 0 {
+            assert_rows_follow_positions(&cache, dim);
+            uniform_view_matches(&cache);
+        }
+    }
+    assert_rows_follow_positions(&cache, dim);
+    let most = allocated.iter().max().copied().unwrap_or(0);
+    assert!(
+        most <= allocated[0] * 2,
+        "allocation stays bounded: {} then at most {most}",
+        allocated[0]
+    );
+}

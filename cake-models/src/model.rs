@@ -303,14 +303,20 @@ impl<B: Backend> Model<B> {
             let request = AttentionRequest {
                 probabilities: compressor.wants_decode_attention(l, &caches[l]),
             };
-            let (y, attn) = layer.forward(x, position, &rope, &mut caches[l], request)?;
+            // The eviction runs between the attention and its output projection, while
+            // the rows it moves are still in the CPU's caches.
+            let mut evict =
+                |cache: &mut LayerCache<B>, q: &Tensor<B, 3>, p: Option<&Tensor<B, 3>>| {
+                    let step = DecodeStep {
+                        layer: l,
+                        query: q.clone(),
+                        attention: p.cloned(),
+                    };
+                    compressor.after_decode_step(step, cache)
+                };
+            let (y, _) =
+                layer.forward_then(x, position, &rope, &mut caches[l], request, &mut evict)?;
             x = y;
-            let step = DecodeStep {
-                layer: l,
-                query: attn.queries,
-                attention: attn.probabilities,
-            };
-            compressor.after_decode_step(step, &mut caches[l])?;
         }
         Ok(self.head(x).reshape([self.config.vocab_size]))
     }

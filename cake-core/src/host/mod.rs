@@ -283,6 +283,54 @@ pub fn pool_prefix<B: Backend>(
     ))
 }
 
+/// A decoding step's attention scores on the host, `[H, N] -> [Hkv, N]`: the group mean
+/// of [`group_mean`], then the first `candidates` columns pooled as [`pool_prefix`] pools
+/// them, in one pass over the probabilities (read in place) with the same roundings, so
+/// the same bits as the two calls.
+pub fn pooled_group_mean<B: Backend>(
+    attn: &Tensor<B, 2>,
+    kv_heads: usize,
+    candidates: usize,
+    kernel: usize,
+) -> Option<Tensor<B, 2>> {
+    let [heads, n] = attn.dims();
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return None;
+    }
+    let host = flex(attn)?;
+    let data = contiguous(&host)?;
+    let group = heads / kv_heads;
+    let (candidates, half) = (candidates.min(n), kernel / 2);
+    let mut mean = vec![0.0f32; n];
+    let mut out = vec![0.0f32; kv_heads * n];
+    for (kv, dst) in out.chunks_exact_mut(n.max(1)).enumerate().take(kv_heads) {
+        mean.fill(0.0);
+        for g in 0..group {
+            let row = &data[(kv * group + g) * n..(kv * group + g + 1) * n];
+            for (o, &x) in mean.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+        for o in mean.iter_mut() {
+            *o /= group as f32;
+        }
+        if kernel <= 1 || candidates == 0 {
+            dst.copy_from_slice(&mean);
+            continue;
+        }
+        for (j, o) in dst[..candidates].iter_mut().enumerate() {
+            let lo = j.saturating_sub(half);
+            let hi = (j + half + 1).min(candidates);
+            *o = mean[lo..hi].iter().sum::<f32>() / kernel as f32;
+        }
+        dst[candidates..].copy_from_slice(&mean[candidates..]);
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [kv_heads, n]),
+        &attn.device(),
+    ))
+}
+
 /// [`crate::stats::group_mean`] on the host: `[H, N] -> [Hkv, N]`, the mean over each KV
 /// head's `H / Hkv` query heads.
 pub fn group_mean<B: Backend>(scores: &Tensor<B, 2>, kv_heads: usize) -> Option<Tensor<B, 2>> {

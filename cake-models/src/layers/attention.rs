@@ -45,6 +45,17 @@ pub struct AttentionOutput<B: Backend> {
     pub probabilities: Option<Tensor<B, 3>>,
 }
 
+/// A hook run between a layer's attention and its output projection, with the layer's
+/// cache, the post-RoPE queries `[H, S, d]` and the probabilities `[H, S, len]` when
+/// requested: the decoding step's eviction runs here, while the rows it moves were just
+/// read by the attention (still in the CPU's caches), before the projections stream their
+/// weights through. The attention's output does not depend on what it does to the cache.
+pub type AfterAttend<'a, B> = &'a mut dyn FnMut(
+    &mut LayerCache<B>,
+    &Tensor<B, 3>,
+    Option<&Tensor<B, 3>>,
+) -> Result<(), CacheError>;
+
 /// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
 /// KV head (no repeated copies for the G query heads of a group).
 #[derive(Debug, Clone)]
@@ -78,18 +89,37 @@ impl<B: Backend> Attention<B> {
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
     ) -> Result<AttentionOutput<B>, CacheError> {
+        self.forward_then(x, start, rope, cache, request, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Attention::forward`], running `after` on the cache once attended, before the
+    /// output projection.
+    ///
+    /// # Errors
+    /// When the cache rejects the new rows, or what `after` returns.
+    pub fn forward_then(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+        after: AfterAttend<'_, B>,
+    ) -> Result<AttentionOutput<B>, CacheError> {
         // [S, (H + 2 Hkv) d]
         let qkv = self.qkv.forward(x);
         #[cfg(feature = "flex")]
         if let Some(host) = host::into_flex(qkv.clone()) {
-            let device = qkv.device();
             drop(qkv);
-            return self.forward_host(host, &device, start, rope.inv_freq(), cache, request);
+            return self.forward_host(host, start, rope.inv_freq(), cache, request, after);
         }
-        self.forward_generic(qkv, start, rope, cache, request)
+        self.generic_then(qkv, start, rope, cache, request, after)
     }
 
     /// The generic Burn path (every backend; the CPU backend only in tests).
+    ///
+    /// # Errors
+    /// When the cache rejects the new rows.
     pub fn forward_generic(
         &self,
         qkv: Tensor<B, 2>,
@@ -97,6 +127,19 @@ impl<B: Backend> Attention<B> {
         rope: &RopeTables<B>,
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
+    ) -> Result<AttentionOutput<B>, CacheError> {
+        self.generic_then(qkv, start, rope, cache, request, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`Attention::forward_generic`], running `after` as [`Attention::forward_then`] does.
+    fn generic_then(
+        &self,
+        qkv: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+        after: AfterAttend<'_, B>,
     ) -> Result<AttentionOutput<B>, CacheError> {
         let [s, _] = qkv.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -117,6 +160,7 @@ impl<B: Backend> Attention<B> {
         cache.append(k, v, start)?;
         // [H, S, d]
         let (out, probabilities) = self.attend(q.clone(), start, cache, request.probabilities)?;
+        after(cache, &q, probabilities.as_ref())?;
         let out = out.swap_dims(0, 1).reshape([s, h * d]);
         Ok(AttentionOutput {
             output: self.o.forward(out),
@@ -131,14 +175,16 @@ impl<B: Backend> Attention<B> {
     fn forward_host(
         &self,
         qkv: burn_flex::FlexTensor,
-        device: &B::Device,
         start: usize,
         inv_freq: &[f32],
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
+        after: AfterAttend<'_, B>,
     ) -> Result<AttentionOutput<B>, CacheError> {
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let width = (h + 2 * hkv) * d;
+        // The host backend has one device.
+        let device = &B::Device::default();
         // [S, width]: rotated in place in the projection's own buffer (copied on write
         // only if something else holds it).
         let mut contiguous = qkv.to_contiguous();
@@ -201,11 +247,14 @@ impl<B: Backend> Attention<B> {
             probs.as_deref_mut(),
         );
         drop((kb, vb));
+        let queries = tensor3(q, [s, h, d]).swap_dims(0, 1);
+        let probabilities = probs.map(|p| tensor3(p, [h, s, len]));
+        after(cache, &queries, probabilities.as_ref())?;
         let output = Tensor::from_data(TensorData::new(out, [s, h * d]), device);
         Ok(AttentionOutput {
             output: self.o.forward(output),
-            queries: tensor3(q, [s, h, d]).swap_dims(0, 1),
-            probabilities: probs.map(|p| tensor3(p, [h, s, len])),
+            queries,
+            probabilities,
         })
     }
 

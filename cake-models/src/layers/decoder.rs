@@ -3,7 +3,7 @@
 use burn::tensor::{Tensor, backend::Backend};
 use cake_core::{CacheError, LayerCache};
 
-use super::{Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
+use super::{AfterAttend, Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
 
 /// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Debug, Clone)]
@@ -33,12 +33,30 @@ impl<B: Backend> DecoderLayer<B> {
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
     ) -> Result<(Tensor<B, 2>, AttentionOutput<B>), CacheError> {
-        let attn = self.attention.forward(
+        self.forward_then(x, start, rope, cache, request, &mut |_, _, _| Ok(()))
+    }
+
+    /// [`DecoderLayer::forward`], running `after` on the cache once attended (see
+    /// [`AfterAttend`]).
+    ///
+    /// # Errors
+    /// When the cache rejects the new rows, or what `after` returns.
+    pub fn forward_then(
+        &self,
+        x: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+        after: AfterAttend<'_, B>,
+    ) -> Result<(Tensor<B, 2>, AttentionOutput<B>), CacheError> {
+        let attn = self.attention.forward_then(
             self.input_norm.forward(x.clone()),
             start,
             rope,
             cache,
             request,
+            after,
         )?;
         let x = x + attn.output.clone();
         let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));

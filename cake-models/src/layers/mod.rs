@@ -13,7 +13,7 @@ mod linear;
 mod mlp;
 mod rotary;
 
-pub use attention::{Attention, AttentionOutput, AttentionRequest};
+pub use attention::{AfterAttend, Attention, AttentionOutput, AttentionRequest};
 pub use decoder::DecoderLayer;
 pub use linear::{Linear, RmsNorm};
 pub use mlp::Mlp;
