@@ -56,6 +56,8 @@ pub fn code(error: &anyhow::Error) -> u8 {
                 | cake_core::ConfigError::LayerCountMismatch { .. } => DATA,
                 _ => USAGE,
             })
+        } else if let Some(cake_models::LoadError::MemoryLimit(_)) = cause.downcast_ref() {
+            Some(USAGE)
         } else if cause.is::<cake_models::LoadError>()
             || cause.is::<cake_models::gguf::GgufError>()
             || cause.is::<cake_models::config::ConfigError>()

@@ -249,6 +249,19 @@ fn exit_codes_say_what_went_wrong() {
         code(&["inspect", "--model", model.to_str().unwrap()]),
         Some(4)
     );
+    // A memory limit that is not a size is a usage error, named.
+    let out = cake()
+        .current_dir(dir.path())
+        .args(["inspect"])
+        .env("CAKE_MEMORY_LIMIT", "banana")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CAKE_MEMORY_LIMIT=\"banana\" is not a size"),
+        "{stderr}"
+    );
     // A corrupt prediction file.
     let run = dir.path().join("preds/cake-c64-w32-00000000");
     std::fs::create_dir_all(&run).unwrap();

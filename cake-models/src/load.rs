@@ -48,6 +48,9 @@ pub enum LoadError {
         /// Where the budget came from (the variable or `/proc/meminfo`).
         source_of_budget: String,
     },
+    /// [`MEMORY_LIMIT_VAR`] is set to something that is not a size (a usage error).
+    #[error("{0}")]
+    MemoryLimit(String),
 }
 
 /// Environment variable that sets the memory budget of a load, in bytes (`K`, `M`, `G`
@@ -117,10 +120,7 @@ fn parse_bytes(text: &str) -> Option<u64> {
 /// allocated for them.
 fn check_memory(path: &Path, config: &DecoderConfig) -> Result<(), LoadError> {
     let needed = weight_bytes(config);
-    let budget = memory_budget().map_err(|message| LoadError::Config {
-        path: path.to_path_buf(),
-        source: ConfigError::Invalid(message),
-    })?;
+    let budget = memory_budget().map_err(LoadError::MemoryLimit)?;
     match budget {
         Some((budget, source_of_budget)) if needed > budget => Err(LoadError::TooLarge {
             path: path.to_path_buf(),
