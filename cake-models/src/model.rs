@@ -254,7 +254,8 @@ impl<B: Backend> Model<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             let _layer = tracing::debug_span!("prefill_layer", layer = l).entered();
             let request = AttentionRequest::default();
-            let (y, attn) = layer.forward(x, 0, &rope, &mut caches[l], request)?;
+            let (y, attn) =
+                layer.forward(x, 0, &rope, &mut caches[l], request, &mut |_, _, _| Ok(()))?;
             x = y;
             peak = peak.max(kv_bytes(caches));
             let step = PrefillLayer {
@@ -314,8 +315,7 @@ impl<B: Backend> Model<B> {
                     };
                     compressor.after_decode_step(step, cache)
                 };
-            let (y, _) =
-                layer.forward_then(x, position, &rope, &mut caches[l], request, &mut evict)?;
+            let (y, _) = layer.forward(x, position, &rope, &mut caches[l], request, &mut evict)?;
             x = y;
         }
         Ok(self.head(x).reshape([self.config.vocab_size]))

@@ -55,11 +55,25 @@ fn check(window: Option<usize>, evict: bool) {
     let rope = rotary.tables::<B>(0, prompt, 6, 2, &device);
     let request = AttentionRequest::default();
     let host = attn
-        .forward(x.clone(), 0, &rope, &mut host_cache, request)
+        .forward(
+            x.clone(),
+            0,
+            &rope,
+            &mut host_cache,
+            request,
+            &mut |_, _, _| Ok(()),
+        )
         .unwrap();
     let qkv = attn.qkv.forward(x);
     let generic = attn
-        .forward_generic(qkv, 0, &rope, &mut generic_cache, request)
+        .forward_generic(
+            qkv,
+            0,
+            &rope,
+            &mut generic_cache,
+            request,
+            &mut |_, _, _| Ok(()),
+        )
         .unwrap();
     assert!(
         max_diff(host.output, generic.output) < 1e-4,
@@ -83,10 +97,24 @@ fn check(window: Option<usize>, evict: bool) {
             probabilities: true,
         };
         let host = attn
-            .forward(x.clone(), pos, &rope, &mut host_cache, request)
+            .forward(
+                x.clone(),
+                pos,
+                &rope,
+                &mut host_cache,
+                request,
+                &mut |_, _, _| Ok(()),
+            )
             .unwrap();
         let generic = attn
-            .forward_generic(attn.qkv.forward(x), pos, &rope, &mut generic_cache, request)
+            .forward_generic(
+                attn.qkv.forward(x),
+                pos,
+                &rope,
+                &mut generic_cache,
+                request,
+                &mut |_, _, _| Ok(()),
+            )
             .unwrap();
         assert!(
             max_diff(host.output, generic.output) < 1e-4,

@@ -85,8 +85,15 @@ fn check(name: &str) {
         let x = random([prompt, config.hidden_size], 3 + l as u64);
         let rope = rotary.tables::<B>(0, prompt, h, hkv, &device);
         let mut full = LayerCache::<B>::new();
-        attn.forward(x, 0, &rope, &mut full, AttentionRequest::default())
-            .unwrap();
+        attn.forward(
+            x,
+            0,
+            &rope,
+            &mut full,
+            AttentionRequest::default(),
+            &mut |_, _, _| Ok(()),
+        )
+        .unwrap();
         // Head kv keeps its own rows: every (kv + 2)-th prompt token and the last 4.
         let keep: Vec<Vec<usize>> = (0..hkv)
             .map(|kv| {
@@ -107,7 +114,14 @@ fn check(name: &str) {
                 probabilities: true,
             };
             let fast = attn
-                .forward(x.clone(), pos, &rope, &mut ragged, request)
+                .forward(
+                    x.clone(),
+                    pos,
+                    &rope,
+                    &mut ragged,
+                    request,
+                    &mut |_, _, _| Ok(()),
+                )
                 .unwrap();
             let slow = attn
                 .forward_generic(
@@ -116,10 +130,18 @@ fn check(name: &str) {
                     &rope,
                     &mut generic,
                     request,
+                    &mut |_, _, _| Ok(()),
                 )
                 .unwrap();
-            attn.forward(x, pos, &rope, &mut full, AttentionRequest::default())
-                .unwrap();
+            attn.forward(
+                x,
+                pos,
+                &rope,
+                &mut full,
+                AttentionRequest::default(),
+                &mut |_, _, _| Ok(()),
+            )
+            .unwrap();
             let n = full.len();
             let kept = ragged.positions().to_vec();
             assert_eq!(kept, generic.positions());

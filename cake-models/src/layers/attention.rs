@@ -77,27 +77,12 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     /// Projects `x`: `[S, hidden]` at absolute positions `start..start + S`, rotates,
     /// appends the new keys/values to `cache`, attends over everything the cache holds
-    /// (masked by the cached positions) and returns the output with what `request` asked.
+    /// (masked by the cached positions), runs `after` on the cache (see [`AfterAttend`];
+    /// `&mut |_, _, _| Ok(())` for none) and returns the output with what `request` asked.
     ///
     /// # Errors
-    /// When the cache rejects the new rows (shape mismatch).
+    /// When the cache rejects the new rows (shape mismatch), or what `after` returns.
     pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        start: usize,
-        rope: &RopeTables<B>,
-        cache: &mut LayerCache<B>,
-        request: AttentionRequest,
-    ) -> Result<AttentionOutput<B>, CacheError> {
-        self.forward_then(x, start, rope, cache, request, &mut |_, _, _| Ok(()))
-    }
-
-    /// [`Attention::forward`], running `after` on the cache once attended, before the
-    /// output projection.
-    ///
-    /// # Errors
-    /// When the cache rejects the new rows, or what `after` returns.
-    pub fn forward_then(
         &self,
         x: Tensor<B, 2>,
         start: usize,
@@ -113,26 +98,15 @@ impl<B: Backend> Attention<B> {
             drop(qkv);
             return self.forward_host(host, start, rope.inv_freq(), cache, request, after);
         }
-        self.generic_then(qkv, start, rope, cache, request, after)
+        self.forward_generic(qkv, start, rope, cache, request, after)
     }
 
-    /// The generic Burn path (every backend; the CPU backend only in tests).
+    /// The generic Burn path (every backend; the CPU backend only in tests), running
+    /// `after` as [`Attention::forward`] does.
     ///
     /// # Errors
-    /// When the cache rejects the new rows.
+    /// As [`Attention::forward`].
     pub fn forward_generic(
-        &self,
-        qkv: Tensor<B, 2>,
-        start: usize,
-        rope: &RopeTables<B>,
-        cache: &mut LayerCache<B>,
-        request: AttentionRequest,
-    ) -> Result<AttentionOutput<B>, CacheError> {
-        self.generic_then(qkv, start, rope, cache, request, &mut |_, _, _| Ok(()))
-    }
-
-    /// [`Attention::forward_generic`], running `after` as [`Attention::forward_then`] does.
-    fn generic_then(
         &self,
         qkv: Tensor<B, 2>,
         start: usize,

@@ -21,27 +21,12 @@ pub struct DecoderLayer<B: Backend> {
 impl<B: Backend> DecoderLayer<B> {
     /// `x`: `[S, hidden]` at positions `start..start + S` -> the layer's output
     /// `[S, hidden]` and the attention's output with what `request` asked of it; appends
-    /// this layer's keys/values to `cache`.
-    ///
-    /// # Errors
-    /// When the cache rejects the new rows.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        start: usize,
-        rope: &RopeTables<B>,
-        cache: &mut LayerCache<B>,
-        request: AttentionRequest,
-    ) -> Result<(Tensor<B, 2>, AttentionOutput<B>), CacheError> {
-        self.forward_then(x, start, rope, cache, request, &mut |_, _, _| Ok(()))
-    }
-
-    /// [`DecoderLayer::forward`], running `after` on the cache once attended (see
+    /// this layer's keys/values to `cache` and runs `after` on it once attended (see
     /// [`AfterAttend`]).
     ///
     /// # Errors
     /// When the cache rejects the new rows, or what `after` returns.
-    pub fn forward_then(
+    pub fn forward(
         &self,
         x: Tensor<B, 2>,
         start: usize,
@@ -50,7 +35,7 @@ impl<B: Backend> DecoderLayer<B> {
         request: AttentionRequest,
         after: AfterAttend<'_, B>,
     ) -> Result<(Tensor<B, 2>, AttentionOutput<B>), CacheError> {
-        let attn = self.attention.forward_then(
+        let attn = self.attention.forward(
             self.input_norm.forward(x.clone()),
             start,
             rope,
