@@ -266,21 +266,42 @@ pub fn pool_prefix<B: Backend>(
     let [rows, n] = scores.dims();
     let data = rows2(scores)?;
     let candidates = candidates.min(n);
-    let half = kernel / 2;
     let mut out = data.clone();
-    for r in 0..rows {
-        let row = &data[r * n..r * n + candidates];
-        let dst = &mut out[r * n..r * n + candidates];
-        for (j, o) in dst.iter_mut().enumerate() {
-            let lo = j.saturating_sub(half);
-            let hi = (j + half + 1).min(candidates);
-            *o = row[lo..hi].iter().sum::<f32>() / kernel as f32;
-        }
+    for (row, dst) in data
+        .chunks_exact(n.max(1))
+        .zip(out.chunks_exact_mut(n.max(1)))
+    {
+        pool_row(row, candidates, kernel, dst);
     }
     Some(Tensor::from_data(
         TensorData::new(out, [rows, n]),
         &scores.device(),
     ))
+}
+
+/// `row`'s first `candidates` entries average-pooled into `dst` (width `kernel`, zero
+/// padding at the edge of the candidates, divided by `kernel`); the rest of `dst` is left.
+fn pool_row(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
+    let half = kernel / 2;
+    for (j, o) in dst[..candidates].iter_mut().enumerate() {
+        let lo = j.saturating_sub(half);
+        let hi = (j + half + 1).min(candidates);
+        *o = row[lo..hi].iter().sum::<f32>() / kernel as f32;
+    }
+}
+
+/// The mean of the `group` rows of `rows` (`[group, n]`) into `dst` (`[n]`, zeroed
+/// first): summed in row order, then divided.
+fn mean_of_rows(rows: &[f32], group: usize, dst: &mut [f32]) {
+    dst.fill(0.0);
+    for row in rows.chunks_exact(dst.len().max(1)).take(group) {
+        for (o, &x) in dst.iter_mut().zip(row) {
+            *o += x;
+        }
+    }
+    for o in dst.iter_mut() {
+        *o /= group as f32;
+    }
 }
 
 /// A decoding step's attention scores on the host, `[H, N] -> [Hkv, N]`: the group mean
@@ -300,30 +321,18 @@ pub fn pooled_group_mean<B: Backend>(
     let host = flex(attn)?;
     let data = contiguous(&host)?;
     let group = heads / kv_heads;
-    let (candidates, half) = (candidates.min(n), kernel / 2);
+    let candidates = candidates.min(n);
     let mut mean = vec![0.0f32; n];
     let mut out = vec![0.0f32; kv_heads * n];
-    for (kv, dst) in out.chunks_exact_mut(n.max(1)).enumerate().take(kv_heads) {
-        mean.fill(0.0);
-        for g in 0..group {
-            let row = &data[(kv * group + g) * n..(kv * group + g + 1) * n];
-            for (o, &x) in mean.iter_mut().zip(row) {
-                *o += x;
-            }
+    for (rows, dst) in data
+        .chunks_exact((group * n).max(1))
+        .zip(out.chunks_exact_mut(n.max(1)))
+    {
+        mean_of_rows(rows, group, &mut mean);
+        dst.copy_from_slice(&mean);
+        if kernel > 1 {
+            pool_row(&mean, candidates, kernel, dst);
         }
-        for o in mean.iter_mut() {
-            *o /= group as f32;
-        }
-        if kernel <= 1 || candidates == 0 {
-            dst.copy_from_slice(&mean);
-            continue;
-        }
-        for (j, o) in dst[..candidates].iter_mut().enumerate() {
-            let lo = j.saturating_sub(half);
-            let hi = (j + half + 1).min(candidates);
-            *o = mean[lo..hi].iter().sum::<f32>() / kernel as f32;
-        }
-        dst[candidates..].copy_from_slice(&mean[candidates..]);
     }
     Some(Tensor::from_data(
         TensorData::new(out, [kv_heads, n]),
@@ -338,19 +347,15 @@ pub fn group_mean<B: Backend>(scores: &Tensor<B, 2>, kv_heads: usize) -> Option<
     if kv_heads == 0 || heads % kv_heads != 0 {
         return None;
     }
-    let data = rows2(scores)?;
+    let host = flex(scores)?.to_contiguous();
+    let data = contiguous(&host)?;
     let group = heads / kv_heads;
     let mut out = vec![0.0f32; kv_heads * n];
-    for (kv, dst) in out.chunks_exact_mut(n.max(1)).enumerate().take(kv_heads) {
-        for g in 0..group {
-            let row = &data[(kv * group + g) * n..(kv * group + g + 1) * n];
-            for (o, &x) in dst.iter_mut().zip(row) {
-                *o += x;
-            }
-        }
-        for o in dst.iter_mut() {
-            *o /= group as f32;
-        }
+    for (rows, dst) in data
+        .chunks_exact((group * n).max(1))
+        .zip(out.chunks_exact_mut(n.max(1)))
+    {
+        mean_of_rows(rows, group, dst);
     }
     Some(Tensor::from_data(
         TensorData::new(out, [kv_heads, n]),
