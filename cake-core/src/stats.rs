@@ -4,7 +4,7 @@
 //! All softmaxes run in f32 whatever the backend's float type.
 
 use burn::tensor::{
-    Bool, DType, ElementConversion, Tensor, TensorData, activation::softmax, backend::Backend,
+    Bool, DType, ElementConversion, Int, Tensor, TensorData, activation::softmax, backend::Backend,
     module::avg_pool1d,
 };
 
@@ -300,8 +300,10 @@ fn count_readback(elements: usize) {
 /// `keep` best of the first `candidates` columns, ascending. The ranking runs on the
 /// tensor's device, and only the smaller side of the split comes back to the host: the
 /// `R x keep` kept indices, or the `R x (candidates - keep)` evicted ones (one per row
-/// for the paper's one-token decoding eviction, by an arg-min). Ties: the arg-min evicts
-/// the lowest index, as the host rule does; wider top-k ties follow the backend's order.
+/// for the paper's one-token decoding eviction). Ties and NaN rank exactly as on the host
+/// (ties go to the later index, NaN below everything), whatever order the backend's own
+/// top-k gives equal values: max-pooled scores tie often, so every backend keeps the same
+/// tokens.
 pub fn top_k_on_device<B: Backend>(
     scores: Tensor<B, 2>,
     candidates: usize,
@@ -314,14 +316,16 @@ pub fn top_k_on_device<B: Backend>(
     if keep == 0 || evict == 0 {
         return vec![(0..keep).collect(); rows];
     }
-    // [R, candidates]
+    // [R, candidates], NaN ranked below everything.
     let ranked = scores.narrow(1, 0, candidates);
-    let (chosen, k) = if evict == 1 {
-        (ranked.argmin(1), 1) // [R, 1]
-    } else if keep <= evict {
-        (ranked.topk_with_indices(keep, 1).1, keep) // [R, keep]
+    let ranked = ranked.clone().mask_fill(ranked.is_nan(), f32::NEG_INFINITY);
+    // The chosen columns, and whether they are the kept ones (else the evicted ones).
+    let (chosen, k, kept) = if keep <= evict {
+        (first_k(ranked, keep, Tie::Later), keep, true) // [R, keep]
+    } else if evict == 1 {
+        (first_min_index(ranked), 1, false) // [R, 1]
     } else {
-        (ranked.neg().topk_with_indices(evict, 1).1, evict) // [R, evict]
+        (first_k(ranked.neg(), evict, Tie::Earlier), evict, false) // [R, evict]
     };
     count_readback(rows * k);
     let flat: Vec<i64> = chosen
@@ -333,7 +337,7 @@ pub fn top_k_on_device<B: Backend>(
         .map(|row| {
             let mut picked: Vec<usize> = row.iter().map(|&i| i.max(0) as usize).collect();
             picked.sort_unstable();
-            if k == keep {
+            if kept {
                 return picked;
             }
             // `picked` are the evicted columns: keep the others.
@@ -349,6 +353,45 @@ pub fn top_k_on_device<B: Backend>(
                 .collect()
         })
         .collect()
+}
+
+/// Which of two equal values ranks first.
+#[derive(Clone, Copy)]
+enum Tie {
+    Earlier,
+    Later,
+}
+
+/// Per row of `x` (`[R, C]`), the index of its smallest value, the lowest index among
+/// equals: `[R, 1]`. (A backend's arg-min may pick any of them.)
+fn first_min_index<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2, Int> {
+    let [rows, cols] = x.dims();
+    let min = x.clone().min_dim(1).expand([rows, cols]); // [R, C]
+    let index = Tensor::<B, 1, Int>::arange(0..cols as i64, &x.device())
+        .reshape([1, cols])
+        .expand([rows, cols]); // [R, C]
+    index
+        .mask_fill(x.equal(min).bool_not(), cols as i64)
+        .min_dim(1) // [R, 1]
+}
+
+/// Per row of `x` (`[R, C]`), the indices of its `k` largest values in any order, equal
+/// values taken from the end `tie` names first: `[R, k]`. The backend's top-k finds the
+/// k-th largest value; the entries above it and the first ones equal to it (counted from
+/// the preferred end) are marked, and a top-k of that 0/1 mask returns exactly the marks.
+fn first_k<B: Backend>(x: Tensor<B, 2>, k: usize, tie: Tie) -> Tensor<B, 2, Int> {
+    let [rows, cols] = x.dims();
+    let kth = x.clone().topk(k, 1).min_dim(1).expand([rows, cols]); // [R, C]
+    let above = x.clone().greater(kth.clone()); // [R, C]
+    let tied = x.equal(kth); // [R, C]
+    // Equal values still to take, per row: [R, 1] -> [R, C].
+    let wanted = above.clone().int().sum_dim(1).neg().add_scalar(k as i64);
+    let tied_rank = match tie {
+        Tie::Earlier => tied.clone().int().cumsum(1),
+        Tie::Later => tied.clone().int().flip([1]).cumsum(1).flip([1]),
+    }; // [R, C]: 1-based rank among the equal values from the preferred end
+    let marked = above.bool_or(tied.bool_and(tied_rank.lower_equal(wanted.expand([rows, cols]))));
+    marked.float().topk_with_indices(k, 1).1 // [R, k]
 }
 
 /// Row-major host copy of a 2-D tensor as f32.

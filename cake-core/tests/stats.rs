@@ -448,7 +448,38 @@ fn device_top_k_equals_the_host_rule_and_reads_back_only_indices() {
     assert_eq!(top_k_indices(&[0.5, 0.1, 0.1, 0.9], 3), vec![0, 2, 3]);
 }
 
-/// The CPU backend's decoding eviction reads the scores of each evicting layer once.
+/// Max-pooled scores tie in plateaus: the device ranking still keeps what the host rule
+/// keeps (the later of equal tokens, NaN last) at every split, for every row, down to two
+/// candidates with one kept (where the kept and the evicted side are the same size).
+#[test]
+fn device_top_k_breaks_ties_and_nan_as_the_host_rule() {
+    use cake_core::stats::{top_k_indices, top_k_on_device};
+    let (heads, n, candidates) = (3, 60, 52);
+    // Few distinct values, so most of them repeat, and a few NaN.
+    let host: Vec<f32> = (0..heads * n)
+        .map(|i| match i % 17 {
+            3 => f32::NAN,
+            r => ((i * 7 + r) % 5) as f32 * 0.25,
+        })
+        .collect();
+    let scores = Tensor::<B, 2>::from_data(
+        TensorData::new(host.clone(), [heads, n]),
+        &Default::default(),
+    );
+    for candidates in [1, 2, 3, 4, candidates] {
+        for keep in 0..=candidates {
+            let kept = top_k_on_device(scores.clone(), candidates, keep);
+            for (h, k) in kept.iter().enumerate() {
+                let want = top_k_indices(&host[h * n..h * n + candidates], keep);
+                assert_eq!(k, &want, "{candidates} candidates, keep {keep}, head {h}");
+            }
+        }
+    }
+}
+
+/// The CPU backend's decoding eviction reads the scores of each evicting layer once (its
+/// host path, with the `flex` feature; other backends read back indices, tested above).
+#[cfg(feature = "flex")]
 #[test]
 fn host_eviction_reads_each_layers_scores_once() {
     use cake_core::evict_to_budget;
@@ -477,7 +508,9 @@ fn host_eviction_reads_each_layers_scores_once() {
 }
 
 /// The host passes of the layer preference give the Burn expressions' values bit for bit
-/// (so the preferences, the budgets and the report fixture do not move).
+/// (so the preferences, the budgets and the report fixture do not move). The host passes
+/// exist with the `flex` feature (the workspace build enables it).
+#[cfg(feature = "flex")]
 #[test]
 fn host_preference_terms_equal_the_burn_expressions_bit_for_bit() {
     let mut rng = common::Normal::new(5);
