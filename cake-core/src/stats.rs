@@ -105,18 +105,17 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
     #[cfg(feature = "flex")]
     let a = crate::host::make_contiguous(a);
     count_readback(2);
+    let burn_terms = || a.clone() * a.clone().add_scalar(1e-10).log();
     #[cfg(feature = "flex")]
-    let terms = crate::host::entropy_terms(&a);
+    let terms = crate::host::entropy_terms(&a).unwrap_or_else(burn_terms);
     #[cfg(not(feature = "flex"))]
-    let terms = None;
-    let terms = terms.unwrap_or_else(|| a.clone() * a.clone().add_scalar(1e-10).log());
+    let terms = burn_terms();
     let entropy = -terms.sum().into_scalar().elem::<f64>();
     let variance = if w >= 2 {
         #[cfg(feature = "flex")]
-        let var = crate::host::unbiased_var(&a);
+        let var = crate::host::unbiased_var(&a).unwrap_or_else(|| unbiased_var(a));
         #[cfg(not(feature = "flex"))]
-        let var = None;
-        let var = var.unwrap_or_else(|| unbiased_var(a));
+        let var = unbiased_var(a);
         var.sum().into_scalar().elem::<f64>()
     } else {
         0.0
