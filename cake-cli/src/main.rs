@@ -58,6 +58,7 @@ enum Command {
 
 fn main() -> ExitCode {
     cake_models::cpu::tune_allocator();
+    cake_models::cpu::tune_threads();
     // Spans (load, prefill per layer, eviction, decode) with their durations on stderr,
     // chosen by RUST_LOG (e.g. RUST_LOG=cake_models=debug); silent by default.
     tracing_subscriber::fmt()

@@ -326,6 +326,11 @@ impl<B: Backend> LayerCache<B> {
         Ok(())
     }
 
+    /// Drops the attached eviction scores (see [`LayerCache::set_scores`]).
+    pub fn clear_scores(&mut self) {
+        self.scores = None;
+    }
+
     /// Bytes of the key and value rows held (`2 * rows * d` elements of the backend's
     /// float type, summed over heads): what the policy keeps.
     pub fn bytes(&self) -> usize {
@@ -408,11 +413,13 @@ impl<B: Backend> LayerCache<B> {
         }
         let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
         self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
-        self.positions = keep
-            .iter()
-            .zip(&self.positions)
-            .map(|(k, pos)| k.iter().map(|&i| pos[i]).collect())
-            .collect();
+        // In place: kept indices ascend, so each lands at or before where it was read.
+        for (k, pos) in keep.iter().zip(&mut self.positions) {
+            for (to, &from) in k.iter().enumerate() {
+                pos[to] = pos[from];
+            }
+            pos.truncate(k.len());
+        }
         for (span, (k, moved)) in self.heads.iter_mut().zip(keep.iter().zip(&moves)) {
             let dropped = span.len - k.len();
             span.len = k.len();
@@ -472,10 +479,12 @@ fn gather_scores<B: Backend>(
     if let Some(host) = crate::host::flex(&scores).map(|t| t.to_contiguous())
         && let Some(data) = crate::host::contiguous(&host)
     {
-        let gathered: Vec<f32> = (0..heads)
-            .flat_map(|h| (0..width).map(move |i| (h, i)))
-            .map(|(h, i)| data[index(h, i)])
-            .collect();
+        let mut gathered = Vec::with_capacity(heads * width);
+        for (row, kept) in data.chunks_exact(n.max(1)).zip(keep).take(heads) {
+            let kept = &kept[..kept.len().min(width)];
+            gathered.extend(kept.iter().map(|&i| row[i]));
+            gathered.extend(std::iter::repeat_n(row[0], width - kept.len()));
+        }
         return Tensor::from_data(TensorData::new(gathered, [heads, width]), &scores.device());
     }
     let flat: Vec<i64> = (0..heads)

@@ -52,6 +52,23 @@ pub fn evict_heads_to_budgets<B: Backend>(
     keeps: &[usize],
     window: usize,
 ) -> Result<Vec<usize>, CacheError> {
+    let scores = cache.scores().cloned();
+    evict_heads_by(cache, scores.as_ref(), keeps, window)
+}
+
+/// [`evict_heads_to_budgets`] ranking by `scores` (`[Hkv, len]`, as
+/// [`LayerCache::set_scores`] takes them) instead of the scores stored on the cache, which
+/// may be absent: a decoding step whose scorer re-scores every step ranks by fresh scores
+/// without storing them, so the cache does not carry (pad, gather) them.
+///
+/// # Errors
+/// As [`evict_heads_to_budgets`].
+fn evict_heads_by<B: Backend>(
+    cache: &mut LayerCache<B>,
+    scores: Option<&Tensor<B, 2>>,
+    keeps: &[usize],
+    window: usize,
+) -> Result<Vec<usize>, CacheError> {
     let heads = cache.num_kv_heads();
     if keeps.len() != heads {
         return Err(CacheError::Retain(format!(
@@ -79,7 +96,7 @@ pub fn evict_heads_to_budgets<B: Backend>(
     let on_host = false;
     let select = tracing::trace_span!("select_kept", n = width, keep = keeps[0]).entered();
     let uniform = plan.windows(2).all(|p| p[0] == p[1]) && !cache.is_ragged();
-    let mut kept: Vec<Vec<usize>> = match cache.scores() {
+    let mut kept: Vec<Vec<usize>> = match scores {
         // Other backends rank on their device and read back only the chosen indices.
         Some(scores) if !on_host && uniform => {
             let (candidates, keep) = plan[0];
@@ -837,7 +854,15 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
                 device: &device,
             }) // [Hkv, n]
         };
-        cache.set_scores(scores)?;
+        // A scorer that re-scores every step ranks by the fresh scores alone: storing them
+        // would only make the next append pad them and this eviction gather them.
+        let scores = if scorer.accumulates() {
+            cache.set_scores(scores)?;
+            cache.scores().cloned()
+        } else {
+            cache.clear_scores();
+            Some(scores)
+        };
         if any_over {
             let _span = tracing::trace_span!("decode_evict", layer, held = cache.len()).entered();
             let keeps: Vec<usize> = limits
@@ -846,7 +871,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
                 .zip(&lens)
                 .map(|(((keep, _), &over), &n)| if over { keep - plan.window } else { n })
                 .collect();
-            evict_heads_to_budgets(cache, &keeps, plan.window)?;
+            evict_heads_by(cache, scores.as_ref(), &keeps, plan.window)?;
         }
         Ok(())
     }

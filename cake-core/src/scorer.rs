@@ -53,7 +53,9 @@ pub struct DecodeInput<'a, B: Backend> {
     /// The new query's attention over the cache `[H, 1, n]` (the new token included),
     /// present when [`Scorer::needs_window_attention`].
     pub attention: Option<&'a Tensor<B, 3>>,
-    /// The scores stored on the cache `[Hkv, n]` (rows appended since scoring are 0).
+    /// The scores stored on the cache `[Hkv, n]` (rows appended since scoring are 0);
+    /// after a decoding step's eviction, kept only for a scorer that
+    /// [`Scorer::accumulates`].
     pub stored: Option<Tensor<B, 2>>,
     /// Absolute positions of the cached tokens per KV head `[Hkv][n]`.
     pub positions: &'a [Vec<usize>],
@@ -74,7 +76,9 @@ pub trait Scorer<B: Backend>: Debug + Send + Sync {
     }
 
     /// True when the scores must be updated at every decoding step, not only when a
-    /// token is dropped (H2O's running sums).
+    /// token is dropped (H2O's running sums). Only such scorers' decoding scores are
+    /// stored on the cache ([`DecodeInput::stored`] at the next step): the others rank
+    /// each step by fresh scores, which the cache then drops.
     fn accumulates(&self) -> bool {
         false
     }

@@ -245,13 +245,19 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
     if k + 1 == row.len() {
         // One to drop (a decoding step): the lowest-ranked token, i.e. the smallest score
         // at the earliest index, found in one pass instead of a selection and a sort.
-        let mut drop = 0;
-        for i in 1..row.len() {
-            if key(i).total_cmp(&key(drop)).is_lt() {
-                drop = i;
-            }
-        }
-        return (0..row.len()).filter(|&i| i != drop).collect();
+        // `total_cmp`'s order as integers, so that the minimum is a vectorised pass.
+        let ordered = |i: usize| {
+            let bits = key(i).to_bits() as i32;
+            bits ^ (((bits >> 31) as u32) >> 1) as i32
+        };
+        let lowest = (0..row.len()).map(ordered).min().unwrap_or(0);
+        let drop = (0..row.len())
+            .position(|i| ordered(i) == lowest)
+            .unwrap_or(0);
+        let mut kept = Vec::with_capacity(k);
+        kept.extend(0..drop);
+        kept.extend(drop + 1..row.len());
+        return kept;
     }
     let mut idx: Vec<usize> = (0..row.len()).collect();
     // Descending by (score, index).

@@ -22,6 +22,7 @@ fn prompt(len: usize) -> Vec<u32> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     cake_models::cpu::tune_allocator();
+    cake_models::cpu::tune_threads();
     let args: Vec<String> = std::env::args().collect();
     let path = cake_models::fetch::resolve_model(
         args.get(1).map(String::as_str).filter(|s| !s.is_empty()),

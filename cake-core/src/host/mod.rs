@@ -281,12 +281,34 @@ pub fn pool_prefix<B: Backend>(
 
 /// `row`'s first `candidates` entries average-pooled into `dst` (width `kernel`, zero
 /// padding at the edge of the candidates, divided by `kernel`); the rest of `dst` is left.
+///
+/// Output `j` is the sum of `row[j - half..=j + half]` (cut at the candidates' ends), added
+/// left to right as `Iterator::sum` adds, then divided by `kernel`. Where the window is
+/// whole, the sums run column by column over all outputs at once (vectorised), each
+/// output still adding its window in the same order: the same bits as the plain loop.
 fn pool_row(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
     let half = kernel / 2;
-    for (j, o) in dst[..candidates].iter_mut().enumerate() {
-        let lo = j.saturating_sub(half);
-        let hi = (j + half + 1).min(candidates);
-        *o = row[lo..hi].iter().sum::<f32>() / kernel as f32;
+    let divisor = kernel as f32;
+    let cut = |j: usize| {
+        let (lo, hi) = (j.saturating_sub(half), (j + half + 1).min(candidates));
+        row[lo..hi].iter().sum::<f32>() / divisor
+    };
+    // Outputs whose window lies inside the candidates: half..candidates - half.
+    let (from, to) = (half, candidates.saturating_sub(half).max(half));
+    for j in (0..from.min(candidates)).chain(to.max(from.min(candidates))..candidates) {
+        dst[j] = cut(j);
+    }
+    if from < to {
+        let whole = &mut dst[from..to];
+        whole.fill(std::iter::empty::<f32>().sum());
+        for t in 0..=2 * half {
+            for (o, &x) in whole.iter_mut().zip(&row[t..t + to - from]) {
+                *o += x;
+            }
+        }
+        for o in whole.iter_mut() {
+            *o /= divisor;
+        }
     }
 }
 
@@ -394,4 +416,44 @@ pub fn mean_plus_var<B: Backend>(attn: &Tensor<B, 3>, gamma: f64) -> Option<Tens
         TensorData::new(out, [heads, n]),
         &attn.device(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_row;
+
+    /// The definition `pool_row` vectorises: each output's window summed on its own.
+    fn pool_row_plain(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
+        let half = kernel / 2;
+        for (j, o) in dst[..candidates].iter_mut().enumerate() {
+            let lo = j.saturating_sub(half);
+            let hi = (j + half + 1).min(candidates);
+            *o = row[lo..hi].iter().sum::<f32>() / kernel as f32;
+        }
+    }
+
+    #[test]
+    fn pool_row_gives_the_bits_of_the_plain_loop() {
+        // Values of mixed magnitudes, so that a reordered sum would round differently.
+        let row: Vec<f32> = (0..300u32)
+            .map(|i| {
+                let x = i.wrapping_mul(2_654_435_761) >> 8;
+                (x % 1000) as f32 * 10f32.powi((x % 7) as i32 - 3)
+            })
+            .collect();
+        for kernel in 1..=8 {
+            for candidates in (0..=20).chain([150, 299, 300]) {
+                let mut fast = vec![-1.0f32; row.len()];
+                let mut plain = fast.clone();
+                pool_row(&row, candidates, kernel, &mut fast);
+                pool_row_plain(&row, candidates, kernel, &mut plain);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&fast),
+                    bits(&plain),
+                    "kernel {kernel}, candidates {candidates}"
+                );
+            }
+        }
+    }
 }

@@ -26,6 +26,19 @@ pub fn tune_allocator() {
     }
 }
 
+/// Makes the calling thread a worker of rayon's global pool (one of its
+/// `available_parallelism` threads), so that the kernels' parallel loops started from it
+/// run on it directly. Otherwise every loop is handed to the pool's own threads while the
+/// caller sleeps until they finish: two thread wake-ups per kernel, a few hundred kernels
+/// per decoding step. Call once, at the start of a program, on the thread that will run
+/// the model; does nothing when the global pool was already started.
+pub fn tune_threads() {
+    // An error only means the global pool exists already: it then keeps its threads.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
+}
+
 /// RMS normalisation of each `weight.len()`-wide row of `x` into `out`:
 /// `weight * (x / sqrt(mean(x^2) + eps))`, in transformers' order of operations.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
