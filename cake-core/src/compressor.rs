@@ -34,7 +34,10 @@ pub struct DecodeStep<B: Backend> {
 /// The model owns the caches (one [`LayerCache`] per decoder layer) and always computes
 /// exact attention over whatever they hold; a compressor only removes rows from them.
 /// Errors end the model call that ran the hook.
-pub trait KvCompressor<B: Backend> {
+///
+/// Compressors are `Send`: the CPU path runs a decoding step's hook on one thread while
+/// the layer's output projection starts on the others.
+pub trait KvCompressor<B: Backend>: Send {
     /// Called during prefill right after layer `step.layer` appended the prompt's
     /// keys/values (absolute positions `0..S`) to `caches[step.layer]` and computed its
     /// exact output. `caches` holds layers `0..=layer` (later layers are not filled yet),

@@ -50,11 +50,14 @@ pub struct AttentionOutput<B: Backend> {
 /// requested: the decoding step's eviction runs here, while the rows it moves were just
 /// read by the attention (still in the CPU's caches), before the projections stream their
 /// weights through. The attention's output does not depend on what it does to the cache.
-pub type AfterAttend<'a, B> = &'a mut dyn FnMut(
+pub type AfterAttend<'a, B> = &'a mut (
+            dyn FnMut(
     &mut LayerCache<B>,
     &Tensor<B, 3>,
     Option<&Tensor<B, 3>>,
-) -> Result<(), CacheError>;
+) -> Result<(), CacheError>
+                + Send
+        );
 
 /// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
 /// KV head (no repeated copies for the G query heads of a group).
@@ -223,10 +226,16 @@ impl<B: Backend> Attention<B> {
         drop((kb, vb));
         let queries = tensor3(q, [s, h, d]).swap_dims(0, 1);
         let probabilities = probs.map(|p| tensor3(p, [h, s, len]));
-        after(cache, &queries, probabilities.as_ref())?;
         let output = Tensor::from_data(TensorData::new(out, [s, h * d]), device);
+        // The hook (a decoding step's eviction) runs on this thread while the output
+        // projection, which does not read the cache, starts on the others.
+        let (evicted, output) = rayon::join(
+            || after(cache, &queries, probabilities.as_ref()),
+            || self.o.forward(output),
+        );
+        evicted?;
         Ok(AttentionOutput {
-            output: self.o.forward(output),
+            output,
             queries,
             probabilities,
         })
