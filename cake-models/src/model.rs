@@ -304,8 +304,8 @@ impl<B: Backend> Model<B> {
             let request = AttentionRequest {
                 probabilities: compressor.wants_decode_attention(l, &caches[l]),
             };
-            // The eviction runs between the attention and its output projection, while
-            // the rows it moves are still in the CPU's caches.
+            // The eviction runs right after the attention, while the rows it moves are
+            // still in the CPU's caches (and, on the CPU path, beside the output projection).
             let mut evict =
                 |cache: &mut LayerCache<B>, q: &Tensor<B, 3>, p: Option<&Tensor<B, 3>>| {
                     let step = DecodeStep {

@@ -293,9 +293,10 @@ fn pool_row(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
         let (lo, hi) = (j.saturating_sub(half), (j + half + 1).min(candidates));
         row[lo..hi].iter().sum::<f32>() / divisor
     };
-    // Outputs whose window lies inside the candidates: half..candidates - half.
-    let (from, to) = (half, candidates.saturating_sub(half).max(half));
-    for j in (0..from.min(candidates)).chain(to.max(from.min(candidates))..candidates) {
+    // Outputs `from..to` have their whole window inside the candidates.
+    let from = half.min(candidates);
+    let to = candidates.saturating_sub(half).max(from);
+    for j in (0..from).chain(to..candidates) {
         dst[j] = cut(j);
     }
     if from < to {

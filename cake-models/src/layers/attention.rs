@@ -45,19 +45,16 @@ pub struct AttentionOutput<B: Backend> {
     pub probabilities: Option<Tensor<B, 3>>,
 }
 
-/// A hook run between a layer's attention and its output projection, with the layer's
-/// cache, the post-RoPE queries `[H, S, d]` and the probabilities `[H, S, len]` when
-/// requested: the decoding step's eviction runs here, while the rows it moves were just
-/// read by the attention (still in the CPU's caches), before the projections stream their
-/// weights through. The attention's output does not depend on what it does to the cache.
+/// A hook run after a layer's attention, with the layer's cache, the post-RoPE queries
+/// `[H, S, d]` and the probabilities `[H, S, len]` when requested: the decoding step's
+/// eviction runs here, while the rows it moves were just read by the attention (still in
+/// the CPU's caches). The attention's output does not depend on what it does to the cache,
+/// so on the CPU path the output projection runs on the other threads meanwhile.
+#[rustfmt::skip] // rustfmt splits a `dyn FnMut(..) + Send` over eight ragged lines
 pub type AfterAttend<'a, B> = &'a mut (
-            dyn FnMut(
-    &mut LayerCache<B>,
-    &Tensor<B, 3>,
-    Option<&Tensor<B, 3>>,
-) -> Result<(), CacheError>
-                + Send
-        );
+    dyn FnMut(&mut LayerCache<B>, &Tensor<B, 3>, Option<&Tensor<B, 3>>) -> Result<(), CacheError>
+        + Send
+);
 
 /// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
 /// KV head (no repeated copies for the G query heads of a group).
