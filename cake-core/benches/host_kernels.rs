@@ -5,7 +5,9 @@
 //!   Llama-3.1-8B's head shape (H = 32, Hkv = 8, d = 128);
 //! - appending one token to a 4K-token cache, and evicting one token at C = 1024
 //!   (`evict_to_budget`: read the scores, top-k, compact in place), Llama-3.1-8B's shape;
-//! - the decode GEMV of a 4096 x 4096 projection.
+//! - the decode GEMV of a 4096 x 4096 projection;
+//! - the prefill GEMM of 512 tokens through SmolLM2-135M's four projections (fused QKV
+//!   576 -> 960, output 576 -> 576, fused gate/up 576 -> 3072, down 1536 -> 576).
 //!
 //! Run: `cargo bench -p cake-core --features flex --bench host_kernels`.
 
@@ -13,7 +15,7 @@ use std::hint::black_box;
 
 use burn::tensor::{Tensor, TensorData};
 use cake_core::host::kernels::packed_starts;
-use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemv};
+use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemm, gemv};
 use cake_core::{LayerCache, evict_to_budget};
 use common::{B, tensor3, values};
 use criterion::measurement::WallTime;
@@ -168,11 +170,38 @@ fn decode_gemv(c: &mut Criterion) {
     });
 }
 
+fn prefill_gemm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gemm_prefill_512_tokens");
+    group.sample_size(20);
+    let tokens = 512;
+    for (name, inp, out) in [
+        ("qkv_576x960", 576, 960),
+        ("o_576x576", 576, 576),
+        ("gate_up_576x3072", 576, 3072),
+        ("down_1536x576", 1536, 576),
+    ] {
+        let w = values(out * inp, 1);
+        let x = values(tokens * inp, 2);
+        let mut y = vec![0.0f32; tokens * out];
+        group.throughput(criterion::Throughput::Elements(
+            (2 * tokens * inp * out) as u64,
+        ));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                gemm(&w, &x, inp, None, &mut y);
+                black_box(y[0])
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     prefill_attention,
     decode_attention,
     cache_ops,
-    decode_gemv
+    decode_gemv,
+    prefill_gemm
 );
 criterion_main!(benches);

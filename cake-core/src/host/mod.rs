@@ -7,6 +7,7 @@
 //! copy. Every function returns `None` for any other backend or dtype, and callers then
 //! take the generic Burn path.
 
+mod gemm;
 pub mod kernels;
 pub mod simd;
 
@@ -15,6 +16,7 @@ use std::any::Any;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_flex::{FlexTensor, Layout};
 
+pub use self::gemm::gemm;
 pub use kernels::{AttentionShape, KvRows, Visible, attention, gemv};
 
 /// The host tensor behind `t` (a cheap handle: the buffer is shared, not copied), when

@@ -20,12 +20,11 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// `x`: `[S, in]` -> `[S, out]`. One row on the CPU backend runs the threaded GEMV;
-    /// anything else one matrix product (the transposed weight is a view, not a copy).
+    /// `x`: `[S, in]` -> `[S, out]`. On the CPU backend one row runs the threaded GEMV and
+    /// more rows the host GEMM ([`host::gemm`]); anything else one matrix product (the
+    /// transposed weight is a view, not a copy).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        if x.dims()[0] == 1
-            && let Some(y) = self.gemv_host(&x)
-        {
+        if let Some(y) = self.forward_host(&x) {
             return y;
         }
         let y = x.matmul(self.weight.clone().transpose());
@@ -42,16 +41,16 @@ impl<B: Backend> Linear<B> {
 
     /// Without the CPU backend there is no host path.
     #[cfg(not(feature = "flex"))]
-    fn gemv_host(&self, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    fn forward_host(&self, _: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         None
     }
 
-    /// `[1, in]` -> `[1, out]` by [`cpu::gemv`] on the host buffers; `None` on other
-    /// backends or layouts.
+    /// `[S, in]` -> `[S, out]` on the host buffers: [`cpu::gemv`] for one row,
+    /// [`host::gemm`] for more; `None` on other backends or layouts.
     #[cfg(feature = "flex")]
-    fn gemv_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        let (w, x) = host_buffers(&self.weight, x)?;
-        let (w, x) = (host::contiguous(&w)?, host::contiguous(&x)?);
+    fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        let (w, xs) = host_buffers(&self.weight, x)?;
+        let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
         let bias = match &self.bias {
             Some(b) => Some(host::flex(b)?),
             None => None,
@@ -60,11 +59,20 @@ impl<B: Backend> Linear<B> {
             Some(b) => Some(host::contiguous(b)?),
             None => None,
         };
+        let [rows, inp] = x.dims();
         let out = self.out_features();
-        let mut y = vec![0.0f32; out];
-        cpu::gemv(w, x, bias, &mut y);
+        let mut y = vec![0.0f32; rows * out];
+        if rows == 1 {
+            cpu::gemv(w, xs, bias, &mut y);
+        } else if inp > 0 {
+            host::gemm(w, xs, inp, bias, &mut y);
+        } else if let Some(b) = bias {
+            for y in y.chunks_exact_mut(out) {
+                y.copy_from_slice(b);
+            }
+        }
         Some(Tensor::from_data(
-            TensorData::new(y, [1, out]),
+            TensorData::new(y, [rows, out]),
             &self.weight.device(),
         ))
     }

@@ -1,0 +1,417 @@
+//! The projections' matrix product over many tokens: `y = x W^T + b`, with `W` stored
+//! `[out, in]` as the models keep it (the layout the decoding GEMV reads).
+//!
+//! On processors with AVX-512 the product runs its own kernel, built so that nothing but
+//! the activations is ever repacked:
+//! - a chunk of tokens (about half a core's L2) is packed once into panels of
+//!   32 tokens, `[in][32]`, so that one input feature of 32 tokens is two
+//!   vectors;
+//! - each task takes 12 weight rows (contiguous in `W`, kept in L1 while the
+//!   chunk's panels stream past them) and, per input feature, broadcasts each row's weight
+//!   against the panel's two vectors: 24 accumulators, one fused multiply-add chain per
+//!   output;
+//! - so each output is `fma(w[k-1], x[k-1], .. fma(w[0], x[0], 0))`, summed in input order
+//!   whatever the chunking and threading: the same bits for any number of tokens or
+//!   threads, and the bits of the plain loop the tests compare with.
+//!
+//! Elsewhere it is the `gemm` crate's threaded product (what the CPU backend's own
+//! `matmul` runs), whose sums are blocked differently.
+
+/// `y[t, o] = sum_i x[t, i] w[o, i] + bias[o]` for `w`: `[out, in]`, `x`: `[tokens, in]`,
+/// `y`: `[tokens, out]`, row-major, `in = inp`. With AVX-512, its own kernel (tiles of
+/// weight rows over packed panels of tokens) sums each output as one fused multiply-add
+/// chain in input order: the same bits for any number of tokens or threads. Elsewhere,
+/// the `gemm` crate's threaded product.
+///
+/// # Panics
+/// When the lengths do not fit those shapes (`inp` must be positive).
+pub fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    assert!(inp > 0, "the input width must be positive");
+    let (out, tokens) = (w.len() / inp, x.len() / inp);
+    assert!(
+        w.len() == out * inp && x.len() == tokens * inp && y.len() == tokens * out,
+        "w: [out, in], x: [tokens, in], y: [tokens, out]"
+    );
+    assert!(bias.is_none_or(|b| b.len() == out), "one bias per output");
+    if tokens == 0 || out == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the processor has AVX-512F; the shapes were checked above.
+        return unsafe { avx512::gemm(w, x, inp, bias, y) };
+    }
+    portable(w, x, inp, bias, y);
+}
+
+/// The plain definition, one fused multiply-add chain per output in input order: what the
+/// AVX-512 kernel computes bit for bit (the tests' reference).
+#[cfg(test)]
+fn reference(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    let out = w.len() / inp;
+    for (x, y) in x.chunks_exact(inp).zip(y.chunks_exact_mut(out)) {
+        for (o, (w, y)) in w.chunks_exact(inp).zip(y.iter_mut()).enumerate() {
+            let sum = w
+                .iter()
+                .zip(x)
+                .fold(0.0f32, |acc, (&w, &x)| w.mul_add(x, acc));
+            *y = sum + bias.map_or(0.0, |b| b[o]);
+        }
+    }
+}
+
+/// The `gemm` crate's threaded product, `W` read through transposed strides.
+fn portable(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (out, tokens) = (w.len() / inp, x.len() / inp);
+    // SAFETY: dst [tokens, out] (row stride out), lhs x [tokens, in] (row stride in), rhs
+    // W^T [in, out] read from W [out, in] (column stride in, row stride 1): all in bounds
+    // of the slices checked by `gemm`.
+    unsafe {
+        ::gemm::gemm(
+            tokens,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            inp as isize,
+            w.as_ptr(),
+            inp as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::Rayon(0),
+        );
+    }
+    if let Some(b) = bias {
+        for y in y.chunks_exact_mut(out) {
+            for (y, &b) in y.iter_mut().zip(b) {
+                *y += b;
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernel and its packing.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use rayon::prelude::*;
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps,
+        _mm512_unpacklo_ps,
+    };
+
+    /// Tokens per packed panel: two AVX-512 vectors.
+    const PANEL: usize = 32;
+    /// Weight rows per tile: 12 x 2 accumulators, leaving registers for the panel's vectors.
+    const TILE_ROWS: usize = 12;
+    /// Bytes of activations packed per chunk: about half of a core's L2, so that the panels
+    /// stay there while every weight tile passes over them.
+    const CHUNK_BYTES: usize = 768 << 10;
+
+    /// A raw pointer that rayon tasks may share because each writes a disjoint part.
+    #[derive(Clone, Copy)]
+    struct SharedOut(*mut f32);
+    // SAFETY: every use writes disjoint columns from different tasks (see `gemm`).
+    unsafe impl Send for SharedOut {}
+    unsafe impl Sync for SharedOut {}
+
+    impl SharedOut {
+        /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+        fn ptr(self) -> *mut f32 {
+            self.0
+        }
+    }
+
+    /// The AVX-512 product (module docs): chunks of tokens one after another; in each, the
+    /// panels are packed in parallel, then tasks of [`TILE_ROWS`] weight rows each write their
+    /// own output columns for every token of the chunk.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F; the shapes are [`super::gemm`]'s, checked there.
+    pub(super) unsafe fn gemm(
+        w: &[f32],
+        x: &[f32],
+        inp: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let (out, tokens) = (w.len() / inp, x.len() / inp);
+        let chunk = (CHUNK_BYTES / (4 * inp)).max(PANEL) / PANEL * PANEL;
+        let chunk = chunk.min(tokens.next_multiple_of(PANEL));
+        // [chunk / PANEL][in][PANEL]
+        let mut packed = vec![0.0f32; chunk * inp];
+        let dst = SharedOut(y.as_mut_ptr());
+        for t0 in (0..tokens).step_by(chunk) {
+            let rows = chunk.min(tokens - t0);
+            let panels = rows.div_ceil(PANEL);
+            packed[..panels * PANEL * inp]
+                .par_chunks_mut(PANEL * inp)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let first = t0 + p * PANEL;
+                    let last = (first + PANEL).min(tokens);
+                    // SAFETY: the processor has AVX-512F (the caller's).
+                    unsafe { pack(&x[first * inp..last * inp], inp, panel) };
+                });
+            let packed = &packed;
+            (0..out.div_ceil(TILE_ROWS))
+                .into_par_iter()
+                .for_each(|block| {
+                    let o0 = block * TILE_ROWS;
+                    let width = TILE_ROWS.min(out - o0);
+                    let weights = &w[o0 * inp..(o0 + width) * inp];
+                    let mut sums = [[0.0f32; PANEL]; TILE_ROWS];
+                    for p in 0..panels {
+                        let panel = &packed[p * PANEL * inp..(p + 1) * PANEL * inp];
+                        // SAFETY: the processor has AVX-512F (the caller's); `weights`
+                        // holds `width <= TILE_ROWS` rows of `inp`, `panel` `inp` rows of
+                        // PANEL.
+                        unsafe { tile(width, inp, weights, panel, &mut sums) };
+                        let first = t0 + p * PANEL;
+                        for t in 0..PANEL.min(tokens - first) {
+                            // SAFETY: token `first + t < tokens`, columns o0..o0+width < out:
+                            // inside y, and no other task writes these columns.
+                            let row = unsafe { dst.ptr().add((first + t) * out + o0) };
+                            for (r, sums) in sums[..width].iter().enumerate() {
+                                let b = bias.map_or(0.0, |b| b[o0 + r]);
+                                // SAFETY: as above.
+                                unsafe { *row.add(r) = sums[t] + b };
+                            }
+                        }
+                    }
+                });
+        }
+    }
+
+    /// Packs `rows <= PANEL` tokens `x` (`[rows, in]`) into `panel` `[in][PANEL]`, tokens past
+    /// `rows` zero: the plain loop.
+    pub(super) fn pack_plain(x: &[f32], inp: usize, panel: &mut [f32]) {
+        let rows = x.len() / inp;
+        for (i, column) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (t, v) in column.iter_mut().enumerate() {
+                *v = if t < rows { x[t * inp + i] } else { 0.0 };
+            }
+        }
+    }
+
+    /// [`pack_plain`] of a full panel by 16 x 16 blocks transposed in registers (a tail
+    /// panel and the features past the last whole block the plain way).
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack(x: &[f32], inp: usize, panel: &mut [f32]) {
+        if x.len() < PANEL * inp {
+            return pack_plain(x, inp, panel);
+        }
+        assert!(panel.len() >= inp * PANEL, "the panel holds [in][PANEL]");
+        let blocks = inp / 16 * 16;
+        for half in [0, 16] {
+            for i0 in (0..blocks).step_by(16) {
+                // SAFETY: rows half..half+16 of x, features i0..i0+16 < inp.
+                let rows = std::array::from_fn(|t| unsafe {
+                    _mm512_loadu_ps(x.as_ptr().add((half + t) * inp + i0))
+                });
+                for (j, column) in transpose(rows).into_iter().enumerate() {
+                    // SAFETY: feature i0 + j < inp, tokens half..half+16 of the panel.
+                    unsafe {
+                        _mm512_storeu_ps(panel.as_mut_ptr().add((i0 + j) * PANEL + half), column)
+                    };
+                }
+            }
+        }
+        for i in blocks..inp {
+            for t in 0..PANEL {
+                panel[i * PANEL + t] = x[t * inp + i];
+            }
+        }
+    }
+
+    /// The 16 x 16 transpose of `r` (row `t` = `r[t]`): four rounds of shuffles, 32-bit
+    /// pairs, then 64-bit pairs within 128-bit lanes, then lanes twice.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+        // t[2p], t[2p+1]: rows 2p and 2p+1 interleaved (elements 0,1 and 2,3 of each lane).
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // u[4g + c], lane L: column 4L + c of rows 4g..4g+4.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, c) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            // Lanes of rows 0..8 and 8..16: [A0, A2, B0, B2], [A1, A3, B1, B3] and likewise
+            // for C, D, where A, B, C, D = u[c], u[4 + c], u[8 + c], u[12 + c].
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
+        }
+        out
+    }
+
+    /// `sums[r][t] = sum_i weights[r, i] panel[i][t]` for the `width` rows of `weights`.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F; `weights` must hold `width <= TILE_ROWS` rows
+    /// of `inp` and `panel` `inp` rows of [`PANEL`].
+    unsafe fn tile(
+        width: usize,
+        inp: usize,
+        weights: &[f32],
+        panel: &[f32],
+        sums: &mut [[f32; PANEL]; TILE_ROWS],
+    ) {
+        debug_assert!(weights.len() >= width * inp && panel.len() >= inp * PANEL);
+        let (w, x) = (weights.as_ptr(), panel.as_ptr());
+        // SAFETY: the caller's.
+        unsafe {
+            match width {
+                1 => rows::<1>(inp, w, x, sums),
+                2 => rows::<2>(inp, w, x, sums),
+                3 => rows::<3>(inp, w, x, sums),
+                4 => rows::<4>(inp, w, x, sums),
+                5 => rows::<5>(inp, w, x, sums),
+                6 => rows::<6>(inp, w, x, sums),
+                7 => rows::<7>(inp, w, x, sums),
+                8 => rows::<8>(inp, w, x, sums),
+                9 => rows::<9>(inp, w, x, sums),
+                10 => rows::<10>(inp, w, x, sums),
+                11 => rows::<11>(inp, w, x, sums),
+                _ => rows::<TILE_ROWS>(inp, w, x, sums),
+            }
+        }
+    }
+
+    /// [`tile`] for `R` rows, the accumulators in registers: per input feature, two
+    /// vectors of the panel and one broadcast weight per row.
+    ///
+    /// # Safety
+    /// As [`tile`], with `width = R`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const R: usize>(
+        inp: usize,
+        w: *const f32,
+        x: *const f32,
+        sums: &mut [[f32; PANEL]; TILE_ROWS],
+    ) {
+        let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
+        for i in 0..inp {
+            // SAFETY: feature `i < inp` of the panel and of each of the R weight rows.
+            unsafe {
+                let lo = _mm512_loadu_ps(x.add(i * PANEL));
+                let hi = _mm512_loadu_ps(x.add(i * PANEL + 16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_ps(*w.add(r * inp + i));
+                    acc[0] = _mm512_fmadd_ps(a, lo, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(a, hi, acc[1]);
+                }
+            }
+        }
+        for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
+            // SAFETY: each row of `sums` holds PANEL = 32 floats.
+            unsafe {
+                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) with varied low bits.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn packing_by_blocks_equals_the_plain_packing() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for (rows, inp) in [(32, 16), (32, 37), (32, 576), (7, 40), (32, 5)] {
+            let x = values(rows * inp, 4);
+            let (mut want, mut got) = (vec![1.0; inp * 32], vec![2.0; inp * 32]);
+            avx512::pack_plain(&x, inp, &mut want);
+            // SAFETY: the processor has AVX-512F (checked above).
+            unsafe { avx512::pack(&x, inp, &mut got) };
+            assert_eq!(got, want, "{rows} tokens of {inp}");
+        }
+    }
+
+    #[test]
+    fn gemm_by_hand() {
+        // w: [2, 3], x: [2, 3]
+        let w = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
+        let x = [1.0, 1.0, 1.0, 2.0, 0.0, -1.0];
+        let mut y = [0.0; 4];
+        gemm(&w, &x, 3, Some(&[10.0, 20.0]), &mut y);
+        assert_eq!(y, [16.0, 19.5, 9.0, 18.0]);
+    }
+
+    #[test]
+    fn gemm_matches_the_reference_at_every_edge() {
+        // Token counts around the panel and chunk sizes, widths around the tile's rows.
+        let avx512 = cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("avx512f");
+        for (tokens, out, inp) in [
+            (1, 1, 1),
+            (2, 5, 7),
+            (31, 12, 16),
+            (33, 13, 64),
+            (64, 25, 9),
+            (70, 11, 576),
+            (700, 30, 300),
+        ] {
+            let w = values(out * inp, 1);
+            let x = values(tokens * inp, 2);
+            let bias = values(out, 3);
+            let mut want = vec![0.0; tokens * out];
+            reference(&w, &x, inp, Some(&bias), &mut want);
+            let mut got = vec![f32::NAN; tokens * out];
+            gemm(&w, &x, inp, Some(&bias), &mut got);
+            for (g, e) in got.iter().zip(&want) {
+                if avx512 {
+                    assert_eq!(g.to_bits(), e.to_bits(), "{tokens}x{out}x{inp}");
+                } else {
+                    assert!((g - e).abs() <= 1e-5 * inp as f32, "{tokens}x{out}x{inp}");
+                }
+            }
+        }
+    }
+}
