@@ -271,6 +271,27 @@ pub struct PolicyCompressor<B: Backend> {
     peak_token_rows: usize,
 }
 
+/// Runs `evict` on each layer's cache (with its index): the layers in parallel on the CPU
+/// backend, where the prefill's cascade would otherwise compact them one by one with the
+/// other cores idle; in order elsewhere. Each layer's result depends on that layer alone.
+fn each_layer<B: Backend>(
+    caches: &mut [LayerCache<B>],
+    evict: impl Fn(usize, &mut LayerCache<B>) -> Result<(), CacheError> + Sync,
+) -> Result<(), CacheError> {
+    #[cfg(feature = "flex")]
+    if crate::host::is_flex::<B>() {
+        use rayon::prelude::*;
+        return caches
+            .par_iter_mut()
+            .enumerate()
+            .try_for_each(|(l, cache)| evict(l, cache));
+    }
+    caches
+        .iter_mut()
+        .enumerate()
+        .try_for_each(|(l, cache)| evict(l, cache))
+}
+
 impl<B: Backend> PolicyCompressor<B> {
     /// A compressor for a model with `num_layers` decoder layers.
     pub fn new(policy: Policy<B>, num_layers: usize) -> Self {
@@ -392,12 +413,18 @@ impl<B: Backend> PolicyCompressor<B> {
                         self.clamped_growths += 1;
                     }
                 }
+                // Evicted below, every layer at once.
                 let budget = want.min(held);
-                evict_to_budget(cache, budget, plan.window)?;
                 (budget, vec![budget; cache.num_kv_heads()])
             };
             budgets.push(budget);
             head_budgets.push(heads);
+        }
+        if mode != HeadBudgets::AdaKv {
+            let layers = budgets.len();
+            each_layer(&mut caches[..layers], |l, cache| {
+                evict_to_budget(cache, budgets[l], plan.window).map(drop)
+            })?;
         }
         self.stage_budgets.push(budgets.clone());
         self.budgets = budgets;

@@ -530,4 +530,14 @@ fn host_preference_terms_equal_the_burn_expressions_bit_for_bit() {
     let burn_var = cake_core::stats::unbiased_var_mean(a.clone()).0;
     let host_var = cake_core::host::unbiased_var(&a).unwrap();
     assert_eq!(bits(host_var), bits(burn_var));
+    // A view narrowed along the last axis (the preference's prefix) is read in place and
+    // gives the bits of its contiguous copy.
+    let view = a.clone().narrow(2, 0, n - 13);
+    let copy = t3(host3(view.clone()), [h, w, n - 13]);
+    let copy_terms = copy.clone() * copy.clone().add_scalar(1e-10).log();
+    let view_terms = cake_core::host::entropy_terms(&view).unwrap();
+    assert_eq!(bits(view_terms), bits(copy_terms));
+    let copy_var = cake_core::stats::unbiased_var_mean(copy).0;
+    let view_var = cake_core::host::unbiased_var(&view).unwrap();
+    assert_eq!(bits(view_var), bits(copy_var));
 }

@@ -45,16 +45,6 @@ pub fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, 
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
-/// `t` with a contiguous layout: a copy of a strided view on the CPU backend (element
-/// values unchanged, so later element-wise ops give the same bits, without strided
-/// iteration), `t` itself elsewhere or when already contiguous.
-pub fn make_contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    match flex(&t) {
-        Some(host) if contiguous(&host).is_none() => from_flex(host.to_contiguous()).unwrap_or(t),
-        _ => t,
-    }
-}
-
 /// True when `B`'s float tensors are host tensors.
 pub fn is_flex<B: Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<FlexTensor>()
@@ -188,25 +178,57 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
     (data.len() * 4) as f64 / best
 }
 
+/// A host tensor read as rows: `(buffer, first element, row stride, rows, width)` when its
+/// last axis is contiguous and its leading axes nest over rows of one stride (a
+/// contiguous tensor, or one narrowed along its last axis: no copy either way).
+fn strided_rows(t: &FlexTensor) -> Option<(&[f32], usize, usize, usize, usize)> {
+    let layout = t.layout();
+    let (dims, strides) = (layout.shape().as_slice(), layout.strides());
+    let (&width, leading) = dims.split_last()?;
+    let row_stride = match strides {
+        [.., s, 1] => usize::try_from(*s).ok()?,
+        [1] => width,
+        _ => return None,
+    };
+    // Axis k's stride must be axis k+1's stride times its length (rows nest evenly).
+    let mut expected = row_stride;
+    for (k, &d) in leading.iter().enumerate().rev() {
+        if usize::try_from(strides[k]).ok()? != expected && d > 1 {
+            return None;
+        }
+        expected *= d;
+    }
+    let rows = leading.iter().product::<usize>();
+    let data = t.storage::<f32>();
+    let start = layout.start_offset();
+    let needed = if rows == 0 || width == 0 {
+        start
+    } else {
+        start + (rows - 1) * row_stride + width
+    };
+    (row_stride >= width && needed <= data.len()).then_some((data, start, row_stride, rows, width))
+}
+
 /// The entropy terms `a * ln(a + 1e-10)` of a host tensor, element by element in f32
 /// exactly as the Burn expression `a.clone() * a.add_scalar(1e-10).log()` computes them
 /// on the CPU backend (the same `f32::ln`, the same order of rounding), but in one
-/// threaded pass instead of three single-threaded ones. Same shape, contiguous, so that
-/// Burn's own `sum` of it gives the same bits as before.
+/// threaded pass instead of three single-threaded ones, reading a view narrowed along the
+/// last axis in place. Same shape, contiguous, so that Burn's own `sum` of it gives the
+/// same bits as before.
 pub fn entropy_terms<B: Backend, const D: usize>(a: &Tensor<B, D>) -> Option<Tensor<B, D>> {
     use rayon::prelude::*;
-    let host = flex(a)?.to_contiguous();
-    let data = contiguous(&host)?;
-    let mut out = vec![0.0f32; data.len()];
-    let chunk = data
-        .len()
-        .div_ceil(rayon::current_num_threads().max(1) * 4)
-        .max(4096);
-    out.par_chunks_mut(chunk)
-        .zip(data.par_chunks(chunk))
-        .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * (x + 1e-10f32).ln();
+    let host = flex(a)?;
+    let (data, start, stride, rows, width) = strided_rows(&host)?;
+    let mut out = vec![0.0f32; rows * width];
+    let rows_per_task = (4096 / width.max(1)).max(1);
+    out.par_chunks_mut((rows_per_task * width).max(1))
+        .enumerate()
+        .for_each(|(task, o)| {
+            for (r, o) in o.chunks_exact_mut(width).enumerate() {
+                let at = start + (task * rows_per_task + r) * stride;
+                for (o, &x) in o.iter_mut().zip(&data[at..at + width]) {
+                    *o = x * (x + 1e-10f32).ln();
+                }
             }
         });
     Some(Tensor::from_data(
@@ -219,25 +241,25 @@ pub fn entropy_terms<B: Backend, const D: usize>(a: &Tensor<B, D>) -> Option<Ten
 /// `[H, 1, N]`, element by element in f32 exactly as its Burn expression computes it on
 /// the CPU backend: the sums run over the `w` rows in order from 0 (as burn-flex's
 /// `sum_dim` does), then `(sum_sq - mean * mean * w) / max(w - 1, 1)` clamped at 0, with
-/// the same roundings; threaded over the `H x N` outputs. Burn's `sum` of it then gives
-/// the same bits as the Burn path.
+/// the same roundings; threaded over the `H x N` outputs, reading a view narrowed along
+/// the last axis in place. Burn's `sum` of it then gives the same bits as the Burn path.
 pub fn unbiased_var<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     use rayon::prelude::*;
     let [heads, w, n] = x.dims();
-    let host = flex(x)?.to_contiguous();
-    let data = contiguous(&host)?;
+    let host = flex(x)?;
+    let (data, start, stride, _, _) = strided_rows(&host)?;
     let wf = w as f32;
     let wm1 = (w as f64 - 1.0).max(1.0) as f32;
     let mut out = vec![0.0f32; heads * n];
     let chunk = n.max(1);
     out.par_chunks_mut(chunk).enumerate().for_each(|(h, dst)| {
-        let block = &data[h * w * n..(h + 1) * w * n];
         let mut sum = vec![0.0f32; n];
         let mut sum_sq = vec![0.0f32; n];
-        for row in block.chunks_exact(n) {
-            for ((s, q), &a) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(row) {
+        for q in 0..w {
+            let at = start + (h * w + q) * stride;
+            for ((s, sq), &a) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(&data[at..at + n]) {
                 *s += a;
-                *q += a * a;
+                *sq += a * a;
             }
         }
         for ((o, &s), &q) in dst.iter_mut().zip(&sum).zip(&sum_sq) {
