@@ -7,7 +7,8 @@
 //!   (`evict_to_budget`: read the scores, top-k, compact in place), Llama-3.1-8B's shape;
 //! - the decode GEMV of a 4096 x 4096 projection;
 //! - the prefill GEMM of 512 tokens through SmolLM2-135M's four projections (fused QKV
-//!   576 -> 960, output 576 -> 576, fused gate/up 576 -> 3072, down 1536 -> 576).
+//!   576 -> 960, output 576 -> 576, fused gate/up 576 -> 3072, down 1536 -> 576), each
+//!   also through the CPU backend's own `matmul` for comparison.
 //!
 //! Run: `cargo bench -p cake-core --features flex --bench host_kernels`.
 
@@ -191,6 +192,14 @@ fn prefill_gemm(c: &mut Criterion) {
                 gemm(&w, &x, inp, None, &mut y);
                 black_box(y[0])
             })
+        });
+        // The same product through the CPU backend's own matmul (the `gemm` crate), what
+        // the projections ran before the host GEMM.
+        let device = Default::default();
+        let wt = Tensor::<B, 2>::from_data(TensorData::new(w, [out, inp]), &device);
+        let xt = Tensor::<B, 2>::from_data(TensorData::new(x, [tokens, inp]), &device);
+        group.bench_function(format!("{name}_burn_matmul"), |b| {
+            b.iter(|| black_box(xt.clone().matmul(wt.clone().transpose())))
         });
     }
     group.finish();
