@@ -108,6 +108,8 @@ mod avx512 {
         _mm512_unpacklo_ps,
     };
 
+    use super::super::kernels::SharedOut;
+
     /// Tokens per packed panel: two AVX-512 vectors.
     const PANEL: usize = 32;
     /// Weight rows per tile: 12 x 2 accumulators, leaving registers for the panel's vectors.
@@ -115,20 +117,6 @@ mod avx512 {
     /// Bytes of activations packed per chunk: about half of a core's L2, so that the panels
     /// stay there while every weight tile passes over them.
     const CHUNK_BYTES: usize = 768 << 10;
-
-    /// A raw pointer that rayon tasks may share because each writes a disjoint part.
-    #[derive(Clone, Copy)]
-    struct SharedOut(*mut f32);
-    // SAFETY: every use writes disjoint columns from different tasks (see `gemm`).
-    unsafe impl Send for SharedOut {}
-    unsafe impl Sync for SharedOut {}
-
-    impl SharedOut {
-        /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-        fn ptr(self) -> *mut f32 {
-            self.0
-        }
-    }
 
     /// The AVX-512 product (module docs): chunks of tokens one after another; in each, the
     /// panels are packed in parallel, then tasks of [`TILE_ROWS`] weight rows each write their

@@ -10,14 +10,14 @@ use super::simd;
 
 /// A raw pointer that rayon tasks may share because each writes a disjoint part.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(pub(super) *mut f32);
 // SAFETY: every use writes disjoint index ranges from different tasks (see call sites).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn ptr(self) -> *mut f32 {
+    pub(super) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
