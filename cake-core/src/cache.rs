@@ -164,26 +164,12 @@ impl<B: Backend> LayerCache<B> {
 
     /// Moves every head's valid rows into new buffers whose regions have `capacities`.
     fn relayout(&mut self, capacities: Vec<usize>, dim: usize, device: &B::Device) {
-        let mut start = 0;
-        let fresh: Vec<HeadSpan> = self
-            .heads
-            .iter()
-            .zip(&capacities)
-            .map(|(old, &capacity)| {
-                let span = HeadSpan {
-                    start,
-                    len: old.len,
-                    capacity,
-                };
-                start += capacity;
-                span
-            })
-            .collect();
-        let rows = start;
+        let fresh = regions(&self.heads, &capacities);
+        let rows = fresh.iter().map(|h| h.capacity).sum();
         let old_heads = std::mem::replace(&mut self.heads, fresh);
         let new_heads = &self.heads;
         let grow = |old: Option<Tensor<B, 2>>| {
-            let buffer = Tensor::<B, 2>::zeros([rows, dim], device);
+            let buffer = zeroed_rows::<B>(rows, dim, device);
             match old {
                 Some(old) => copy_regions(buffer, &old, &old_heads, new_heads),
                 None => buffer,
@@ -407,9 +393,45 @@ impl<B: Backend> LayerCache<B> {
             .zip(&self.heads)
             .map(|(k, span)| Compaction::plan(k, span, self.compacts_in_place()))
             .collect();
+        // Where each head's rows sit once compacted inside its region.
+        let compacted: Vec<HeadSpan> = self
+            .heads
+            .iter()
+            .zip(keep.iter().zip(&moves))
+            .map(|(span, (k, moved))| {
+                let dropped = span.len - k.len();
+                match moved.from_front {
+                    // The region's end stays: its first `dropped` rows are now spare.
+                    true => HeadSpan {
+                        start: span.start + dropped,
+                        len: k.len(),
+                        capacity: span.capacity - dropped,
+                    },
+                    false => HeadSpan {
+                        len: k.len(),
+                        ..*span
+                    },
+                }
+            })
+            .collect();
+        // Give memory back when a region would leave more than two blocks unused: every
+        // head then gets a region of its rows rounded up plus one block (never more than
+        // its region had, so that the rows can move down in place).
+        let wasteful = (0..self.heads.len())
+            .any(|h| self.region_rows(h) > round_up(keep[h].len()) + 2 * GROWTH_BLOCK);
+        let shrunk = wasteful.then(|| {
+            let capacities: Vec<usize> = (0..self.heads.len())
+                .map(|h| (round_up(keep[h].len()) + GROWTH_BLOCK).min(self.region_rows(h)))
+                .collect();
+            regions(&compacted, &capacities)
+        });
         if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
-            self.keys = Some(compact_rows(k, &moves, keep));
-            self.values = Some(compact_rows(v, &moves, keep));
+            let rows = |buffer| match &shrunk {
+                Some(to) => shrink_rows(buffer, &self.heads, &compacted, to, &moves, keep),
+                None => compact_rows(buffer, &moves, keep),
+            };
+            self.keys = Some(rows(k));
+            self.values = Some(rows(v));
         }
         let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
         self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
@@ -420,27 +442,7 @@ impl<B: Backend> LayerCache<B> {
             }
             pos.truncate(k.len());
         }
-        for (span, (k, moved)) in self.heads.iter_mut().zip(keep.iter().zip(&moves)) {
-            let dropped = span.len - k.len();
-            span.len = k.len();
-            if moved.from_front {
-                // The region's end stays: its first `dropped` rows are now spare.
-                span.start += dropped;
-                span.capacity -= dropped;
-            }
-        }
-        // Give memory back when a region would leave more than two blocks unused.
-        let wasteful = (0..self.heads.len())
-            .any(|h| self.region_rows(h) > round_up(self.heads[h].len) + 2 * GROWTH_BLOCK);
-        if wasteful && let Some(k) = &self.keys {
-            let (dim, device) = (k.dims()[1], k.device());
-            let capacities = self
-                .heads
-                .iter()
-                .map(|h| round_up(h.len) + GROWTH_BLOCK)
-                .collect();
-            self.relayout(capacities, dim, &device);
-        }
+        self.heads = shrunk.unwrap_or(compacted);
         Ok(())
     }
 }
@@ -532,6 +534,91 @@ fn write_rows<B: Backend>(buffer: Tensor<B, 2>, rows: Tensor<B, 3>, at: &[usize]
 }
 
 /// Copies each head's valid rows from `old` (laid out by `from`) into `buffer` (laid out
+/// Regions laid end to end with `capacities`, each holding `heads[h].len` rows.
+fn regions(heads: &[HeadSpan], capacities: &[usize]) -> Vec<HeadSpan> {
+    let mut start = 0;
+    heads
+        .iter()
+        .zip(capacities)
+        .map(|(old, &capacity)| {
+            let span = HeadSpan {
+                start,
+                len: old.len,
+                capacity,
+            };
+            start += capacity;
+            span
+        })
+        .collect()
+}
+
+/// A zeroed `[rows, dim]` buffer (on the CPU backend, without Burn's second copy).
+fn zeroed_rows<B: Backend>(rows: usize, dim: usize, device: &B::Device) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if let Some(t) = crate::host::zeros::<B>(rows, dim) {
+        return t;
+    }
+    Tensor::zeros([rows, dim], device)
+}
+
+/// Eviction that also gives memory back: every head's kept rows `keep[h]` (of its rows at
+/// `from[h]`) move to the smaller regions `to`. On the CPU backend they move down inside
+/// the buffer itself, which then drops its tail (no new memory: every region of `to` starts
+/// at or before the one it replaces and is no larger, so each row lands at or before where
+/// it is read). Elsewhere the rows are compacted (`moves`, giving `compacted`) and copied
+/// into a new buffer.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+fn shrink_rows<B: Backend>(
+    buffer: Tensor<B, 2>,
+    from: &[HeadSpan],
+    compacted: &[HeadSpan],
+    to: &[HeadSpan],
+    moves: &[Compaction],
+    keep: &[Vec<usize>],
+) -> Tensor<B, 2> {
+    let dim = buffer.dims()[1];
+    let rows = to.iter().map(|h| h.capacity).sum();
+    #[cfg(feature = "flex")]
+    let buffer = match crate::host::rewrite_and_truncate(buffer, rows, |data| {
+        for ((k, a), b) in keep.iter().zip(from).zip(to) {
+            for run in runs(k) {
+                let src = a.start + k[run.start];
+                let dst = b.start + run.start;
+                if src != dst {
+                    data.copy_within(src * dim..(src + run.len()) * dim, dst * dim);
+                }
+            }
+        }
+    }) {
+        Ok(shrunk) => return shrunk,
+        Err(buffer) => buffer,
+    };
+    let device = buffer.device();
+    let compact = compact_rows(buffer, moves, keep);
+    copy_regions(
+        zeroed_rows::<B>(rows, dim, &device),
+        &compact,
+        compacted,
+        to,
+    )
+}
+
+/// Maximal runs of consecutive values in the ascending `k`, as index ranges into `k`.
+#[cfg(feature = "flex")]
+fn runs(k: &[usize]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        (i < k.len()).then(|| {
+            let start = i;
+            i += 1;
+            while i < k.len() && k[i] == k[i - 1] + 1 {
+                i += 1;
+            }
+            start..i
+        })
+    })
+}
+
 /// by `to`, same heads and counts); returns the buffer.
 fn copy_regions<B: Backend>(
     buffer: Tensor<B, 2>,
@@ -634,22 +721,14 @@ fn compact_rows<B: Backend>(
                 // Runs of consecutive kept rows move with one copy each. Moving down,
                 // sources sit at or after their destinations: copy the runs first to
                 // last. Moving up, they sit at or before them: copy last to first.
-                let mut runs = Vec::new();
-                let mut i = plan.moved.start;
-                while i < plan.moved.end {
-                    let mut end = i + 1;
-                    while end < plan.moved.end && k[end] == k[end - 1] + 1 {
-                        end += 1;
-                    }
-                    runs.push(i..end);
-                    i = end;
-                }
+                let moved = &k[plan.moved.clone()];
+                let mut runs: Vec<std::ops::Range<usize>> = runs(moved).collect();
                 if plan.from_front {
                     runs.reverse();
                 }
                 for run in runs {
-                    let src = plan.start + k[run.start];
-                    let dst = plan.to + run.start - plan.moved.start;
+                    let src = plan.start + moved[run.start];
+                    let dst = plan.to + run.start;
                     if src != dst {
                         data.copy_within(src * dim..(src + run.len()) * dim, dst * dim);
                     }

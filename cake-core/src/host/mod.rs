@@ -13,7 +13,7 @@ pub mod simd;
 
 use std::any::Any;
 
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
+use burn::tensor::{Bytes, DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_flex::{FlexTensor, Layout};
 
 pub use self::gemm::gemm;
@@ -86,6 +86,81 @@ pub fn write_in_place<B: Backend, const D: usize>(
         // Unreachable: `is_flex` held, so the primitive type is FlexTensor.
         None => unreachable!("a host tensor converts back to its own backend"),
     }
+}
+
+/// A zeroed `[rows, dim]` f32 host tensor in one allocation whose pages the system zeroes
+/// when they are first touched (`calloc`), or `None` unless `B` is the CPU backend (or
+/// `rows * dim` is not a multiple of 4).
+///
+/// Burn's own `zeros` builds its buffer as bytes and then copies it into an allocation
+/// aligned for any element, which writes every page twice; a cache buffer of several
+/// megabytes made that way costs more than the rows later written into it. This one
+/// allocates 16-byte units, already so aligned.
+pub fn zeros<B: Backend>(rows: usize, dim: usize) -> Option<Tensor<B, 2>> {
+    let n = rows.checked_mul(dim)?;
+    if !is_flex::<B>() || !n.is_multiple_of(4) {
+        return None;
+    }
+    let bytes = Bytes::from_elems(vec![0u128; n / 4]);
+    let tensor = FlexTensor::new(bytes, Layout::contiguous([rows, dim].into()), DType::F32);
+    from_flex(tensor)
+}
+
+/// Runs `f` on the f32 buffer of a uniquely owned contiguous `[rows, dim]` host tensor,
+/// then keeps its first `keep` rows in the same allocation (the allocator releases the
+/// tail: no new memory is touched and nothing is copied). Gives the tensor back
+/// untouched (`Err`, `f` not run) when that is not possible: another backend, a shared
+/// or strided buffer, one not allocated in 16-byte units, or `keep > rows`.
+pub fn rewrite_and_truncate<B: Backend>(
+    t: Tensor<B, 2>,
+    keep: usize,
+    f: impl FnOnce(&mut [f32]),
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let [rows, dim] = t.dims();
+    let Some(host) = into_flex(t.clone()) else {
+        return Err(t);
+    };
+    let total = rows * dim;
+    let units = keep * dim / 4;
+    let fits = host.layout().is_contiguous()
+        && host.layout().start_offset() == 0
+        && keep <= rows
+        && (keep * dim).is_multiple_of(4)
+        && host.bytes().len() == total * 4;
+    drop(t);
+    if !fits || !host.is_unique() {
+        return Err(from_flex(host).unwrap_or_else(|| unreachable!("a host tensor")));
+    }
+    let layout = host.layout().clone();
+    let arc = host.data_arc();
+    drop(host);
+    let bytes = match std::sync::Arc::try_unwrap(arc) {
+        Ok(bytes) => bytes,
+        Err(arc) => {
+            let back = FlexTensor::from_arc(arc, layout, DType::F32);
+            return Err(from_flex(back).unwrap_or_else(|| unreachable!("a host tensor")));
+        }
+    };
+    let mut units_vec = match bytes.try_into_vec::<u128>() {
+        Ok(v) => v,
+        Err(bytes) => {
+            let back = FlexTensor::new(bytes, layout, DType::F32);
+            return Err(from_flex(back).unwrap_or_else(|| unreachable!("a host tensor")));
+        }
+    };
+    // SAFETY: the `u128` units are plain bytes, 16-aligned; `total` f32 fill them exactly
+    // (`bytes().len() == total * 4` above), and f32 has no invalid bit patterns.
+    let floats =
+        unsafe { std::slice::from_raw_parts_mut(units_vec.as_mut_ptr().cast::<f32>(), total) };
+    f(floats);
+    units_vec.truncate(units);
+    units_vec.shrink_to_fit();
+    let tensor = FlexTensor::new(
+        Bytes::from_elems(units_vec),
+        Layout::contiguous([keep, dim].into()),
+        DType::F32,
+    );
+    Ok(from_flex(tensor).unwrap_or_else(|| unreachable!("a host tensor")))
 }
 
 /// Rows `[Hkv, len, d]` of a host tensor as a buffer and the rows between two heads (a
@@ -445,7 +520,55 @@ pub fn mean_plus_var<B: Backend>(attn: &Tensor<B, 3>, gamma: f64) -> Option<Tens
 
 #[cfg(test)]
 mod tests {
-    use super::pool_row;
+    use super::{pool_row, rewrite_and_truncate, zeros};
+    use burn::tensor::{Tensor, TensorData};
+    use burn_flex::Flex;
+
+    fn as_vec(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().into_vec::<f32>().unwrap_or_default()
+    }
+
+    #[test]
+    fn zeros_are_zero_and_shrink_in_place() {
+        let t = zeros::<Flex>(6, 4).unwrap();
+        assert_eq!(t.dims(), [6, 4]);
+        assert_eq!(as_vec(t.clone()), vec![0.0; 24]);
+        // Row r := r, then rows 1, 3, 5 move to 0..3 and the buffer keeps 3 rows.
+        let shrunk = rewrite_and_truncate(t, 3, |data| {
+            for (i, x) in data.iter_mut().enumerate() {
+                *x = (i / 4) as f32;
+            }
+            for (to, from) in [(0, 1), (1, 3), (2, 5)] {
+                data.copy_within(from * 4..from * 4 + 4, to * 4);
+            }
+        });
+        let shrunk = shrunk.unwrap_or_else(|_| panic!("a fresh buffer shrinks in place"));
+        assert_eq!(shrunk.dims(), [3, 4]);
+        let want: Vec<f32> = [1.0, 3.0, 5.0].iter().flat_map(|&r| [r; 4]).collect();
+        assert_eq!(as_vec(shrunk), want);
+    }
+
+    #[test]
+    fn a_shared_buffer_is_given_back_untouched() {
+        let t = zeros::<Flex>(4, 4).unwrap();
+        let other = t.clone();
+        let back = rewrite_and_truncate(t, 2, |data| data.fill(1.0));
+        let back = back
+            .err()
+            .unwrap_or_else(|| panic!("a shared buffer cannot shrink"));
+        assert_eq!(back.dims(), [4, 4]);
+        assert_eq!(as_vec(back), vec![0.0; 16]);
+        assert_eq!(as_vec(other), vec![0.0; 16]);
+        // More rows than it has, or not in 16-byte units: not in place either.
+        let t = zeros::<Flex>(4, 4).unwrap();
+        assert!(rewrite_and_truncate(t, 5, |_| ()).is_err());
+        let t = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![0f32; 6], [3, 2]),
+            &Default::default(),
+        );
+        assert!(rewrite_and_truncate(t, 1, |_| ()).is_err());
+        assert!(zeros::<Flex>(3, 3).is_none());
+    }
 
     /// The definition `pool_row` vectorises: each output's window summed on its own.
     fn pool_row_plain(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
