@@ -13,7 +13,8 @@
 //! decoding step costs one row write per head instead of a copy of the whole cache.
 //! Eviction compacts each head's kept rows to the front of its region (only rows after
 //! the first evicted one move) and gives memory back by shrinking regions when much more
-//! than a block would stay unused. Heads holding the same count get the same capacity, so
+//! than a block would stay unused (on the CPU backend inside the same buffer, whose tail
+//! is then released: no new memory is touched). Heads holding the same count get the same capacity, so
 //! the common layer-budget case is a plain `[Hkv, capacity, d]` layout.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
