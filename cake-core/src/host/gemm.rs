@@ -98,22 +98,23 @@ fn portable(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32
     }
 }
 
-/// The AVX-512 kernel and its packing.
+/// The AVX-512 kernel and its packing (the tiled attention's score tiles use them too).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use rayon::prelude::*;
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps,
-        _mm512_unpacklo_ps,
+        __m512, __mmask16, _mm512_add_epi32, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+        _mm512_mask_i32gather_ps, _mm512_mask_storeu_ps, _mm512_mullo_epi32, _mm512_set1_epi32,
+        _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+        _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
     };
 
     use super::super::kernels::SharedOut;
 
     /// Tokens per packed panel: two AVX-512 vectors.
-    const PANEL: usize = 32;
+    pub(crate) const PANEL: usize = 32;
     /// Weight rows per tile: 12 x 2 accumulators, leaving registers for the panel's vectors.
-    const TILE_ROWS: usize = 12;
+    pub(crate) const TILE_ROWS: usize = 12;
     /// Bytes of activations packed per chunk: about half of a core's L2, so that the panels
     /// stay there while every weight tile passes over them.
     const CHUNK_BYTES: usize = 768 << 10;
@@ -134,8 +135,12 @@ mod avx512 {
         let (out, tokens) = (w.len() / inp, x.len() / inp);
         let chunk = (CHUNK_BYTES / (4 * inp)).max(PANEL) / PANEL * PANEL;
         let chunk = chunk.min(tokens.next_multiple_of(PANEL));
-        // [chunk / PANEL][in][PANEL]
-        let mut packed = vec![0.0f32; chunk * inp];
+        // [chunk / PANEL][in][PANEL], kept per thread between calls (no fresh pages to
+        // fault in and zero for every product); packing writes every entry it reads.
+        let mut packed = PACKED.take();
+        if packed.len() < chunk * inp {
+            packed = vec![0.0f32; chunk * inp];
+        }
         let dst = SharedOut(y.as_mut_ptr());
         for t0 in (0..tokens).step_by(chunk) {
             let rows = chunk.min(tokens - t0);
@@ -156,26 +161,84 @@ mod avx512 {
                     let o0 = block * TILE_ROWS;
                     let width = TILE_ROWS.min(out - o0);
                     let weights = &w[o0 * inp..(o0 + width) * inp];
+                    let mut biases = [0.0f32; 16];
+                    if let Some(b) = bias {
+                        biases[..width].copy_from_slice(&b[o0..o0 + width]);
+                    }
                     let mut sums = [[0.0f32; PANEL]; TILE_ROWS];
                     for p in 0..panels {
                         let panel = &packed[p * PANEL * inp..(p + 1) * PANEL * inp];
                         // SAFETY: the processor has AVX-512F (the caller's); `weights`
                         // holds `width <= TILE_ROWS` rows of `inp`, `panel` `inp` rows of
                         // PANEL.
-                        unsafe { tile(width, inp, weights, panel, &mut sums) };
+                        unsafe {
+                            tile(
+                                width,
+                                inp,
+                                weights,
+                                panel,
+                                (sums.as_mut_ptr().cast(), PANEL),
+                            )
+                        };
                         let first = t0 + p * PANEL;
-                        for t in 0..PANEL.min(tokens - first) {
-                            // SAFETY: token `first + t < tokens`, columns o0..o0+width < out:
-                            // inside y, and no other task writes these columns.
-                            let row = unsafe { dst.ptr().add((first + t) * out + o0) };
-                            for (r, sums) in sums[..width].iter().enumerate() {
-                                let b = bias.map_or(0.0, |b| b[o0 + r]);
-                                // SAFETY: as above.
-                                unsafe { *row.add(r) = sums[t] + b };
-                            }
-                        }
+                        // SAFETY: AVX-512F (the caller's); tokens first.. < tokens and
+                        // columns o0..o0+width < out lie inside y, and no other task writes
+                        // these columns.
+                        unsafe {
+                            store_columns(
+                                width,
+                                &sums,
+                                &biases,
+                                dst.ptr().add(first * out + o0),
+                                out,
+                                PANEL.min(tokens - first),
+                            )
+                        };
                     }
                 });
+        }
+        PACKED.set(packed);
+    }
+
+    thread_local! {
+        /// The calling thread's packed panels, reused by its next product.
+        static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+
+    /// `dst[t * stride + r] = sums[r][t] + biases[r]` for `r < width`, `t < tokens`: a
+    /// tile's outputs, gathered token by token into one masked store each.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F; `dst` must hold `tokens` rows of `width` at
+    /// row stride `stride`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_columns(
+        width: usize,
+        sums: &[[f32; PANEL]; TILE_ROWS],
+        biases: &[f32; 16],
+        dst: *mut f32,
+        stride: usize,
+        tokens: usize,
+    ) {
+        let mask: __mmask16 = (1 << width) - 1;
+        let rows = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0, 0),
+            _mm512_set1_epi32(PANEL as i32),
+        );
+        // SAFETY: the gather reads rows r < width <= TILE_ROWS of `sums` at column t <
+        // PANEL; the store writes `width` floats of row t < tokens (the caller's).
+        unsafe {
+            let b = _mm512_loadu_ps(biases.as_ptr());
+            for t in 0..tokens {
+                let index = _mm512_add_epi32(rows, _mm512_set1_epi32(t as i32));
+                let v = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    mask,
+                    index,
+                    sums.as_ptr().cast(),
+                );
+                _mm512_mask_storeu_ps(dst.add(t * stride), mask, _mm512_add_ps(v, b));
+            }
         }
     }
 
@@ -196,7 +259,7 @@ mod avx512 {
     /// # Safety
     /// The processor must support AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack(x: &[f32], inp: usize, panel: &mut [f32]) {
+    pub(crate) unsafe fn pack(x: &[f32], inp: usize, panel: &mut [f32]) {
         if x.len() < PANEL * inp {
             return pack_plain(x, inp, panel);
         }
@@ -262,35 +325,37 @@ mod avx512 {
         out
     }
 
-    /// `sums[r][t] = sum_i weights[r, i] panel[i][t]` for the `width` rows of `weights`.
+    /// `out[r * stride + t] = sum_i weights[r, i] panel[i][t]` for the `width` rows of
+    /// `weights` and the panel's [`PANEL`] tokens `t`.
     ///
     /// # Safety
     /// The processor must support AVX-512F; `weights` must hold `width <= TILE_ROWS` rows
-    /// of `inp` and `panel` `inp` rows of [`PANEL`].
-    unsafe fn tile(
+    /// of `inp`, `panel` `inp` rows of [`PANEL`], and `out` `width` rows of [`PANEL`] at
+    /// row stride `stride`.
+    pub(crate) unsafe fn tile(
         width: usize,
         inp: usize,
         weights: &[f32],
         panel: &[f32],
-        sums: &mut [[f32; PANEL]; TILE_ROWS],
+        (out, stride): (*mut f32, usize),
     ) {
         debug_assert!(weights.len() >= width * inp && panel.len() >= inp * PANEL);
         let (w, x) = (weights.as_ptr(), panel.as_ptr());
         // SAFETY: the caller's.
         unsafe {
             match width {
-                1 => rows::<1>(inp, w, x, sums),
-                2 => rows::<2>(inp, w, x, sums),
-                3 => rows::<3>(inp, w, x, sums),
-                4 => rows::<4>(inp, w, x, sums),
-                5 => rows::<5>(inp, w, x, sums),
-                6 => rows::<6>(inp, w, x, sums),
-                7 => rows::<7>(inp, w, x, sums),
-                8 => rows::<8>(inp, w, x, sums),
-                9 => rows::<9>(inp, w, x, sums),
-                10 => rows::<10>(inp, w, x, sums),
-                11 => rows::<11>(inp, w, x, sums),
-                _ => rows::<TILE_ROWS>(inp, w, x, sums),
+                1 => rows::<1>(inp, w, x, out, stride),
+                2 => rows::<2>(inp, w, x, out, stride),
+                3 => rows::<3>(inp, w, x, out, stride),
+                4 => rows::<4>(inp, w, x, out, stride),
+                5 => rows::<5>(inp, w, x, out, stride),
+                6 => rows::<6>(inp, w, x, out, stride),
+                7 => rows::<7>(inp, w, x, out, stride),
+                8 => rows::<8>(inp, w, x, out, stride),
+                9 => rows::<9>(inp, w, x, out, stride),
+                10 => rows::<10>(inp, w, x, out, stride),
+                11 => rows::<11>(inp, w, x, out, stride),
+                _ => rows::<TILE_ROWS>(inp, w, x, out, stride),
             }
         }
     }
@@ -305,7 +370,8 @@ mod avx512 {
         inp: usize,
         w: *const f32,
         x: *const f32,
-        sums: &mut [[f32; PANEL]; TILE_ROWS],
+        out: *mut f32,
+        stride: usize,
     ) {
         let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
         for i in 0..inp {
@@ -320,11 +386,11 @@ mod avx512 {
                 }
             }
         }
-        for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
-            // SAFETY: each row of `sums` holds PANEL = 32 floats.
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: row r of `out` holds PANEL = 32 floats (the caller's).
             unsafe {
-                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
-                _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
+                _mm512_storeu_ps(out.add(r * stride), acc[0]);
+                _mm512_storeu_ps(out.add(r * stride + 16), acc[1]);
             }
         }
     }

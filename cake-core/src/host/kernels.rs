@@ -63,12 +63,12 @@ pub struct KvRows<'a> {
 
 impl KvRows<'_> {
     /// Element offset of row `row` of KV head `head`.
-    fn offset(&self, head: usize, row: usize) -> usize {
+    pub(super) fn offset(&self, head: usize, row: usize) -> usize {
         (self.starts[head] + row) * self.dim
     }
 
     /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous.
-    fn rows(&self, head: usize, from: usize, to: usize) -> &[f32] {
+    pub(super) fn rows(&self, head: usize, from: usize, to: usize) -> &[f32] {
         &self.data[self.offset(head, from)..self.offset(head, to)]
     }
 }
@@ -143,6 +143,11 @@ pub fn attention(
     };
     match (output, probs) {
         (output, probs) if s == 1 => decode_attention(input, output, probs),
+        #[cfg(target_arch = "x86_64")]
+        (Some((values, out)), None) if super::flash::serves(shape.dim) => {
+            // SAFETY: `serves` checked AVX-512F; the shapes were checked above.
+            unsafe { super::flash::attention(input, values, out) }
+        }
         (Some(output), None) => flash_attention(input, output),
         (output, probs) => block_attention(input, output, probs),
     }
@@ -150,27 +155,27 @@ pub fn attention(
 
 /// What every attention kernel reads (checked by [`attention`]).
 #[derive(Clone, Copy)]
-struct Inputs<'a> {
+pub(super) struct Inputs<'a> {
     /// Queries `[S, H, d]`.
-    q: &'a [f32],
-    keys: KvRows<'a>,
-    shape: AttentionShape,
-    visible: Visible<'a>,
+    pub(super) q: &'a [f32],
+    pub(super) keys: KvRows<'a>,
+    pub(super) shape: AttentionShape,
+    pub(super) visible: Visible<'a>,
 }
 
 impl Inputs<'_> {
     /// Query heads per KV head, G.
-    fn group(&self) -> usize {
+    pub(super) fn group(&self) -> usize {
         self.shape.heads / self.shape.kv_heads
     }
 
     /// The score scale `1 / sqrt(d)`.
-    fn scale(&self) -> f32 {
+    pub(super) fn scale(&self) -> f32 {
         1.0 / (self.shape.dim as f32).sqrt()
     }
 
     /// The key ranges `visible(kv, i)` of queries `i0..i0 + rows`, and their union `lo..hi`.
-    fn block_ranges(
+    pub(super) fn block_ranges(
         &self,
         kv: usize,
         i0: usize,
@@ -616,8 +621,8 @@ mod tests {
         close("tiled out", &tiled, &want_out, 2e-5);
     }
 
-    /// Row-block and split-key attention equal the f64 reference, with GQA, causal and
-    /// sliding-window ranges, and per-head ranges.
+    /// Row-block, tiled and split-key attention equal the f64 reference, with GQA, causal
+    /// and sliding-window ranges, and per-head ranges.
     #[test]
     fn attention_matches_reference() {
         check(1, 6, 2, 16, 1, None);
@@ -627,6 +632,10 @@ mod tests {
         check(130, 4, 1, 32, 300, Some(50));
         check(300, 2, 1, 16, 900, None);
         check(260, 2, 2, 8, 1000, Some(300));
+        // Head widths of whole vectors take the AVX-512 tiled kernel where there is one:
+        // SmolLM2's heads, and a width of four vectors and one.
+        check(100, 9, 3, 64, 400, None);
+        check(45, 4, 2, 80, 45, Some(40));
     }
 
     /// The GEMV equals per-row dot products plus bias.

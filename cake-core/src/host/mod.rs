@@ -7,6 +7,8 @@
 //! copy. Every function returns `None` for any other backend or dtype, and callers then
 //! take the generic Burn path.
 
+#[cfg(target_arch = "x86_64")]
+mod flash;
 mod gemm;
 pub mod kernels;
 pub mod simd;

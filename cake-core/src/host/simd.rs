@@ -73,10 +73,21 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     scalar::axpy(y, a, x)
 }
 
+/// The largest value of `row`, NaN ignored (`-inf` when empty): what
+/// `fold(-inf, f32::max)` gives, up to the sign of a zero maximum.
+pub fn max(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in `dot`.
+        return unsafe { x86::max(row) };
+    }
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// In place: `row = exp(row - max(row))`; returns `(max, sum of the exponentials)`.
 /// An empty row returns `(-inf, 0)`.
 pub fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(row);
     if row.is_empty() || max == f32::NEG_INFINITY {
         row.fill(0.0);
         return (max, 0.0);
@@ -108,6 +119,17 @@ pub fn exp_sub(row: &mut [f32], max: f32) -> f32 {
         return unsafe { x86::exp_shifted(row, max) };
     }
     scalar::exp_shifted(row, max)
+}
+
+/// [`exp_sub`] in sixteen lanes where the processor has AVX-512F (else `exp_sub`
+/// itself): the same exponentials, summed in another order. The tiled attention's.
+pub fn exp_sub_wide(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the processor supports AVX-512F (checked above).
+        return unsafe { x86::exp_shifted_wide(row, max) };
+    }
+    exp_sub(row, max)
 }
 
 /// In place: `row *= a`.
@@ -192,6 +214,31 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+
+    /// Four independent lane-wise maxima (`max_ps(x, acc)` keeps `acc` when `x` is NaN).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn max(row: &[f32]) -> f32 {
+        let (n, p) = (row.len(), row.as_ptr());
+        let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+        let mut i = 0;
+        // SAFETY: i + 32 <= n bounds the reads.
+        unsafe {
+            while i + 32 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_max_ps(_mm256_loadu_ps(p.add(i + 8 * k)), *acc);
+                }
+                i += 32;
+            }
+        }
+        let v = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes
+            .into_iter()
+            .chain(row[i..].iter().copied())
+            .fold(f32::NEG_INFINITY, f32::max)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -314,29 +361,36 @@ mod x86 {
         }
     }
 
+    /// Inputs clamped to this range before `exp`.
+    const EXP_DOMAIN: (f32, f32) = (-87.336_54, 88.376_26);
+    /// ln 2 split in two for precision: `r = x - n hi - n lo`.
+    const LN2_PARTS: (f32, f32) = (0.693_359_4, -2.121_944_4e-4);
+    /// Cephes' polynomial for `exp(r) - 1 - r`, over `r^2`, highest degree first.
+    const EXP_POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+
     /// `exp` of eight lanes (Cephes' single-precision polynomial; inputs clamped to
-    /// `[-87.3, 88.4]`, relative error about 2e-7).
+    /// [`EXP_DOMAIN`], relative error about 2e-7).
     #[target_feature(enable = "avx2,fma")]
     fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.336_54)),
-            _mm256_set1_ps(88.376_26),
+            _mm256_max_ps(x, _mm256_set1_ps(EXP_DOMAIN.0)),
+            _mm256_set1_ps(EXP_DOMAIN.1),
         );
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        // r = x - n ln 2, with ln 2 split in two for precision.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_PARTS.0), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_PARTS.1), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let r2 = _mm256_mul_ps(r, r);
         let y = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
@@ -345,6 +399,31 @@ mod x86 {
             _mm256_set1_epi32(127),
         ));
         _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+    }
+
+    /// [`exp8`] on sixteen lanes: the same operations lane by lane, so the same bits.
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(EXP_DOMAIN.0)),
+            _mm512_set1_ps(EXP_DOMAIN.1),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_PARTS.0), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_PARTS.1), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let r2 = _mm512_mul_ps(r, r);
+        let y = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(bits))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -366,6 +445,28 @@ mod x86 {
         for j in i..n {
             out[j] = gate[j] / (1.0 + (-gate[j]).exp()) * up[j];
         }
+    }
+
+    /// [`exp_shifted`] on sixteen lanes, the tail masked (no scalar `exp`), the sum in two
+    /// vectors.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_shifted_wide(row: &mut [f32], max: f32) -> f32 {
+        let (n, p) = (row.len(), row.as_mut_ptr());
+        let m = _mm512_set1_ps(max);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        // SAFETY: the masks keep every access below n.
+        unsafe {
+            while i < n {
+                let mask: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
+                let x = _mm512_maskz_loadu_ps(mask, p.add(i));
+                let e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(x, m)));
+                _mm512_mask_storeu_ps(p.add(i), mask, e);
+                acc[(i / 16) % 2] = _mm512_add_ps(acc[(i / 16) % 2], e);
+                i += 16;
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -476,6 +577,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The sixteen-lane exponentials are the eight-lane ones bit for bit (past the
+    /// eight-lane body's scalar tail, within its last bit), their sum within rounding.
+    #[test]
+    fn wide_exponentials_are_the_narrow_ones() {
+        for n in [0, 1, 8, 15, 16, 17, 40, 64, 333] {
+            let mut wide = data(n, 0.4);
+            let mut narrow = wide.clone();
+            let max = max(&wide) + 0.5;
+            let (s1, s2) = (exp_sub_wide(&mut wide, max), exp_sub(&mut narrow, max));
+            assert!((s1 - s2).abs() <= 1e-6 * s2.max(1.0), "sum n={n}");
+            for (i, (u, v)) in wide.iter().zip(&narrow).enumerate() {
+                if i < n / 8 * 8 {
+                    assert_eq!(u.to_bits(), v.to_bits(), "n={n} at {i}");
+                } else {
+                    assert!((u - v).abs() <= 1e-6 * v, "n={n} at {i}: {u} vs {v}");
+                }
+            }
+        }
+    }
+
+    /// The vector maximum is the fold's, NaN ignored wherever it sits.
+    #[test]
+    fn max_ignores_nan_like_the_fold() {
+        for n in [0, 1, 31, 32, 33, 70] {
+            let mut row = data(n, 0.9);
+            for nan_at in [0, n / 2, n.saturating_sub(1)] {
+                if n > 0 {
+                    row[nan_at] = f32::NAN;
+                }
+                let want = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                assert_eq!(
+                    max(&row).to_bits(),
+                    want.to_bits(),
+                    "n={n}, NaN at {nan_at}"
+                );
+            }
+        }
+        assert_eq!(max(&[f32::NAN; 40]), f32::NEG_INFINITY);
     }
 
     /// The vector SwiGLU middle equals the scalar one.
