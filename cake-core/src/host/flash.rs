@@ -33,7 +33,7 @@ const VALUE_VECTORS: usize = 4;
 
 /// Whether this path serves heads of width `dim`: AVX-512F and `dim` a multiple of 16.
 pub(super) fn serves(dim: usize) -> bool {
-    dim > 0 && dim % 16 == 0 && std::is_x86_feature_detected!("avx512f")
+    dim > 0 && dim.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f")
 }
 
 /// The attention output `[S, H, d]` of `input` into `out`, over `values` (module docs).
