@@ -19,7 +19,7 @@ use std::arch::x86_64::{
 use rayon::prelude::*;
 
 use super::gemm::avx512::{PANEL, TILE_ROWS, pack, tile};
-use super::kernels::{Inputs, KvRows, SharedOut};
+use super::kernels::{Inputs, KvRows, Online, SharedOut};
 use super::simd;
 
 /// Stacked query rows (queries x heads of a group) per task.
@@ -86,10 +86,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
             let at = ((i0 + r) * h + kv * group) * d;
             stacked.extend(q[at..at + group * d].iter().map(|&x| x * scale));
         }
-        let mut max = vec![f32::NEG_INFINITY; m];
-        let mut sum = vec![0.0f32; m];
-        // [m, d] unnormalised output.
-        let mut acc = vec![0.0f32; m * d];
+        let mut state = Online::new(m, d);
         // [m, KEY_TILE] scores, then probabilities, of one key tile.
         let mut scores = vec![0.0f32; m * KEY_TILE];
         for k0 in (lo / PANEL * PANEL..hi).step_by(KEY_TILE) {
@@ -113,46 +110,29 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
                 }
             }
             for (pr, row) in scores.chunks_exact_mut(KEY_TILE).enumerate() {
-                let row = &mut row[..n];
-                let (a, b) = ranges[pr / group];
-                let (a, b) = (a.clamp(k0, k0 + n) - k0, b.clamp(k0, k0 + n) - k0);
-                if a >= b {
-                    row.fill(0.0);
-                    continue;
-                }
-                let new_max = max[pr].max(simd::max(&row[a..b]));
-                let correction = if max[pr] == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (max[pr] - new_max).exp()
-                };
-                let tile_sum = simd::exp_sub_wide(&mut row[a..b], new_max);
-                row[..a].fill(0.0);
-                row[b..].fill(0.0);
-                sum[pr] = sum[pr] * correction + tile_sum;
-                if correction != 1.0 {
-                    simd::scale(&mut acc[pr * d..(pr + 1) * d], correction);
-                }
-                max[pr] = new_max;
+                state.absorb(
+                    pr,
+                    &mut row[..n],
+                    k0,
+                    ranges[pr / group],
+                    simd::exp_sub_wide,
+                );
             }
             // SAFETY: AVX-512F (the caller's); probabilities [m, n] at row stride
             // KEY_TILE, values k0..k0+n of head kv ([n, d]), the [m, d] accumulator.
-            unsafe { weighted_values(m, n, d, &scores, values.rows(kv, k0, k0 + n), &mut acc) };
-        }
-        for pr in 0..m {
-            let (r, g) = (pr / group, pr % group);
-            let inv = if sum[pr] > 0.0 { 1.0 / sum[pr] } else { 0.0 };
-            // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out_ptr.ptr().add(((i0 + r) * h + kv * group + g) * d),
+            unsafe {
+                weighted_values(
+                    m,
+                    n,
                     d,
+                    &scores,
+                    values.rows(kv, k0, k0 + n),
+                    &mut state.acc,
                 )
             };
-            for (o, &a) in dst.iter_mut().zip(&acc[pr * d..(pr + 1) * d]) {
-                *o = a * inv;
-            }
         }
+        // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
+        unsafe { state.write(out_ptr, (i0, kv * group), (h, group)) };
     });
 }
 

@@ -332,10 +332,7 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
             let at = ((i0 + r) * h + kv * group) * d;
             packed.extend_from_slice(&q[at..at + group * d]);
         }
-        let mut max = vec![f32::NEG_INFINITY; m];
-        let mut sum = vec![0.0f32; m];
-        // [rows * G, d] unnormalised output.
-        let mut acc = vec![0.0f32; m * d];
+        let mut state = Online::new(m, d);
         let mut tile = vec![0.0f32; m * FLASH_KEY_TILE];
         for k0 in (lo..hi).step_by(FLASH_KEY_TILE) {
             let n = FLASH_KEY_TILE.min(hi - k0);
@@ -353,34 +350,14 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
                 );
             }
             for (pr, row) in scores.chunks_exact_mut(n).enumerate() {
-                let (a, b) = ranges[pr / group];
-                let (a, b) = (a.clamp(k0, k0 + n) - k0, b.clamp(k0, k0 + n) - k0);
-                if a >= b {
-                    row.fill(0.0);
-                    continue;
-                }
-                let tile_max = row[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_max = max[pr].max(tile_max);
-                let correction = if max[pr] == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (max[pr] - new_max).exp()
-                };
-                let tile_sum = simd::exp_sub(&mut row[a..b], new_max);
-                row[..a].fill(0.0);
-                row[b..].fill(0.0);
-                sum[pr] = sum[pr] * correction + tile_sum;
-                if correction != 1.0 {
-                    simd::scale(&mut acc[pr * d..(pr + 1) * d], correction);
-                }
-                max[pr] = new_max;
+                state.absorb(pr, row, k0, ranges[pr / group], simd::exp_sub);
             }
             // SAFETY: the [m, n] probabilities, values k0..k0+n of KV head `kv` ([n, d]),
             // and the task's own [m, d] accumulator.
             unsafe {
                 small_gemm(
                     (m, d, n),
-                    (acc.as_mut_ptr(), d),
+                    (state.acc.as_mut_ptr(), d),
                     true,
                     (scores.as_ptr(), n),
                     (values.data.as_ptr().add(values.offset(kv, k0)), 1, d),
@@ -388,21 +365,95 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
                 );
             }
         }
-        for pr in 0..m {
+        // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
+        unsafe { state.write(out_ptr, (i0, kv * group), (h, group)) };
+    });
+}
+
+/// The online softmax of a tiled task's `m` stacked query rows (row `r * G + g` is the
+/// block's query `r` of the group's head `g`): running maxima and sums, and the
+/// unnormalised output `[m, d]` that the weighted values of each key tile add to.
+pub(super) struct Online {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// `[m, d]` unnormalised output.
+    pub(super) acc: Vec<f32>,
+    d: usize,
+}
+
+impl Online {
+    /// No keys seen yet.
+    pub(super) fn new(m: usize, d: usize) -> Self {
+        Online {
+            max: vec![f32::NEG_INFINITY; m],
+            sum: vec![0.0; m],
+            acc: vec![0.0; m * d],
+            d,
+        }
+    }
+
+    /// Row `pr`'s scaled scores of keys `k0..k0 + row.len()` become `exp(score - max)`
+    /// (with `exp` the exponential pass, returning the sum) inside the query's `range` of
+    /// keys and zero outside; the row's running max grows to cover them, and its sum and
+    /// output are rescaled to the new max.
+    pub(super) fn absorb(
+        &mut self,
+        pr: usize,
+        row: &mut [f32],
+        k0: usize,
+        range: (usize, usize),
+        exp: fn(&mut [f32], f32) -> f32,
+    ) {
+        let n = row.len();
+        let (a, b) = (
+            range.0.clamp(k0, k0 + n) - k0,
+            range.1.clamp(k0, k0 + n) - k0,
+        );
+        if a >= b {
+            row.fill(0.0);
+            return;
+        }
+        let new_max = self.max[pr].max(simd::max(&row[a..b]));
+        let correction = if self.max[pr] == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (self.max[pr] - new_max).exp()
+        };
+        let tile_sum = exp(&mut row[a..b], new_max);
+        row[..a].fill(0.0);
+        row[b..].fill(0.0);
+        self.sum[pr] = self.sum[pr] * correction + tile_sum;
+        if correction != 1.0 {
+            simd::scale(&mut self.acc[pr * self.d..(pr + 1) * self.d], correction);
+        }
+        self.max[pr] = new_max;
+    }
+
+    /// Writes the normalised outputs into `out` (`[S, H, d]`): row `r * G + g` to query
+    /// `i0 + r` of head `head0 + g`, for `(heads, group)` = `(H, G)`.
+    ///
+    /// # Safety
+    /// `out` must hold `[S, H, d]` with those queries inside, and no other task may write
+    /// these rows.
+    pub(super) unsafe fn write(
+        &self,
+        out: SharedOut,
+        (i0, head0): (usize, usize),
+        (heads, group): (usize, usize),
+    ) {
+        let d = self.d;
+        for (pr, (&sum, acc)) in self.sum.iter().zip(self.acc.chunks_exact(d)).enumerate() {
             let (r, g) = (pr / group, pr % group);
-            let inv = if sum[pr] > 0.0 { 1.0 / sum[pr] } else { 0.0 };
-            // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            // SAFETY: the caller's.
             let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out_ptr.ptr().add(((i0 + r) * h + kv * group + g) * d),
-                    d,
-                )
+                std::slice::from_raw_parts_mut(out.ptr().add(((i0 + r) * heads + head0 + g) * d), d)
             };
-            for (o, &a) in dst.iter_mut().zip(&acc[pr * d..(pr + 1) * d]) {
+            for (o, &a) in dst.iter_mut().zip(acc) {
                 *o = a * inv;
             }
         }
-    });
+    }
 }
 
 /// Partial result of one decode task: for each of the G query heads of a KV head, the
