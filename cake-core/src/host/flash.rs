@@ -19,7 +19,7 @@ use std::arch::x86_64::{
 use rayon::prelude::*;
 
 use super::gemm::avx512::{PANEL, TILE_ROWS, pack, tile};
-use super::kernels::{Inputs, KvRows, Online, SharedOut};
+use super::kernels::{Inputs, KvRows, Online, QueryBlock, SharedOut};
 use super::simd;
 
 /// Stacked query rows (queries x heads of a group) per task.
@@ -42,7 +42,7 @@ pub(super) fn serves(dim: usize) -> bool {
 /// [`serves`] must hold for the head width, and the shapes must be those
 /// [`super::kernels::attention`] checks.
 pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut [f32]) {
-    let Inputs { q, keys, shape, .. } = input;
+    let Inputs { keys, shape, .. } = input;
     let (s, h, hkv, d) = (shape.queries, shape.heads, shape.kv_heads, shape.dim);
     let (group, scale) = (input.group(), input.scale());
     // Rows each KV head's queries can reach, and its first panel in `packed`.
@@ -75,17 +75,17 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
     let blocks = s.div_ceil(block_rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..hkv * blocks).into_par_iter().for_each(|task| {
-        let (kv, block) = (task / blocks, task % blocks);
-        let i0 = block * block_rows;
-        let rows = block_rows.min(s - i0);
+        // The queries times the score scale.
+        let QueryBlock {
+            kv,
+            i0,
+            rows,
+            ranges,
+            lo,
+            hi,
+            stacked,
+        } = input.query_block(task, block_rows, scale);
         let m = rows * group;
-        let (ranges, lo, hi) = input.block_ranges(kv, i0, rows);
-        // [m, d]: row r * G + g is query i0 + r of head kv * G + g, times the score scale.
-        let mut stacked = Vec::with_capacity(m * d);
-        for r in 0..rows {
-            let at = ((i0 + r) * h + kv * group) * d;
-            stacked.extend(q[at..at + group * d].iter().map(|&x| x * scale));
-        }
         let mut state = Online::new(m, d);
         // [m, KEY_TILE] scores, then probabilities, of one key tile.
         let mut scores = vec![0.0f32; m * KEY_TILE];

@@ -188,6 +188,46 @@ impl Inputs<'_> {
     }
 }
 
+/// One task of the tiled kernels: KV head `kv`'s queries `i0..i0 + rows` (for the G query
+/// heads that share it), their key ranges and the ranges' union `lo..hi`.
+pub(super) struct QueryBlock {
+    pub(super) kv: usize,
+    pub(super) i0: usize,
+    pub(super) rows: usize,
+    pub(super) ranges: Vec<(usize, usize)>,
+    pub(super) lo: usize,
+    pub(super) hi: usize,
+    /// `[rows * G, d]`: row `r * G + g` is query `i0 + r` of head `kv * G + g`, times the
+    /// factor given to [`Inputs::query_block`].
+    pub(super) stacked: Vec<f32>,
+}
+
+impl Inputs<'_> {
+    /// Task `task` of the tiled kernels, blocks of `block_rows` queries per KV head, the
+    /// queries stacked times `factor`.
+    pub(super) fn query_block(&self, task: usize, block_rows: usize, factor: f32) -> QueryBlock {
+        let (s, h, d) = (self.shape.queries, self.shape.heads, self.shape.dim);
+        let (group, blocks) = (self.group(), s.div_ceil(block_rows));
+        let (kv, i0) = (task / blocks, task % blocks * block_rows);
+        let rows = block_rows.min(s - i0);
+        let (ranges, lo, hi) = self.block_ranges(kv, i0, rows);
+        let mut stacked = Vec::with_capacity(rows * group * d);
+        for r in 0..rows {
+            let at = ((i0 + r) * h + kv * group) * d;
+            stacked.extend(self.q[at..at + group * d].iter().map(|&x| x * factor));
+        }
+        QueryBlock {
+            kv,
+            i0,
+            rows,
+            ranges,
+            lo,
+            hi,
+            stacked,
+        }
+    }
+}
+
 /// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`, for `dst`
 /// `[m, n]` and `lhs` `[m, k]` row-major at the given row strides, and `rhs` `[k, n]` at the
 /// given (column, row) strides; single-threaded (the attention tasks are the parallelism).
@@ -314,24 +354,23 @@ fn block_attention(
 /// and sum per query, the output rescaled when the max grows), so scores never leave the
 /// cache and keys past the block's causal limit are never touched.
 fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
-    let Inputs { q, keys, shape, .. } = input;
+    let Inputs { keys, shape, .. } = input;
     let (s, h, hkv, d) = (shape.queries, shape.heads, shape.kv_heads, shape.dim);
     let (group, scale) = (input.group(), input.scale());
     let block_rows = (FLASH_QUERY_BLOCK / group).max(1);
     let blocks = s.div_ceil(block_rows);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..hkv * blocks).into_par_iter().for_each(|task| {
-        let (kv, block) = (task / blocks, task % blocks);
-        let i0 = block * block_rows;
-        let rows = block_rows.min(s - i0);
+        let QueryBlock {
+            kv,
+            i0,
+            rows,
+            ranges,
+            lo,
+            hi,
+            stacked: packed,
+        } = input.query_block(task, block_rows, 1.0);
         let m = rows * group;
-        let (ranges, lo, hi) = input.block_ranges(kv, i0, rows);
-        // [rows * G, d]: row r * G + g is query i0 + r of head kv * G + g.
-        let mut packed = Vec::with_capacity(m * d);
-        for r in 0..rows {
-            let at = ((i0 + r) * h + kv * group) * d;
-            packed.extend_from_slice(&q[at..at + group * d]);
-        }
         let mut state = Online::new(m, d);
         let mut tile = vec![0.0f32; m * FLASH_KEY_TILE];
         for k0 in (lo..hi).step_by(FLASH_KEY_TILE) {
