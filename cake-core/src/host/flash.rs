@@ -18,7 +18,7 @@ use std::arch::x86_64::{
 
 use rayon::prelude::*;
 
-use super::gemm::avx512::{PANEL, TILE_ROWS, pack, tile};
+use super::gemm::avx512::{PANEL, Panels, TILE_ROWS, pack, tile};
 use super::kernels::{Inputs, KvRows, Online, QueryBlock, SharedOut};
 use super::simd;
 
@@ -59,7 +59,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
         .collect();
     let panels: usize = reach.iter().map(|r| r.div_ceil(PANEL)).sum();
     // [panels][d][PANEL]: every KV head's keys, 32 at a time.
-    let mut packed = vec![0.0f32; panels * d * PANEL];
+    let mut packed = Panels::zeroed(panels * d * PANEL);
     packed
         .par_chunks_mut(d * PANEL)
         .enumerate()
@@ -70,7 +70,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
             // SAFETY: the processor has AVX-512F (the caller's); rows j0..j1 of head kv.
             unsafe { pack(keys.rows(kv, j0, j1), d, panel) };
         });
-    let packed = &packed;
+    let packed: &[f32] = &packed;
     let block_rows = (QUERY_ROWS / group).max(1);
     let blocks = s.div_ceil(block_rows);
     let out_ptr = SharedOut(out.as_mut_ptr());

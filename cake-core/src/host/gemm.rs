@@ -139,7 +139,7 @@ pub(super) mod avx512 {
         // fault in and zero for every product); packing writes every entry it reads.
         let mut packed = PACKED.take();
         if packed.len() < chunk * inp {
-            packed = vec![0.0f32; chunk * inp];
+            packed = Panels::zeroed(chunk * inp);
         }
         let dst = SharedOut(y.as_mut_ptr());
         for t0 in (0..tokens).step_by(chunk) {
@@ -202,7 +202,46 @@ pub(super) mod avx512 {
 
     thread_local! {
         /// The calling thread's packed panels, reused by its next product.
-        static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+        static PACKED: std::cell::Cell<Panels> = const { std::cell::Cell::new(Panels(Vec::new())) };
+    }
+
+    /// One cache line of floats, so that a `Vec` of them starts on a line.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Line([f32; 16]);
+
+    /// A zeroed float buffer that starts on a cache line: a panel row is 128 bytes, so each
+    /// of the micro-kernel's vector loads then reads one line, never two (a load split
+    /// across lines costs the load port twice).
+    #[derive(Default)]
+    pub(crate) struct Panels(Vec<Line>);
+
+    impl Panels {
+        /// At least `len` zeroed floats.
+        pub(crate) fn zeroed(len: usize) -> Self {
+            Self(vec![Line([0.0; 16]); len.div_ceil(16)])
+        }
+
+        /// How many floats it holds.
+        pub(crate) fn len(&self) -> usize {
+            self.0.len() * 16
+        }
+    }
+
+    impl std::ops::Deref for Panels {
+        type Target = [f32];
+        fn deref(&self) -> &[f32] {
+            // SAFETY: `Line` is `repr(C)` of 16 floats with no padding (64 bytes), so the
+            // lines are `len()` contiguous, initialised floats.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.len()) }
+        }
+    }
+
+    impl std::ops::DerefMut for Panels {
+        fn deref_mut(&mut self) -> &mut [f32] {
+            // SAFETY: as in `deref`, borrowed uniquely.
+            unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.len()) }
+        }
     }
 
     /// `dst[t * stride + r] = sums[r][t] + biases[r]` for `r < width`, `t < tokens`: a
