@@ -251,9 +251,16 @@ impl<B: Backend> Model<B> {
         let mut x = self.embed(tokens)?; // [S, hidden]
         let rope = self.rope_tables(0, s);
         let mut peak = 0;
+        let layers = self.layers.len();
         for (l, layer) in self.layers.iter().enumerate() {
             let _layer = tracing::debug_span!("prefill_layer", layer = l).entered();
-            let request = AttentionRequest::default();
+            // The last layer's output feeds only the logits: with the last logits only,
+            // its projection and MLP run on the last row alone.
+            let last_rows = (l + 1 == layers && which == PrefillLogits::Last).then_some(1);
+            let request = AttentionRequest {
+                last_rows,
+                ..AttentionRequest::default()
+            };
             let (y, attn) =
                 layer.forward(x, 0, &rope, &mut caches[l], request, &mut |_, _, _| Ok(()))?;
             x = y;
@@ -266,8 +273,10 @@ impl<B: Backend> Model<B> {
             compressor.after_prefill_layer(step, &mut caches[..=l])?;
         }
         compressor.after_prefill(caches)?;
+        let [rows, _] = x.dims();
+        // [1, hidden] or [S, hidden]
         let x = match which {
-            PrefillLogits::Last => x.narrow(0, s - 1, 1),
+            PrefillLogits::Last => x.narrow(0, rows - 1, 1),
             PrefillLogits::All => x,
         };
         let logits = self.head(x);
@@ -303,6 +312,7 @@ impl<B: Backend> Model<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             let request = AttentionRequest {
                 probabilities: compressor.wants_decode_attention(l, &caches[l]),
+                ..AttentionRequest::default()
             };
             // The eviction runs right after the attention, while the rows it moves are
             // still in the CPU's caches (and, on the CPU path, beside the output projection).

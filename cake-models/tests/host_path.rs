@@ -95,6 +95,7 @@ fn check(window: Option<usize>, evict: bool) {
         let rope = rotary.tables::<B>(pos, 1, 6, 2, &device);
         let request = AttentionRequest {
             probabilities: true,
+            ..AttentionRequest::default()
         };
         let host = attn
             .forward(

@@ -112,6 +112,7 @@ fn check(name: &str) {
             let rope = rotary.tables::<B>(pos, 1, h, hkv, &device);
             let request = AttentionRequest {
                 probabilities: true,
+                ..AttentionRequest::default()
             };
             let fast = attn
                 .forward(

@@ -39,9 +39,40 @@ pub fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the processor has AVX-512F; the shapes were checked above.
-        return unsafe { avx512::gemm(w, x, inp, bias, y) };
+        return unsafe { avx512::gemm(w, x, inp, bias, y.as_mut_ptr()) };
     }
     portable(w, x, inp, bias, y);
+}
+
+/// [`gemm`] into a new `[tokens, out]` buffer (`tokens = x.len() / inp`), which the AVX-512
+/// kernel writes once without zero-filling it first.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(inp > 0, "the input width must be positive");
+    let (out, tokens) = (w.len() / inp, x.len() / inp);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && tokens > 0
+        && out > 0
+        && w.len() == out * inp
+        && x.len() == tokens * inp
+        && bias.is_none_or(|b| b.len() == out)
+    {
+        let mut y = Vec::with_capacity(tokens * out);
+        // SAFETY: the processor has AVX-512F; the shapes were checked above; the kernel
+        // writes each of the `tokens * out` entries of `y`'s allocation once, through raw
+        // pointers, before its length is set.
+        unsafe {
+            avx512::gemm(w, x, inp, bias, y.as_mut_ptr());
+            y.set_len(tokens * out);
+        }
+        return y;
+    }
+    let mut y = vec![0.0; tokens * out];
+    gemm(w, x, inp, bias, &mut y);
+    y
 }
 
 /// The plain definition, one fused multiply-add chain per output in input order: what the
@@ -124,14 +155,9 @@ pub(super) mod avx512 {
     /// own output columns for every token of the chunk.
     ///
     /// # Safety
-    /// The processor must support AVX-512F; the shapes are [`super::gemm`]'s, checked there.
-    pub(super) unsafe fn gemm(
-        w: &[f32],
-        x: &[f32],
-        inp: usize,
-        bias: Option<&[f32]>,
-        y: &mut [f32],
-    ) {
+    /// The processor must support AVX-512F; the shapes are [`super::gemm`]'s, checked there,
+    /// and `y` must point to `[tokens, out]` writable floats (written, never read).
+    pub(super) unsafe fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: *mut f32) {
         let (out, tokens) = (w.len() / inp, x.len() / inp);
         let chunk = (CHUNK_BYTES / (4 * inp)).max(PANEL) / PANEL * PANEL;
         let chunk = chunk.min(tokens.next_multiple_of(PANEL));
@@ -141,7 +167,7 @@ pub(super) mod avx512 {
         if packed.len() < chunk * inp {
             packed = Panels::zeroed(chunk * inp);
         }
-        let dst = SharedOut(y.as_mut_ptr());
+        let dst = SharedOut(y);
         for t0 in (0..tokens).step_by(chunk) {
             let rows = chunk.min(tokens - t0);
             let panels = rows.div_ceil(PANEL);
@@ -498,6 +524,12 @@ mod tests {
             reference(&w, &x, inp, Some(&bias), &mut want);
             let mut got = vec![f32::NAN; tokens * out];
             gemm(&w, &x, inp, Some(&bias), &mut got);
+            let fresh = gemm_new(&w, &x, inp, Some(&bias));
+            assert_eq!(
+                fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "gemm_new {tokens}x{out}x{inp}"
+            );
             for (g, e) in got.iter().zip(&want) {
                 if avx512 {
                     assert_eq!(g.to_bits(), e.to_bits(), "{tokens}x{out}x{inp}");

@@ -26,12 +26,25 @@ const MAX_QUERY_BLOCK: usize = 256;
 /// Query block of the generic path's fused causal prefill.
 const CAUSAL_QUERY_BLOCK: usize = 512;
 
-/// What the compression hooks asked the attention to hand back besides its output.
+/// What the caller asked the attention to hand back besides its output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AttentionRequest {
     /// The attention probabilities of the queries over the cache, `[H, S, len]`
     /// (decoding: the new token's attention, which scorers rank tokens by).
     pub probabilities: bool,
+    /// `Some(n)`: the output of only the last `n` (at least 1) query rows, `[n, hidden]`,
+    /// as the last layer of a prefill that keeps only the last logits needs (the
+    /// projection and the MLP then skip the other rows). The cache, the queries and the
+    /// probabilities still cover every row, and the rows kept have the bits of a full
+    /// output's (each row is computed on its own).
+    pub last_rows: Option<usize>,
+}
+
+impl AttentionRequest {
+    /// The first of the `s` query rows whose output is wanted.
+    fn first_output_row(&self, s: usize) -> usize {
+        self.last_rows.map_or(0, |n| s - n.clamp(1, s))
+    }
 }
 
 /// What one attention call produced.
@@ -135,7 +148,12 @@ impl<B: Backend> Attention<B> {
         // [H, S, d]
         let (out, probabilities) = self.attend(q.clone(), start, cache, request.probabilities)?;
         after(cache, &q, probabilities.as_ref())?;
-        let out = out.swap_dims(0, 1).reshape([s, h * d]);
+        let first = request.first_output_row(s);
+        // [S - first, H d]
+        let out = out
+            .swap_dims(0, 1)
+            .reshape([s, h * d])
+            .narrow(0, first, s - first);
         Ok(AttentionOutput {
             output: self.o.forward(out),
             queries: q,
@@ -209,21 +227,29 @@ impl<B: Backend> Attention<B> {
             dim: d,
         };
         let ranges = VisibleRanges::new(cache.positions(), self.window);
-        let visible = |kv: usize, i: usize| ranges.range(kv, start + i);
-        let mut out = vec![0.0f32; s * h * d];
+        // Rows before `first` are attended only when their probabilities are wanted.
+        let first = request.first_output_row(s);
+        let attended = if request.probabilities { 0 } else { first };
+        let shape = AttentionShape {
+            queries: s - attended,
+            ..shape
+        };
+        let visible = |kv: usize, i: usize| ranges.range(kv, start + attended + i);
+        let mut out = vec![0.0f32; (s - attended) * h * d];
         let mut probs = request.probabilities.then(|| vec![0.0f32; h * s * len]);
         cpu::attention(
-            &q,
+            &q[attended * h * d..],
             rows(kd),
             shape,
             &visible,
             Some((rows(vd), &mut out)),
             probs.as_deref_mut(),
         );
+        out.drain(..(first - attended) * h * d);
         drop((kb, vb));
         let queries = tensor3(q, [s, h, d]).swap_dims(0, 1);
         let probabilities = probs.map(|p| tensor3(p, [h, s, len]));
-        let output = Tensor::from_data(TensorData::new(out, [s, h * d]), device);
+        let output = Tensor::from_data(TensorData::new(out, [s - first, h * d]), device);
         // The hook (a decoding step's eviction) runs on this thread while the output
         // projection, which does not read the cache, starts on the others.
         let (evicted, output) = rayon::join(

@@ -20,7 +20,8 @@ pub struct DecoderLayer<B: Backend> {
 
 impl<B: Backend> DecoderLayer<B> {
     /// `x`: `[S, hidden]` at positions `start..start + S` -> the layer's output
-    /// `[S, hidden]` and the attention's output with what `request` asked of it; appends
+    /// `[S, hidden]` (`[n, hidden]`, the last rows, when `request.last_rows` is `Some(n)`)
+    /// and the attention's output with what `request` asked of it; appends
     /// this layer's keys/values to `cache` and runs `after` on it once attended (see
     /// [`AfterAttend`]).
     ///
@@ -43,7 +44,10 @@ impl<B: Backend> DecoderLayer<B> {
             request,
             after,
         )?;
-        let x = x + attn.output.clone();
+        let [s, _] = x.dims();
+        let [n, _] = attn.output.dims();
+        // [n, hidden]: the rows whose output was asked for.
+        let x = x.narrow(0, s - n, n) + attn.output.clone();
         let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
         Ok((x, attn))
     }

@@ -61,16 +61,19 @@ impl<B: Backend> Linear<B> {
         };
         let [rows, inp] = x.dims();
         let out = self.out_features();
-        let mut y = vec![0.0f32; rows * out];
-        if rows == 1 {
-            cpu::gemv(w, xs, bias, &mut y);
-        } else if inp > 0 {
-            host::gemm(w, xs, inp, bias, &mut y);
-        } else if let Some(b) = bias {
-            for y in y.chunks_exact_mut(out) {
-                y.copy_from_slice(b);
+        let y = if rows > 1 && inp > 0 {
+            host::gemm_new(w, xs, inp, bias)
+        } else {
+            let mut y = vec![0.0f32; rows * out];
+            if rows == 1 {
+                cpu::gemv(w, xs, bias, &mut y);
+            } else if let Some(b) = bias {
+                for y in y.chunks_exact_mut(out) {
+                    y.copy_from_slice(b);
+                }
             }
-        }
+            y
+        };
         Some(Tensor::from_data(
             TensorData::new(y, [rows, out]),
             &self.weight.device(),
