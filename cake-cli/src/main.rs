@@ -56,6 +56,10 @@ enum Command {
     Tune(commands::tune::Args),
 }
 
+/// Large buffers start on a cache line (the kernels' vector loads then never straddle two).
+#[global_allocator]
+static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;
+
 fn main() -> ExitCode {
     cake_models::cpu::tune_allocator();
     cake_models::cpu::tune_threads();

@@ -13,6 +13,9 @@ use std::time::Instant;
 use cake_core::KeepAll;
 use cake_models::{Cpu, load};
 
+#[global_allocator]
+static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;
+
 /// Token `i` of the benchmark prompt: a fixed linear-congruential sequence in `[100, 10100)`.
 fn prompt(len: usize) -> Vec<u32> {
     (0..len as u64)

@@ -26,6 +26,71 @@ pub fn tune_allocator() {
     }
 }
 
+/// A global allocator that starts every block of at least 4 KiB on a 64-byte cache line
+/// (the system allocator, glibc's included, aligns to 16 bytes only). The kernels read
+/// weights, activations and cached keys/values in 64-byte vectors: on a buffer aligned to 16
+/// bytes, three loads in four straddle two cache lines, each paid twice (measured: the
+/// weighted values of the tiled attention over L2-resident rows, 185 -> 206 GFLOP/s on one
+/// core). Smaller blocks keep their own alignment. Install it in a program with
+/// `#[global_allocator] static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineAligned;
+
+impl LineAligned {
+    /// The layout a request is served with: `layout` aligned to a cache line when large.
+    fn served(layout: std::alloc::Layout) -> std::alloc::Layout {
+        const LINE: usize = 64;
+        if layout.size() >= 4096 && layout.align() < LINE {
+            std::alloc::Layout::from_size_align(layout.size(), LINE).unwrap_or(layout)
+        } else {
+            layout
+        }
+    }
+}
+
+// SAFETY: every call is forwarded to the system allocator with `served(layout)`, a pure
+// function of the caller's layout, so each block is freed (or resized) with the layout it
+// was allocated with; a resize that changes the served alignment moves the block itself.
+unsafe impl std::alloc::GlobalAlloc for LineAligned {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, with a layout of the same size and no smaller
+        // alignment.
+        unsafe { std::alloc::System.alloc(Self::served(layout)) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: as in `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(Self::served(layout)) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` was allocated with `served(layout)` (see `alloc`).
+        unsafe { std::alloc::System.dealloc(ptr, Self::served(layout)) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let old = Self::served(layout);
+        // SAFETY: the caller guarantees `new_size` with `layout.align()` is a valid layout.
+        let new = Self::served(unsafe {
+            std::alloc::Layout::from_size_align_unchecked(new_size, layout.align())
+        });
+        if new.align() == old.align() {
+            // SAFETY: `ptr` was allocated with `old`; the caller's contract on `new_size`.
+            return unsafe { std::alloc::System.realloc(ptr, old, new_size) };
+        }
+        // SAFETY: `new` is a valid non-zero layout (`new_size` is non-zero, the caller's);
+        // both blocks hold at least the bytes copied and do not overlap.
+        unsafe {
+            let moved = std::alloc::System.alloc(new);
+            if !moved.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+                std::alloc::System.dealloc(ptr, old);
+            }
+            moved
+        }
+    }
+}
+
 /// Makes the calling thread a worker of rayon's global pool (one of its
 /// `available_parallelism` threads), so that the kernels' parallel loops started from it
 /// run on it directly. Otherwise every loop is handed to the pool's own threads while the
@@ -119,6 +184,34 @@ pub fn silu_mul(gate_up: &[f32], inter: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_blocks_start_on_a_line_and_keep_their_bytes_when_resized() {
+        use std::alloc::{GlobalAlloc, Layout};
+        let alloc = LineAligned;
+        let small = Layout::from_size_align(100, 4).unwrap();
+        // SAFETY: non-zero layouts; each block is resized and freed with the layout it has.
+        unsafe {
+            let p = alloc.alloc(small);
+            assert!(!p.is_null());
+            for i in 0..100 {
+                *p.add(i) = i as u8;
+            }
+            // 100 -> 10000 bytes: served on a line from then on, the bytes moved with it.
+            let q = alloc.realloc(p, small, 10_000);
+            assert_eq!(q as usize % 64, 0);
+            assert!((0..100).all(|i| *q.add(i) == i as u8));
+            // and back below the threshold.
+            let big = Layout::from_size_align(10_000, 4).unwrap();
+            let r = alloc.realloc(q, big, 50);
+            assert!((0..50).all(|i| *r.add(i) == i as u8));
+            alloc.dealloc(r, Layout::from_size_align(50, 4).unwrap());
+            let z = alloc.alloc_zeroed(big);
+            assert_eq!(z as usize % 64, 0);
+            assert!((0..10_000).all(|i| *z.add(i) == 0));
+            alloc.dealloc(z, big);
+        }
+    }
 
     #[test]
     fn rms_norm_by_hand() {
