@@ -39,7 +39,7 @@ pub fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the processor has AVX-512F; the shapes were checked above.
-        return unsafe { avx512::gemm(w, x, inp, bias, y.as_mut_ptr()) };
+        return unsafe { avx512::gemm(w, x, inp, avx512::Output::Plain(bias), y.as_mut_ptr()) };
     }
     portable(w, x, inp, bias, y);
 }
@@ -65,7 +65,7 @@ pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f
         // writes each of the `tokens * out` entries of `y`'s allocation once, through raw
         // pointers, before its length is set.
         unsafe {
-            avx512::gemm(w, x, inp, bias, y.as_mut_ptr());
+            avx512::gemm(w, x, inp, avx512::Output::Plain(bias), y.as_mut_ptr());
             y.set_len(tokens * out);
         }
         return y;
@@ -73,6 +73,44 @@ pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f
     let mut y = vec![0.0; tokens * out];
     gemm(w, x, inp, bias, &mut y);
     y
+}
+
+/// SwiGLU's middle fused into its product: for `w` `[2 inter, in]` (the gate rows, then the
+/// up rows) and `x` `[tokens, in]`, returns `silu(x W_gate^T) * (x W_up^T)`, `[tokens,
+/// inter]`, with the bits of [`gemm`] followed by [`super::simd::silu_mul`] on each row, but
+/// without writing the `[tokens, 2 inter]` product out and reading it back. `None` where
+/// the AVX-512 kernel does not run (another processor, or `inter` not a multiple of 8,
+/// whose tail `silu_mul` computes with the scalar `exp`).
+///
+/// # Panics
+/// When the lengths do not fit those shapes (`inp` must be positive).
+pub fn gemm_silu_mul(w: &[f32], x: &[f32], inp: usize) -> Option<Vec<f32>> {
+    assert!(inp > 0, "the input width must be positive");
+    let (out, tokens) = (w.len() / inp, x.len() / inp);
+    assert!(
+        w.len() == out * inp && x.len() == tokens * inp && out.is_multiple_of(2),
+        "w: [2 inter, in], x: [tokens, in]"
+    );
+    let inter = out / 2;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && inter.is_multiple_of(8)
+        && inter > 0
+        && tokens > 0
+    {
+        let mut y = Vec::with_capacity(tokens * inter);
+        // SAFETY: the processor has AVX-512F (and the AVX2/FMA of `silu_mul`'s bits); the
+        // shapes were checked above; the kernel writes each of the `tokens * inter` entries
+        // of `y`'s allocation once, through raw pointers, before its length is set.
+        unsafe {
+            avx512::gemm(w, x, inp, avx512::Output::SiluMul, y.as_mut_ptr());
+            y.set_len(tokens * inter);
+        }
+        return Some(y);
+    }
+    None
 }
 
 /// The plain definition, one fused multiply-add chain per output in input order: what the
@@ -150,14 +188,27 @@ pub(super) mod avx512 {
     /// stay there while every weight tile passes over them.
     const CHUNK_BYTES: usize = 768 << 10;
 
+    /// What a product writes from its sums.
+    #[derive(Clone, Copy)]
+    pub(super) enum Output<'a> {
+        /// `y[t, o] = sum + bias[o]`: `y` is `[tokens, out]`.
+        Plain(Option<&'a [f32]>),
+        /// The weight rows are `[gate (inter) | up (inter)]` and `y[t, o] = silu(gate) *
+        /// up` (SwiGLU's middle, [`super::super::simd::silu_mul`]'s bits): `y` is
+        /// `[tokens, inter]`, `inter` a multiple of 8.
+        SiluMul,
+    }
+
     /// The AVX-512 product (module docs): chunks of tokens one after another; in each, the
     /// panels are packed in parallel, then tasks of [`TILE_ROWS`] weight rows each write their
-    /// own output columns for every token of the chunk.
+    /// own output columns for every token of the chunk (with [`Output::SiluMul`], half the
+    /// rows of a gate, half the matching rows of the up projection).
     ///
     /// # Safety
     /// The processor must support AVX-512F; the shapes are [`super::gemm`]'s, checked there,
-    /// and `y` must point to `[tokens, out]` writable floats (written, never read).
-    pub(super) unsafe fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: *mut f32) {
+    /// and `y` must point to the `[tokens, out]` (or `[tokens, inter]`) writable floats of
+    /// `output` (written, never read).
+    pub(super) unsafe fn gemm(w: &[f32], x: &[f32], inp: usize, output: Output<'_>, y: *mut f32) {
         let (out, tokens) = (w.len() / inp, x.len() / inp);
         let chunk = (CHUNK_BYTES / (4 * inp)).max(PANEL) / PANEL * PANEL;
         let chunk = chunk.min(tokens.next_multiple_of(PANEL));
@@ -168,6 +219,11 @@ pub(super) mod avx512 {
             packed = Panels::zeroed(chunk * inp);
         }
         let dst = SharedOut(y);
+        // Output columns per task, and the row stride of y.
+        let (step, y_width) = match output {
+            Output::Plain(_) => (TILE_ROWS, out),
+            Output::SiluMul => (TILE_ROWS / 2, out / 2),
+        };
         for t0 in (0..tokens).step_by(chunk) {
             let rows = chunk.min(tokens - t0);
             let panels = rows.div_ceil(PANEL);
@@ -181,44 +237,63 @@ pub(super) mod avx512 {
                     unsafe { pack(&x[first * inp..last * inp], inp, panel) };
                 });
             let packed = &packed;
-            (0..out.div_ceil(TILE_ROWS))
+            (0..y_width.div_ceil(step))
                 .into_par_iter()
                 .for_each(|block| {
-                    let o0 = block * TILE_ROWS;
-                    let width = TILE_ROWS.min(out - o0);
-                    let weights = &w[o0 * inp..(o0 + width) * inp];
+                    let o0 = block * step;
+                    let width = step.min(y_width - o0);
                     let mut biases = [0.0f32; 16];
-                    if let Some(b) = bias {
+                    if let Output::Plain(Some(b)) = output {
                         biases[..width].copy_from_slice(&b[o0..o0 + width]);
                     }
                     let mut sums = [[0.0f32; PANEL]; TILE_ROWS];
                     for p in 0..panels {
                         let panel = &packed[p * PANEL * inp..(p + 1) * PANEL * inp];
-                        // SAFETY: the processor has AVX-512F (the caller's); `weights`
-                        // holds `width <= TILE_ROWS` rows of `inp`, `panel` `inp` rows of
-                        // PANEL.
-                        unsafe {
-                            tile(
-                                width,
-                                inp,
-                                weights,
-                                panel,
-                                (sums.as_mut_ptr().cast(), PANEL),
-                            )
-                        };
+                        let sums_at = (sums.as_mut_ptr().cast(), PANEL);
                         let first = t0 + p * PANEL;
-                        // SAFETY: AVX-512F (the caller's); tokens first.. < tokens and
-                        // columns o0..o0+width < out lie inside y, and no other task writes
-                        // these columns.
+                        let tokens_here = PANEL.min(tokens - first);
+                        // SAFETY: AVX-512F (the caller's). The tile reads `width` weight rows
+                        // of `inp` from o0 (and as many from y_width + o0 when paired) and
+                        // `panel`'s `inp` rows of PANEL; the store writes tokens first.. <
+                        // tokens, columns o0..o0+width < y_width of y, which no other task
+                        // writes.
                         unsafe {
-                            store_columns(
-                                width,
-                                &sums,
-                                &biases,
-                                dst.ptr().add(first * out + o0),
-                                out,
-                                PANEL.min(tokens - first),
-                            )
+                            match output {
+                                Output::Plain(_) => {
+                                    tile(
+                                        width,
+                                        inp,
+                                        &w[o0 * inp..(o0 + width) * inp],
+                                        panel,
+                                        sums_at,
+                                    );
+                                    store_columns(
+                                        width,
+                                        &sums,
+                                        &biases,
+                                        dst.ptr().add(first * y_width + o0),
+                                        y_width,
+                                        tokens_here,
+                                    )
+                                }
+                                Output::SiluMul => {
+                                    paired_tile(
+                                        width,
+                                        inp,
+                                        &w[o0 * inp..],
+                                        y_width * inp,
+                                        panel,
+                                        sums_at,
+                                    );
+                                    store_silu_mul(
+                                        width,
+                                        &sums,
+                                        dst.ptr().add(first * y_width + o0),
+                                        y_width,
+                                        tokens_here,
+                                    )
+                                }
+                            }
                         };
                     }
                 });
@@ -409,34 +484,105 @@ pub(super) mod avx512 {
         // SAFETY: the caller's.
         unsafe {
             match width {
-                1 => rows::<1>(inp, w, x, out, stride),
-                2 => rows::<2>(inp, w, x, out, stride),
-                3 => rows::<3>(inp, w, x, out, stride),
-                4 => rows::<4>(inp, w, x, out, stride),
-                5 => rows::<5>(inp, w, x, out, stride),
-                6 => rows::<6>(inp, w, x, out, stride),
-                7 => rows::<7>(inp, w, x, out, stride),
-                8 => rows::<8>(inp, w, x, out, stride),
-                9 => rows::<9>(inp, w, x, out, stride),
-                10 => rows::<10>(inp, w, x, out, stride),
-                11 => rows::<11>(inp, w, x, out, stride),
-                _ => rows::<TILE_ROWS>(inp, w, x, out, stride),
+                1 => rows::<1, false>(inp, w, x, out, stride, 0),
+                2 => rows::<2, false>(inp, w, x, out, stride, 0),
+                3 => rows::<3, false>(inp, w, x, out, stride, 0),
+                4 => rows::<4, false>(inp, w, x, out, stride, 0),
+                5 => rows::<5, false>(inp, w, x, out, stride, 0),
+                6 => rows::<6, false>(inp, w, x, out, stride, 0),
+                7 => rows::<7, false>(inp, w, x, out, stride, 0),
+                8 => rows::<8, false>(inp, w, x, out, stride, 0),
+                9 => rows::<9, false>(inp, w, x, out, stride, 0),
+                10 => rows::<10, false>(inp, w, x, out, stride, 0),
+                11 => rows::<11, false>(inp, w, x, out, stride, 0),
+                _ => rows::<TILE_ROWS, false>(inp, w, x, out, stride, 0),
             }
         }
     }
 
-    /// [`tile`] for `R` rows, the accumulators in registers: per input feature, two
+    /// [`tile`] over `width <= TILE_ROWS / 2` rows of `weights` and the `width` rows
+    /// `second` floats further on (a gate's rows and the up projection's matching ones): the
+    /// sums of the first rows in `out`'s rows `0..width`, the others in `width..2 width`.
+    ///
+    /// # Safety
+    /// As [`tile`], for the `2 width` rows read.
+    pub(crate) unsafe fn paired_tile(
+        width: usize,
+        inp: usize,
+        weights: &[f32],
+        second: usize,
+        panel: &[f32],
+        (out, stride): (*mut f32, usize),
+    ) {
+        debug_assert!(weights.len() >= second + width * inp && panel.len() >= inp * PANEL);
+        let (w, x) = (weights.as_ptr(), panel.as_ptr());
+        // SAFETY: the caller's.
+        unsafe {
+            match width {
+                1 => rows::<2, true>(inp, w, x, out, stride, second),
+                2 => rows::<4, true>(inp, w, x, out, stride, second),
+                3 => rows::<6, true>(inp, w, x, out, stride, second),
+                4 => rows::<8, true>(inp, w, x, out, stride, second),
+                5 => rows::<10, true>(inp, w, x, out, stride, second),
+                _ => rows::<TILE_ROWS, true>(inp, w, x, out, stride, second),
+            }
+        }
+    }
+
+    /// `dst[t * stride + r] = silu(sums[r][t]) * sums[width + r][t]` for `r < width`, `t <
+    /// tokens` ([`paired_tile`]'s gate and up sums), with the operations of
+    /// [`super::super::simd::silu_mul`]'s vector body, lane by lane.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F, AVX2 and FMA; `width <= TILE_ROWS / 2`; `dst`
+    /// must hold `tokens` rows of `width` at row stride `stride`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn store_silu_mul(
+        width: usize,
+        sums: &[[f32; PANEL]; TILE_ROWS],
+        dst: *mut f32,
+        stride: usize,
+        tokens: usize,
+    ) {
+        let mask: __mmask16 = (1 << width) - 1;
+        let rows = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            _mm512_set1_epi32(PANEL as i32),
+        );
+        let ups = _mm512_add_epi32(rows, _mm512_set1_epi32((width * PANEL) as i32));
+        // SAFETY: the gathers read rows r < 2 width <= TILE_ROWS of `sums` at column t <
+        // PANEL; the store writes `width` floats of row t < tokens (the caller's).
+        unsafe {
+            for t in 0..tokens {
+                let at = _mm512_set1_epi32(t as i32);
+                let gather = |index| {
+                    _mm512_mask_i32gather_ps::<4>(
+                        _mm512_setzero_ps(),
+                        mask,
+                        _mm512_add_epi32(index, at),
+                        sums.as_ptr().cast(),
+                    )
+                };
+                let v = super::super::simd::silu_mul16(gather(rows), gather(ups));
+                _mm512_mask_storeu_ps(dst.add(t * stride), mask, v);
+            }
+        }
+    }
+
+    /// [`tile`] (or, `PAIRED`, [`paired_tile`] with its rows from `R / 2` on `second`
+    /// floats further) for `R` rows, the accumulators in registers: per input feature, two
     /// vectors of the panel and one broadcast weight per row.
     ///
     /// # Safety
-    /// As [`tile`], with `width = R`.
+    /// As [`tile`], with `width = R` (or as [`paired_tile`], with `width = R / 2`).
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows<const R: usize>(
+    unsafe fn rows<const R: usize, const PAIRED: bool>(
         inp: usize,
         w: *const f32,
         x: *const f32,
         out: *mut f32,
         stride: usize,
+        second: usize,
     ) {
         let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
         for i in 0..inp {
@@ -445,7 +591,12 @@ pub(super) mod avx512 {
                 let lo = _mm512_loadu_ps(x.add(i * PANEL));
                 let hi = _mm512_loadu_ps(x.add(i * PANEL + 16));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let a = _mm512_set1_ps(*w.add(r * inp + i));
+                    let at = if PAIRED && r >= R / 2 {
+                        second + (r - R / 2) * inp
+                    } else {
+                        r * inp
+                    };
+                    let a = _mm512_set1_ps(*w.add(at + i));
                     acc[0] = _mm512_fmadd_ps(a, lo, acc[0]);
                     acc[1] = _mm512_fmadd_ps(a, hi, acc[1]);
                 }
@@ -492,6 +643,41 @@ mod tests {
             unsafe { avx512::pack(&x, inp, &mut got) };
             assert_eq!(got, want, "{rows} tokens of {inp}");
         }
+    }
+
+    #[test]
+    fn fused_silu_mul_gives_the_bits_of_the_product_then_silu_mul() {
+        // Token counts around the panel, intermediate widths around the half tile (6).
+        for (tokens, inter, inp) in [
+            (1, 8, 3),
+            (2, 8, 16),
+            (33, 16, 64),
+            (70, 24, 100),
+            (40, 64, 576),
+        ] {
+            let w = values(2 * inter * inp, 5);
+            let x = values(tokens * inp, 6);
+            let Some(got) = gemm_silu_mul(&w, &x, inp) else {
+                continue; // no AVX-512 here
+            };
+            let mut product = vec![0.0; tokens * 2 * inter];
+            gemm(&w, &x, inp, None, &mut product);
+            let mut want = vec![0.0; tokens * inter];
+            for (row, dst) in product
+                .chunks_exact(2 * inter)
+                .zip(want.chunks_exact_mut(inter))
+            {
+                let (gate, up) = row.split_at(inter);
+                super::super::simd::silu_mul(gate, up, dst);
+            }
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{tokens}x{inter}x{inp}"
+            );
+        }
+        // Widths whose `silu_mul` tail is scalar are left to the two-step path.
+        assert!(gemm_silu_mul(&values(2 * 5 * 4, 1), &values(8, 2), 4).is_none());
     }
 
     #[test]

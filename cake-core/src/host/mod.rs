@@ -18,7 +18,7 @@ use std::any::Any;
 use burn::tensor::{Bytes, DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_flex::{FlexTensor, Layout};
 
-pub use self::gemm::{gemm, gemm_new};
+pub use self::gemm::{gemm, gemm_new, gemm_silu_mul};
 pub use kernels::{AttentionShape, KvRows, Visible, attention, gemv};
 
 /// The host tensor behind `t` (a cheap handle: the buffer is shared, not copied), when

@@ -6,6 +6,9 @@
 //! differ only by float reordering (and `exp`'s last bit).
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use x86::silu_mul16;
+
+#[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
@@ -445,6 +448,15 @@ mod x86 {
         for j in i..n {
             out[j] = gate[j] / (1.0 + (-gate[j]).exp()) * up[j];
         }
+    }
+
+    /// `silu(g) * u` on sixteen lanes, lane by lane the operations (and bits) of
+    /// [`silu_mul`]'s eight-lane body.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn silu_mul16(g: __m512, u: __m512) -> __m512 {
+        let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        _mm512_mul_ps(silu, u)
     }
 
     /// [`exp_shifted`] on sixteen lanes, the tail masked (no scalar `exp`), the sum in two

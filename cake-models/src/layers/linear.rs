@@ -81,6 +81,29 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+impl<B: Backend> Linear<B> {
+    /// SwiGLU's middle fused into this projection, for a weight `[2 inter, in]` of gate
+    /// rows then up rows and no bias: `x` `[S, in]` -> `silu(gate) * up` `[S, inter]`, with
+    /// the bits of [`Linear::forward`] then [`cpu::silu_mul`] ([`host::gemm_silu_mul`]).
+    /// `None` for one row (the decoding GEMV's), off the CPU backend, or where that
+    /// kernel does not run.
+    #[cfg(feature = "flex")]
+    pub fn forward_silu_mul_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        let [rows, inp] = x.dims();
+        if rows < 2 || inp == 0 || self.bias.is_some() {
+            return None;
+        }
+        let (w, xs) = host_buffers(&self.weight, x)?;
+        let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
+        let y = host::gemm_silu_mul(w, xs, inp)?;
+        let inter = y.len() / rows;
+        Some(Tensor::from_data(
+            TensorData::new(y, [rows, inter]),
+            &self.weight.device(),
+        ))
+    }
+}
+
 /// The CPU fast path's operands: a weight's host buffer as stored (`None` unless it is
 /// contiguous, never copied) and the activations `x`, made contiguous where they are not;
 /// `None` off the CPU backend.

@@ -23,6 +23,11 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `x`: `[S, hidden]` -> `[S, hidden]`.
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        // [S, inter] straight from the fused product where the CPU kernel serves it.
+        #[cfg(feature = "flex")]
+        if let Some(hidden) = self.gate_up.forward_silu_mul_host(&x) {
+            return self.down.forward(hidden);
+        }
         // [S, 2 * inter]
         let gate_up = self.gate_up.forward(x);
         let [s, width] = gate_up.dims();
