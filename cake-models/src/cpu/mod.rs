@@ -77,6 +77,28 @@ unsafe impl std::alloc::GlobalAlloc for LineAligned {
         let new = Self::served(unsafe {
             std::alloc::Layout::from_size_align_unchecked(new_size, layout.align())
         });
+        // A cache buffer that the cascade shrinks in place: glibc shrinks a block without
+        // moving it (the system allocator's own `realloc` of an over-aligned block would
+        // move it to a new one and copy the rows kept).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if new.align() == old.align() && old.align() > layout.align() && new_size <= layout.size() {
+            // SAFETY: `ptr` is a live block of glibc's (posix_memalign'd) of at least
+            // `new_size` bytes.
+            let shrunk = unsafe { libc::realloc(ptr.cast(), new_size) }.cast::<u8>();
+            if shrunk.is_null() || (shrunk as usize).is_multiple_of(new.align()) {
+                return shrunk;
+            }
+            // Moved off its line after all: into a served block.
+            // SAFETY: `new` is a valid non-zero layout; `shrunk` holds `new_size` bytes.
+            unsafe {
+                let moved = std::alloc::System.alloc(new);
+                if !moved.is_null() {
+                    std::ptr::copy_nonoverlapping(shrunk, moved, new_size);
+                }
+                libc::free(shrunk.cast());
+                return moved;
+            }
+        }
         if new.align() == old.align() {
             // SAFETY: `ptr` was allocated with `old`; the caller's contract on `new_size`.
             return unsafe { std::alloc::System.realloc(ptr, old, new_size) };
@@ -204,8 +226,15 @@ mod tests {
             let q = alloc.realloc(p, small, 100_000);
             assert_eq!(q as usize % 64, 0);
             assert!((0..100).all(|i| *q.add(i) == i as u8));
-            // and back below the threshold.
+            // Shrunk above the threshold: in place, still on its line.
             let big = Layout::from_size_align(100_000, 4).unwrap();
+            let q = alloc.realloc(q, big, 80_000);
+            assert_eq!(q as usize % 64, 0);
+            assert!((0..100).all(|i| *q.add(i) == i as u8));
+            let q = alloc.realloc(q, Layout::from_size_align(80_000, 4).unwrap(), 100_000);
+            assert_eq!(q as usize % 64, 0);
+            assert!((0..100).all(|i| *q.add(i) == i as u8));
+            // and back below the threshold.
             let r = alloc.realloc(q, big, 50);
             assert!((0..50).all(|i| *r.add(i) == i as u8));
             alloc.dealloc(r, Layout::from_size_align(50, 4).unwrap());
