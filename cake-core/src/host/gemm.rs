@@ -361,24 +361,40 @@ pub(super) mod avx512 {
         tokens: usize,
     ) {
         let mask: __mmask16 = (1 << width) - 1;
-        let rows = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0, 0),
-            _mm512_set1_epi32(PANEL as i32),
-        );
         // SAFETY: the gather reads rows r < width <= TILE_ROWS of `sums` at column t <
         // PANEL; the store writes `width` floats of row t < tokens (the caller's).
         unsafe {
             let b = _mm512_loadu_ps(biases.as_ptr());
             for t in 0..tokens {
-                let index = _mm512_add_epi32(rows, _mm512_set1_epi32(t as i32));
-                let v = _mm512_mask_i32gather_ps::<4>(
-                    _mm512_setzero_ps(),
-                    mask,
-                    index,
-                    sums.as_ptr().cast(),
-                );
+                let v = column(sums, 0, t, mask);
                 _mm512_mask_storeu_ps(dst.add(t * stride), mask, _mm512_add_ps(v, b));
             }
+        }
+    }
+
+    /// Rows `first..first + 16` (those in `mask`, below [`TILE_ROWS`]) of a tile's sums at
+    /// column `t`, gathered into one vector.
+    ///
+    /// # Safety
+    /// The processor must support AVX-512F; every row in `mask` must lie below
+    /// [`TILE_ROWS`], `t < PANEL`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn column(
+        sums: &[[f32; PANEL]; TILE_ROWS],
+        first: usize,
+        t: usize,
+        mask: __mmask16,
+    ) -> __m512 {
+        let index = _mm512_add_epi32(
+            _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(PANEL as i32),
+            ),
+            _mm512_set1_epi32((first * PANEL + t) as i32),
+        );
+        // SAFETY: the lanes in `mask` read inside `sums` (the caller's).
+        unsafe {
+            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, sums.as_ptr().cast())
         }
     }
 
@@ -545,25 +561,12 @@ pub(super) mod avx512 {
         tokens: usize,
     ) {
         let mask: __mmask16 = (1 << width) - 1;
-        let rows = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-            _mm512_set1_epi32(PANEL as i32),
-        );
-        let ups = _mm512_add_epi32(rows, _mm512_set1_epi32((width * PANEL) as i32));
         // SAFETY: the gathers read rows r < 2 width <= TILE_ROWS of `sums` at column t <
         // PANEL; the store writes `width` floats of row t < tokens (the caller's).
         unsafe {
             for t in 0..tokens {
-                let at = _mm512_set1_epi32(t as i32);
-                let gather = |index| {
-                    _mm512_mask_i32gather_ps::<4>(
-                        _mm512_setzero_ps(),
-                        mask,
-                        _mm512_add_epi32(index, at),
-                        sums.as_ptr().cast(),
-                    )
-                };
-                let v = super::super::simd::silu_mul16(gather(rows), gather(ups));
+                let (gate, up) = (column(sums, 0, t, mask), column(sums, width, t, mask));
+                let v = super::super::simd::silu_mul16(gate, up);
                 _mm512_mask_storeu_ps(dst.add(t * stride), mask, v);
             }
         }
