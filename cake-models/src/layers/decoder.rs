@@ -46,8 +46,10 @@ impl<B: Backend> DecoderLayer<B> {
         )?;
         let [s, _] = x.dims();
         let [n, _] = attn.output.dims();
-        // [n, hidden]: the rows whose output was asked for.
-        let x = x.narrow(0, s - n, n) + attn.output.clone();
+        // [n, hidden]: the rows whose output was asked for (all of them unless
+        // `request.last_rows` said otherwise).
+        let x = if n < s { x.narrow(0, s - n, n) } else { x };
+        let x = x + attn.output.clone();
         let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
         Ok((x, attn))
     }
