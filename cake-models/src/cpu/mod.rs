@@ -53,7 +53,9 @@ impl LineAligned {
 
 // SAFETY: every call is forwarded to the system allocator with `served(layout)`, a pure
 // function of the caller's layout, so each block is freed (or resized) with the layout it
-// was allocated with; a resize that changes the served alignment moves the block itself.
+// was allocated with; a resize that changes the served alignment moves the block itself,
+// and a shrink on glibc goes to its `realloc`, whose block the system allocator frees with
+// `free` as it frees its own.
 unsafe impl std::alloc::GlobalAlloc for LineAligned {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller's contract, with a layout of the same size and no smaller
@@ -79,25 +81,14 @@ unsafe impl std::alloc::GlobalAlloc for LineAligned {
         });
         // A cache buffer that the cascade shrinks in place: glibc shrinks a block without
         // moving it (the system allocator's own `realloc` of an over-aligned block would
-        // move it to a new one and copy the rows kept).
+        // move it to a new one and copy the rows kept). Should glibc move it after all, the
+        // block keeps glibc's own 16-byte alignment, all the caller's layout asks for, and
+        // is freed with `free` like any other (the system allocator's `dealloc` on Linux).
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        if new.align() == old.align() && old.align() > layout.align() && new_size <= layout.size() {
+        if new.align() == old.align() && layout.align() <= 16 && new_size <= layout.size() {
             // SAFETY: `ptr` is a live block of glibc's (posix_memalign'd) of at least
-            // `new_size` bytes.
-            let shrunk = unsafe { libc::realloc(ptr.cast(), new_size) }.cast::<u8>();
-            if shrunk.is_null() || (shrunk as usize).is_multiple_of(new.align()) {
-                return shrunk;
-            }
-            // Moved off its line after all: into a served block.
-            // SAFETY: `new` is a valid non-zero layout; `shrunk` holds `new_size` bytes.
-            unsafe {
-                let moved = std::alloc::System.alloc(new);
-                if !moved.is_null() {
-                    std::ptr::copy_nonoverlapping(shrunk, moved, new_size);
-                }
-                libc::free(shrunk.cast());
-                return moved;
-            }
+            // `new_size` bytes; on failure glibc leaves it untouched, as the contract asks.
+            return unsafe { libc::realloc(ptr.cast(), new_size) }.cast::<u8>();
         }
         if new.align() == old.align() {
             // SAFETY: `ptr` was allocated with `old`; the caller's contract on `new_size`.
