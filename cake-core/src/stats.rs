@@ -99,22 +99,17 @@ pub fn layer_preference<B: Backend>(attn: &Tensor<B, 3>) -> LayerPreference {
         return LayerPreference::default();
     }
 
-    // [H, w, S - w], a view: the host passes read it in place (other backends run the
-    // Burn expressions on it).
-    let a = attn.clone().narrow(2, 0, prefix);
     count_readback(2);
-    let burn_terms = || a.clone() * a.clone().add_scalar(1e-10).log();
     #[cfg(feature = "flex")]
-    let terms = crate::host::entropy_terms(&a).unwrap_or_else(burn_terms);
-    #[cfg(not(feature = "flex"))]
-    let terms = burn_terms();
+    if let Some((entropy, variance)) = crate::host::preference_sums(attn, prefix) {
+        return LayerPreference { entropy, variance };
+    }
+    // [H, w, S - w]
+    let a = attn.clone().narrow(2, 0, prefix);
+    let terms = a.clone() * a.clone().add_scalar(1e-10).log();
     let entropy = -terms.sum().into_scalar().elem::<f64>();
     let variance = if w >= 2 {
-        #[cfg(feature = "flex")]
-        let var = crate::host::unbiased_var(&a).unwrap_or_else(|| unbiased_var(a));
-        #[cfg(not(feature = "flex"))]
-        let var = unbiased_var(a);
-        var.sum().into_scalar().elem::<f64>()
+        unbiased_var(a).sum().into_scalar().elem::<f64>()
     } else {
         0.0
     };

@@ -136,6 +136,70 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
     });
 }
 
+/// Panels of keys per task of [`scores`].
+const SCORE_PANELS: usize = 16;
+
+/// The scores `[H, S, len]` of `stacked` queries over every key into `probs` (written
+/// once, never read): `stacked` holds, per KV head, its G heads' queries `[G S, d]`
+/// head-major and already scaled, so row `r` of KV head `kv`'s block is probability row
+/// `kv * G S + r`. Tasks take (KV head, [`SCORE_PANELS`] panels of 32 keys): each panel is
+/// packed once and every stacked row passes over it in tiles of 12 (the GEMM's
+/// micro-kernel), stored straight into the rows of `probs`.
+///
+/// # Safety
+/// [`serves`] must hold for `d`; `stacked` must hold `Hkv G S` rows of `d`, every KV head
+/// `len` rows of `keys`, and `probs` must point at `Hkv G S len` writable floats.
+pub(super) unsafe fn scores(
+    stacked: &[f32],
+    keys: KvRows<'_>,
+    (rows, kv_heads): (usize, usize),
+    probs: *mut f32,
+) {
+    let (len, d) = (keys.len, keys.dim);
+    assert!(
+        stacked.len() >= kv_heads * rows * d,
+        "stacked queries per KV head"
+    );
+    let chunks = len.div_ceil(PANEL * SCORE_PANELS);
+    let out = SharedOut(probs);
+    (0..kv_heads * chunks).into_par_iter().for_each(|task| {
+        let (kv, chunk) = (task / chunks, task % chunks);
+        let queries = &stacked[kv * rows * d..(kv + 1) * rows * d];
+        let mut panel = Panels::zeroed(d * PANEL);
+        let mut partial = [[0.0f32; PANEL]; TILE_ROWS];
+        let first = chunk * SCORE_PANELS * PANEL;
+        for j0 in (first..len.min(first + SCORE_PANELS * PANEL)).step_by(PANEL) {
+            let n = PANEL.min(len - j0);
+            // SAFETY: AVX-512F (the caller's); rows j0..j0+n of head kv.
+            unsafe { pack(keys.rows(kv, j0, j0 + n), d, &mut panel) };
+            for r0 in (0..rows).step_by(TILE_ROWS) {
+                let width = TILE_ROWS.min(rows - r0);
+                // SAFETY: this task alone writes columns j0..j0+n of the rows of KV head
+                // kv's block (in bounds of `probs`: the caller's); `width` stacked rows of
+                // d, a packed panel of d x 32; a full panel writes 32 columns in place,
+                // a partial one goes through `partial` and only its n columns are copied.
+                unsafe {
+                    let at = out.ptr().add((kv * rows + r0) * len + j0);
+                    if n == PANEL {
+                        tile(width, d, &queries[r0 * d..], &panel, (at, len));
+                    } else {
+                        tile(
+                            width,
+                            d,
+                            &queries[r0 * d..],
+                            &panel,
+                            (partial.as_mut_ptr().cast(), PANEL),
+                        );
+                        for (r, sums) in partial.iter().enumerate().take(width) {
+                            std::ptr::copy_nonoverlapping(sums.as_ptr(), at.add(r * len), n);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// `acc[r, c] += sum_j probs[r * KEY_TILE + j] values[j * d + c]` for `r < m`, `j < n`,
 /// `c < d`: blocks of [`VALUE_ROWS`] rows by [`VALUE_VECTORS`] x 16 columns.
 ///

@@ -153,6 +153,79 @@ pub fn attention(
     }
 }
 
+/// The attention probabilities `[H, S, len]` of several queries `q` (`[S, H, d]`) over
+/// `keys`, every KV head holding `keys.len` rows, query `i` of KV head `kv` seeing the
+/// rows `visible(kv, i)`: what [`attention`] writes into `probs`, up to float reordering,
+/// but built for wide probability rows (CAKE's window statistics, `[H * w, S]`).
+///
+/// - With AVX-512 (and `d` a multiple of 16), per KV head its G query heads' queries are
+///   stacked head-major (scaled by `1 / sqrt(d)`), so that their scores over the head's
+///   keys are the `[G, S, len]` block of the result, written once by the GEMM's
+///   micro-kernel and never zero-filled first (`flash::scores`); then each row's softmax
+///   over its visible range, zero outside, threaded over rows.
+/// - Elsewhere, [`attention`] into a zeroed buffer.
+///
+/// # Panics
+/// When the shapes do not fit (as [`attention`]), or a KV head holds fewer than `keys.len`
+/// rows.
+pub fn probabilities(
+    q: &[f32],
+    keys: KvRows<'_>,
+    shape: AttentionShape,
+    visible: Visible<'_>,
+) -> Vec<f32> {
+    let AttentionShape {
+        queries: s,
+        heads: h,
+        kv_heads: hkv,
+        dim: d,
+    } = shape;
+    assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
+    assert!(hkv > 0 && h.is_multiple_of(hkv), "H a multiple of Hkv");
+    assert!(keys.starts.len() >= hkv, "a start per KV head");
+    let (group, len) = (h / hkv, keys.len);
+    let total = h * s * len;
+    #[cfg(target_arch = "x86_64")]
+    if super::flash::serves(d) && total > 0 {
+        for kv in 0..hkv {
+            assert!(
+                keys.offset(kv, len) <= keys.data.len(),
+                "len rows per KV head"
+            );
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        // Per KV head [G S, d]: row g * S + i is query i of head kv * G + g, scaled.
+        let mut stacked = Vec::with_capacity(h * s * d);
+        for head in 0..h {
+            for i in 0..s {
+                let at = (i * h + head) * d;
+                stacked.extend(q[at..at + d].iter().map(|&x| x * scale));
+            }
+        }
+        let mut probs = Vec::with_capacity(total);
+        // SAFETY: `serves` checked AVX-512F and d; `stacked` holds Hkv G S rows of d, each KV
+        // head len rows (checked above), and `probs` has capacity for the H S len floats
+        // `scores` writes, each once, before the length is set.
+        unsafe {
+            super::flash::scores(&stacked, keys, (group * s, hkv), probs.as_mut_ptr());
+            probs.set_len(total);
+        }
+        probs.par_chunks_mut(len).enumerate().for_each(|(row, p)| {
+            let (head, i) = (row / s, row % s);
+            let (a, b) = visible(head / group, i);
+            let b = b.min(len);
+            let a = a.min(b);
+            p[..a].fill(0.0);
+            p[b..].fill(0.0);
+            simd::softmax(&mut p[a..b]);
+        });
+        return probs;
+    }
+    let mut probs = vec![0.0f32; total];
+    attention(q, keys, shape, visible, None, Some(&mut probs));
+    probs
+}
+
 /// What every attention kernel reads (checked by [`attention`]).
 #[derive(Clone, Copy)]
 pub(super) struct Inputs<'a> {
@@ -709,6 +782,10 @@ mod tests {
         let mut tiled = vec![0.0; s * h * d];
         run(&mut tiled, None);
         close("tiled out", &tiled, &want_out, 2e-5);
+        // Probabilities only, built for wide rows (every head holds `len` rows).
+        let wide = probabilities(&q, rows(&k), shape, &visible);
+        assert_eq!(wide.len(), want_probs.len());
+        close("wide prob", &wide, &want_probs, 2e-6);
     }
 
     /// Row-block, tiled and split-key attention equal the f64 reference, with GQA, causal
@@ -726,6 +803,9 @@ mod tests {
         // SmolLM2's heads, and a width of four vectors and one.
         check(100, 9, 3, 64, 400, None);
         check(45, 4, 2, 80, 45, Some(40));
+        // CAKE's window statistics: 32 queries over keys that are not whole panels.
+        check(32, 9, 3, 64, 1061, None);
+        check(5, 2, 1, 16, 33, None);
     }
 
     /// The GEMV equals per-row dot products plus bias.

@@ -229,8 +229,13 @@ pub fn attention_probabilities<B: Backend>(
         Some(first) => (0, (first + i + 1).min(len)),
         None => (0, len),
     };
-    let mut probs = vec![0.0f32; heads * n * len];
-    attention(q, rows, shape, &visible, None, Some(&mut probs));
+    let probs = if n > 1 {
+        kernels::probabilities(q, rows, shape, &visible)
+    } else {
+        let mut probs = vec![0.0f32; heads * n * len];
+        attention(q, rows, shape, &visible, None, Some(&mut probs));
+        probs
+    };
     Some(Tensor::from_data(
         TensorData::new(probs, [heads, n, len]),
         &device,
@@ -286,69 +291,38 @@ fn strided_rows(t: &FlexTensor) -> Option<(&[f32], usize, usize, usize, usize)> 
     (row_stride >= width && needed <= data.len()).then_some((data, start, row_stride, rows, width))
 }
 
-/// The entropy terms `a * ln(a + 1e-10)` of a host tensor, element by element in f32
-/// exactly as the Burn expression `a.clone() * a.add_scalar(1e-10).log()` computes them
-/// on the CPU backend (the same `f32::ln`, the same order of rounding), but in one
-/// threaded pass instead of three single-threaded ones, reading a view narrowed along the
-/// last axis in place. Same shape, contiguous, so that Burn's own `sum` of it gives the
-/// same bits as before.
-pub fn entropy_terms<B: Backend, const D: usize>(a: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+/// [`crate::stats::layer_preference`]'s two sums over the first `prefix` keys of window
+/// attention `attn` (`[H, w, S]`, a host tensor, read in place when its rows nest evenly,
+/// e.g. a view of some heads): `(-sum A ln(A + 1e-10), sum over heads and keys of the
+/// unbiased variance over the w queries)`, in one threaded pass over (head, block of
+/// keys) by [`simd::entropy_and_variance`], the blocks' sums totalled in order in f64.
+/// Equal to the Burn expressions up to float rounding (a vector `ln`, other summation
+/// orders); `None` unless `attn` is a CPU-backend f32 tensor.
+pub fn preference_sums<B: Backend>(attn: &Tensor<B, 3>, prefix: usize) -> Option<(f64, f64)> {
     use rayon::prelude::*;
-    let host = flex(a)?;
+    /// Keys per task: a `[w, 1024]` block of one head.
+    const KEYS: usize = 1024;
+    let [heads, w, len] = attn.dims();
+    let host = flex(attn)?;
     let (data, start, stride, rows, width) = strided_rows(&host)?;
-    let mut out = vec![0.0f32; rows * width];
-    let rows_per_task = (4096 / width.max(1)).max(1);
-    out.par_chunks_mut((rows_per_task * width).max(1))
-        .enumerate()
-        .for_each(|(task, o)| {
-            for (r, o) in o.chunks_exact_mut(width).enumerate() {
-                let at = start + (task * rows_per_task + r) * stride;
-                for (o, &x) in o.iter_mut().zip(&data[at..at + width]) {
-                    *o = x * (x + 1e-10f32).ln();
-                }
-            }
-        });
-    Some(Tensor::from_data(
-        TensorData::new(out, a.shape()),
-        &a.device(),
-    ))
-}
-
-/// [`crate::stats::unbiased_var_mean`]'s variance of a host tensor `[H, w, N]` over axis 1,
-/// `[H, 1, N]`, element by element in f32 exactly as its Burn expression computes it on
-/// the CPU backend: the sums run over the `w` rows in order from 0 (as burn-flex's
-/// `sum_dim` does), then `(sum_sq - mean * mean * w) / max(w - 1, 1)` clamped at 0, with
-/// the same roundings; threaded over the `H x N` outputs, reading a view narrowed along
-/// the last axis in place. Burn's `sum` of it then gives the same bits as the Burn path.
-pub fn unbiased_var<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    use rayon::prelude::*;
-    let [heads, w, n] = x.dims();
-    let host = flex(x)?;
-    let (data, start, stride, _, _) = strided_rows(&host)?;
-    let wf = w as f32;
-    let wm1 = (w as f64 - 1.0).max(1.0) as f32;
-    let mut out = vec![0.0f32; heads * n];
-    let chunk = n.max(1);
-    out.par_chunks_mut(chunk).enumerate().for_each(|(h, dst)| {
-        let mut sum = vec![0.0f32; n];
-        let mut sum_sq = vec![0.0f32; n];
-        for q in 0..w {
-            let at = start + (h * w + q) * stride;
-            for ((s, sq), &a) in sum.iter_mut().zip(sum_sq.iter_mut()).zip(&data[at..at + n]) {
-                *s += a;
-                *sq += a * a;
-            }
-        }
-        for ((o, &s), &q) in dst.iter_mut().zip(&sum).zip(&sum_sq) {
-            let mean = s / wf;
-            let centred = q - mean * mean * wf;
-            *o = (centred / wm1).max(0.0);
-        }
-    });
-    Some(Tensor::from_data(
-        TensorData::new(out, [heads, 1, n]),
-        &x.device(),
-    ))
+    let prefix = prefix.min(len);
+    if rows != heads * w || width != len || prefix == 0 || w == 0 {
+        return (rows == heads * w && width == len).then_some((0.0, 0.0));
+    }
+    let blocks = prefix.div_ceil(KEYS);
+    let sums: Vec<(f64, f64)> = (0..heads * blocks)
+        .into_par_iter()
+        .map(|task| {
+            let (h, c0) = (task / blocks, task % blocks * KEYS);
+            let cols = KEYS.min(prefix - c0);
+            let at = start + h * w * stride + c0;
+            simd::entropy_and_variance(&data[at..], stride, w, cols)
+        })
+        .collect();
+    let (terms, variance) = sums
+        .iter()
+        .fold((0.0, 0.0), |(t, v), &(bt, bv)| (t + bt, v + bv));
+    Some((-terms, variance))
 }
 
 /// The rows of a 2-D host tensor as one contiguous `[R * N]` vector (a copy).
