@@ -16,7 +16,7 @@ use cake_models::weights::RandomWeights;
 use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
-use super::median_ms;
+use super::{median, median_ms};
 #[cfg(not(feature = "cuda"))]
 use crate::exit::usage_bail;
 use crate::exit::usage_ensure;
@@ -51,7 +51,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
     pub head_budget_modes: Vec<HeadBudgets>,
     /// Prefills timed per method, in rounds interleaved across methods (the order
-    /// rotating; the median is reported), so that prefill ratios hold on a machine whose
+    /// rotating; the median is reported, and "prefill vs full" is the median of each round's
+    /// ratio to the full cache's prefill), so that prefill ratios hold on a machine whose
     /// speed drifts
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub prefill_rounds: usize,
@@ -82,6 +83,10 @@ pub struct BenchRow {
     pub prefill_ms: f64,
     /// Prompt tokens per second.
     pub prefill_tokens_per_s: f64,
+    /// Prefill time over the full cache's: the median over rounds of this method's prefill
+    /// divided by the full cache's in the same round (paired, so that a machine's drift
+    /// between rounds cancels); 1 for the full cache.
+    pub prefill_vs_full: f64,
     /// Median decode step.
     pub decode_ms_per_token: f64,
     /// Largest K/V bytes held during prefill.
@@ -210,11 +215,18 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         }
         for (d, times) in decoders.iter().zip(&prefill_times) {
             let prefill_s = median_ms(times) / 1e3;
+            // configs[0] is the full cache: each round's ratio to its prefill in that round.
+            let ratios: Vec<f64> = times
+                .iter()
+                .zip(&prefill_times[0])
+                .map(|(t, f)| t.as_secs_f64() / f.as_secs_f64().max(1e-12))
+                .collect();
             let row = BenchRow {
                 context,
                 policy: d.label.clone(),
                 prefill_ms: prefill_s * 1e3,
                 prefill_tokens_per_s: context as f64 / prefill_s.max(1e-9),
+                prefill_vs_full: median(&ratios),
                 decode_ms_per_token: median_ms(&d.step_times),
                 kv_bytes_peak_prefill: d.kv_bytes_peak_prefill,
                 kv_bytes_after_prefill: d.kv_bytes_after_prefill,
@@ -367,7 +379,6 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         let bound_speedup = full
             .and_then(|f| f.decode_bound_ms.zip(row.decode_bound_ms))
             .map(|(f, r)| f / r.max(1e-9));
-        let prefill_ratio = full.map_or(1.0, |f| row.prefill_ms / f.prefill_ms.max(1e-9));
         let memory = full.map_or(1.0, |f| {
             row.kv_bytes_after_prefill as f64 / f.kv_bytes_after_prefill.max(1) as f64
         });
@@ -378,7 +389,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
             row.policy,
             row.prefill_ms,
             row.prefill_tokens_per_s,
-            (prefill_ratio - 1.0) * 100.0,
+            (row.prefill_vs_full - 1.0) * 100.0,
             row.decode_ms_per_token,
             or_dash(row.decode_bound_ms, 2),
             or_dash(
