@@ -2,7 +2,9 @@
 //! (row-block for several queries, split-key for one) reading the cache buffers in place;
 //! CAKE's window statistics use the same attention kernel.
 //!
-//! Threads come from rayon's global pool (the one the CPU backend's matrix products use).
+//! The decoding kernels (the GEMV and the one-query attention) run on the small spinning
+//! pool of [`super::pool`]; the others on rayon's global pool (the one the CPU backend's
+//! matrix products use).
 
 use rayon::prelude::*;
 
@@ -26,17 +28,21 @@ impl SharedOut {
 const GEMV_MAX_ROWS_PER_TASK: usize = 128;
 
 /// `y = W x + b` with `W` row-major `[out, in]` (each output a contiguous dot product),
-/// `x`: `[in]`, `y`: `[out]`, split over threads by output rows: at least eight tasks per
-/// thread, so that matrices of a few hundred rows (a small model's output projection)
-/// still keep every thread busy to the end.
+/// `x`: `[in]`, `y`: `[out]`, split over the decoding pool's threads ([`super::pool`]) by
+/// output rows: at least eight tasks per thread, so that matrices of a few hundred rows (a
+/// small model's output projection) still keep every thread busy to the end.
 pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let inp = x.len();
     debug_assert_eq!(w.len(), y.len() * inp);
     let tasks = 8 * rayon::current_num_threads();
     let rows = y.len().div_ceil(tasks).next_multiple_of(4);
     let rows = rows.clamp(4, GEMV_MAX_ROWS_PER_TASK);
-    y.par_chunks_mut(rows).enumerate().for_each(|(c, out)| {
+    let n = y.len();
+    let dst = SharedOut(y.as_mut_ptr());
+    super::pool::run(n.div_ceil(rows), &|c| {
         let o0 = c * rows;
+        // SAFETY: task c alone writes outputs o0..o0 + len of y.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(o0), rows.min(n - o0)) };
         simd::matvec(&w[o0 * inp..(o0 + out.len()) * inp], x, out);
         if let Some(b) = bias {
             for (y, &b) in out.iter_mut().zip(&b[o0..]) {
@@ -609,42 +615,40 @@ fn decode_attention(
                 .map(move |a| (kv, a, (a + KEY_CHUNK).min(hi)))
         })
         .collect();
-    let partials: Vec<Partial> = tasks
-        .into_par_iter()
-        .map(|(kv, a, b)| {
-            let n = b - a;
-            let mut part = Partial {
-                kv,
-                start: a,
-                max: vec![f32::NEG_INFINITY; group],
-                sum: vec![0.0; group],
-                out: vec![0.0; group * d],
-                exps: vec![0.0; group * n],
-            };
-            // Scores of the chunk's keys for each of the G query heads of the group, four
-            // keys per pass over the query; the chunk's rows stay in cache across heads.
-            let chunk = keys.rows(kv, a, b);
+    let partials: Vec<Partial> = super::pool::map(tasks.len(), &|task| {
+        let (kv, a, b) = tasks[task];
+        let n = b - a;
+        let mut part = Partial {
+            kv,
+            start: a,
+            max: vec![f32::NEG_INFINITY; group],
+            sum: vec![0.0; group],
+            out: vec![0.0; group * d],
+            exps: vec![0.0; group * n],
+        };
+        // Scores of the chunk's keys for each of the G query heads of the group, four
+        // keys per pass over the query; the chunk's rows stay in cache across heads.
+        let chunk = keys.rows(kv, a, b);
+        for g in 0..group {
+            let scores = &mut part.exps[g * n..(g + 1) * n];
+            simd::matvec(chunk, &q[(kv * group + g) * d..][..d], scores);
+            simd::scale(scores, scale);
+        }
+        for g in 0..group {
+            let (max, sum) = simd::exp_shifted(&mut part.exps[g * n..(g + 1) * n]);
+            part.max[g] = max;
+            part.sum[g] = sum;
+        }
+        // Weighted values per query head, the output in registers over the chunk.
+        if let Some(values) = &values {
+            let chunk = values.rows(kv, a, b);
             for g in 0..group {
-                let scores = &mut part.exps[g * n..(g + 1) * n];
-                simd::matvec(chunk, &q[(kv * group + g) * d..][..d], scores);
-                simd::scale(scores, scale);
+                let weights = &part.exps[g * n..(g + 1) * n];
+                simd::weighted_sum(&mut part.out[g * d..(g + 1) * d], weights, chunk);
             }
-            for g in 0..group {
-                let (max, sum) = simd::exp_shifted(&mut part.exps[g * n..(g + 1) * n]);
-                part.max[g] = max;
-                part.sum[g] = sum;
-            }
-            // Weighted values per query head, the output in registers over the chunk.
-            if let Some(values) = &values {
-                let chunk = values.rows(kv, a, b);
-                for g in 0..group {
-                    let weights = &part.exps[g * n..(g + 1) * n];
-                    simd::weighted_sum(&mut part.out[g * d..(g + 1) * d], weights, chunk);
-                }
-            }
-            part
-        })
-        .collect();
+        }
+        part
+    });
     // Merge: per query head, rescale each chunk by exp(max_chunk - max_all).
     let mut probs = probs;
     if let Some(p) = probs.as_deref_mut() {

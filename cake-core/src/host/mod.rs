@@ -11,6 +11,7 @@
 mod flash;
 mod gemm;
 pub mod kernels;
+pub mod pool;
 pub mod simd;
 
 use std::any::Any;

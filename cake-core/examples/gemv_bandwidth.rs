@@ -1,0 +1,41 @@
+//! How close the decoding GEMV comes to the machine's read bandwidth: the projections of a
+//! SmolLM2-135M decoding step (30 layers of `[960 | 576 | 3072 | 576]` rows, about 425 MB)
+//! through `host::gemv`, one after another as a step runs them, against the bandwidth probe,
+//! alternating for a few rounds.
+//!
+//! ```text
+//! cargo run --release -p cake-core --features flex --example gemv_bandwidth
+//! ```
+
+use std::time::Instant;
+
+fn main() {
+    // (out, in) of each layer's projections: fused q|k|v, o, fused gate|up, down.
+    let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
+    let layers: Vec<Vec<Vec<f32>>> = (0..30)
+        .map(|_| shapes.iter().map(|&(o, i)| vec![0.5; o * i]).collect())
+        .collect();
+    let bytes: usize = layers.iter().flatten().map(|w| w.len() * 4).sum();
+    let x = vec![0.1f32; 1536];
+    let mut y = vec![0.0f32; 3072];
+    for round in 0..3 {
+        let probe = cake_core::host::read_bandwidth(512 << 20, 5);
+        let mut best = f64::INFINITY;
+        for _ in 0..7 {
+            let start = Instant::now();
+            for layer in &layers {
+                for (w, &(o, i)) in layer.iter().zip(&shapes) {
+                    cake_core::host::gemv(w, &x[..i], None, &mut y[..o]);
+                }
+            }
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!(
+            "round {round}: probe {:.1} GB/s, decoding GEMVs {:.1} GB/s ({:.1} ms for {:.0} MB)",
+            probe / 1e9,
+            bytes as f64 / best / 1e9,
+            best * 1e3,
+            bytes as f64 / 1e6
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! A small fork-join pool for the decoding kernels (the GEMV and the split-key attention).
+//!
+//! A decoding step runs some two hundred short parallel regions (one per projection and per
+//! attention), each reading a few MB of weights or cache. Through rayon, each region paid
+//! its join and the wake-up of a sleeping worker (about 12 us for a region that computes for
+//! 2), and the memory streams restarted cold: the step's GEMVs read 21-25 GB/s where one
+//! large GEMV reads 30. Here the workers spin for a while after each job (a decoding step's
+//! next region comes within microseconds), then park, so a region costs a few atomic
+//! operations.
+//!
+//! - One job at a time: [`run`] from a second caller, or from inside a task, runs the tasks
+//!   on the calling thread instead (same results, no deadlock).
+//! - Tasks are claimed one by one from a shared counter, so uneven tasks balance.
+//! - The workers are the rayon pool's size less the caller (`RAYON_NUM_THREADS` applies),
+//!   started on first use; with one thread everything runs on the caller.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins for the next job before it parks.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// One published job: `tasks` calls of `f`, claimed through `next`.
+struct Job {
+    f: *const (dyn Fn(usize) + Sync),
+    tasks: usize,
+    next: AtomicUsize,
+}
+
+/// State shared by the caller and the workers.
+struct Pool {
+    /// Bumped once per job; a worker serves every epoch exactly once.
+    epoch: AtomicU64,
+    /// The current job (valid while `active > 0` or the caller is in [`run`]).
+    job: AtomicPtr<Job>,
+    /// Workers that have not finished the current epoch.
+    active: AtomicUsize,
+    /// Per worker: parked (or about to park) and must be unparked for a new epoch.
+    sleeping: Vec<AtomicBool>,
+    threads: Vec<Thread>,
+    /// Held by the caller of [`run`] for the whole job.
+    busy: Mutex<()>,
+}
+
+// SAFETY: the raw job pointer is only dereferenced while the job it points to is alive:
+// `run` publishes it, then waits until every worker has finished the epoch before returning.
+unsafe impl Send for Pool {}
+unsafe impl Sync for Pool {}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = rayon::current_num_threads().saturating_sub(1);
+        // The workers need the pool's address, and the pool their handles: each waits on
+        // its own channel until the pool is in place.
+        let mut threads = Vec::with_capacity(workers);
+        let mut started = Vec::with_capacity(workers);
+        for id in 0..workers {
+            let (ready, wait) = std::sync::mpsc::channel::<&'static Pool>();
+            let handle = std::thread::Builder::new()
+                .name(format!("cake-decode-{id}"))
+                .spawn(move || {
+                    if let Ok(pool) = wait.recv() {
+                        worker(pool, id);
+                    }
+                });
+            match handle {
+                Ok(handle) => {
+                    threads.push(handle.thread().clone());
+                    started.push(ready);
+                }
+                // No thread: fewer workers (the caller does their share).
+                Err(_) => break,
+            }
+        }
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            epoch: AtomicU64::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicUsize::new(0),
+            sleeping: (0..threads.len()).map(|_| AtomicBool::new(false)).collect(),
+            threads,
+            busy: Mutex::new(()),
+        }));
+        for ready in started {
+            let _ = ready.send(pool);
+        }
+        pool
+    })
+}
+
+/// Claims and runs tasks of `job` until none is left.
+///
+/// # Safety
+/// `job` must point to a live job whose `f` is live.
+unsafe fn drain(job: *const Job) {
+    // SAFETY: the caller's.
+    let job = unsafe { &*job };
+    loop {
+        let task = job.next.fetch_add(1, Ordering::Relaxed);
+        if task >= job.tasks {
+            return;
+        }
+        // SAFETY: the caller's.
+        unsafe { (*job.f)(task) };
+    }
+}
+
+fn worker(pool: &'static Pool, id: usize) {
+    let mut seen = 0u64;
+    loop {
+        // Wait for the next epoch: spin, then park.
+        let spin_start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if pool.epoch.load(Ordering::SeqCst) != seen {
+                break;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) && spin_start.elapsed() > SPIN {
+                pool.sleeping[id].store(true, Ordering::SeqCst);
+                if pool.epoch.load(Ordering::SeqCst) == seen {
+                    std::thread::park();
+                }
+                pool.sleeping[id].store(false, Ordering::SeqCst);
+                continue;
+            }
+            std::hint::spin_loop();
+        }
+        seen = pool.epoch.load(Ordering::SeqCst);
+        let job = pool.job.load(Ordering::SeqCst);
+        // SAFETY: the caller of `run` keeps the job alive until `active` reaches 0, which
+        // needs this worker's decrement below.
+        unsafe { drain(job) };
+        pool.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f(0)`, .., `f(tasks - 1)` on the calling thread and the pool's workers and returns
+/// when all have returned. Each task runs exactly once; which thread runs it is unspecified.
+pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    if tasks == 0 {
+        return;
+    }
+    let pool = pool();
+    let guard = match pool.busy.try_lock() {
+        Ok(guard) if tasks > 1 && !pool.threads.is_empty() => guard,
+        // Busy (another caller, or a task of this job) or nothing to share: serially.
+        _ => {
+            (0..tasks).for_each(f);
+            return;
+        }
+    };
+    // SAFETY (lifetime): the job and `f` outlive every use: this function returns only once
+    // `active` is back to 0, that is when every worker has left `drain` for this epoch.
+    let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe {
+        std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(f)
+    };
+    let job = Job {
+        f,
+        tasks,
+        next: AtomicUsize::new(0),
+    };
+    pool.job
+        .store((&job as *const Job).cast_mut(), Ordering::SeqCst);
+    pool.active.store(pool.threads.len(), Ordering::SeqCst);
+    pool.epoch.fetch_add(1, Ordering::SeqCst);
+    for (sleeping, thread) in pool.sleeping.iter().zip(&pool.threads) {
+        if sleeping.load(Ordering::SeqCst) {
+            thread.unpark();
+        }
+    }
+    // SAFETY: `job` is alive here.
+    unsafe { drain(&job) };
+    while pool.active.load(Ordering::SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+    drop(guard);
+}
+
+/// `[f(0), .., f(tasks - 1)]` computed by [`run`].
+pub fn map<T: Send>(tasks: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let mut out: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(tasks);
+    let slots = Slots(out.as_mut_ptr());
+    run(tasks, &|i| {
+        // SAFETY: task i alone writes slot i, within the capacity reserved above.
+        unsafe { slots.ptr().add(i).write(std::mem::MaybeUninit::new(f(i))) };
+    });
+    // SAFETY: `run` ran every task once, so all `tasks` slots are initialised.
+    unsafe {
+        out.set_len(tasks);
+        let mut out = std::mem::ManuallyDrop::new(out);
+        Vec::from_raw_parts(out.as_mut_ptr().cast::<T>(), tasks, out.capacity())
+    }
+}
+
+/// The output slots of [`map`], shared by its tasks (each writes its own).
+struct Slots<T>(*mut std::mem::MaybeUninit<T>);
+// SAFETY: tasks write disjoint slots (see `map`).
+unsafe impl<T: Send> Send for Slots<T> {}
+unsafe impl<T: Send> Sync for Slots<T> {}
+
+impl<T> Slots<T> {
+    /// The first slot (a method, so that closures capture the whole `Sync` wrapper).
+    fn ptr(&self) -> *mut std::mem::MaybeUninit<T> {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_and_jobs_nest_and_overlap() {
+        for tasks in [0, 1, 2, 3, 17, 1000] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            run(tasks, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "{tasks}"
+            );
+        }
+        assert_eq!(map(5, &|i| i * i), vec![0, 1, 4, 9, 16]);
+        // A task that runs a job of its own (served serially), and jobs from several
+        // threads at once.
+        let nested = map(4, &|i| map(3, &|j| i * 10 + j).iter().sum::<usize>());
+        assert_eq!(nested, vec![3, 33, 63, 93]);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| s.spawn(move || map(100, &|i| i + t).iter().sum::<usize>()))
+                .collect();
+            for (t, h) in handles.into_iter().enumerate() {
+                assert_eq!(h.join().unwrap(), 4950 + 100 * t);
+            }
+        });
+    }
+}
