@@ -626,12 +626,12 @@ fn decode_attention(
             out: vec![0.0; group * d],
             exps: vec![0.0; group * n],
         };
-        // Scores of the chunk's keys for each of the G query heads of the group, four
-        // keys per pass over the query; the chunk's rows stay in cache across heads.
+        // Scores of the chunk's keys for the G query heads of the group, each key row read
+        // once for up to three of them.
         let chunk = keys.rows(kv, a, b);
-        for g in 0..group {
-            let scores = &mut part.exps[g * n..(g + 1) * n];
-            simd::matvec(chunk, &q[(kv * group + g) * d..][..d], scores);
+        let queries = &q[kv * group * d..(kv + 1) * group * d];
+        simd::matvec_group(chunk, queries, d, &mut part.exps);
+        for scores in part.exps.chunks_exact_mut(n.max(1)) {
             simd::scale(scores, scale);
         }
         for g in 0..group {
@@ -639,13 +639,11 @@ fn decode_attention(
             part.max[g] = max;
             part.sum[g] = sum;
         }
-        // Weighted values per query head, the output in registers over the chunk.
+        // Weighted values of the group's heads, each value row read once for up to four,
+        // the outputs in registers over the chunk.
         if let Some(values) = &values {
             let chunk = values.rows(kv, a, b);
-            for g in 0..group {
-                let weights = &part.exps[g * n..(g + 1) * n];
-                simd::weighted_sum(&mut part.out[g * d..(g + 1) * d], weights, chunk);
-            }
+            simd::weighted_sum_group(&mut part.out, &part.exps, chunk, d);
         }
         part
     });

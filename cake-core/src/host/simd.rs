@@ -66,6 +66,76 @@ pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
     scalar::weighted_sum(out, weights, rows)
 }
 
+/// [`matvec`] for the `G = queries.len() / d` queries of one KV head's group at once
+/// (`d = rows.len() / n`, `out`: `[G, n]`, row `g` for query `g`): each key row is read once
+/// for up to three queries instead of once per query, with the same bits per (row, query) as
+/// [`matvec`] (the same lane-wise sums and horizontal sum, where AVX-512 offers the
+/// registers).
+pub fn matvec_group(rows: &[f32], queries: &[f32], d: usize, out: &mut [f32]) {
+    let group = queries.len() / d.max(1);
+    let n = out.len() / group.max(1);
+    assert!(
+        queries.len() == group * d && out.len() == group * n && rows.len() >= n * d,
+        "rows [n, d], queries [G, d], out [G, n]"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() && std::is_x86_feature_detected!("avx512vl") {
+        for g0 in (0..group).step_by(3) {
+            let heads = 3.min(group - g0);
+            let q = &queries[g0 * d..(g0 + heads) * d];
+            let o = &mut out[g0 * n..(g0 + heads) * n];
+            // SAFETY: AVX2, FMA and AVX-512VL (checked above); `rows` holds n rows of d,
+            // `q` `heads` queries of d and `o` `heads` rows of n (checked above).
+            unsafe {
+                match heads {
+                    3 => x86::matvec_heads::<3>(rows, q, d, o),
+                    2 => x86::matvec_heads::<2>(rows, q, d, o),
+                    _ => x86::matvec_heads::<1>(rows, q, d, o),
+                }
+            }
+        }
+        return;
+    }
+    for (q, o) in queries.chunks_exact(d).zip(out.chunks_exact_mut(n)) {
+        matvec(rows, q, o);
+    }
+}
+
+/// [`weighted_sum`] for the `G = out.len() / d` query heads of one KV head's group at
+/// once (`out`: `[G, d]`, `weights`: `[G, n]`, `rows`: `[n, d]`): each value row is read
+/// once for up to four heads, with the same bits per output as [`weighted_sum`] (one fused
+/// multiply-add chain per output over the rows in order).
+pub fn weighted_sum_group(out: &mut [f32], weights: &[f32], rows: &[f32], d: usize) {
+    let group = out.len() / d.max(1);
+    let n = weights.len() / group.max(1);
+    assert!(
+        out.len() == group * d && weights.len() == group * n && rows.len() >= n * d,
+        "out [G, d], weights [G, n], rows [n, d]"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f") {
+        for g0 in (0..group).step_by(4) {
+            let heads = 4.min(group - g0);
+            let o = &mut out[g0 * d..(g0 + heads) * d];
+            let w = &weights[g0 * n..(g0 + heads) * n];
+            // SAFETY: AVX-512F (checked above); d a multiple of 16; `o` holds `heads` rows
+            // of d, `w` `heads` rows of n, `rows` n rows of d (checked above).
+            unsafe {
+                match heads {
+                    4 => x86::weighted_sum_heads::<4>(o, w, rows, d),
+                    3 => x86::weighted_sum_heads::<3>(o, w, rows, d),
+                    2 => x86::weighted_sum_heads::<2>(o, w, rows, d),
+                    _ => x86::weighted_sum_heads::<1>(o, w, rows, d),
+                }
+            }
+        }
+        return;
+    }
+    for (o, w) in out.chunks_exact_mut(d).zip(weights.chunks_exact(n)) {
+        weighted_sum(o, w, rows);
+    }
+}
+
 /// `y[i] += a * x[i]` over the common length.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -392,6 +462,118 @@ mod x86 {
         for col in c..d {
             for (j, &w) in weights.iter().enumerate() {
                 out[col] += w * rows[j * d + col];
+            }
+        }
+    }
+
+    /// See [`super::matvec_group`]: `G <= 3` queries; per (row, query) the arithmetic of
+    /// [`dot4`] (four rows at a time) and of [`dot`] (the rows after the last four).
+    ///
+    /// # Safety
+    /// AVX2, FMA and AVX-512VL (the 32 vector registers); `rows` must hold `n` rows of `d`,
+    /// `queries` `G` rows of `d` and `out` `G` rows of `n`.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    pub unsafe fn matvec_heads<const G: usize>(
+        rows: &[f32],
+        queries: &[f32],
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let n = out.len() / G;
+        let (pw, pq) = (rows.as_ptr(), queries.as_ptr());
+        for quad in 0..n / 4 {
+            let w = &rows[4 * quad * d..(4 * quad + 4) * d];
+            let mut acc = [[_mm256_setzero_ps(); 4]; G];
+            let mut i = 0;
+            // SAFETY: i + 8 <= d bounds each query, and row r's elements (4 quad + r) d + i..
+            // bound `rows` (n rows of d, the caller's).
+            unsafe {
+                while i + 8 <= d {
+                    let k: [__m256; 4] =
+                        std::array::from_fn(|r| _mm256_loadu_ps(pw.add((4 * quad + r) * d + i)));
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let xv = _mm256_loadu_ps(pq.add(g * d + i));
+                        for (acc, &k) in acc.iter_mut().zip(&k) {
+                            *acc = _mm256_fmadd_ps(k, xv, *acc);
+                        }
+                    }
+                    i += 8;
+                }
+            }
+            for (g, acc) in acc.iter().enumerate() {
+                let x = &queries[g * d..(g + 1) * d];
+                for (r, &acc) in acc.iter().enumerate() {
+                    let mut sum = hsum(acc);
+                    for j in i..d {
+                        sum += w[r * d + j] * x[j];
+                    }
+                    out[g * n + 4 * quad + r] = sum;
+                }
+            }
+        }
+        for j in n / 4 * 4..n {
+            for g in 0..G {
+                // SAFETY: the features this function enables include `dot`'s.
+                out[g * n + j] =
+                    unsafe { dot(&rows[j * d..(j + 1) * d], &queries[g * d..(g + 1) * d]) };
+            }
+        }
+    }
+
+    /// See [`super::weighted_sum_group`]: `G <= 4` heads, blocks of 64 columns (16 for the
+    /// rest), each output one fused multiply-add chain over the rows in order, starting
+    /// from its value in `out`: [`weighted_sum`]'s arithmetic lane by lane.
+    ///
+    /// # Safety
+    /// AVX-512F; `d` a multiple of 16; `out` must hold `G` rows of `d`, `weights` `G` rows
+    /// of `n` and `rows` `n` rows of `d`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum_heads<const G: usize>(
+        out: &mut [f32],
+        weights: &[f32],
+        rows: &[f32],
+        d: usize,
+    ) {
+        let n = weights.len() / G;
+        let (po, pw, pr) = (out.as_mut_ptr(), weights.as_ptr(), rows.as_ptr());
+        let mut c = 0;
+        // SAFETY (all accesses): columns c.. c + 16 V <= d of G rows of `out`, rows j < n of
+        // `rows` and entries j < n of G rows of `weights` (the caller's lengths).
+        unsafe {
+            while c + 64 <= d {
+                let mut acc: [[__m512; 4]; G] = std::array::from_fn(|g| {
+                    std::array::from_fn(|v| _mm512_loadu_ps(po.add(g * d + c + 16 * v)))
+                });
+                for j in 0..n {
+                    let row: [__m512; 4] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(pr.add(j * d + c + 16 * v)));
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*pw.add(g * n + j));
+                        for (acc, &x) in acc.iter_mut().zip(&row) {
+                            *acc = _mm512_fmadd_ps(w, x, *acc);
+                        }
+                    }
+                }
+                for (g, acc) in acc.iter().enumerate() {
+                    for (v, &a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(po.add(g * d + c + 16 * v), a);
+                    }
+                }
+                c += 64;
+            }
+            while c + 16 <= d {
+                let mut acc: [__m512; G] =
+                    std::array::from_fn(|g| _mm512_loadu_ps(po.add(g * d + c)));
+                for j in 0..n {
+                    let x = _mm512_loadu_ps(pr.add(j * d + c));
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*pw.add(g * n + j)), x, *acc);
+                    }
+                }
+                for (g, &a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(po.add(g * d + c), a);
+                }
+                c += 16;
             }
         }
     }
@@ -728,6 +910,49 @@ mod tests {
                     "ln {x}: {y} vs {want}"
                 );
             }
+        }
+    }
+
+    /// The grouped-query decoding kernels give, head by head, the bits of the per-head
+    /// ones, for groups split across their register blocks and rows and columns around
+    /// every block edge.
+    #[test]
+    fn group_kernels_give_the_bits_of_the_per_head_ones() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (group, n, d) in [
+            (1, 5, 64),
+            (3, 256, 64),
+            (2, 33, 16),
+            (4, 7, 80),
+            (7, 9, 64),
+            (3, 4, 8),
+            (5, 1, 32),
+        ] {
+            let rows = data(n * d, 0.9);
+            let queries = data(group * d, 2.1);
+            let mut grouped = vec![0.0; group * n];
+            matvec_group(&rows, &queries, d, &mut grouped);
+            let mut single = vec![0.0; group * n];
+            for (q, o) in queries.chunks_exact(d).zip(single.chunks_exact_mut(n)) {
+                matvec(&rows, q, o);
+            }
+            assert_eq!(
+                bits(&grouped),
+                bits(&single),
+                "scores G={group} n={n} d={d}"
+            );
+            let weights = data(group * n, 3.3);
+            let mut grouped = data(group * d, 0.2);
+            let mut single = grouped.clone();
+            weighted_sum_group(&mut grouped, &weights, &rows, d);
+            for (o, w) in single.chunks_exact_mut(d).zip(weights.chunks_exact(n)) {
+                weighted_sum(o, w, &rows);
+            }
+            assert_eq!(
+                bits(&grouped),
+                bits(&single),
+                "values G={group} n={n} d={d}"
+            );
         }
     }
 
