@@ -67,30 +67,40 @@ pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
 }
 
 /// [`matvec`] for the `G = queries.len() / d` queries of one KV head's group at once
-/// (`d = rows.len() / n`, `out`: `[G, n]`, row `g` for query `g`): each key row is read once
+/// (`rows`: `[n, d]`, `out`: `[G, n]`, row `g` for query `g`): each key row is read once
 /// for up to three queries instead of once per query, with the same bits per (row, query) as
 /// [`matvec`] (the same lane-wise sums and horizontal sum, where AVX-512 offers the
-/// registers).
-pub fn matvec_group(rows: &[f32], queries: &[f32], d: usize, out: &mut [f32]) {
+/// registers). With `prefetch` (`[n, d]`, the value rows the attention reads next), their
+/// rows are requested into L2 alongside, so that memory streams both at once.
+pub fn matvec_group(
+    rows: &[f32],
+    queries: &[f32],
+    d: usize,
+    out: &mut [f32],
+    prefetch: Option<&[f32]>,
+) {
     let group = queries.len() / d.max(1);
     let n = out.len() / group.max(1);
     assert!(
         queries.len() == group * d && out.len() == group * n && rows.len() >= n * d,
         "rows [n, d], queries [G, d], out [G, n]"
     );
+    assert!(prefetch.is_none_or(|p| p.len() >= n * d), "prefetch [n, d]");
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() && std::is_x86_feature_detected!("avx512vl") {
         for g0 in (0..group).step_by(3) {
             let heads = 3.min(group - g0);
             let q = &queries[g0 * d..(g0 + heads) * d];
             let o = &mut out[g0 * n..(g0 + heads) * n];
-            // SAFETY: AVX2, FMA and AVX-512VL (checked above); `rows` holds n rows of d,
-            // `q` `heads` queries of d and `o` `heads` rows of n (checked above).
+            // The next rows are requested once, with the first heads.
+            let next = prefetch.filter(|_| g0 == 0);
+            // SAFETY: AVX2, FMA and AVX-512VL (checked above); `rows` (and `next`) hold n
+            // rows of d, `q` `heads` queries of d and `o` `heads` rows of n (checked above).
             unsafe {
                 match heads {
-                    3 => x86::matvec_heads::<3>(rows, q, d, o),
-                    2 => x86::matvec_heads::<2>(rows, q, d, o),
-                    _ => x86::matvec_heads::<1>(rows, q, d, o),
+                    3 => x86::matvec_heads::<3>(rows, q, d, o, next),
+                    2 => x86::matvec_heads::<2>(rows, q, d, o, next),
+                    _ => x86::matvec_heads::<1>(rows, q, d, o, next),
                 }
             }
         }
@@ -470,18 +480,29 @@ mod x86 {
     /// [`dot4`] (four rows at a time) and of [`dot`] (the rows after the last four).
     ///
     /// # Safety
-    /// AVX2, FMA and AVX-512VL (the 32 vector registers); `rows` must hold `n` rows of `d`,
-    /// `queries` `G` rows of `d` and `out` `G` rows of `n`.
+    /// AVX2, FMA and AVX-512VL (the 32 vector registers); `rows` (and `prefetch`, if any)
+    /// must hold `n` rows of `d`, `queries` `G` rows of `d` and `out` `G` rows of `n`.
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
     pub unsafe fn matvec_heads<const G: usize>(
         rows: &[f32],
         queries: &[f32],
         d: usize,
         out: &mut [f32],
+        prefetch: Option<&[f32]>,
     ) {
         let n = out.len() / G;
         let (pw, pq) = (rows.as_ptr(), queries.as_ptr());
         for quad in 0..n / 4 {
+            if let Some(next) = prefetch {
+                // The quad's rows of the next pass, one request per cache line, into L2.
+                for line in (0..4 * d).step_by(16) {
+                    // SAFETY: within `next`'s n rows of d (the caller's); a prefetch reads
+                    // nothing.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T1>(next.as_ptr().add(4 * quad * d + line).cast())
+                    };
+                }
+            }
             let w = &rows[4 * quad * d..(4 * quad + 4) * d];
             let mut acc = [[_mm256_setzero_ps(); 4]; G];
             let mut i = 0;
@@ -931,7 +952,7 @@ mod tests {
             let rows = data(n * d, 0.9);
             let queries = data(group * d, 2.1);
             let mut grouped = vec![0.0; group * n];
-            matvec_group(&rows, &queries, d, &mut grouped);
+            matvec_group(&rows, &queries, d, &mut grouped, Some(&rows));
             let mut single = vec![0.0; group * n];
             for (q, o) in queries.chunks_exact(d).zip(single.chunks_exact_mut(n)) {
                 matvec(&rows, q, o);
