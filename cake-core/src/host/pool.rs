@@ -10,6 +10,8 @@
 //!
 //! - One job at a time: [`run`] from a second caller, or from inside a task, runs the tasks
 //!   on the calling thread instead (same results, no deadlock).
+//! - A panicking task is caught on whichever thread ran it and re-raised by [`run`] once
+//!   every thread has left the job (whose data live on the caller's stack).
 //! - Tasks are claimed one by one from a shared counter, so uneven tasks balance.
 //! - The workers are the rayon pool's size less the caller (`RAYON_NUM_THREADS` applies),
 //!   started on first use; with one thread everything runs on the caller.
@@ -27,6 +29,8 @@ struct Job {
     f: *const (dyn Fn(usize) + Sync),
     tasks: usize,
     next: AtomicUsize,
+    /// The first panic of a task, re-raised by [`run`] once every thread has left the job.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// State shared by the caller and the workers.
@@ -40,8 +44,8 @@ struct Pool {
     /// Per worker: parked (or about to park) and must be unparked for a new epoch.
     sleeping: Vec<AtomicBool>,
     threads: Vec<Thread>,
-    /// Held by the caller of [`run`] for the whole job.
-    busy: Mutex<()>,
+    /// Set by the caller of [`run`] for the whole job.
+    busy: AtomicBool,
 }
 
 // SAFETY: the raw job pointer is only dereferenced while the job it points to is alive:
@@ -81,7 +85,7 @@ fn pool() -> &'static Pool {
             active: AtomicUsize::new(0),
             sleeping: (0..threads.len()).map(|_| AtomicBool::new(false)).collect(),
             threads,
-            busy: Mutex::new(()),
+            busy: AtomicBool::new(false),
         }));
         for ready in started {
             let _ = ready.send(pool);
@@ -90,7 +94,8 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// Claims and runs tasks of `job` until none is left.
+/// Claims and runs tasks of `job` until none is left. A panicking task is caught (so that
+/// no thread leaves the job early), kept for [`run`] to re-raise, and ends the claiming.
 ///
 /// # Safety
 /// `job` must point to a live job whose `f` is live.
@@ -103,7 +108,24 @@ unsafe fn drain(job: *const Job) {
             return;
         }
         // SAFETY: the caller's.
-        unsafe { (*job.f)(task) };
+        let ran =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*job.f)(task) }));
+        if let Err(payload) = ran {
+            job.next.store(job.tasks, Ordering::Relaxed);
+            if let Ok(mut first) = job.panic.lock() {
+                first.get_or_insert(payload);
+            }
+            return;
+        }
+    }
+}
+
+/// Clears [`Pool::busy`] when dropped.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -144,14 +166,18 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         return;
     }
     let pool = pool();
-    let guard = match pool.busy.try_lock() {
-        Ok(guard) if tasks > 1 && !pool.threads.is_empty() => guard,
+    let free = tasks > 1
+        && !pool.threads.is_empty()
+        && pool
+            .busy
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+    if !free {
         // Busy (another caller, or a task of this job) or nothing to share: serially.
-        _ => {
-            (0..tasks).for_each(f);
-            return;
-        }
-    };
+        (0..tasks).for_each(f);
+        return;
+    }
+    let _busy = Busy(&pool.busy);
     // SAFETY (lifetime): the job and `f` outlive every use: this function returns only once
     // `active` is back to 0, that is when every worker has left `drain` for this epoch.
     let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe {
@@ -161,6 +187,7 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         f,
         tasks,
         next: AtomicUsize::new(0),
+        panic: Mutex::new(None),
     };
     pool.job
         .store((&job as *const Job).cast_mut(), Ordering::SeqCst);
@@ -173,10 +200,20 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     // SAFETY: `job` is alive here.
     unsafe { drain(&job) };
+    // The workers finish within microseconds unless descheduled: then give up the core.
+    let mut spins = 0u32;
     while pool.active.load(Ordering::SeqCst) != 0 {
-        std::hint::spin_loop();
+        spins = spins.saturating_add(1);
+        if spins > 4096 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
-    drop(guard);
+    let panic = job.panic.lock().ok().and_then(|mut first| first.take());
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// `[f(0), .., f(tasks - 1)]` computed by [`run`].
@@ -229,6 +266,17 @@ mod tests {
         // threads at once.
         let nested = map(4, &|i| map(3, &|j| i * 10 + j).iter().sum::<usize>());
         assert_eq!(nested, vec![3, 33, 63, 93]);
+        // A panicking task reaches the caller once every thread has left the job, and the
+        // pool serves the next job.
+        let caught = std::panic::catch_unwind(|| {
+            run(64, &|i| {
+                if i == 5 {
+                    panic!("task five");
+                }
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(map(3, &|i| i + 1), vec![1, 2, 3]);
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|t| s.spawn(move || map(100, &|i| i + t).iter().sum::<usize>()))
