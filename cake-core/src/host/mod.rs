@@ -307,8 +307,11 @@ pub fn preference_sums<B: Backend>(attn: &Tensor<B, 3>, prefix: usize) -> Option
     let host = flex(attn)?;
     let (data, start, stride, rows, width) = strided_rows(&host)?;
     let prefix = prefix.min(len);
-    if rows != heads * w || width != len || prefix == 0 || w == 0 {
-        return (rows == heads * w && width == len).then_some((0.0, 0.0));
+    if rows != heads * w || width != len {
+        return None;
+    }
+    if prefix == 0 || w == 0 {
+        return Some((0.0, 0.0));
     }
     let blocks = prefix.div_ceil(KEYS);
     let sums: Vec<(f64, f64)> = (0..heads * blocks)
