@@ -8,6 +8,11 @@
 //! next region comes within microseconds), then park, so a region costs a few atomic
 //! operations.
 //!
+//! - The caller never waits for a worker that has not started: a worker *joins* a job
+//!   before it claims a task, the caller closes the job once every task is claimed, and it
+//!   waits only for the workers that joined. A worker the operating system has descheduled
+//!   (another process on the core) misses the job instead of stalling it: without this,
+//!   one busy process beside a run made it ten times slower.
 //! - One job at a time: [`run`] from a second caller, or from inside a task, runs the tasks
 //!   on the calling thread instead (same results, no deadlock).
 //! - A panicking task is caught on whichever thread ran it and re-raised by [`run`] once
@@ -33,14 +38,26 @@ struct Job {
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
+/// [`Pool::state`]: the job's epoch in the high 32 bits, then the closed flag, then the
+/// number of workers inside the job.
+const EPOCH_SHIFT: u32 = 32;
+/// Set by the caller once every task is claimed: no worker joins after it.
+const CLOSED: u64 = 1 << 31;
+/// The workers inside the job.
+const JOINED: u64 = CLOSED - 1;
+
+/// The epoch of a [`Pool::state`] word.
+fn epoch(state: u64) -> u64 {
+    state >> EPOCH_SHIFT
+}
+
 /// State shared by the caller and the workers.
 struct Pool {
-    /// Bumped once per job; a worker serves every epoch exactly once.
-    epoch: AtomicU64,
-    /// The current job (valid while `active > 0` or the caller is in [`run`]).
+    /// Epoch (bumped once per job), closed flag and joined workers, one word so that a
+    /// worker joins only an open job, atomically.
+    state: AtomicU64,
+    /// The current job (valid for a worker that joined it, until it leaves).
     job: AtomicPtr<Job>,
-    /// Workers that have not finished the current epoch.
-    active: AtomicUsize,
     /// Per worker: parked (or about to park) and must be unparked for a new epoch.
     sleeping: Vec<AtomicBool>,
     threads: Vec<Thread>,
@@ -48,8 +65,9 @@ struct Pool {
     busy: AtomicBool,
 }
 
-// SAFETY: the raw job pointer is only dereferenced while the job it points to is alive:
-// `run` publishes it, then waits until every worker has finished the epoch before returning.
+// SAFETY: the raw job pointer is only dereferenced while the job it points to is alive: a
+// worker dereferences it only after joining the open job, and `run` closes the job and
+// waits until every worker that joined has left before returning.
 unsafe impl Send for Pool {}
 unsafe impl Sync for Pool {}
 
@@ -80,9 +98,8 @@ fn pool() -> &'static Pool {
             }
         }
         let pool: &'static Pool = Box::leak(Box::new(Pool {
-            epoch: AtomicU64::new(0),
+            state: AtomicU64::new(CLOSED),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            active: AtomicUsize::new(0),
             sleeping: (0..threads.len()).map(|_| AtomicBool::new(false)).collect(),
             threads,
             busy: AtomicBool::new(false),
@@ -135,27 +152,45 @@ fn worker(pool: &'static Pool, id: usize) {
         // Wait for the next epoch: spin, then park.
         let spin_start = Instant::now();
         let mut spins = 0u32;
-        loop {
-            if pool.epoch.load(Ordering::SeqCst) != seen {
-                break;
-            }
+        let mut state = pool.state.load(Ordering::SeqCst);
+        while epoch(state) == seen {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && spin_start.elapsed() > SPIN {
                 pool.sleeping[id].store(true, Ordering::SeqCst);
-                if pool.epoch.load(Ordering::SeqCst) == seen {
+                if epoch(pool.state.load(Ordering::SeqCst)) == seen {
                     std::thread::park();
                 }
                 pool.sleeping[id].store(false, Ordering::SeqCst);
-                continue;
+            } else {
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+            state = pool.state.load(Ordering::SeqCst);
         }
-        seen = pool.epoch.load(Ordering::SeqCst);
+        seen = epoch(state);
+        // Join the job while it is open (the state may move on under us: retry with the
+        // word as it is now; a closed or newer job is missed, the next wait catches up).
+        let joined = loop {
+            if epoch(state) != seen || state & CLOSED != 0 {
+                break false;
+            }
+            match pool.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break true,
+                Err(now) => state = now,
+            }
+        };
+        if !joined {
+            continue;
+        }
         let job = pool.job.load(Ordering::SeqCst);
-        // SAFETY: the caller of `run` keeps the job alive until `active` reaches 0, which
-        // needs this worker's decrement below.
+        // SAFETY: the job was published before its epoch, and its caller waits for every
+        // worker that joined it to leave (the decrement below) before it returns.
         unsafe { drain(job) };
-        pool.active.fetch_sub(1, Ordering::SeqCst);
+        pool.state.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -179,7 +214,8 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     let _busy = Busy(&pool.busy);
     // SAFETY (lifetime): the job and `f` outlive every use: this function returns only once
-    // `active` is back to 0, that is when every worker has left `drain` for this epoch.
+    // the job is closed and no worker is inside it (every worker that joined has left
+    // `drain`, and none can join any more).
     let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe {
         std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(f)
     };
@@ -191,8 +227,11 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     };
     pool.job
         .store((&job as *const Job).cast_mut(), Ordering::SeqCst);
-    pool.active.store(pool.threads.len(), Ordering::SeqCst);
-    pool.epoch.fetch_add(1, Ordering::SeqCst);
+    // The previous job is closed and empty (its caller saw to it): open the next epoch.
+    let previous = pool.state.load(Ordering::SeqCst);
+    debug_assert_eq!(previous & !(u64::MAX << EPOCH_SHIFT), CLOSED);
+    pool.state
+        .store((epoch(previous) + 1) << EPOCH_SHIFT, Ordering::SeqCst);
     for (sleeping, thread) in pool.sleeping.iter().zip(&pool.threads) {
         if sleeping.load(Ordering::SeqCst) {
             thread.unpark();
@@ -200,15 +239,19 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     // SAFETY: `job` is alive here.
     unsafe { drain(&job) };
-    // The workers finish within microseconds unless descheduled: then give up the core.
+    // Every task is claimed: close the job, then wait for the workers inside it (running
+    // their last tasks, or about to find none left). They finish within microseconds unless
+    // descheduled: then give up the core.
+    let mut state = pool.state.fetch_or(CLOSED, Ordering::SeqCst) | CLOSED;
     let mut spins = 0u32;
-    while pool.active.load(Ordering::SeqCst) != 0 {
+    while state & JOINED != 0 {
         spins = spins.saturating_add(1);
         if spins > 4096 {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
         }
+        state = pool.state.load(Ordering::SeqCst);
     }
     let panic = job.panic.lock().ok().and_then(|mut first| first.take());
     if let Some(payload) = panic {
