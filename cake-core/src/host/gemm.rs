@@ -172,11 +172,12 @@ fn portable(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32
 pub(super) mod avx512 {
     use rayon::prelude::*;
     use std::arch::x86_64::{
-        __m512, __mmask16, _mm512_add_epi32, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
-        _mm512_mask_i32gather_ps, _mm512_mask_storeu_ps, _mm512_mullo_epi32, _mm512_set1_epi32,
-        _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_shuffle_f32x4,
-        _mm512_shuffle_ps, _mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
+        __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps,
+        _mm512_storeu_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
     };
+
+    use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
 
     use super::super::kernels::SharedOut;
 
@@ -187,6 +188,22 @@ pub(super) mod avx512 {
     /// Bytes of activations packed per chunk: about half of a core's L2, so that the panels
     /// stay there while every weight tile passes over them.
     const CHUNK_BYTES: usize = 768 << 10;
+
+    /// Most output columns per task: four tiles, so that each token's outputs are stored as
+    /// three whole cache lines of `y` (tiles of 12 columns each stored alone left a line
+    /// half written by one tile and half by the next, and the stores took 15% of the
+    /// product's time).
+    const TASK_COLUMNS: usize = 48;
+
+    /// Output columns per task for `y_width` outputs: [`TASK_COLUMNS`] where that still
+    /// gives every thread four tasks or more, else a narrower multiple of 16 (a line).
+    fn task_columns(y_width: usize) -> usize {
+        let threads = rayon::current_num_threads();
+        [TASK_COLUMNS, 32]
+            .into_iter()
+            .find(|&c| y_width.div_ceil(c) >= 4 * threads)
+            .unwrap_or(16)
+    }
 
     /// What a product writes from its sums.
     #[derive(Clone, Copy)]
@@ -219,11 +236,11 @@ pub(super) mod avx512 {
             packed = Panels::zeroed(chunk * inp);
         }
         let dst = SharedOut(y);
-        // Output columns per task, and the row stride of y.
-        let (step, y_width) = match output {
-            Output::Plain(_) => (TILE_ROWS, out),
-            Output::SiluMul => (TILE_ROWS / 2, out / 2),
+        let y_width = match output {
+            Output::Plain(_) => out,
+            Output::SiluMul => out / 2,
         };
+        let columns = task_columns(y_width);
         for t0 in (0..tokens).step_by(chunk) {
             let rows = chunk.min(tokens - t0);
             let panels = rows.div_ceil(PANEL);
@@ -237,61 +254,69 @@ pub(super) mod avx512 {
                     unsafe { pack(&x[first * inp..last * inp], inp, panel) };
                 });
             let packed = &packed;
-            (0..y_width.div_ceil(step))
+            (0..y_width.div_ceil(columns))
                 .into_par_iter()
                 .for_each(|block| {
-                    let o0 = block * step;
-                    let width = step.min(y_width - o0);
-                    let mut biases = [0.0f32; 16];
+                    let c0 = block * columns;
+                    let width = columns.min(y_width - c0);
+                    let mut biases = [0.0f32; TASK_COLUMNS];
                     if let Output::Plain(Some(b)) = output {
-                        biases[..width].copy_from_slice(&b[o0..o0 + width]);
+                        biases[..width].copy_from_slice(&b[c0..c0 + width]);
                     }
-                    let mut sums = [[0.0f32; PANEL]; TILE_ROWS];
+                    // Column j's sums for the panel's tokens (with SwiGLU, the gate's; the
+                    // up projection's in `ups`).
+                    let mut sums = [[0.0f32; PANEL]; TASK_COLUMNS];
+                    let mut ups = [[0.0f32; PANEL]; TASK_COLUMNS];
+                    let (sums_at, ups_at) = (
+                        sums.as_mut_ptr().cast::<f32>(),
+                        ups.as_mut_ptr().cast::<f32>(),
+                    );
                     for p in 0..panels {
                         let panel = &packed[p * PANEL * inp..(p + 1) * PANEL * inp];
-                        let sums_at = (sums.as_mut_ptr().cast(), PANEL);
                         let first = t0 + p * PANEL;
                         let tokens_here = PANEL.min(tokens - first);
-                        // SAFETY: AVX-512F (the caller's). The tile reads `width` weight rows
-                        // of `inp` from o0 (and as many from y_width + o0 when paired) and
-                        // `panel`'s `inp` rows of PANEL; the store writes tokens first.. <
-                        // tokens, columns o0..o0+width < y_width of y, which no other task
-                        // writes.
+                        // SAFETY: AVX-512F (the caller's). Each tile reads `n` weight rows of
+                        // `inp` from c0 + j (and as many from y_width + c0 + j when paired)
+                        // and `panel`'s `inp` rows of PANEL, and writes rows j..j + n of
+                        // `sums` (and `ups`), j + n <= width <= TASK_COLUMNS; the store
+                        // writes tokens first.. < tokens, columns c0..c0 + width < y_width of
+                        // y, which no other task writes.
                         unsafe {
+                            let at = dst.ptr().add(first * y_width + c0);
+                            // The next panel's output lines, owned before its stores come.
+                            if p + 1 < panels {
+                                let next = PANEL.min(tokens - first - PANEL);
+                                for t in 0..next {
+                                    for j in (0..width).step_by(16) {
+                                        _mm_prefetch::<_MM_HINT_ET0>(
+                                            at.add((PANEL + t) * y_width + j).cast(),
+                                        );
+                                    }
+                                }
+                            }
                             match output {
                                 Output::Plain(_) => {
-                                    tile(
-                                        width,
-                                        inp,
-                                        &w[o0 * inp..(o0 + width) * inp],
-                                        panel,
-                                        sums_at,
-                                    );
-                                    store_columns(
-                                        width,
-                                        &sums,
-                                        &biases,
-                                        dst.ptr().add(first * y_width + o0),
-                                        y_width,
-                                        tokens_here,
-                                    )
+                                    for j in (0..width).step_by(TILE_ROWS) {
+                                        let n = TILE_ROWS.min(width - j);
+                                        let rows = &w[(c0 + j) * inp..(c0 + j + n) * inp];
+                                        tile(n, inp, rows, panel, (sums_at.add(j * PANEL), PANEL));
+                                    }
+                                    store_columns(width, &sums, &biases, at, y_width, tokens_here)
                                 }
                                 Output::SiluMul => {
-                                    paired_tile(
-                                        width,
-                                        inp,
-                                        &w[o0 * inp..],
-                                        y_width * inp,
-                                        panel,
-                                        sums_at,
-                                    );
-                                    store_silu_mul(
-                                        width,
-                                        &sums,
-                                        dst.ptr().add(first * y_width + o0),
-                                        y_width,
-                                        tokens_here,
-                                    )
+                                    for j in (0..width).step_by(TILE_ROWS / 2) {
+                                        let n = (TILE_ROWS / 2).min(width - j);
+                                        paired_tile(
+                                            n,
+                                            inp,
+                                            &w[(c0 + j) * inp..],
+                                            y_width * inp,
+                                            panel,
+                                            (sums_at.add(j * PANEL), PANEL),
+                                            ups_at.add(j * PANEL),
+                                        );
+                                    }
+                                    store_silu_mul(width, &sums, &ups, at, y_width, tokens_here)
                                 }
                             }
                         };
@@ -345,57 +370,56 @@ pub(super) mod avx512 {
         }
     }
 
-    /// `dst[t * stride + r] = sums[r][t] + biases[r]` for `r < width`, `t < tokens`: a
-    /// tile's outputs, gathered token by token into one masked store each.
+    /// `dst[t * stride + j] = sums[j][t] + biases[j]` for `j < width`, `t < tokens`: a
+    /// task's outputs for one panel, turned token by token by in-register 16 x 16
+    /// transposes, one masked store per token and 16 columns. (Gathers did it at 12% of
+    /// the product's time on a processor whose gathers are microcoded.)
     ///
     /// # Safety
-    /// The processor must support AVX-512F; `dst` must hold `tokens` rows of `width` at
-    /// row stride `stride`.
+    /// The processor must support AVX-512F; `width <= TASK_COLUMNS`; `dst` must hold
+    /// `tokens` rows of `width` at row stride `stride`.
     #[target_feature(enable = "avx512f")]
     unsafe fn store_columns(
         width: usize,
-        sums: &[[f32; PANEL]; TILE_ROWS],
-        biases: &[f32; 16],
+        sums: &[[f32; PANEL]; TASK_COLUMNS],
+        biases: &[f32; TASK_COLUMNS],
         dst: *mut f32,
         stride: usize,
         tokens: usize,
     ) {
-        let mask: __mmask16 = (1 << width) - 1;
-        // SAFETY: the gather reads rows r < width <= TILE_ROWS of `sums` at column t <
-        // PANEL; the store writes `width` floats of row t < tokens (the caller's).
-        unsafe {
-            let b = _mm512_loadu_ps(biases.as_ptr());
-            for t in 0..tokens {
-                let v = column(sums, 0, t, mask);
-                _mm512_mask_storeu_ps(dst.add(t * stride), mask, _mm512_add_ps(v, b));
+        for j0 in (0..width).step_by(16) {
+            let mask = lanes(width - j0);
+            // SAFETY: j0 + 16 <= TASK_COLUMNS (a multiple of 16).
+            let b = unsafe { _mm512_loadu_ps(biases.as_ptr().add(j0)) };
+            for half in [0, 16] {
+                for (t, v) in columns(sums, j0, half)
+                    .into_iter()
+                    .enumerate()
+                    .take(tokens.saturating_sub(half))
+                {
+                    // SAFETY: columns j0.. in `mask` (< width) of row half + t < tokens.
+                    unsafe {
+                        let at = dst.add((half + t) * stride + j0);
+                        _mm512_mask_storeu_ps(at, mask, _mm512_add_ps(v, b))
+                    };
+                }
             }
         }
     }
 
-    /// Rows `first..first + 16` (those in `mask`, below [`TILE_ROWS`]) of a tile's sums at
-    /// column `t`, gathered into one vector.
-    ///
-    /// # Safety
-    /// The processor must support AVX-512F; every row in `mask` must lie below
-    /// [`TILE_ROWS`], `t < PANEL`.
+    /// The first `n` lanes (all sixteen for `n >= 16`).
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 { !0 } else { (1 << n) - 1 }
+    }
+
+    /// Rows `first..first + 16` of `sums` at tokens `half..half + 16`, as one vector per
+    /// token: the 16 x 16 transpose of the rows' halves.
     #[target_feature(enable = "avx512f")]
-    unsafe fn column(
-        sums: &[[f32; PANEL]; TILE_ROWS],
-        first: usize,
-        t: usize,
-        mask: __mmask16,
-    ) -> __m512 {
-        let index = _mm512_add_epi32(
-            _mm512_mullo_epi32(
-                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                _mm512_set1_epi32(PANEL as i32),
-            ),
-            _mm512_set1_epi32((first * PANEL + t) as i32),
-        );
-        // SAFETY: the lanes in `mask` read inside `sums` (the caller's).
-        unsafe {
-            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, sums.as_ptr().cast())
-        }
+    fn columns(sums: &[[f32; PANEL]; TASK_COLUMNS], first: usize, half: usize) -> [__m512; 16] {
+        // SAFETY: rows first.. first + 16 <= TASK_COLUMNS hold PANEL = half + 16 floats.
+        transpose(std::array::from_fn(|r| unsafe {
+            _mm512_loadu_ps(sums[first + r].as_ptr().add(half))
+        }))
     }
 
     /// Packs `rows <= PANEL` tokens `x` (`[rows, in]`) into `panel` `[in][PANEL]`, tokens past
@@ -500,74 +524,79 @@ pub(super) mod avx512 {
         // SAFETY: the caller's.
         unsafe {
             match width {
-                1 => rows::<1, false>(inp, w, x, out, stride, 0),
-                2 => rows::<2, false>(inp, w, x, out, stride, 0),
-                3 => rows::<3, false>(inp, w, x, out, stride, 0),
-                4 => rows::<4, false>(inp, w, x, out, stride, 0),
-                5 => rows::<5, false>(inp, w, x, out, stride, 0),
-                6 => rows::<6, false>(inp, w, x, out, stride, 0),
-                7 => rows::<7, false>(inp, w, x, out, stride, 0),
-                8 => rows::<8, false>(inp, w, x, out, stride, 0),
-                9 => rows::<9, false>(inp, w, x, out, stride, 0),
-                10 => rows::<10, false>(inp, w, x, out, stride, 0),
-                11 => rows::<11, false>(inp, w, x, out, stride, 0),
-                _ => rows::<TILE_ROWS, false>(inp, w, x, out, stride, 0),
+                1 => rows::<1, false>(inp, w, x, (out, out), stride, 0),
+                2 => rows::<2, false>(inp, w, x, (out, out), stride, 0),
+                3 => rows::<3, false>(inp, w, x, (out, out), stride, 0),
+                4 => rows::<4, false>(inp, w, x, (out, out), stride, 0),
+                5 => rows::<5, false>(inp, w, x, (out, out), stride, 0),
+                6 => rows::<6, false>(inp, w, x, (out, out), stride, 0),
+                7 => rows::<7, false>(inp, w, x, (out, out), stride, 0),
+                8 => rows::<8, false>(inp, w, x, (out, out), stride, 0),
+                9 => rows::<9, false>(inp, w, x, (out, out), stride, 0),
+                10 => rows::<10, false>(inp, w, x, (out, out), stride, 0),
+                11 => rows::<11, false>(inp, w, x, (out, out), stride, 0),
+                _ => rows::<TILE_ROWS, false>(inp, w, x, (out, out), stride, 0),
             }
         }
     }
 
     /// [`tile`] over `width <= TILE_ROWS / 2` rows of `weights` and the `width` rows
     /// `second` floats further on (a gate's rows and the up projection's matching ones): the
-    /// sums of the first rows in `out`'s rows `0..width`, the others in `width..2 width`.
+    /// sums of the first rows in `out`'s rows `0..width`, the others in `up`'s (same row
+    /// stride).
     ///
     /// # Safety
-    /// As [`tile`], for the `2 width` rows read.
-    pub(crate) unsafe fn paired_tile(
+    /// As [`tile`], for the `2 width` rows read and both outputs written.
+    unsafe fn paired_tile(
         width: usize,
         inp: usize,
         weights: &[f32],
         second: usize,
         panel: &[f32],
         (out, stride): (*mut f32, usize),
+        up: *mut f32,
     ) {
         debug_assert!(weights.len() >= second + width * inp && panel.len() >= inp * PANEL);
         let (w, x) = (weights.as_ptr(), panel.as_ptr());
         // SAFETY: the caller's.
         unsafe {
             match width {
-                1 => rows::<2, true>(inp, w, x, out, stride, second),
-                2 => rows::<4, true>(inp, w, x, out, stride, second),
-                3 => rows::<6, true>(inp, w, x, out, stride, second),
-                4 => rows::<8, true>(inp, w, x, out, stride, second),
-                5 => rows::<10, true>(inp, w, x, out, stride, second),
-                _ => rows::<TILE_ROWS, true>(inp, w, x, out, stride, second),
+                1 => rows::<2, true>(inp, w, x, (out, up), stride, second),
+                2 => rows::<4, true>(inp, w, x, (out, up), stride, second),
+                3 => rows::<6, true>(inp, w, x, (out, up), stride, second),
+                4 => rows::<8, true>(inp, w, x, (out, up), stride, second),
+                5 => rows::<10, true>(inp, w, x, (out, up), stride, second),
+                _ => rows::<TILE_ROWS, true>(inp, w, x, (out, up), stride, second),
             }
         }
     }
 
-    /// `dst[t * stride + r] = silu(sums[r][t]) * sums[width + r][t]` for `r < width`, `t <
-    /// tokens` ([`paired_tile`]'s gate and up sums), with the operations of
+    /// `dst[t * stride + j] = silu(gates[j][t]) * ups[j][t]` for `j < width`, `t <
+    /// tokens` ([`paired_tile`]'s sums), with the operations of
     /// [`super::super::simd::silu_mul`]'s vector body, lane by lane.
     ///
     /// # Safety
-    /// The processor must support AVX-512F, AVX2 and FMA; `width <= TILE_ROWS / 2`; `dst`
+    /// The processor must support AVX-512F, AVX2 and FMA; `width <= TASK_COLUMNS`; `dst`
     /// must hold `tokens` rows of `width` at row stride `stride`.
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn store_silu_mul(
         width: usize,
-        sums: &[[f32; PANEL]; TILE_ROWS],
+        gates: &[[f32; PANEL]; TASK_COLUMNS],
+        ups: &[[f32; PANEL]; TASK_COLUMNS],
         dst: *mut f32,
         stride: usize,
         tokens: usize,
     ) {
-        let mask: __mmask16 = (1 << width) - 1;
-        // SAFETY: the gathers read rows r < 2 width <= TILE_ROWS of `sums` at column t <
-        // PANEL; the store writes `width` floats of row t < tokens (the caller's).
-        unsafe {
-            for t in 0..tokens {
-                let (gate, up) = (column(sums, 0, t, mask), column(sums, width, t, mask));
-                let v = super::super::simd::silu_mul16(gate, up);
-                _mm512_mask_storeu_ps(dst.add(t * stride), mask, v);
+        for j0 in (0..width).step_by(16) {
+            let mask = lanes(width - j0);
+            for half in [0, 16] {
+                let gate = columns(gates, j0, half);
+                let up = columns(ups, j0, half);
+                for t in 0..tokens.saturating_sub(half).min(16) {
+                    let v = super::super::simd::silu_mul16(gate[t], up[t]);
+                    // SAFETY: columns j0.. in `mask` (< width) of row half + t < tokens.
+                    unsafe { _mm512_mask_storeu_ps(dst.add((half + t) * stride + j0), mask, v) };
+                }
             }
         }
     }
@@ -583,7 +612,7 @@ pub(super) mod avx512 {
         inp: usize,
         w: *const f32,
         x: *const f32,
-        out: *mut f32,
+        (out, up): (*mut f32, *mut f32),
         stride: usize,
         second: usize,
     ) {
@@ -606,10 +635,17 @@ pub(super) mod avx512 {
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: row r of `out` holds PANEL = 32 floats (the caller's).
+            let at = if PAIRED && r >= R / 2 {
+                // SAFETY: the up rows' output holds R / 2 rows (the caller's).
+                unsafe { up.add((r - R / 2) * stride) }
+            } else {
+                // SAFETY: `out` holds the first R (or R / 2) rows (the caller's).
+                unsafe { out.add(r * stride) }
+            };
+            // SAFETY: each row holds PANEL = 32 floats (the caller's).
             unsafe {
-                _mm512_storeu_ps(out.add(r * stride), acc[0]);
-                _mm512_storeu_ps(out.add(r * stride + 16), acc[1]);
+                _mm512_storeu_ps(at, acc[0]);
+                _mm512_storeu_ps(at.add(16), acc[1]);
             }
         }
     }
@@ -657,6 +693,8 @@ mod tests {
             (33, 16, 64),
             (70, 24, 100),
             (40, 64, 576),
+            (35, 104, 24),
+            (50, 264, 16),
         ] {
             let w = values(2 * inter * inp, 5);
             let x = values(tokens * inp, 6);
@@ -705,6 +743,9 @@ mod tests {
             (64, 25, 9),
             (70, 11, 576),
             (700, 30, 300),
+            // Several tasks of 16, 32 and 48 columns, the last one partial.
+            (40, 100, 20),
+            (50, 500, 20),
         ] {
             let w = values(out * inp, 1);
             let x = values(tokens * inp, 2);
