@@ -139,31 +139,31 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Rotary embedding ("rotate half" layout), in place, of `heads` heads of width `d` in
-/// each row of `x`: row `i` (stride `row_stride`, heads starting at `offset`) is at
-/// absolute position `start + i`. Angles are `position * inv_freq` in f32, as
-/// transformers computes them.
+/// each row of `x`: row `i` (stride `row_stride`, heads starting at `offset`) turns by the
+/// angles whose cosines and sines are row `i` of `cos` and `sin` (`[rows, d / 2]`, see
+/// [`crate::layers::HostTables`]).
 pub fn rope_in_place(
     x: &mut [f32],
     row_stride: usize,
     offset: usize,
     heads: usize,
-    inv_freq: &[f32],
-    start: usize,
+    (cos, sin): (&[f32], &[f32]),
 ) {
-    let half = inv_freq.len();
+    let rows = x.len() / row_stride.max(1);
+    let half = cos.len() / rows.max(1);
+    if half == 0 {
+        return;
+    }
     let d = 2 * half;
     x.par_chunks_mut(ROWS_PER_TASK * row_stride)
-        .enumerate()
-        .for_each(|(task, rows)| {
-            let mut cos = vec![0.0f32; half];
-            let mut sin = vec![0.0f32; half];
-            for (r, row) in rows.chunks_exact_mut(row_stride).enumerate() {
-                let pos = (start + task * ROWS_PER_TASK + r) as f32;
-                for (j, &f) in inv_freq.iter().enumerate() {
-                    let angle = pos * f;
-                    cos[j] = angle.cos();
-                    sin[j] = angle.sin();
-                }
+        .zip(cos.par_chunks(ROWS_PER_TASK * half))
+        .zip(sin.par_chunks(ROWS_PER_TASK * half))
+        .for_each(|((rows, cos), sin)| {
+            for ((row, cos), sin) in rows
+                .chunks_exact_mut(row_stride)
+                .zip(cos.chunks_exact(half))
+                .zip(sin.chunks_exact(half))
+            {
                 for h in 0..heads {
                     let at = offset + h * d;
                     let (x1, x2) = row[at..at + d].split_at_mut(half);
@@ -255,10 +255,9 @@ mod tests {
     #[test]
     fn rope_rotates_pairs_by_position() {
         // One head of width 4 at position 2: pairs (0, 2) and (1, 3) rotate by 2*f.
-        let inv_freq = [1.0f32, 0.5];
-        let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
-        rope_in_place(&mut x, 5, 1, 1, &inv_freq, 2);
         let (a, b) = (2.0f32 * 1.0, 2.0f32 * 0.5);
+        let mut x = vec![9.0, 1.0, 2.0, 3.0, 4.0];
+        rope_in_place(&mut x, 5, 1, 1, (&[a.cos(), b.cos()], &[a.sin(), b.sin()]));
         assert_eq!(x[0], 9.0);
         assert!((x[1] - (1.0 * a.cos() - 3.0 * a.sin())).abs() < 1e-6);
         assert!((x[3] - (3.0 * a.cos() + 1.0 * a.sin())).abs() < 1e-6);

@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, TensorData, activation, backend::Backend};
 use cake_core::host;
 use cake_core::{CacheError, LayerCache};
 
-use super::{Linear, RopeTables};
+use super::{HostTables, Linear, RopeTables};
 #[cfg(feature = "flex")]
 use crate::cpu::{self, AttentionShape, KvRows};
 
@@ -109,7 +109,7 @@ impl<B: Backend> Attention<B> {
         #[cfg(feature = "flex")]
         if let Some(host) = host::into_flex(qkv.clone()) {
             drop(qkv);
-            return self.forward_host(host, start, rope.inv_freq(), cache, request, after);
+            return self.forward_host(host, start, rope.host(), cache, request, after);
         }
         self.forward_generic(qkv, start, rope, cache, request, after)
     }
@@ -168,7 +168,7 @@ impl<B: Backend> Attention<B> {
         &self,
         qkv: burn_flex::FlexTensor,
         start: usize,
-        inv_freq: &[f32],
+        tables: &HostTables,
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
         after: AfterAttend<'_, B>,
@@ -183,8 +183,13 @@ impl<B: Backend> Attention<B> {
         drop(qkv);
         let rows = contiguous.storage_mut::<f32>();
         let s = rows.len() / width;
-        cpu::rope_in_place(rows, width, 0, h, inv_freq, start);
-        cpu::rope_in_place(rows, width, h * d, hkv, inv_freq, start);
+        assert_eq!(
+            tables.cos.len(),
+            s * d / 2,
+            "rotary tables for the {s} rows of this pass"
+        );
+        // The query heads then the key heads, side by side in each row: one pass.
+        cpu::rope_in_place(rows, width, 0, h + hkv, (&tables.cos, &tables.sin));
         // Queries [S, H, d]; keys and values [Hkv, S, d].
         let mut q = Vec::with_capacity(s * h * d);
         let mut k = vec![0.0f32; hkv * s * d];

@@ -17,4 +17,4 @@ pub use attention::{AfterAttend, Attention, AttentionOutput, AttentionRequest};
 pub use decoder::DecoderLayer;
 pub use linear::{Linear, RmsNorm};
 pub use mlp::Mlp;
-pub use rotary::{RopeTables, Rotary};
+pub use rotary::{HostTables, RopeTables, Rotary};

@@ -1,7 +1,8 @@
 //! Rotary position embedding in the "rotate half" layout, with Llama-3 frequency scaling.
 //!
 //! The generic path rotates with [`RopeTables`]; the CPU fast path rotates in place with
-//! [`crate::cpu::rope_in_place`] from the same inverse frequencies.
+//! [`crate::cpu::rope_in_place`] from the cosines and sines of [`RopeTables::host`], the
+//! same angles computed once per forward pass for every layer.
 
 use std::cell::OnceCell;
 
@@ -58,6 +59,7 @@ impl Rotary {
             kv_heads,
             device: device.clone(),
             built: OnceCell::new(),
+            host: OnceCell::new(),
         }
     }
 }
@@ -76,6 +78,17 @@ pub struct RopeTables<B: Backend> {
     kv_heads: usize,
     device: B::Device,
     built: OnceCell<Built<B>>,
+    host: OnceCell<HostTables>,
+}
+
+/// `cos(angle)` and `sin(angle)` of `angle = position * inv_freq[j]` (f32, as transformers
+/// computes it), `[n, d / 2]` each: what [`crate::cpu::rope_in_place`] rotates by.
+#[derive(Debug, Clone, Default)]
+pub struct HostTables {
+    /// `[n, d / 2]`
+    pub cos: Vec<f32>,
+    /// `[n, d / 2]`
+    pub sin: Vec<f32>,
 }
 
 /// The tensors of [`RopeTables`].
@@ -102,6 +115,28 @@ impl<B: Backend> RopeTables<B> {
     /// Absolute position of the first row.
     pub fn start(&self) -> usize {
         self.start
+    }
+
+    /// The cosines and sines of the CPU fast path, computed on first use and shared by every
+    /// layer of the forward pass.
+    pub fn host(&self) -> &HostTables {
+        self.host.get_or_init(|| {
+            let half = self.inv_freq.len();
+            let (mut cos, mut sin) = (vec![0.0; self.n * half], vec![0.0; self.n * half]);
+            for (i, (cos, sin)) in cos
+                .chunks_exact_mut(half.max(1))
+                .zip(sin.chunks_exact_mut(half.max(1)))
+                .enumerate()
+            {
+                let pos = (self.start + i) as f32;
+                for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
+                    let angle = pos * f;
+                    *c = angle.cos();
+                    *s = angle.sin();
+                }
+            }
+            HostTables { cos, sin }
+        })
     }
 
     fn built(&self) -> &Built<B> {
