@@ -6,17 +6,9 @@ use std::time::Instant;
 
 use cake_core::host::gemm;
 
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::values;
 
 fn main() {
     let mut total = (0.0, 0.0);
