@@ -9,8 +9,8 @@
 //! uninterrupted reference). A command whose run finished before its kill is checked
 //! against the reference and its folders are deleted, and the command's expected duration
 //! shrinks by a fifth, so that later kills land in real work again whatever the load of the
-//! machine was during the reference. SIGKILL never cuts a single small `write` to a file, so every fourth kill
-//! the test also tears a line itself, for the next resume to repair.
+//! machine was during the reference. SIGKILL never cuts a single small `write` to a file,
+//! so every fourth kill the test also tears a line itself, for the next resume to repair.
 //!
 //! `KILL_RESUME_SEED=N` replays another sequence of kills (`CAKE_*` variables are
 //! settings of the binary).

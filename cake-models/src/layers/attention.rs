@@ -14,7 +14,9 @@ use burn::tensor::{Tensor, TensorData, activation, backend::Backend};
 use cake_core::host;
 use cake_core::{CacheError, LayerCache};
 
-use super::{HostTables, Linear, RopeTables};
+#[cfg(feature = "flex")]
+use super::HostTables;
+use super::{Linear, RopeTables};
 #[cfg(feature = "flex")]
 use crate::cpu::{self, AttentionShape, KvRows};
 

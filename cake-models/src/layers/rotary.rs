@@ -147,16 +147,16 @@ impl<B: Backend> RopeTables<B> {
         let (n, device) = (self.n, &self.device);
         let half = self.inv_freq.len();
         let d = 2 * half;
-        // [n, d]: cat(freqs, freqs) per position, as transformers builds `emb`.
-        let mut cos = Vec::with_capacity(n * d);
-        let mut sin = Vec::with_capacity(n * d);
-        for pos in self.start..self.start + n {
-            let angles: Vec<f32> = self.inv_freq.iter().map(|&f| pos as f32 * f).collect();
-            for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos()));
-                sin.extend(angles.iter().map(|a| a.sin()));
-            }
-        }
+        // [n, d]: cat(freqs, freqs) per position, as transformers builds `emb`, from the
+        // same [n, d / 2] cosines and sines as the CPU fast path.
+        let twice = |table: &[f32]| -> Vec<f32> {
+            table
+                .chunks_exact(half.max(1))
+                .flat_map(|row| row.iter().chain(row).copied())
+                .collect()
+        };
+        let host = self.host();
+        let (cos, sin) = (twice(&host.cos), twice(&host.sin));
         // [n * h, d]: row p * h + i is position p (the same for each of the h heads).
         let per_head = |table: &[f32], h: usize| -> Tensor<B, 2> {
             let rows: Vec<f32> = table
