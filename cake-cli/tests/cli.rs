@@ -196,6 +196,19 @@ fn names_ignore_case_and_the_environment_rejects_unknown_keys_like_the_file() {
         ],
         &["`full` keeps every token"],
     );
+    // Nor head budgets to set (they were silently ignored).
+    assert_clean_error(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--policy",
+            "full",
+            "--head-budgets",
+            "preference",
+        ],
+        &["`full` keeps every token", "--head-budgets"],
+    );
     let dir = tempfile::tempdir().unwrap();
     for (key, value, needles) in [
         (

@@ -83,9 +83,9 @@ pub enum ConfigError {
         "`full` keeps every token and has no policy: use KeepAll, or PolicySpec::compressor, which gives it for `full`"
     )]
     FullIsNotAPolicy,
-    /// An allocator or scorer override on `full`, which has neither.
+    /// An allocator, scorer or head-budget setting on `full`, which has none of them.
     #[error(
-        "`full` keeps every token: it has no allocator or scorer to override (drop --allocator/--scorer, or pick a method such as cake)"
+        "`full` keeps every token: it has no allocator, scorer or head budgets to set (drop --allocator/--scorer/--head-budgets, or pick a method such as cake)"
     )]
     FullHasNoParts,
     /// A score-function file given without the static allocator.

@@ -65,7 +65,11 @@ impl PolicySpec {
     /// static allocator has its file (the file itself is read by [`PolicySpec::compressor`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cache.validate()?;
-        if self.method == Method::Full && (self.allocator.is_some() || self.scorer.is_some()) {
+        if self.method == Method::Full
+            && (self.allocator.is_some()
+                || self.scorer.is_some()
+                || !self.cache.head_budgets.is_none())
+        {
             return Err(ConfigError::FullHasNoParts);
         }
         let static_heads = self.cache.head_budgets == HeadBudgets::Static;
@@ -262,6 +266,12 @@ mod tests {
         assert!(spec(Method::Cake, None, None, None).validate().is_ok());
         assert!(matches!(
             spec(Method::Full, Some(AllocatorKind::Uniform), None, None).validate(),
+            Err(ConfigError::FullHasNoParts)
+        ));
+        let mut full_with_heads = spec(Method::Full, None, None, None);
+        full_with_heads.cache.head_budgets = HeadBudgets::Preference;
+        assert!(matches!(
+            full_with_heads.validate(),
             Err(ConfigError::FullHasNoParts)
         ));
         assert!(matches!(
