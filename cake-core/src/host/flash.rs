@@ -87,8 +87,14 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
         } = input.query_block(task, block_rows, scale);
         let m = rows * group;
         let mut state = Online::new(m, d);
-        // [m, KEY_TILE] scores, then probabilities, of one key tile.
-        let mut scores = vec![0.0f32; m * KEY_TILE];
+        // [m, KEY_TILE] scores, then probabilities, of one key tile: the thread's buffer
+        // from its previous task (every entry read is written first in this task: the
+        // tiles fill whole panels of the first `n` columns, the softmax reads those `n`).
+        let mut buffer = SCORES.take();
+        if buffer.len() < m * KEY_TILE {
+            buffer = vec![0.0f32; QUERY_ROWS.max(m) * KEY_TILE];
+        }
+        let scores = &mut buffer[..m * KEY_TILE];
         for k0 in (lo / PANEL * PANEL..hi).step_by(KEY_TILE) {
             let n = KEY_TILE.min(hi - k0);
             for r0 in (0..m).step_by(TILE_ROWS) {
@@ -131,9 +137,15 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
                 )
             };
         }
+        SCORES.set(buffer);
         // SAFETY: this task alone writes the rows i0..i0+rows of the heads of `kv`.
         unsafe { state.write(out_ptr, (i0, kv * group), (h, group)) };
     });
+}
+
+thread_local! {
+    /// The calling thread's score tile, reused by its next task of [`attention`].
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Panels of keys per task of [`scores`].

@@ -3,7 +3,7 @@
 //!
 //! On processors with AVX-512 the product runs its own kernel, built so that nothing but
 //! the activations is ever repacked:
-//! - a chunk of tokens (about half a core's L2) is packed once into panels of
+//! - a chunk of tokens (about 1.25 MiB) is packed once into panels of
 //!   32 tokens, `[in][32]`, so that one input feature of 32 tokens is two
 //!   vectors;
 //! - each task takes 12 weight rows (contiguous in `W`, kept in L1 while the
@@ -185,9 +185,11 @@ pub(super) mod avx512 {
     pub(crate) const PANEL: usize = 32;
     /// Weight rows per tile: 12 x 2 accumulators, leaving registers for the panel's vectors.
     pub(crate) const TILE_ROWS: usize = 12;
-    /// Bytes of activations packed per chunk: about half of a core's L2, so that the panels
-    /// stay there while every weight tile passes over them.
-    const CHUNK_BYTES: usize = 768 << 10;
+    /// Bytes of activations packed per chunk: under two thirds of a 2 MiB L2, so that the
+    /// panels stay there while every weight tile passes over them, and large enough that a
+    /// 512-token prompt of 576 features is one chunk (its weights streamed once, not twice;
+    /// measured against 768 KiB: prefill 512 +2%, 2K +1%, alternated five times).
+    const CHUNK_BYTES: usize = 1280 << 10;
 
     /// Most output columns per task: four tiles, so that each token's outputs are stored as
     /// three whole cache lines of `y` (tiles of 12 columns each stored alone left a line
@@ -769,7 +771,7 @@ mod tests {
             (33, 13, 64),
             (64, 25, 9),
             (70, 11, 576),
-            (700, 30, 300),
+            (1100, 30, 300), // two chunks of 1.25 MiB, the second a partial panel
             // Several tasks of 16, 32 and 48 columns, the last one partial.
             (40, 100, 20),
             (50, 500, 20),
