@@ -131,7 +131,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
                     m,
                     n,
                     d,
-                    &scores,
+                    scores,
                     values.rows(kv, k0, k0 + n),
                     &mut state.acc,
                 )
