@@ -127,14 +127,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
             // SAFETY: AVX-512F (the caller's); probabilities [m, n] at row stride
             // KEY_TILE, values k0..k0+n of head kv ([n, d]), the [m, d] accumulator.
             unsafe {
-                weighted_values(
-                    m,
-                    n,
-                    d,
-                    scores,
-                    values.rows(kv, k0, k0 + n),
-                    &mut state.acc,
-                )
+                weighted_values(m, n, d, scores, values.rows(kv, k0, k0 + n), &mut state.acc)
             };
         }
         SCORES.set(buffer);

@@ -120,22 +120,58 @@ pub fn tune_threads() {
         .build_global();
 }
 
-/// RMS normalisation of each `weight.len()`-wide row of `x` into `out`:
-/// `weight * (x / sqrt(mean(x^2) + eps))`, in transformers' order of operations.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+/// RMS normalisation of each `weight.len()`-wide row of `x` into a new buffer:
+/// `weight * (x / sqrt(mean(x^2) + eps))`, in transformers' order of operations. The
+/// threads write the rows straight into the buffer's spare capacity (zero-filling it first
+/// was a pass over the activations on one thread while the others waited).
+///
+/// # Panics
+/// When `x` is not whole rows of `weight.len()` (which must be positive).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let width = weight.len();
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "x must be whole rows of the weight's width"
+    );
     let task = ROWS_PER_TASK * width;
-    out.par_chunks_mut(task)
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(task)
         .zip(x.par_chunks(task))
         .for_each(|(out, x)| {
             for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
                 let mean_sq = simd::dot(row, row) / width as f32;
                 let inv = 1.0 / (mean_sq + eps).sqrt();
                 for ((o, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
-                    *o = w * (v * inv);
+                    o.write(w * (v * inv));
                 }
             }
         });
+    // SAFETY: the chunks cover the first `x.len()` entries, whole rows each (checked
+    // above), and every entry of every row was written.
+    unsafe { out.set_len(x.len()) };
+    out
+}
+
+/// `x += y` element by element, threads over blocks (the residual connections).
+///
+/// # Panics
+/// When the lengths differ.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "x and y must have the same length");
+    const BLOCK: usize = 1 << 14;
+    let add = |(x, y): (&mut [f32], &[f32])| {
+        for (a, &b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    };
+    if x.len() <= BLOCK {
+        add((x, y));
+    } else {
+        x.par_chunks_mut(BLOCK)
+            .zip(y.par_chunks(BLOCK))
+            .for_each(add);
+    }
 }
 
 /// Rotary embedding ("rotate half" layout), in place, of `heads` heads of width `d` in
@@ -240,8 +276,7 @@ mod tests {
     fn rms_norm_by_hand() {
         let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0];
         let w = [1.0, 2.0, 0.5];
-        let mut out = [0.0; 6];
-        rms_norm(&x, &w, 0.0, &mut out);
+        let out = rms_norm(&x, &w, 0.0);
         // Row 0: mean square 25/3.
         let inv = 1.0 / (25.0f32 / 3.0).sqrt();
         assert!((out[0] - 3.0 * inv).abs() < 1e-6);
@@ -250,6 +285,17 @@ mod tests {
         // Row 1: mean square 2/3.
         let inv = 1.0 / (2.0f32 / 3.0).sqrt();
         assert!((out[4] - 2.0 * inv).abs() < 1e-6 && (out[5] - 0.5 * inv).abs() < 1e-6);
+    }
+
+    #[test]
+    fn add_assign_adds_every_element() {
+        for n in [0, 5, (1 << 14) + 3, 3 << 14] {
+            let mut x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let y: Vec<f32> = (0..n).map(|i| 1.0 - i as f32).collect();
+            let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+            add_assign(&mut x, &y);
+            assert_eq!(x, want, "{n} elements");
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! The pre-norm decoder layer.
 
 use burn::tensor::{Tensor, backend::Backend};
+#[cfg(feature = "flex")]
+use cake_core::host;
 use cake_core::{CacheError, LayerCache};
+
+#[cfg(feature = "flex")]
+use crate::cpu;
 
 use super::{AfterAttend, Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
 
@@ -49,8 +54,28 @@ impl<B: Backend> DecoderLayer<B> {
         // [n, hidden]: the rows whose output was asked for (all of them unless
         // `request.last_rows` said otherwise).
         let x = if n < s { x.narrow(0, s - n, n) } else { x };
-        let x = x + attn.output.clone();
-        let x = x.clone() + self.mlp.forward(self.post_attention_norm.forward(x));
-        Ok((x, attn))
+        let x = residual(x, &attn.output);
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_norm.forward(x.clone()));
+        Ok((residual(x, &mlp), attn))
     }
+}
+
+/// `x + y` (same shape): on the CPU path in `x`'s own buffer, threads over blocks (Burn's
+/// add ran on one thread while the others waited); elsewhere, or when `x`'s buffer is
+/// shared or strided, Burn's add. The same bits either way.
+fn residual<B: Backend>(x: Tensor<B, 2>, y: &Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    if x.dims() == y.dims()
+        && let Some(y_host) = host::flex(y)
+        && let Some(ys) = host::contiguous(&y_host)
+    {
+        let (x, ran) = host::write_in_place(x, |xs| cpu::add_assign(xs, ys));
+        if ran {
+            return x;
+        }
+        return x + y.clone();
+    }
+    x + y.clone()
 }

@@ -150,8 +150,7 @@ impl<B: Backend> RmsNorm<B> {
     fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let (w, xs) = host_buffers(&self.weight, x)?;
         let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
-        let mut out = vec![0.0f32; xs.len()];
-        cpu::rms_norm(xs, w, self.eps as f32, &mut out);
+        let out = cpu::rms_norm(xs, w, self.eps as f32);
         Some(Tensor::from_data(
             TensorData::new(out, x.dims()),
             &x.device(),
