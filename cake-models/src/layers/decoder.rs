@@ -72,10 +72,7 @@ fn residual<B: Backend>(x: Tensor<B, 2>, y: &Tensor<B, 2>) -> Tensor<B, 2> {
         && let Some(ys) = host::contiguous(&y_host)
     {
         let (x, ran) = host::write_in_place(x, |xs| cpu::add_assign(xs, ys));
-        if ran {
-            return x;
-        }
-        return x + y.clone();
+        return if ran { x } else { x + y.clone() };
     }
     x + y.clone()
 }
