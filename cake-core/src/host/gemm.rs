@@ -188,7 +188,8 @@ pub(super) mod avx512 {
     /// Bytes of activations packed per chunk: under two thirds of a 2 MiB L2, so that the
     /// panels stay there while every weight tile passes over them, and large enough that a
     /// 512-token prompt of 576 features is one chunk (its weights streamed once, not twice;
-    /// measured against 768 KiB: prefill 512 +2%, 2K +1%, alternated five times).
+    /// measured against 768 KiB together with the attention's reused score tile: prefill
+    /// 512 +2%, 2K +1%, alternated five times; alone, within the machine's noise).
     const CHUNK_BYTES: usize = 1280 << 10;
 
     /// Most output columns per task: four tiles, so that each token's outputs are stored as
@@ -631,7 +632,8 @@ pub(super) mod avx512 {
         // Features `i..i + N`: the row addresses are formed once for the N features, then
         // reached by constant displacements. One feature per step took about 12 address
         // instructions beside its 24 multiply-adds; four per step take about 11 for 96. Two
-        // or eight per step compiled to slower loops (measured: 60% and 80% of four's rate).
+        // or eight per step compiled to slower loops (measured: about 56% and 78% of four's
+        // rate).
         #[inline(always)]
         unsafe fn step<const R: usize, const N: usize>(
             acc: &mut [[__m512; 2]; R],
