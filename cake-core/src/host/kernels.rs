@@ -627,12 +627,10 @@ fn decode_attention(
             exps: vec![0.0; group * n],
         };
         // Scores of the chunk's keys for the G query heads of the group, each key row read
-        // once for up to three of them, while the chunk's value rows are requested.
+        // once for up to four of them.
         let chunk = keys.rows(kv, a, b);
         let queries = &q[kv * group * d..(kv + 1) * group * d];
-        // The chunk's value rows stream in alongside (the weighted sum below reads them).
-        let next = values.as_ref().map(|v| v.rows(kv, a, b));
-        simd::matvec_group(chunk, queries, d, &mut part.exps, next);
+        simd::matvec_group(chunk, queries, d, &mut part.exps);
         for scores in part.exps.chunks_exact_mut(n.max(1)) {
             simd::scale(scores, scale);
         }

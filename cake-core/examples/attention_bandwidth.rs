@@ -1,0 +1,83 @@
+//! How close the one-query (decoding) attention comes to the machine's read bandwidth: one
+//! `host::attention` call per layer over a full cache of `S` tokens, for a model's 30 (or
+//! 32) layers one after another as a decoding step runs them (each layer its own buffers,
+//! so nothing is served from the caches), against the bandwidth probe, alternating for a
+//! few rounds. Shapes: SmolLM2-135M (H = 9, Hkv = 3, d = 64, 30 layers) and Llama-3.1-8B
+//! (H = 32, Hkv = 8, d = 128, 32 layers, at a quarter of the context so that it fits).
+//!
+//! ```text
+//! cargo run --release -p cake-core --features flex --example attention_bandwidth [-- S] [--probs]
+//! ```
+
+use std::time::Instant;
+
+use cake_core::host::kernels::packed_starts;
+use cake_core::host::{AttentionShape, KvRows, attention};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let probs = args.iter().any(|a| a == "--probs");
+    let context: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(8192);
+    let models = [
+        ("smollm2-135m", 30, 9, 3, 64, context),
+        ("llama-3.1-8b", 32, 32, 8, 128, context / 4),
+    ];
+    for (name, layers, heads, kv_heads, dim, len) in models {
+        if std::env::var("ONLY").is_ok_and(|o| !name.starts_with(&o)) {
+            continue;
+        }
+        let shape = AttentionShape {
+            queries: 1,
+            heads,
+            kv_heads,
+            dim,
+        };
+        let cache: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
+            .map(|l| {
+                let fill = |seed: usize| -> Vec<f32> {
+                    let mut v: Vec<f32> = Vec::with_capacity(kv_heads * len * dim);
+                    v.extend(
+                        (0..kv_heads * len * dim)
+                            .map(|i| (((i * 7 + seed * 13 + l) % 97) as f32 - 48.0) / 97.0),
+                    );
+                    v
+                };
+                (fill(1), fill(2))
+            })
+            .collect();
+        let q: Vec<f32> = (0..heads * dim)
+            .map(|i| ((i % 11) as f32 - 5.0) / 11.0)
+            .collect();
+        let starts = packed_starts(kv_heads, len);
+        let mut out = vec![0.0f32; heads * dim];
+        let mut p = vec![0.0f32; if probs { heads * len } else { 0 }];
+        let bytes: usize = cache.iter().map(|(k, v)| 4 * (k.len() + v.len())).sum();
+        let visible = |_: usize, _: usize| (0, len);
+        for round in 0..3 {
+            let probe = cake_core::host::read_bandwidth(512 << 20, 5);
+            let mut best = f64::INFINITY;
+            for _ in 0..7 {
+                let start = Instant::now();
+                for (k, v) in &cache {
+                    let rows = |data| KvRows {
+                        data,
+                        starts: &starts,
+                        len,
+                        dim,
+                    };
+                    let p = probs.then_some(&mut p[..]);
+                    attention(&q, rows(k), shape, &visible, Some((rows(v), &mut out)), p);
+                }
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            println!(
+                "{name} S={len}{}: round {round}: probe {:.1} GB/s, decode attention {:.1} GB/s ({:.2} ms for {:.0} MB)",
+                if probs { " +probs" } else { "" },
+                probe / 1e9,
+                bytes as f64 / best / 1e9,
+                best * 1e3,
+                bytes as f64 / 1e6
+            );
+        }
+    }
+}
