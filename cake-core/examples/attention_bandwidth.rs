@@ -23,9 +23,6 @@ fn main() {
         ("llama-3.1-8b", 32, 32, 8, 128, context / 4),
     ];
     for (name, layers, heads, kv_heads, dim, len) in models {
-        if std::env::var("ONLY").is_ok_and(|o| !name.starts_with(&o)) {
-            continue;
-        }
         let shape = AttentionShape {
             queries: 1,
             heads,
@@ -34,13 +31,11 @@ fn main() {
         };
         let cache: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
             .map(|l| {
+                // [Hkv, len, d], each layer its own values.
                 let fill = |seed: usize| -> Vec<f32> {
-                    let mut v: Vec<f32> = Vec::with_capacity(kv_heads * len * dim);
-                    v.extend(
-                        (0..kv_heads * len * dim)
-                            .map(|i| (((i * 7 + seed * 13 + l) % 97) as f32 - 48.0) / 97.0),
-                    );
-                    v
+                    (0..kv_heads * len * dim)
+                        .map(|i| (((i * 7 + seed * 13 + l) % 97) as f32 - 48.0) / 97.0)
+                        .collect()
                 };
                 (fill(1), fill(2))
             })
