@@ -96,7 +96,19 @@ pub struct BenchRow {
     /// Bytes-moved bound of one decoding step: (weights + K/V held after prefill) read at
     /// the measured bandwidth; `None` when the bandwidth was not measured (GPU backends).
     pub decode_bound_ms: Option<f64>,
+    /// The read bandwidth of the bound: the median of the probes taken between this
+    /// context's decoding steps (GB/s); `None` on GPU backends.
+    pub read_bandwidth_gb_s: Option<f64>,
 }
+
+/// Bytes the bandwidth probe reads: far beyond any last-level cache.
+const PROBE_BYTES: usize = 512 << 20;
+/// Passes per bandwidth sample (the best counts).
+const PROBE_ROUNDS: usize = 3;
+/// Bandwidth samples per context, spread over its decoding steps (plus one after them):
+/// a shared machine's bandwidth moves between phases during a run, and a bound from one
+/// probe taken before it can be far from what the steps saw.
+const BANDWIDTH_SAMPLES: usize = 8;
 
 /// The compute backends `cake bench` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -159,16 +171,17 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             (session.model, session.name, eos)
         }
     };
-    // The CPU backend's decode is memory-bound: measure what memory can deliver.
-    let bandwidth = cake_core::host::is_flex::<B>().then(|| {
-        let bytes_per_s = cake_core::host::read_bandwidth(512 << 20, 5);
+    // The CPU backend's decode is memory-bound: measure what memory can deliver, between
+    // the decoding steps of each context (see `bandwidth_samples`).
+    let probe = cake_core::host::is_flex::<B>()
+        .then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
+    if let Some(probe) = &probe {
         eprintln!(
-            "read bandwidth {:.1} GB/s; weights read per decoding step {:.1} MB",
-            bytes_per_s / 1e9,
+            "read bandwidth {:.1} GB/s at the start; weights read per decoding step {:.1} MB",
+            probe.measure(PROBE_ROUNDS) / 1e9,
             model.decode_weight_bytes() as f64 / 1e6
         );
-        bytes_per_s
-    });
+    }
     let weight_bytes = model.decode_weight_bytes();
     let modes = if args.head_budget_modes.is_empty() {
         vec![base.spec.cache.head_budgets]
@@ -207,11 +220,33 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             }
         }
         let mut decoders: Vec<Decoder<B>> = last.into_iter().flatten().collect();
+        // Bandwidth samples spread over the decoding steps (none inside a timed step).
+        let every = steps.div_ceil(BANDWIDTH_SAMPLES).max(1);
+        let mut samples = Vec::new();
         for step in 0..steps {
+            if let Some(probe) = probe.as_ref().filter(|_| step % every == 0) {
+                samples.push(probe.measure(PROBE_ROUNDS));
+            }
             for k in 0..decoders.len() {
                 let i = (step + k) % decoders.len();
                 decoders[i].step()?;
             }
+        }
+        if let Some(probe) = &probe {
+            samples.push(probe.measure(PROBE_ROUNDS));
+        }
+        let bandwidth = (!samples.is_empty()).then(|| median(&samples));
+        if let Some(bw) = bandwidth {
+            let (low, high) = samples
+                .iter()
+                .fold((f64::INFINITY, 0.0f64), |(l, h), &b| (l.min(b), h.max(b)));
+            eprintln!(
+                "context {context:>6}: read bandwidth {:.1} GB/s (median of {} probes between decoding steps, {:.1}-{:.1})",
+                bw / 1e9,
+                samples.len(),
+                low / 1e9,
+                high / 1e9
+            );
         }
         for (d, times) in decoders.iter().zip(&prefill_times) {
             let prefill_s = median_ms(times) / 1e3;
@@ -232,6 +267,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                 kv_bytes_after_prefill: d.kv_bytes_after_prefill,
                 decode_bound_ms: bandwidth
                     .map(|bw| (weight_bytes + d.kv_bytes_after_prefill) as f64 / bw * 1e3),
+                read_bandwidth_gb_s: bandwidth.map(|bw| bw / 1e9),
             };
             eprintln!(
                 "context {context:>6} {:<24} prefill {:>9.1} ms  decode {:>7.2} ms/token",
