@@ -173,8 +173,8 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     };
     // The CPU backend's decode is memory-bound: measure what memory can deliver, between
     // the decoding steps of each context (see `bandwidth_samples`).
-    let probe = cake_core::host::is_flex::<B>()
-        .then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
+    let probe =
+        cake_core::host::is_flex::<B>().then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
     if let Some(probe) = &probe {
         eprintln!(
             "read bandwidth {:.1} GB/s at the start; weights read per decoding step {:.1} MB",
