@@ -252,7 +252,7 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
 
 /// A read-bandwidth probe whose buffer is allocated (and its pages touched) once, so that
 /// it can sample the bandwidth many times during a benchmark: on a shared machine the
-/// bandwidth moves between phases (one 2-core EPYC read 35 GB/s in most runs and 55 in
+/// bandwidth moves between phases (one 2-core EPYC read 35 GB/s in most runs and 55-65 in
 /// some), so one probe before a run is not the bandwidth its decoding steps saw.
 pub struct BandwidthProbe {
     data: Vec<f32>,
