@@ -172,7 +172,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         }
     };
     // The CPU backend's decode is memory-bound: measure what memory can deliver, between
-    // the decoding steps of each context (see `bandwidth_samples`).
+    // the decoding steps of each context (see `BANDWIDTH_SAMPLES`).
     let probe =
         cake_core::host::is_flex::<B>().then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
     if let Some(probe) = &probe {
