@@ -22,6 +22,7 @@ fn main() {
         ("smollm2-135m", 30, 9, 3, 64, context),
         ("llama-3.1-8b", 32, 32, 8, 128, context / 4),
     ];
+    let probe = cake_core::host::BandwidthProbe::new(512 << 20);
     for (name, layers, heads, kv_heads, dim, len) in models {
         let shape = AttentionShape {
             queries: 1,
@@ -49,7 +50,7 @@ fn main() {
         let bytes: usize = cache.iter().map(|(k, v)| 4 * (k.len() + v.len())).sum();
         let visible = |_: usize, _: usize| (0, len);
         for round in 0..3 {
-            let probe = cake_core::host::read_bandwidth(512 << 20, 5);
+            let probe = probe.measure(5);
             let mut best = f64::INFINITY;
             for _ in 0..7 {
                 let start = Instant::now();

@@ -175,10 +175,9 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     // the decoding steps of each context (see `BANDWIDTH_SAMPLES`).
     let probe =
         cake_core::host::is_flex::<B>().then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
-    if let Some(probe) = &probe {
+    if probe.is_some() {
         eprintln!(
-            "read bandwidth {:.1} GB/s at the start; weights read per decoding step {:.1} MB",
-            probe.measure(PROBE_ROUNDS) / 1e9,
+            "weights read per decoding step {:.1} MB",
             model.decode_weight_bytes() as f64 / 1e6
         );
     }

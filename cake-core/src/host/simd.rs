@@ -54,7 +54,7 @@ pub fn dot_chain(w: &[f32], x: &[f32]) -> f32 {
 /// The rows are read one after another, each as one chain of multiply-adds: one
 /// sequential stream, which the hardware prefetchers follow better than [`dot4`]'s four
 /// interleaved ones (measured with the `gemv_bandwidth` example on a 2-core EPYC,
-/// alternated: SmolLM2-135M's decoding GEMVs 28 -> 33-35 GB/s against a 36 GB/s probe).
+/// alternated: SmolLM2-135M's decoding GEMVs 24-28 -> 30-35 GB/s against a 34-36 GB/s probe).
 pub fn matvec(rows: &[f32], x: &[f32], out: &mut [f32]) {
     let d = x.len();
     let quads = out.len() / 4;
