@@ -27,6 +27,7 @@ mod common;
 fn rows<'a>(data: &'a [f32], starts: &'a [usize], len: usize, dim: usize) -> KvRows<'a> {
     KvRows {
         data,
+        runs: &[],
         starts,
         len,
         dim,

@@ -57,6 +57,7 @@ fn main() {
                 for (k, v) in &cache {
                     let rows = |data| KvRows {
                         data,
+                        runs: &[],
                         starts: &starts,
                         len,
                         dim,

@@ -14,7 +14,16 @@
 //! Eviction compacts each head's kept rows to the front of its region (only rows after
 //! the first evicted one move) and gives memory back by shrinking regions when much more
 //! than a block would stay unused (on the CPU backend inside the same buffer, whose tail
-//! is then released: no new memory is touched). Heads holding the same count get the same capacity, so
+//! is then released: no new memory is touched).
+//!
+//! On the CPU backend an eviction that would leave few gaps moves nothing: the evicted
+//! rows stay behind as gaps between [`RowRun`]s (at most [`MAX_RUNS`] per head), which the
+//! host kernels skip, and new rows are written after the last run. The gaps are closed in
+//! one move when a head's region fills up, when a later eviction would leave more runs,
+//! before a multi-row append, or when memory is given back. A decoding step of CAKE then
+//! costs no row moves (one every few dozen steps instead of one per step); the rows keep
+//! their order, so every kernel reads them in the same order as compacted and computes the
+//! same bits. Heads holding the same count get the same capacity, so
 //! the common layer-budget case is a plain `[Hkv, capacity, d]` layout.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
@@ -24,12 +33,27 @@ use crate::error::CacheError;
 /// Rows per KV head that buffers grow (and are rounded) by.
 pub const GROWTH_BLOCK: usize = 128;
 
+/// Most runs of consecutive rows a KV head may be split into by gaps (see
+/// [`LayerCache::runs`]) before the next eviction closes them.
+pub const MAX_RUNS: usize = 16;
+
+/// A stretch of one KV head's rows that sit one after another in its region: rows
+/// `row..` (indices among the head's rows, in position order) from region row `offset`,
+/// up to the next run's `row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRun {
+    /// Index of the run's first row among the head's rows.
+    pub row: usize,
+    /// Where it sits, in rows from the head's region start ([`HeadSpan::start`]).
+    pub offset: usize,
+}
+
 /// Where one KV head's rows live in the layer's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HeadSpan {
     /// First row of the head's region.
     pub start: usize,
-    /// Valid rows (cached tokens) of the head.
+    /// Valid rows (cached tokens) of the head (gaps left by eviction not counted).
     pub len: usize,
     /// Rows the region holds before it must grow.
     pub capacity: usize,
@@ -53,6 +77,8 @@ pub struct LayerCache<B: Backend> {
     /// `[rows, d]`
     values: Option<Tensor<B, 2>>,
     heads: Vec<HeadSpan>,
+    /// Per head, its runs when eviction left gaps (empty: its rows are contiguous).
+    runs: Vec<Vec<RowRun>>,
     positions: Vec<Vec<usize>>,
     scores: Option<Tensor<B, 2>>,
 }
@@ -75,6 +101,7 @@ impl<B: Backend> LayerCache<B> {
             keys: None,
             values: None,
             heads: Vec::new(),
+            runs: Vec::new(),
             positions: Vec::new(),
             scores: None,
         }
@@ -117,12 +144,19 @@ impl<B: Backend> LayerCache<B> {
         if self.positions.is_empty() {
             self.positions = vec![Vec::new(); heads];
             self.heads = vec![HeadSpan::default(); heads];
+            self.runs = vec![Vec::new(); heads];
         }
+        // The prefill kernels read each head's rows as one slice.
+        if n > 1 && self.has_gaps() {
+            self.settle();
+        }
+        self.reserve(n, dim, &keys.device());
         for head in &mut self.positions {
             head.extend(start_pos..start_pos + n);
         }
-        self.reserve(n, dim, &keys.device());
-        let at: Vec<usize> = self.heads.iter().map(|h| h.start + h.len).collect();
+        let at: Vec<usize> = (0..heads)
+            .map(|h| self.heads[h].start + self.extent(h))
+            .collect();
         self.keys = self.keys.take().map(|buf| write_rows(buf, keys, &at));
         self.values = self.values.take().map(|buf| write_rows(buf, values, &at));
         for head in &mut self.heads {
@@ -146,7 +180,17 @@ impl<B: Backend> LayerCache<B> {
     /// (at least a quarter of its capacity, so that appends stay amortised O(1), and one
     /// spare block, so that the decoding steps right after a prefill write in place).
     fn reserve(&mut self, n: usize, dim: usize, device: &B::Device) {
-        if self.keys.is_some() && self.heads.iter().all(|h| h.len + n <= h.capacity) {
+        let fits = |cache: &Self| {
+            cache.keys.is_some()
+                && (0..cache.heads.len()).all(|h| cache.extent(h) + n <= cache.heads[h].capacity)
+        };
+        if fits(self) {
+            return;
+        }
+        // A head whose region filled up with gaps, or whose rows moved toward its end,
+        // settles them at its start before anything grows.
+        self.settle();
+        if fits(self) {
             return;
         }
         let capacities = self
@@ -197,6 +241,12 @@ impl<B: Backend> LayerCache<B> {
         if self.is_ragged() || self.is_empty() {
             return None;
         }
+        if self.has_gaps() {
+            let rows = (0..self.heads.len())
+                .filter_map(|h| self.head_view(Some(buffer), h))
+                .collect();
+            return Some(Tensor::stack(rows, 0));
+        }
         let (heads, len, dim) = (self.heads.len(), self.len(), buffer.dims()[1]);
         let capacity = self.heads[0].capacity;
         let strided = self
@@ -231,14 +281,31 @@ impl<B: Backend> LayerCache<B> {
         self.head_view(self.values.as_ref(), head)
     }
 
+    /// Head `head`'s rows `[len_h, d]`: a view, or with gaps the runs' views joined.
     fn head_view(&self, buffer: Option<&Tensor<B, 2>>, head: usize) -> Option<Tensor<B, 2>> {
         let span = self.heads.get(head).filter(|s| s.len > 0)?;
-        Some(buffer?.clone().narrow(0, span.start, span.len))
+        let buffer = buffer?;
+        let runs = &self.runs[head];
+        if runs.is_empty() {
+            return Some(buffer.clone().narrow(0, span.start, span.len));
+        }
+        let pieces = runs
+            .iter()
+            .enumerate()
+            .map(|(r, run)| {
+                let end = runs.get(r + 1).map_or(span.len, |next| next.row);
+                buffer
+                    .clone()
+                    .narrow(0, span.start + run.offset, end - run.row)
+            })
+            .collect();
+        Some(Tensor::cat(pieces, 0))
     }
 
     /// The whole key and value buffers, `[rows, d]` each, where KV head `h`'s valid rows
-    /// are `spans()[h].start..+len`; `None` when nothing was ever cached. For kernels
-    /// that read the cache in place.
+    /// are `spans()[h].start..+len`, or where [`LayerCache::runs`] says when eviction
+    /// left gaps; `None` when nothing was ever cached. For kernels that read the cache in
+    /// place.
     pub fn buffers(&self) -> Option<(&Tensor<B, 2>, &Tensor<B, 2>)> {
         self.keys.as_ref().zip(self.values.as_ref())
     }
@@ -246,6 +313,96 @@ impl<B: Backend> LayerCache<B> {
     /// Each KV head's region in [`LayerCache::buffers`].
     pub fn spans(&self) -> &[HeadSpan] {
         &self.heads
+    }
+
+    /// Per KV head, the runs its rows are split into when eviction left gaps in its region
+    /// (the CPU backend's decoding eviction, see the module doc), in row order; an empty
+    /// list when the head's rows are contiguous from its region start.
+    pub fn runs(&self) -> &[Vec<RowRun>] {
+        &self.runs
+    }
+
+    /// True when some KV head's rows have gaps between them.
+    fn has_gaps(&self) -> bool {
+        self.runs.iter().any(|r| !r.is_empty())
+    }
+
+    /// Rows of head `h`'s region in use: its rows and the gaps between them.
+    fn extent(&self, h: usize) -> usize {
+        match self.runs.get(h).and_then(|r| r.last()) {
+            Some(last) => last.offset + self.heads[h].len - last.row,
+            None => self.heads[h].len,
+        }
+    }
+
+    /// Region rows (offsets from the head's start) of head `h`'s rows `rows` (ascending).
+    fn region_rows(&self, h: usize, rows: &[usize]) -> Vec<usize> {
+        let runs = &self.runs[h];
+        let mut r = 0;
+        rows.iter()
+            .map(|&i| {
+                while r + 1 < runs.len() && runs[r + 1].row <= i {
+                    r += 1;
+                }
+                runs.get(r).map_or(i, |run| run.offset + i - run.row)
+            })
+            .collect()
+    }
+
+    /// Moves every head's rows to the start of its region, one after another: closes the
+    /// gaps eviction left and makes the rows before a head's first row (spare since rows
+    /// moved toward the region's end) usable by appends again. Nothing else changes.
+    fn settle(&mut self) {
+        // Each piece (a run of rows) moves from `from.start` to `to.start`, `len` rows.
+        let mut from = Vec::new();
+        let mut to = Vec::new();
+        let mut begin = 0;
+        for (h, span) in self.heads.iter_mut().enumerate() {
+            let runs = std::mem::take(&mut self.runs[h]);
+            let whole = [RowRun { row: 0, offset: 0 }];
+            let pieces = if runs.is_empty() {
+                &whole[..]
+            } else {
+                &runs[..]
+            };
+            for (r, run) in pieces.iter().enumerate() {
+                let end = pieces.get(r + 1).map_or(span.len, |next| next.row);
+                let piece = |start| HeadSpan {
+                    start,
+                    len: end - run.row,
+                    capacity: 0,
+                };
+                if span.start + run.offset != begin + run.row && end > run.row {
+                    from.push(piece(span.start + run.offset));
+                    to.push(piece(begin + run.row));
+                }
+            }
+            span.capacity += span.start - begin;
+            span.start = begin;
+            begin += span.capacity;
+        }
+        if from.is_empty() {
+            return;
+        }
+        let settle = |buffer: Option<Tensor<B, 2>>| {
+            let buffer = buffer?;
+            let dim = buffer.dims()[1];
+            // Every piece lands at or before where it is read, and after the pieces
+            // before it: in place, first to last.
+            #[cfg(feature = "flex")]
+            let buffer = match crate::host::write_in_place(buffer, |data| {
+                for (a, b) in from.iter().zip(&to) {
+                    data.copy_within(a.start * dim..(a.start + a.len) * dim, b.start * dim);
+                }
+            }) {
+                (buffer, true) => return Some(buffer),
+                (buffer, false) => buffer,
+            };
+            let fresh = zeroed_rows::<B>(buffer.dims()[0], dim, &buffer.device());
+            Some(copy_regions(fresh, &buffer, &from, &to))
+        };
+        self.keys = settle(self.keys.take());
+        self.values = settle(self.values.take());
     }
 
     /// Cached tokens of the longest KV head (every head's count unless per-head budgets
@@ -335,7 +492,7 @@ impl<B: Backend> LayerCache<B> {
     /// Rows of head `h`'s whole region: its rows before `start` (spare since eviction
     /// moved the head's rows toward the region's end) plus its capacity. Regions are laid
     /// back to back, so head `h`'s begins where head `h - 1`'s ends.
-    fn region_rows(&self, h: usize) -> usize {
+    fn region_size(&self, h: usize) -> usize {
         let begin = match h {
             0 => 0,
             _ => self.heads[h - 1].start + self.heads[h - 1].capacity,
@@ -389,14 +546,72 @@ impl<B: Backend> LayerCache<B> {
         if unchanged {
             return Ok(());
         }
-        let moves: Vec<Compaction> = keep
+        // Where the kept rows sit in their regions.
+        let placed: Vec<Vec<usize>> = (0..heads).map(|h| self.region_rows(h, &keep[h])).collect();
+        if self.compacts_in_place() && !self.wasteful(keep) {
+            let mut runs: Vec<Vec<RowRun>> = placed.iter().map(|p| runs_of(p)).collect();
+            if runs.iter().all(|r| r.len() <= MAX_RUNS) {
+                // Nothing moves: the evicted rows become gaps.
+                self.forget(keep);
+                for ((span, k), runs) in self.heads.iter_mut().zip(keep).zip(&mut runs) {
+                    span.len = k.len();
+                    // Rows evicted before the first kept one leave the region's start
+                    // spare (as a compaction from the front does).
+                    let skip = runs.first().map_or(0, |r| r.offset);
+                    span.start += skip;
+                    span.capacity -= skip;
+                    runs.iter_mut().for_each(|r| r.offset -= skip);
+                    if runs.len() == 1 {
+                        runs.clear();
+                    }
+                }
+                self.runs = runs;
+                return Ok(());
+            }
+        }
+        self.move_kept_rows(keep, &placed);
+        Ok(())
+    }
+
+    /// True when keeping `keep` would leave some region more than two blocks larger than
+    /// its rows need: eviction then gives memory back.
+    fn wasteful(&self, keep: &[Vec<usize>]) -> bool {
+        (0..self.heads.len())
+            .any(|h| self.region_size(h) > round_up(keep[h].len()) + 2 * GROWTH_BLOCK)
+    }
+
+    /// Drops the positions and scores of all but the rows `keep` (per head, ascending).
+    fn forget(&mut self, keep: &[Vec<usize>]) {
+        let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
+        self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
+        // In place: kept indices ascend, so each lands at or before where it was read.
+        for (k, pos) in keep.iter().zip(&mut self.positions) {
+            for (to, &from) in k.iter().enumerate() {
+                pos[to] = pos[from];
+            }
+            pos.truncate(k.len());
+        }
+    }
+
+    /// [`LayerCache::retain`] with rows that move: each head's kept rows `keep[h]` (at
+    /// region rows `placed[h]`) become contiguous, and regions shrink when much would
+    /// stay unused.
+    fn move_kept_rows(&mut self, keep: &[Vec<usize>], placed: &[Vec<usize>]) {
+        // Each head as the rows of its region in use (gaps included), of which `placed`
+        // are kept.
+        let used: Vec<HeadSpan> = (0..self.heads.len())
+            .map(|h| HeadSpan {
+                len: self.extent(h),
+                ..self.heads[h]
+            })
+            .collect();
+        let moves: Vec<Compaction> = placed
             .iter()
-            .zip(&self.heads)
+            .zip(&used)
             .map(|(k, span)| Compaction::plan(k, span, self.compacts_in_place()))
             .collect();
         // Where each head's rows sit once compacted inside its region.
-        let compacted: Vec<HeadSpan> = self
-            .heads
+        let compacted: Vec<HeadSpan> = used
             .iter()
             .zip(keep.iter().zip(&moves))
             .map(|(span, (k, moved))| {
@@ -418,34 +633,35 @@ impl<B: Backend> LayerCache<B> {
         // Give memory back when a region would leave more than two blocks unused: every
         // head then gets a region of its rows rounded up plus one block (never more than
         // its region had, so that the rows can move down in place).
-        let wasteful = (0..self.heads.len())
-            .any(|h| self.region_rows(h) > round_up(keep[h].len()) + 2 * GROWTH_BLOCK);
-        let shrunk = wasteful.then(|| {
+        let shrunk = self.wasteful(keep).then(|| {
             let capacities: Vec<usize> = (0..self.heads.len())
-                .map(|h| (round_up(keep[h].len()) + GROWTH_BLOCK).min(self.region_rows(h)))
+                .map(|h| (round_up(keep[h].len()) + GROWTH_BLOCK).min(self.region_size(h)))
                 .collect();
             regions(&compacted, &capacities)
         });
         if let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) {
             let rows = |buffer| match &shrunk {
-                Some(to) => shrink_rows(buffer, &self.heads, &compacted, to, &moves, keep),
-                None => compact_rows(buffer, &moves, keep),
+                Some(to) => shrink_rows(buffer, &used, &compacted, to, &moves, placed),
+                None => compact_rows(buffer, &moves, placed),
             };
             self.keys = Some(rows(k));
             self.values = Some(rows(v));
         }
-        let new_len = keep.iter().map(Vec::len).max().unwrap_or(0);
-        self.scores = self.scores.take().map(|s| gather_scores(s, keep, new_len));
-        // In place: kept indices ascend, so each lands at or before where it was read.
-        for (k, pos) in keep.iter().zip(&mut self.positions) {
-            for (to, &from) in k.iter().enumerate() {
-                pos[to] = pos[from];
-            }
-            pos.truncate(k.len());
-        }
+        self.forget(keep);
         self.heads = shrunk.unwrap_or(compacted);
-        Ok(())
+        self.runs = vec![Vec::new(); self.heads.len()];
     }
+}
+
+/// The runs of rows at region rows `placed` (ascending): a new run wherever a row does
+/// not sit right after the one before it.
+fn runs_of(placed: &[usize]) -> Vec<RowRun> {
+    placed
+        .iter()
+        .enumerate()
+        .filter(|&(i, &at)| i == 0 || placed[i - 1] + 1 != at)
+        .map(|(row, &offset)| RowRun { row, offset })
+        .collect()
 }
 
 /// Scores `[Hkv, n]` whose row `h` is valid in its first `lens[h]` entries, re-laid as
@@ -534,7 +750,6 @@ fn write_rows<B: Backend>(buffer: Tensor<B, 2>, rows: Tensor<B, 3>, at: &[usize]
         })
 }
 
-/// Copies each head's valid rows from `old` (laid out by `from`) into `buffer` (laid out
 /// Regions laid end to end with `capacities`, each holding `heads[h].len` rows.
 fn regions(heads: &[HeadSpan], capacities: &[usize]) -> Vec<HeadSpan> {
     let mut start = 0;
@@ -620,6 +835,7 @@ fn runs(k: &[usize]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     })
 }
 
+/// Copies each head's valid rows from `old` (laid out by `from`) into `buffer` (laid out
 /// by `to`, same heads and counts); returns the buffer.
 fn copy_regions<B: Backend>(
     buffer: Tensor<B, 2>,

@@ -38,7 +38,7 @@ pub use allocator::{
     Allocator, AllocatorKind, LayerPreference, Preference, Pyramid, Static, Uniform,
 };
 pub use budget::{BudgetPlan, allocate_budgets};
-pub use cache::{HeadSpan, LayerCache};
+pub use cache::{HeadSpan, LayerCache, MAX_RUNS, RowRun};
 pub use cascade::{
     CompressionReport, LayerReport, PolicyCompressor, evict_heads_to_budgets, evict_to_budget,
 };

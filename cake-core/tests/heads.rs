@@ -7,8 +7,8 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use cake_core::heads::{adakv_split, pair_budgets};
 use cake_core::{
-    HeadBudgets, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig, ScoreFunction,
-    evict_heads_to_budgets,
+    HeadBudgets, LayerCache, MAX_RUNS, Method, Policy, PolicyCompressor, PolicyConfig,
+    ScoreFunction, evict_heads_to_budgets,
 };
 use common::{B, Normal, SMALL, decode, prefill};
 use proptest::prelude::*;
@@ -453,4 +453,93 @@ fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
         "allocation stays bounded: {} then at most {most}",
         allocated[0]
     );
+}
+
+/// The decoding rule on the CPU backend (one token evicted per step, anywhere): evicted
+/// rows become gaps between runs instead of moving the rows after them, at most
+/// `MAX_RUNS` per head; the gaps close when a head's region fills up (the allocation never
+/// grows) and before a multi-row append. Through it all each head's rows follow its
+/// positions and the uniform view equals the heads' rows.
+#[test]
+fn decoding_eviction_leaves_gaps_then_closes_them() {
+    let (heads, len, dim) = (3, 200, 4);
+    let row = |p: usize, n: usize, sign: f32| -> Tensor<B, 3> {
+        let data: Vec<f32> = (0..heads * n * dim)
+            .map(|i| {
+                let (h, r, c) = (i / (n * dim), (i / dim) % n, i % dim);
+                sign * [h as f32, (p + r) as f32, 1.0][c.min(2)]
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, [heads, n, dim]), &Default::default())
+    };
+    let buffers = |cache: &LayerCache<B>| {
+        let (k, v) = cache.buffers().unwrap();
+        (k.clone().into_data(), v.clone().into_data())
+    };
+    let mut cache = labelled_cache(heads, len, dim);
+    let (mut with_gaps, mut closed) = (0, 0);
+    let mut allocated = None;
+    for step in 0..400 {
+        cache
+            .append(
+                row(len + step, 1, 1.0),
+                row(len + step, 1, -1.0),
+                len + step,
+            )
+            .unwrap();
+        let n = cache.len();
+        // Head h drops a row that wanders over the head's rows.
+        let keep: Vec<Vec<usize>> = (0..heads)
+            .map(|h| {
+                let gone = (step * 37 + h * 11) % (n - 8) + 4;
+                (0..n).filter(|&i| i != gone).collect()
+            })
+            .collect();
+        let had_gaps = cache.runs().iter().any(|r| !r.is_empty());
+        let before = buffers(&cache);
+        cache.retain(&keep).unwrap();
+        assert_eq!(cache.head_lens(), vec![len; heads]);
+        let runs = cache.runs();
+        assert!(runs.iter().all(|r| r.len() <= MAX_RUNS), "{runs:?}");
+        if cfg!(feature = "flex") && runs.iter().all(|r| !r.is_empty()) {
+            // Gaps only: not a row moved.
+            assert_eq!(buffers(&cache), before, "step {step}");
+            with_gaps += 1;
+        }
+        closed += (had_gaps && runs.iter().all(Vec::is_empty)) as usize;
+        if step % 13 == 0 {
+            assert_rows_follow_positions(&cache, dim);
+            let view = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
+            let rows: Vec<f32> = (0..heads)
+                .flat_map(|h| {
+                    cache
+                        .head_keys(h)
+                        .unwrap()
+                        .into_data()
+                        .into_vec::<f32>()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(view, rows, "step {step}");
+        }
+        let bytes = cache.allocated_bytes();
+        assert_eq!(
+            *allocated.get_or_insert(bytes),
+            bytes,
+            "step {step}: no growth"
+        );
+    }
+    if cfg!(feature = "flex") {
+        assert!(
+            with_gaps > 300 && closed > 5,
+            "{with_gaps} steps with gaps, closed {closed}"
+        );
+        assert!(cache.runs().iter().any(|r| !r.is_empty()));
+    }
+    // A multi-row append (a prefill chunk) closes the gaps first.
+    cache
+        .append(row(len + 400, 2, 1.0), row(len + 400, 2, -1.0), len + 400)
+        .unwrap();
+    assert!(cache.runs().iter().all(Vec::is_empty));
+    assert_rows_follow_positions(&cache, dim);
 }

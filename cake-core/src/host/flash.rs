@@ -68,7 +68,7 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
             let j0 = (p - first_panel[kv]) * PANEL;
             let j1 = (j0 + PANEL).min(reach[kv]);
             // SAFETY: the processor has AVX-512F (the caller's); rows j0..j1 of head kv.
-            unsafe { pack(keys.rows(kv, j0, j1), d, panel) };
+            unsafe { pack(keys.packed(kv, j0, j1), d, panel) };
         });
     let packed: &[f32] = &packed;
     let block_rows = (QUERY_ROWS / group).max(1);
@@ -127,7 +127,14 @@ pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut 
             // SAFETY: AVX-512F (the caller's); probabilities [m, n] at row stride
             // KEY_TILE, values k0..k0+n of head kv ([n, d]), the [m, d] accumulator.
             unsafe {
-                weighted_values(m, n, d, scores, values.rows(kv, k0, k0 + n), &mut state.acc)
+                weighted_values(
+                    m,
+                    n,
+                    d,
+                    scores,
+                    values.packed(kv, k0, k0 + n),
+                    &mut state.acc,
+                )
             };
         }
         SCORES.set(buffer);
@@ -176,7 +183,7 @@ pub(super) unsafe fn scores(
         for j0 in (first..len.min(first + SCORE_PANELS * PANEL)).step_by(PANEL) {
             let n = PANEL.min(len - j0);
             // SAFETY: AVX-512F (the caller's); rows j0..j0+n of head kv.
-            unsafe { pack(keys.rows(kv, j0, j0 + n), d, &mut panel) };
+            unsafe { pack(keys.packed(kv, j0, j0 + n), d, &mut panel) };
             for r0 in (0..rows).step_by(TILE_ROWS) {
                 let width = TILE_ROWS.min(rows - r0);
                 // SAFETY: this task alone writes columns j0..j0+n of the rows of KV head

@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::simd;
+use crate::cache::RowRun;
 
 /// A raw pointer that rayon tasks may share because each writes a disjoint part.
 #[derive(Clone, Copy)]
@@ -53,14 +54,19 @@ pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
 }
 
 /// Keys or values of one layer as the cache stores them: KV head `h`'s row `j` is
-/// `data[(starts[h] + j) * dim ..][..dim]`. Heads may hold different numbers of rows
-/// (per-head budgets); the queries' visible ranges never reach past a head's own rows.
+/// `data[(starts[h] + j) * dim ..][..dim]`, or, where eviction left gaps in the head's
+/// region, at the region row its [`RowRun`] gives. Heads may hold different numbers of
+/// rows (per-head budgets); the queries' visible ranges never reach past a head's own rows.
 #[derive(Debug, Clone, Copy)]
 pub struct KvRows<'a> {
     /// The buffer (every head's region).
     pub data: &'a [f32],
     /// First row of each KV head's region.
     pub starts: &'a [usize],
+    /// Per KV head, its runs when its rows have gaps (`LayerCache::runs`); an empty list,
+    /// or no entry, when they are contiguous. Only a decoding step (one query) reads rows
+    /// across gaps.
+    pub runs: &'a [Vec<RowRun>],
     /// Rows of the longest head: the width of a probability row `[H, S, len]`.
     pub len: usize,
     /// Head width d.
@@ -68,14 +74,55 @@ pub struct KvRows<'a> {
 }
 
 impl KvRows<'_> {
-    /// Element offset of row `row` of KV head `head`.
+    /// Element offset of row `row` of KV head `head` (whose rows are contiguous).
     pub(super) fn offset(&self, head: usize, row: usize) -> usize {
         (self.starts[head] + row) * self.dim
     }
 
-    /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous.
-    pub(super) fn rows(&self, head: usize, from: usize, to: usize) -> &[f32] {
-        &self.data[self.offset(head, from)..self.offset(head, to)]
+    /// True when no KV head's rows have gaps.
+    pub(super) fn contiguous(&self) -> bool {
+        self.runs.iter().all(Vec::is_empty)
+    }
+
+    /// Region row of row `row` of KV head `head`.
+    fn placed(&self, head: usize, row: usize) -> usize {
+        let runs = self.runs.get(head).map_or(&[][..], Vec::as_slice);
+        let r = runs.partition_point(|run| run.row <= row);
+        match r.checked_sub(1).map(|r| runs[r]) {
+            Some(run) => run.offset + row - run.row,
+            None => row,
+        }
+    }
+
+    /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous, or `None` when a
+    /// gap lies between them (see [`KvRows::listed`]).
+    pub(super) fn rows(&self, head: usize, from: usize, to: usize) -> Option<&[f32]> {
+        let first = self.placed(head, from);
+        if to > from + 1 && self.placed(head, to - 1) != first + (to - 1 - from) {
+            return None;
+        }
+        let at = (self.starts[head] + first) * self.dim;
+        Some(&self.data[at..at + (to - from) * self.dim])
+    }
+
+    /// The element offsets in `data` of rows `from..to` of KV head `head`, wherever they
+    /// sit.
+    pub(super) fn listed(&self, head: usize, from: usize, to: usize) -> Vec<usize> {
+        (from..to)
+            .map(|row| (self.starts[head] + self.placed(head, row)) * self.dim)
+            .collect()
+    }
+
+    /// Rows `from..to` of KV head `head` of a cache without gaps.
+    ///
+    /// # Panics
+    /// When a gap lies between them: only the decoding kernel reads across gaps (the
+    /// cache closes them before a multi-row append).
+    pub(super) fn packed(&self, head: usize, from: usize, to: usize) -> &[f32] {
+        match self.rows(head, from, to) {
+            Some(rows) => rows,
+            None => panic!("rows {from}..{to} of KV head {head} span a gap"),
+        }
     }
 }
 
@@ -134,9 +181,17 @@ pub fn attention(
     } = shape;
     assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
     assert!(keys.starts.len() >= shape.kv_heads, "a start per KV head");
+    assert!(
+        s == 1 || keys.contiguous(),
+        "only a decoding step reads a cache with gaps"
+    );
     if let Some((values, out)) = &output {
         assert_eq!(out.len(), s * h * d, "output [S, H, d]");
         assert_eq!(values.len, keys.len, "as many values as keys");
+        assert!(
+            s == 1 || values.contiguous(),
+            "only a decoding step reads a cache with gaps"
+        );
     }
     if let Some(p) = &probs {
         assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
@@ -627,10 +682,16 @@ fn decode_attention(
             exps: vec![0.0; group * n],
         };
         // Scores of the chunk's keys for the G query heads of the group, each key row read
-        // once for up to four of them.
-        let chunk = keys.rows(kv, a, b);
+        // once for up to four of them. Where eviction left gaps, the rows are read where
+        // they sit, with the same bits per row.
         let queries = &q[kv * group * d..(kv + 1) * group * d];
-        simd::matvec_group(chunk, queries, d, &mut part.exps);
+        match keys.rows(kv, a, b) {
+            Some(chunk) => simd::matvec_group(chunk, queries, d, &mut part.exps),
+            None => {
+                let at = keys.listed(kv, a, b);
+                simd::matvec_group_listed(keys.data, &at, queries, d, &mut part.exps);
+            }
+        }
         for scores in part.exps.chunks_exact_mut(n.max(1)) {
             simd::scale(scores, scale);
         }
@@ -642,8 +703,13 @@ fn decode_attention(
         // Weighted values of the group's heads, each value row read once for up to four,
         // the outputs in registers over the chunk.
         if let Some(values) = &values {
-            let chunk = values.rows(kv, a, b);
-            simd::weighted_sum_group(&mut part.out, &part.exps, chunk, d);
+            match values.rows(kv, a, b) {
+                Some(chunk) => simd::weighted_sum_group(&mut part.out, &part.exps, chunk, d),
+                None => {
+                    let at = values.listed(kv, a, b);
+                    simd::weighted_sum_group_listed(&mut part.out, &part.exps, values.data, &at, d);
+                }
+            }
         }
         part
     });
@@ -757,6 +823,7 @@ mod tests {
         let starts = packed_starts(hkv, len);
         let rows = |data| KvRows {
             data,
+            runs: &[],
             starts: &starts,
             len,
             dim: d,
@@ -808,6 +875,94 @@ mod tests {
         // CAKE's window statistics: 32 queries over keys that are not whole panels.
         check(32, 9, 3, 64, 1061, None);
         check(5, 2, 1, 16, 33, None);
+    }
+
+    /// A decoding step over rows with gaps between them (as eviction leaves them) gives
+    /// the bits of the same rows packed: output and probabilities, with chunks that start
+    /// and end inside runs, and with a head whose rows start past its region's start.
+    #[test]
+    fn decoding_across_gaps_has_the_bits_of_packed_rows() {
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        for (h, hkv, d, len) in [
+            (9, 3, 64, 300),
+            (32, 8, 128, 600),
+            (6, 2, 16, 700),
+            (4, 4, 8, 259),
+        ] {
+            let shape = AttentionShape {
+                queries: 1,
+                heads: h,
+                kv_heads: hkv,
+                dim: d,
+            };
+            // Head kv: runs at rows 0, 5 + 29 kv and 255 + kv, after gaps of kv, 3 and 1 rows.
+            let runs: Vec<Vec<RowRun>> = (0..hkv)
+                .map(|kv| {
+                    let (r1, r2) = (5 + 29 * kv, 255 + kv);
+                    vec![
+                        RowRun { row: 0, offset: kv },
+                        RowRun {
+                            row: r1,
+                            offset: kv + r1 + 3,
+                        },
+                        RowRun {
+                            row: r2,
+                            offset: kv + r2 + 4,
+                        },
+                    ]
+                })
+                .collect();
+            let region = len + hkv + 4;
+            let starts: Vec<usize> = (0..hkv).map(|kv| kv * region).collect();
+            let (k, v) = (data(hkv * region * d, 0.7), data(hkv * region * d, 1.3));
+            let gapped = |data| KvRows {
+                data,
+                starts: &starts,
+                runs: &runs,
+                len,
+                dim: d,
+            };
+            // Where row j of head kv sits, by hand (keys and values share the layout).
+            let at: Vec<usize> = (0..hkv)
+                .flat_map(|kv| (0..len).map(move |j| (kv, j)))
+                .map(|(kv, j)| {
+                    let gaps = kv + 3 * (j >= 5 + 29 * kv) as usize + (j >= 255 + kv) as usize;
+                    (kv * region + j + gaps) * d
+                })
+                .collect();
+            let pack = |buffer: &[f32]| -> Vec<f32> {
+                at.iter().flat_map(|&a| buffer[a..a + d].to_vec()).collect()
+            };
+            let (pk, pv) = (pack(&k), pack(&v));
+            let packed_starts = packed_starts(hkv, len);
+            let packed = |data| KvRows {
+                data,
+                starts: &packed_starts,
+                runs: &[],
+                len,
+                dim: d,
+            };
+            let q = data(h * d, 0.1);
+            let visible = |kv: usize, _: usize| (kv, len);
+            let (mut out, mut probs) = (vec![0.0; h * d], vec![0.0; h * len]);
+            let output = Some((gapped(&v), &mut out[..]));
+            attention(&q, gapped(&k), shape, &visible, output, Some(&mut probs));
+            let (mut want, mut want_probs) = (vec![0.0; h * d], vec![0.0; h * len]);
+            let output = Some((packed(&pv), &mut want[..]));
+            attention(
+                &q,
+                packed(&pk),
+                shape,
+                &visible,
+                output,
+                Some(&mut want_probs),
+            );
+            assert!(same(&out, &want), "output H={h} d={d} len={len}");
+            assert!(
+                same(&probs, &want_probs),
+                "probabilities H={h} d={d} len={len}"
+            );
+        }
     }
 
     /// The GEMV equals per-row dot products plus bias.

@@ -216,6 +216,7 @@ pub fn attention_probabilities<B: Backend>(
     let starts = kernels::packed_starts(kv_heads, head_rows);
     let rows = KvRows {
         data,
+        runs: &[],
         starts: &starts,
         len,
         dim,

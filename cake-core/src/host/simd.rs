@@ -104,6 +104,54 @@ pub fn matvec_group(rows: &[f32], queries: &[f32], d: usize, out: &mut [f32]) {
         queries.len() == group * d && out.len() == group * n && rows.len() >= n * d,
         "rows [n, d], queries [G, d], out [G, n]"
     );
+    matvec_group_in(rows, Packed(d), queries, d, out);
+}
+
+/// [`matvec_group`] over rows that need not be contiguous: row `j` is
+/// `data[at[j]..at[j] + d]` (`out`: `[G, at.len()]`). Each (row, query) gets the bits
+/// [`matvec_group`] gives it at the same index `j` of packed rows, wherever the row sits.
+///
+/// # Panics
+/// When a row lies outside `data` or the lengths disagree.
+pub fn matvec_group_listed(data: &[f32], at: &[usize], queries: &[f32], d: usize, out: &mut [f32]) {
+    let group = queries.len() / d.max(1);
+    assert!(
+        queries.len() == group * d && out.len() == group * at.len(),
+        "queries [G, d], out [G, at.len()]"
+    );
+    assert!(at.iter().all(|&a| a + d <= data.len()), "rows inside data");
+    matvec_group_in(data, at, queries, d, out);
+}
+
+/// Where a kernel finds the rows it reads in its data: row `j` starts at element `at(j)`.
+pub trait RowTable: Copy {
+    /// Element offset of row `j`.
+    fn at(self, j: usize) -> usize;
+}
+
+/// Rows back to back, each this many elements.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed(pub usize);
+
+impl RowTable for Packed {
+    #[inline(always)]
+    fn at(self, j: usize) -> usize {
+        j * self.0
+    }
+}
+
+impl RowTable for &[usize] {
+    #[inline(always)]
+    fn at(self, j: usize) -> usize {
+        self[j]
+    }
+}
+
+/// The body of [`matvec_group`] and [`matvec_group_listed`]: the caller checked that
+/// `queries` is `[G, d]`, `out` `[G, n]` and that rows `0..n` of `rows` lie in `data`.
+fn matvec_group_in<R: RowTable>(data: &[f32], rows: R, queries: &[f32], d: usize, out: &mut [f32]) {
+    let group = queries.len() / d.max(1);
+    let n = out.len() / group.max(1);
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() && std::is_x86_feature_detected!("avx512vl") {
         // Groups of four where they divide evenly (Llama and Mistral's G = 4 in one pass
@@ -115,21 +163,31 @@ pub fn matvec_group(rows: &[f32], queries: &[f32], d: usize, out: &mut [f32]) {
             let o = &mut out[g0 * n..(g0 + heads) * n];
             // The rows ahead are requested once, with the first heads.
             let ahead = g0 == 0;
-            // SAFETY: AVX2, FMA and AVX-512VL (checked above); `rows` holds n rows of d, `q`
-            // `heads` queries of d and `o` `heads` rows of n (checked above).
+            // SAFETY: AVX2, FMA and AVX-512VL (checked above); `rows` places n rows of d
+            // in `data`, `q` holds `heads` queries of d and `o` `heads` rows of n (checked
+            // by the caller).
             unsafe {
                 match heads {
-                    4 => x86::matvec_heads::<4>(rows, q, d, o, ahead),
-                    3 => x86::matvec_heads::<3>(rows, q, d, o, ahead),
-                    2 => x86::matvec_heads::<2>(rows, q, d, o, ahead),
-                    _ => x86::matvec_heads::<1>(rows, q, d, o, ahead),
+                    4 => x86::matvec_heads::<4, R>(data, rows, q, d, o, ahead),
+                    3 => x86::matvec_heads::<3, R>(data, rows, q, d, o, ahead),
+                    2 => x86::matvec_heads::<2, R>(data, rows, q, d, o, ahead),
+                    _ => x86::matvec_heads::<1, R>(data, rows, q, d, o, ahead),
                 }
             }
         }
         return;
     }
+    // `matvec`'s arithmetic per row index.
+    let quads = n / 4 * 4;
     for (q, o) in queries.chunks_exact(d).zip(out.chunks_exact_mut(n)) {
-        matvec(rows, q, o);
+        for (j, o) in o.iter_mut().enumerate() {
+            let row = &data[rows.at(j)..rows.at(j) + d];
+            *o = if j < quads {
+                dot_chain(row, q)
+            } else {
+                dot(row, q)
+            };
+        }
     }
 }
 
@@ -144,6 +202,43 @@ pub fn weighted_sum_group(out: &mut [f32], weights: &[f32], rows: &[f32], d: usi
         out.len() == group * d && weights.len() == group * n && rows.len() >= n * d,
         "out [G, d], weights [G, n], rows [n, d]"
     );
+    weighted_sum_group_in(out, weights, rows, Packed(d), d);
+}
+
+/// [`weighted_sum_group`] over rows that need not be contiguous: row `j` is
+/// `data[at[j]..at[j] + d]` (`weights`: `[G, at.len()]`), with the same bits as
+/// [`weighted_sum_group`] over the same rows packed.
+///
+/// # Panics
+/// When a row lies outside `data` or the lengths disagree.
+pub fn weighted_sum_group_listed(
+    out: &mut [f32],
+    weights: &[f32],
+    data: &[f32],
+    at: &[usize],
+    d: usize,
+) {
+    let group = out.len() / d.max(1);
+    assert!(
+        out.len() == group * d && weights.len() == group * at.len(),
+        "out [G, d], weights [G, at.len()]"
+    );
+    assert!(at.iter().all(|&a| a + d <= data.len()), "rows inside data");
+    weighted_sum_group_in(out, weights, data, at, d);
+}
+
+/// The body of [`weighted_sum_group`] and [`weighted_sum_group_listed`]: the caller
+/// checked that `out` is `[G, d]`, `weights` `[G, n]` and that rows `0..n` of `rows` lie
+/// in `data`.
+fn weighted_sum_group_in<R: RowTable>(
+    out: &mut [f32],
+    weights: &[f32],
+    data: &[f32],
+    rows: R,
+    d: usize,
+) {
+    let group = out.len() / d.max(1);
+    let n = weights.len() / group.max(1);
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f") {
         for g0 in (0..group).step_by(4) {
@@ -151,20 +246,32 @@ pub fn weighted_sum_group(out: &mut [f32], weights: &[f32], rows: &[f32], d: usi
             let o = &mut out[g0 * d..(g0 + heads) * d];
             let w = &weights[g0 * n..(g0 + heads) * n];
             // SAFETY: AVX-512F (checked above); d a multiple of 16; `o` holds `heads` rows
-            // of d, `w` `heads` rows of n, `rows` n rows of d (checked above).
+            // of d, `w` `heads` rows of n, `rows` places n rows of d in `data` (checked by
+            // the caller).
             unsafe {
                 match heads {
-                    4 => x86::weighted_sum_heads::<4>(o, w, rows, d),
-                    3 => x86::weighted_sum_heads::<3>(o, w, rows, d),
-                    2 => x86::weighted_sum_heads::<2>(o, w, rows, d),
-                    _ => x86::weighted_sum_heads::<1>(o, w, rows, d),
+                    4 => x86::weighted_sum_heads::<4, R>(o, w, data, rows, d),
+                    3 => x86::weighted_sum_heads::<3, R>(o, w, data, rows, d),
+                    2 => x86::weighted_sum_heads::<2, R>(o, w, data, rows, d),
+                    _ => x86::weighted_sum_heads::<1, R>(o, w, data, rows, d),
                 }
             }
         }
         return;
     }
-    for (o, w) in out.chunks_exact_mut(d).zip(weights.chunks_exact(n)) {
-        weighted_sum(o, w, rows);
+    // Each output is one chain over the rows in order, continued from `out`: summing
+    // run by run of contiguous rows gives the same bits.
+    for (o, w) in out.chunks_exact_mut(d).zip(weights.chunks_exact(n.max(1))) {
+        let mut j = 0;
+        while j < n {
+            let start = rows.at(j);
+            let mut end = j + 1;
+            while end < n && rows.at(end) == start + (end - j) * d {
+                end += 1;
+            }
+            weighted_sum(o, &w[j..end], &data[start..start + (end - j) * d]);
+            j = end;
+        }
     }
 }
 
@@ -534,32 +641,34 @@ mod x86 {
     /// `ahead`, each quad's rows [`super::AHEAD_BYTES`] further on are requested into L2.
     ///
     /// # Safety
-    /// AVX2, FMA and AVX-512VL (the 32 vector registers); `rows` must hold `n` rows of
-    /// `d`, `queries` `G` rows of `d` and `out` `G` rows of `n`.
+    /// AVX2, FMA and AVX-512VL (the 32 vector registers); rows `0..n` of `rows` must lie
+    /// in `data` (`d` elements each), `queries` hold `G` rows of `d` and `out` `G` rows of
+    /// `n`.
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-    pub unsafe fn matvec_heads<const G: usize>(
-        rows: &[f32],
+    pub unsafe fn matvec_heads<const G: usize, R: super::RowTable>(
+        data: &[f32],
+        rows: R,
         queries: &[f32],
         d: usize,
         out: &mut [f32],
         ahead: bool,
     ) {
         let n = out.len() / G;
-        let (pw, pq) = (rows.as_ptr(), queries.as_ptr());
+        let (pw, pq) = (data.as_ptr(), queries.as_ptr());
         let lead = super::AHEAD_BYTES / 4;
         for quad in 0..n / 4 {
             if ahead {
-                request_l2(rows, 4 * quad * d + lead, 4 * d);
+                request_l2(data, rows.at(4 * quad) + lead, 4 * d);
             }
-            let w = &rows[4 * quad * d..(4 * quad + 4) * d];
+            let at: [usize; 4] = std::array::from_fn(|r| rows.at(4 * quad + r));
             let mut acc = [[_mm256_setzero_ps(); 4]; G];
             let mut i = 0;
-            // SAFETY: i + 8 <= d bounds each query, and row r's elements (4 quad + r) d + i..
-            // bound `rows` (n rows of d, the caller's).
+            // SAFETY: i + 8 <= d bounds each query, and row r's elements at[r] + i.. lie in
+            // `data` (the caller's).
             unsafe {
                 while i + 8 <= d {
                     let k: [__m256; 4] =
-                        std::array::from_fn(|r| _mm256_loadu_ps(pw.add((4 * quad + r) * d + i)));
+                        std::array::from_fn(|r| _mm256_loadu_ps(pw.add(at[r] + i)));
                     for (g, acc) in acc.iter_mut().enumerate() {
                         let xv = _mm256_loadu_ps(pq.add(g * d + i));
                         for (acc, &k) in acc.iter_mut().zip(&k) {
@@ -574,17 +683,17 @@ mod x86 {
                 for (r, &acc) in acc.iter().enumerate() {
                     let mut sum = hsum(acc);
                     for j in i..d {
-                        sum += w[r * d + j] * x[j];
+                        sum += data[at[r] + j] * x[j];
                     }
                     out[g * n + 4 * quad + r] = sum;
                 }
             }
         }
         for j in n / 4 * 4..n {
+            let row = &data[rows.at(j)..rows.at(j) + d];
             for g in 0..G {
                 // SAFETY: the features this function enables include `dot`'s.
-                out[g * n + j] =
-                    unsafe { dot(&rows[j * d..(j + 1) * d], &queries[g * d..(g + 1) * d]) };
+                out[g * n + j] = unsafe { dot(row, &queries[g * d..(g + 1) * d]) };
             }
         }
     }
@@ -595,22 +704,23 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F; `d` a multiple of 16; `out` must hold `G` rows of `d`, `weights` `G` rows
-    /// of `n` and `rows` `n` rows of `d`.
+    /// of `n`, and rows `0..n` of `rows` must lie in `data` (`d` elements each).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weighted_sum_heads<const G: usize>(
+    pub unsafe fn weighted_sum_heads<const G: usize, R: super::RowTable>(
         out: &mut [f32],
         weights: &[f32],
-        rows: &[f32],
+        data: &[f32],
+        rows: R,
         d: usize,
     ) {
         let n = weights.len() / G;
-        let (po, pw, pr) = (out.as_mut_ptr(), weights.as_ptr(), rows.as_ptr());
+        let (po, pw, pr) = (out.as_mut_ptr(), weights.as_ptr(), data.as_ptr());
         // The first pass over the rows requests whole rows this far ahead into L2 (the
         // passes over later columns then read them there).
         let lead = (super::AHEAD_BYTES / 4).next_multiple_of(d);
         let mut c = 0;
-        // SAFETY (all accesses): columns c.. c + 16 V <= d of G rows of `out`, rows j < n of
-        // `rows` and entries j < n of G rows of `weights` (the caller's lengths).
+        // SAFETY (all accesses): columns c.. c + 16 V <= d of G rows of `out`, of rows j < n
+        // of `rows` (in `data`) and entries j < n of G rows of `weights` (the caller's).
         unsafe {
             while c + 64 <= d {
                 let mut acc: [[__m512; 4]; G] = std::array::from_fn(|g| {
@@ -618,10 +728,10 @@ mod x86 {
                 });
                 for j in 0..n {
                     if c == 0 {
-                        request_l2(rows, j * d + lead, d);
+                        request_l2(data, rows.at(j) + lead, d);
                     }
                     let row: [__m512; 4] =
-                        std::array::from_fn(|v| _mm512_loadu_ps(pr.add(j * d + c + 16 * v)));
+                        std::array::from_fn(|v| _mm512_loadu_ps(pr.add(rows.at(j) + c + 16 * v)));
                     for (g, acc) in acc.iter_mut().enumerate() {
                         let w = _mm512_set1_ps(*pw.add(g * n + j));
                         for (acc, &x) in acc.iter_mut().zip(&row) {
@@ -641,9 +751,9 @@ mod x86 {
                     std::array::from_fn(|g| _mm512_loadu_ps(po.add(g * d + c)));
                 for j in 0..n {
                     if c == 0 {
-                        request_l2(rows, j * d + lead, d);
+                        request_l2(data, rows.at(j) + lead, d);
                     }
-                    let x = _mm512_loadu_ps(pr.add(j * d + c));
+                    let x = _mm512_loadu_ps(pr.add(rows.at(j) + c));
                     for (g, acc) in acc.iter_mut().enumerate() {
                         *acc = _mm512_fmadd_ps(_mm512_set1_ps(*pw.add(g * n + j)), x, *acc);
                     }
@@ -931,6 +1041,46 @@ mod tests {
             want.extend((quads..n).map(|j| dot(&rows[j * d..(j + 1) * d], &x)));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&out), bits(&want), "{n}x{d}");
+        }
+    }
+
+    /// Rows read where they sit (gaps between them) get the bits of the same rows packed:
+    /// the scores per (row, query) and each output's chain over the rows in order.
+    #[test]
+    fn listed_rows_have_the_bits_of_packed_rows() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (group, d) in [
+            (1, 64),
+            (3, 64),
+            (4, 128),
+            (5, 64),
+            (8, 128),
+            (3, 20),
+            (2, 48),
+        ] {
+            for n in [1, 3, 4, 7, 37, 256] {
+                // Row j sits after j % 5 + (j % 3 == 0) as usize gaps of its own width.
+                let mut at = Vec::with_capacity(n);
+                let mut next = d;
+                for j in 0..n {
+                    next += d * (j % 5 == 2 || j % 7 == 0) as usize;
+                    at.push(next);
+                    next += d;
+                }
+                let buffer = data(next + d, 0.3);
+                let packed: Vec<f32> = at.iter().flat_map(|&a| buffer[a..a + d].to_vec()).collect();
+                let queries = data(group * d, 1.1);
+                let (mut got, mut want) = (vec![0.0; group * n], vec![0.0; group * n]);
+                matvec_group_listed(&buffer, &at, &queries, d, &mut got);
+                matvec_group(&packed, &queries, d, &mut want);
+                assert_eq!(bits(&got), bits(&want), "scores G={group} d={d} n={n}");
+                let weights = data(group * n, 2.3);
+                let start = data(group * d, 0.9);
+                let (mut got, mut want) = (start.clone(), start);
+                weighted_sum_group_listed(&mut got, &weights, &buffer, &at, d);
+                weighted_sum_group(&mut want, &weights, &packed, d);
+                assert_eq!(bits(&got), bits(&want), "sums G={group} d={d} n={n}");
+            }
         }
     }
 

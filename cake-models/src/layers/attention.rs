@@ -230,6 +230,7 @@ impl<B: Backend> Attention<B> {
         let rows = |data| KvRows {
             data,
             starts: &starts,
+            runs: cache.runs(),
             len,
             dim: d,
         };
