@@ -573,6 +573,102 @@ impl<B: Backend> LayerCache<B> {
         Ok(())
     }
 
+    /// Drops, for every KV head `h`, its rows `dropped[h]` (indices into the head's current
+    /// rows, strictly ascending): [`LayerCache::retain`] of all the other rows, for a
+    /// decoding step that evicts a few tokens. On the CPU backend, when the cache carries
+    /// no scores, this costs the few rows dropped rather than a pass over all the kept ones:
+    /// the dropped rows become gaps (see the module doc), closed once a head would have more
+    /// than [`MAX_RUNS`] runs.
+    ///
+    /// # Errors
+    /// When there is not one list per head or an index is out of range, repeated or out of
+    /// order; the cache is then unchanged.
+    pub fn evict_rows(&mut self, dropped: &[Vec<usize>]) -> Result<(), CacheError> {
+        let heads = self.num_kv_heads();
+        if dropped.len() != heads {
+            return Err(CacheError::Retain(format!(
+                "{} lists of dropped rows for {heads} KV heads",
+                dropped.len()
+            )));
+        }
+        for (d, span) in dropped.iter().zip(&self.heads) {
+            if d.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(CacheError::Retain(
+                    "dropped indices must be strictly ascending".into(),
+                ));
+            }
+            if let Some(&i) = d.last().filter(|&&i| i >= span.len) {
+                return Err(CacheError::Retain(format!(
+                    "dropped index {i} out of range (the KV head holds {})",
+                    span.len
+                )));
+            }
+        }
+        if !self.compacts_in_place() || self.scores.is_some() {
+            let keep: Vec<Vec<usize>> = dropped
+                .iter()
+                .zip(&self.heads)
+                .map(|(d, span)| {
+                    (0..span.len)
+                        .filter(|i| d.binary_search(i).is_err())
+                        .collect()
+                })
+                .collect();
+            return self.retain(&keep);
+        }
+        for (h, d) in dropped.iter().enumerate() {
+            if d.is_empty() {
+                continue;
+            }
+            let span = &mut self.heads[h];
+            let mut runs = std::mem::take(&mut self.runs[h]);
+            if runs.is_empty() {
+                runs.push(RowRun { row: 0, offset: 0 });
+            }
+            let mut len = span.len;
+            // Last to first, so that the indices still to drop stay where they were.
+            for &i in d.iter().rev() {
+                let r = runs.partition_point(|run| run.row <= i) - 1;
+                let run = runs[r];
+                let end = runs.get(r + 1).map_or(len, |next| next.row);
+                let after = RowRun {
+                    row: i,
+                    offset: run.offset + i - run.row + 1,
+                };
+                for later in &mut runs[r + 1..] {
+                    later.row -= 1;
+                }
+                match (i == run.row, i + 1 == end) {
+                    // The run held only this row.
+                    (true, true) => {
+                        runs.remove(r);
+                    }
+                    // Its first row: the run now starts one row later.
+                    (true, false) => runs[r] = after,
+                    // Its last row: the run ends one row earlier.
+                    (false, true) => {}
+                    // A row inside: the run splits around the gap.
+                    (false, false) => runs.insert(r + 1, after),
+                }
+                self.positions[h].remove(i);
+                len -= 1;
+            }
+            span.len = len;
+            // Rows gone before the first one left leave the region's start spare.
+            let skip = runs.first().map_or(0, |r| r.offset);
+            span.start += skip;
+            span.capacity -= skip;
+            runs.iter_mut().for_each(|r| r.offset -= skip);
+            if runs.len() > 1 {
+                self.runs[h] = runs;
+            }
+        }
+        if self.runs.iter().any(|r| r.len() > MAX_RUNS) {
+            self.settle();
+        }
+        Ok(())
+    }
+
     /// True when keeping `keep` would leave some region more than two blocks larger than
     /// its rows need: eviction then gives memory back.
     fn wasteful(&self, keep: &[Vec<usize>]) -> bool {

@@ -20,7 +20,8 @@ use crate::heads::{HeadBudgets, adakv_split, pair_budgets, regroup};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{
-    attention, layer_preference, to_host, top_k_indices, top_k_on_device, window_attention,
+    attention, layer_preference, lowest_index, to_host, top_k_indices, top_k_on_device,
+    window_attention,
 };
 use crate::{CacheError, KvCompressor, LayerCache};
 
@@ -118,6 +119,28 @@ fn evict_heads_by<B: Backend>(
                     "{} stored scores for {heads} x {width} cached tokens",
                     host.len()
                 )));
+            }
+            // A decoding step drops at most one token per head: name it, and let the
+            // cache drop it without a pass over the kept ones.
+            if plan
+                .iter()
+                .all(|&(candidates, keep)| keep + 1 >= candidates)
+            {
+                let dropped: Vec<Vec<usize>> = plan
+                    .iter()
+                    .enumerate()
+                    .map(|(h, &(candidates, keep))| {
+                        let row = &host[h * width..h * width + candidates];
+                        match keep < candidates {
+                            true => lowest_index(row).into_iter().collect(),
+                            false => Vec::new(),
+                        }
+                    })
+                    .collect();
+                drop(select);
+                let _retain = tracing::trace_span!("evict_rows", n = width).entered();
+                cache.evict_rows(&dropped)?;
+                return Ok(cache.head_lens());
             }
             plan.iter()
                 .enumerate()

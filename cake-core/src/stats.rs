@@ -224,6 +224,25 @@ pub fn cake_indicator<B: Backend>(
     group_mean(pooled, num_kv_heads) // [Hkv, S]
 }
 
+/// The token [`top_k_indices`] drops when it keeps all but one of `row`: the smallest
+/// score (NaN lowest) at the earliest index, found in one pass instead of a selection and
+/// a sort (a decoding step). `None` for an empty row.
+pub fn lowest_index(row: &[f32]) -> Option<usize> {
+    // `total_cmp`'s order as integers (NaN as -inf), so that the minimum is a vectorised
+    // pass.
+    let ordered = |i: usize| {
+        let x = if row[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            row[i]
+        };
+        let bits = x.to_bits() as i32;
+        bits ^ (((bits >> 31) as u32) >> 1) as i32
+    };
+    let lowest = (0..row.len()).map(ordered).min()?;
+    (0..row.len()).position(|i| ordered(i) == lowest)
+}
+
 /// Indices of the `k` largest values of `row`, ascending. Ties go to the later index
 /// (the more recent token); NaN ranks below everything.
 pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
@@ -236,17 +255,7 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
         }
     };
     if k + 1 == row.len() {
-        // One to drop (a decoding step): the lowest-ranked token, i.e. the smallest score
-        // at the earliest index, found in one pass instead of a selection and a sort.
-        // `total_cmp`'s order as integers, so that the minimum is a vectorised pass.
-        let ordered = |i: usize| {
-            let bits = key(i).to_bits() as i32;
-            bits ^ (((bits >> 31) as u32) >> 1) as i32
-        };
-        let lowest = (0..row.len()).map(ordered).min().unwrap_or(0);
-        let drop = (0..row.len())
-            .position(|i| ordered(i) == lowest)
-            .unwrap_or(0);
+        let drop = lowest_index(row).unwrap_or(0);
         let mut kept = Vec::with_capacity(k);
         kept.extend(0..drop);
         kept.extend(drop + 1..row.len());

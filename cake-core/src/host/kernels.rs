@@ -79,6 +79,11 @@ impl KvRows<'_> {
         (self.starts[head] + row) * self.dim
     }
 
+    /// True when `other`'s rows sit at the same places (the keys and values of one cache).
+    pub(super) fn same_layout(&self, other: &KvRows<'_>) -> bool {
+        self.starts == other.starts && self.runs == other.runs && self.dim == other.dim
+    }
+
     /// True when no KV head's rows have gaps.
     pub(super) fn contiguous(&self) -> bool {
         self.runs.iter().all(Vec::is_empty)
@@ -108,8 +113,18 @@ impl KvRows<'_> {
     /// The element offsets in `data` of rows `from..to` of KV head `head`, wherever they
     /// sit.
     pub(super) fn listed(&self, head: usize, from: usize, to: usize) -> Vec<usize> {
+        let runs = self.runs.get(head).map_or(&[][..], Vec::as_slice);
+        let (start, dim) = (self.starts[head], self.dim);
+        // The run holding `from`, then each run in turn.
+        let mut r = runs.partition_point(|run| run.row <= from).max(1) - 1;
         (from..to)
-            .map(|row| (self.starts[head] + self.placed(head, row)) * self.dim)
+            .map(|row| {
+                while runs.get(r + 1).is_some_and(|next| next.row <= row) {
+                    r += 1;
+                }
+                let at = runs.get(r).map_or(row, |run| run.offset + row - run.row);
+                (start + at) * dim
+            })
             .collect()
     }
 
@@ -685,13 +700,17 @@ fn decode_attention(
         // once for up to four of them. Where eviction left gaps, the rows are read where
         // they sit, with the same bits per row.
         let queries = &q[kv * group * d..(kv + 1) * group * d];
-        match keys.rows(kv, a, b) {
-            Some(chunk) => simd::matvec_group(chunk, queries, d, &mut part.exps),
+        let listed = match keys.rows(kv, a, b) {
+            Some(chunk) => {
+                simd::matvec_group(chunk, queries, d, &mut part.exps);
+                None
+            }
             None => {
                 let at = keys.listed(kv, a, b);
                 simd::matvec_group_listed(keys.data, &at, queries, d, &mut part.exps);
+                Some(at)
             }
-        }
+        };
         for scores in part.exps.chunks_exact_mut(n.max(1)) {
             simd::scale(scores, scale);
         }
@@ -706,7 +725,11 @@ fn decode_attention(
             match values.rows(kv, a, b) {
                 Some(chunk) => simd::weighted_sum_group(&mut part.out, &part.exps, chunk, d),
                 None => {
-                    let at = values.listed(kv, a, b);
+                    // The values' rows sit where the keys' do when both come from one cache.
+                    let at = match listed {
+                        Some(at) if values.same_layout(&keys) => at,
+                        _ => values.listed(kv, a, b),
+                    };
                     simd::weighted_sum_group_listed(&mut part.out, &part.exps, values.data, &at, d);
                 }
             }

@@ -119,17 +119,24 @@ pub fn matvec_group_listed(data: &[f32], at: &[usize], queries: &[f32], d: usize
         queries.len() == group * d && out.len() == group * at.len(),
         "queries [G, d], out [G, at.len()]"
     );
-    assert!(at.iter().all(|&a| a + d <= data.len()), "rows inside data");
-    matvec_group_in(data, at, queries, d, out);
+    assert!(
+        at.iter().max().is_none_or(|&a| a + d <= data.len()),
+        "rows inside data"
+    );
+    matvec_group_in(data, Listed { at, dim: d }, queries, d, out);
 }
 
 /// Where a kernel finds the rows it reads in its data: row `j` starts at element `at(j)`.
 pub trait RowTable: Copy {
     /// Element offset of row `j`.
     fn at(self, j: usize) -> usize;
+
+    /// Where to request data `lead` elements ahead of row `j`'s start into the caches, or
+    /// `None` when that lies past the rows.
+    fn ahead(self, j: usize, lead: usize) -> Option<usize>;
 }
 
-/// Rows back to back, each this many elements.
+/// Rows back to back, each this many elements (the data ends where the rows do).
 #[derive(Debug, Clone, Copy)]
 pub struct Packed(pub usize);
 
@@ -138,12 +145,31 @@ impl RowTable for Packed {
     fn at(self, j: usize) -> usize {
         j * self.0
     }
+
+    #[inline(always)]
+    fn ahead(self, j: usize, lead: usize) -> Option<usize> {
+        Some(j * self.0 + lead)
+    }
 }
 
-impl RowTable for &[usize] {
+/// Rows at listed element offsets, each `dim` elements (the data holds more than the rows:
+/// requests ahead stop at the last row, as they stop at the end of packed rows).
+#[derive(Debug, Clone, Copy)]
+struct Listed<'a> {
+    at: &'a [usize],
+    dim: usize,
+}
+
+impl RowTable for Listed<'_> {
     #[inline(always)]
     fn at(self, j: usize) -> usize {
-        self[j]
+        self.at[j]
+    }
+
+    #[inline(always)]
+    fn ahead(self, j: usize, lead: usize) -> Option<usize> {
+        let rows = lead.div_ceil(self.dim.max(1));
+        self.at.get(j + rows).copied()
     }
 }
 
@@ -223,8 +249,11 @@ pub fn weighted_sum_group_listed(
         out.len() == group * d && weights.len() == group * at.len(),
         "out [G, d], weights [G, at.len()]"
     );
-    assert!(at.iter().all(|&a| a + d <= data.len()), "rows inside data");
-    weighted_sum_group_in(out, weights, data, at, d);
+    assert!(
+        at.iter().max().is_none_or(|&a| a + d <= data.len()),
+        "rows inside data"
+    );
+    weighted_sum_group_in(out, weights, data, Listed { at, dim: d }, d);
 }
 
 /// The body of [`weighted_sum_group`] and [`weighted_sum_group_listed`]: the caller
@@ -657,8 +686,8 @@ mod x86 {
         let (pw, pq) = (data.as_ptr(), queries.as_ptr());
         let lead = super::AHEAD_BYTES / 4;
         for quad in 0..n / 4 {
-            if ahead {
-                request_l2(data, rows.at(4 * quad) + lead, 4 * d);
+            if ahead && let Some(at) = rows.ahead(4 * quad, lead) {
+                request_l2(data, at, 4 * d);
             }
             let at: [usize; 4] = std::array::from_fn(|r| rows.at(4 * quad + r));
             let mut acc = [[_mm256_setzero_ps(); 4]; G];
@@ -727,8 +756,10 @@ mod x86 {
                     std::array::from_fn(|v| _mm512_loadu_ps(po.add(g * d + c + 16 * v)))
                 });
                 for j in 0..n {
-                    if c == 0 {
-                        request_l2(data, rows.at(j) + lead, d);
+                    if c == 0
+                        && let Some(at) = rows.ahead(j, lead)
+                    {
+                        request_l2(data, at, d);
                     }
                     let row: [__m512; 4] =
                         std::array::from_fn(|v| _mm512_loadu_ps(pr.add(rows.at(j) + c + 16 * v)));
@@ -750,8 +781,10 @@ mod x86 {
                 let mut acc: [__m512; G] =
                     std::array::from_fn(|g| _mm512_loadu_ps(po.add(g * d + c)));
                 for j in 0..n {
-                    if c == 0 {
-                        request_l2(data, rows.at(j) + lead, d);
+                    if c == 0
+                        && let Some(at) = rows.ahead(j, lead)
+                    {
+                        request_l2(data, at, d);
                     }
                     let x = _mm512_loadu_ps(pr.add(rows.at(j) + c));
                     for (g, acc) in acc.iter_mut().enumerate() {
