@@ -4,12 +4,24 @@
 //! alternating for a few rounds.
 //!
 //! ```text
-//! cargo run --release -p cake-core --features flex --example gemv_bandwidth
+//! cargo run --release -p cake-core --features flex --example gemv_bandwidth [-- --serial-us N]
 //! ```
+//!
+//! With `--serial-us N`, the caller works alone for N microseconds after each GEMV (touching
+//! no memory), as a decoding step's serial work does between its parallel regions: the
+//! time that the pool's idle worker spends requesting the next weights (reported apart:
+//! the figure is the GEMVs' bytes over the whole time, serial work included).
 
 use std::time::Instant;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let serial_us: u64 = args
+        .iter()
+        .position(|a| a == "--serial-us")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(0);
+    let serial = std::time::Duration::from_micros(serial_us);
     // (out, in) of each layer's projections: fused q|k|v, o, fused gate|up, down.
     let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)];
     let layers: Vec<Vec<Vec<f32>>> = (0..30)
@@ -26,6 +38,10 @@ fn main() {
             for layer in &layers {
                 for (w, &(o, i)) in layer.iter().zip(&shapes) {
                     cake_core::host::gemv(w, &x[..i], None, &mut y[..o]);
+                    let alone = Instant::now();
+                    while alone.elapsed() < serial {
+                        std::hint::spin_loop();
+                    }
                 }
             }
             best = best.min(start.elapsed().as_secs_f64());

@@ -63,6 +63,11 @@ struct Pool {
     threads: Vec<Thread>,
     /// Set by the caller of [`run`] for the whole job.
     busy: AtomicBool,
+    /// Memory an idle worker requests into the caches ([`prefetch_while_idle`]): its
+    /// address and length, and a count bumped once both are written.
+    hint_at: AtomicUsize,
+    hint_bytes: AtomicUsize,
+    hint_serial: AtomicU64,
 }
 
 // SAFETY: the raw job pointer is only dereferenced while the job it points to is alive: a
@@ -103,6 +108,9 @@ fn pool() -> &'static Pool {
             sleeping: (0..threads.len()).map(|_| AtomicBool::new(false)).collect(),
             threads,
             busy: AtomicBool::new(false),
+            hint_at: AtomicUsize::new(0),
+            hint_bytes: AtomicUsize::new(0),
+            hint_serial: AtomicU64::new(0),
         }));
         for ready in started {
             let _ = ready.send(pool);
@@ -146,14 +154,62 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// Asks an idle worker of the decoding pool to request memory into the caches while the
+/// caller works alone (a decoding step's serial work between two parallel regions), so that
+/// the next region finds it there instead of in memory. The worker stops at the next job;
+/// a newer request replaces this one. Without workers, or off x86-64, nothing happens.
+///
+/// The `bytes` from `at` are requested, never read: they may be freed before the worker
+/// gets to them (a request for memory that is gone does nothing).
+pub fn prefetch_while_idle(at: *const u8, bytes: usize) {
+    let pool = pool();
+    if pool.threads.is_empty() {
+        return;
+    }
+    pool.hint_at.store(at as usize, Ordering::Relaxed);
+    pool.hint_bytes.store(bytes, Ordering::Relaxed);
+    pool.hint_serial.fetch_add(1, Ordering::Release);
+}
+
+/// Cache lines a worker requests between two looks at the pool's state.
+const HINT_LINES: usize = 64;
+
+/// Requests the hinted memory into L2, [`HINT_LINES`] at a time, until it is all requested
+/// or a job (epoch) other than `seen` begins; returns whether the hint was finished.
+fn follow_hint(pool: &Pool, seen: u64) -> bool {
+    let (at, bytes) = (
+        pool.hint_at.load(Ordering::Relaxed),
+        pool.hint_bytes.load(Ordering::Relaxed),
+    );
+    for block in (0..bytes).step_by(64 * HINT_LINES) {
+        if epoch(pool.state.load(Ordering::Relaxed)) != seen {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        for line in (block..(block + 64 * HINT_LINES).min(bytes)).step_by(64) {
+            use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+            // SAFETY: a prefetch reads nothing and never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(line) as *const i8) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, block);
+    }
+    true
+}
+
 fn worker(pool: &'static Pool, id: usize) {
     let mut seen = 0u64;
+    let mut hinted = 0u64;
     loop {
-        // Wait for the next epoch: spin, then park.
+        // Wait for the next epoch: spin (following any hint), then park.
         let spin_start = Instant::now();
         let mut spins = 0u32;
         let mut state = pool.state.load(Ordering::SeqCst);
         while epoch(state) == seen {
+            let hint = pool.hint_serial.load(Ordering::Acquire);
+            if hint != hinted && follow_hint(pool, seen) {
+                hinted = hint;
+            }
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && spin_start.elapsed() > SPIN {
                 pool.sleeping[id].store(true, Ordering::SeqCst);
@@ -305,6 +361,10 @@ mod tests {
             );
         }
         assert_eq!(map(5, &|i| i * i), vec![0, 1, 4, 9, 16]);
+        // Requests for memory that is not there (freed, or never mapped) change nothing.
+        prefetch_while_idle(64 as *const u8, 1 << 20);
+        std::thread::sleep(Duration::from_millis(1));
+        assert_eq!(map(5, &|i| i + 2), vec![2, 3, 4, 5, 6]);
         // A task that runs a job of its own (served serially), and jobs from several
         // threads at once.
         let nested = map(4, &|i| map(3, &|j| i * 10 + j).iter().sum::<usize>());
