@@ -69,7 +69,9 @@ pub struct HeadSpan {
 /// scores they were selected by.
 ///
 /// Eviction moves the kept rows together and shrinks the buffers: evicted memory is
-/// released, never masked.
+/// released, never masked. (On the CPU backend a few evicted rows may stay behind as gaps
+/// inside a head's region, see [`LayerCache::runs`]: never read, never counted in
+/// [`LayerCache::bytes`], closed before the region would grow.)
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
     /// `[rows, d]`
