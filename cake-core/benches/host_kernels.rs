@@ -3,8 +3,10 @@
 //!   SmolLM2-135M's head shape (H = 9, Hkv = 3, d = 64);
 //! - attention, one query (decoding, with probabilities) over S = 512 .. 32K keys in
 //!   Llama-3.1-8B's head shape (H = 32, Hkv = 8, d = 128);
-//! - appending one token to a 4K-token cache, and evicting one token at C = 1024
-//!   (`evict_to_budget`: read the scores, top-k, compact in place), Llama-3.1-8B's shape;
+//! - appending one token to a 4K-token cache, evicting one token at C = 1024
+//!   (`evict_to_budget`: read the stored scores, top-k, retain), and a decoding step's
+//!   append and `evict_rows` of a named token (the gaps building up and closing over the
+//!   steps), Llama-3.1-8B's shape;
 //! - the decode GEMV of a 4096 x 4096 projection;
 //! - the prefill GEMM of 512 tokens through SmolLM2-135M's four projections (fused QKV
 //!   576 -> 960, output 576 -> 576, fused gate/up 576 -> 3072, down 1536 -> 576), each
@@ -134,6 +136,24 @@ fn cache_ops(c: &mut Criterion) {
             |mut c| black_box(evict_to_budget(&mut c, budget, w).unwrap()),
             criterion::BatchSize::LargeInput,
         )
+    });
+    // A decoding step's eviction as CAKE runs it (fresh scores, none stored): one token
+    // named per head, at a place that moves over the steps, after a one-row append; the
+    // cache is reused, so gaps build up and close as they do while decoding.
+    let mut decoding = private_copy(&full);
+    decoding.clear_scores();
+    let mut step = 0usize;
+    group.bench_function("append_and_evict_rows_one_token_at_c1024", |b| {
+        b.iter(|| {
+            step += 1;
+            decoding
+                .append(k1.clone(), v1.clone(), 20_000 + step)
+                .unwrap();
+            let n = decoding.len();
+            let gone = (step * 389) % (n - w);
+            decoding.evict_rows(&vec![vec![gone]; hkv]).unwrap();
+            black_box(decoding.len())
+        })
     });
     group.finish();
 }
