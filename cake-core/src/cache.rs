@@ -521,26 +521,8 @@ impl<B: Backend> LayerCache<B> {
     /// When there is not one list per head or an index is out of range, repeated or out
     /// of order; the cache is then unchanged.
     pub fn retain(&mut self, keep: &[Vec<usize>]) -> Result<(), CacheError> {
+        self.check_rows(keep, "kept")?;
         let heads = self.num_kv_heads();
-        if keep.len() != heads {
-            return Err(CacheError::Retain(format!(
-                "{} keep lists for {heads} KV heads",
-                keep.len()
-            )));
-        }
-        for (k, span) in keep.iter().zip(&self.heads) {
-            if k.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(CacheError::Retain(
-                    "kept indices must be strictly ascending".into(),
-                ));
-            }
-            if let Some(&i) = k.last().filter(|&&i| i >= span.len) {
-                return Err(CacheError::Retain(format!(
-                    "kept index {i} out of range (the KV head holds {})",
-                    span.len
-                )));
-            }
-        }
         let unchanged = keep
             .iter()
             .zip(&self.heads)
@@ -586,26 +568,7 @@ impl<B: Backend> LayerCache<B> {
     /// When there is not one list per head or an index is out of range, repeated or out of
     /// order; the cache is then unchanged.
     pub fn evict_rows(&mut self, dropped: &[Vec<usize>]) -> Result<(), CacheError> {
-        let heads = self.num_kv_heads();
-        if dropped.len() != heads {
-            return Err(CacheError::Retain(format!(
-                "{} lists of dropped rows for {heads} KV heads",
-                dropped.len()
-            )));
-        }
-        for (d, span) in dropped.iter().zip(&self.heads) {
-            if d.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(CacheError::Retain(
-                    "dropped indices must be strictly ascending".into(),
-                ));
-            }
-            if let Some(&i) = d.last().filter(|&&i| i >= span.len) {
-                return Err(CacheError::Retain(format!(
-                    "dropped index {i} out of range (the KV head holds {})",
-                    span.len
-                )));
-            }
-        }
+        self.check_rows(dropped, "dropped")?;
         if !self.compacts_in_place() || self.scores.is_some() {
             let keep: Vec<Vec<usize>> = dropped
                 .iter()
@@ -667,6 +630,32 @@ impl<B: Backend> LayerCache<B> {
         }
         if self.runs.iter().any(|r| r.len() > MAX_RUNS) {
             self.settle();
+        }
+        Ok(())
+    }
+
+    /// Checks lists of row indices (`what`: kept or dropped): one per head, each strictly
+    /// ascending and inside the head's rows.
+    fn check_rows(&self, lists: &[Vec<usize>], what: &str) -> Result<(), CacheError> {
+        let heads = self.num_kv_heads();
+        if lists.len() != heads {
+            return Err(CacheError::Retain(format!(
+                "{} lists of {what} rows for {heads} KV heads",
+                lists.len()
+            )));
+        }
+        for (rows, span) in lists.iter().zip(&self.heads) {
+            if rows.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(CacheError::Retain(format!(
+                    "{what} indices must be strictly ascending"
+                )));
+            }
+            if let Some(&i) = rows.last().filter(|&&i| i >= span.len) {
+                return Err(CacheError::Retain(format!(
+                    "{what} index {i} out of range (the KV head holds {})",
+                    span.len
+                )));
+            }
         }
         Ok(())
     }

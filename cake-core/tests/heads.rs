@@ -54,6 +54,22 @@ fn assert_rows_follow_positions(cache: &LayerCache<B>, dim: usize) {
     }
 }
 
+/// The `[Hkv, len, d]` view of the keys equals the heads' own rows, one after another.
+fn assert_uniform_view_matches(cache: &LayerCache<B>) {
+    let view = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
+    let rows: Vec<f32> = (0..cache.num_kv_heads())
+        .flat_map(|h| {
+            cache
+                .head_keys(h)
+                .unwrap()
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(view, rows);
+}
+
 #[test]
 fn ragged_heads_hold_their_own_rows_and_free_memory() {
     let (heads, len, dim) = (3, 600, 4);
@@ -388,20 +404,6 @@ fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
         };
         cache.append(row(1.0), row(-1.0), p).unwrap();
     };
-    let uniform_view_matches = |cache: &LayerCache<B>| {
-        let view = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
-        let rows: Vec<f32> = (0..heads)
-            .flat_map(|h| {
-                cache
-                    .head_keys(h)
-                    .unwrap()
-                    .into_data()
-                    .into_vec::<f32>()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(view, rows);
-    };
     // Head 0 drops row 5 (the front is shorter), head 1 row 290 (the back), head 2 rows
     // 0..3 (nothing moves from the front).
     let without =
@@ -419,7 +421,7 @@ fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
         drop(held);
         assert_eq!(cache.head_lens(), vec![297; 3]);
         assert_rows_follow_positions(&cache, dim);
-        uniform_view_matches(&cache);
+        assert_uniform_view_matches(&cache);
         append(&mut cache, 300);
         assert_rows_follow_positions(&cache, dim);
         results.push(cache.positions().to_vec());
@@ -443,7 +445,7 @@ fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
         allocated.push(cache.allocated_bytes());
         if step % 97 == 0 {
             assert_rows_follow_positions(&cache, dim);
-            uniform_view_matches(&cache);
+            assert_uniform_view_matches(&cache);
         }
     }
     assert_rows_follow_positions(&cache, dim);
@@ -509,18 +511,7 @@ fn decoding_eviction_leaves_gaps_then_closes_them() {
         closed += (had_gaps && runs.iter().all(Vec::is_empty)) as usize;
         if step % 13 == 0 {
             assert_rows_follow_positions(&cache, dim);
-            let view = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
-            let rows: Vec<f32> = (0..heads)
-                .flat_map(|h| {
-                    cache
-                        .head_keys(h)
-                        .unwrap()
-                        .into_data()
-                        .into_vec::<f32>()
-                        .unwrap()
-                })
-                .collect();
-            assert_eq!(view, rows, "step {step}");
+            assert_uniform_view_matches(&cache);
         }
         let bytes = cache.allocated_bytes();
         assert_eq!(
