@@ -14,7 +14,8 @@
 //! Eviction compacts each head's kept rows to the front of its region (only rows after
 //! the first evicted one move) and gives memory back by shrinking regions when much more
 //! than a block would stay unused (on the CPU backend inside the same buffer, whose tail
-//! is then released: no new memory is touched).
+//! is then released: no new memory is touched). Heads holding the same count get the same
+//! capacity, so the common layer-budget case is a plain `[Hkv, capacity, d]` layout.
 //!
 //! On the CPU backend an eviction that would leave few gaps moves nothing: the evicted
 //! rows stay behind as gaps between [`RowRun`]s (at most [`MAX_RUNS`] per head), which the
@@ -23,8 +24,7 @@
 //! before a multi-row append, or when memory is given back. A decoding step of CAKE then
 //! costs no row moves (one every few dozen steps instead of one per step); the rows keep
 //! their order, so every kernel reads them in the same order as compacted and computes the
-//! same bits. Heads holding the same count get the same capacity, so
-//! the common layer-budget case is a plain `[Hkv, capacity, d]` layout.
+//! same bits.
 
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend, s};
 
@@ -374,7 +374,7 @@ impl<B: Backend> LayerCache<B> {
                     len: end - run.row,
                     capacity: 0,
                 };
-                if span.start + run.offset != begin + run.row && end > run.row {
+                if end > run.row {
                     from.push(piece(span.start + run.offset));
                     to.push(piece(begin + run.row));
                 }
@@ -383,23 +383,24 @@ impl<B: Backend> LayerCache<B> {
             span.start = begin;
             begin += span.capacity;
         }
-        if from.is_empty() {
+        if from.iter().zip(&to).all(|(a, b)| a.start == b.start) {
             return;
         }
         let settle = |buffer: Option<Tensor<B, 2>>| {
             let buffer = buffer?;
             let dim = buffer.dims()[1];
             // Every piece lands at or before where it is read, and after the pieces
-            // before it: in place, first to last.
+            // before it: in place, first to last (the pieces already in place stay).
             #[cfg(feature = "flex")]
             let buffer = match crate::host::write_in_place(buffer, |data| {
-                for (a, b) in from.iter().zip(&to) {
+                for (a, b) in from.iter().zip(&to).filter(|(a, b)| a.start != b.start) {
                     data.copy_within(a.start * dim..(a.start + a.len) * dim, b.start * dim);
                 }
             }) {
                 (buffer, true) => return Some(buffer),
                 (buffer, false) => buffer,
             };
+            // Shared with someone else: every piece into a new buffer.
             let fresh = zeroed_rows::<B>(buffer.dims()[0], dim, &buffer.device());
             Some(copy_regions(fresh, &buffer, &from, &to))
         };

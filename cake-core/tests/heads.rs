@@ -527,12 +527,28 @@ fn decoding_eviction_leaves_gaps_then_closes_them() {
         );
         assert!(cache.runs().iter().any(|r| !r.is_empty()));
     }
-    // A multi-row append (a prefill chunk) closes the gaps first.
-    cache
-        .append(row(len + 400, 2, 1.0), row(len + 400, 2, -1.0), len + 400)
-        .unwrap();
-    assert!(cache.runs().iter().all(Vec::is_empty));
-    assert_rows_follow_positions(&cache, dim);
+    // A multi-row append (a prefill chunk) closes the gaps first: in place, and on a copy
+    // whose buffers another holder shares (they are then copied, the other keeps its rows).
+    let mut sharing = cache.clone();
+    for cache in [&mut sharing, &mut cache] {
+        cache
+            .append(row(len + 400, 2, 1.0), row(len + 400, 2, -1.0), len + 400)
+            .unwrap();
+        assert!(cache.runs().iter().all(Vec::is_empty));
+        assert_rows_follow_positions(cache, dim);
+    }
+    assert_eq!(sharing.positions(), cache.positions());
+
+    // The same on a fresh cache, whose rows before each gap are already at their region's
+    // start (they stay; the rows after the gap move up to them).
+    let mut cache = labelled_cache(heads, 50, dim);
+    cache.evict_rows(&[vec![10], vec![20], vec![]]).unwrap();
+    let mut sharing = cache.clone();
+    for cache in [&mut sharing, &mut cache] {
+        cache.append(row(50, 2, 1.0), row(50, 2, -1.0), 50).unwrap();
+        assert!(cache.runs().iter().all(Vec::is_empty));
+        assert_rows_follow_positions(cache, dim);
+    }
 }
 
 proptest! {
