@@ -16,19 +16,20 @@ use proptest::prelude::*;
 /// A cache of `heads` KV heads holding `len` tokens at positions `0..len`, whose key row
 /// of token `p` in head `h` is `[h, p, ..]` and value row `[-h, -p, ..]` (so that every row
 /// says which token it is).
+/// `[heads, n, dim]` rows labelled with their head and position (`start + r`), as
+/// `sign * [h, p, 1, 1, ..]`: keys with sign 1, values with -1.
+fn labelled_rows(heads: usize, start: usize, n: usize, dim: usize, sign: f32) -> Tensor<B, 3> {
+    let data: Vec<f32> = (0..heads * n * dim)
+        .map(|i| {
+            let (h, r, c) = (i / (n * dim), (i / dim) % n, i % dim);
+            sign * [h as f32, (start + r) as f32, 1.0][c.min(2)]
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(data, [heads, n, dim]), &Default::default())
+}
+
 fn labelled_cache(heads: usize, len: usize, dim: usize) -> LayerCache<B> {
-    let rows = |sign: f32| -> Tensor<B, 3> {
-        let data: Vec<f32> = (0..heads * len * dim)
-            .map(|i| {
-                let (h, p, c) = (i / (len * dim), (i / dim) % len, i % dim);
-                sign * [h as f32, p as f32, 1.0][c.min(2)]
-            })
-            .collect();
-        Tensor::from_data(
-            TensorData::new(data, [heads, len, dim]),
-            &Default::default(),
-        )
-    };
+    let rows = |sign: f32| labelled_rows(heads, 0, len, dim, sign);
     let mut cache = LayerCache::<B>::new();
     cache.append(rows(1.0), rows(-1.0), 0).unwrap();
     cache
@@ -465,15 +466,7 @@ fn eviction_moves_the_shorter_side_and_rows_follow_positions() {
 #[test]
 fn decoding_eviction_leaves_gaps_then_closes_them() {
     let (heads, len, dim) = (3, 200, 4);
-    let row = |p: usize, n: usize, sign: f32| -> Tensor<B, 3> {
-        let data: Vec<f32> = (0..heads * n * dim)
-            .map(|i| {
-                let (h, r, c) = (i / (n * dim), (i / dim) % n, i % dim);
-                sign * [h as f32, (p + r) as f32, 1.0][c.min(2)]
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(data, [heads, n, dim]), &Default::default())
-    };
+    let row = |p: usize, n: usize, sign: f32| labelled_rows(heads, p, n, dim, sign);
     let buffers = |cache: &LayerCache<B>| {
         let (k, v) = cache.buffers().unwrap();
         (k.clone().into_data(), v.clone().into_data())
@@ -570,15 +563,7 @@ proptest! {
         let mut next = 40;
         for (picks, extra, several) in steps {
             let n = if several { extra + 1 } else { 1 };
-            let rows = |sign: f32| -> Tensor<B, 3> {
-                let data: Vec<f32> = (0..heads * n * dim)
-                    .map(|i| {
-                        let (h, r, c) = (i / (n * dim), (i / dim) % n, i % dim);
-                        sign * [h as f32, (next + r) as f32, 1.0][c.min(2)]
-                    })
-                    .collect();
-                Tensor::from_data(TensorData::new(data, [heads, n, dim]), &Default::default())
-            };
+            let rows = |sign: f32| labelled_rows(heads, next, n, dim, sign);
             for cache in [&mut by_drops, &mut by_keeps] {
                 cache.append(rows(1.0), rows(-1.0), next).unwrap();
             }

@@ -119,11 +119,7 @@ pub fn matvec_group_listed(data: &[f32], at: &[usize], queries: &[f32], d: usize
         queries.len() == group * d && out.len() == group * at.len(),
         "queries [G, d], out [G, at.len()]"
     );
-    assert!(
-        at.iter().max().is_none_or(|&a| a + d <= data.len()),
-        "rows inside data"
-    );
-    matvec_group_in(data, Listed { at, dim: d }, queries, d, out);
+    matvec_group_in(data, Listed::new(data, at, d), queries, d, out);
 }
 
 /// Where a kernel finds the rows it reads in its data: row `j` starts at element `at(j)`.
@@ -158,6 +154,20 @@ impl RowTable for Packed {
 struct Listed<'a> {
     at: &'a [usize],
     dim: usize,
+}
+
+impl<'a> Listed<'a> {
+    /// Rows of `dim` at offsets `at` in `data`.
+    ///
+    /// # Panics
+    /// When a row lies outside `data` (the kernels read them unchecked).
+    fn new(data: &[f32], at: &'a [usize], dim: usize) -> Self {
+        assert!(
+            at.iter().max().is_none_or(|&a| a + dim <= data.len()),
+            "rows inside data"
+        );
+        Self { at, dim }
+    }
 }
 
 impl RowTable for Listed<'_> {
@@ -249,11 +259,7 @@ pub fn weighted_sum_group_listed(
         out.len() == group * d && weights.len() == group * at.len(),
         "out [G, d], weights [G, at.len()]"
     );
-    assert!(
-        at.iter().max().is_none_or(|&a| a + d <= data.len()),
-        "rows inside data"
-    );
-    weighted_sum_group_in(out, weights, data, Listed { at, dim: d }, d);
+    weighted_sum_group_in(out, weights, data, Listed::new(data, at, d), d);
 }
 
 /// The body of [`weighted_sum_group`] and [`weighted_sum_group_listed`]: the caller
