@@ -28,12 +28,26 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
     let n = x.len();
     assert!(w.len() >= 4 * n, "four rows of x.len()");
+    dot4_at(w, [0, n, 2 * n, 3 * n], x)
+}
+
+/// [`dot4`] over four rows anywhere in `w`: row `r` is `w[at[r]..at[r] + x.len()]`, each
+/// with [`dot_chain`]'s arithmetic.
+///
+/// # Panics
+/// When a row lies outside `w`.
+pub fn dot4_at(w: &[f32], at: [usize; 4], x: &[f32]) -> [f32; 4] {
+    let n = x.len();
+    assert!(
+        at.iter().all(|&a| a.checked_add(n).is_some_and(|end| end <= w.len())),
+        "four rows of x.len() inside w"
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: as in `dot`; `w` holds four rows of `n` (checked above).
-        return unsafe { x86::dot4(w, x) };
+        // SAFETY: as in `dot`; every row lies in `w` (checked above).
+        return unsafe { x86::dot4_at(w, at, x) };
     }
-    [0, 1, 2, 3].map(|r| scalar::dot(&w[r * n..(r + 1) * n], x))
+    at.map(|a| scalar::dot(&w[a..a + n], x))
 }
 
 /// One row of [`dot4`]: `w . x` (`w.len() >= x.len()`) with its arithmetic (eight lane
@@ -51,17 +65,25 @@ pub fn dot_chain(w: &[f32], x: &[f32]) -> f32 {
 /// `out[j] = rows[j] . x` for the `out.len()` rows of `rows` (`[n, d]`, `d = x.len()`):
 /// the rows of whole fours with [`dot4`]'s arithmetic per row, the rest with [`dot`]'s.
 ///
-/// The rows are read one after another, each as one chain of multiply-adds: one
-/// sequential stream, which the hardware prefetchers follow better than [`dot4`]'s four
-/// interleaved ones (measured with the `gemv_bandwidth` example on a 2-core EPYC,
-/// alternated: SmolLM2-135M's decoding GEMVs 24-28 -> 30-35 GB/s against a 34-36 GB/s probe).
+/// The rows of whole fours are read as four long sequential streams, one per quarter of
+/// them, a row of each quarter at a time. One stream (a row after another, each one chain
+/// of multiply-adds) waits on the chain: one 8-wide FMA per 4 cycles reads 8 bytes a cycle,
+/// about 21 GB/s a core at 2.6 GHz, under what a 2-core EPYC reads in its fast phases.
+/// Four chains at once lift that limit, and quarters keep each stream long, which the
+/// hardware prefetchers follow better than [`dot4`]'s four adjacent rows (streams of one
+/// row each). Measured with the `gemv_bandwidth` example on a 2-core EPYC: see
+/// `host::gemv`.
 pub fn matvec(rows: &[f32], x: &[f32], out: &mut [f32]) {
     let d = x.len();
-    let quads = out.len() / 4;
-    for (j, o) in out[..4 * quads].iter_mut().enumerate() {
-        *o = dot_chain(&rows[j * d..(j + 1) * d], x);
+    assert!(rows.len() >= out.len() * d, "rows [out.len(), x.len()]");
+    let quarter = out.len() / 4;
+    for j in 0..quarter {
+        let at = [0, 1, 2, 3].map(|q| (q * quarter + j) * d);
+        for (q, v) in dot4_at(rows, at, x).into_iter().enumerate() {
+            out[q * quarter + j] = v;
+        }
     }
-    for (j, o) in out.iter_mut().enumerate().skip(4 * quads) {
+    for (j, o) in out.iter_mut().enumerate().skip(4 * quarter) {
         *o = dot(&rows[j * d..(j + 1) * d], x);
     }
 }
@@ -590,18 +612,24 @@ mod x86 {
         out
     }
 
+    /// Four rows of `w` starting at elements `at[r]`, each dotted with `x` as one chain.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the caller checks `at[r] + x.len() <= w.len()` for every `r`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
+    pub unsafe fn dot4_at(w: &[f32], at: [usize; 4], x: &[f32]) -> [f32; 4] {
         let n = x.len();
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let px = x.as_ptr();
+        // SAFETY: each row start lies in w (checked by the caller).
+        let pw = at.map(|a| unsafe { w.as_ptr().add(a) });
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY: i + 8 <= n bounds x, and row r's elements r * n + i.. bound w (4n long).
+        // SAFETY: i + 8 <= n bounds x, and row r's elements at[r] + i.. bound w.
         unsafe {
             while i + 8 <= n {
                 let xv = _mm256_loadu_ps(px.add(i));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(r * n + i)), xv, *acc);
+                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pw[r].add(i)), xv, *acc);
                 }
                 i += 8;
             }
@@ -610,7 +638,7 @@ mod x86 {
         for r in 0..4 {
             out[r] = hsum(acc[r]);
             for j in i..n {
-                out[r] += w[r * n + j] * x[j];
+                out[r] += w[at[r] + j] * x[j];
             }
         }
         out
@@ -1066,9 +1094,9 @@ mod tests {
 
     #[test]
     fn matvec_rows_have_the_bits_of_dot4() {
-        // Rows in whole fours: dot4's arithmetic row by row (the GEMV's bits before it
-        // read the rows one after another); the rest: dot's.
-        for (n, d) in [(4, 64), (8, 576), (7, 13), (6, 1536), (3, 40)] {
+        // Rows in whole fours: dot4's arithmetic row by row, whichever rows are read
+        // together (quarters of them, as four streams); the rest: dot's.
+        for (n, d) in [(4, 64), (8, 576), (7, 13), (6, 1536), (3, 40), (38, 20), (131, 64)] {
             let rows = data(n * d, 0.7);
             let x = data(d, 1.9);
             let mut out = vec![0.0; n];
