@@ -39,7 +39,8 @@ pub fn dot4(w: &[f32], x: &[f32]) -> [f32; 4] {
 pub fn dot4_at(w: &[f32], at: [usize; 4], x: &[f32]) -> [f32; 4] {
     let n = x.len();
     assert!(
-        at.iter().all(|&a| a.checked_add(n).is_some_and(|end| end <= w.len())),
+        at.iter()
+            .all(|&a| a.checked_add(n).is_some_and(|end| end <= w.len())),
         "four rows of x.len() inside w"
     );
     #[cfg(target_arch = "x86_64")]
@@ -106,13 +107,14 @@ pub fn weighted_sum(out: &mut [f32], weights: &[f32], rows: &[f32]) {
 }
 
 /// How far ahead of the rows they read the decoding attention's kernels request rows into
-/// L2: 4 KiB (a page). The hardware prefetcher alone left one core reading a cache of
-/// Llama-3.1-8B's shape at 10 GB/s; with these requests, alternated on a 2-core EPYC
-/// (`attention_bandwidth` example, 2 threads), SmolLM2-135M at 8K tokens 24-25 -> 27-28
-/// GB/s and Llama-3.1-8B at 2K 18-19 -> 25-26 GB/s (8 KiB ahead read about the same).
-/// The value rows are requested by the value pass itself, not while the keys are scored:
-/// both at once read slower than one after the other.
-const AHEAD_BYTES: usize = 4096;
+/// L2: 8 KiB. The hardware prefetcher alone left one core reading a cache of Llama-3.1-8B's
+/// shape at 10 GB/s. The requests run on past a chunk's last row where the caller's slice
+/// does (a decode task's later chunks). Alternated on a 2-core EPYC (`attention_bandwidth`,
+/// SmolLM2-135M at 8K tokens, tasks of several chunks): 8 KiB ahead read 32.5-36.5 GB/s in
+/// the machine's fast phases against 28-31 for 4 KiB and 26-29 for none; 16 and 32 KiB no
+/// better than 8. The value rows are requested by the value pass itself, not while the keys
+/// are scored: both at once read slower than one after the other.
+const AHEAD_BYTES: usize = 8192;
 
 /// [`matvec`] for the `G = queries.len() / d` queries of one KV head's group at once
 /// (`rows`: `[n, d]`, `out`: `[G, n]`, row `g` for query `g`): each key row is read once
@@ -1096,7 +1098,15 @@ mod tests {
     fn matvec_rows_have_the_bits_of_dot4() {
         // Rows in whole fours: dot4's arithmetic row by row, whichever rows are read
         // together (quarters of them, as four streams); the rest: dot's.
-        for (n, d) in [(4, 64), (8, 576), (7, 13), (6, 1536), (3, 40), (38, 20), (131, 64)] {
+        for (n, d) in [
+            (4, 64),
+            (8, 576),
+            (7, 13),
+            (6, 1536),
+            (3, 40),
+            (38, 20),
+            (131, 64),
+        ] {
             let rows = data(n * d, 0.7);
             let x = data(d, 1.9);
             let mut out = vec![0.0; n];
