@@ -725,6 +725,16 @@ mod x86 {
         }
     }
 
+    /// Requests the first of `n` rows, those within `lead` elements of the first, into L2
+    /// all at once: the requests ahead of the reads start `lead` past the first row, so a
+    /// pass would otherwise read its first rows unrequested, one miss after another.
+    #[inline(always)]
+    fn request_first<R: super::RowTable>(data: &[f32], rows: R, n: usize, d: usize, lead: usize) {
+        for j in 0..n.min(lead.div_ceil(d.max(1))) {
+            request_l2(data, rows.at(j), d);
+        }
+    }
+
     /// See [`super::matvec_group`]: `G <= 4` queries; per (row, query) the arithmetic of
     /// [`dot4`] (four rows at a time) and of [`dot`] (the rows after the last four). With
     /// `ahead`, each quad's rows [`super::AHEAD_BYTES`] further on are requested into L2.
@@ -745,6 +755,9 @@ mod x86 {
         let n = out.len() / G;
         let (pw, pq) = (data.as_ptr(), queries.as_ptr());
         let lead = super::AHEAD_BYTES / 4;
+        if ahead {
+            request_first(data, rows, n, d, lead);
+        }
         for quad in 0..n / 4 {
             if ahead && let Some(at) = rows.ahead(4 * quad, lead) {
                 request_l2(data, at, 4 * d);
@@ -809,6 +822,7 @@ mod x86 {
         // The first pass over the rows requests whole rows this far ahead into L2 (the
         // passes over later columns then read them there).
         let lead = (super::AHEAD_BYTES / 4).next_multiple_of(d);
+        request_first(data, rows, n, d, lead);
         let mut c = 0;
         // SAFETY (all accesses): columns c.. c + 16 V <= d of G rows of `out`, of rows j < n
         // of `rows` (in `data`) and entries j < n of G rows of `weights` (the caller's).
