@@ -694,7 +694,7 @@ impl Online {
     }
 }
 
-/// Partial result of one decode task: for each of the G query heads of a KV head, the
+/// Partial result of one chunk of keys: for each of the G query heads of a KV head, the
 /// running max and exponential sum over a chunk of keys, the unnormalised output, and
 /// the chunk's `exp(score - max)`.
 struct Partial {
