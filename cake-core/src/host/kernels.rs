@@ -33,8 +33,8 @@ const GEMV_MAX_ROWS_PER_TASK: usize = 128;
 /// output rows: at least eight tasks per thread, so that matrices of a few hundred rows (a
 /// small model's output projection) still keep every thread busy to the end. Each task
 /// reads its rows as four streams ([`simd::matvec`]): on a 2-core EPYC (`gemv_bandwidth`,
-/// alternated), SmolLM2-135M's GEMVs read 46.6-52.3 GB/s against a 51-57 GB/s probe in the
-/// machine's fast phases, where one stream of one FMA chain read 40.6-40.8 against 55-56.
+/// alternated), SmolLM2-135M's GEMVs read 46.6-52.3 GB/s against a 50-57 GB/s probe in the
+/// machine's fast phases, where one stream of one FMA chain read 39.4-40.8 against 55-56.
 ///
 /// Once done, it asks the pool's idle worker to request into the caches the first
 /// [`HINT_BYTES`] of the weights that followed these last time (a decoding step runs its
@@ -711,8 +711,8 @@ struct Partial {
 /// chunks' keys, then weighs all their values, so that each is one long stream and the
 /// requests ahead run on from chunk to chunk. Each chunk keeps its own partial result, so
 /// the output has the bits of one task per chunk. On a 2-core EPYC (`attention_bandwidth`,
-/// SmolLM2-135M at 8K tokens, alternated), eight chunks a task read 30-31.6 GB/s in the
-/// fast phases against 23-25 for one.
+/// SmolLM2-135M at 8K tokens, alternated, requests 4 KiB ahead), eight chunks a task read
+/// 26.2-31.6 GB/s in the fast phases against 22.8-25.9 for one.
 fn chunks_per_task(ranges: &[(usize, usize)]) -> usize {
     let chunks: usize = ranges
         .iter()
