@@ -7,6 +7,10 @@
 //!   (`evict_to_budget`: read the stored scores, top-k, retain), and a decoding step's
 //!   append and `evict_rows` of a named token (the gaps building up and closing over the
 //!   steps), Llama-3.1-8B's shape;
+//! - CAKE's whole decoding hook (`after_decode_step`: score the new query's probabilities,
+//!   drop each KV head's lowest-scored token) after a one-row append, in SmolLM2-135M's
+//!   shape (30 layers, H = 9, Hkv = 3, d = 64) at C = 256, w = 32 after a 512-token prompt,
+//!   the layers taken in turn as decoding runs them;
 //! - the decode GEMV of a 4096 x 4096 projection;
 //! - the prefill GEMM of 512 tokens through SmolLM2-135M's four projections (fused QKV
 //!   576 -> 960, output 576 -> 576, fused gate/up 576 -> 3072, down 1536 -> 576), each
@@ -19,7 +23,10 @@ use std::hint::black_box;
 use burn::tensor::{Tensor, TensorData};
 use cake_core::host::kernels::packed_starts;
 use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemm, gemv};
-use cake_core::{LayerCache, evict_to_budget};
+use cake_core::{
+    DecodeStep, KvCompressor, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig,
+    PrefillLayer, evict_to_budget,
+};
 use common::{B, tensor3, values};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -179,6 +186,84 @@ fn private_copy(cache: &LayerCache<B>) -> LayerCache<B> {
     copy
 }
 
+fn cake_decode_hook(c: &mut Criterion) {
+    let (layers, heads, hkv, d, prompt, w) = (30, 9, 3, 64, 512, 32);
+    let config = PolicyConfig {
+        cache_size: 256,
+        window: w,
+        tau1: Some(1.0),
+        tau2: Some(1.0),
+        ..PolicyConfig::default()
+    };
+    let policy = Policy::<B>::preset(Method::Cake, &config).unwrap();
+    let mut compressor = PolicyCompressor::new(policy, layers);
+    let mut caches: Vec<LayerCache<B>> = Vec::with_capacity(layers);
+    for layer in 0..layers {
+        let seed = 10 * layer as u64;
+        let mut cache = LayerCache::new();
+        cache
+            .append(
+                tensor3([hkv, prompt, d], seed + 1, 1.0),
+                tensor3([hkv, prompt, d], seed + 2, 1.0),
+                0,
+            )
+            .unwrap();
+        caches.push(cache);
+        // The last w queries: all that a window-attention policy reads.
+        let queries = tensor3([heads, w, d], seed + 3, 0.5 + 0.05 * layer as f32);
+        compressor
+            .after_prefill_layer(PrefillLayer { layer, queries }, &mut caches)
+            .unwrap();
+    }
+    compressor.after_prefill(&mut caches).unwrap();
+    // The new query's probabilities over a layer's held tokens and the new one,
+    // `[H, 1, n]` (each layer holds its own budget).
+    let probabilities = |n: usize, seed: u64| {
+        let raw: Vec<f32> = values(heads * n, seed).iter().map(|v| v.exp()).collect();
+        let mut data = Vec::with_capacity(raw.len());
+        for row in raw.chunks(n) {
+            let sum: f32 = row.iter().sum();
+            data.extend(row.iter().map(|x| x / sum));
+        }
+        Tensor::<B, 3>::from_data(TensorData::new(data, [heads, 1, n]), &Default::default())
+    };
+    let mut attention: Vec<Tensor<B, 3>> = (0..layers)
+        .map(|l| probabilities(caches[l].len() + 1, 500 + l as u64))
+        .collect();
+    let query = tensor3([heads, 1, d], 9, 1.0);
+    let (k1, v1) = (tensor3([hkv, 1, d], 3, 1.0), tensor3([hkv, 1, d], 4, 1.0));
+    let mut step = 0usize;
+    c.bench_function("cake_decode_hook_smollm2_s512_c256", |b| {
+        // Timed: the append and the hook. A layer still under its decoding budget grows,
+        // and gets probabilities of its new length outside the timed part.
+        b.iter_custom(|iters| {
+            let mut timed = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let layer = step % layers;
+                let n = caches[layer].len() + 1;
+                if attention[layer].dims()[2] != n {
+                    attention[layer] = probabilities(n, 500 + step as u64);
+                }
+                let start = std::time::Instant::now();
+                let cache = &mut caches[layer];
+                cache
+                    .append(k1.clone(), v1.clone(), prompt + step / layers)
+                    .unwrap();
+                let decode = DecodeStep {
+                    layer,
+                    query: query.clone(),
+                    attention: Some(attention[layer].clone()),
+                };
+                compressor.after_decode_step(decode, cache).unwrap();
+                timed += start.elapsed();
+                step += 1;
+                black_box(cache.len());
+            }
+            timed
+        })
+    });
+}
+
 fn decode_gemv(c: &mut Criterion) {
     let (out, inp) = (4096, 4096);
     let w = values(out * inp, 1);
@@ -231,6 +316,7 @@ criterion_group!(
     prefill_attention,
     decode_attention,
     cache_ops,
+    cake_decode_hook,
     decode_gemv,
     prefill_gemm
 );

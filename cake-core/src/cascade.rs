@@ -20,7 +20,7 @@ use crate::heads::{HeadBudgets, adakv_split, pair_budgets, regroup};
 use crate::policy::{DecodeEviction, Policy};
 use crate::scorer::{DecodeInput, PrefillInput};
 use crate::stats::{
-    attention, layer_preference, lowest_index, to_host, top_k_indices, top_k_on_device,
+    attention, layer_preference, lowest_index, read_host, to_host, top_k_indices, top_k_on_device,
     window_attention,
 };
 use crate::{CacheError, KvCompressor, LayerCache};
@@ -113,41 +113,45 @@ fn evict_heads_by<B: Backend>(
             })
             .collect(),
         Some(scores) => {
-            let host = to_host(scores.clone()); // [Hkv * width]
-            if host.len() != heads * width {
-                return Err(CacheError::Shape(format!(
-                    "{} stored scores for {heads} x {width} cached tokens",
-                    host.len()
-                )));
-            }
-            // A decoding step drops at most one token per head: name it, and let the
-            // cache drop it without a pass over the kept ones.
-            if plan
-                .iter()
-                .all(|&(candidates, keep)| keep + 1 >= candidates)
-            {
-                let dropped: Vec<Vec<usize>> = plan
+            let picked = read_host(scores, |host| {
+                // [Hkv * width]
+                if host.len() != heads * width {
+                    return Err(CacheError::Shape(format!(
+                        "{} stored scores for {heads} x {width} cached tokens",
+                        host.len()
+                    )));
+                }
+                let row = |h: usize, candidates: usize| &host[h * width..h * width + candidates];
+                // A decoding step drops at most one token per head: name it, and let the
+                // cache drop it without a pass over the kept ones.
+                if plan
+                    .iter()
+                    .all(|&(candidates, keep)| keep + 1 >= candidates)
+                {
+                    let dropped =
+                        plan.iter().enumerate().map(|(h, &(candidates, keep))| {
+                            match keep < candidates {
+                                true => lowest_index(row(h, candidates)).into_iter().collect(),
+                                false => Vec::new(),
+                            }
+                        });
+                    return Ok(Picked::Dropped(dropped.collect()));
+                }
+                let kept = plan
                     .iter()
                     .enumerate()
-                    .map(|(h, &(candidates, keep))| {
-                        let row = &host[h * width..h * width + candidates];
-                        match keep < candidates {
-                            true => lowest_index(row).into_iter().collect(),
-                            false => Vec::new(),
-                        }
-                    })
-                    .collect();
-                drop(select);
-                let _retain = tracing::trace_span!("evict_rows", n = width).entered();
-                cache.evict_rows(&dropped)?;
-                return Ok(cache.head_lens());
+                    .map(|(h, &(candidates, keep))| top_k_indices(row(h, candidates), keep));
+                Ok(Picked::Kept(kept.collect()))
+            })?;
+            match picked {
+                Picked::Kept(kept) => kept,
+                Picked::Dropped(dropped) => {
+                    drop(select);
+                    let _retain = tracing::trace_span!("evict_rows", n = width).entered();
+                    cache.evict_rows(&dropped)?;
+                    return Ok(cache.head_lens());
+                }
             }
-            plan.iter()
-                .enumerate()
-                .map(|(h, &(candidates, keep))| {
-                    top_k_indices(&host[h * width..h * width + candidates], keep)
-                })
-                .collect()
         }
         None => plan
             .iter()
@@ -161,6 +165,13 @@ fn evict_heads_by<B: Backend>(
     let _retain = tracing::trace_span!("retain", n = width, keep = keeps[0]).entered();
     cache.retain(&kept)?;
     Ok(kept.iter().map(Vec::len).collect())
+}
+
+/// The tokens a host ranking chose, per KV head: the rows kept, or (a decoding step's
+/// eviction of at most one token per head) the rows dropped.
+enum Picked {
+    Kept(Vec<Vec<usize>>),
+    Dropped(Vec<Vec<usize>>),
 }
 
 /// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except

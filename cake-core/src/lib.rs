@@ -16,6 +16,24 @@
 //! }
 //! ```
 
+/// Returns `$body` (a call of an `#[inline(always)]` function) compiled for AVX2 when the
+/// processor has it, so that its vectorised loops use 8-wide registers (the crate is built
+/// for the baseline x86-64, SSE2); the arithmetic, and so the bits, are the same either way.
+macro_rules! with_avx2 {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the processor supports AVX2 (checked above).
+            return unsafe { avx2(|| $body) };
+        }
+        $body
+    }};
+}
+
 pub mod allocator;
 pub mod budget;
 pub mod cache;

@@ -228,19 +228,20 @@ pub fn cake_indicator<B: Backend>(
 /// score (NaN lowest) at the earliest index, found in one pass instead of a selection and
 /// a sort (a decoding step). `None` for an empty row.
 pub fn lowest_index(row: &[f32]) -> Option<usize> {
+    with_avx2!(lowest_index_body(row))
+}
+
+#[inline(always)]
+fn lowest_index_body(row: &[f32]) -> Option<usize> {
     // `total_cmp`'s order as integers (NaN as -inf), so that the minimum is a vectorised
     // pass.
-    let ordered = |i: usize| {
-        let x = if row[i].is_nan() {
-            f32::NEG_INFINITY
-        } else {
-            row[i]
-        };
+    let ordered = |x: f32| {
+        let x = if x.is_nan() { f32::NEG_INFINITY } else { x };
         let bits = x.to_bits() as i32;
         bits ^ (((bits >> 31) as u32) >> 1) as i32
     };
-    let lowest = (0..row.len()).map(ordered).min()?;
-    (0..row.len()).position(|i| ordered(i) == lowest)
+    let lowest = row.iter().map(|&x| ordered(x)).min()?;
+    row.iter().position(|&x| ordered(x) == lowest)
 }
 
 /// Indices of the `k` largest values of `row`, ascending. Ties go to the later index
@@ -401,6 +402,20 @@ fn first_k<B: Backend>(x: Tensor<B, 2>, k: usize, tie: Tie) -> Tensor<B, 2, Int>
     marked.float().topk_with_indices(k, 1).1 // [R, k]
 }
 
+/// `read` of a `[R, N]` tensor's values on the host, row after row: read in place from a
+/// CPU tensor's contiguous buffer, else from a copy ([`to_host`]); counted as one readback
+/// either way.
+pub fn read_host<B: Backend, R>(t: &Tensor<B, 2>, read: impl FnOnce(&[f32]) -> R) -> R {
+    #[cfg(feature = "flex")]
+    if let Some(host) = crate::host::flex(t)
+        && let Some(data) = crate::host::contiguous(&host)
+    {
+        count_readback(data.len());
+        return read(data);
+    }
+    read(&to_host(t.clone()))
+}
+
 /// Row-major host copy of a 2-D tensor as f32.
 pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
     count_readback(t.shape().num_elements());
@@ -415,4 +430,49 @@ pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
         .convert::<f32>()
         .into_vec::<f32>()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lowest_index;
+
+    /// The definition `lowest_index` vectorises: the first minimum in `total_cmp`'s order,
+    /// NaN counted as minus infinity.
+    fn lowest_plain(row: &[f32]) -> Option<usize> {
+        let key = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        let lowest = row.iter().map(|&x| key(x)).min_by(|a, b| a.total_cmp(b))?;
+        row.iter().position(|&x| key(x).total_cmp(&lowest).is_eq())
+    }
+
+    #[test]
+    fn lowest_index_is_the_first_minimum_with_nan_lowest() {
+        assert_eq!(lowest_index(&[]), None);
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-30,
+        ];
+        for n in [1, 2, 7, 8, 9, 16, 17, 33, 300] {
+            for seed in 0..40u32 {
+                let row: Vec<f32> = (0..n as u32)
+                    .map(|i| {
+                        let x = (i ^ (seed << 8)).wrapping_mul(2_654_435_761) >> 7;
+                        match x % 5 {
+                            0 => specials[(x as usize / 5) % specials.len()],
+                            _ => ((x % 97) as f32 - 48.0) * 0.25,
+                        }
+                    })
+                    .collect();
+                assert_eq!(lowest_index(&row), lowest_plain(&row), "{row:?}");
+            }
+        }
+        // -0.0 ranks below 0.0, and ties go to the earliest index.
+        assert_eq!(lowest_index(&[0.0, -0.0, -0.0]), Some(1));
+        assert_eq!(lowest_index(&[2.0, f32::NAN, 1.0, f32::NAN]), Some(1));
+    }
 }

@@ -381,51 +381,85 @@ pub fn pool_prefix<B: Backend>(
     ))
 }
 
+/// Outputs (columns) a block of [`pool_row`] and [`mean_of_rows`] sums at once, in
+/// registers: each pass over a block adds one more term to every output of the block
+/// without storing and reloading them.
+const SUM_BLOCK: usize = 16;
+
 /// `row`'s first `candidates` entries average-pooled into `dst` (width `kernel`, zero
 /// padding at the edge of the candidates, divided by `kernel`); the rest of `dst` is left.
 ///
 /// Output `j` is the sum of `row[j - half..=j + half]` (cut at the candidates' ends), added
 /// left to right as `Iterator::sum` adds, then divided by `kernel`. Where the window is
-/// whole, the sums run column by column over all outputs at once (vectorised), each
-/// output still adding its window in the same order: the same bits as the plain loop.
+/// whole, the sums run over [`SUM_BLOCK`] outputs at once (vectorised), each output still
+/// adding its window in the same order: the same bits as the plain loop.
 fn pool_row(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
+    with_avx2!(pool_row_body(row, candidates, kernel, dst))
+}
+
+#[inline(always)]
+fn pool_row_body(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32]) {
     let half = kernel / 2;
     let divisor = kernel as f32;
     let cut = |j: usize| {
         let (lo, hi) = (j.saturating_sub(half), (j + half + 1).min(candidates));
         row[lo..hi].iter().sum::<f32>() / divisor
     };
-    // Outputs `from..to` have their whole window inside the candidates.
+    // Outputs `from..to` have their whole window inside the candidates (and then
+    // `from == half`).
     let from = half.min(candidates);
     let to = candidates.saturating_sub(half).max(from);
-    for j in (0..from).chain(to..candidates) {
-        dst[j] = cut(j);
-    }
-    if from < to {
-        let whole = &mut dst[from..to];
-        whole.fill(std::iter::empty::<f32>().sum());
+    let mut j = from;
+    while j + SUM_BLOCK <= to {
+        // Output `j + i` adds `row[j + i - half + t]` for t = 0, 1, ..., 2 * half.
+        let mut sums = [std::iter::empty::<f32>().sum::<f32>(); SUM_BLOCK];
         for t in 0..=2 * half {
-            for (o, &x) in whole.iter_mut().zip(&row[t..t + to - from]) {
-                *o += x;
+            let Some(terms) = row[j - half + t..].first_chunk::<SUM_BLOCK>() else {
+                break;
+            };
+            for i in 0..SUM_BLOCK {
+                sums[i] += terms[i];
             }
         }
-        for o in whole.iter_mut() {
-            *o /= divisor;
+        for (o, sum) in dst[j..j + SUM_BLOCK].iter_mut().zip(sums) {
+            *o = sum / divisor;
         }
+        j += SUM_BLOCK;
+    }
+    // The cut windows, and the whole ones past the last block.
+    for j in (0..from).chain(j..candidates) {
+        dst[j] = cut(j);
     }
 }
 
-/// The mean of the `group` rows of `rows` (`[group, n]`) into `dst` (`[n]`, zeroed
-/// first): summed in row order, then divided.
+/// The mean of the `group` rows of `rows` (`[group, n]`) into `dst` (`[n]`): summed in
+/// row order from 0, then divided; [`SUM_BLOCK`] columns at a time.
 fn mean_of_rows(rows: &[f32], group: usize, dst: &mut [f32]) {
-    dst.fill(0.0);
-    for row in rows.chunks_exact(dst.len().max(1)).take(group) {
-        for (o, &x) in dst.iter_mut().zip(row) {
-            *o += x;
+    with_avx2!(mean_of_rows_body(rows, group, dst))
+}
+
+#[inline(always)]
+fn mean_of_rows_body(rows: &[f32], group: usize, dst: &mut [f32]) {
+    let n = dst.len();
+    let divisor = group as f32;
+    let rows = || rows.chunks_exact(n.max(1)).take(group);
+    let whole = n - n % SUM_BLOCK;
+    for at in (0..whole).step_by(SUM_BLOCK) {
+        let mut sums = [0.0f32; SUM_BLOCK];
+        for row in rows() {
+            let Some(terms) = row[at..].first_chunk::<SUM_BLOCK>() else {
+                break;
+            };
+            for i in 0..SUM_BLOCK {
+                sums[i] += terms[i];
+            }
+        }
+        for (o, sum) in dst[at..at + SUM_BLOCK].iter_mut().zip(sums) {
+            *o = sum / divisor;
         }
     }
-    for o in dst.iter_mut() {
-        *o /= group as f32;
+    for (j, o) in dst.iter_mut().enumerate().skip(whole) {
+        *o = rows().fold(0.0f32, |sum, row| sum + row[j]) / divisor;
     }
 }
 
@@ -447,18 +481,23 @@ pub fn pooled_group_mean<B: Backend>(
     let data = contiguous(&host)?;
     let group = heads / kv_heads;
     let candidates = candidates.min(n);
-    let mut mean = vec![0.0f32; n];
-    let mut out = vec![0.0f32; kv_heads * n];
-    for (rows, dst) in data
-        .chunks_exact((group * n).max(1))
-        .zip(out.chunks_exact_mut(n.max(1)))
-    {
-        mean_of_rows(rows, group, &mut mean);
-        dst.copy_from_slice(&mean);
-        if kernel > 1 {
-            pool_row(&mean, candidates, kernel, dst);
-        }
+    thread_local! {
+        /// One KV head's group mean, kept between decoding steps (no allocation).
+        static MEAN: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let mut out = Vec::with_capacity(kv_heads * n);
+    MEAN.with_borrow_mut(|mean| {
+        mean.resize(n, 0.0);
+        for rows in data.chunks_exact((group * n).max(1)).take(kv_heads) {
+            mean_of_rows(rows, group, mean);
+            let at = out.len();
+            out.extend_from_slice(mean);
+            if kernel > 1 {
+                pool_row(mean, candidates, kernel, &mut out[at..]);
+            }
+        }
+    });
+    out.resize(kv_heads * n, 0.0);
     Some(Tensor::from_data(
         TensorData::new(out, [kv_heads, n]),
         &attn.device(),
@@ -523,7 +562,7 @@ pub fn mean_plus_var<B: Backend>(attn: &Tensor<B, 3>, gamma: f64) -> Option<Tens
 
 #[cfg(test)]
 mod tests {
-    use super::{pool_row, rewrite_and_truncate, zeros};
+    use super::{pool_row, pooled_group_mean, rewrite_and_truncate, zeros};
     use burn::tensor::{Tensor, TensorData};
     use burn_flex::Flex;
 
@@ -604,6 +643,56 @@ mod tests {
                     bits(&plain),
                     "kernel {kernel}, candidates {candidates}"
                 );
+            }
+        }
+    }
+
+    /// Values of mixed magnitudes, so that a reordered sum would round differently.
+    fn mixed(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let x = (i ^ seed).wrapping_mul(2_654_435_761) >> 8;
+                (x % 1000) as f32 * 10f32.powi((x % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pooled_group_mean_gives_the_bits_of_its_definition() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // Lengths on both sides of the blocks of 16, groups of 1 to 4, kernels 1 to 7.
+        for (heads, kv) in [(9, 3), (4, 1), (8, 8), (8, 2)] {
+            let group = heads / kv;
+            for n in [1, 2, 15, 16, 17, 31, 33, 40, 289] {
+                let probs = mixed(heads * n, n as u32);
+                let t = Tensor::<Flex, 2>::from_data(
+                    TensorData::new(probs.clone(), [heads, n]),
+                    &Default::default(),
+                );
+                for kernel in [1, 3, 5, 7] {
+                    let candidates = n.saturating_sub(3);
+                    let got = as_vec(pooled_group_mean(&t, kv, candidates, kernel).unwrap());
+                    let mut want = Vec::new();
+                    for g in 0..kv {
+                        // The mean: summed from 0 in row order, then divided.
+                        let mean: Vec<f32> = (0..n)
+                            .map(|j| {
+                                let rows = g * group..(g + 1) * group;
+                                rows.fold(0.0f32, |s, r| s + probs[r * n + j]) / group as f32
+                            })
+                            .collect();
+                        let mut row = mean.clone();
+                        if kernel > 1 {
+                            pool_row_plain(&mean, candidates, kernel, &mut row);
+                        }
+                        want.extend(row);
+                    }
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{heads}/{kv} heads, n {n}, k {kernel}"
+                    );
+                }
             }
         }
     }
