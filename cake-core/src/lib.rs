@@ -16,9 +16,10 @@
 //! }
 //! ```
 
-/// Returns `$body` (a call of an `#[inline(always)]` function) compiled for AVX2 when the
-/// processor has it, so that its vectorised loops use 8-wide registers (the crate is built
-/// for the baseline x86-64, SSE2); the arithmetic, and so the bits, are the same either way.
+/// A function's whole body: returns `$body` (a call of an `#[inline(always)]` function)
+/// compiled for AVX2 when the processor has it, so that its vectorised loops use 8-wide
+/// registers (the crate is built for the baseline x86-64, SSE2); the arithmetic, and so the
+/// bits, are the same either way.
 macro_rules! with_avx2 {
     ($body:expr) => {{
         #[cfg(target_arch = "x86_64")]
