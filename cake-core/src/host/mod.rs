@@ -386,6 +386,19 @@ pub fn pool_prefix<B: Backend>(
 /// without storing and reloading them.
 const SUM_BLOCK: usize = 16;
 
+/// The [`SUM_BLOCK`] entries of `row` from `at`, as an array (so that the sums over a
+/// block vectorise).
+///
+/// # Panics
+/// When the block does not lie in `row`.
+#[inline(always)]
+fn block(row: &[f32], at: usize) -> &[f32; SUM_BLOCK] {
+    match row[at..at + SUM_BLOCK].first_chunk() {
+        Some(terms) => terms,
+        None => unreachable!("a slice of SUM_BLOCK entries"),
+    }
+}
+
 /// `row`'s first `candidates` entries average-pooled into `dst` (width `kernel`, zero
 /// padding at the edge of the candidates, divided by `kernel`); the rest of `dst` is left.
 ///
@@ -414,9 +427,7 @@ fn pool_row_body(row: &[f32], candidates: usize, kernel: usize, dst: &mut [f32])
         // Output `j + i` adds `row[j + i - half + t]` for t = 0, 1, ..., 2 * half.
         let mut sums = [std::iter::empty::<f32>().sum::<f32>(); SUM_BLOCK];
         for t in 0..=2 * half {
-            let Some(terms) = row[j - half + t..].first_chunk::<SUM_BLOCK>() else {
-                break;
-            };
+            let terms = block(row, j - half + t);
             for i in 0..SUM_BLOCK {
                 sums[i] += terms[i];
             }
@@ -447,9 +458,7 @@ fn mean_of_rows_body(rows: &[f32], group: usize, dst: &mut [f32]) {
     for at in (0..whole).step_by(SUM_BLOCK) {
         let mut sums = [0.0f32; SUM_BLOCK];
         for row in rows() {
-            let Some(terms) = row[at..].first_chunk::<SUM_BLOCK>() else {
-                break;
-            };
+            let terms = block(row, at);
             for i in 0..SUM_BLOCK {
                 sums[i] += terms[i];
             }
@@ -481,23 +490,18 @@ pub fn pooled_group_mean<B: Backend>(
     let data = contiguous(&host)?;
     let group = heads / kv_heads;
     let candidates = candidates.min(n);
-    thread_local! {
-        /// One KV head's group mean, kept between decoding steps (no allocation).
-        static MEAN: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let mut out = Vec::with_capacity(kv_heads * n);
-    MEAN.with_borrow_mut(|mean| {
-        mean.resize(n, 0.0);
-        for rows in data.chunks_exact((group * n).max(1)).take(kv_heads) {
-            mean_of_rows(rows, group, mean);
-            let at = out.len();
-            out.extend_from_slice(mean);
-            if kernel > 1 {
-                pool_row(mean, candidates, kernel, &mut out[at..]);
-            }
+    let mut mean = vec![0.0f32; n];
+    let mut out = vec![0.0f32; kv_heads * n];
+    for (rows, dst) in data
+        .chunks_exact((group * n).max(1))
+        .zip(out.chunks_exact_mut(n.max(1)))
+    {
+        mean_of_rows(rows, group, &mut mean);
+        dst.copy_from_slice(&mean);
+        if kernel > 1 {
+            pool_row(&mean, candidates, kernel, dst);
         }
-    });
-    out.resize(kv_heads * n, 0.0);
+    }
     Some(Tensor::from_data(
         TensorData::new(out, [kv_heads, n]),
         &attn.device(),
