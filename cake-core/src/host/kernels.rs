@@ -721,6 +721,20 @@ fn chunks_per_task(ranges: &[(usize, usize)]) -> usize {
     (chunks / (4 * rayon::current_num_threads().max(1))).clamp(1, 8)
 }
 
+/// Rows per partial result of a KV head's `rows` visible keys: the fewest chunks of at
+/// most [`KEY_CHUNK`] rows, made as even as a multiple of four (the score kernel's quads)
+/// allows, so that a short cache's tasks are alike and the two threads finish together:
+/// CAKE's 288 rows of a head at C = 256 are two chunks of 144, not 256 and 32 (on a 2-core
+/// EPYC, `cake bench --context 512 --cache-size 256`, alternated: CAKE/full decode
+/// 1.004-1.046, mean 1.024, in ten runs, against 0.995-1.032, mean 1.016, with 256-row
+/// chunks). Each chunk still keeps its own partial result.
+fn even_chunk(rows: usize) -> usize {
+    let chunks = rows.div_ceil(KEY_CHUNK).max(1);
+    rows.div_ceil(chunks)
+        .next_multiple_of(4)
+        .clamp(4, KEY_CHUNK)
+}
+
 /// One query: split-key ("flash decoding") tasks per (KV head, span of key chunks), each
 /// chunk serving the KV head's G query heads from one read of its rows, merged exactly.
 /// `chunks` fixes the chunks per task (the tests'); `None` takes [`chunks_per_task`].
@@ -743,14 +757,17 @@ fn decode_attention(
         None => (None, None),
     };
     let ranges: Vec<(usize, usize)> = (0..hkv).map(|kv| visible(kv, 0)).collect();
-    let span = KEY_CHUNK * chunks.unwrap_or_else(|| chunks_per_task(&ranges)).max(1);
-    let tasks: Vec<(usize, usize, usize)> = ranges
+    let per_task = chunks.unwrap_or_else(|| chunks_per_task(&ranges)).max(1);
+    // (KV head, first row, end row, rows per chunk) of each task.
+    let tasks: Vec<(usize, usize, usize, usize)> = ranges
         .iter()
         .enumerate()
         .flat_map(|(kv, &(lo, hi))| {
+            let chunk = even_chunk(hi.saturating_sub(lo));
+            let span = chunk * per_task;
             (lo..hi.max(lo))
                 .step_by(span)
-                .map(move |a| (kv, a, (a + span).min(hi)))
+                .map(move |a| (kv, a, (a + span).min(hi), chunk))
         })
         .collect();
     // A chunk's scores, max and exponentials; its rows are read from a slice that runs on
@@ -810,11 +827,11 @@ fn decode_attention(
         }
     };
     let partials: Vec<Partial> = super::pool::map(tasks.len(), &|task| {
-        let (kv, a, b) = tasks[task];
+        let (kv, a, b, chunk) = tasks[task];
         // All the task's keys, then all its values: two long streams.
         let scored: Vec<(Partial, Option<Vec<usize>>)> = (a..b)
-            .step_by(KEY_CHUNK)
-            .map(|c| score(kv, c, (c + KEY_CHUNK).min(b), b))
+            .step_by(chunk)
+            .map(|c| score(kv, c, (c + chunk).min(b), b))
             .collect();
         scored
             .into_iter()
@@ -1076,6 +1093,27 @@ mod tests {
                 same(&probs, &want_probs),
                 "probabilities H={h} d={d} len={len}"
             );
+        }
+    }
+
+    /// Even chunks: the fewest of at most `KEY_CHUNK` rows (so as many as before), the last
+    /// never longer than the others and none empty.
+    #[test]
+    fn even_chunks_split_a_head_into_as_few_alike_chunks_as_fit() {
+        assert_eq!(even_chunk(288), 144);
+        assert_eq!(even_chunk(610), 204);
+        assert_eq!(even_chunk(257), 132);
+        assert_eq!(even_chunk(256), 256);
+        assert_eq!(even_chunk(8192), 256);
+        assert_eq!(even_chunk(30), 32);
+        assert_eq!(even_chunk(0), 4);
+        for rows in 1..40_000 {
+            let chunk = even_chunk(rows);
+            let count = rows.div_ceil(chunk);
+            assert_eq!(count, rows.div_ceil(KEY_CHUNK), "{rows} rows");
+            assert!(chunk % 4 == 0 && chunk <= KEY_CHUNK, "{rows} rows");
+            assert!(rows - (count - 1) * chunk <= chunk, "{rows} rows");
+            assert!((count - 1) * chunk < rows, "{rows} rows: an empty chunk");
         }
     }
 
