@@ -1111,7 +1111,7 @@ mod tests {
             let chunk = even_chunk(rows);
             let count = rows.div_ceil(chunk);
             assert_eq!(count, rows.div_ceil(KEY_CHUNK), "{rows} rows");
-            assert!(chunk % 4 == 0 && chunk <= KEY_CHUNK, "{rows} rows");
+            assert!(chunk.is_multiple_of(4) && chunk <= KEY_CHUNK, "{rows} rows");
             assert!(rows - (count - 1) * chunk <= chunk, "{rows} rows");
             assert!((count - 1) * chunk < rows, "{rows} rows: an empty chunk");
         }
