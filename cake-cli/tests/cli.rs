@@ -1176,6 +1176,7 @@ fn bench_rows_cover_every_method_and_context_with_the_kept_share() {
             assert!(row["decode_ms_per_token"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["prefill_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["decode_bound_ms"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["decode_vs_bound"].as_f64().unwrap() > 0.0, "{row}");
         }
         // One bandwidth per context (sampled between its decoding steps), for every method.
         let bandwidth = |r: &serde_json::Value| r["read_bandwidth_gb_s"].as_f64().unwrap();

@@ -99,6 +99,13 @@ pub struct BenchRow {
     /// The read bandwidth of the bound: the median of the probes taken between this
     /// context's decoding steps (GB/s); `None` on GPU backends.
     pub read_bandwidth_gb_s: Option<f64>,
+    /// Decode time over its bytes-moved bound, step by step: the median over the decoding
+    /// steps of each step's time over the bound at the bandwidth of the probe taken nearest
+    /// in time to it. A shared machine's bandwidth can change phase within a run (one
+    /// 2-core EPYC moves between about 33 and 55-60 GB/s); `decode_ms_per_token /
+    /// decode_bound_ms` then divides the median step of one phase by a bound from the
+    /// other's probes, and this does not. `None` on GPU backends.
+    pub decode_vs_bound: Option<f64>,
 }
 
 /// Bytes the bandwidth probe reads: far beyond any last-level cache.
@@ -108,7 +115,7 @@ const PROBE_ROUNDS: usize = 3;
 /// Bandwidth samples per context, spread over its decoding steps (plus one after them):
 /// a shared machine's bandwidth moves between phases during a run, and a bound from one
 /// probe taken before it can be far from what the steps saw.
-const BANDWIDTH_SAMPLES: usize = 8;
+const BANDWIDTH_SAMPLES: usize = 16;
 
 /// The compute backends `cake bench` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -221,10 +228,16 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         let mut decoders: Vec<Decoder<B>> = last.into_iter().flatten().collect();
         // Bandwidth samples spread over the decoding steps (none inside a timed step).
         let every = steps.div_ceil(BANDWIDTH_SAMPLES).max(1);
-        let mut samples = Vec::new();
+        // (bandwidth, when it was measured) of each probe.
+        let mut probes: Vec<(f64, Instant)> = Vec::new();
+        let mut measure = |probe: &cake_core::host::BandwidthProbe| {
+            let start = Instant::now();
+            let bandwidth = probe.measure(PROBE_ROUNDS);
+            probes.push((bandwidth, start + start.elapsed() / 2));
+        };
         for step in 0..steps {
             if let Some(probe) = probe.as_ref().filter(|_| step % every == 0) {
-                samples.push(probe.measure(PROBE_ROUNDS));
+                measure(probe);
             }
             for k in 0..decoders.len() {
                 let i = (step + k) % decoders.len();
@@ -232,8 +245,9 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             }
         }
         if let Some(probe) = &probe {
-            samples.push(probe.measure(PROBE_ROUNDS));
+            measure(probe);
         }
+        let samples: Vec<f64> = probes.iter().map(|&(b, _)| b).collect();
         let bandwidth = (!samples.is_empty()).then(|| median(&samples));
         if let Some(bw) = bandwidth {
             let (low, high) = samples
@@ -267,6 +281,19 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                 decode_bound_ms: bandwidth
                     .map(|bw| (weight_bytes + d.kv_bytes_after_prefill) as f64 / bw * 1e3),
                 read_bandwidth_gb_s: bandwidth.map(|bw| bw / 1e9),
+                decode_vs_bound: (!probes.is_empty()).then(|| {
+                    let bytes = (weight_bytes + d.kv_bytes_after_prefill) as f64;
+                    let ratios: Vec<f64> = d
+                        .step_times
+                        .iter()
+                        .zip(&d.step_starts)
+                        .map(|(time, &at)| {
+                            let bound = bytes / nearest(&probes, at).max(1.0);
+                            time.as_secs_f64() / bound.max(1e-12)
+                        })
+                        .collect();
+                    median(&ratios)
+                }),
             };
             eprintln!(
                 "context {context:>6} {:<24} prefill {:>9.1} ms  decode {:>7.2} ms/token",
@@ -318,6 +345,17 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     Ok(())
 }
 
+/// The bandwidth of the probe taken nearest in time to `at` (`probes` is not empty).
+fn nearest(probes: &[(f64, Instant)], at: Instant) -> f64 {
+    let gap = |when: Instant| {
+        if when > at { when - at } else { at - when }
+    };
+    probes
+        .iter()
+        .min_by_key(|&&(_, when)| gap(when))
+        .map_or(0.0, |&(bandwidth, _)| bandwidth)
+}
+
 /// One generation without text (the prompt is random tokens): its timings and memory.
 /// A configuration's row label: `full`, or the policy's label (`cake-c1024-w32`).
 fn run_label(settings: &Settings) -> String {
@@ -358,6 +396,8 @@ struct Decoder<'a, B: Backend> {
     kv_bytes_after_prefill: usize,
     /// Wall time of each step: the forward of one token and reading back its logits.
     step_times: Vec<Duration>,
+    /// When each step began.
+    step_starts: Vec<Instant>,
 }
 
 impl<'a, B: Backend> Decoder<'a, B> {
@@ -380,6 +420,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
             prefill_time: prefilled.prefill_time,
             kv_bytes_peak_prefill: prefilled.kv_bytes_peak_prefill,
             step_times: Vec::new(),
+            step_starts: Vec::new(),
         })
     }
 
@@ -389,6 +430,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
         let start = Instant::now();
         self.logits = self.run.step(token, self.position)?;
         self.step_times.push(start.elapsed());
+        self.step_starts.push(start);
         self.position += 1;
         Ok(())
     }
@@ -427,11 +469,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
             (row.prefill_vs_full - 1.0) * 100.0,
             row.decode_ms_per_token,
             or_dash(row.decode_bound_ms, 2),
-            or_dash(
-                row.decode_bound_ms
-                    .map(|b| row.decode_ms_per_token / b.max(1e-9)),
-                2
-            ),
+            or_dash(row.decode_vs_bound, 2),
             speedup,
             bound_speedup.map_or("-".to_string(), |b| format!("{b:.2}x")),
             row.kv_bytes_peak_prefill as f64 / 1048576.0,
@@ -463,4 +501,22 @@ fn read_config(path: &std::path::Path) -> Result<DecoderConfig> {
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     decoder_config(&json)
         .with_context(|| format!("{} is not a supported config.json", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each step takes the probe nearest in time, before or after it.
+    #[test]
+    fn a_step_takes_the_nearest_probe() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let probes = [(1.0, ms(10)), (2.0, ms(20)), (3.0, ms(30))];
+        assert_eq!(nearest(&probes, t0), 1.0);
+        assert_eq!(nearest(&probes, ms(14)), 1.0);
+        assert_eq!(nearest(&probes, ms(16)), 2.0);
+        assert_eq!(nearest(&probes, ms(26)), 3.0);
+        assert_eq!(nearest(&probes, ms(500)), 3.0);
+    }
 }
