@@ -356,7 +356,6 @@ fn nearest(probes: &[(f64, Instant)], at: Instant) -> f64 {
         .map_or(0.0, |&(bandwidth, _)| bandwidth)
 }
 
-/// One generation without text (the prompt is random tokens): its timings and memory.
 /// A configuration's row label: `full`, or the policy's label (`cake-c1024-w32`).
 fn run_label(settings: &Settings) -> String {
     if settings.spec.keeps_all() {
@@ -366,6 +365,7 @@ fn run_label(settings: &Settings) -> String {
     }
 }
 
+/// One generation without text (the prompt is random tokens): its timings and memory.
 fn timed_run<B: Backend>(
     model: &Model<B>,
     name: &str,
