@@ -214,8 +214,8 @@ const QUERY_BLOCK: usize = 64;
 const FLASH_QUERY_BLOCK: usize = 128;
 /// Keys per tile of the tiled kernel: a `[128, 256]` score tile stays in L2.
 const FLASH_KEY_TILE: usize = 256;
-/// Keys per partial result of the one-query attention (a task runs one or more chunks,
-/// [`chunks_per_task`]).
+/// Most keys per partial result of the one-query attention (a head's rows are split into
+/// [`even_chunk`]s; a task runs one or more, [`chunks_per_task`]).
 const KEY_CHUNK: usize = 256;
 
 /// The range of cached rows `lo..hi` that query `i` sees in KV head `kv`:
@@ -706,7 +706,7 @@ struct Partial {
     exps: Vec<f32>,
 }
 
-/// Chunks of [`KEY_CHUNK`] keys per decode task: as many as leave each thread four tasks
+/// Chunks (of at most [`KEY_CHUNK`] keys, [`even_chunk`]) per decode task: as many as leave each thread four tasks
 /// or more (so that the threads finish together), at most eight. A task scores all its
 /// chunks' keys, then weighs all their values, so that each is one long stream and the
 /// requests ahead run on from chunk to chunk. Each chunk keeps its own partial result, so
