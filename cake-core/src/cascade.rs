@@ -176,9 +176,10 @@ enum Picked {
 
 /// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except
 /// that a layer whose prefill budget was capped by the prompt (`S - w` tokens exist) may grow
-/// up to its uncapped share of `B_total`. So a cache size covering prompt and answer never
-/// evicts anything (the full cache is reproduced exactly), and a layer never holds more than
-/// the allocator gave it.
+/// up to its uncapped share of `B_total`, so that it never holds more than the allocator
+/// gave it. When the prompt is shorter than `C`, [`PolicyCompressor`] also lets every layer
+/// grow to `C` tokens ([`BudgetPlan::decode_floor`]): a cache size covering prompt and
+/// answer then never evicts anything (the full cache is reproduced exactly).
 pub fn decode_budgets(budgets: &[usize], shares: &[f64], total: usize) -> Vec<usize> {
     let uncapped = allocate_budgets(shares, total, &vec![total; shares.len()]);
     budgets
@@ -568,9 +569,14 @@ impl<B: Backend> PolicyCompressor<B> {
 
     /// Decoding budgets per (layer, KV head), from the prefill's: a head may grow past
     /// its budget only where its layer (or, with per-pair shares, the pair itself) was
-    /// capped by the prompt (see [`decode_budgets`]).
+    /// capped by the prompt (see [`decode_budgets`]), and none evicts before it holds `C`
+    /// tokens when the prompt was shorter than that (see [`BudgetPlan::decode_floor`]).
     fn set_decode_budgets(&mut self, plan: BudgetPlan) {
-        self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total());
+        let floor = plan.decode_floor();
+        self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total())
+            .into_iter()
+            .map(|b| b.max(floor))
+            .collect();
         if self.head_mode().shares_pairs() {
             let flat_budgets: Vec<usize> = self.head_budgets.iter().flatten().copied().collect();
             let flat_shares: Vec<f64> = self.pair_shares.iter().flatten().copied().collect();
@@ -579,6 +585,7 @@ impl<B: Backend> PolicyCompressor<B> {
                 &flat_shares,
                 plan.total() * self.num_kv_heads,
             );
+            let flat: Vec<usize> = flat.into_iter().map(|b| b.max(floor)).collect();
             self.head_decode_budgets = regroup(&flat, &self.head_budgets);
         } else {
             self.head_decode_budgets = self
@@ -873,10 +880,17 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         {
             self.set_decode_budgets(plan);
         }
-        let (Some(plan), Some(limits)) = (self.plan, self.decode_limits(layer)) else {
+        let scorer = self.policy.scorer();
+        let limits = self.plan.and(self.decode_limits(layer));
+        // The prefill's scores serve only a scorer that adds to them and evicts: for the
+        // others every append would pad them (a new [Hkv, n] tensor a step) for nothing, and
+        // their presence would make the first eviction a pass over all the kept rows.
+        if limits.is_none() || !scorer.accumulates() {
+            cache.clear_scores();
+        }
+        let (Some(plan), Some(limits)) = (self.plan, limits) else {
             return Ok(());
         };
-        let scorer = self.policy.scorer();
         let lens = cache.head_lens();
         let over: Vec<bool> = lens
             .iter()

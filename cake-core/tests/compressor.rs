@@ -424,3 +424,88 @@ fn replaying_a_recorded_prefill_equals_a_live_run() {
         assert!(caches.iter().all(|c| c.len() < S), "{name}");
     }
 }
+
+/// A prompt shorter than the cache size (S = 200 < C = 240) leaves every layer everything,
+/// and decoding evicts nothing until a layer holds C tokens: the full cache's tokens
+/// exactly. From then on a layer holds the larger of C and its decoding budget plus the
+/// window (its uncapped share of B_total, [`cake_core::cascade::decode_budgets`]), keeping the
+/// window; a layer with a small share stays at C, one token in and one out a step.
+#[test]
+fn a_prompt_shorter_than_the_cache_evicts_nothing_until_a_layer_holds_c() {
+    let (c, w, steps) = (240, 8, 70);
+    for name in ["pyramidkv", "cake"] {
+        let (mut comp, mut caches) = run(name, &config(c, w, true), SMALL, S, 5);
+        let report = comp.report(&caches);
+        let budgets: Vec<usize> = report.layers.iter().map(|l| l.budget).collect();
+        let shares: Vec<f64> = report.layers.iter().map(|l| l.share).collect();
+        assert_eq!(
+            budgets,
+            vec![S - w; SMALL.layers],
+            "{name}: everything kept"
+        );
+        let limits: Vec<usize> =
+            cake_core::cascade::decode_budgets(&budgets, &shares, (c - w) * SMALL.layers)
+                .iter()
+                .map(|b| (b + w).max(c))
+                .collect();
+        assert!(
+            limits.contains(&c) && limits.iter().any(|&l| l > c),
+            "{name}: some layers' shares are below C, some above: {limits:?}"
+        );
+        decode(
+            SMALL,
+            S,
+            steps,
+            5,
+            &mut comp,
+            &mut caches,
+            |step, layer, cache| {
+                let newest = S + step;
+                let len = (newest + 1).min(limits[layer]);
+                assert_eq!(cache.len(), len, "{name} layer {layer} step {step}");
+                for pos in cache.positions() {
+                    if newest < c {
+                        assert_eq!(pos, &(0..=newest).collect::<Vec<_>>(), "nothing evicted");
+                    }
+                    assert!(pos.windows(2).all(|p| p[0] < p[1]), "ascending");
+                    assert_eq!(
+                        &pos[len - w..],
+                        &(newest + 1 - w..=newest).collect::<Vec<_>>()[..]
+                    );
+                }
+            },
+        );
+    }
+}
+
+/// Decoding keeps the prefill's scores on the cache only for a scorer that adds to them
+/// (H2O) and evicts; the others rank by each step's fresh attention, so the scores go at
+/// the first step instead of being padded at every append.
+#[test]
+fn only_an_accumulating_scorer_keeps_scores_while_decoding() {
+    // (scorer, decoding eviction, C, scores kept); at C = 240 > S nothing is evicted yet.
+    for (name, evict, c, kept) in [
+        ("h2o", DecodeEviction::default(), 40, true),
+        ("h2o", DecodeEviction::None, 40, false),
+        ("cake", DecodeEviction::default(), 40, false),
+        ("cake", DecodeEviction::default(), 240, false),
+        ("snapkv", DecodeEviction::default(), 240, false),
+    ] {
+        let cfg = PolicyConfig {
+            decode_evict: evict,
+            ..config(c, 8, true)
+        };
+        let (mut comp, mut caches) = run(name, &cfg, SMALL, S, 2);
+        assert!(
+            caches.iter().all(|c| c.scores().is_some()),
+            "{name}: prefill scores"
+        );
+        decode(SMALL, S, 2, 2, &mut comp, &mut caches, |_, layer, cache| {
+            assert_eq!(
+                cache.scores().is_some(),
+                kept,
+                "{name} {evict:?} layer {layer}"
+            );
+        });
+    }
+}
