@@ -54,7 +54,7 @@ pub struct Args {
     /// rotating; the median is reported, and "prefill vs full" is the median of each round's
     /// ratio to the full cache's prefill), so that prefill ratios hold on a machine whose
     /// speed drifts
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub prefill_rounds: usize,
     /// Decoding steps timed per method, interleaved across methods (the median is reported)
     #[arg(long, default_value_t = 16)]
