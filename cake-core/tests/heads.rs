@@ -605,3 +605,45 @@ proptest! {
         prop_assert_eq!(by_drops.positions(), &before[..]);
     }
 }
+
+/// With per-head budgets too, a prompt shorter than the cache size (S = 200 < C = 240)
+/// lets every KV head decode without evicting until it holds C tokens, and none ever
+/// holds fewer than C after that (its uncapped share may let it grow further).
+#[test]
+fn per_head_modes_evict_nothing_before_c_when_the_prompt_is_shorter() {
+    let c = 240;
+    for mode in [HeadBudgets::Preference, HeadBudgets::AdaKv] {
+        let cfg = PolicyConfig {
+            cache_size: c,
+            ..config(mode)
+        };
+        let (mut comp, mut caches) = run_cake(&cfg, None);
+        decode(
+            SMALL,
+            S,
+            60,
+            3,
+            &mut comp,
+            &mut caches,
+            |step, layer, cache| {
+                let newest = S + step;
+                for (h, pos) in cache.positions().iter().enumerate() {
+                    if newest < c {
+                        assert_eq!(
+                            pos,
+                            &(0..=newest).collect::<Vec<_>>(),
+                            "{mode} layer {layer} head {h}"
+                        );
+                    } else {
+                        assert!(
+                            pos.len() >= c,
+                            "{mode} layer {layer} head {h}: {}",
+                            pos.len()
+                        );
+                        assert_eq!(pos.last(), Some(&newest));
+                    }
+                }
+            },
+        );
+    }
+}
