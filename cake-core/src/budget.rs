@@ -139,11 +139,11 @@ impl BudgetPlan {
 
     /// The least decoding budget of every layer (and KV head): `C - w` when the prompt is
     /// shorter than the cache size, else 0. Such a prompt left every layer everything
-    /// (section 4(b)), and the cache holds fewer than `C` tokens a layer: a layer then
-    /// decodes without evicting until it holds `C` tokens, as the full cache would, instead
-    /// of paying for evictions that save no memory the cache size did not allow. (The design
-    /// is silent here; section 6 read literally would hold such a layer at the prompt's
-    /// `S` tokens from the first step.)
+    /// (section 4(b)) and each holds fewer than `C` tokens: a layer then decodes without
+    /// evicting until it holds `C` tokens, as the full cache would, instead of paying for
+    /// evictions of memory the cache size allows. (The design is silent here; section 6
+    /// read literally would hold every layer at the prompt's `S` tokens from the first
+    /// decoding step.)
     pub fn decode_floor(&self) -> usize {
         if self.prompt_len < self.cache_size {
             self.cache_size.saturating_sub(self.window)

@@ -881,7 +881,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             self.set_decode_budgets(plan);
         }
         let scorer = self.policy.scorer();
-        let limits = self.plan.and(self.decode_limits(layer));
+        let limits = self.decode_limits(layer);
         // The prefill's scores serve only a scorer that adds to them and evicts: for the
         // others every append would pad them (a new [Hkv, n] tensor a step) for nothing, and
         // their presence would make the first eviction a pass over all the kept rows.
