@@ -694,16 +694,53 @@ impl Online {
     }
 }
 
-/// Partial result of one chunk of keys: for each of the G query heads of a KV head, the
-/// running max and exponential sum over a chunk of keys, the unnormalised output, and
-/// the chunk's `exp(score - max)`.
+/// Partial result of one chunk of keys, in the call's buffer ([`SCRATCH`]) from `at` on:
+/// for each of the G query heads of a KV head, the running max and exponential sum over the
+/// chunk's `n` keys, the unnormalised output and the chunk's `exp(score - max)`
+/// ([`Partial::parts`]).
+#[derive(Clone, Copy)]
 struct Partial {
     kv: usize,
     start: usize,
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    out: Vec<f32>,
-    exps: Vec<f32>,
+    n: usize,
+    at: usize,
+}
+
+impl Partial {
+    /// Floats of a chunk of `n` keys for `group` heads of width `d`.
+    fn size(group: usize, d: usize, n: usize) -> usize {
+        group * (2 + d + n)
+    }
+
+    /// `(max [G], sum [G], out [G, d], exps [G, n])` of this chunk in its task's buffer.
+    #[allow(clippy::type_complexity)]
+    fn parts<'a>(
+        &self,
+        buf: &'a [f32],
+        group: usize,
+        d: usize,
+    ) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+        let slot = &buf[self.at..self.at + Self::size(group, d, self.n)];
+        let (max, rest) = slot.split_at(group);
+        let (sum, rest) = rest.split_at(group);
+        let (out, exps) = rest.split_at(group * d);
+        (max, sum, out, exps)
+    }
+
+    /// [`Partial::parts`], writable.
+    #[allow(clippy::type_complexity)]
+    fn parts_mut<'a>(
+        &self,
+        buf: &'a mut [f32],
+        group: usize,
+        d: usize,
+    ) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+        let slot = &mut buf[self.at..self.at + Self::size(group, d, self.n)];
+        let (max, rest) = slot.split_at_mut(group);
+        let (sum, rest) = rest.split_at_mut(group);
+        let (out, exps) = rest.split_at_mut(group * d);
+        (max, sum, out, exps)
+    }
 }
 
 /// Chunks (of at most [`KEY_CHUNK`] keys, [`even_chunk`]) per decode task: as many as leave each thread four tasks
@@ -772,16 +809,10 @@ fn decode_attention(
         .collect();
     // A chunk's scores, max and exponentials; its rows are read from a slice that runs on
     // to `until` (the task's last row), so that requests ahead run on into the next chunk.
-    let score = |kv: usize, a: usize, b: usize, until: usize| -> (Partial, Option<Vec<usize>>) {
-        let n = b - a;
-        let mut part = Partial {
-            kv,
-            start: a,
-            max: vec![f32::NEG_INFINITY; group],
-            sum: vec![0.0; group],
-            out: vec![0.0; group * d],
-            exps: vec![0.0; group * n],
-        };
+    let score = |part: &Partial, buf: &mut [f32], until: usize| -> Option<Vec<usize>> {
+        let (kv, a, n) = (part.kv, part.start, part.n);
+        let b = a + n;
+        let (max, sum, _, exps) = part.parts_mut(buf, group, d);
         // Scores of the chunk's keys for the G query heads of the group, each key row read
         // once for up to four of them. Where eviction left gaps, the rows are read where
         // they sit, with the same bits per row.
@@ -789,61 +820,103 @@ fn decode_attention(
         let contiguous = keys.rows(kv, a, until).or_else(|| keys.rows(kv, a, b));
         let listed = match contiguous {
             Some(rows) => {
-                simd::matvec_group(rows, queries, d, &mut part.exps);
+                simd::matvec_group(rows, queries, d, exps);
                 None
             }
             None => {
                 let at = keys.listed(kv, a, b);
-                simd::matvec_group_listed(keys.data, &at, queries, d, &mut part.exps);
+                simd::matvec_group_listed(keys.data, &at, queries, d, exps);
                 Some(at)
             }
         };
-        for scores in part.exps.chunks_exact_mut(n.max(1)) {
+        for scores in exps.chunks_exact_mut(n.max(1)) {
             simd::scale(scores, scale);
         }
         for g in 0..group {
-            let (max, sum) = simd::exp_shifted(&mut part.exps[g * n..(g + 1) * n]);
-            part.max[g] = max;
-            part.sum[g] = sum;
+            (max[g], sum[g]) = simd::exp_shifted(&mut exps[g * n..(g + 1) * n]);
         }
-        (part, listed)
+        listed
     };
     // Weighted values of the group's heads, each value row read once for up to four, the
     // outputs in registers over the chunk.
-    let weigh = |part: &mut Partial, listed: Option<Vec<usize>>, until: usize| {
+    let weigh = |part: &Partial, buf: &mut [f32], listed: Option<Vec<usize>>, until: usize| {
         let Some(values) = &values else { return };
-        let (kv, a) = (part.kv, part.start);
-        let b = a + part.exps.len() / group.max(1);
+        let (kv, a, b) = (part.kv, part.start, part.start + part.n);
+        let (_, _, out, exps) = part.parts_mut(buf, group, d);
         match values.rows(kv, a, until).or_else(|| values.rows(kv, a, b)) {
-            Some(rows) => simd::weighted_sum_group(&mut part.out, &part.exps, rows, d),
+            Some(rows) => simd::weighted_sum_group(out, exps, rows, d),
             None => {
                 // The values' rows sit where the keys' do when both come from one cache.
                 let at = match listed {
                     Some(at) if values.same_layout(&keys) => at,
                     _ => values.listed(kv, a, b),
                 };
-                simd::weighted_sum_group_listed(&mut part.out, &part.exps, values.data, &at, d);
+                simd::weighted_sum_group_listed(out, exps, values.data, &at, d);
             }
         }
     };
-    let partials: Vec<Partial> = super::pool::map(tasks.len(), &|task| {
-        let (kv, a, b, chunk) = tasks[task];
-        // All the task's keys, then all its values: two long streams.
-        let scored: Vec<(Partial, Option<Vec<usize>>)> = (a..b)
-            .step_by(chunk)
-            .map(|c| score(kv, c, (c + chunk).min(b), b))
-            .collect();
-        scored
-            .into_iter()
-            .map(|(mut part, listed)| {
-                weigh(&mut part, listed, b);
-                part
+    // Every chunk's partial result, task after task, in one buffer that this thread keeps
+    // from call to call (taken out while in use, so a nested call gets its own).
+    let parts: Vec<Vec<Partial>> = {
+        let mut at = 0;
+        tasks
+            .iter()
+            .map(|&(kv, a, b, chunk)| {
+                (a..b)
+                    .step_by(chunk)
+                    .map(|c| {
+                        let n = (c + chunk).min(b) - c;
+                        let part = Partial {
+                            kv,
+                            start: c,
+                            n,
+                            at,
+                        };
+                        at += Partial::size(group, d, n);
+                        part
+                    })
+                    .collect()
             })
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+            .collect()
+    };
+    let size = parts
+        .last()
+        .and_then(|p| p.last())
+        .map_or(0, |p| p.at + Partial::size(group, d, p.n));
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < size {
+        buf.resize(size, 0.0);
+    }
+    let shared = SharedOut(buf.as_mut_ptr());
+    super::pool::run(tasks.len(), &|task| {
+        let mine = &parts[task];
+        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+            return;
+        };
+        let (from, to) = (first.at, last.at + Partial::size(group, d, last.n));
+        // SAFETY: task `task` alone touches its chunks' floats from..to of `buf`, which
+        // holds `size` >= to of them and outlives the run.
+        let slot = unsafe { std::slice::from_raw_parts_mut(shared.ptr().add(from), to - from) };
+        let b = tasks[task].2;
+        // All the task's keys, then all its values: two long streams.
+        let local = |p: &Partial| Partial {
+            at: p.at - from,
+            ..*p
+        };
+        let listed: Vec<Option<Vec<usize>>> =
+            mine.iter().map(|p| score(&local(p), slot, b)).collect();
+        for (part, listed) in mine.iter().zip(listed) {
+            let part = local(part);
+            // Each output starts from 0 (the buffer holds the last call's).
+            part.parts_mut(slot, group, d).2.fill(0.0);
+            weigh(&part, slot, listed, b);
+        }
+    });
+    let partials: Vec<(&Partial, (&[f32], &[f32], &[f32], &[f32]))> = parts
+        .iter()
+        .flatten()
+        .map(|p| (p, p.parts(&buf, group, d)))
+        .collect();
     // Merge: per query head, rescale each chunk by exp(max_chunk - max_all).
     let mut probs = probs;
     if let Some(p) = probs.as_deref_mut() {
@@ -851,8 +924,10 @@ fn decode_attention(
     }
     for head in 0..h {
         let (kv, g) = (head / group, head % group);
-        let mine = || partials.iter().filter(move |p| p.kv == kv);
-        let max = mine().map(|p| p.max[g]).fold(f32::NEG_INFINITY, f32::max);
+        let mine = || partials.iter().filter(move |(p, _)| p.kv == kv);
+        let max = mine()
+            .map(|(_, (m, ..))| m[g])
+            .fold(f32::NEG_INFINITY, f32::max);
         let mut o = out.as_deref_mut().map(|o| &mut o[head * d..(head + 1) * d]);
         if let Some(o) = o.as_deref_mut() {
             o.fill(0.0);
@@ -860,21 +935,34 @@ fn decode_attention(
         if max == f32::NEG_INFINITY {
             continue;
         }
-        let total: f32 = mine().map(|p| p.sum[g] * (p.max[g] - max).exp()).sum();
-        for p in mine() {
-            let w = (p.max[g] - max).exp() / total;
+        let total: f32 = mine()
+            .map(|(_, (m, s, ..))| s[g] * (m[g] - max).exp())
+            .sum();
+        for (p, (m, _, part_out, exps)) in mine() {
+            let w = (m[g] - max).exp() / total;
             if let Some(o) = o.as_deref_mut() {
-                simd::axpy(o, w, &p.out[g * d..(g + 1) * d]);
+                simd::axpy(o, w, &part_out[g * d..(g + 1) * d]);
             }
             if let Some(dst) = probs.as_deref_mut() {
-                let n = p.exps.len() / group;
+                let n = p.n;
                 let dst = &mut dst[head * len + p.start..][..n];
-                for (x, &e) in dst.iter_mut().zip(&p.exps[g * n..(g + 1) * n]) {
+                for (x, &e) in dst.iter_mut().zip(&exps[g * n..(g + 1) * n]) {
                     *x = e * w;
                 }
             }
         }
     }
+    drop(partials);
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+}
+
+thread_local! {
+    /// [`decode_attention`]'s partial results, kept from call to call on the calling
+    /// thread: about `G * Hkv * len` floats, the size of a step's probabilities. Four
+    /// vectors per chunk (some hundred chunks a layer at 8K tokens, allocated on the
+    /// workers and freed on the caller) cost more than their arithmetic, and a buffer per
+    /// task, freed each call, made the allocator give its memory back and fault it in again.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
