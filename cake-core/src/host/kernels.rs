@@ -706,20 +706,17 @@ struct Partial {
     at: usize,
 }
 
+/// A chunk's `(max [G], sum [G], out [G, d], exps [G, n])`, see [`Partial::parts`].
+type ChunkView<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
+
 impl Partial {
     /// Floats of a chunk of `n` keys for `group` heads of width `d`.
     fn size(group: usize, d: usize, n: usize) -> usize {
         group * (2 + d + n)
     }
 
-    /// `(max [G], sum [G], out [G, d], exps [G, n])` of this chunk in its task's buffer.
-    #[allow(clippy::type_complexity)]
-    fn parts<'a>(
-        &self,
-        buf: &'a [f32],
-        group: usize,
-        d: usize,
-    ) -> (&'a [f32], &'a [f32], &'a [f32], &'a [f32]) {
+    /// `(max [G], sum [G], out [G, d], exps [G, n])` of this chunk in the call's buffer.
+    fn parts<'a>(&self, buf: &'a [f32], group: usize, d: usize) -> ChunkView<'a> {
         let slot = &buf[self.at..self.at + Self::size(group, d, self.n)];
         let (max, rest) = slot.split_at(group);
         let (sum, rest) = rest.split_at(group);
@@ -912,7 +909,7 @@ fn decode_attention(
             weigh(&part, slot, listed, b);
         }
     });
-    let partials: Vec<(&Partial, (&[f32], &[f32], &[f32], &[f32]))> = parts
+    let partials: Vec<(&Partial, ChunkView<'_>)> = parts
         .iter()
         .flatten()
         .map(|p| (p, p.parts(&buf, group, d)))
