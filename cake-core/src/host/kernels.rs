@@ -709,6 +709,9 @@ struct Partial {
 /// A chunk's `(max [G], sum [G], out [G, d], exps [G, n])`, see [`Partial::parts`].
 type ChunkView<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
+/// [`ChunkView`], writable.
+type ChunkViewMut<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
 impl Partial {
     /// Floats of a chunk of `n` keys for `group` heads of width `d`.
     fn size(group: usize, d: usize, n: usize) -> usize {
@@ -725,13 +728,7 @@ impl Partial {
     }
 
     /// [`Partial::parts`], writable.
-    #[allow(clippy::type_complexity)]
-    fn parts_mut<'a>(
-        &self,
-        buf: &'a mut [f32],
-        group: usize,
-        d: usize,
-    ) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+    fn parts_mut<'a>(&self, buf: &'a mut [f32], group: usize, d: usize) -> ChunkViewMut<'a> {
         let slot = &mut buf[self.at..self.at + Self::size(group, d, self.n)];
         let (max, rest) = slot.split_at_mut(group);
         let (sum, rest) = rest.split_at_mut(group);
@@ -894,7 +891,7 @@ fn decode_attention(
         // SAFETY: task `task` alone touches its chunks' floats from..to of `buf`, which
         // holds `size` >= to of them and outlives the run.
         let slot = unsafe { std::slice::from_raw_parts_mut(shared.ptr().add(from), to - from) };
-        let b = tasks[task].2;
+        let (_, _, b, _) = tasks[task];
         // All the task's keys, then all its values: two long streams.
         let local = |p: &Partial| Partial {
             at: p.at - from,
