@@ -36,7 +36,7 @@ impl LayerPreference {
 
 /// Splits the shared budget among layers.
 pub trait Allocator: Debug + Send + Sync {
-    /// Short name, as accepted by [`AllocatorKind::from_str`].
+    /// Short name, as [`AllocatorKind`] parses it (`FromStr`).
     fn name(&self) -> &'static str;
 
     /// True when [`Allocator::shares`] reads the layers' preferences (so the compressor

@@ -67,7 +67,7 @@ pub struct DecodeInput<'a, B: Backend> {
 
 /// Rates a layer's tokens; the highest-rated ones are kept.
 pub trait Scorer<B: Backend>: Debug + Send + Sync {
-    /// Short name, as accepted by [`ScorerKind::from_str`].
+    /// Short name, as [`ScorerKind`] parses it (`FromStr`).
     fn name(&self) -> &'static str;
 
     /// True when the scorer reads attention (all but streaming).

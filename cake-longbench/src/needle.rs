@@ -1,9 +1,10 @@
-//! Where a record's needle ([`NeedleSpan`], the `needle` field the synthetic suite writes)
-//! ends up in the model's prompt, in bytes of the prompt text and then in token positions.
+//! Where a record's needle ([`NeedleSpan`](crate::record::NeedleSpan), the `needle` field
+//! the synthetic suite writes) ends up in the model's prompt, in bytes of the prompt text and
+//! then in token positions.
 //!
-//! The prompt is built as [`build_prompt`] builds it: template filled, middle cut to
-//! `max_length` tokens, chat template applied. The needle's character span in `context` is
-//! carried through each step:
+//! The prompt is built as [`build_prompt`](crate::prompt::build_prompt) builds it: template
+//! filled, middle cut to `max_length` tokens, chat template applied. The needle's character
+//! span in `context` is carried through each step:
 //!
 //! 1. Filling: the context is inserted verbatim, at the byte offset where a marker put in
 //!    its place appears in the filled template.

@@ -41,7 +41,8 @@ pub struct GenerationConfig {
     /// Token choice.
     pub sampling: Sampling,
     /// Generation stops when the decoded text contains one of these; the text is cut
-    /// before it. Needs a [`TextStream`].
+    /// before it. Needs a text [`Detokenizer`] (such as
+    /// [`crate::tokenizer::TextStreamer`]).
     pub stop_strings: Vec<String>,
 }
 

@@ -44,11 +44,11 @@ pub fn gemm(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>, y: &mut [f32
     portable(w, x, inp, bias, y);
 }
 
-/// [`gemm`] into a new `[tokens, out]` buffer (`tokens = x.len() / inp`), which the AVX-512
+/// [`gemm()`] into a new `[tokens, out]` buffer (`tokens = x.len() / inp`), which the AVX-512
 /// kernel writes once without zero-filling it first.
 ///
 /// # Panics
-/// As [`gemm`].
+/// As [`gemm()`].
 pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f32> {
     assert!(inp > 0, "the input width must be positive");
     let (out, tokens) = (w.len() / inp, x.len() / inp);
@@ -77,7 +77,7 @@ pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f
 
 /// SwiGLU's middle fused into its product: for `w` `[2 inter, in]` (the gate rows, then the
 /// up rows) and `x` `[tokens, in]`, returns `silu(x W_gate^T) * (x W_up^T)`, `[tokens,
-/// inter]`, with the bits of [`gemm`] followed by [`super::simd::silu_mul`] on each row, but
+/// inter]`, with the bits of [`gemm()`] followed by [`super::simd::silu_mul`] on each row, but
 /// without writing the `[tokens, 2 inter]` product out and reading it back. `None` where
 /// the AVX-512 kernel does not run (another processor, or `inter` not a multiple of 8,
 /// whose tail `silu_mul` computes with the scalar `exp`).

@@ -37,7 +37,7 @@ const GEMV_MAX_ROWS_PER_TASK: usize = 128;
 /// machine's fast phases, where one stream of one FMA chain read 39.4-40.8 against 55-56.
 ///
 /// Once done, it asks the pool's idle worker to request into the caches the first
-/// [`HINT_BYTES`] of the weights that followed these last time (a decoding step runs its
+/// `HINT_BYTES` (1 MiB) of the weights that followed these last time (a decoding step runs its
 /// projections in the same order every step), while the caller runs the step's serial work
 /// in between. On a 2-core EPYC (`gemv_bandwidth --serial-us 15`, alternated), SmolLM2-135M's
 /// GEMVs with 15 us of serial work after each took 14.2-15.8 ms against 14.8-18.3 without.

@@ -120,7 +120,7 @@ const AHEAD_BYTES: usize = 8192;
 /// (`rows`: `[n, d]`, `out`: `[G, n]`, row `g` for query `g`): each key row is read once
 /// for up to four queries instead of once per query, with the same bits per (row, query) as
 /// [`matvec`] (the same lane-wise sums and horizontal sum, where AVX-512 offers the
-/// registers), the rows requested into L2 [`AHEAD_BYTES`] ahead of the reads.
+/// registers), the rows requested into L2 `AHEAD_BYTES` (8 KiB) ahead of the reads.
 pub fn matvec_group(rows: &[f32], queries: &[f32], d: usize, out: &mut [f32]) {
     let group = queries.len() / d.max(1);
     let n = out.len() / group.max(1);

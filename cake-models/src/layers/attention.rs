@@ -277,7 +277,7 @@ impl<B: Backend> Attention<B> {
     /// Exact softmax attention of queries `q`: `[H, S, d]` at positions `start..start+S`
     /// over the cached keys/values (`[Hkv, L, d]`), causal by cached position and limited
     /// to the sliding window if any, in the generic Burn path. Processes blocks of queries
-    /// so that at most [`MAX_SCORE_ELEMENTS`] scores exist at once, and gives each block
+    /// so that at most `MAX_SCORE_ELEMENTS` (2^26) scores exist at once, and gives each block
     /// only the key range it can see. Returns `[H, S, d]` and, with `probabilities`, the
     /// attention `[H, S, L]`.
     ///
