@@ -1178,6 +1178,9 @@ fn bench_rows_cover_every_method_and_context_with_the_kept_share() {
             assert!(row["decode_bound_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["decode_vs_bound"].as_f64().unwrap() > 0.0, "{row}");
         }
+        // Speed-ups are step-by-step ratios to the full cache: exactly 1 for itself.
+        assert_eq!(full["decode_speedup"].as_f64().unwrap(), 1.0, "{full}");
+        assert!(cake["decode_speedup"].as_f64().unwrap() > 0.0, "{cake}");
         // One bandwidth per context (sampled between its decoding steps), for every method.
         let bandwidth = |r: &serde_json::Value| r["read_bandwidth_gb_s"].as_f64().unwrap();
         assert!(bandwidth(full) > 0.0, "{full}");

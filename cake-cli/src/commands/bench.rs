@@ -89,6 +89,12 @@ pub struct BenchRow {
     pub prefill_vs_full: f64,
     /// Median decode step.
     pub decode_ms_per_token: f64,
+    /// Decode speed over the full cache's: the median over decoding steps of the full
+    /// cache's step time over this method's at the same step index. Each step of every
+    /// method runs right after the other methods' same step, so the pair sees the same
+    /// machine; when a shared machine's speed changes phase during the run, the ratio of
+    /// the two medians can land between phases and this does not. 1 for the full cache.
+    pub decode_speedup: f64,
     /// Largest K/V bytes held during prefill.
     pub kv_bytes_peak_prefill: usize,
     /// K/V bytes held after the prefill (what decoding attends over).
@@ -263,19 +269,18 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         }
         for (d, times) in decoders.iter().zip(&prefill_times) {
             let prefill_s = median_ms(times) / 1e3;
-            // configs[0] is the full cache: each round's ratio to its prefill in that round.
-            let ratios: Vec<f64> = times
-                .iter()
-                .zip(&prefill_times[0])
-                .map(|(t, f)| t.as_secs_f64() / f.as_secs_f64().max(1e-12))
-                .collect();
+            // configs[0] is the full cache: each round's prefill over the full cache's in
+            // that round, and each decoding step's speed-up over the full cache's step of
+            // the same index (the two ran back to back).
+            let full_steps = &decoders[0].step_times;
             let row = BenchRow {
                 context,
                 policy: d.label.clone(),
                 prefill_ms: prefill_s * 1e3,
                 prefill_tokens_per_s: context as f64 / prefill_s.max(1e-9),
-                prefill_vs_full: median(&ratios),
+                prefill_vs_full: paired_ratio(times, &prefill_times[0]),
                 decode_ms_per_token: median_ms(&d.step_times),
+                decode_speedup: paired_ratio(full_steps, &d.step_times),
                 kv_bytes_peak_prefill: d.kv_bytes_peak_prefill,
                 kv_bytes_after_prefill: d.kv_bytes_after_prefill,
                 decode_bound_ms: bandwidth
@@ -450,9 +455,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         let full = rows
             .iter()
             .find(|r| r.context == row.context && r.policy == "full");
-        let speedup = full.map_or(1.0, |f| {
-            f.decode_ms_per_token / row.decode_ms_per_token.max(1e-9)
-        });
+        let speedup = row.decode_speedup;
         let bound_speedup = full
             .and_then(|f| f.decode_bound_ms.zip(row.decode_bound_ms))
             .map(|(f, r)| f / r.max(1e-9));
@@ -503,9 +506,39 @@ fn read_config(path: &std::path::Path) -> Result<DecoderConfig> {
         .with_context(|| format!("{} is not a supported config.json", path.display()))
 }
 
+/// The median over `i` of `numerator[i] / denominator[i]` (pairs measured back to back).
+fn paired_ratio(numerator: &[Duration], denominator: &[Duration]) -> f64 {
+    let ratios: Vec<f64> = numerator
+        .iter()
+        .zip(denominator)
+        .map(|(n, d)| n.as_secs_f64() / d.as_secs_f64().max(1e-12))
+        .collect();
+    median(&ratios)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pairs are divided index by index before the median: a phase change that moves the
+    /// medians apart leaves the paired ratio alone.
+    #[test]
+    fn a_paired_ratio_divides_step_by_step() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        // Two slow steps then three fast ones; the method is 10% faster than full in each.
+        let full = ms(&[20, 20, 10, 10, 10]);
+        let method = ms(&[18, 18, 9, 9, 9]);
+        assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
+        // The phase change one step later for the method: the ratio of medians reads
+        // 10 / 18 (0.56x); one pair reads 0.56x, the other four 1.11x.
+        let method = ms(&[18, 18, 18, 9, 9]);
+        assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
+        assert_eq!(paired_ratio(&[], &[]), 0.0);
+    }
 
     /// Each step takes the probe nearest in time, before or after it.
     #[test]
