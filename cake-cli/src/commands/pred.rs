@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::{HeadBudgets, Method};
+use cake_core::{HeadBudgets, Method, PolicySpec};
 use cake_longbench::predict::{predict_dataset, predict_sweep};
 use cake_longbench::record::{DataError, LongBenchRecord, read_dataset};
 use cake_longbench::registry;
@@ -202,20 +202,19 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
     };
     let mut out = Vec::new();
     for &method in &methods {
-        // The full cache depends on neither the cache size nor the head budgets: one run.
-        let full = method == Method::Full;
-        let sizes_here = if full { &sizes[..1] } else { &sizes[..] };
-        let modes_here = if full {
-            &[HeadBudgets::None][..]
-        } else {
-            &modes[..]
-        };
-        for &size in sizes_here {
-            for &mode in modes_here {
-                let mut settings = base.with_head_budgets(mode);
-                if full {
-                    settings.spec.score_fn = None;
-                }
+        // The full cache depends on none of the policy's tuning (cache size, window,
+        // temperatures, head budgets): one run, under the default tuning, so that its
+        // folder is the same whatever sizes or tuning a command sweeps.
+        if method == Method::Full {
+            out.push(Settings {
+                model: base.model.clone(),
+                spec: PolicySpec::new(Method::Full),
+            });
+            continue;
+        }
+        for &size in &sizes {
+            for &mode in &modes {
+                let settings = base.with_head_budgets(mode);
                 out.push(settings.with_method(method, size).map_err(|e| {
                     crate::exit::UsageError(format!(
                         "{e} (from --policies / --cache-sizes / --head-budget-modes)"
@@ -374,4 +373,73 @@ fn count_records(dir: &Path, name: &str, max: Option<usize>) -> usize {
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
         .unwrap_or(0);
     n.min(max.unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The configurations of `cake pred ARGS` under the base settings `cake pred` resolves.
+    fn configs(args: &[&str]) -> Vec<Settings> {
+        let cli = Cli::try_parse_from(
+            ["pred", "--data-dir", "data", "--out", "out"]
+                .iter()
+                .chain(args),
+        )
+        .unwrap();
+        let policy = policy_for_modes(&cli.args.policy, &cli.args.head_budget_modes);
+        let base = Settings::resolve(&policy, None).unwrap();
+        configurations(&base, &cli.args).unwrap()
+    }
+
+    /// The full cache runs once, under the same settings (so into the same folder)
+    /// whatever cache sizes, window or head-budget modes the sweep names.
+    #[test]
+    fn the_full_cache_runs_once_under_settings_that_ignore_the_sweep() {
+        let a = configs(&["--policies", "full,cake", "--cache-sizes", "128,256"]);
+        let b = configs(&[
+            "--policies",
+            "cake,full",
+            "--cache-sizes",
+            "256",
+            "--window",
+            "8",
+            "--head-budget-modes",
+            "none,adakv",
+        ]);
+        let full = |c: &[Settings]| {
+            let runs: Vec<String> = c
+                .iter()
+                .filter(|s| s.spec.method == Method::Full)
+                .map(|s| serde_json::to_string(s).unwrap())
+                .collect();
+            assert_eq!(runs.len(), 1, "{runs:?}");
+            runs[0].clone()
+        };
+        assert_eq!(full(&a), full(&b));
+        // Every other configuration keeps the sweep's values.
+        let cake: Vec<(usize, usize, HeadBudgets)> = b
+            .iter()
+            .filter(|s| s.spec.method == Method::Cake)
+            .map(|s| {
+                (
+                    s.spec.cache.cache_size,
+                    s.spec.cache.window,
+                    s.spec.cache.head_budgets,
+                )
+            })
+            .collect();
+        assert_eq!(
+            cake,
+            [(256, 8, HeadBudgets::None), (256, 8, HeadBudgets::AdaKv)]
+        );
+        assert_eq!(a.len(), 3);
+    }
 }
