@@ -529,7 +529,7 @@ mod tests {
                 .map(|&m| Duration::from_millis(m))
                 .collect::<Vec<_>>()
         };
-        // Two slow steps then three fast ones; the method is 10% faster than full in each.
+        // Two slow steps then three fast ones; the method takes 10% less time in each.
         let full = ms(&[20, 20, 10, 10, 10]);
         let method = ms(&[18, 18, 9, 9, 9]);
         assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
