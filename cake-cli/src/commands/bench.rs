@@ -50,10 +50,10 @@ pub struct Args {
     /// per-head against layer-only budgets at equal total, side by side
     #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
     pub head_budget_modes: Vec<HeadBudgets>,
-    /// Prefills timed per method, in rounds interleaved across methods (the order
-    /// rotating; the median is reported, and "prefill vs full" is the median of each round's
-    /// ratio to the full cache's prefill), so that prefill ratios hold on a machine whose
-    /// speed drifts
+    /// Prefills timed per method, in rounds interleaved across methods (the full cache
+    /// first, the others' order rotating; the median is reported, and "prefill vs full" is
+    /// the median of each round's ratio to the full cache's prefill), so that prefill ratios
+    /// hold on a machine whose speed drifts
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub prefill_rounds: usize,
     /// Decoding steps timed per method, interleaved across methods (the median is reported)
@@ -223,8 +223,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         let mut prefill_times = vec![Vec::with_capacity(rounds); configs.len()];
         let mut last: Vec<Option<Decoder<B>>> = configs.iter().map(|_| None).collect();
         for round in 0..rounds {
-            for k in 0..configs.len() {
-                let i = (round + k) % configs.len();
+            for i in prefill_order(round, configs.len()) {
                 last[i] = None; // the previous round's caches go before the next prefill
                 let decoder = Decoder::prefill(&model, &name, &configs[i], &prompt)?;
                 prefill_times[i].push(decoder.prefill_time);
@@ -506,6 +505,16 @@ fn read_config(path: &std::path::Path) -> Result<DecoderConfig> {
         .with_context(|| format!("{} is not a supported config.json", path.display()))
 }
 
+/// The order in which round `round` prefills `n` configurations: the full cache (0) first,
+/// the others rotating from round to round. No configuration runs twice in a row across a
+/// round boundary, so one burst of another tenant's load can slow at most one of a
+/// method's rounds relative to the full cache (a plain rotation of two methods runs
+/// full, m | m, full | full, m, and a burst over `m | m` skews two of three rounds).
+fn prefill_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    let others = n.saturating_sub(1);
+    (0..n.min(1)).chain((0..others).map(move |k| 1 + (round + k) % others))
+}
+
 /// The median over `i` of `numerator[i] / denominator[i]` (pairs measured back to back).
 fn paired_ratio(numerator: &[Duration], denominator: &[Duration]) -> f64 {
     let ratios: Vec<f64> = numerator
@@ -538,6 +547,29 @@ mod tests {
         let method = ms(&[18, 18, 18, 9, 9]);
         assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
         assert_eq!(paired_ratio(&[], &[]), 0.0);
+    }
+
+    /// The full cache opens every round, the others rotate, and no configuration runs
+    /// twice in a row across rounds.
+    #[test]
+    fn prefill_rounds_open_with_the_full_cache_and_rotate_the_rest() {
+        let order = |n: usize, rounds: usize| -> Vec<usize> {
+            (0..rounds).flat_map(|r| prefill_order(r, n)).collect()
+        };
+        assert_eq!(order(2, 3), [0, 1, 0, 1, 0, 1]);
+        assert_eq!(order(3, 3), [0, 1, 2, 0, 2, 1, 0, 1, 2]);
+        assert_eq!(order(4, 2), [0, 1, 2, 3, 0, 2, 3, 1]);
+        assert_eq!(order(1, 2), [0, 0]);
+        assert_eq!(order(0, 2), Vec::<usize>::new());
+        for n in 2..6 {
+            let seq = order(n, 7);
+            assert!(seq.windows(2).all(|w| w[0] != w[1]), "{n}: {seq:?}");
+            for r in 0..7 {
+                let mut round: Vec<usize> = prefill_order(r, n).collect();
+                round.sort();
+                assert_eq!(round, (0..n).collect::<Vec<_>>());
+            }
+        }
     }
 
     /// Each step takes the probe nearest in time, before or after it.
