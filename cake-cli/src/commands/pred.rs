@@ -442,4 +442,22 @@ mod tests {
         );
         assert_eq!(a.len(), 3);
     }
+
+    /// A scorer or allocator override applies to the methods that have one; the full
+    /// cache, which has none, runs beside them instead of failing the sweep.
+    #[test]
+    fn overrides_leave_the_full_cache_alone() {
+        let runs = configs(&["--policies", "full,cake", "--scorer", "h2o"]);
+        let methods: Vec<(Method, Option<cake_core::ScorerKind>)> = runs
+            .iter()
+            .map(|s| (s.spec.method, s.spec.scorer))
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                (Method::Full, None),
+                (Method::Cake, Some(cake_core::ScorerKind::H2o))
+            ]
+        );
+    }
 }
