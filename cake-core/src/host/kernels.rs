@@ -851,32 +851,26 @@ fn decode_attention(
     };
     // Every chunk's partial result, task after task, in one buffer that this thread keeps
     // from call to call (taken out while in use, so a nested call gets its own).
-    let parts: Vec<Vec<Partial>> = {
-        let mut at = 0;
-        tasks
-            .iter()
-            .map(|&(kv, a, b, chunk)| {
-                (a..b)
-                    .step_by(chunk)
-                    .map(|c| {
-                        let n = (c + chunk).min(b) - c;
-                        let part = Partial {
-                            kv,
-                            start: c,
-                            n,
-                            at,
-                        };
-                        at += Partial::size(group, d, n);
-                        part
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let size = parts
-        .last()
-        .and_then(|p| p.last())
-        .map_or(0, |p| p.at + Partial::size(group, d, p.n));
+    let mut size = 0;
+    let parts: Vec<Vec<Partial>> = tasks
+        .iter()
+        .map(|&(kv, a, b, chunk)| {
+            (a..b)
+                .step_by(chunk)
+                .map(|c| {
+                    let n = (c + chunk).min(b) - c;
+                    let part = Partial {
+                        kv,
+                        start: c,
+                        n,
+                        at: size,
+                    };
+                    size += Partial::size(group, d, n);
+                    part
+                })
+                .collect()
+        })
+        .collect();
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     if buf.len() < size {
         buf.resize(size, 0.0);
@@ -892,18 +886,20 @@ fn decode_attention(
         // holds `size` >= to of them and outlives the run.
         let slot = unsafe { std::slice::from_raw_parts_mut(shared.ptr().add(from), to - from) };
         let (_, _, b, _) = tasks[task];
+        // The task's chunks, placed in its own slot.
+        let local: Vec<Partial> = mine
+            .iter()
+            .map(|p| Partial {
+                at: p.at - from,
+                ..*p
+            })
+            .collect();
         // All the task's keys, then all its values: two long streams.
-        let local = |p: &Partial| Partial {
-            at: p.at - from,
-            ..*p
-        };
-        let listed: Vec<Option<Vec<usize>>> =
-            mine.iter().map(|p| score(&local(p), slot, b)).collect();
-        for (part, listed) in mine.iter().zip(listed) {
-            let part = local(part);
+        let listed: Vec<Option<Vec<usize>>> = local.iter().map(|p| score(p, slot, b)).collect();
+        for (part, listed) in local.iter().zip(listed) {
             // Each output starts from 0 (the buffer holds the last call's).
             part.parts_mut(slot, group, d).2.fill(0.0);
-            weigh(&part, slot, listed, b);
+            weigh(part, slot, listed, b);
         }
     });
     let partials: Vec<(&Partial, ChunkView<'_>)> = parts
