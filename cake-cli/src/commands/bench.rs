@@ -16,7 +16,7 @@ use cake_models::weights::RandomWeights;
 use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
-use super::{median, median_ms};
+use super::{median, median_ms, paired_ratio};
 #[cfg(not(feature = "cuda"))]
 use crate::exit::usage_bail;
 use crate::exit::usage_ensure;
@@ -515,39 +515,9 @@ fn prefill_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
     (0..n.min(1)).chain((0..others).map(move |k| 1 + (round + k) % others))
 }
 
-/// The median over `i` of `numerator[i] / denominator[i]` (pairs measured back to back).
-fn paired_ratio(numerator: &[Duration], denominator: &[Duration]) -> f64 {
-    let ratios: Vec<f64> = numerator
-        .iter()
-        .zip(denominator)
-        .map(|(n, d)| n.as_secs_f64() / d.as_secs_f64().max(1e-12))
-        .collect();
-    median(&ratios)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Pairs are divided index by index before the median: a phase change that moves the
-    /// medians apart leaves the paired ratio alone.
-    #[test]
-    fn a_paired_ratio_divides_step_by_step() {
-        let ms = |v: &[u64]| {
-            v.iter()
-                .map(|&m| Duration::from_millis(m))
-                .collect::<Vec<_>>()
-        };
-        // Two slow steps then three fast ones; the method takes 10% less time in each.
-        let full = ms(&[20, 20, 10, 10, 10]);
-        let method = ms(&[18, 18, 9, 9, 9]);
-        assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
-        // The phase change one step later for the method: the ratio of medians reads
-        // 10 / 18 (0.56x); one pair reads 0.56x, the other four 1.11x.
-        let method = ms(&[18, 18, 18, 9, 9]);
-        assert!((paired_ratio(&full, &method) - 20.0 / 18.0).abs() < 1e-12);
-        assert_eq!(paired_ratio(&[], &[]), 0.0);
-    }
 
     /// The full cache opens every round, the others rotate, and no configuration runs
     /// twice in a row across rounds.
