@@ -58,11 +58,11 @@ enum Command {
 
 /// Large buffers start on a cache line (the kernels' vector loads then never straddle two).
 #[global_allocator]
-static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;
+static ALLOC: cake_kernels::LineAligned = cake_kernels::LineAligned;
 
 fn main() -> ExitCode {
-    cake_models::cpu::tune_allocator();
-    cake_models::cpu::tune_threads();
+    cake_kernels::tune_allocator();
+    cake_kernels::tune_threads();
     // Spans (load, prefill per layer, eviction, decode) with their durations on stderr,
     // chosen by RUST_LOG (e.g. RUST_LOG=cake_models=debug); silent by default.
     tracing_subscriber::fmt()

@@ -21,12 +21,12 @@
 use std::hint::black_box;
 
 use burn::tensor::{Tensor, TensorData};
-use cake_core::host::kernels::packed_starts;
-use cake_core::host::{AttentionShape, KvRows, Visible, attention, gemm, gemv};
 use cake_core::{
     DecodeStep, KvCompressor, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig,
     PrefillLayer, evict_to_budget,
 };
+use cake_kernels::packed_starts;
+use cake_kernels::{AttentionShape, KvRows, Visible, attention, gemm, gemv};
 use common::{B, tensor3, values};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};

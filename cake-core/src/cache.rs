@@ -40,9 +40,15 @@ pub const GROWTH_BLOCK: usize = 128;
 /// EPYC, CAKE's decode at 512 tokens and C = 256 was no faster end to end with 64.
 pub const MAX_RUNS: usize = 16;
 
+/// The host kernels read a head's runs as the cache stores them, so with the `flex` feature
+/// the cache uses the kernels' own type (the same two fields).
+#[cfg(feature = "flex")]
+pub use cake_kernels::RowRun;
+
 /// A stretch of one KV head's rows that sit one after another in its region: rows
 /// `row..` (indices among the head's rows, in position order) from region row `offset`,
 /// up to the next run's `row`.
+#[cfg(not(feature = "flex"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowRun {
     /// Index of the run's first row among the head's rows.

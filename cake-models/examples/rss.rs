@@ -87,7 +87,7 @@ fn generate(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    cake_models::cpu::tune_allocator();
+    cake_kernels::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map_or(Ok(1000), |s| s.parse())?;
     let path = cake_models::fetch::resolve_model(

@@ -14,7 +14,7 @@ use cake_core::KeepAll;
 use cake_models::{Cpu, load};
 
 #[global_allocator]
-static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;
+static ALLOC: cake_kernels::LineAligned = cake_kernels::LineAligned;
 
 /// Token `i` of the benchmark prompt: a fixed linear-congruential sequence in `[100, 10100)`.
 fn prompt(len: usize) -> Vec<u32> {
@@ -24,8 +24,8 @@ fn prompt(len: usize) -> Vec<u32> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    cake_models::cpu::tune_allocator();
-    cake_models::cpu::tune_threads();
+    cake_kernels::tune_allocator();
+    cake_kernels::tune_threads();
     let args: Vec<String> = std::env::args().collect();
     let path = cake_models::fetch::resolve_model(
         args.get(1).map(String::as_str).filter(|s| !s.is_empty()),

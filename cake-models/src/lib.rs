@@ -13,8 +13,6 @@
 //! finds model files (known models come from PyPI wheels through pip).
 
 pub mod config;
-#[cfg(feature = "flex")]
-pub mod cpu;
 pub mod fetch;
 pub mod file;
 pub mod generate;

@@ -2,7 +2,7 @@
 //! cache and CAKE alternating, prompts of varying length) do not grow the resident set.
 //! A leak of a cache, a compressor or a prompt's activations per generation would.
 //!
-//! glibc keeps freed memory for reuse (see `cpu::tune_allocator`), so the resident set
+//! glibc keeps freed memory for reuse (see `cake_kernels::tune_allocator`), so the resident set
 //! first climbs to the working set's high-water mark; the warm-up runs every prompt length
 //! the loop uses, several times, before the baseline is read. The bound then holds for the
 //! highest reading of every later window, not just the last one.
@@ -65,7 +65,7 @@ fn generate(model: &Model<Cpu>, i: usize) {
 
 #[test]
 fn many_generations_in_one_process_do_not_grow_the_resident_set() {
-    cake_models::cpu::tune_allocator();
+    cake_kernels::tune_allocator();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny/llama");
     let model = load::<Cpu>(&dir, &Default::default()).unwrap().model;
     for i in 0..WARMUP {

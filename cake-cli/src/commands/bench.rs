@@ -187,7 +187,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     // The CPU backend's decode is memory-bound: measure what memory can deliver, between
     // the decoding steps of each context (see `BANDWIDTH_SAMPLES`).
     let probe =
-        cake_core::host::is_flex::<B>().then(|| cake_core::host::BandwidthProbe::new(PROBE_BYTES));
+        cake_core::host::is_flex::<B>().then(|| cake_kernels::BandwidthProbe::new(PROBE_BYTES));
     if probe.is_some() {
         eprintln!(
             "weights read per decoding step {:.1} MB",
@@ -235,7 +235,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         let every = steps.div_ceil(BANDWIDTH_SAMPLES).max(1);
         // (bandwidth, when it was measured) of each probe.
         let mut probes: Vec<(f64, Instant)> = Vec::new();
-        let mut measure = |probe: &cake_core::host::BandwidthProbe| {
+        let mut measure = |probe: &cake_kernels::BandwidthProbe| {
             let start = Instant::now();
             let bandwidth = probe.measure(PROBE_ROUNDS);
             probes.push((bandwidth, start + start.elapsed() / 2));

@@ -1,5 +1,5 @@
-//! The CPU backend's tensors seen as host memory, and the host kernels that run on them
-//! (cargo feature `flex`).
+//! The CPU backend's tensors seen as host memory, and the eviction statistics computed on
+//! them with the kernels of `cake-kernels` (cargo feature `flex`).
 //!
 //! The CPU backend (burn-flex) keeps every tensor in a reference-counted host buffer.
 //! Recognising it *by type* (the tensor primitive's `TypeId`, never a backend name) lets
@@ -7,20 +7,11 @@
 //! copy. Every function returns `None` for any other backend or dtype, and callers then
 //! take the generic Burn path.
 
-#[cfg(target_arch = "x86_64")]
-mod flash;
-mod gemm;
-pub mod kernels;
-pub mod pool;
-pub mod simd;
-
 use std::any::Any;
 
 use burn::tensor::{Bytes, DType, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use burn_flex::{FlexTensor, Layout};
-
-pub use self::gemm::{gemm, gemm_new, gemm_silu_mul};
-pub use kernels::{AttentionShape, KvRows, Visible, attention, gemv};
+use cake_kernels::{AttentionShape, KvRows, attention, simd};
 
 /// The host tensor behind `t` (a cheap handle: the buffer is shared, not copied), when
 /// `B` is the CPU backend and `t` is an unquantised f32 tensor.
@@ -213,7 +204,7 @@ pub fn attention_probabilities<B: Backend>(
     let k = flex(keys)?;
     let mut hold = None;
     let (data, head_rows) = kv_data(&k, &mut hold)?;
-    let starts = kernels::packed_starts(kv_heads, head_rows);
+    let starts = cake_kernels::packed_starts(kv_heads, head_rows);
     let rows = KvRows {
         data,
         runs: &[],
@@ -232,7 +223,7 @@ pub fn attention_probabilities<B: Backend>(
         None => (0, len),
     };
     let probs = if n > 1 {
-        kernels::probabilities(q, rows, shape, &visible)
+        cake_kernels::probabilities(q, rows, shape, &visible)
     } else {
         let mut probs = vec![0.0f32; heads * n * len];
         attention(q, rows, shape, &visible, None, Some(&mut probs));
@@ -242,46 +233,6 @@ pub fn attention_probabilities<B: Backend>(
         TensorData::new(probs, [heads, n, len]),
         &device,
     ))
-}
-
-/// The machine's read bandwidth in bytes per second: the best of `rounds` passes of all
-/// threads summing a `bytes`-sized buffer (far larger than the caches), the bound a
-/// memory-bound decoding step cannot beat. One probe of a [`BandwidthProbe`].
-pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
-    BandwidthProbe::new(bytes).measure(rounds)
-}
-
-/// A read-bandwidth probe whose buffer is allocated (and its pages touched) once, so that
-/// it can sample the bandwidth many times during a benchmark: on a shared machine the
-/// bandwidth moves between phases (one 2-core EPYC read 35 GB/s in most runs and 55-65 in
-/// some), so one probe before a run is not the bandwidth its decoding steps saw.
-pub struct BandwidthProbe {
-    data: Vec<f32>,
-}
-
-impl BandwidthProbe {
-    /// A probe over `bytes` (at least 256 KiB) of memory.
-    pub fn new(bytes: usize) -> Self {
-        Self {
-            data: vec![1.0f32; (bytes / 4).max(1 << 16)],
-        }
-    }
-
-    /// Bytes per second: the best of `rounds` passes of all threads over the buffer.
-    pub fn measure(&self, rounds: usize) -> f64 {
-        use rayon::prelude::*;
-        let data = &self.data;
-        let chunk = data.len().div_ceil(rayon::current_num_threads().max(1) * 4);
-        let mut best = f64::INFINITY;
-        let mut checksum = 0.0f32;
-        for _ in 0..rounds.max(1) {
-            let start = std::time::Instant::now();
-            checksum += data.par_chunks(chunk).map(|c| simd::dot(c, c)).sum::<f32>();
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        std::hint::black_box(checksum);
-        (data.len() * 4) as f64 / best
-    }
 }
 
 /// A host tensor read as rows: `(buffer, first element, row stride, rows, width)` when its

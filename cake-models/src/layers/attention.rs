@@ -18,7 +18,7 @@ use cake_core::{CacheError, LayerCache};
 use super::HostTables;
 use super::{Linear, RopeTables};
 #[cfg(feature = "flex")]
-use crate::cpu::{self, AttentionShape, KvRows};
+use cake_kernels::{self as kernels, AttentionShape, KvRows};
 
 /// Largest number of attention scores (`H x query block x keys`) materialised at once by
 /// the generic path; bounds prefill memory at long contexts (64 Mi floats = 256 MiB).
@@ -165,7 +165,7 @@ impl<B: Backend> Attention<B> {
 
     #[cfg(feature = "flex")]
     /// The CPU fast path: rotary embedding in place on the projection, rows written into
-    /// the cache buffers, and [`cpu::attention`] reading them there.
+    /// the cache buffers, and [`kernels::attention`] reading them there.
     fn forward_host(
         &self,
         qkv: burn_flex::FlexTensor,
@@ -191,7 +191,7 @@ impl<B: Backend> Attention<B> {
             "rotary tables for the {s} rows of this pass"
         );
         // The query heads then the key heads, side by side in each row: one pass.
-        cpu::rope_in_place(rows, width, 0, h + hkv, (&tables.cos, &tables.sin));
+        kernels::rope_in_place(rows, width, 0, h + hkv, (&tables.cos, &tables.sin));
         // Queries [S, H, d]; keys and values [Hkv, S, d].
         let mut q = Vec::with_capacity(s * h * d);
         let mut k = vec![0.0f32; hkv * s * d];
@@ -245,7 +245,7 @@ impl<B: Backend> Attention<B> {
         let visible = |kv: usize, i: usize| ranges.range(kv, start + attended + i);
         let mut out = vec![0.0f32; (s - attended) * h * d];
         let mut probs = request.probabilities.then(|| vec![0.0f32; h * s * len]);
-        cpu::attention(
+        kernels::attention(
             &q[attended * h * d..],
             rows(kd),
             shape,
@@ -260,7 +260,7 @@ impl<B: Backend> Attention<B> {
         let output = Tensor::from_data(TensorData::new(out, [s - first, h * d]), device);
         // The output projection (which does not read the cache), then the hook (a decoding
         // step's eviction) on this thread, while the idle worker requests the MLP's weights
-        // that the projection's GEMV named (`host::gemv`). The two used to run side by
+        // that the projection's GEMV named (`kernels::gemv`). The two used to run side by
         // side under `rayon::join`, where a rayon thread may take the projection while the
         // pool's worker spins, three threads on two cores: on a 2-core EPYC at 512 tokens
         // and C = 256, CAKE/full decode was 1.006-1.023x (mean 1.016) that way against

@@ -6,7 +6,7 @@ use cake_core::host;
 use cake_core::{CacheError, LayerCache};
 
 #[cfg(feature = "flex")]
-use crate::cpu;
+use cake_kernels as kernels;
 
 use super::{AfterAttend, Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
 
@@ -71,7 +71,7 @@ fn residual<B: Backend>(x: Tensor<B, 2>, y: &Tensor<B, 2>) -> Tensor<B, 2> {
         && let Some(y_host) = host::flex(y)
         && let Some(ys) = host::contiguous(&y_host)
     {
-        let (x, ran) = host::write_in_place(x, |xs| cpu::add_assign(xs, ys));
+        let (x, ran) = host::write_in_place(x, |xs| kernels::add_assign(xs, ys));
         return if ran { x } else { x + y.clone() };
     }
     x + y.clone()

@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use cake_core::host;
 
 #[cfg(feature = "flex")]
-use crate::cpu;
+use cake_kernels as kernels;
 
 /// `y = x W^T + b` with `W` stored `[out, in]` (PyTorch's layout): at decoding each
 /// output is a contiguous dot product, the layout a GEMV reads at memory speed.
@@ -21,7 +21,7 @@ pub struct Linear<B: Backend> {
 
 impl<B: Backend> Linear<B> {
     /// `x`: `[S, in]` -> `[S, out]`. On the CPU backend one row runs the threaded GEMV and
-    /// more rows the host GEMM ([`host::gemm`]); anything else one matrix product (the
+    /// more rows the host GEMM ([`kernels::gemm`]); anything else one matrix product (the
     /// transposed weight is a view, not a copy).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some(y) = self.forward_host(&x) {
@@ -45,8 +45,8 @@ impl<B: Backend> Linear<B> {
         None
     }
 
-    /// `[S, in]` -> `[S, out]` on the host buffers: [`cpu::gemv`] for one row,
-    /// [`host::gemm`] for more; `None` on other backends or layouts.
+    /// `[S, in]` -> `[S, out]` on the host buffers: [`kernels::gemv`] for one row,
+    /// [`kernels::gemm`] for more; `None` on other backends or layouts.
     #[cfg(feature = "flex")]
     fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let (w, xs) = host_buffers(&self.weight, x)?;
@@ -62,11 +62,11 @@ impl<B: Backend> Linear<B> {
         let [rows, inp] = x.dims();
         let out = self.out_features();
         let y = if rows > 1 && inp > 0 {
-            host::gemm_new(w, xs, inp, bias)
+            kernels::gemm_new(w, xs, inp, bias)
         } else {
             let mut y = vec![0.0f32; rows * out];
             if rows == 1 {
-                cpu::gemv(w, xs, bias, &mut y);
+                kernels::gemv(w, xs, bias, &mut y);
             } else if let Some(b) = bias {
                 for y in y.chunks_exact_mut(out) {
                     y.copy_from_slice(b);
@@ -84,7 +84,7 @@ impl<B: Backend> Linear<B> {
 impl<B: Backend> Linear<B> {
     /// SwiGLU's middle fused into this projection, for a weight `[2 inter, in]` of gate
     /// rows then up rows and no bias: `x` `[S, in]` -> `silu(gate) * up` `[S, inter]`, with
-    /// the bits of [`Linear::forward`] then [`cpu::silu_mul`] ([`host::gemm_silu_mul`]).
+    /// the bits of [`Linear::forward`] then [`kernels::silu_mul`] ([`kernels::gemm_silu_mul`]).
     /// `None` for one row (the decoding GEMV's), off the CPU backend, or where that
     /// kernel does not run.
     #[cfg(feature = "flex")]
@@ -95,7 +95,7 @@ impl<B: Backend> Linear<B> {
         }
         let (w, xs) = host_buffers(&self.weight, x)?;
         let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
-        let y = host::gemm_silu_mul(w, xs, inp)?;
+        let y = kernels::gemm_silu_mul(w, xs, inp)?;
         let inter = y.len() / rows;
         Some(Tensor::from_data(
             TensorData::new(y, [rows, inter]),
@@ -150,7 +150,7 @@ impl<B: Backend> RmsNorm<B> {
     fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         let (w, xs) = host_buffers(&self.weight, x)?;
         let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
-        let out = cpu::rms_norm(xs, w, self.eps as f32);
+        let out = kernels::rms_norm(xs, w, self.eps as f32);
         Some(Tensor::from_data(
             TensorData::new(out, x.dims()),
             &x.device(),

@@ -8,7 +8,7 @@ use cake_core::host;
 
 use super::Linear;
 #[cfg(feature = "flex")]
-use crate::cpu;
+use cake_kernels as kernels;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`, with the gate and up projections
 /// fused into one product.
@@ -57,7 +57,7 @@ impl<B: Backend> Mlp<B> {
         let host = host::flex(gate_up)?.to_contiguous();
         let data = host::contiguous(&host)?;
         let mut out = vec![0.0f32; s * width / 2];
-        cpu::silu_mul(data, width / 2, &mut out);
+        kernels::silu_mul(data, width / 2, &mut out);
         Some(Tensor::from_data(
             TensorData::new(out, [s, width / 2]),
             &gate_up.device(),

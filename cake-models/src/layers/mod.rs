@@ -4,7 +4,7 @@
 //! combines them.
 //!
 //! Everything works on one sequence (no batch dimension) in the backend's float type. On
-//! the CPU backend the layers run the host kernels of [`crate::cpu`] (chosen by type);
+//! the CPU backend the layers run the host kernels of [`cake_kernels`] (chosen by type);
 //! every other backend runs the generic Burn code.
 
 mod attention;

@@ -1,7 +1,7 @@
 //! Rotary position embedding in the "rotate half" layout, with Llama-3 frequency scaling.
 //!
 //! The generic path rotates with [`RopeTables`]; the CPU fast path rotates in place with
-//! [`crate::cpu::rope_in_place`] from the cosines and sines of [`RopeTables::host`], the
+//! [`cake_kernels::rope_in_place`] from the cosines and sines of [`RopeTables::host`], the
 //! same angles computed once per forward pass for every layer.
 
 use std::cell::OnceCell;
@@ -82,7 +82,7 @@ pub struct RopeTables<B: Backend> {
 }
 
 /// `cos(angle)` and `sin(angle)` of `angle = position * inv_freq[j]` (f32, as transformers
-/// computes it), `[n, d / 2]` each: what [`crate::cpu::rope_in_place`] rotates by.
+/// computes it), `[n, d / 2]` each: what [`cake_kernels::rope_in_place`] rotates by.
 #[derive(Debug, Clone, Default)]
 pub struct HostTables {
     /// `[n, d / 2]`

@@ -77,7 +77,7 @@ pub fn gemm_new(w: &[f32], x: &[f32], inp: usize, bias: Option<&[f32]>) -> Vec<f
 
 /// SwiGLU's middle fused into its product: for `w` `[2 inter, in]` (the gate rows, then the
 /// up rows) and `x` `[tokens, in]`, returns `silu(x W_gate^T) * (x W_up^T)`, `[tokens,
-/// inter]`, with the bits of [`gemm()`] followed by [`super::simd::silu_mul`] on each row, but
+/// inter]`, with the bits of [`gemm()`] followed by [`crate::simd::silu_mul`] on each row, but
 /// without writing the `[tokens, 2 inter]` product out and reading it back. `None` where
 /// the AVX-512 kernel does not run (another processor, or `inter` not a multiple of 8,
 /// whose tail `silu_mul` computes with the scalar `exp`).
@@ -179,7 +179,7 @@ pub(super) mod avx512 {
 
     use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
 
-    use super::super::kernels::SharedOut;
+    use crate::attention::SharedOut;
 
     /// Tokens per packed panel: two AVX-512 vectors.
     pub(crate) const PANEL: usize = 32;
@@ -214,7 +214,7 @@ pub(super) mod avx512 {
         /// `y[t, o] = sum + bias[o]`: `y` is `[tokens, out]`.
         Plain(Option<&'a [f32]>),
         /// The weight rows are `[gate (inter) | up (inter)]` and `y[t, o] = silu(gate) *
-        /// up` (SwiGLU's middle, [`super::super::simd::silu_mul`]'s bits): `y` is
+        /// up` (SwiGLU's middle, [`crate::simd::silu_mul`]'s bits): `y` is
         /// `[tokens, inter]`, `inter` a multiple of 8.
         SiluMul,
     }
@@ -577,7 +577,7 @@ pub(super) mod avx512 {
 
     /// `dst[t * stride + j] = silu(gates[j][t]) * ups[j][t]` for `j < width`, `t <
     /// tokens` ([`paired_tile`]'s sums), with the operations of
-    /// [`super::super::simd::silu_mul`]'s vector body, lane by lane.
+    /// [`crate::simd::silu_mul`]'s vector body, lane by lane.
     ///
     /// # Safety
     /// The processor must support AVX-512F, AVX2 and FMA; `width <= TASK_COLUMNS`; `dst`
@@ -597,7 +597,7 @@ pub(super) mod avx512 {
                 let gate = columns(gates, j0, half);
                 let up = columns(ups, j0, half);
                 for t in 0..tokens.saturating_sub(half).min(16) {
-                    let v = super::super::simd::silu_mul16(gate[t], up[t]);
+                    let v = crate::simd::silu_mul16(gate[t], up[t]);
                     // SAFETY: columns j0.. in `mask` (< width) of row half + t < tokens.
                     unsafe { _mm512_mask_storeu_ps(dst.add((half + t) * stride + j0), mask, v) };
                 }
@@ -740,7 +740,7 @@ mod tests {
                 .zip(want.chunks_exact_mut(inter))
             {
                 let (gate, up) = row.split_at(inter);
-                super::super::simd::silu_mul(gate, up, dst);
+                crate::simd::silu_mul(gate, up, dst);
             }
             assert_eq!(
                 got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

@@ -9,13 +9,13 @@
 //! layer's buffers, which then stay in the caches: the kernel's own speed, memory aside.
 //!
 //! ```text
-//! cargo run --release -p cake-core --features flex --example attention_bandwidth [-- S] [--probs] [--gaps N] [--resident]
+//! cargo run --release -p cake-kernels --example attention_bandwidth [-- S] [--probs] [--gaps N] [--resident]
 //! ```
 
 use std::time::Instant;
 
-use cake_core::RowRun;
-use cake_core::host::{AttentionShape, KvRows, attention};
+use cake_kernels::RowRun;
+use cake_kernels::{AttentionShape, KvRows, attention};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,7 +36,7 @@ fn main() {
         ("smollm2-135m", 30, 9, 3, 64, context),
         ("llama-3.1-8b", 32, 32, 8, 128, context / 4),
     ];
-    let probe = cake_core::host::BandwidthProbe::new(512 << 20);
+    let probe = cake_kernels::BandwidthProbe::new(512 << 20);
     for (name, layers, heads, kv_heads, dim, len) in models {
         let shape = AttentionShape {
             queries: 1,

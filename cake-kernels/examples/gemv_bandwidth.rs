@@ -4,7 +4,7 @@
 //! alternating for a few rounds.
 //!
 //! ```text
-//! cargo run --release -p cake-core --features flex --example gemv_bandwidth [-- --serial-us N]
+//! cargo run --release -p cake-kernels --example gemv_bandwidth [-- --serial-us N]
 //! ```
 //!
 //! With `--serial-us N`, the caller works alone for N microseconds after each GEMV (touching
@@ -31,13 +31,13 @@ fn main() {
     let x = vec![0.1f32; 1536];
     let mut y = vec![0.0f32; 3072];
     for round in 0..3 {
-        let probe = cake_core::host::read_bandwidth(512 << 20, 5);
+        let probe = cake_kernels::read_bandwidth(512 << 20, 5);
         let mut best = f64::INFINITY;
         for _ in 0..7 {
             let start = Instant::now();
             for layer in &layers {
                 for (w, &(o, i)) in layer.iter().zip(&shapes) {
-                    cake_core::host::gemv(w, &x[..i], None, &mut y[..o]);
+                    cake_kernels::gemv(w, &x[..i], None, &mut y[..o]);
                     let alone = Instant::now();
                     while alone.elapsed() < serial {
                         std::hint::spin_loop();

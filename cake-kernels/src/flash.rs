@@ -8,7 +8,7 @@
 //! - The weighted values need no packing: a value row is `d / 16` vectors, and 6 stacked
 //!   query rows broadcast their probabilities against them (24 accumulators for d = 64,
 //!   the output block kept in registers over a whole key tile).
-//! - The tiling is [`super::kernels::attention`]'s portable flash kernel's: tasks per
+//! - The tiling is [`crate::attention::attention`]'s portable flash kernel's: tasks per
 //!   (KV head, block of queries) with the group's query heads stacked, key tiles with an
 //!   online softmax. Sums differ from it only by float reordering.
 
@@ -18,9 +18,9 @@ use std::arch::x86_64::{
 
 use rayon::prelude::*;
 
-use super::gemm::avx512::{PANEL, Panels, TILE_ROWS, pack, tile};
-use super::kernels::{Inputs, KvRows, Online, QueryBlock, SharedOut};
-use super::simd;
+use crate::attention::{Inputs, KvRows, Online, QueryBlock, SharedOut};
+use crate::gemm::avx512::{PANEL, Panels, TILE_ROWS, pack, tile};
+use crate::simd;
 
 /// Stacked query rows (queries x heads of a group) per task.
 const QUERY_ROWS: usize = 128;
@@ -32,7 +32,7 @@ const VALUE_ROWS: usize = 6;
 const VALUE_VECTORS: usize = 4;
 
 /// Whether this path serves heads of width `dim`: AVX-512F and `dim` a multiple of 16.
-pub(super) fn serves(dim: usize) -> bool {
+pub(crate) fn serves(dim: usize) -> bool {
     dim > 0 && dim.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f")
 }
 
@@ -40,8 +40,8 @@ pub(super) fn serves(dim: usize) -> bool {
 ///
 /// # Safety
 /// [`serves`] must hold for the head width, and the shapes must be those
-/// [`super::kernels::attention`] checks.
-pub(super) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut [f32]) {
+/// [`crate::attention::attention`] checks.
+pub(crate) unsafe fn attention(input: Inputs<'_>, values: KvRows<'_>, out: &mut [f32]) {
     let Inputs { keys, shape, .. } = input;
     let (s, h, hkv, d) = (shape.queries, shape.heads, shape.kv_heads, shape.dim);
     let (group, scale) = (input.group(), input.scale());
@@ -161,7 +161,7 @@ const SCORE_PANELS: usize = 16;
 /// # Safety
 /// [`serves`] must hold for `d`; `stacked` must hold `Hkv G S` rows of `d`, every KV head
 /// `len` rows of `keys`, and `probs` must point at `Hkv G S len` writable floats.
-pub(super) unsafe fn scores(
+pub(crate) unsafe fn scores(
     stacked: &[f32],
     keys: KvRows<'_>,
     (rows, kv_heads): (usize, usize),

@@ -1,14 +1,12 @@
-//! GFLOP/s of the host GEMM ([`cake_core::host::gemm`]) at SmolLM2-135M's projection
+//! GFLOP/s of the host GEMM ([`cake_kernels::gemm`]) at SmolLM2-135M's projection
 //! shapes, for 512 and 2048 tokens, on the threads rayon is given (`RAYON_NUM_THREADS`).
 //!
-//! `cargo run --release -p cake-core --features flex --example gemm_flops`
+//! `cargo run --release -p cake-kernels --example gemm_flops`
 use std::time::Instant;
 
-use cake_core::host::gemm;
+use cake_kernels::gemm;
 
-#[path = "../benches/common/mod.rs"]
-mod common;
-use common::values;
+use cake_kernels::testing::pseudo_random as values;
 
 fn main() {
     let mut total = (0.0, 0.0);

@@ -1,104 +1,35 @@
-//! Host kernels on f32 slices: a threaded GEMV for decoding and grouped-query attention
-//! (row-block for several queries, split-key for one) reading the cache buffers in place;
-//! CAKE's window statistics use the same attention kernel.
+//! Grouped-query attention on f32 slices (row-block for several queries, split-key for
+//! one) reading the cache buffers in place; CAKE's window statistics use the same kernel.
 //!
-//! The decoding kernels (the GEMV and the one-query attention) run on the small spinning
-//! pool of [`super::pool`]; the others on rayon's global pool (the one the CPU backend's
+//! The decoding kernels (the one-query attention and [`crate::gemv`]) run on the small spinning
+//! pool of [`crate::pool`]; the others on rayon's global pool (the one the CPU backend's
 //! matrix products use).
 
 use rayon::prelude::*;
 
-use super::simd;
-use crate::cache::RowRun;
+use crate::simd;
+
+/// A run of a KV head's rows that sit together in its region after evictions left gaps:
+/// rows `row..` (up to the next run's `row`) are at region rows `offset..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRun {
+    /// Index of the run's first row among the head's rows.
+    pub row: usize,
+    /// Where it sits, in rows from the head's region start.
+    pub offset: usize,
+}
 
 /// A raw pointer that rayon tasks may share because each writes a disjoint part.
 #[derive(Clone, Copy)]
-pub(super) struct SharedOut(pub(super) *mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: every use writes disjoint index ranges from different tasks (see call sites).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    pub(super) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
-    }
-}
-
-/// Most output rows per GEMV task: large enough to amortise scheduling.
-const GEMV_MAX_ROWS_PER_TASK: usize = 128;
-
-/// `y = W x + b` with `W` row-major `[out, in]` (each output a contiguous dot product),
-/// `x`: `[in]`, `y`: `[out]`, split over the decoding pool's threads ([`super::pool`]) by
-/// output rows: at least eight tasks per thread, so that matrices of a few hundred rows (a
-/// small model's output projection) still keep every thread busy to the end. Each task
-/// reads its rows as four streams ([`simd::matvec`]): on a 2-core EPYC (`gemv_bandwidth`,
-/// alternated), SmolLM2-135M's GEMVs read 46.6-52.3 GB/s against a 50-57 GB/s probe in the
-/// machine's fast phases, where one stream of one FMA chain read 39.4-40.8 against 55-56.
-///
-/// Once done, it asks the pool's idle worker to request into the caches the first
-/// `HINT_BYTES` (1 MiB) of the weights that followed these last time (a decoding step runs its
-/// projections in the same order every step), while the caller runs the step's serial work
-/// in between. On a 2-core EPYC (`gemv_bandwidth --serial-us 15`, alternated), SmolLM2-135M's
-/// GEMVs with 15 us of serial work after each took 14.2-15.8 ms against 14.8-18.3 without.
-pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let inp = x.len();
-    debug_assert_eq!(w.len(), y.len() * inp);
-    let next = NEXT_WEIGHTS.with(|n| n.borrow_mut().follow(w));
-    let tasks = 8 * rayon::current_num_threads();
-    let rows = y.len().div_ceil(tasks).next_multiple_of(4);
-    let rows = rows.clamp(4, GEMV_MAX_ROWS_PER_TASK);
-    let n = y.len();
-    let dst = SharedOut(y.as_mut_ptr());
-    super::pool::run(n.div_ceil(rows), &|c| {
-        let o0 = c * rows;
-        // SAFETY: task c alone writes outputs o0..o0 + len of y.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(o0), rows.min(n - o0)) };
-        simd::matvec(&w[o0 * inp..(o0 + out.len()) * inp], x, out);
-        if let Some(b) = bias {
-            for (y, &b) in out.iter_mut().zip(&b[o0..]) {
-                *y += b;
-            }
-        }
-    });
-    if let Some((at, bytes)) = next {
-        super::pool::prefetch_while_idle(at as *const u8, bytes.min(HINT_BYTES));
-    }
-}
-
-/// Most bytes of the next weights an idle worker requests between two GEMVs: what a
-/// decoding step's serial work between them leaves time for, and what the caches hold.
-const HINT_BYTES: usize = 1 << 20;
-
-thread_local! {
-    /// The GEMVs of a decoding step, in the order they last ran on this thread.
-    static NEXT_WEIGHTS: std::cell::RefCell<WeightOrder> = Default::default();
-}
-
-/// The order in which a thread's GEMVs read their weights: a decoding step runs the same
-/// projections in the same order every step, so the weights that followed a matrix last
-/// time are the ones to request while the step's serial work runs after it.
-#[derive(Default)]
-struct WeightOrder {
-    /// Start of the last weights read.
-    last: usize,
-    /// Weights start -> (start, bytes) of the weights read right after them.
-    next: std::collections::HashMap<usize, (usize, usize)>,
-}
-
-impl WeightOrder {
-    /// Records that `w` follows the last weights; returns what followed `w` last time.
-    fn follow(&mut self, w: &[f32]) -> Option<(usize, usize)> {
-        let at = w.as_ptr() as usize;
-        if self.last != 0 && self.last != at {
-            // Bounded: a process that loads model after model forgets the old ones.
-            if self.next.len() >= 4096 {
-                self.next.clear();
-            }
-            self.next.insert(self.last, (at, std::mem::size_of_val(w)));
-        }
-        self.last = at;
-        self.next.get(&at).copied()
     }
 }
 
@@ -124,17 +55,17 @@ pub struct KvRows<'a> {
 
 impl KvRows<'_> {
     /// Element offset of row `row` of KV head `head` (whose rows are contiguous).
-    pub(super) fn offset(&self, head: usize, row: usize) -> usize {
+    pub(crate) fn offset(&self, head: usize, row: usize) -> usize {
         (self.starts[head] + row) * self.dim
     }
 
     /// True when `other`'s rows sit at the same places (the keys and values of one cache).
-    pub(super) fn same_layout(&self, other: &KvRows<'_>) -> bool {
+    pub(crate) fn same_layout(&self, other: &KvRows<'_>) -> bool {
         self.starts == other.starts && self.runs == other.runs && self.dim == other.dim
     }
 
     /// True when no KV head's rows have gaps.
-    pub(super) fn contiguous(&self) -> bool {
+    pub(crate) fn contiguous(&self) -> bool {
         self.runs.iter().all(Vec::is_empty)
     }
 
@@ -150,7 +81,7 @@ impl KvRows<'_> {
 
     /// Rows `from..to` of KV head `head`, `[to - from, d]` contiguous, or `None` when a
     /// gap lies between them (see [`KvRows::listed`]).
-    pub(super) fn rows(&self, head: usize, from: usize, to: usize) -> Option<&[f32]> {
+    pub(crate) fn rows(&self, head: usize, from: usize, to: usize) -> Option<&[f32]> {
         let first = self.placed(head, from);
         if to > from + 1 && self.placed(head, to - 1) != first + (to - 1 - from) {
             return None;
@@ -161,7 +92,7 @@ impl KvRows<'_> {
 
     /// The element offsets in `data` of rows `from..to` of KV head `head`, wherever they
     /// sit.
-    pub(super) fn listed(&self, head: usize, from: usize, to: usize) -> Vec<usize> {
+    pub(crate) fn listed(&self, head: usize, from: usize, to: usize) -> Vec<usize> {
         let runs = self.runs.get(head).map_or(&[][..], Vec::as_slice);
         let (start, dim) = (self.starts[head], self.dim);
         // The run holding `from`, then each run in turn.
@@ -182,7 +113,7 @@ impl KvRows<'_> {
     /// # Panics
     /// When a gap lies between them: only the decoding kernel reads across gaps (the
     /// cache closes them before a multi-row append).
-    pub(super) fn packed(&self, head: usize, from: usize, to: usize) -> &[f32] {
+    pub(crate) fn packed(&self, head: usize, from: usize, to: usize) -> &[f32] {
         match self.rows(head, from, to) {
             Some(rows) => rows,
             None => panic!("rows {from}..{to} of KV head {head} span a gap"),
@@ -270,9 +201,9 @@ pub fn attention(
     match (output, probs) {
         (output, probs) if s == 1 => decode_attention(input, output, probs, None),
         #[cfg(target_arch = "x86_64")]
-        (Some((values, out)), None) if super::flash::serves(shape.dim) => {
+        (Some((values, out)), None) if crate::flash::serves(shape.dim) => {
             // SAFETY: `serves` checked AVX-512F; the shapes were checked above.
-            unsafe { super::flash::attention(input, values, out) }
+            unsafe { crate::flash::attention(input, values, out) }
         }
         (Some(output), None) => flash_attention(input, output),
         (output, probs) => block_attention(input, output, probs),
@@ -312,7 +243,7 @@ pub fn probabilities(
     let (group, len) = (h / hkv, keys.len);
     let total = h * s * len;
     #[cfg(target_arch = "x86_64")]
-    if super::flash::serves(d) && total > 0 {
+    if crate::flash::serves(d) && total > 0 {
         for kv in 0..hkv {
             assert!(
                 keys.offset(kv, len) <= keys.data.len(),
@@ -333,7 +264,7 @@ pub fn probabilities(
         // head len rows (checked above), and `probs` has capacity for the H S len floats
         // `scores` writes, each once, before the length is set.
         unsafe {
-            super::flash::scores(&stacked, keys, (group * s, hkv), probs.as_mut_ptr());
+            crate::flash::scores(&stacked, keys, (group * s, hkv), probs.as_mut_ptr());
             probs.set_len(total);
         }
         probs.par_chunks_mut(len).enumerate().for_each(|(row, p)| {
@@ -354,27 +285,27 @@ pub fn probabilities(
 
 /// What every attention kernel reads (checked by [`attention`]).
 #[derive(Clone, Copy)]
-pub(super) struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     /// Queries `[S, H, d]`.
-    pub(super) q: &'a [f32],
-    pub(super) keys: KvRows<'a>,
-    pub(super) shape: AttentionShape,
-    pub(super) visible: Visible<'a>,
+    pub(crate) q: &'a [f32],
+    pub(crate) keys: KvRows<'a>,
+    pub(crate) shape: AttentionShape,
+    pub(crate) visible: Visible<'a>,
 }
 
 impl Inputs<'_> {
     /// Query heads per KV head, G.
-    pub(super) fn group(&self) -> usize {
+    pub(crate) fn group(&self) -> usize {
         self.shape.heads / self.shape.kv_heads
     }
 
     /// The score scale `1 / sqrt(d)`.
-    pub(super) fn scale(&self) -> f32 {
+    pub(crate) fn scale(&self) -> f32 {
         1.0 / (self.shape.dim as f32).sqrt()
     }
 
     /// The key ranges `visible(kv, i)` of queries `i0..i0 + rows`, and their union `lo..hi`.
-    pub(super) fn block_ranges(
+    pub(crate) fn block_ranges(
         &self,
         kv: usize,
         i0: usize,
@@ -389,22 +320,22 @@ impl Inputs<'_> {
 
 /// One task of the tiled kernels: KV head `kv`'s queries `i0..i0 + rows` (for the G query
 /// heads that share it), their key ranges and the ranges' union `lo..hi`.
-pub(super) struct QueryBlock {
-    pub(super) kv: usize,
-    pub(super) i0: usize,
-    pub(super) rows: usize,
-    pub(super) ranges: Vec<(usize, usize)>,
-    pub(super) lo: usize,
-    pub(super) hi: usize,
+pub(crate) struct QueryBlock {
+    pub(crate) kv: usize,
+    pub(crate) i0: usize,
+    pub(crate) rows: usize,
+    pub(crate) ranges: Vec<(usize, usize)>,
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
     /// `[rows * G, d]`: row `r * G + g` is query `i0 + r` of head `kv * G + g`, times the
     /// factor given to [`Inputs::query_block`].
-    pub(super) stacked: Vec<f32>,
+    pub(crate) stacked: Vec<f32>,
 }
 
 impl Inputs<'_> {
     /// Task `task` of the tiled kernels, blocks of `block_rows` queries per KV head, the
     /// queries stacked times `factor`.
-    pub(super) fn query_block(&self, task: usize, block_rows: usize, factor: f32) -> QueryBlock {
+    pub(crate) fn query_block(&self, task: usize, block_rows: usize, factor: f32) -> QueryBlock {
         let (s, h, d) = (self.shape.queries, self.shape.heads, self.shape.dim);
         let (group, blocks) = (self.group(), s.div_ceil(block_rows));
         let (kv, i0) = (task / blocks, task % blocks * block_rows);
@@ -611,17 +542,17 @@ fn flash_attention(input: Inputs<'_>, (values, out): (KvRows<'_>, &mut [f32])) {
 /// The online softmax of a tiled task's `m` stacked query rows (row `r * G + g` is the
 /// block's query `r` of the group's head `g`): running maxima and sums, and the
 /// unnormalised output `[m, d]` that the weighted values of each key tile add to.
-pub(super) struct Online {
+pub(crate) struct Online {
     max: Vec<f32>,
     sum: Vec<f32>,
     /// `[m, d]` unnormalised output.
-    pub(super) acc: Vec<f32>,
+    pub(crate) acc: Vec<f32>,
     d: usize,
 }
 
 impl Online {
     /// No keys seen yet.
-    pub(super) fn new(m: usize, d: usize) -> Self {
+    pub(crate) fn new(m: usize, d: usize) -> Self {
         Online {
             max: vec![f32::NEG_INFINITY; m],
             sum: vec![0.0; m],
@@ -634,7 +565,7 @@ impl Online {
     /// (with `exp` the exponential pass, returning the sum) inside the query's `range` of
     /// keys and zero outside; the row's running max grows to cover them, and its sum and
     /// output are rescaled to the new max.
-    pub(super) fn absorb(
+    pub(crate) fn absorb(
         &mut self,
         pr: usize,
         row: &mut [f32],
@@ -673,7 +604,7 @@ impl Online {
     /// # Safety
     /// `out` must hold `[S, H, d]` with those queries inside, and no other task may write
     /// these rows.
-    pub(super) unsafe fn write(
+    pub(crate) unsafe fn write(
         &self,
         out: SharedOut,
         (i0, head0): (usize, usize),
@@ -876,7 +807,7 @@ fn decode_attention(
         buf.resize(size, 0.0);
     }
     let shared = SharedOut(buf.as_mut_ptr());
-    super::pool::run(tasks.len(), &|task| {
+    crate::pool::run(tasks.len(), &|task| {
         let mine = &parts[task];
         let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
             return;
@@ -1268,43 +1199,6 @@ mod tests {
                     !runs.is_empty()
                 );
             }
-        }
-    }
-
-    /// The GEMVs' weight order: after one round, each matrix names the one that followed it
-    /// (the last names the first of the next round), and a new order replaces the old.
-    #[test]
-    fn weight_order_names_the_weights_that_came_next() {
-        let mats: Vec<Vec<f32>> = (1..=3).map(|n| vec![0.0; n * 8]).collect();
-        let at = |m: &Vec<f32>| (m.as_ptr() as usize, m.len() * 4);
-        let mut order = WeightOrder::default();
-        assert_eq!(order.follow(&mats[0]), None);
-        assert_eq!(order.follow(&mats[1]), None);
-        assert_eq!(order.follow(&mats[2]), None);
-        assert_eq!(order.follow(&mats[0]), Some(at(&mats[1])));
-        assert_eq!(order.follow(&mats[1]), Some(at(&mats[2])));
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[0])));
-        // The same matrix twice in a row is not its own successor.
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[0])));
-        order.follow(&mats[1]);
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[1])));
-    }
-
-    /// The GEMV equals per-row dot products plus bias.
-    #[test]
-    fn gemv_matches_rows() {
-        let (out, inp) = (300, 70);
-        let w = data(out * inp, 0.2);
-        let x = data(inp, 0.9);
-        let b = data(out, 0.4);
-        let mut y = vec![0.0; out];
-        gemv(&w, &x, Some(&b), &mut y);
-        for o in 0..out {
-            let want: f64 = (0..inp)
-                .map(|i| w[o * inp + i] as f64 * x[i] as f64)
-                .sum::<f64>()
-                + b[o] as f64;
-            assert!((y[o] as f64 - want).abs() < 1e-4, "row {o}");
         }
     }
 }
