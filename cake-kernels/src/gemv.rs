@@ -22,7 +22,7 @@ const GEMV_MAX_ROWS_PER_TASK: usize = 128;
 pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let inp = x.len();
     debug_assert_eq!(w.len(), y.len() * inp);
-    let next = NEXT_WEIGHTS.with(|n| n.borrow_mut().follow(w));
+    let next = follow(w.as_ptr() as *const u8, std::mem::size_of_val(w));
     let tasks = 8 * rayon::current_num_threads();
     let rows = y.len().div_ceil(tasks).next_multiple_of(4);
     let rows = rows.clamp(4, GEMV_MAX_ROWS_PER_TASK);
@@ -39,6 +39,18 @@ pub fn gemv(w: &[f32], x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
             }
         }
     });
+    request(next);
+}
+
+/// Records that this thread's decoding step now reads the `bytes` of weights at `at`;
+/// returns the weights that followed them last time (see [`gemv`]).
+pub(crate) fn follow(at: *const u8, bytes: usize) -> Option<(usize, usize)> {
+    NEXT_WEIGHTS.with(|n| n.borrow_mut().follow(at as usize, bytes))
+}
+
+/// Asks the pool's idle worker to request the first [`HINT_BYTES`] of `next` (from
+/// [`follow`]) into the caches.
+pub(crate) fn request(next: Option<(usize, usize)>) {
     if let Some((at, bytes)) = next {
         crate::pool::prefetch_while_idle(at as *const u8, bytes.min(HINT_BYTES));
     }
@@ -65,15 +77,15 @@ struct WeightOrder {
 }
 
 impl WeightOrder {
-    /// Records that `w` follows the last weights; returns what followed `w` last time.
-    fn follow(&mut self, w: &[f32]) -> Option<(usize, usize)> {
-        let at = w.as_ptr() as usize;
+    /// Records that the `bytes` at `at` follow the last weights; returns what followed
+    /// them last time.
+    fn follow(&mut self, at: usize, bytes: usize) -> Option<(usize, usize)> {
         if self.last != 0 && self.last != at {
             // Bounded: a process that loads model after model forgets the old ones.
             if self.next.len() >= 4096 {
                 self.next.clear();
             }
-            self.next.insert(self.last, (at, std::mem::size_of_val(w)));
+            self.next.insert(self.last, (at, bytes));
         }
         self.last = at;
         self.next.get(&at).copied()
@@ -95,16 +107,17 @@ mod tests {
         let mats: Vec<Vec<f32>> = (1..=3).map(|n| vec![0.0; n * 8]).collect();
         let at = |m: &Vec<f32>| (m.as_ptr() as usize, m.len() * 4);
         let mut order = WeightOrder::default();
-        assert_eq!(order.follow(&mats[0]), None);
-        assert_eq!(order.follow(&mats[1]), None);
-        assert_eq!(order.follow(&mats[2]), None);
-        assert_eq!(order.follow(&mats[0]), Some(at(&mats[1])));
-        assert_eq!(order.follow(&mats[1]), Some(at(&mats[2])));
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[0])));
+        let mut order = |m: &Vec<f32>| order.follow(m.as_ptr() as usize, m.len() * 4);
+        assert_eq!(order(&mats[0]), None);
+        assert_eq!(order(&mats[1]), None);
+        assert_eq!(order(&mats[2]), None);
+        assert_eq!(order(&mats[0]), Some(at(&mats[1])));
+        assert_eq!(order(&mats[1]), Some(at(&mats[2])));
+        assert_eq!(order(&mats[2]), Some(at(&mats[0])));
         // The same matrix twice in a row is not its own successor.
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[0])));
-        order.follow(&mats[1]);
-        assert_eq!(order.follow(&mats[2]), Some(at(&mats[1])));
+        assert_eq!(order(&mats[2]), Some(at(&mats[0])));
+        order(&mats[1]);
+        assert_eq!(order(&mats[2]), Some(at(&mats[1])));
     }
 
     /// The GEMV equals per-row dot products plus bias.

@@ -1,5 +1,6 @@
 //! Host kernels on f32 slices for the CPU backend: SIMD primitives, matrix products (GEMV for
-//! decoding, tiled GEMM for prefill), grouped-query attention over ragged per-head caches,
+//! decoding, tiled GEMM for prefill, and both on weights packed as GGUF stores them),
+//! grouped-query attention over ragged per-head caches,
 //! the row-wise kernels of a decoder layer (RMS norm, rotary embedding, SwiGLU), the small
 //! spinning thread pool of a decoding step, and read-bandwidth probes.
 //!
@@ -15,6 +16,7 @@ mod gemm;
 mod gemv;
 pub mod pool;
 pub mod probe;
+pub mod quant;
 pub mod rowwise;
 pub mod simd;
 pub mod testing;
@@ -26,4 +28,5 @@ pub use attention::{
 pub use gemm::{gemm, gemm_new, gemm_silu_mul};
 pub use gemv::gemv;
 pub use probe::{BandwidthProbe, read_bandwidth};
+pub use quant::{BlockFormat, BlockKernels, PackError, PackedMatrix, PackedRows};
 pub use rowwise::{add_assign, rms_norm, rope_in_place, silu_mul};

@@ -1,0 +1,516 @@
+//! Weights as stored: GGML block formats, kept packed in memory, and the matrix kernels that
+//! read the packed rows directly. A decoding step then streams 0.56-1.06 bytes per weight
+//! instead of 4.
+//!
+//! The kernels of one format sit behind [`BlockKernels`]: the portable implementation
+//! dequantises a block at a time into a small buffer and takes an f32 dot product; on
+//! AVX-512 processors each block is dequantised in registers ([`BlockFormat::kernels`]
+//! chooses at run time). Activations stay f32 in both, so a packed model computes what the
+//! same file dequantised to f32 computes, up to rounding order.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod blocks;
+
+use std::fmt;
+
+use rayon::prelude::*;
+
+use crate::attention::SharedOut;
+
+/// A GGML block format that stays packed in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockFormat {
+    /// 8-bit, 32 per block, scale only (34 bytes).
+    Q8_0,
+    /// 4-bit, 32 per block, scale only (18 bytes).
+    Q4_0,
+    /// 4-bit, 32 per block, scale and min (20 bytes).
+    Q4_1,
+    /// 5-bit, 32 per block, scale only (22 bytes).
+    Q5_0,
+    /// 5-bit, 32 per block, scale and min (24 bytes).
+    Q5_1,
+    /// K-quant, 4-bit, 256 per super-block (144 bytes).
+    Q4K,
+    /// K-quant, 5-bit, 256 per super-block (176 bytes).
+    Q5K,
+    /// K-quant, 6-bit, 256 per super-block (210 bytes).
+    Q6K,
+}
+
+impl BlockFormat {
+    /// Every format, in GGML id order.
+    pub const ALL: [BlockFormat; 8] = [
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4K,
+        BlockFormat::Q5K,
+        BlockFormat::Q6K,
+    ];
+
+    /// Values per block.
+    pub const fn block_elems(self) -> usize {
+        match self {
+            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => 34,
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q5_0 => 22,
+            BlockFormat::Q5_1 => 24,
+            BlockFormat::Q4K => 144,
+            BlockFormat::Q5K => 176,
+            BlockFormat::Q6K => 210,
+        }
+    }
+
+    /// GGML's name of the format (`Q4_K`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            BlockFormat::Q8_0 => "Q8_0",
+            BlockFormat::Q4_0 => "Q4_0",
+            BlockFormat::Q4_1 => "Q4_1",
+            BlockFormat::Q5_0 => "Q5_0",
+            BlockFormat::Q5_1 => "Q5_1",
+            BlockFormat::Q4K => "Q4_K",
+            BlockFormat::Q5K => "Q5_K",
+            BlockFormat::Q6K => "Q6_K",
+        }
+    }
+
+    /// Bytes of one row of `cols` values, or `None` when `cols` is not whole blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
+    }
+
+    /// The fastest kernels of this format the processor runs.
+    pub fn kernels(self) -> &'static dyn BlockKernels {
+        let at = Self::ALL.iter().position(|&f| f == self).unwrap_or(0);
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            return &AVX512[at];
+        }
+        &PORTABLE[at]
+    }
+
+    /// The portable kernels of this format (the reference the fast ones are tested against).
+    pub fn portable(self) -> &'static dyn BlockKernels {
+        let at = Self::ALL.iter().position(|&f| f == self).unwrap_or(0);
+        &PORTABLE[at]
+    }
+}
+
+impl fmt::Display for BlockFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The kernels of one block format: what a packed matrix needs of it. One implementation per
+/// instruction set; a faster one (new SIMD code, or another library's) replaces an
+/// implementation without touching the matrix code.
+pub trait BlockKernels: Sync {
+    /// The format served.
+    fn format(&self) -> BlockFormat;
+    /// Which implementation this is, for reports (`"avx512"`, `"portable"`).
+    fn name(&self) -> &'static str;
+    /// Dequantises whole blocks into `out` (exactly their values).
+    fn dequantize(&self, blocks: &[u8], out: &mut [f32]) {
+        blocks::dequantize(self.format(), blocks, out);
+    }
+    /// `sum_i w_i x_i` for one row of whole blocks covering `x`.
+    ///
+    /// # Panics
+    /// When `x` is not whole blocks or `row` is not their bytes.
+    fn dot(&self, row: &[u8], x: &[f32]) -> f32;
+}
+
+/// Dequantise a block into a buffer on the stack, then an f32 dot product.
+struct Portable(BlockFormat);
+
+const PORTABLE: [Portable; 8] = [
+    Portable(BlockFormat::ALL[0]),
+    Portable(BlockFormat::ALL[1]),
+    Portable(BlockFormat::ALL[2]),
+    Portable(BlockFormat::ALL[3]),
+    Portable(BlockFormat::ALL[4]),
+    Portable(BlockFormat::ALL[5]),
+    Portable(BlockFormat::ALL[6]),
+    Portable(BlockFormat::ALL[7]),
+];
+
+/// Checks that `row` is exactly the blocks covering `x`.
+fn check_row(format: BlockFormat, row: &[u8], x: &[f32]) {
+    assert!(
+        format.row_bytes(x.len()) == Some(row.len()),
+        "a {format} row of {} bytes does not cover {} values",
+        row.len(),
+        x.len()
+    );
+}
+
+impl BlockKernels for Portable {
+    fn format(&self) -> BlockFormat {
+        self.0
+    }
+
+    fn name(&self) -> &'static str {
+        "portable"
+    }
+
+    fn dot(&self, row: &[u8], x: &[f32]) -> f32 {
+        check_row(self.0, row, x);
+        let (elems, bytes) = (self.0.block_elems(), self.0.block_bytes());
+        let mut values = [0.0f32; 256];
+        let values = &mut values[..elems];
+        row.chunks_exact(bytes)
+            .zip(x.chunks_exact(elems))
+            .map(|(block, x)| {
+                blocks::dequantize(self.0, block, values);
+                crate::simd::dot(values, x)
+            })
+            .sum()
+    }
+}
+
+/// Blocks dequantised in AVX-512 registers ([`avx512`]).
+#[cfg(target_arch = "x86_64")]
+struct Avx512(BlockFormat);
+
+#[cfg(target_arch = "x86_64")]
+const AVX512: [Avx512; 8] = [
+    Avx512(BlockFormat::ALL[0]),
+    Avx512(BlockFormat::ALL[1]),
+    Avx512(BlockFormat::ALL[2]),
+    Avx512(BlockFormat::ALL[3]),
+    Avx512(BlockFormat::ALL[4]),
+    Avx512(BlockFormat::ALL[5]),
+    Avx512(BlockFormat::ALL[6]),
+    Avx512(BlockFormat::ALL[7]),
+];
+
+#[cfg(target_arch = "x86_64")]
+impl BlockKernels for Avx512 {
+    fn format(&self) -> BlockFormat {
+        self.0
+    }
+
+    fn name(&self) -> &'static str {
+        "avx512"
+    }
+
+    fn dot(&self, row: &[u8], x: &[f32]) -> f32 {
+        check_row(self.0, row, x);
+        // SAFETY: only handed out when `avx512::available()`; the row covers x (checked).
+        unsafe { avx512::dot(self.0, row, x) }
+    }
+}
+
+/// Packed rows that do not fit their declared shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackError {
+    /// The row width is not whole blocks of the format.
+    PartialBlock {
+        /// The format.
+        format: BlockFormat,
+        /// Values per row.
+        cols: usize,
+    },
+    /// The data is not `rows` rows of the format.
+    Length {
+        /// The format.
+        format: BlockFormat,
+        /// Rows declared.
+        rows: usize,
+        /// Values per row.
+        cols: usize,
+        /// Bytes given.
+        bytes: usize,
+    },
+    /// Parts of one matrix have different row widths.
+    Widths {
+        /// The first part's width.
+        first: usize,
+        /// The differing width.
+        other: usize,
+    },
+}
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PackError::PartialBlock { format, cols } => write!(
+                f,
+                "rows of {cols} values are not whole {format} blocks of {}",
+                format.block_elems()
+            ),
+            PackError::Length {
+                format,
+                rows,
+                cols,
+                bytes,
+            } => write!(
+                f,
+                "{bytes} bytes are not {rows} {format} rows of {cols} values"
+            ),
+            PackError::Widths { first, other } => write!(
+                f,
+                "the parts of one matrix have rows of {first} and {other} values"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PackError {}
+
+/// Rows of one block format, as stored: row `r` is bytes `r * row_bytes..`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedRows {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl PackedRows {
+    /// `rows` rows of `cols` values in `format`, checking the sizes (never trusting them).
+    pub fn new(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, PackError> {
+        let row_bytes = format
+            .row_bytes(cols)
+            .ok_or(PackError::PartialBlock { format, cols })?;
+        if rows.checked_mul(row_bytes) != Some(data.len()) {
+            return Err(PackError::Length {
+                format,
+                rows,
+                cols,
+                bytes: data.len(),
+            });
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The format.
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The packed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len().checked_div(self.rows).unwrap_or(0)
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+
+    /// The rows reordered: row `i` of the result is row `source(i)` of these (a permutation
+    /// of whole rows, as llama.cpp's q/k row order is undone).
+    ///
+    /// # Panics
+    /// When `source` gives a row out of range.
+    pub fn reorder_rows(&self, source: impl Fn(usize) -> usize) -> Self {
+        let mut data = Vec::with_capacity(self.data.len());
+        for i in 0..self.rows {
+            data.extend_from_slice(self.row(source(i)));
+        }
+        Self { data, ..*self }
+    }
+}
+
+/// A `[rows, cols]` matrix stored as packed parts stacked by rows (fused projections whose
+/// parts a file stores in different formats, as Q4_K_M files mix Q4_K and Q6_K).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMatrix {
+    parts: Vec<PackedRows>,
+    cols: usize,
+}
+
+impl PackedMatrix {
+    /// The parts stacked in order; they must share the row width.
+    pub fn new(parts: Vec<PackedRows>) -> Result<Self, PackError> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        if let Some(p) = parts.iter().find(|p| p.cols != cols) {
+            return Err(PackError::Widths {
+                first: cols,
+                other: p.cols,
+            });
+        }
+        Ok(Self { parts, cols })
+    }
+
+    /// Rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    /// Values per row (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The parts.
+    pub fn parts(&self) -> &[PackedRows] {
+        &self.parts
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.data.len()).sum()
+    }
+
+    /// Dequantises rows `from..to` into `out` (`(to - from) * cols` values).
+    ///
+    /// # Panics
+    /// When the range is out of bounds or `out` has another length.
+    pub fn dequantize_rows(&self, from: usize, to: usize, out: &mut [f32]) {
+        assert!(from <= to && to <= self.rows() && out.len() == (to - from) * self.cols);
+        let mut first = 0;
+        let mut out = out;
+        for part in &self.parts {
+            let (lo, hi) = (from.max(first), to.min(first + part.rows));
+            if lo < hi {
+                let n = part.row_bytes();
+                let bytes = &part.data[(lo - first) * n..(hi - first) * n];
+                let (head, rest) = std::mem::take(&mut out).split_at_mut((hi - lo) * self.cols);
+                part.format.kernels().dequantize(bytes, head);
+                out = rest;
+            }
+            first += part.rows;
+        }
+    }
+
+    /// Every value, `[rows, cols]` row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows() * self.cols];
+        self.dequantize_rows(0, self.rows(), &mut out);
+        out
+    }
+
+    /// `y = W x + b` for one activation row `x` (`[cols]`), `y`: `[rows]`, threaded over
+    /// output rows on the decoding pool like [`crate::gemv`] (and with its weight hints).
+    ///
+    /// # Panics
+    /// When `x`, `bias` or `y` do not fit the matrix.
+    pub fn gemv(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        assert!(x.len() == self.cols && y.len() == self.rows());
+        assert!(bias.is_none_or(|b| b.len() == y.len()));
+        let mut first = 0;
+        for part in &self.parts {
+            let (out, b) = (
+                &mut y[first..first + part.rows],
+                bias.map(|b| &b[first..first + part.rows]),
+            );
+            part_gemv(part, x, b, out);
+            first += part.rows;
+        }
+    }
+
+    /// `Y = X W^T + b` for `xs` `[n, cols]` row-major: `[n, rows]`. Rows of `W` are
+    /// dequantised a panel at a time (at most [`PANEL_BYTES`] of f32) and multiplied by the
+    /// f32 GEMM ([`crate::gemm`]), so prefill runs at the dense kernel's speed plus one
+    /// dequantisation of each weight.
+    ///
+    /// # Panics
+    /// When `xs` is not whole rows of `cols` or `bias` is not `[rows]`.
+    pub fn matmul(&self, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let panel = (PANEL_BYTES / 4 / self.cols.max(1)).max(16);
+        self.matmul_in_panels(xs, bias, panel)
+    }
+
+    /// [`Self::matmul`] with panels of `panel` rows (at least 16).
+    fn matmul_in_panels(&self, xs: &[f32], bias: Option<&[f32]>, panel: usize) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols);
+        assert!(cols > 0 && xs.len().is_multiple_of(cols));
+        assert!(bias.is_none_or(|b| b.len() == rows));
+        let n = xs.len() / cols;
+        let mut y = vec![0.0f32; n * rows];
+        let panel = panel.max(16);
+        let mut weights = vec![0.0f32; panel.min(rows) * cols];
+        let mut from = 0;
+        while from < rows {
+            let to = (from + panel).min(rows);
+            let w = &mut weights[..(to - from) * cols];
+            w.par_chunks_mut(cols * 16)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let r = from + 16 * i;
+                    self.dequantize_rows(r, r + chunk.len() / cols, chunk);
+                });
+            let part = crate::gemm_new(w, xs, cols, bias.map(|b| &b[from..to]));
+            if from == 0 && to == rows {
+                return part;
+            }
+            for (dst, src) in y.chunks_exact_mut(rows).zip(part.chunks_exact(to - from)) {
+                dst[from..to].copy_from_slice(src);
+            }
+            from = to;
+        }
+        y
+    }
+}
+
+/// Most bytes of f32 weights [`PackedMatrix::matmul`] dequantises at once.
+pub const PANEL_BYTES: usize = 16 << 20;
+
+/// Most output rows per packed GEMV task.
+const MAX_ROWS_PER_TASK: usize = 128;
+
+/// One part's GEMV: tasks of whole rows over the decoding pool.
+fn part_gemv(part: &PackedRows, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let kernels = part.format.kernels();
+    let next = crate::gemv::follow(part.data.as_ptr(), part.data.len());
+    let tasks = 8 * rayon::current_num_threads();
+    let rows = y.len().div_ceil(tasks).clamp(4, MAX_ROWS_PER_TASK);
+    let n = y.len();
+    let dst = SharedOut(y.as_mut_ptr());
+    crate::pool::run(n.div_ceil(rows), &|c| {
+        let o0 = c * rows;
+        // SAFETY: task c alone writes outputs o0..o0 + len of y.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(o0), rows.min(n - o0)) };
+        for (i, y) in out.iter_mut().enumerate() {
+            *y = kernels.dot(part.row(o0 + i), x) + bias.map_or(0.0, |b| b[o0 + i]);
+        }
+    });
+    crate::gemv::request(next);
+}
+
+#[cfg(test)]
+mod tests;
