@@ -1,17 +1,20 @@
 //! Prefill and decode throughput of a model on the CPU backend.
 //!
 //! ```text
-//! cargo run --release -p cake-models --example speed -- [MODEL] [PREFILL_LENS] [DECODE_STEPS]
+//! cargo run --release -p cake-models --example speed -- [MODEL] [PREFILL_LENS] [DECODE_STEPS] [WEIGHTS]
 //! ```
 //! MODEL: a HF folder or .gguf (default: the project's default model); PREFILL_LENS: comma
 //! separated prompt lengths (default 512,2048); DECODE_STEPS: decoding steps after a
-//! 512-token prompt (default 64). Prompts are deterministic pseudo-random token ids, the
+//! 512-token prompt (default 64); WEIGHTS: `f32` (default) or `stored` (GGUF matrices kept
+//! packed). Prompts are deterministic pseudo-random token ids, the
 //! same as `tools/fixtures/speed_transformers.py` uses, so the two can be compared.
 
 use std::time::Instant;
 
 use cake_core::KeepAll;
-use cake_models::{Cpu, load};
+use cake_models::Cpu;
+use cake_models::load::load_as;
+use cake_models::weights::WeightFormat;
 
 #[global_allocator]
 static ALLOC: cake_kernels::LineAligned = cake_kernels::LineAligned;
@@ -37,13 +40,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let steps: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
+    let format: WeightFormat = args.get(4).map_or(Ok(WeightFormat::F32), |s| s.parse())?;
     let device = Default::default();
     let t = Instant::now();
-    let model = load::<Cpu>(&path, &device)?.model;
+    let model = load_as::<Cpu>(&path, &device, format)?.model;
     println!(
-        "model {} loaded in {:.2}s",
+        "model {} loaded in {:.2}s ({} weights)",
         path.display(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        format.name()
     );
     // Warm-up (thread pool, allocator).
     model

@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use crate::config::{ConfigError, DecoderConfig, decoder_config};
 use crate::file::{FileError, read_json};
 use crate::gguf::GgufFile;
-use crate::model::Model;
-use crate::weights::{SafetensorsFolder, WeightError, WeightLayout};
+use crate::model::{Model, runs_packed};
+use crate::weights::{SafetensorsFolder, WeightError, WeightFormat, WeightLayout};
 
 /// A model that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -34,14 +34,14 @@ pub enum LoadError {
     /// The weights cannot be read or do not fit the config.
     #[error(transparent)]
     Weights(#[from] WeightError),
-    /// The f32 weights the config implies need more memory than the budget allows.
+    /// The weights need more memory than the budget allows.
     #[error(
-        "{path}: the model needs {needed} bytes of f32 weights, more than the memory budget of {budget} bytes ({source_of_budget}); free memory or raise {MEMORY_LIMIT_VAR}"
+        "{path}: the model needs {needed} bytes of weights, more than the memory budget of {budget} bytes ({source_of_budget}); free memory or raise {MEMORY_LIMIT_VAR}"
     )]
     TooLarge {
         /// The model file or folder.
         path: PathBuf,
-        /// Bytes of f32 weights the config implies.
+        /// Bytes of weights as they would be held.
         needed: u64,
         /// The budget.
         budget: u64,
@@ -116,10 +116,22 @@ fn parse_bytes(text: &str) -> Option<u64> {
         .checked_mul(1u64 << shift)
 }
 
-/// Refuses a model whose f32 weights exceed the memory budget, before anything is
-/// allocated for them.
-fn check_memory(path: &Path, config: &DecoderConfig) -> Result<(), LoadError> {
-    let needed = weight_bytes(config);
+/// Bytes the weights of a GGUF file take once loaded in `format`: the stored bytes of every
+/// matrix that stays packed, four bytes per value for the rest.
+pub fn gguf_weight_bytes(file: &GgufFile, format: WeightFormat) -> u64 {
+    file.tensors()
+        .iter()
+        .filter(|t| t.name != "rope_freqs.weight")
+        .map(|t| match (format, t.ty.block_format(), t.dims.len()) {
+            (WeightFormat::Stored, Some(_), 2) => t.size,
+            _ => t.n_elements().saturating_mul(4),
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Refuses a model whose weights (`needed` bytes) exceed the memory budget, before
+/// anything is allocated for them.
+fn check_memory(path: &Path, needed: u64) -> Result<(), LoadError> {
     let budget = memory_budget().map_err(LoadError::MemoryLimit)?;
     match budget {
         Some((budget, source_of_budget)) if needed > budget => Err(LoadError::TooLarge {
@@ -153,7 +165,7 @@ pub fn load_hf_dir<B: Backend>(
     let config_json = read_json(&path)?;
     let config =
         decoder_config(&config_json).map_err(|source| LoadError::Config { path, source })?;
-    check_memory(dir, &config)?;
+    check_memory(dir, weight_bytes(&config))?;
     let mut weights = SafetensorsFolder::open(dir)?;
     let model = Model::from_weights(&config, &mut weights, device)?;
     Ok(LoadedModel {
@@ -167,6 +179,15 @@ pub fn load_hf_dir<B: Backend>(
 /// dequantises) onto `device`: the config comes from the GGUF metadata, the tensors are
 /// dequantised to f32 one by one while the model is built.
 pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
+    load_gguf_as(path, device, WeightFormat::F32)
+}
+
+/// [`load_gguf`] keeping the weights in `format` ([`Model::from_weights_as`]).
+pub fn load_gguf_as<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    format: WeightFormat,
+) -> Result<LoadedModel<B>, LoadError> {
     let mut file = GgufFile::open(path)?;
     let config_json = file.hf_config()?;
     let mut config = decoder_config(&config_json).map_err(|source| LoadError::Config {
@@ -178,8 +199,13 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
         config.rope.freq_factors = Some(factors);
         config.rope.llama3 = None;
     }
-    check_memory(path, &config)?;
-    let model = Model::from_weights(&config, &mut file, device)?;
+    let format = if runs_packed::<B>() {
+        format
+    } else {
+        WeightFormat::F32
+    };
+    check_memory(path, gguf_weight_bytes(&file, format))?;
+    let model = Model::from_weights_as(&config, &mut file, device, format)?;
     Ok(LoadedModel {
         model,
         config,
@@ -189,6 +215,16 @@ pub fn load_gguf<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedMo
 
 /// Loads a model from a Hugging Face folder or a `.gguf` file.
 pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>, LoadError> {
+    load_as(path, device, WeightFormat::F32)
+}
+
+/// [`load`] keeping a GGUF file's matrices in `format` ([`WeightFormat::Stored`]: packed
+/// as stored, on the CPU backend). Hugging Face folders load as f32 either way.
+pub fn load_as<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    format: WeightFormat,
+) -> Result<LoadedModel<B>, LoadError> {
     let _span = tracing::info_span!("load", path = %path.display()).entered();
     if path.is_dir() {
         load_hf_dir(path, device)
@@ -197,7 +233,7 @@ pub fn load<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
-        load_gguf(path, device)
+        load_gguf_as(path, device, format)
     } else {
         Err(LoadError::NotAModel(path.to_path_buf()))
     }

@@ -1,17 +1,22 @@
 //! The decoder shared by Llama, Mistral and Qwen2: embedding, decoder layers, final norm and
 //! output head, with explicit absolute positions and one [`LayerCache`] per layer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, TensorData, backend::Backend};
 use cake_core::{CacheError, DecodeStep, KvCompressor, LayerCache, PrefillLayer};
+use cake_kernels::PackedMatrix;
 
 use crate::config::DecoderConfig;
 use crate::layers::{
-    Attention, AttentionRequest, DecoderLayer, Linear, Mlp, RmsNorm, RopeTables, Rotary,
+    Attention, AttentionRequest, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm, RopeTables,
+    Rotary,
 };
 use crate::weights::layout::StackedLinear;
-use crate::weights::{HostTensor, TensorSpec, WeightError, WeightLayout, WeightSource};
+use crate::weights::{
+    HostTensor, TensorSpec, WeightError, WeightFormat, WeightLayout, WeightSource,
+};
 
 /// A call the model cannot serve (bad tokens, positions or caches).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,7 +103,7 @@ impl<L> Prefilled<L> {
 pub struct Model<B: Backend> {
     config: DecoderConfig,
     /// `[vocab, hidden]`
-    embed: Tensor<B, 2>,
+    embed: LinearWeight<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
     /// `[vocab, hidden]` (the embedding itself when tied).
@@ -117,22 +122,36 @@ impl<B: Backend> Model<B> {
         source: &mut dyn WeightSource,
         device: &B::Device,
     ) -> Result<Self, WeightError> {
+        Self::from_weights_as(config, source, device, WeightFormat::F32)
+    }
+
+    /// [`Model::from_weights`] keeping the weights in `format`: with
+    /// [`WeightFormat::Stored`] on the CPU backend, every matrix the source stores packed
+    /// (GGUF block formats) stays packed, the embedding included; everything else, and
+    /// every matrix on other backends, is dequantised to f32.
+    pub fn from_weights_as(
+        config: &DecoderConfig,
+        source: &mut dyn WeightSource,
+        device: &B::Device,
+        format: WeightFormat,
+    ) -> Result<Self, WeightError> {
+        let pack = format == WeightFormat::Stored && runs_packed::<B>();
         let c = config;
         let layout = WeightLayout::new(c);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let w = layout.layer(i);
             let attention = Attention {
-                qkv: load_linear::<B>(source, &w.qkv, device)?,
-                o: load_linear::<B>(source, &w.o, device)?,
+                qkv: load_linear::<B>(source, &w.qkv, device, pack)?,
+                o: load_linear::<B>(source, &w.o, device, pack)?,
                 num_heads: c.num_heads,
                 num_kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
                 window: c.sliding_window.get(i).copied().flatten(),
             };
             let mlp = Mlp {
-                gate_up: load_linear::<B>(source, &w.gate_up, device)?,
-                down: load_linear::<B>(source, &w.down, device)?,
+                gate_up: load_linear::<B>(source, &w.gate_up, device, pack)?,
+                down: load_linear::<B>(source, &w.down, device, pack)?,
             };
             layers.push(DecoderLayer {
                 input_norm: load_norm(source, &w.input_norm, c, device)?,
@@ -142,8 +161,13 @@ impl<B: Backend> Model<B> {
             });
         }
         let embed = layout.embed_tokens();
-        let embed = source.take_shaped(&embed.name, &embed.shape)?;
-        let embed = host_to_tensor::<B, 2>(embed, device);
+        let embed = match packed(source, &[(&embed.name, &embed.shape)], device, pack)? {
+            Some(packed) => packed,
+            None => LinearWeight::Dense(host_to_tensor::<B, 2>(
+                source.take_shaped(&embed.name, &embed.shape)?,
+                device,
+            )),
+        };
         let norm = load_norm(source, &layout.final_norm(), c, device)?;
         let head = layout.lm_head();
         let lm_head = if c.tie_word_embeddings
@@ -157,7 +181,7 @@ impl<B: Backend> Model<B> {
                 bias: None,
             }
         } else {
-            load_linear::<B>(source, &head, device)?
+            load_linear::<B>(source, &head, device, pack)?
         };
         Ok(Self {
             config: config.clone(),
@@ -191,9 +215,7 @@ impl<B: Backend> Model<B> {
         fn bytes<B: Backend, const D: usize>(t: &Tensor<B, D>) -> usize {
             t.shape().num_elements() * t.dtype().size()
         }
-        fn linear<B: Backend>(l: &Linear<B>) -> usize {
-            bytes(&l.weight) + l.bias.as_ref().map_or(0, bytes)
-        }
+        let linear = Linear::bytes;
         let layers: usize = self
             .layers
             .iter()
@@ -359,10 +381,7 @@ impl<B: Backend> Model<B> {
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(ModelError::TokenOutOfRange { token, vocab_size });
         }
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let ids: Tensor<B, 1, Int> =
-            Tensor::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
-        Ok(self.embed.clone().select(0, ids))
+        Ok(self.embed.select_rows(tokens))
     }
 
     /// Final norm and output head: `[n, hidden]` -> `[n, vocab]`.
@@ -410,28 +429,86 @@ fn weight_buffer(len: usize) -> Vec<f32> {
 /// Loads the projections of `linear` (`{name}.weight`, `[rows_i, in]` each, and
 /// `{name}.bias` when it has biases) stacked into one `[sum rows_i, in]` linear layer, so
 /// that one product computes them all (fused QKV, gate/up); outputs come in the order given.
+/// With `pack`, weights the source stores packed stay packed (each part in its own format).
 fn load_linear<B: Backend>(
     source: &mut dyn WeightSource,
     linear: &StackedLinear,
     device: &B::Device,
+    pack: bool,
 ) -> Result<Linear<B>, WeightError> {
     let (out, inp, bias) = (linear.rows(), linear.inputs(), linear.bias);
-    let mut weight = weight_buffer(out * inp);
     let mut biases = Vec::with_capacity(if bias { out } else { 0 });
-    for part in &linear.parts {
-        let spec = part.weight();
-        let w = source.take_shaped(&spec.name, &spec.shape)?;
-        weight.extend_from_slice(&w.data);
-        if bias {
+    if bias {
+        for part in &linear.parts {
             let spec = part.bias();
             let b = source.take_shaped(&spec.name, &spec.shape)?;
             biases.extend_from_slice(&b.data);
         }
     }
-    Ok(Linear {
-        weight: Tensor::from_data(TensorData::new(weight, [out, inp]), device),
-        bias: bias.then(|| Tensor::from_data(TensorData::new(biases, [out]), device)),
-    })
+    let bias = bias.then(|| Tensor::from_data(TensorData::new(biases, [out]), device));
+    let specs: Vec<TensorSpec> = linear.parts.iter().map(|p| p.weight()).collect();
+    let named: Vec<(&str, &[usize])> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), &s.shape[..]))
+        .collect();
+    if let Some(weight) = packed(source, &named, device, pack)? {
+        return Ok(Linear { weight, bias });
+    }
+    let mut weight = weight_buffer(out * inp);
+    for spec in &specs {
+        let w = source.take_shaped(&spec.name, &spec.shape)?;
+        weight.extend_from_slice(&w.data);
+    }
+    Ok(Linear::dense(
+        Tensor::from_data(TensorData::new(weight, [out, inp]), device),
+        bias,
+    ))
+}
+
+/// The weights `parts` (name and `[rows, in]` shape each) stacked by rows as one packed
+/// matrix, when `pack` is set and the source stores every part packed; `None` otherwise.
+fn packed<B: Backend>(
+    source: &mut dyn WeightSource,
+    parts: &[(&str, &[usize])],
+    device: &B::Device,
+    pack: bool,
+) -> Result<Option<LinearWeight<B>>, WeightError> {
+    if !pack {
+        return Ok(None);
+    }
+    let mut rows = Vec::with_capacity(parts.len());
+    for &(name, shape) in parts {
+        let Some(part) = source.take_packed(name)? else {
+            return Ok(None);
+        };
+        let got = vec![part.rows(), part.cols()];
+        if got != shape {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got,
+                origin: source.origin(),
+            });
+        }
+        rows.push(part);
+    }
+    let matrix = PackedMatrix::new(rows).map_err(|e| WeightError::Packed {
+        name: parts.first().map_or_else(String::new, |p| p.0.to_string()),
+        origin: source.origin(),
+        message: e.to_string(),
+    })?;
+    Ok(Some(LinearWeight::Packed {
+        matrix: Arc::new(matrix),
+        device: device.clone(),
+    }))
+}
+
+/// Whether weights can stay packed on backend `B` (only the CPU backend has packed kernels).
+pub(crate) fn runs_packed<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    return cake_core::host::is_flex::<B>();
+    #[cfg(not(feature = "flex"))]
+    false
 }
 
 fn load_norm<B: Backend>(

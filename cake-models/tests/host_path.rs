@@ -3,11 +3,14 @@
 //! attention probabilities agree on fresh, sliding-window and evicted caches whose KV
 //! heads keep different positions; the GEMV equals the matrix product.
 
+mod common;
+
 use burn::tensor::{Distribution, Tensor};
 use cake_core::LayerCache;
 use cake_models::Cpu;
 use cake_models::config::RopeConfig;
 use cake_models::layers::{Attention, AttentionRequest, Linear, Rotary};
+use common::attention::host_and_generic;
 
 type B = Cpu;
 
@@ -23,10 +26,8 @@ fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
 
 fn attention(window: Option<usize>) -> Attention<B> {
     let (h, hkv, d, hidden) = (6, 2, 16, 48);
-    let linear = |out, inp, seed| Linear {
-        weight: random([out, inp], seed),
-        bias: Some(random([out], seed + 100)),
-    };
+    let linear =
+        |out, inp, seed| Linear::dense(random([out, inp], seed), Some(random([out], seed + 100)));
     Attention {
         qkv: linear((h + 2 * hkv) * d, hidden, 1),
         o: linear(hidden, h * d, 2),
@@ -53,28 +54,8 @@ fn check(window: Option<usize>, evict: bool) {
     let prompt = 70;
     let x = random([prompt, 48], 7);
     let rope = rotary.tables::<B>(0, prompt, 6, 2, &device);
-    let request = AttentionRequest::default();
-    let host = attn
-        .forward(
-            x.clone(),
-            0,
-            &rope,
-            &mut host_cache,
-            request,
-            &mut |_, _, _| Ok(()),
-        )
-        .unwrap();
-    let qkv = attn.qkv.forward(x);
-    let generic = attn
-        .forward_generic(
-            qkv,
-            0,
-            &rope,
-            &mut generic_cache,
-            request,
-            &mut |_, _, _| Ok(()),
-        )
-        .unwrap();
+    let caches = (&mut host_cache, &mut generic_cache);
+    let (host, generic) = host_and_generic(&attn, x, 0, &rope, caches, Default::default());
     assert!(
         max_diff(host.output, generic.output) < 1e-4,
         "prefill output"
@@ -97,26 +78,8 @@ fn check(window: Option<usize>, evict: bool) {
             probabilities: true,
             ..AttentionRequest::default()
         };
-        let host = attn
-            .forward(
-                x.clone(),
-                pos,
-                &rope,
-                &mut host_cache,
-                request,
-                &mut |_, _, _| Ok(()),
-            )
-            .unwrap();
-        let generic = attn
-            .forward_generic(
-                attn.qkv.forward(x),
-                pos,
-                &rope,
-                &mut generic_cache,
-                request,
-                &mut |_, _, _| Ok(()),
-            )
-            .unwrap();
+        let caches = (&mut host_cache, &mut generic_cache);
+        let (host, generic) = host_and_generic(&attn, x, pos, &rope, caches, request);
         assert!(
             max_diff(host.output, generic.output) < 1e-4,
             "decode output"
@@ -148,13 +111,10 @@ fn host_and_generic_attention_agree_on_heads_with_different_positions() {
 
 #[test]
 fn gemv_equals_the_matrix_product() {
-    let linear = Linear {
-        weight: random([300, 70], 3),
-        bias: Some(random([300], 4)),
-    };
+    let linear = Linear::dense(random([300, 70], 3), Some(random([300], 4)));
     let x = random([1, 70], 5);
     let fast = linear.forward(x.clone()); // one row: the host GEMV
-    let product = x.matmul(linear.weight.clone().transpose())
+    let product = x.matmul(linear.weight.to_dense().transpose())
         + linear.bias.clone().unwrap().unsqueeze_dim::<2>(0);
     assert!(max_diff(fast, product) < 1e-5);
 }

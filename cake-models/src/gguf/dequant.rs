@@ -1,13 +1,12 @@
-//! GGML tensor types and their dequantisation to f32 (bit layouts as in ggml-quants.c).
+//! GGML tensor types and their dequantisation to f32 (bit layouts as in ggml-quants.c; the
+//! formats that can stay packed are dequantised by `cake_kernels::quant::blocks`).
 
 use std::fmt;
 
+use cake_kernels::BlockFormat;
 use half::{bf16, f16};
 
 use super::GgufError;
-
-/// Elements per K-quant super-block.
-const QK_K: usize = 256;
 
 /// A GGML element type, by its id in the GGUF tensor table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +82,22 @@ impl GgmlType {
             27 => I64,
             28 => F64,
             30 => BF16,
+            _ => return None,
+        })
+    }
+
+    /// The block format a linear weight of this type stays packed in, when it can.
+    pub fn block_format(self) -> Option<BlockFormat> {
+        use GgmlType::*;
+        Some(match self {
+            Q4_0 => BlockFormat::Q4_0,
+            Q4_1 => BlockFormat::Q4_1,
+            Q5_0 => BlockFormat::Q5_0,
+            Q5_1 => BlockFormat::Q5_1,
+            Q8_0 => BlockFormat::Q8_0,
+            Q4K => BlockFormat::Q4K,
+            Q5K => BlockFormat::Q5K,
+            Q6K => BlockFormat::Q6K,
             _ => return None,
         })
     }
@@ -167,16 +182,15 @@ pub fn dequantize(ty: GgmlType, data: &[u8], name: &str) -> Result<Vec<f32>, Ggu
         F64 => {
             out.extend(blocks.map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32))
         }
-        Q4_0 => blocks.for_each(|b| q4_0(b, &mut out)),
-        Q4_1 => blocks.for_each(|b| q4_1(b, &mut out)),
-        Q5_0 => blocks.for_each(|b| q5_0(b, &mut out)),
-        Q5_1 => blocks.for_each(|b| q5_1(b, &mut out)),
-        Q8_0 => blocks.for_each(|b| q8_0(b, &mut out)),
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4K | Q5K | Q6K => {
+            let format = ty
+                .block_format()
+                .unwrap_or_else(|| unreachable!("a packed type"));
+            out.resize(data.len() / block_bytes * block, 0.0);
+            cake_kernels::quant::blocks::dequantize(format, data, &mut out);
+        }
         Q2K => blocks.for_each(|b| q2_k(b, &mut out)),
         Q3K => blocks.for_each(|b| q3_k(b, &mut out)),
-        Q4K => blocks.for_each(|b| q4_k(b, &mut out)),
-        Q5K => blocks.for_each(|b| q5_k(b, &mut out)),
-        Q6K => blocks.for_each(|b| q6_k(b, &mut out)),
         Q8_1 | Q8K | I8 | I16 | I32 | I64 => {
             return Err(GgufError::UnsupportedType {
                 name: name.to_string(),
@@ -186,71 +200,6 @@ pub fn dequantize(ty: GgmlType, data: &[u8], name: &str) -> Result<Vec<f32>, Ggu
         }
     }
     Ok(out)
-}
-
-/// Q4_0: `d: f16, qs: [u8; 16]`; x = (nibble - 8) * d, low nibbles first.
-fn q4_0(b: &[u8], out: &mut Vec<f32>) {
-    let d = f16_at(b, 0);
-    let qs = &b[2..18];
-    out.extend(qs.iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
-    out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
-}
-
-/// Q4_1: `d: f16, m: f16, qs: [u8; 16]`; x = nibble * d + m.
-fn q4_1(b: &[u8], out: &mut Vec<f32>) {
-    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-    let qs = &b[4..20];
-    out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
-    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-}
-
-/// The 5-bit values of a Q5 block: nibbles plus one high bit each from `qh`.
-fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
-    let mut v = [0u8; 32];
-    for j in 0..16 {
-        let h0 = (((qh >> j) << 4) & 0x10) as u8;
-        let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-        v[j] = (qs[j] & 0xF) | h0;
-        v[j + 16] = (qs[j] >> 4) | h1;
-    }
-    v
-}
-
-/// Q5_0: `d: f16, qh: u32, qs: [u8; 16]`; x = (q5 - 16) * d.
-fn q5_0(b: &[u8], out: &mut Vec<f32>) {
-    let d = f16_at(b, 0);
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    out.extend(
-        q5_values(qh, &b[6..22])
-            .iter()
-            .map(|&q| (q as i32 - 16) as f32 * d),
-    );
-}
-
-/// Q5_1: `d: f16, m: f16, qh: u32, qs: [u8; 16]`; x = q5 * d + m.
-fn q5_1(b: &[u8], out: &mut Vec<f32>) {
-    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    out.extend(q5_values(qh, &b[8..24]).iter().map(|&q| q as f32 * d + m));
-}
-
-/// Q8_0: `d: f16, qs: [i8; 32]`; x = q * d.
-fn q8_0(b: &[u8], out: &mut Vec<f32>) {
-    let d = f16_at(b, 0);
-    out.extend(b[2..34].iter().map(|&q| (q as i8) as f32 * d));
-}
-
-/// Scale and min `j` (0..8) of a Q4_K / Q5_K block, packed as 6 bits in `scales[12]`.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    };
-    (sc as f32, m as f32)
 }
 
 /// Q2_K: `scales: [u8; 16], qs: [u8; 64], d: f16, dmin: f16`; 16 groups of 16 two-bit values.
@@ -313,67 +262,6 @@ fn q3_k(b: &[u8], out: &mut Vec<f32>) {
                 }));
             }
             m <<= 1;
-        }
-    }
-}
-
-/// Q4_K: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; 8 groups of 32 four-bit values.
-fn q4_k(b: &[u8], out: &mut Vec<f32>) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    for (chunk, q) in b[16..144].chunks_exact(32).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
-        out.extend(q.iter().map(|&x| d1 * (x & 0xF) as f32 - m1));
-        out.extend(q.iter().map(|&x| d2 * (x >> 4) as f32 - m2));
-    }
-}
-
-/// Q5_K: `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`.
-fn q5_k(b: &[u8], out: &mut Vec<f32>) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let qh = &b[16..48];
-    for (chunk, q) in b[48..176].chunks_exact(32).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1, d2, m2) = (d * sc1, dmin * m1, d * sc2, dmin * m2);
-        let (u1, u2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
-        out.extend(
-            q.iter()
-                .zip(qh)
-                .map(|(&x, &h)| d1 * ((x & 0xF) + if h & u1 != 0 { 16 } else { 0 }) as f32 - m1),
-        );
-        out.extend(
-            q.iter()
-                .zip(qh)
-                .map(|(&x, &h)| d2 * ((x >> 4) + if h & u2 != 0 { 16 } else { 0 }) as f32 - m2),
-        );
-    }
-}
-
-/// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; 16 groups of 16 six-bit values.
-fn q6_k(b: &[u8], out: &mut Vec<f32>) {
-    let d = f16_at(b, 208);
-    let start = out.len();
-    out.resize(start + QK_K, 0.0);
-    let y = &mut out[start..];
-    for n in 0..2 {
-        let ql = &b[64 * n..64 * n + 64];
-        let qh = &b[128 + 32 * n..128 + 32 * n + 32];
-        let sc = &b[192 + 8 * n..192 + 8 * n + 8];
-        let y = &mut y[128 * n..128 * n + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! the same config keys, the same tensor names, and the same reverse permutation of the
 //! Llama-family q/k projection rows that llama.cpp's converter applied for its rotary layout.
 
+use cake_kernels::PackedRows;
 use serde_json::{Map, Value as Json, json};
 
 use super::{GgufError, GgufFile, TensorInfo, dequantize};
@@ -205,36 +206,82 @@ impl GgufFile {
         self.hf_load(info)
     }
 
+    /// One linear weight by Hugging Face name as stored, when its type stays packed
+    /// ([`GgmlType::block_format`]) and it is a matrix: rows `[out]` of `[in]` values, q/k
+    /// rows un-permuted as in [`GgufFile::hf_tensors`]. `None` for every other tensor.
+    pub fn hf_packed(&self, hf: &str) -> Result<Option<PackedRows>, GgufError> {
+        let gguf = gguf_name(hf).ok_or_else(|| GgufError::MissingTensor {
+            name: hf.to_string(),
+        })?;
+        let info = self.tensor_info(&gguf)?;
+        let shape = info.shape();
+        let (Some(format), &[rows, cols]) = (info.ty.block_format(), &shape[..]) else {
+            return Ok(None);
+        };
+        let rows =
+            PackedRows::new(format, rows, cols, self.tensor_bytes(info).to_vec()).map_err(|e| {
+                GgufError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("tensor `{}`: {e}", info.name),
+                }
+            })?;
+        Ok(Some(
+            match self.qk_heads(info, rows.rows(), !rows.data().is_empty())? {
+                Some(n_head) => {
+                    let total = rows.rows();
+                    rows.reorder_rows(|dst| permuted_source(dst, total, n_head))
+                }
+                None => rows,
+            },
+        ))
+    }
+
+    /// For a Llama-family q or k projection whose rows llama.cpp permuted, its head count;
+    /// `None` for every other tensor. `has_columns`: whether the tensor holds any values.
+    fn qk_heads(
+        &self,
+        info: &TensorInfo,
+        rows: usize,
+        has_columns: bool,
+    ) -> Result<Option<usize>, GgufError> {
+        let is_q = info.name.contains(".attn_q.");
+        let is_k = info.name.contains(".attn_k.");
+        if !((is_q || is_k) && self.hf_arch()?.permuted_qk) {
+            return Ok(None);
+        }
+        let (heads, kv_heads) = self.head_counts()?;
+        let n_head = if is_q { heads } else { kv_heads };
+        // `rows == 0` (a dimension of 0 in the file) would divide by zero below; empty
+        // data with many rows (another dimension 0) would loop over a count the file
+        // claims without data behind it.
+        if n_head == 0 || rows == 0 || !rows.is_multiple_of(2 * n_head) {
+            return Err(GgufError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "tensor `{}` has {rows} rows, not a multiple of 2 x {n_head} heads",
+                    info.name
+                ),
+            });
+        }
+        if !has_columns {
+            return Err(GgufError::Corrupt {
+                path: self.path.clone(),
+                what: format!(
+                    "tensor `{}` has shape {:?}: a projection needs at least one column",
+                    info.name,
+                    info.shape()
+                ),
+            });
+        }
+        Ok(Some(n_head))
+    }
+
     fn hf_load(&self, info: &TensorInfo) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let shape = info.shape();
         let mut data = dequantize(info.ty, self.tensor_bytes(info), &info.name)?;
-        let is_q = info.name.contains(".attn_q.");
-        let is_k = info.name.contains(".attn_k.");
-        if (is_q || is_k) && self.hf_arch()?.permuted_qk {
-            let (heads, kv_heads) = self.head_counts()?;
-            let n_head = if is_q { heads } else { kv_heads };
-            let rows = shape[0];
-            // `rows == 0` (a dimension of 0 in the file) would divide by zero below; empty
-            // data with many rows (another dimension 0) would loop over a count the file
-            // claims without data behind it.
-            if n_head == 0 || rows == 0 || !rows.is_multiple_of(2 * n_head) {
-                return Err(GgufError::Corrupt {
-                    path: self.path.clone(),
-                    what: format!(
-                        "tensor `{}` has {rows} rows, not a multiple of 2 x {n_head} heads",
-                        info.name
-                    ),
-                });
-            }
-            if data.is_empty() || !data.len().is_multiple_of(rows) {
-                return Err(GgufError::Corrupt {
-                    path: self.path.clone(),
-                    what: format!(
-                        "tensor `{}` has shape {shape:?}: a projection needs at least one column",
-                        info.name
-                    ),
-                });
-            }
+        let rows = shape.first().copied().unwrap_or(0);
+        let whole_rows = !data.is_empty() && rows > 0 && data.len().is_multiple_of(rows);
+        if let Some(n_head) = self.qk_heads(info, rows, whole_rows)? {
             data = unpermute_rows(&data, rows, n_head);
         }
         Ok((shape, data))
@@ -251,19 +298,22 @@ fn decimal(x: f32) -> f64 {
 /// `w.reshape(n_head, half, 2, cols).swapaxes(1, 2)`.
 pub(super) fn unpermute_rows(data: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
     let cols = data.len() / rows;
-    let half = rows / n_head / 2;
     let mut out = vec![0.0; data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * 2 * half + 2 * i + j;
-                let dst = h * 2 * half + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (dst, out) in out.chunks_exact_mut(cols).enumerate() {
+        let src = permuted_source(dst, rows, n_head);
+        out.copy_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     out
+}
+
+/// The row of a llama.cpp-permuted q/k projection (`rows` rows, `n_head` heads) that holds
+/// row `dst` of the Hugging Face order: within a head, HF row `j*half + i` is stored at
+/// `2*i + j`.
+fn permuted_source(dst: usize, rows: usize, n_head: usize) -> usize {
+    let half = rows / n_head / 2;
+    let (head, within) = (dst / (2 * half), dst % (2 * half));
+    let (j, i) = (within / half, within % half);
+    head * 2 * half + 2 * i + j
 }
 
 /// Per-layer GGUF suffix -> HF suffix.

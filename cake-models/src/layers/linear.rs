@@ -1,33 +1,109 @@
 //! Linear projections and RMS normalisation.
 
-#[cfg(feature = "flex")]
-use burn::tensor::TensorData;
-use burn::tensor::{Tensor, backend::Backend};
+use std::sync::Arc;
+
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 #[cfg(feature = "flex")]
 use cake_core::host;
+use cake_kernels::PackedMatrix;
 
 #[cfg(feature = "flex")]
 use cake_kernels as kernels;
+
+/// A linear layer's weight `[out, in]`: a dense tensor on the backend, or blocks packed as
+/// the file stores them (CPU backend only, read in place by the packed kernels of
+/// [`cake_kernels::quant`]).
+#[derive(Debug, Clone)]
+pub enum LinearWeight<B: Backend> {
+    /// `[out, in]`
+    Dense(Tensor<B, 2>),
+    /// `[out, in]` packed, with the device the outputs go to.
+    Packed {
+        /// The packed rows.
+        matrix: Arc<PackedMatrix>,
+        /// Where outputs are made.
+        device: B::Device,
+    },
+}
+
+impl<B: Backend> LinearWeight<B> {
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        match self {
+            LinearWeight::Dense(w) => w.dims()[0],
+            LinearWeight::Packed { matrix, .. } => matrix.rows(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LinearWeight::Dense(w) => w.shape().num_elements() * w.dtype().size(),
+            LinearWeight::Packed { matrix, .. } => matrix.bytes(),
+        }
+    }
+
+    /// The weight as a dense tensor (a cheap handle when dense; dequantised when packed).
+    pub fn to_dense(&self) -> Tensor<B, 2> {
+        match self {
+            LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Packed { matrix, device } => Tensor::from_data(
+                TensorData::new(matrix.dequantize(), [matrix.rows(), matrix.cols()]),
+                device,
+            ),
+        }
+    }
+
+    /// Rows `ids` as `[ids.len(), in]` (an embedding lookup). `ids` must be in range.
+    pub fn select_rows(&self, ids: &[u32]) -> Tensor<B, 2> {
+        match self {
+            LinearWeight::Dense(w) => {
+                let device = w.device();
+                let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+                let n = ids.len();
+                let ids: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(ids, [n]), &device);
+                w.clone().select(0, ids)
+            }
+            LinearWeight::Packed { matrix, device } => {
+                let cols = matrix.cols();
+                let mut out = vec![0.0f32; ids.len() * cols];
+                for (&id, out) in ids.iter().zip(out.chunks_exact_mut(cols.max(1))) {
+                    matrix.dequantize_rows(id as usize, id as usize + 1, out);
+                }
+                Tensor::from_data(TensorData::new(out, [ids.len(), cols]), device)
+            }
+        }
+    }
+}
 
 /// `y = x W^T + b` with `W` stored `[out, in]` (PyTorch's layout): at decoding each
 /// output is a contiguous dot product, the layout a GEMV reads at memory speed.
 #[derive(Debug, Clone)]
 pub struct Linear<B: Backend> {
     /// `[out, in]`
-    pub weight: Tensor<B, 2>,
+    pub weight: LinearWeight<B>,
     /// `[out]`
     pub bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Linear<B> {
+    /// A layer with a dense weight `[out, in]`.
+    pub fn dense(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            weight: LinearWeight::Dense(weight),
+            bias,
+        }
+    }
+
     /// `x`: `[S, in]` -> `[S, out]`. On the CPU backend one row runs the threaded GEMV and
-    /// more rows the host GEMM ([`kernels::gemm`]); anything else one matrix product (the
-    /// transposed weight is a view, not a copy).
+    /// more rows the host GEMM ([`kernels::gemm`]), on packed weights their packed
+    /// counterparts; anything else one matrix product (the transposed weight is a view,
+    /// not a copy).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some(y) = self.forward_host(&x) {
             return y;
         }
-        let y = x.matmul(self.weight.clone().transpose());
+        let y = x.matmul(self.weight.to_dense().transpose());
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze_dim::<2>(0),
             None => y,
@@ -36,7 +112,16 @@ impl<B: Backend> Linear<B> {
 
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.rows()
+    }
+
+    /// Bytes of the weight and bias.
+    pub fn bytes(&self) -> usize {
+        self.weight.bytes()
+            + self
+                .bias
+                .as_ref()
+                .map_or(0, |b| b.shape().num_elements() * b.dtype().size())
     }
 
     /// Without the CPU backend there is no host path.
@@ -46,11 +131,10 @@ impl<B: Backend> Linear<B> {
     }
 
     /// `[S, in]` -> `[S, out]` on the host buffers: [`kernels::gemv`] for one row,
-    /// [`kernels::gemm`] for more; `None` on other backends or layouts.
+    /// [`kernels::gemm`] for more, or [`PackedMatrix::gemv`] and [`PackedMatrix::matmul`]
+    /// on packed weights; `None` on other backends or layouts.
     #[cfg(feature = "flex")]
     fn forward_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-        let (w, xs) = host_buffers(&self.weight, x)?;
-        let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
         let bias = match &self.bias {
             Some(b) => Some(host::flex(b)?),
             None => None,
@@ -61,23 +145,41 @@ impl<B: Backend> Linear<B> {
         };
         let [rows, inp] = x.dims();
         let out = self.out_features();
-        let y = if rows > 1 && inp > 0 {
-            kernels::gemm_new(w, xs, inp, bias)
-        } else {
-            let mut y = vec![0.0f32; rows * out];
-            if rows == 1 {
-                kernels::gemv(w, xs, bias, &mut y);
-            } else if let Some(b) = bias {
-                for y in y.chunks_exact_mut(out) {
-                    y.copy_from_slice(b);
-                }
+        let (y, device) = match &self.weight {
+            LinearWeight::Dense(weight) => {
+                let (w, xs) = host_buffers(weight, x)?;
+                let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
+                let y = if rows > 1 && inp > 0 {
+                    kernels::gemm_new(w, xs, inp, bias)
+                } else {
+                    let mut y = vec![0.0f32; rows * out];
+                    if rows == 1 {
+                        kernels::gemv(w, xs, bias, &mut y);
+                    } else if let Some(b) = bias {
+                        for y in y.chunks_exact_mut(out) {
+                            y.copy_from_slice(b);
+                        }
+                    }
+                    y
+                };
+                (y, weight.device())
             }
-            y
+            LinearWeight::Packed { matrix, device } => {
+                let xs = host::flex(x)?.to_contiguous();
+                let xs = host::contiguous(&xs)?;
+                let y = if rows == 1 {
+                    let mut y = vec![0.0f32; out];
+                    matrix.gemv(xs, bias, &mut y);
+                    y
+                } else if rows == 0 {
+                    Vec::new()
+                } else {
+                    matrix.matmul(xs, bias)
+                };
+                (y, device.clone())
+            }
         };
-        Some(Tensor::from_data(
-            TensorData::new(y, [rows, out]),
-            &self.weight.device(),
-        ))
+        Some(Tensor::from_data(TensorData::new(y, [rows, out]), &device))
     }
 }
 
@@ -85,7 +187,7 @@ impl<B: Backend> Linear<B> {
     /// SwiGLU's middle fused into this projection, for a weight `[2 inter, in]` of gate
     /// rows then up rows and no bias: `x` `[S, in]` -> `silu(gate) * up` `[S, inter]`, with
     /// the bits of [`Linear::forward`] then [`kernels::silu_mul`] ([`kernels::gemm_silu_mul`]).
-    /// `None` for one row (the decoding GEMV's), off the CPU backend, or where that
+    /// `None` for packed weights, for one row (the decoding GEMV's), off the CPU backend, or where that
     /// kernel does not run.
     #[cfg(feature = "flex")]
     pub fn forward_silu_mul_host(&self, x: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
@@ -93,13 +195,16 @@ impl<B: Backend> Linear<B> {
         if rows < 2 || inp == 0 || self.bias.is_some() {
             return None;
         }
-        let (w, xs) = host_buffers(&self.weight, x)?;
+        let LinearWeight::Dense(weight) = &self.weight else {
+            return None;
+        };
+        let (w, xs) = host_buffers(weight, x)?;
         let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
         let y = kernels::gemm_silu_mul(w, xs, inp)?;
         let inter = y.len() / rows;
         Some(Tensor::from_data(
             TensorData::new(y, [rows, inter]),
-            &self.weight.device(),
+            &weight.device(),
         ))
     }
 }

@@ -15,6 +15,6 @@ mod rotary;
 
 pub use attention::{AfterAttend, Attention, AttentionOutput, AttentionRequest};
 pub use decoder::DecoderLayer;
-pub use linear::{Linear, RmsNorm};
+pub use linear::{Linear, LinearWeight, RmsNorm};
 pub use mlp::Mlp;
 pub use rotary::{HostTables, RopeTables, Rotary};

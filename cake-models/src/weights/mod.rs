@@ -17,11 +17,45 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use cake_kernels::PackedRows;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 pub use layout::{TensorSpec, WeightLayout};
 pub use random::RandomWeights;
+
+/// How a loaded model keeps its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum WeightFormat {
+    /// Every weight dequantised to f32 (the parity-tested path, and every backend's).
+    #[default]
+    F32,
+    /// Matrices stay in the block format the file stores them in (Q8_0, Q4_0/1, Q5_0/1,
+    /// Q4_K, Q5_K, Q6_K) on the CPU backend; other tensors and other backends use f32.
+    Stored,
+}
+
+impl WeightFormat {
+    /// The name users type (`f32`, `stored`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Stored => "stored",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(WeightFormat::F32),
+            "stored" => Ok(WeightFormat::Stored),
+            _ => Err(format!("unknown weight format {s:?}: use f32 or stored")),
+        }
+    }
+}
 
 /// A tensor on the host: PyTorch-order shape and row-major f32 data.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +131,16 @@ pub enum WeightError {
         /// Source description.
         origin: String,
     },
+    /// Packed parts of one matrix do not fit together.
+    #[error("tensor {name} in {origin}: {message}")]
+    Packed {
+        /// HF tensor name (the first part's).
+        name: String,
+        /// Source description.
+        origin: String,
+        /// What does not fit.
+        message: String,
+    },
     /// A GGUF tensor could not be read or dequantised.
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
@@ -110,6 +154,14 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// Reads one tensor as f32 (it may be released from the source afterwards).
     fn take(&mut self, name: &str) -> Result<HostTensor, WeightError>;
+
+    /// Reads one weight as stored when the source keeps it packed in a block format (GGUF
+    /// files' quantised matrices); `None` when it is not packed, to be read with
+    /// [`WeightSource::take`] instead.
+    fn take_packed(&mut self, name: &str) -> Result<Option<PackedRows>, WeightError> {
+        let _ = name;
+        Ok(None)
+    }
 
     /// Reads one tensor and checks its shape.
     fn take_shaped(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor, WeightError> {
@@ -320,6 +372,17 @@ impl WeightSource for crate::gguf::GgufFile {
 
     fn contains(&self, name: &str) -> bool {
         crate::gguf::gguf_name(name).is_some_and(|g| self.tensor_info(&g).is_ok())
+    }
+
+    fn take_packed(&mut self, name: &str) -> Result<Option<PackedRows>, WeightError> {
+        match self.hf_packed(name) {
+            Ok(rows) => Ok(rows),
+            Err(crate::gguf::GgufError::MissingTensor { .. }) => Err(WeightError::Missing {
+                name: name.to_string(),
+                origin: self.origin(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn take(&mut self, name: &str) -> Result<HostTensor, WeightError> {

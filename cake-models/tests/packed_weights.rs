@@ -1,0 +1,114 @@
+//! Weights kept packed as the GGUF file stores them (`WeightFormat::Stored`): the packed
+//! rows hold exactly the values the f32 load dequantises (q/k rows un-permuted, every
+//! format of the tiny fixture), and the real default model computes what its f32 load
+//! computes, up to rounding order.
+
+mod common;
+
+use std::path::Path;
+
+use cake_core::KeepAll;
+use cake_models::generate::{Generation, GenerationConfig};
+use cake_models::gguf::GgufFile;
+use cake_models::load::{gguf_weight_bytes, load_as};
+use cake_models::weights::WeightFormat;
+use cake_models::{Cpu, Model};
+
+/// Every packable matrix of the tiny fixture (Q4_K q and Q6_K k rows permuted by
+/// llama.cpp, Q5_K, Q4_0, Q5_0, Q5_1, Q4_1, Q8_0) dequantises from its packed rows to the
+/// very values of the f32 load; the other types are not packed.
+#[test]
+fn packed_rows_hold_the_f32_loads_values() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gguf/tiny.gguf");
+    let file = GgufFile::open(&path).expect("tiny.gguf");
+    let mut packed = Vec::new();
+    for info in file.tensors() {
+        let Ok(hf) = cake_models::gguf::hf_name(&info.name) else {
+            continue;
+        };
+        let rows = file.hf_packed(&hf).expect("readable");
+        let expect_packed = info.ty.block_format().is_some() && info.dims.len() == 2;
+        assert_eq!(rows.is_some(), expect_packed, "{}: {}", info.name, info.ty);
+        let Some(rows) = rows else { continue };
+        let matrix = cake_kernels::PackedMatrix::new(vec![rows]).expect("one part");
+        let (shape, values) = file.hf_tensor(&hf).expect("f32 load");
+        assert_eq!(vec![matrix.rows(), matrix.cols()], shape, "{}", info.name);
+        assert_eq!(matrix.dequantize(), values, "{} ({})", info.name, info.ty);
+        packed.push(info.ty.to_string());
+    }
+    packed.sort();
+    packed.dedup();
+    assert_eq!(
+        packed,
+        [
+            "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0"
+        ]
+    );
+}
+
+fn prefill_logits(model: &Model<Cpu>, prompt: &[u32]) -> Vec<f32> {
+    let mut caches = model.new_caches();
+    let logits = model
+        .forward_prefill(prompt, &mut caches, &mut KeepAll)
+        .expect("prefill");
+    logits.into_data().to_vec::<f32>().expect("f32 logits")
+}
+
+/// SmolLM2-135M-Instruct (Q4_1, its embedding and tied head Q8_0) kept packed: the weights
+/// take the file's bytes, not four per value; the prompt's logits stay within rounding of
+/// the f32 load's and of transformers' (the fixture), and greedy decoding (the packed
+/// GEMV) gives transformers' tokens.
+#[test]
+fn smollm2_stored_computes_what_f32_computes() {
+    let path = cake_models::fetch::resolve_model(Some("smollm2-135m")).expect("SmolLM2 GGUF");
+    let json = common::fixture_json("smollm2_reference.json");
+    let ids = |k: &str| common::ids(&json[k]);
+    let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));
+    let want: Vec<f32> = serde_json::from_value(json["probe_logits"].clone()).expect("logits");
+
+    let device = Default::default();
+    let dense = load_as::<Cpu>(&path, &device, WeightFormat::F32)
+        .expect("f32 load")
+        .model;
+    let packed = load_as::<Cpu>(&path, &device, WeightFormat::Stored)
+        .expect("stored load")
+        .model;
+
+    let file = GgufFile::open(&path).expect("GGUF");
+    let stored = gguf_weight_bytes(&file, WeightFormat::Stored) as f64;
+    let f32_bytes = gguf_weight_bytes(&file, WeightFormat::F32) as f64;
+    assert!(stored < 0.3 * f32_bytes, "{stored} vs {f32_bytes}");
+    // A step reads every matrix but the embedding's rows: here the tied head is the embedding.
+    let (dense_step, packed_step) = (dense.decode_weight_bytes(), packed.decode_weight_bytes());
+    assert!(
+        (packed_step as f64) < 0.3 * dense_step as f64,
+        "{packed_step} vs {dense_step}"
+    );
+
+    let (a, b) = (
+        prefill_logits(&dense, &prompt),
+        prefill_logits(&packed, &prompt),
+    );
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "f32 vs stored: {diff} (|max| {scale})"
+    );
+    let to_fixture = probe
+        .iter()
+        .zip(&want)
+        .map(|(&i, &w)| (b[i as usize] - w).abs())
+        .fold(0.0, f32::max);
+    assert!(to_fixture <= 2e-3, "stored vs transformers: {to_fixture}");
+
+    let config = GenerationConfig::greedy(greedy.len(), 0);
+    let out = Generation::new(&packed)
+        .with_config(config)
+        .generate(&prompt)
+        .expect("generate");
+    assert_eq!(out.tokens, greedy);
+}
