@@ -174,19 +174,47 @@ enum Picked {
     Dropped(Vec<Vec<usize>>),
 }
 
-/// Decoding budgets: a layer keeps `budget_l + w` tokens while decoding (section 6), except
-/// that a layer whose prefill budget was capped by the prompt (`S - w` tokens exist) may grow
-/// up to its uncapped share of `B_total`, so that it never holds more than the allocator
-/// gave it. When the prompt is shorter than `C`, [`PolicyCompressor`] also lets every layer
-/// grow to `C` tokens ([`BudgetPlan::decode_floor`]): a cache size covering prompt and
-/// answer then never evicts anything (the full cache is reproduced exactly).
-pub fn decode_budgets(budgets: &[usize], shares: &[f64], total: usize) -> Vec<usize> {
-    let uncapped = allocate_budgets(shares, total, &vec![total; shares.len()]);
-    budgets
+/// Decoding budgets at equal memory (section 6): the prompt tokens outside the window that
+/// each unit (a layer, or a (layer, KV head) pair) may hold while decoding, given its
+/// prefill budget `budgets[u]`, its normalised share `shares[u]`, the total `total` those
+/// units share (`B_total`, or `B_total * Hkv` for pairs) and the least budget `floor`
+/// ([`BudgetPlan::decode_floor`]).
+///
+/// The rule: the memory is a fixed total, as CAKE's `B_total = (C - w) * L` is. Every
+/// unit keeps its prefill budget, raised to `floor` (a prompt shorter than `C` left every
+/// layer everything; each may then decode without evicting until it holds `C` tokens, so
+/// a cache size covering prompt and answer reproduces the full cache exactly). A unit
+/// whose prefill budget was capped by the prompt (only `S - w` tokens existed) may grow
+/// towards its uncapped share of `total`, but only into the room the others leave,
+/// `total - sum(max(budget, floor))`, shared by preference ([`allocate_budgets`], each
+/// capped at what its unit lacks). So the result sums to at most
+/// `max(total, sum(max(budget, floor)))`, which is `total` for a compressor's budgets (the
+/// allocation's sum to at most `total`, and a floor applies only when every layer kept
+/// its whole prompt, `S - w < C - w`, where `L * (C - w)` is the total): with the window,
+/// the decoding cache holds at most `C` tokens per layer on average (per KV head) between
+/// steps, whatever the policy, as the uniform baselines do. Where the growth towards the
+/// uncapped shares fits in the total it is given in full (the behaviour before this rule).
+/// The amortised variant (`decode_slack = N`) lets each layer hold up to `N` more by
+/// definition.
+///
+/// Zero or absent shares give no growth.
+pub fn decode_budgets(budgets: &[usize], shares: &[f64], total: usize, floor: usize) -> Vec<usize> {
+    let base: Vec<usize> = budgets.iter().map(|&b| b.max(floor)).collect();
+    let room = total.saturating_sub(base.iter().sum());
+    if room == 0 {
+        return base;
+    }
+    let shares: Vec<f64> = (0..base.len())
+        .map(|u| shares.get(u).copied().unwrap_or(0.0))
+        .collect();
+    let uncapped = allocate_budgets(&shares, total, &vec![total; base.len()]);
+    let lacking: Vec<usize> = uncapped
         .iter()
-        .enumerate()
-        .map(|(l, &b)| b.max(uncapped.get(l).copied().unwrap_or(0)))
-        .collect()
+        .zip(&base)
+        .map(|(&want, &b)| want.saturating_sub(b))
+        .collect();
+    let growth = allocate_budgets(&shares, room, &lacking);
+    base.iter().zip(growth).map(|(b, g)| b + g).collect()
 }
 
 /// Per-layer outcome of a prompt.
@@ -265,6 +293,21 @@ pub struct CompressionReport {
     pub full_token_rows: usize,
     /// Bytes of keys and values held now, all layers (kept rows times the row size).
     pub bytes_held: usize,
+    /// Bytes of keys and values held by all layers right after the prefill's eviction.
+    #[serde(default)]
+    pub bytes_after_prefill: usize,
+    /// Peak key rows (tokens summed over KV heads and layers) held during decoding, 0
+    /// before the first step. Metered when a layer's decoding hook starts (it holds the
+    /// step's new token, the other layers what they kept) and after its eviction. With
+    /// decoding eviction at equal memory (see [`decode_budgets`]) the layers hold at most
+    /// `C * L * Hkv` rows between steps, so this is at most `(C * L + 1) * Hkv` (plus
+    /// `N * L * Hkv` with `decode_slack = N`).
+    #[serde(default)]
+    pub decode_peak_token_rows: usize,
+    /// Peak bytes of keys and values held by all layers during decoding, metered as
+    /// [`CompressionReport::decode_peak_token_rows`] (0 before the first step).
+    #[serde(default)]
+    pub decode_peak_bytes: usize,
 }
 
 impl CompressionReport {
@@ -304,11 +347,24 @@ pub struct PolicyCompressor<B: Backend> {
     clamped_growths: usize,
     peak_tokens: usize,
     peak_token_rows: usize,
+    /// Per layer: `(token rows, bytes)` held when last metered (after the prefill, then
+    /// at each decoding hook).
+    held: Vec<(usize, usize)>,
+    /// Sums of `held` over the layers.
+    held_rows: usize,
+    held_bytes: usize,
+    /// K/V bytes of all layers at the end of the prefill.
+    prefill_bytes: usize,
+    /// Peaks of `held_rows` and `held_bytes` during decoding.
+    decode_peak_token_rows: usize,
+    decode_peak_bytes: usize,
 }
 
 /// Runs `evict` on each layer's cache (with its index): the layers in parallel on the CPU
 /// backend, where the prefill's cascade would otherwise compact them one by one with the
 /// other cores idle; in order elsewhere. Each layer's result depends on that layer alone.
+/// The workers' read backs are charged to the calling thread
+/// ([`crate::stats::readbacks`]).
 fn each_layer<B: Backend>(
     caches: &mut [LayerCache<B>],
     evict: impl Fn(usize, &mut LayerCache<B>) -> Result<(), CacheError> + Sync,
@@ -316,10 +372,11 @@ fn each_layer<B: Backend>(
     #[cfg(feature = "flex")]
     if crate::host::is_flex::<B>() {
         use rayon::prelude::*;
+        let account = crate::stats::ReadbackAccount::current();
         return caches
             .par_iter_mut()
             .enumerate()
-            .try_for_each(|(l, cache)| evict(l, cache));
+            .try_for_each(|(l, cache)| account.charge(|| evict(l, cache)));
     }
     caches
         .iter_mut()
@@ -348,6 +405,12 @@ impl<B: Backend> PolicyCompressor<B> {
             clamped_growths: 0,
             peak_tokens: 0,
             peak_token_rows: 0,
+            held: Vec::new(),
+            held_rows: 0,
+            held_bytes: 0,
+            prefill_bytes: 0,
+            decode_peak_token_rows: 0,
+            decode_peak_bytes: 0,
         }
     }
 
@@ -381,6 +444,12 @@ impl<B: Backend> PolicyCompressor<B> {
         (self.peak_tokens, self.peak_token_rows)
     }
 
+    /// Peak `(token rows, K/V bytes)` held by all layers during the decoding so far (0
+    /// before the first step; see [`CompressionReport::decode_peak_bytes`]).
+    pub fn decode_peak(&self) -> (usize, usize) {
+        (self.decode_peak_token_rows, self.decode_peak_bytes)
+    }
+
     /// Times a cascade stage tried to grow a layer past what it still held.
     pub fn clamped_growths(&self) -> usize {
         self.clamped_growths
@@ -406,6 +475,12 @@ impl<B: Backend> PolicyCompressor<B> {
         self.clamped_growths = 0;
         self.peak_tokens = 0;
         self.peak_token_rows = 0;
+        self.held.clear();
+        self.held_rows = 0;
+        self.held_bytes = 0;
+        self.prefill_bytes = 0;
+        self.decode_peak_token_rows = 0;
+        self.decode_peak_bytes = 0;
     }
 
     fn measure(&mut self, caches: &[LayerCache<B>]) {
@@ -413,6 +488,28 @@ impl<B: Backend> PolicyCompressor<B> {
         let rows: usize = caches.iter().map(LayerCache::rows).sum();
         self.peak_tokens = self.peak_tokens.max(tokens);
         self.peak_token_rows = self.peak_token_rows.max(rows);
+    }
+
+    /// Sets the decoding meter to what `caches` hold (at the end of the prefill).
+    fn meter_all(&mut self, caches: &[LayerCache<B>]) {
+        self.held = caches.iter().map(|c| (c.rows(), c.bytes())).collect();
+        self.held_rows = self.held.iter().map(|h| h.0).sum();
+        self.held_bytes = self.held.iter().map(|h| h.1).sum();
+        self.prefill_bytes = self.held_bytes;
+    }
+
+    /// Meters `layer`'s cache during decoding: the totals of all layers (the others as
+    /// last metered) and their decoding peaks.
+    fn meter_decode(&mut self, layer: usize, cache: &LayerCache<B>) {
+        if self.held.len() <= layer {
+            self.held.resize(layer + 1, (0, 0));
+        }
+        let now = (cache.rows(), cache.bytes());
+        let was = std::mem::replace(&mut self.held[layer], now);
+        self.held_rows = self.held_rows - was.0 + now.0;
+        self.held_bytes = self.held_bytes - was.1 + now.1;
+        self.decode_peak_token_rows = self.decode_peak_token_rows.max(self.held_rows);
+        self.decode_peak_bytes = self.decode_peak_bytes.max(self.held_bytes);
     }
 
     /// Re-allocates budgets over the layers in `caches` (sharing the whole `B_total`) and
@@ -567,32 +664,42 @@ impl<B: Backend> PolicyCompressor<B> {
         Ok(())
     }
 
-    /// Decoding budgets per (layer, KV head), from the prefill's: a head may grow past
-    /// its budget only where its layer (or, with per-pair shares, the pair itself) was
-    /// capped by the prompt (see [`decode_budgets`]), and none evicts before it holds `C`
-    /// tokens when the prompt was shorter than that (see [`BudgetPlan::decode_floor`]).
+    /// Decoding budgets per (layer, KV head), from the prefill's, at equal memory (see
+    /// [`decode_budgets`]): none evicts before it holds `C` tokens when the prompt was
+    /// shorter than that ([`BudgetPlan::decode_floor`]), and a head grows past that only
+    /// where its layer (or, with per-pair shares, the pair itself) was capped by the
+    /// prompt and the total `B_total` (times `Hkv` in token rows) leaves room.
     fn set_decode_budgets(&mut self, plan: BudgetPlan) {
         let floor = plan.decode_floor();
-        self.decode_budgets = decode_budgets(&self.budgets, &self.shares, plan.total())
-            .into_iter()
-            .map(|b| b.max(floor))
-            .collect();
+        let heads = self.num_kv_heads.max(1);
         if self.head_mode().shares_pairs() {
             let flat_budgets: Vec<usize> = self.head_budgets.iter().flatten().copied().collect();
             let flat_shares: Vec<f64> = self.pair_shares.iter().flatten().copied().collect();
-            let flat = decode_budgets(
-                &flat_budgets,
-                &flat_shares,
-                plan.total() * self.num_kv_heads,
-            );
-            let flat: Vec<usize> = flat.into_iter().map(|b| b.max(floor)).collect();
+            let flat = decode_budgets(&flat_budgets, &flat_shares, plan.total() * heads, floor);
             self.head_decode_budgets = regroup(&flat, &self.head_budgets);
+            self.decode_budgets = self
+                .head_decode_budgets
+                .iter()
+                .map(|row| row.iter().sum::<usize>() / row.len().max(1))
+                .collect();
         } else {
-            self.head_decode_budgets = self
+            // Every head of a layer grows with its layer. The layer's budget is counted as
+            // its heads' mean rounded up (AdaKV's heads differ), so that the growth its
+            // heads get never takes token rows the total lacks.
+            let floored: Vec<Vec<usize>> = self
                 .head_budgets
                 .iter()
-                .zip(self.decode_budgets.iter().zip(&self.budgets))
-                .map(|(row, (&decode, &budget))| row.iter().map(|b| b + decode - budget).collect())
+                .map(|row| row.iter().map(|&b| b.max(floor)).collect())
+                .collect();
+            let layer: Vec<usize> = floored
+                .iter()
+                .map(|row| row.iter().sum::<usize>().div_ceil(row.len().max(1)))
+                .collect();
+            self.decode_budgets = decode_budgets(&layer, &self.shares, plan.total(), 0);
+            self.head_decode_budgets = floored
+                .into_iter()
+                .zip(self.decode_budgets.iter().zip(&layer))
+                .map(|(row, (&decode, &base))| row.iter().map(|b| b + decode - base).collect())
                 .collect();
         }
     }
@@ -680,6 +787,9 @@ impl<B: Backend> PolicyCompressor<B> {
             peak_token_rows: self.peak_token_rows,
             full_token_rows: plan.prompt_len * self.num_layers * self.num_kv_heads,
             bytes_held: caches.iter().map(LayerCache::bytes).sum(),
+            bytes_after_prefill: self.prefill_bytes,
+            decode_peak_token_rows: self.decode_peak_token_rows,
+            decode_peak_bytes: self.decode_peak_bytes,
         }
     }
 
@@ -758,7 +868,11 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
             return Ok(());
         };
         if layer == 0 || self.plan.is_none() {
-            let plan = self.policy.config().plan(cache.len(), self.num_layers);
+            let plan = self
+                .policy
+                .config()
+                .plan(cache.len(), self.num_layers)
+                .map_err(|e| CacheError::Policy(e.to_string()))?;
             self.reset(plan, cache.num_kv_heads());
             if self.head_mode() == HeadBudgets::Static {
                 let Some(table) = self.policy.head_shares() else {
@@ -847,6 +961,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         if let Some(plan) = self.plan {
             self.set_decode_budgets(plan);
         }
+        self.meter_all(caches);
         Ok(())
     }
 
@@ -869,7 +984,26 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
     /// keep that head's best `budget` outside the window. With slack 0 (the paper's rule)
     /// that drops one token per step; with slack N it drops N + 1 at once every N + 1
     /// steps. Heads with per-head budgets each follow their own limit.
+    ///
+    /// The K/V held by all layers is metered when the hook starts (the layer holds the
+    /// step's new token) and after its eviction, for
+    /// [`CompressionReport::decode_peak_bytes`].
     fn after_decode_step(
+        &mut self,
+        step: DecodeStep<B>,
+        cache: &mut LayerCache<B>,
+    ) -> Result<(), CacheError> {
+        let layer = step.layer;
+        self.meter_decode(layer, cache);
+        let evicted = self.decode_evict(step, cache);
+        self.meter_decode(layer, cache);
+        evicted
+    }
+}
+
+impl<B: Backend> PolicyCompressor<B> {
+    /// The eviction of [`KvCompressor::after_decode_step`] (section 6), unmetered.
+    fn decode_evict(
         &mut self,
         step: DecodeStep<B>,
         cache: &mut LayerCache<B>,

@@ -22,6 +22,21 @@ pub enum ConfigError {
     /// `ratio` outside `(0, 1]`.
     #[error("ratio {0} is outside (0, 1]: give the fraction of the prompt to keep, e.g. 0.1")]
     RatioOutOfRange(f64),
+    /// `ratio` times the prompt length leaves nothing outside the window: the shared
+    /// budget `(C - w) * L` would be 0.
+    #[error(
+        "ratio {ratio} of a {prompt_len}-token prompt gives cache size {cache_size}, which does not exceed the window {window}: nothing outside the window would be kept; raise the ratio above window / prompt length ({window}/{prompt_len}), lower the window, or give a fixed cache_size instead"
+    )]
+    RatioCacheNotAboveWindow {
+        /// The configured ratio.
+        ratio: f64,
+        /// The prompt length S.
+        prompt_len: usize,
+        /// The cache size it gives, `round(ratio * S)`.
+        cache_size: usize,
+        /// The configured window.
+        window: usize,
+    },
     /// A temperature is not a positive finite number.
     #[error("{name} = {value} must be a positive finite number")]
     BadTemperature {

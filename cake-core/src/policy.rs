@@ -194,13 +194,30 @@ impl PolicyConfig {
     }
 
     /// The budget plan of a prompt of `prompt_len` tokens in a model of `num_layers`.
-    pub fn plan(&self, prompt_len: usize, num_layers: usize) -> BudgetPlan {
-        BudgetPlan {
+    ///
+    /// # Errors
+    /// [`ConfigError::RatioCacheNotAboveWindow`] when a `ratio` gives a cache size of at
+    /// most the window for this prompt (`round(ratio * S) <= w`): the budget shared by
+    /// preference, `(C - w) * L`, would be 0. (A fixed `cache_size` above the window is
+    /// checked by [`PolicyConfig::validate`].)
+    pub fn plan(&self, prompt_len: usize, num_layers: usize) -> Result<BudgetPlan, ConfigError> {
+        let cache_size = self.cache_size_for(prompt_len);
+        if let Some(ratio) = self.ratio
+            && cache_size <= self.window
+        {
+            return Err(ConfigError::RatioCacheNotAboveWindow {
+                ratio,
+                prompt_len,
+                cache_size,
+                window: self.window,
+            });
+        }
+        Ok(BudgetPlan {
             prompt_len,
             window: self.window.min(prompt_len),
-            cache_size: self.cache_size_for(prompt_len),
+            cache_size,
             num_layers,
-        }
+        })
     }
 
     /// The temperatures this config gives for `model`: the user's when both are set,
@@ -740,7 +757,51 @@ mod tests {
             ratio: Some(0.1),
             ..PolicyConfig::default()
         };
-        assert_eq!(r.plan(1000, 30).cache_size, 100);
-        assert_eq!(r.plan(1000, 30).total(), (100 - 32) * 30);
+        assert_eq!(r.plan(1000, 30).unwrap().cache_size, 100);
+        assert_eq!(r.plan(1000, 30).unwrap().total(), (100 - 32) * 30);
+    }
+
+    /// A ratio whose cache size does not exceed the window for this prompt is an error
+    /// naming the ratio, the prompt length and the window (it used to give a shared budget
+    /// of 0 silently); one token above the window is enough.
+    #[test]
+    fn a_ratio_at_or_below_the_window_is_an_error() {
+        let r = PolicyConfig {
+            ratio: Some(0.01),
+            ..PolicyConfig::default()
+        };
+        // round(0.01 * 1000) = 10 <= 32.
+        let err = r.plan(1000, 30).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::RatioCacheNotAboveWindow {
+                    prompt_len: 1000,
+                    cache_size: 10,
+                    window: 32,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for want in ["ratio 0.01", "1000-token prompt", "window 32", "cache_size"] {
+            assert!(message.contains(want), "{message}");
+        }
+        // round(0.01 * 3200) = 32 = w: still nothing outside the window.
+        assert!(r.plan(3200, 30).is_err());
+        // round(0.01 * 3300) = 33 > w: a budget of one token per layer.
+        assert_eq!(r.plan(3300, 30).unwrap().total(), 30);
+        // A prompt shorter than the window: no ratio can keep anything outside it.
+        let whole = PolicyConfig {
+            ratio: Some(1.0),
+            ..PolicyConfig::default()
+        };
+        assert!(whole.plan(20, 30).is_err());
+        // A fixed cache size is never refused here (validate checks it).
+        assert_eq!(
+            PolicyConfig::default().plan(20, 30).unwrap().cache_size,
+            1024
+        );
     }
 }

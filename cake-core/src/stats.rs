@@ -3,6 +3,10 @@
 //!
 //! All softmaxes run in f32 whatever the backend's float type.
 
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::tensor::{
     Bool, DType, ElementConversion, Int, Tensor, TensorData, activation::softmax, backend::Backend,
     module::avg_pool1d,
@@ -273,9 +277,15 @@ pub fn top_k_indices(row: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// What cake-core read back from tensors to the host on the calling thread: tensors and
-/// elements (scores, statistics, selected indices). On a GPU backend every read back is a
-/// synchronisation and a transfer, so tests count them.
+/// What cake-core read back from tensors to the host: tensors and elements (scores,
+/// statistics, selected indices). On a GPU backend every read back is a synchronisation
+/// and a transfer, so tests count them.
+///
+/// Counts are kept per calling thread *with the work it hands to cake-core's worker
+/// threads* ([`readbacks`]; e.g. the CPU backend's evictions of all layers at once run on
+/// rayon workers, which charge the thread that asked for them), and for the whole
+/// process ([`process_readbacks`]). Differences of [`readbacks`] around a call are exact
+/// even while other threads (e.g. the test harness's) read back too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Readbacks {
     /// Tensors read back.
@@ -284,24 +294,107 @@ pub struct Readbacks {
     pub elements: usize,
 }
 
-thread_local! {
-    static READBACKS: std::cell::Cell<Readbacks> = const {
-        std::cell::Cell::new(Readbacks { tensors: 0, elements: 0 })
-    };
+/// Read-back counts that several threads may add to.
+#[derive(Debug, Default)]
+struct Counter {
+    tensors: AtomicUsize,
+    elements: AtomicUsize,
 }
 
-/// The read backs of cake-core on this thread so far (see [`Readbacks`]).
+impl Counter {
+    const fn new() -> Self {
+        Self {
+            tensors: AtomicUsize::new(0),
+            elements: AtomicUsize::new(0),
+        }
+    }
+
+    fn add(&self, elements: usize) {
+        self.tensors.fetch_add(1, Ordering::Relaxed);
+        self.elements.fetch_add(elements, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Readbacks {
+        Readbacks {
+            tensors: self.tensors.load(Ordering::Relaxed),
+            elements: self.elements.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every read back of the process.
+static PROCESS: Counter = Counter::new();
+
+thread_local! {
+    /// This thread's account, read by [`readbacks`].
+    static OWN: Arc<Counter> = Arc::new(Counter::new());
+    /// The account this thread's read backs go to while it works for another thread
+    /// ([`ReadbackAccount::charge`]); `None`: its own.
+    static CHARGED: Cell<Option<Arc<Counter>>> = const { Cell::new(None) };
+}
+
+/// The read backs of cake-core charged to the calling thread so far: its own, and those
+/// of the work cake-core ran for it on other threads (see [`Readbacks`]). Take the
+/// difference around a call to count that call's.
 pub fn readbacks() -> Readbacks {
-    READBACKS.with(std::cell::Cell::get)
+    OWN.with(|own| own.get())
+}
+
+/// The read backs of cake-core on every thread of the process so far (a difference
+/// around a call also counts what other threads did meanwhile).
+pub fn process_readbacks() -> Readbacks {
+    PROCESS.get()
+}
+
+/// The read-back account of a thread, to charge with the read backs of work done for it
+/// on other threads (cake-core does so for its own parallel work; a caller that runs
+/// cake-core functions on a thread pool of its own may do the same).
+///
+/// ```ignore
+/// let account = ReadbackAccount::current();
+/// items.par_iter().for_each(|item| account.charge(|| work(item)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReadbackAccount(Arc<Counter>);
+
+impl ReadbackAccount {
+    /// The account the calling thread's read backs go to now: its own, or the one it is
+    /// working for inside [`ReadbackAccount::charge`].
+    pub fn current() -> Self {
+        Self(charged().unwrap_or_else(|| OWN.with(Arc::clone)))
+    }
+
+    /// Runs `f` on the calling thread with its read backs charged to this account (and
+    /// to the process), then restores the thread's previous account (also on a panic).
+    pub fn charge<R>(&self, f: impl FnOnce() -> R) -> R {
+        /// Puts the previous account back when dropped.
+        struct Restore(Option<Arc<Counter>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CHARGED.with(|c| c.set(previous));
+            }
+        }
+        let _restore = Restore(CHARGED.with(|c| c.replace(Some(Arc::clone(&self.0)))));
+        f()
+    }
+}
+
+/// The account the calling thread works for inside [`ReadbackAccount::charge`].
+fn charged() -> Option<Arc<Counter>> {
+    CHARGED.with(|c| {
+        let account = c.take();
+        c.set(account.clone());
+        account
+    })
 }
 
 fn count_readback(elements: usize) {
-    READBACKS.with(|r| {
-        let mut now = r.get();
-        now.tensors += 1;
-        now.elements += elements;
-        r.set(now);
-    });
+    PROCESS.add(elements);
+    match charged() {
+        Some(account) => account.add(elements),
+        None => OWN.with(|own| own.add(elements)),
+    }
 }
 
 /// The kept columns, per row of `scores` (`[R, N]`), as [`top_k_indices`] picks them: the

@@ -296,7 +296,7 @@ fn decode_slack_evicts_in_batches() {
         |step, layer, cache| {
             let keep = budgets[layer].budget + 8;
             if held[layer] != keep {
-                return; // a layer capped by the prompt may grow to its uncapped share first
+                return; // a layer holding fewer (e.g. a short prompt's) grows to it first
             }
             assert!(
                 cache.len() <= keep + slack,
@@ -427,9 +427,10 @@ fn replaying_a_recorded_prefill_equals_a_live_run() {
 
 /// A prompt shorter than the cache size (S = 200 < C = 240) leaves every layer everything,
 /// and decoding evicts nothing until a layer holds C tokens: the full cache's tokens
-/// exactly. From then on a layer holds the larger of C and its decoding budget plus the
-/// window (its uncapped share of B_total, [`cake_core::cascade::decode_budgets`]), keeping the
-/// window; a layer with a small share stays at C, one token in and one out a step.
+/// exactly. From then on every layer holds C tokens, one in and one out a step, keeping the
+/// window: whatever its share of B_total, a layer never grows past C, since all of them
+/// at C already hold the total `C * L` (equal memory, [`cake_core::cascade::decode_budgets`];
+/// a layer whose uncapped share is above C used to grow to it, past `C * L` in all).
 #[test]
 fn a_prompt_shorter_than_the_cache_evicts_nothing_until_a_layer_holds_c() {
     let (c, w, steps) = (240, 8, 70);
@@ -443,15 +444,19 @@ fn a_prompt_shorter_than_the_cache_evicts_nothing_until_a_layer_holds_c() {
             vec![S - w; SMALL.layers],
             "{name}: everything kept"
         );
-        let limits: Vec<usize> =
-            cake_core::cascade::decode_budgets(&budgets, &shares, (c - w) * SMALL.layers)
-                .iter()
-                .map(|b| (b + w).max(c))
-                .collect();
+        // Some layers' uncapped shares of B_total are above C - w: they stay at C too.
+        let total = (c - w) * SMALL.layers;
+        let uncapped = cake_core::allocate_budgets(&shares, total, &[total; SMALL.layers]);
         assert!(
-            limits.contains(&c) && limits.iter().any(|&l| l > c),
-            "{name}: some layers' shares are below C, some above: {limits:?}"
+            uncapped.iter().any(|&b| b + w > c),
+            "{name}: some layers' shares are above C: {uncapped:?}"
         );
+        let limits: Vec<usize> =
+            cake_core::cascade::decode_budgets(&budgets, &shares, total, c - w)
+                .iter()
+                .map(|b| b + w)
+                .collect();
+        assert_eq!(limits, vec![c; SMALL.layers], "{name}");
         decode(
             SMALL,
             S,
@@ -476,6 +481,138 @@ fn a_prompt_shorter_than_the_cache_evicts_nothing_until_a_layer_holds_c() {
             },
         );
     }
+}
+
+/// Equal memory when the prompt caps a layer: with S = 60, C = 40, w = 8, PyramidKV's
+/// shares give layers 0 and 1 more than the S - w = 52 prompt tokens that exist (raw 62.4
+/// and 54.3 of B_total = 192); they keep 52 and the rest goes to the others, so the
+/// budgets sum to B_total. While decoding no layer grows towards its uncapped share (layer
+/// 0's would be 62): the others use the whole total, and the caches hold `C * L` tokens per
+/// KV head at every step, as the uniform baselines do.
+#[test]
+fn a_layer_capped_by_the_prompt_does_not_grow_past_equal_memory() {
+    let (c, w, s, steps) = (40, 8, 60, 20);
+    for name in ["pyramidkv", "cake"] {
+        let (mut comp, mut caches) = run(name, &config(c, w, false), SMALL, s, 3);
+        let budgets = comp.budgets().to_vec();
+        assert_eq!(
+            budgets.iter().sum::<usize>(),
+            SMALL.layers * (c - w),
+            "{name}"
+        );
+        if name == "pyramidkv" {
+            assert_eq!(&budgets[..2], &[s - w, s - w], "capped: {budgets:?}");
+        }
+        let mut lens: Vec<usize> = caches.iter().map(LayerCache::len).collect();
+        decode(
+            SMALL,
+            s,
+            steps,
+            3,
+            &mut comp,
+            &mut caches,
+            |step, layer, cache| {
+                assert_eq!(
+                    cache.len(),
+                    budgets[layer] + w,
+                    "{name} layer {layer} step {step}"
+                );
+                lens[layer] = cache.len();
+                assert!(lens.iter().sum::<usize>() <= c * SMALL.layers, "{name}");
+            },
+        );
+        // The report's decoding peak: every layer at C, and one layer with the step's new
+        // token before its eviction.
+        let report = comp.report(&caches);
+        let rows = (c * SMALL.layers + 1) * SMALL.kv_heads;
+        assert_eq!(report.decode_peak_token_rows, rows, "{name}");
+        assert_eq!(report.decode_peak_bytes, rows * 2 * SMALL.dim * 4, "{name}");
+    }
+}
+
+/// The report meters K/V bytes after the prefill and their peak while decoding (none
+/// before the first step), and serialises both.
+#[test]
+fn the_report_gives_the_decoding_peak_next_to_the_prefill_bytes() {
+    let (c, w) = (40, 8);
+    let (mut comp, mut caches) = run("snapkv", &config(c, w, true), SMALL, S, 2);
+    let row = 2 * SMALL.dim * 4;
+    let prefilled = comp.report(&caches);
+    assert_eq!(prefilled.bytes_after_prefill, prefilled.bytes_held);
+    assert_eq!(
+        prefilled.bytes_after_prefill,
+        c * SMALL.layers * SMALL.kv_heads * row
+    );
+    assert_eq!(
+        (
+            prefilled.decode_peak_token_rows,
+            prefilled.decode_peak_bytes
+        ),
+        (0, 0)
+    );
+    decode(SMALL, S, 3, 2, &mut comp, &mut caches, |_, _, _| {});
+    let report = comp.report(&caches);
+    assert_eq!(report.bytes_after_prefill, prefilled.bytes_after_prefill);
+    assert_eq!(
+        report.decode_peak_bytes,
+        (c * SMALL.layers + 1) * SMALL.kv_heads * row
+    );
+    assert_eq!(
+        comp.decode_peak(),
+        (report.decode_peak_token_rows, report.decode_peak_bytes)
+    );
+    let back: cake_core::CompressionReport = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(back.decode_peak_bytes, report.decode_peak_bytes);
+    // Without decoding eviction the peak is the grown cache's.
+    let grow = PolicyConfig {
+        decode_evict: DecodeEviction::None,
+        ..config(c, w, true)
+    };
+    let (mut comp, mut caches) = run("snapkv", &grow, SMALL, S, 2);
+    decode(SMALL, S, 3, 2, &mut comp, &mut caches, |_, _, _| {});
+    assert_eq!(
+        comp.report(&caches).decode_peak_bytes,
+        (c + 3) * SMALL.layers * SMALL.kv_heads * row
+    );
+}
+
+/// A ratio whose cache size `round(r * S)` does not exceed the window is refused when
+/// the prompt arrives, naming the ratio, the prompt and the window (before, the shared
+/// budget was silently 0 and every layer kept its window alone).
+#[test]
+fn a_ratio_leaving_nothing_outside_the_window_is_an_error() {
+    use cake_core::{KvCompressor, PrefillLayer};
+    let cfg = PolicyConfig {
+        ratio: Some(0.03),
+        ..config(1024, 8, true)
+    };
+    let policy = Policy::<B>::preset(Method::Cake, &cfg).unwrap();
+    let mut comp = PolicyCompressor::new(policy, SMALL.layers);
+    let mut rng = common::Normal::new(1);
+    // round(0.03 * 200) = 6 <= 8.
+    let k = rng.tensor([SMALL.kv_heads, S, SMALL.dim], 1.0);
+    let mut caches = vec![LayerCache::<B>::new()];
+    caches[0].append(k.clone(), k, 0).unwrap();
+    let queries = rng.tensor([SMALL.heads, S, SMALL.dim], 1.0);
+    let err = comp
+        .after_prefill_layer(PrefillLayer { layer: 0, queries }, &mut caches)
+        .unwrap_err()
+        .to_string();
+    for want in ["ratio 0.03", "200-token prompt", "cache size 6", "window 8"] {
+        assert!(err.contains(want), "{err}");
+    }
+    assert_eq!(caches[0].len(), S, "nothing evicted");
+    // A ratio one token above the window runs.
+    let ok = PolicyConfig {
+        ratio: Some(0.045),
+        ..cfg
+    };
+    let (comp, caches) = run("snapkv", &ok, SMALL, S, 1);
+    assert_eq!(comp.plan().unwrap().cache_size, 9);
+    assert_eq!(
+        caches.iter().map(LayerCache::len).sum::<usize>(),
+        9 * SMALL.layers
+    );
 }
 
 /// Decoding keeps the prefill's scores on the cache only for a scorer that adds to them

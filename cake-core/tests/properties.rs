@@ -1,14 +1,19 @@
-//! Property tests: budget invariants of every allocator, monotone cascade budgets, and
-//! the eviction of one layer (unique in-range indices, window kept, positions preserved).
+//! Property tests: budget invariants of every allocator, monotone cascade budgets, the
+//! eviction of one layer (unique in-range indices, window kept, positions preserved), and
+//! equal memory (every policy holds at most `C` tokens per layer on average).
 
 mod common;
 
+use std::sync::Arc;
+
 use burn::tensor::{Tensor, TensorData};
+use cake_core::policy::{build_allocator, build_scorer};
 use cake_core::{
-    Allocator, BudgetPlan, LayerCache, LayerPreference, Preference, Pyramid, Static, Uniform,
-    allocate_budgets, evict_to_budget,
+    Allocator, AllocatorKind, BudgetPlan, DecodeStep, HeadBudgets, KvCompressor, LayerCache,
+    LayerPreference, Policy, PolicyCompressor, PolicyConfig, Preference, PrefillLayer, Pyramid,
+    ScorerKind, Static, Uniform, allocate_budgets, evict_to_budget,
 };
-use common::B;
+use common::{B, Normal, SMALL};
 use proptest::prelude::*;
 
 fn check_invariants(budgets: &[usize], total: usize, caps: &[usize]) {
@@ -24,6 +29,68 @@ fn check_invariants(budgets: &[usize], total: usize, caps: &[usize]) {
     } else {
         assert_eq!(budgets, caps, "keep everything");
     }
+}
+
+/// Each allocator's shares of all `l = prefs.len()` layers, against their definition:
+/// uniform 1 each; PyramidKV linear from `2 - 1/beta` to `1/beta` (mean 1 over two or more
+/// layers); preference `P_l / max P` (0 without a positive preference), in logs; static
+/// the normalised fixed shares, summing to 1.
+fn check_shares(
+    name: &str,
+    shares: &[f64],
+    prefs: &[Option<LayerPreference>],
+    fixed: &[f64],
+    tau1: f64,
+    tau2: f64,
+) -> Result<(), TestCaseError> {
+    let l = shares.len();
+    prop_assert!(shares.iter().all(|s| s.is_finite()), "{name}: {shares:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    match name {
+        "uniform" => prop_assert!(shares.iter().all(|&s| s == 1.0), "{shares:?}"),
+        "pyramid" => {
+            prop_assert!(close(shares[0], 2.0 - 1.0 / 20.0), "{shares:?}");
+            if l > 1 {
+                prop_assert!(close(shares[l - 1], 1.0 / 20.0), "{shares:?}");
+                prop_assert!(
+                    close(shares.iter().sum::<f64>(), l as f64),
+                    "mean 1: {shares:?}"
+                );
+                let step = shares[0] - shares[1];
+                prop_assert!(
+                    shares.windows(2).all(|p| close(p[0] - p[1], step)),
+                    "linear"
+                );
+            }
+        }
+        "preference" => {
+            let logs: Vec<Option<f64>> = prefs
+                .iter()
+                .map(|p| p.and_then(|p| p.log_score(tau1, tau2)))
+                .collect();
+            let max = logs
+                .iter()
+                .flatten()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            for (s, log) in shares.iter().zip(&logs) {
+                match log {
+                    Some(log) => prop_assert!(close(*s, (log - max).exp()), "{s} vs {log} - {max}"),
+                    None => prop_assert_eq!(*s, 0.0),
+                }
+            }
+            if max.is_finite() {
+                prop_assert!(close(shares.iter().copied().fold(0.0, f64::max), 1.0));
+            }
+        }
+        "static" => {
+            prop_assert!(close(shares.iter().sum::<f64>(), 1.0), "{shares:?}");
+            let want = Static::from_shares(fixed.to_vec()).unwrap();
+            prop_assert_eq!(shares, want.layer_shares());
+        }
+        other => prop_assert!(false, "unexpected allocator {other}"),
+    }
+    Ok(())
 }
 
 fn preferences() -> impl Strategy<Value = Vec<Option<LayerPreference>>> {
@@ -88,10 +155,10 @@ proptest! {
         let l = prefs.len();
         let plan = BudgetPlan { prompt_len: seq_len, window: window.min(seq_len), cache_size, num_layers: l };
         let fixed: Vec<f64> = (0..l).map(|i| (i as f64 * 0.7).sin()).collect();
-        for alloc in allocators(tau1, tau2, fixed) {
+        for alloc in allocators(tau1, tau2, fixed.clone()) {
             let shares = alloc.shares(l, &prefs);
             prop_assert_eq!(shares.len(), l);
-            prop_assert!(shares.iter().all(|s| *s >= 0.0 && s.is_finite()), "{}", alloc.name());
+            check_shares(alloc.name(), &shares, &prefs, &fixed, tau1, tau2)?;
             let budgets = plan.allocate(&shares);
             check_invariants(&budgets, plan.total(), &vec![plan.cap(); l]);
             if alloc.name() == "pyramid" {
@@ -173,5 +240,110 @@ proptest! {
         // Gathered rows match their positions (keys[h, i, :] followed the token).
         let k = cache.keys().unwrap().into_data().into_vec::<f32>().unwrap();
         prop_assert_eq!(k.len(), heads * expected * dim);
+    }
+}
+
+/// Token rows (tokens summed over KV heads) held by `caches`.
+fn rows(caches: &[LayerCache<B>]) -> usize {
+    caches.iter().map(LayerCache::rows).sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Equal memory (section 6): whatever the allocator (uniform, pyramid, preference,
+    /// static), scorer, head budgets (none, preference, adakv, static), prompt length
+    /// (shorter or longer than C, or than the window) and cascading, the tokens held per
+    /// KV head summed over layers, window included, never exceed `C * L`: after each
+    /// cascade stage of the prefill (after the prefill when one-shot, whose layers stay
+    /// full until then by design), and after every layer's hook of every decoding step
+    /// (`(C + N) * L` with the amortised slack N, whose layers may hold N more by
+    /// definition). A prompt of at most C tokens decodes as the full cache until each
+    /// head holds C tokens, then stays there. The report's decoding peak (metered with each
+    /// step's new token before its eviction) is at most one token per KV head above.
+    #[test]
+    fn every_policy_holds_at_most_c_tokens_per_layer_on_average(
+        allocator in 0usize..4,
+        scorer in 0usize..5,
+        head_mode in 0usize..4,
+        window in 1usize..12,
+        extra in 1usize..40,
+        prompt in 1usize..100,
+        steps in 0usize..24,
+        cascading in any::<bool>(),
+        slack in prop_oneof![3 => Just(0usize), 1 => 1usize..4],
+        seed in 1u64..u64::MAX,
+        fixed in prop::collection::vec(0.0f64..1.0, SMALL.layers * SMALL.kv_heads),
+    ) {
+        let shape = SMALL;
+        let (l, hkv) = (shape.layers, shape.kv_heads);
+        let c = window + extra;
+        let modes = [HeadBudgets::None, HeadBudgets::Preference, HeadBudgets::AdaKv, HeadBudgets::Static];
+        let config = PolicyConfig {
+            cache_size: c,
+            window,
+            cascading,
+            decode_slack: slack,
+            head_budgets: modes[head_mode],
+            ..PolicyConfig::default()
+        };
+        let kinds = [AllocatorKind::Uniform, AllocatorKind::Pyramid, AllocatorKind::Preference];
+        let alloc: Arc<dyn Allocator> = match kinds.get(allocator) {
+            Some(&kind) => build_allocator(kind, &config).unwrap(),
+            None => Arc::new(Static::from_shares(fixed[..l].to_vec()).unwrap()),
+        };
+        let scorer = build_scorer::<B>(ScorerKind::ALL[scorer].0, &config);
+        let mut policy = Policy::new(alloc, scorer, config).unwrap();
+        if modes[head_mode] == HeadBudgets::Static {
+            policy = policy.with_head_shares(fixed.chunks(hkv).map(<[f64]>::to_vec).collect());
+        }
+        let name = format!("{} heads {}", policy.name(), modes[head_mode]);
+        let mut comp = PolicyCompressor::new(policy, l);
+        let equal = c * l * hkv;
+        let mut rng = Normal::new(seed);
+        let mut caches: Vec<LayerCache<B>> = Vec::new();
+        for layer in 0..l {
+            let q = rng.tensor([shape.heads, prompt, shape.dim], 0.4 + 0.5 * layer as f32);
+            let k = rng.tensor([hkv, prompt, shape.dim], 1.0);
+            let v = rng.tensor([hkv, prompt, shape.dim], 1.0);
+            let mut cache = LayerCache::new();
+            cache.append(k, v, 0).unwrap();
+            caches.push(cache);
+            comp.after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches).unwrap();
+            if cascading {
+                prop_assert!(rows(&caches) <= equal, "{name}: stage {layer}: {} > {equal}", rows(&caches));
+            }
+        }
+        comp.after_prefill(&mut caches).unwrap();
+        prop_assert!(rows(&caches) <= equal, "{name}: after prefill: {} > {equal}", rows(&caches));
+        let bound = (c + slack) * l * hkv;
+        let mut held: Vec<usize> = caches.iter().map(LayerCache::rows).collect();
+        let mut most = 0;
+        for step in 0..steps {
+            let newest = prompt + step;
+            for (layer, cache) in caches.iter_mut().enumerate() {
+                let q = rng.tensor([shape.heads, 1, shape.dim], 0.4 + 0.5 * layer as f32);
+                let k = rng.tensor([hkv, 1, shape.dim], 1.0);
+                let v = rng.tensor([hkv, 1, shape.dim], 1.0);
+                cache.append(k, v, newest).unwrap();
+                comp.after_decode_step(DecodeStep { layer, query: q, attention: None }, cache).unwrap();
+                held[layer] = cache.rows();
+                let total: usize = held.iter().sum();
+                most = most.max(total);
+                prop_assert!(total <= bound, "{name}: step {step} layer {layer}: {total} > {bound}");
+                if prompt <= c && slack == 0 {
+                    let want = (newest + 1).min(c);
+                    prop_assert_eq!(cache.head_lens(), vec![want; hkv], "{} step {}", name, step);
+                }
+            }
+        }
+        let report = comp.report(&caches);
+        if steps > 0 {
+            prop_assert!(report.decode_peak_token_rows >= most);
+            prop_assert!(report.decode_peak_token_rows <= bound + hkv, "{name}");
+            prop_assert_eq!(report.decode_peak_bytes, report.decode_peak_token_rows * 2 * shape.dim * 4);
+        } else {
+            prop_assert_eq!(report.decode_peak_token_rows, 0);
+        }
     }
 }

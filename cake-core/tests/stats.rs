@@ -507,6 +507,76 @@ fn host_eviction_reads_each_layers_scores_once() {
     assert_eq!(after.elements - before.elements, heads * n);
 }
 
+/// The CPU backend evicts all layers at once on rayon workers (a one-shot prefill's
+/// eviction here): their read backs, one read of each layer's stored scores, count for
+/// the thread that asked for them (they used to be counted on the workers, where no
+/// caller saw them), and for the process.
+#[cfg(feature = "flex")]
+#[test]
+fn readbacks_of_work_on_rayon_workers_count_for_the_caller() {
+    use cake_core::stats::{process_readbacks, readbacks};
+    use cake_core::{KvCompressor, Method, Policy, PolicyCompressor, PolicyConfig, PrefillLayer};
+    let shape = common::SMALL;
+    let s = 64;
+    let config = PolicyConfig {
+        cache_size: 16,
+        window: 4,
+        cascading: false,
+        ..PolicyConfig::default()
+    };
+    let policy = Policy::<B>::preset(Method::SnapKv, &config).unwrap();
+    let mut comp = PolicyCompressor::new(policy, shape.layers);
+    let mut rng = common::Normal::new(3);
+    let mut caches = Vec::new();
+    for layer in 0..shape.layers {
+        let k = rng.tensor([shape.kv_heads, s, shape.dim], 1.0);
+        let v = rng.tensor([shape.kv_heads, s, shape.dim], 1.0);
+        let mut cache = LayerCache::<B>::new();
+        cache.append(k, v, 0).unwrap();
+        caches.push(cache);
+        let queries = rng.tensor([shape.heads, s, shape.dim], 1.0);
+        comp.after_prefill_layer(PrefillLayer { layer, queries }, &mut caches)
+            .unwrap();
+    }
+    let (before, before_all) = (readbacks(), process_readbacks());
+    comp.after_prefill(&mut caches).unwrap();
+    let (after, after_all) = (readbacks(), process_readbacks());
+    assert!(caches.iter().all(|c| c.len() == 16), "every layer evicted");
+    assert_eq!(
+        (
+            after.tensors - before.tensors,
+            after.elements - before.elements
+        ),
+        (shape.layers, shape.layers * shape.kv_heads * s),
+        "one read of each layer's [Hkv, S] scores"
+    );
+    assert!(after_all.tensors - before_all.tensors >= shape.layers);
+    // Another thread's read backs are its own (and the process's), unless it charges the
+    // caller's account.
+    let scores = t2(vec![1.0; 6], [2, 3]);
+    let (before, before_all) = (readbacks(), process_readbacks());
+    std::thread::scope(|scope| {
+        scope.spawn(|| to_host(scores.clone())).join().unwrap();
+    });
+    assert_eq!(readbacks(), before);
+    assert!(process_readbacks().tensors > before_all.tensors);
+    let account = cake_core::stats::ReadbackAccount::current();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| account.charge(|| to_host(scores.clone())))
+            .join()
+            .unwrap();
+    });
+    let after = readbacks();
+    assert_eq!(
+        (
+            after.tensors - before.tensors,
+            after.elements - before.elements
+        ),
+        (1, 6)
+    );
+}
+
 /// The layer preference's host pass (one threaded pass, a vector `ln`) gives the sums of
 /// its definition, computed here in f64 from the same probabilities, to within float
 /// rounding: at every block edge of the pass, for views of some heads, and with a window of
