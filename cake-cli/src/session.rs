@@ -11,6 +11,7 @@ use cake_longbench::{
 };
 use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, PrefillSnapshot};
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
+use cake_models::weights::WeightFormat;
 use cake_models::{DecoderConfig, Model};
 
 use crate::exit::usage_ensure;
@@ -33,8 +34,13 @@ impl<B: Backend> Session<B> {
     /// Resolves `spec` (a known name, a GGUF file or a HF folder; `None`: the default
     /// model) and loads it onto `device`.
     pub fn open(spec: Option<&str>, device: &B::Device) -> Result<Self> {
+        Self::open_as(spec, WeightFormat::F32, device)
+    }
+
+    /// [`Session::open`] holding a GGUF model's matrices in `weights`.
+    pub fn open_as(spec: Option<&str>, weights: WeightFormat, device: &B::Device) -> Result<Self> {
         let path = cake_models::fetch::resolve_model(spec)?;
-        let loaded = cake_models::load::<B>(&path, device)
+        let loaded = cake_models::load::load_as::<B>(&path, device, weights)
             .with_context(|| format!("cannot load the model at {}", path.display()))?;
         let display = cake_models::fetch::display_name(spec, &path);
         let (tokenizer, name) = if path.is_dir() {

@@ -157,7 +157,8 @@ pub fn run(args: Args) -> Result<()> {
     let spec = registry::lookup(&args.dataset)?;
     let record = find_record(&args.data_dir, &args.dataset, &args.record)?;
     let device = Default::default();
-    let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
+    let session =
+        Session::<cake_models::Cpu>::open_as(settings.model.as_deref(), settings.weights, &device)?;
     let max_length = max_length(&session, args.max_length)?;
     let file = args.data_dir.join(format!("{}.jsonl", args.dataset));
     let located = locate_needle(&record, spec, &session, max_length)

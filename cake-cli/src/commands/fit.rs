@@ -52,7 +52,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let settings = Settings::resolve(&args.policy, args.data.model.as_deref())?;
     let device = Default::default();
-    let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
+    let session =
+        Session::<cake_models::Cpu>::open_as(settings.model.as_deref(), settings.weights, &device)?;
     std::fs::create_dir_all(&args.out).with_context(|| {
         format!(
             "cannot create {}: choose a writable --out",

@@ -67,7 +67,8 @@ pub fn run(args: Args) -> Result<()> {
         "the prompt is empty: give some text"
     );
     let device = Default::default();
-    let session = Session::<cake_models::Cpu>::open(settings.model.as_deref(), &device)?;
+    let session =
+        Session::<cake_models::Cpu>::open_as(settings.model.as_deref(), settings.weights, &device)?;
     let prompt = session.render_prompt(&text, args.chat)?;
     let ids = session.encode(&prompt)?;
     let config = GenerationConfig {
@@ -122,6 +123,7 @@ pub fn run(args: Args) -> Result<()> {
             "kv_bytes_full_cache": full_bytes,
             "kv_bytes_peak_prefill": output.kv_bytes_peak_prefill,
             "kv_bytes_after_prefill": output.kv_bytes_after_prefill,
+            "kv_bytes_peak_decode": report.as_ref().map(|r| r.decode_peak_bytes),
             "kv_bytes_peak": output.kv_bytes_peak,
             "report": report,
         });
@@ -141,8 +143,13 @@ pub fn run(args: Args) -> Result<()> {
         prompt_len as f64 / prefill_s.max(1e-9),
         1e3 / decode_ms.max(1e-9)
     );
+    // The compressor's meter sees each layer's new token before its eviction.
+    let decode_peak = report
+        .as_ref()
+        .map(|r| format!(", peak during decoding {}", mib(r.decode_peak_bytes)))
+        .unwrap_or_default();
     eprintln!(
-        "K/V memory: full cache {} | this run: peak during prefill {}, after prefill {}, peak {}",
+        "K/V memory: full cache {} | this run: peak during prefill {}, after prefill {}{decode_peak}, peak {}",
         mib(full_bytes),
         mib(output.kv_bytes_peak_prefill),
         mib(output.kv_bytes_after_prefill),

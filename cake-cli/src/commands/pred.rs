@@ -100,7 +100,8 @@ pub fn run(args: Args) -> Result<()> {
     let datasets = args.data.dataset_names()?;
     let configs = configurations(&base, &args)?;
     let device = Default::default();
-    let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
+    let session =
+        Session::<cake_models::Cpu>::open_as(base.model.as_deref(), base.weights, &device)?;
     let start = Instant::now();
     if configs.len() > 1 && !args.no_sweep {
         predict_configurations(&session, &configs, &args, &datasets)?;
@@ -208,6 +209,7 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
         if method == Method::Full {
             out.push(Settings {
                 model: base.model.clone(),
+                weights: base.weights,
                 spec: PolicySpec::new(Method::Full),
             });
             continue;

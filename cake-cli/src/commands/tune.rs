@@ -178,7 +178,8 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let device = Default::default();
-    let session = Session::<cake_models::Cpu>::open(base.model.as_deref(), &device)?;
+    let session =
+        Session::<cake_models::Cpu>::open_as(base.model.as_deref(), base.weights, &device)?;
     eprintln!(
         "tuning {} grid point(s) x {} cache size(s) on {} dataset(s), one prefill per prompt",
         configs.len() / sizes.len(),

@@ -24,8 +24,11 @@ use safetensors::{Dtype, SafeTensors};
 pub use layout::{TensorSpec, WeightLayout};
 pub use random::RandomWeights;
 
-/// How a loaded model keeps its weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+/// How a loaded model keeps its weights (serialised `f32` / `stored`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     /// Every weight dequantised to f32 (the parity-tested path, and every backend's).
     #[default]
