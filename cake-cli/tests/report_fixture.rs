@@ -4,7 +4,10 @@
 //! report committed before the host kernels, the capacity-based cache and the fused
 //! projections landed (`fixtures/report_default.json`, see its `produced_by`), except for
 //! the cascade-stage ties its `float_ties` lists (one token moved between two layers of one
-//! stage when the layer preference's sums became exact; see `float_ties_why`).
+//! stage when the layer preference's sums became exact; see `float_ties_why`), and the
+//! positions of the layers `equal_memory_layers` lists, regenerated when decoding budgets
+//! stopped growing past C x L (see `equal_memory_why`): the test checks that those layers
+//! hold fewer positions than before, all of them among the prompt's.
 //!
 //! Uses the embedded default model (SmolLM2-135M-Instruct, fetched with pip).
 
@@ -95,5 +98,24 @@ fn default_cake_run_keeps_the_committed_tokens() {
             "kept positions of layer {layer}"
         );
     }
+    let regenerated = expected["equal_memory_layers"].as_array().unwrap();
+    assert!(!regenerated.is_empty());
+    let prompt_len = expected["prompt_len"].as_u64().unwrap();
+    for layer in regenerated {
+        let heads = expected["kept_positions"][layer.as_u64().unwrap() as usize]
+            .as_array()
+            .unwrap();
+        for head in heads {
+            let head = head.as_array().unwrap();
+            assert_eq!(head.len() as u64, prompt_len, "layer {layer}: budget + window");
+        }
+    }
+    let kept: usize = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kept_positions"][0].as_array().unwrap().len())
+        .sum();
+    assert!(kept <= 1024 * 30, "{kept} kept rows of KV head 0 exceed C x L");
     assert_eq!(got["text"], expected["text"], "greedy text");
 }
