@@ -271,3 +271,212 @@ unsafe fn q6_k(w: *const u8, x: *const f32, n: usize) -> f32 {
     }
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
+
+/// Dequantises whole blocks of `format` into `out` with the reference's arithmetic (each
+/// multiply and add rounded on its own, so the very bits of [`super::blocks::dequantize`]).
+///
+/// # Safety
+/// [`available`] must hold; `out` must hold exactly the values of `blocks`' whole blocks.
+pub(super) unsafe fn dequantize(format: BlockFormat, blocks: &[u8], out: &mut [f32]) {
+    let (elems, bytes) = (format.block_elems(), format.block_bytes());
+    debug_assert_eq!(out.len(), blocks.len() / bytes * elems);
+    let n = blocks.len() / bytes;
+    let (w, y) = (blocks.as_ptr(), out.as_mut_ptr());
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match format {
+            BlockFormat::Q8_0 => unpack_q8_0(w, y, n),
+            BlockFormat::Q4_0 => unpack_q4::<false>(w, y, n),
+            BlockFormat::Q4_1 => unpack_q4::<true>(w, y, n),
+            BlockFormat::Q5_0 => unpack_q5::<false>(w, y, n),
+            BlockFormat::Q5_1 => unpack_q5::<true>(w, y, n),
+            BlockFormat::Q4K => unpack_q45_k::<false>(w, y, n),
+            BlockFormat::Q5K => unpack_q45_k::<true>(w, y, n),
+            BlockFormat::Q6K => unpack_q6_k(w, y, n),
+        }
+    }
+}
+
+/// Sixteen values to `p`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[inline]
+unsafe fn store(p: *mut f32, v: __m512) {
+    // SAFETY: the caller's output holds sixteen values at `p`.
+    unsafe { _mm512_storeu_ps(p, v) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn unpack_q8_0(w: *const u8, y: *mut f32, n: usize) {
+    for b in 0..n {
+        // SAFETY: block b and its 32 outputs lie inside the caller's buffers.
+        unsafe {
+            let (p, y) = (w.add(34 * b), y.add(32 * b));
+            let d = f16_all(p);
+            let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i));
+            let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i));
+            store(y, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
+            store(y.add(16), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+        }
+    }
+}
+
+/// Q4_0 (`MIN` false: `(q - 8) d`) and Q4_1 (`MIN` true: `q d + m`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn unpack_q4<const MIN: bool>(w: *const u8, y: *mut f32, n: usize) {
+    let (bytes, qs_at) = if MIN { (20, 4) } else { (18, 2) };
+    let (nibble, eight) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(8));
+    for b in 0..n {
+        // SAFETY: block b and its 32 outputs lie inside the caller's buffers.
+        unsafe {
+            let (p, y) = (w.add(bytes * b), y.add(32 * b));
+            let q = bytes16(p.add(qs_at));
+            let (lo, hi) = (_mm512_and_si512(q, nibble), _mm512_srli_epi32(q, 4));
+            if MIN {
+                let dm = f16_pair(p);
+                let d = _mm512_broadcastss_ps(dm);
+                let m = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+                store(
+                    y,
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), m),
+                );
+                store(
+                    y.add(16),
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), d), m),
+                );
+            } else {
+                let d = f16_all(p);
+                let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight));
+                let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight));
+                store(y, _mm512_mul_ps(lo, d));
+                store(y.add(16), _mm512_mul_ps(hi, d));
+            }
+        }
+    }
+}
+
+/// Q5_0 (`MIN` false: `(q5 - 16) d`) and Q5_1 (`MIN` true: `q5 d + m`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn unpack_q5<const MIN: bool>(w: *const u8, y: *mut f32, n: usize) {
+    let (bytes, qh_at) = if MIN { (24, 4) } else { (22, 2) };
+    let (nibble, sixteen) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(16));
+    for b in 0..n {
+        // SAFETY: block b and its 32 outputs lie inside the caller's buffers.
+        unsafe {
+            let (p, y) = (w.add(bytes * b), y.add(32 * b));
+            let qh = std::ptr::read_unaligned(p.add(qh_at) as *const u32);
+            let q = bytes16(p.add(qh_at + 4));
+            let lo = _mm512_and_si512(q, nibble);
+            let lo = _mm512_mask_or_epi32(lo, qh as u16, lo, sixteen);
+            let hi = _mm512_srli_epi32(q, 4);
+            let hi = _mm512_mask_or_epi32(hi, (qh >> 16) as u16, hi, sixteen);
+            if MIN {
+                let dm = f16_pair(p);
+                let d = _mm512_broadcastss_ps(dm);
+                let m = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+                store(
+                    y,
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), m),
+                );
+                store(
+                    y.add(16),
+                    _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(hi), d), m),
+                );
+            } else {
+                let d = f16_all(p);
+                let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, sixteen));
+                let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, sixteen));
+                store(y, _mm512_mul_ps(lo, d));
+                store(y.add(16), _mm512_mul_ps(hi, d));
+            }
+        }
+    }
+}
+
+/// Q4_K and, with `HIGH`, Q5_K: group g is `(d sc_g) q - (dmin m_g)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn unpack_q45_k<const HIGH: bool>(w: *const u8, y: *mut f32, n: usize) {
+    let (bytes, qs_at) = if HIGH { (176, 48) } else { (144, 16) };
+    let (nibble, sixteen) = (_mm512_set1_epi32(0xF), _mm512_set1_epi32(16));
+    for b in 0..n {
+        // SAFETY: super-block b and its 256 outputs lie inside the caller's buffers.
+        unsafe {
+            let (p, y) = (w.add(bytes * b), y.add(256 * b));
+            let block = std::slice::from_raw_parts(p, bytes);
+            let d = super::blocks::f16_at(block, 0);
+            let dmin = super::blocks::f16_at(block, 2);
+            let high = if HIGH {
+                _mm256_loadu_si256(p.add(16) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
+            for c in 0..4 {
+                let qa = bytes16(p.add(qs_at + 32 * c));
+                let qb = bytes16(p.add(qs_at + 32 * c + 16));
+                for (g, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
+                    let (sc, m) = scale_min_k4(g, &block[4..16]);
+                    let (scale, min) = (_mm512_set1_ps(d * sc), _mm512_set1_ps(dmin * m));
+                    let shift = _mm512_set1_epi32(shift);
+                    let mut a = _mm512_and_si512(_mm512_srlv_epi32(qa, shift), nibble);
+                    let mut bq = _mm512_and_si512(_mm512_srlv_epi32(qb, shift), nibble);
+                    if HIGH {
+                        let bit = _mm256_set1_epi8((1u8 << g) as i8);
+                        let k = _mm256_test_epi8_mask(high, bit);
+                        a = _mm512_mask_or_epi32(a, k as u16, a, sixteen);
+                        bq = _mm512_mask_or_epi32(bq, (k >> 16) as u16, bq, sixteen);
+                    }
+                    let yg = y.add(32 * g);
+                    store(
+                        yg,
+                        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(a)), min),
+                    );
+                    store(
+                        yg.add(16),
+                        _mm512_sub_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(bq)), min),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Q6_K: value l + 32k of half n is `(d scales[l / 16 + 2k]) (q - 32)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn unpack_q6_k(w: *const u8, y: *mut f32, n: usize) {
+    let (nibble, three, off) = (
+        _mm512_set1_epi32(0xF),
+        _mm512_set1_epi32(3),
+        _mm512_set1_epi32(32),
+    );
+    for b in 0..n {
+        // SAFETY: super-block b and its 256 outputs lie inside the caller's buffers.
+        unsafe {
+            let (p, y) = (w.add(210 * b), y.add(256 * b));
+            let d = super::blocks::f16_at(std::slice::from_raw_parts(p, 210), 208);
+            for half in 0..2 {
+                let (ql, qh) = (p.add(64 * half), p.add(128 + 32 * half));
+                let sc = p.add(192 + 8 * half) as *const i8;
+                let y = y.add(128 * half);
+                for l in [0, 16] {
+                    let a = bytes16(ql.add(l));
+                    let bq = bytes16(ql.add(l + 32));
+                    let h = bytes16(qh.add(l));
+                    let quads = [
+                        (_mm512_and_si512(a, nibble), h),
+                        (_mm512_and_si512(bq, nibble), _mm512_srli_epi32(h, 2)),
+                        (_mm512_srli_epi32(a, 4), _mm512_srli_epi32(h, 4)),
+                        (_mm512_srli_epi32(bq, 4), _mm512_srli_epi32(h, 6)),
+                    ];
+                    for (k, (low, high)) in quads.into_iter().enumerate() {
+                        let q = _mm512_or_si512(
+                            low,
+                            _mm512_slli_epi32(_mm512_and_si512(high, three), 4),
+                        );
+                        let q = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, off));
+                        let scale = _mm512_set1_ps(d * *sc.add(l / 16 + 2 * k) as f32);
+                        store(y.add(l + 32 * k), _mm512_mul_ps(scale, q));
+                    }
+                }
+            }
+        }
+    }
+}

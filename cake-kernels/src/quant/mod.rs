@@ -215,6 +215,19 @@ impl BlockKernels for Avx512 {
         // SAFETY: only handed out when `avx512::available()`; the row covers x (checked).
         unsafe { avx512::dot(self.0, row, x) }
     }
+
+    fn dequantize(&self, blocks: &[u8], out: &mut [f32]) {
+        let (elems, bytes) = (self.0.block_elems(), self.0.block_bytes());
+        assert!(
+            blocks.len().is_multiple_of(bytes) && out.len() == blocks.len() / bytes * elems,
+            "{} bytes of {} blocks do not fill {} values",
+            blocks.len(),
+            self.0,
+            out.len()
+        );
+        // SAFETY: only handed out when `avx512::available()`; sizes checked above.
+        unsafe { avx512::dequantize(self.0, blocks, out) }
+    }
 }
 
 /// Packed rows that do not fit their declared shape.
@@ -451,6 +464,9 @@ impl PackedMatrix {
     /// # Panics
     /// When `xs` is not whole rows of `cols` or `bias` is not `[rows]`.
     pub fn matmul(&self, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        if xs.len() <= MULTI_VECTOR_ROWS * self.cols {
+            return self.gemv_rows(xs, bias);
+        }
         let panel = (PANEL_BYTES / 4 / self.cols.max(1)).max(16);
         self.matmul_in_panels(xs, bias, panel)
     }
@@ -486,6 +502,48 @@ impl PackedMatrix {
         y
     }
 }
+
+impl PackedMatrix {
+    /// `Y = X W^T + b` for a few activation rows `xs` (`[n, cols]`): the multi-vector
+    /// product of batched decoding. Each weight row is dequantised once (into a buffer the
+    /// caches hold) and multiplied with every activation row, so a step of n sequences
+    /// reads the weights once, not n times. Threaded over weight rows like [`Self::gemv`].
+    ///
+    /// # Panics
+    /// When `xs` is not whole rows of `cols` or `bias` is not `[rows]`.
+    pub fn gemv_rows(&self, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols);
+        assert!(cols > 0 && xs.len().is_multiple_of(cols));
+        assert!(bias.is_none_or(|b| b.len() == rows));
+        let n = xs.len() / cols;
+        let mut y = vec![0.0f32; n * rows];
+        let dst = SharedOut(y.as_mut_ptr());
+        let mut first = 0;
+        for part in &self.parts {
+            let kernels = part.format.kernels();
+            let tasks = 8 * rayon::current_num_threads();
+            let per_task = part.rows.div_ceil(tasks).clamp(4, MAX_ROWS_PER_TASK);
+            crate::pool::run(part.rows.div_ceil(per_task), &|t| {
+                let mut w = vec![0.0f32; cols];
+                for r in t * per_task..((t + 1) * per_task).min(part.rows) {
+                    kernels.dequantize(part.row(r), &mut w);
+                    let o = first + r;
+                    let b = bias.map_or(0.0, |b| b[o]);
+                    for (s, x) in xs.chunks_exact(cols).enumerate() {
+                        // SAFETY: output (s, o) is written by the one task owning row r.
+                        unsafe { *dst.ptr().add(s * rows + o) = crate::simd::dot(&w, x) + b };
+                    }
+                }
+            });
+            first += part.rows;
+        }
+        y
+    }
+}
+
+/// Most activation rows [`PackedMatrix::matmul`] multiplies row by row
+/// ([`PackedMatrix::gemv_rows`]) before it dequantises panels for the GEMM.
+pub const MULTI_VECTOR_ROWS: usize = 16;
 
 /// Most bytes of f32 weights [`PackedMatrix::matmul`] dequantises at once.
 pub const PANEL_BYTES: usize = 16 << 20;

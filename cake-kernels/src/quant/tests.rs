@@ -89,6 +89,23 @@ fn dots_equal_the_dequantised_dot_product() {
     }
 }
 
+/// Every format's fast dequantisation gives the reference's very bits.
+#[test]
+fn fast_dequantisation_has_the_reference_bits() {
+    for format in BlockFormat::ALL {
+        let cols = 3 * format.block_elems();
+        let rows = random_rows(format, 5, cols, 21);
+        let (mut fast, mut reference) = (vec![0.0f32; 5 * cols], vec![1.0f32; 5 * cols]);
+        format.kernels().dequantize(rows.data(), &mut fast);
+        blocks::dequantize(format, rows.data(), &mut reference);
+        let same = fast
+            .iter()
+            .zip(&reference)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{format} ({})", format.kernels().name());
+    }
+}
+
 /// The fast kernels are the ones this processor is said to run (a negative control: on an
 /// AVX-512 machine the tests above compared two different implementations).
 #[test]
@@ -145,6 +162,7 @@ fn mixed_matrix_products_equal_dense_ones() {
         assert!((y[r] as f64 - want).abs() <= 1e-5 * size + 1e-5, "row {r}");
     }
     for panel in [16, 30, 66, 1000] {
+        let xs = pseudo_random(20 * cols, 8);
         let ys = m.matmul_in_panels(&xs, Some(&bias), panel);
         for (s, ys) in ys.chunks_exact(66).enumerate() {
             for r in 0..66 {
@@ -155,6 +173,32 @@ fn mixed_matrix_products_equal_dense_ones() {
                     "panel {panel} token {s} row {r}: {} vs {want}",
                     ys[r]
                 );
+            }
+        }
+    }
+    for n in [2, 3, 16] {
+        let xs = pseudo_random(n * cols, 30 + n as u64);
+        let ys = m.gemv_rows(&xs, Some(&bias));
+        assert_eq!(
+            ys,
+            m.matmul(&xs, Some(&bias)),
+            "{n} rows: matmul takes this path"
+        );
+        for (s, ys) in ys.chunks_exact(66).enumerate() {
+            for r in 0..66 {
+                let (want, size) = dense_dot(&w[r * cols..(r + 1) * cols], &xs[s * cols..][..cols]);
+                let want = want + bias[r] as f64;
+                assert!(
+                    (ys[r] as f64 - want).abs() <= 1e-5 * size + 1e-5,
+                    "{n}: {s} {r}"
+                );
+            }
+            let mut one = vec![0.0; 66];
+            m.gemv(&xs[s * cols..][..cols], Some(&bias), &mut one);
+            for (r, (a, b)) in one.iter().zip(ys).enumerate() {
+                let (_, size) = dense_dot(&w[r * cols..(r + 1) * cols], &xs[s * cols..][..cols]);
+                let gap = (a - b).abs() as f64;
+                assert!(gap <= 1e-5 * size + 1e-5, "row {r}: batch {b} vs GEMV {a}");
             }
         }
     }
