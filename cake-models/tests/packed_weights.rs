@@ -112,3 +112,53 @@ fn smollm2_stored_computes_what_f32_computes() {
         .expect("generate");
     assert_eq!(out.tokens, greedy);
 }
+
+/// Qwen2.5-Coder-0.5B (Q5_0, Q8_0, Q6_K and Q4_K matrices; QKV fused from parts of
+/// different formats in some layers) kept packed: the stored bytes are the file's, each
+/// prompt's logits stay within rounding of the f32 load's, and the three chat prompts
+/// continue with transformers' 32 greedy tokens, as the f32 load does (`qwen_gguf.rs`).
+#[test]
+fn qwen_stored_continues_as_transformers_does() {
+    let path = cake_models::fetch::resolve_model(Some("qwen2.5-coder-0.5b")).expect("fetch Qwen");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer/qwen2.5-coder-0.5b.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).expect("fixture")).expect("json");
+    let device = Default::default();
+    let dense = load_as::<Cpu>(&path, &device, WeightFormat::F32)
+        .expect("f32 load")
+        .model;
+    let packed = load_as::<Cpu>(&path, &device, WeightFormat::Stored)
+        .expect("stored load")
+        .model;
+    let (dense_step, packed_step) = (dense.decode_weight_bytes(), packed.decode_weight_bytes());
+    assert!(
+        (packed_step as f64) < 0.35 * dense_step as f64,
+        "{packed_step} vs {dense_step}"
+    );
+    let cases = json["greedy"].as_array().expect("cases");
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let prompt = common::ids(&case["prompt_ids"]);
+        let want = common::ids(&case["argmax_32_ids"]);
+        let (a, b) = (
+            prefill_logits(&dense, &prompt),
+            prefill_logits(&packed, &prompt),
+        );
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        eprintln!("qwen f32 vs stored: max |logit diff| {diff} (max |logit| {scale})");
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "f32 vs stored: {diff} (|max| {scale})"
+        );
+        let out = Generation::new(&packed)
+            .with_config(GenerationConfig::greedy(32, 32))
+            .generate(&prompt)
+            .expect("generate");
+        assert_eq!(out.tokens, want, "prompt {:?}", case["messages"]);
+    }
+}
