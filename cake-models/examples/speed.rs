@@ -1,13 +1,14 @@
 //! Prefill and decode throughput of a model on the CPU backend.
 //!
 //! ```text
-//! cargo run --release -p cake-models --example speed -- [MODEL] [PREFILL_LENS] [DECODE_STEPS] [WEIGHTS]
+//! cargo run --release -p cake-models --example speed -- [MODEL] [PREFILL_LENS] [DECODE_STEPS] [WEIGHTS] [DECODE_AFTER]
 //! ```
 //! MODEL: a HF folder or .gguf (default: the project's default model); PREFILL_LENS: comma
-//! separated prompt lengths (default 512,2048); DECODE_STEPS: decoding steps after a
-//! 512-token prompt (default 64); WEIGHTS: `f32` (default) or `stored` (GGUF matrices kept
-//! packed). Prompts are deterministic pseudo-random token ids, the
-//! same as `tools/fixtures/speed_transformers.py` uses, so the two can be compared.
+//! separated prompt lengths (default 512,2048); DECODE_STEPS: decoding steps (default 64);
+//! WEIGHTS: `f32` (default) or `stored` (GGUF matrices kept packed); DECODE_AFTER: the
+//! prompt length decoding starts after (default 512). Prompts are deterministic
+//! pseudo-random token ids, the same as `tools/fixtures/speed_transformers.py` and
+//! `speed_llamacpp.py` use, so the three can be compared (`tools/speed_vs_llamacpp.sh`).
 
 use std::time::Instant;
 
@@ -41,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let steps: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
     let format: WeightFormat = args.get(4).map_or(Ok(WeightFormat::F32), |s| s.parse())?;
+    let after: usize = args.get(5).map_or(Ok(512), |s| s.parse())?;
     let device = Default::default();
     let t = Instant::now();
     let model = load_as::<Cpu>(&path, &device, format)?.model;
@@ -67,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let mut caches = model.new_caches();
-    let p = prompt(512);
+    let p = prompt(after);
     model
         .forward_prefill(&p, &mut caches, &mut KeepAll)?
         .into_data();
@@ -80,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "decode {steps} steps after 512: {:.2} ms/token  {:.1} tokens/s",
+        "decode {steps} steps after {after}: {:.2} ms/token  {:.1} tokens/s",
         secs * 1e3 / steps as f64,
         steps as f64 / secs
     );
