@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::score_function::ScoreFunction;
 
-/// The two parts of a layer's preference (`cake-algorithm.md`, section 2).
+/// The two parts of a layer's preference (`docs/algorithm.md`, section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LayerPreference {
     /// Spatial dispersion `H_l = -sum A_p ln(A_p + 1e-10)`.
@@ -146,7 +146,7 @@ impl Allocator for Preference {
     }
 }
 
-/// Fixed per-layer shares, e.g. from a fitted score function (`cake-algorithm.md`,
+/// Fixed per-layer shares, e.g. from a fitted score function (`docs/algorithm.md`,
 /// section 9): no window statistics at run time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Static {

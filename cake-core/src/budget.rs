@@ -1,4 +1,4 @@
-//! Integer per-layer budgets from preference shares (`cake-algorithm.md`, section 4).
+//! Integer per-layer budgets from preference shares (`docs/algorithm.md`, section 4).
 //!
 //! Plain Rust on slices, so that the invariants can be property-tested without tensors:
 //! every budget is at most its layer's cap (the prompt tokens before the window, `S - w`),

@@ -1,4 +1,4 @@
-//! Per-head budgets (`cake-algorithm.md`, section 10): how a layer's budget is split
+//! Per-head budgets (`docs/algorithm.md`, section 10): how a layer's budget is split
 //! across its KV heads, each of which then stores only its own kept rows (see
 //! [`crate::LayerCache`]).
 //!

@@ -1,5 +1,5 @@
 //! A policy = a layer-budget [`Allocator`] x a token [`Scorer`], with its configuration
-//! (`cake-algorithm.md`, section 8).
+//! (`docs/algorithm.md`, section 8).
 
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// AdaKV's default floor fraction (`cake-algorithm.md`, section 10).
+/// AdaKV's default floor fraction (`docs/algorithm.md`, section 10).
 pub const DEFAULT_HEAD_FLOOR: f64 = 0.2;
 
 fn is_default_floor(x: &f64) -> bool {
@@ -344,7 +344,7 @@ impl<B: Backend> Policy<B> {
     }
 
     /// This policy with unset temperatures taken from the published table for `model`
-    /// (`cake-algorithm.md` section 3), looked up at the effective cache size of each
+    /// (`docs/algorithm.md` section 11), looked up at the effective cache size of each
     /// prompt (see [`Policy::for_cache_size`]).
     pub fn with_published_taus(mut self, model: &str) -> Self {
         self.tau_model = Some(model.to_string());

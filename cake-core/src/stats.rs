@@ -1,5 +1,5 @@
 //! Window statistics as tensor functions generic over Burn's `Backend`
-//! (`cake-algorithm.md`, sections 1-3), plus the host-side top-k used by eviction.
+//! (`docs/algorithm.md`, sections 1-3), plus the host-side top-k used by eviction.
 //!
 //! All softmaxes run in f32 whatever the backend's float type.
 

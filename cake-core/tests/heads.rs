@@ -1,4 +1,4 @@
-//! Per-head budgets (`cake-algorithm.md`, section 10): the ragged storage, the pure
+//! Per-head budgets (`docs/algorithm.md`, section 10): the ragged storage, the pure
 //! allocation math (property tests, as for the layer budgets) and the compressor's three
 //! head-budget modes end to end on synthetic Q/K/V.
 

@@ -23,7 +23,7 @@ pub fn tune_allocator() {
 /// core). Smaller blocks keep their own alignment: a decoding step's many small buffers would
 /// pay for the aligned allocation's extra work (measured: 4 KiB and up made decoding 3-5%
 /// slower). Install it in a program with
-/// `#[global_allocator] static ALLOC: cake_models::cpu::LineAligned = cake_models::cpu::LineAligned;`.
+/// `#[global_allocator] static ALLOC: cake_kernels::LineAligned = cake_kernels::LineAligned;`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LineAligned;
 

@@ -1,4 +1,4 @@
-//! Fitted score functions for static CAKE budgets (`cake-algorithm.md`, section 9).
+//! Fitted score functions for static CAKE budgets (`docs/algorithm.md`, section 9).
 //!
 //! Instead of measuring every layer's preference `P_l` on each prompt, a model's layer
 //! preferences are fitted once offline:
