@@ -753,6 +753,9 @@ fn shards_merge_into_the_unsharded_files_and_scores() {
     let names = folders(&plain);
     assert_eq!(names.len(), 2, "{names:?}");
     assert_eq!(names, folders(&sharded));
+    // The summary's rows each run's result.json implies: its average with its interval,
+    // and cake's paired difference to the full cache.
+    let (mut averages, mut difference) = (Vec::new(), None);
     for name in &names {
         let shard_lines = |i: usize| {
             std::fs::read_to_string(
@@ -787,16 +790,46 @@ fn shards_merge_into_the_unsharded_files_and_scores() {
         );
         assert!(low <= score && score <= high, "{interval}");
         assert_eq!(interval["records"], 4);
-        if name.starts_with("cake") {
+        // `54.30 [48.10, 60.20]`: a value and the interval beside it.
+        let cell = |v: &serde_json::Value, key: &str| {
+            let f = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+            format!("{:.2} [{:.2}, {:.2}]", f(key), f("low"), f("high"))
+        };
+        let policy = if name.starts_with("cake") {
+            "cake"
+        } else {
+            "full"
+        };
+        averages.push(format!("| {policy} | {} |", cell(&u["average"], "score")));
+        if policy == "cake" {
             // cake - full on the same 4 records.
             let paired = &u["paired"][0];
             assert_eq!(paired["reference"], "full");
             assert_eq!(paired["datasets"]["synth_passkey"]["records"], 4);
+            difference = Some(format!(
+                "| cake | {} |",
+                cell(&paired["average"], "difference")
+            ));
+        } else {
+            assert_eq!(
+                u["paired"],
+                serde_json::json!([]),
+                "the full cache is the reference"
+            );
         }
     }
     let summary = std::fs::read_to_string(sharded.join("summary.md")).unwrap();
-    assert!(summary.contains("policy - full cache"), "{summary}");
-    assert!(summary.contains(" ["), "{summary}");
+    let (scores, differences) = summary
+        .split_once("policy - full cache")
+        .unwrap_or_else(|| panic!("no differences to the full cache: {summary}"));
+    for row in &averages {
+        assert!(scores.contains(row.as_str()), "{row} in {summary}");
+    }
+    let difference = difference.expect("a cake run");
+    assert!(
+        differences.contains(&difference),
+        "{difference} in {summary}"
+    );
     // A malformed --shard is a usage error that shows the expected form.
     let out = cake()
         .current_dir(work.path())

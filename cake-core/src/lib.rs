@@ -7,13 +7,40 @@
 //! A [`PolicySpec`] describes a policy by value (as flags and settings files do) and is
 //! the one factory of compressors, `full` included.
 //!
-//! ```ignore
-//! let spec = PolicySpec { method: Method::Cake, ..PolicySpec::default() };
-//! let mut compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", num_layers)?;
-//! model.prefill(&prompt, &mut caches, &mut compressor, PrefillLogits::Last)?;
+//! A model's prefill appends each layer's keys and values to that layer's cache and then
+//! calls the compressor's hook with the layer's queries; here random tensors stand in for
+//! a model's (`cake-models` runs the same hooks from a real one):
+//!
+//! ```
+//! use burn::tensor::{Distribution, Tensor};
+//! use cake_core::{KvCompressor, LayerCache, Method, PolicyConfig, PolicySpec, PrefillLayer};
+//!
+//! type B = burn_flex::Flex;
+//! let (layers, heads, kv_heads, prompt, dim) = (4, 4, 2, 96, 8);
+//! let spec = PolicySpec {
+//!     method: Method::Cake,
+//!     cache: PolicyConfig { cache_size: 32, window: 8, ..PolicyConfig::default() },
+//!     ..PolicySpec::default()
+//! };
+//! let mut compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", layers)?;
+//! let random = |shape: [usize; 3]| {
+//!     Tensor::<B, 3>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+//! };
+//! let mut caches: Vec<LayerCache<B>> = (0..layers).map(|_| LayerCache::new()).collect();
+//! for layer in 0..layers {
+//!     // Keys and values `[Hkv, S, d]` at positions 0..S, then the hook with the queries.
+//!     caches[layer].append(random([kv_heads, prompt, dim]), random([kv_heads, prompt, dim]), 0)?;
+//!     let queries = random([heads, prompt, dim]);
+//!     compressor.after_prefill_layer(PrefillLayer { layer, queries }, &mut caches[..=layer])?;
+//! }
+//! compressor.after_prefill(&mut caches)?;
+//! // The layers share a budget of C = 32 tokens each on average.
+//! let kept: usize = caches.iter().map(LayerCache::len).sum();
+//! assert!(kept <= 32 * layers && kept < prompt * layers);
 //! if let Some(report) = compressor.report(&caches) {
 //!     println!("{}", report.to_json());
 //! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 /// A function's whole body: returns `$body` (a call of an `#[inline(always)]` function)

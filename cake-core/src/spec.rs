@@ -1,12 +1,24 @@
 //! [`PolicySpec`]: a whole KV-cache policy described by value (what the command line and
 //! settings files say), validated once and built into a [`Compressor`] by one factory.
 //!
-//! ```ignore
+//! ```
+//! use cake_core::{AllocatorKind, Compressor, ConfigError, LayerCache, Method, PolicySpec};
+//!
+//! type B = burn_flex::Flex;
 //! let spec = PolicySpec { method: Method::Cake, ..PolicySpec::default() };
 //! spec.validate()?;
-//! let mut compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", num_layers)?;
-//! model.prefill(&ids, &mut caches, &mut compressor, PrefillLogits::Last)?;
-//! let report = compressor.report(&caches); // None for `full`
+//! assert_eq!(spec.label(), "cake-c1024-w32");
+//! // What a model's prefill and decoding steps call (see `cake-models`' `Model::prefill`).
+//! let compressor = spec.compressor::<B>("Llama-3.1-8B-Instruct", 32)?;
+//! assert!(matches!(compressor, Compressor::Policy(_)));
+//! // The full cache is a spec too: its compressor keeps everything and reports nothing.
+//! let full = PolicySpec::new(Method::Full).compressor::<B>("Llama-3.1-8B-Instruct", 32)?;
+//! let caches: Vec<LayerCache<B>> = (0..32).map(|_| LayerCache::new()).collect();
+//! assert!(full.report(&caches).is_none());
+//! // The static allocator needs its score-function file: refused before any model runs.
+//! let no_file = PolicySpec { allocator: Some(AllocatorKind::Static), ..spec };
+//! assert!(matches!(no_file.validate(), Err(ConfigError::StaticNeedsFile)));
+//! # Ok::<(), ConfigError>(())
 //! ```
 
 use std::path::PathBuf;

@@ -20,24 +20,9 @@ use cake_core::{Method, PolicyConfig, PolicySpec};
 use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::{Cpu, Model, load};
 
-/// Resident set size in bytes (`/proc/self/statm`: the second field, in pages).
+/// Resident set size in bytes (see [`cake_models::rss_bytes`]; Linux only).
 fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("statm's resident field");
-    pages * page_size()
-}
-
-fn page_size() -> u64 {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: sysconf only reads a system constant.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let size = 4096;
-    size
+    cake_models::rss_bytes().expect("/proc/self/statm (Linux)")
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
-use cake_core::{KeepAll, KvCompressor, LayerCache, PrefillRecorder, replay_prefill};
+use cake_core::{
+    CacheError, KeepAll, KvCompressor, LayerCache, PrefillLayer, PrefillRecorder, replay_prefill,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -122,11 +124,19 @@ pub struct GenerationOutput {
     pub stop_reason: StopReason,
     /// Prompt length in tokens.
     pub prompt_len: usize,
-    /// Prefill wall time, including reading back the first logits.
+    /// Prefill wall time, including reading back the first logits. For a generation
+    /// resumed from a [`PrefillSnapshot`], the shared full-cache prefill plus this
+    /// compressor's own replay of the prefill hooks (both given apart in
+    /// [`GenerationOutput::resumed`]).
     pub prefill_time: Duration,
+    /// Set when the prefill was not run by this generation but resumed from a
+    /// [`PrefillSnapshot`]: what [`GenerationOutput::prefill_time`] is made of.
+    pub resumed: Option<ResumedPrefill>,
     /// Wall time of every decoding step (forward of one token + reading back its logits).
     pub decode_step_times: Vec<Duration>,
     /// Largest K/V bytes held during the prefill (before compression of the last layer).
+    /// For a generation resumed from a [`PrefillSnapshot`], the peak of a live prefill with
+    /// its compressor, measured during its replay (not the full cache's).
     pub kv_bytes_peak_prefill: usize,
     /// K/V bytes held right after the prefill (after compression).
     pub kv_bytes_after_prefill: usize,
@@ -158,11 +168,29 @@ pub enum GenerateError {
     },
 }
 
+/// How the prefill of a generation resumed from a [`PrefillSnapshot`] was obtained: the
+/// model's forward pass over the prompt ran once, with the full cache, for every policy
+/// resumed from the snapshot; this policy then replayed its own prefill hooks on a copy of
+/// the full caches. A live prefill with the policy runs the same forward pass (each layer's
+/// prefill attends over its own full prompt before the hook runs) and the same hooks, so
+/// the sum, [`GenerationOutput::prefill_time`], estimates its time; only
+/// [`ResumedPrefill::compression_time`] is this policy's own measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumedPrefill {
+    /// Wall time of the snapshot's full-cache prefill (including reading back the first
+    /// logits): the same for every policy resumed from the snapshot.
+    pub shared_prefill_time: Duration,
+    /// Wall time of this policy's replay of the prefill hooks (its compression of the
+    /// snapshot's caches).
+    pub compression_time: Duration,
+}
+
 /// One prompt's full-cache prefill, kept so that several policies decode from it (a policy
 /// sweep prefills each prompt once). [`PrefillSnapshot::resume`] replays the recorded
 /// prefill hooks for a compressor on a copy of the full caches, which leaves exactly what
 /// a live prefill with that compressor would have (see [`PrefillRecorder`]), and returns a
-/// generation ready for [`Generation::decode`].
+/// generation ready for [`Generation::decode`], which reports the policy's own prefill
+/// peak and compression time (see [`ResumedPrefill`]).
 #[derive(Debug, Clone)]
 pub struct PrefillSnapshot<B: Backend> {
     caches: Vec<LayerCache<B>>,
@@ -186,13 +214,18 @@ impl<B: Backend> PrefillSnapshot<B> {
         })
     }
 
-    /// The prefill's state (prompt length, first logits, timing, peak K/V).
+    /// The full-cache prefill's state (prompt length, first logits, timing, peak K/V): the
+    /// full cache's figures, not those of a policy resumed from it.
     pub fn prefilled(&self) -> &Prefilled<Vec<f32>> {
         &self.prefilled
     }
 
     /// A generation that continues this prefill under `compressor`: its prefill hooks run
-    /// on a copy of the full caches; the snapshot stays for the next policy.
+    /// on a copy of the full caches; the snapshot stays for the next policy. The
+    /// generation's prefill figures are the policy's own: the peak K/V a live prefill with
+    /// it holds (measured before each layer's hook of the replay, as a live prefill
+    /// measures after each layer's append) and a time made of the shared prefill and its
+    /// replay (see [`ResumedPrefill`]).
     ///
     /// # Errors
     /// A compressor hook's error (as from a live prefill).
@@ -202,11 +235,50 @@ impl<B: Backend> PrefillSnapshot<B> {
         mut compressor: C,
     ) -> Result<Generation<'a, B, C>, GenerateError> {
         let mut caches = self.caches.clone();
-        replay_prefill(&mut compressor, self.recorder.queries(), &mut caches)
+        let mut meter = PeakMeter {
+            inner: &mut compressor,
+            peak: 0,
+        };
+        let start = Instant::now();
+        replay_prefill(&mut meter, self.recorder.queries(), &mut caches)
             .map_err(ModelError::from)?;
-        Ok(Generation::new(model)
+        let resumed = ResumedPrefill {
+            shared_prefill_time: self.prefilled.prefill_time,
+            compression_time: start.elapsed(),
+        };
+        let prefilled = Prefilled {
+            prefill_time: resumed.shared_prefill_time + resumed.compression_time,
+            kv_bytes_peak_prefill: meter.peak,
+            ..self.prefilled.clone()
+        };
+        let mut run = Generation::new(model)
             .with_compressor(compressor)
-            .with_prefill(caches, self.prefilled.clone()))
+            .with_prefill(caches, prefilled);
+        run.resumed = Some(resumed);
+        Ok(run)
+    }
+}
+
+/// A compressor's prefill hooks, recording the largest K/V bytes they are handed: each
+/// layer's hook sees layers `0..=layer`, the earlier ones already compressed and its own
+/// full, which is what a live prefill holds after the layer's append (its peak).
+struct PeakMeter<'c, C> {
+    inner: &'c mut C,
+    peak: usize,
+}
+
+impl<B: Backend, C: KvCompressor<B>> KvCompressor<B> for PeakMeter<'_, C> {
+    fn after_prefill_layer(
+        &mut self,
+        step: PrefillLayer<B>,
+        caches: &mut [LayerCache<B>],
+    ) -> Result<(), CacheError> {
+        self.peak = self.peak.max(kv_bytes(caches));
+        self.inner.after_prefill_layer(step, caches)
+    }
+
+    fn after_prefill(&mut self, caches: &mut [LayerCache<B>]) -> Result<(), CacheError> {
+        self.inner.after_prefill(caches)
     }
 }
 
@@ -220,14 +292,31 @@ struct TextSink<'a> {
 /// [`KvCompressor`]; [`KeepAll`] by default) and the sampler; streams text through an
 /// incremental detokenizer.
 ///
-/// ```ignore
+/// ```no_run
+/// use cake_core::{Method, PolicySpec};
+/// use cake_models::generate::{Generation, GenerationConfig};
+/// use cake_models::gguf::GgufFile;
+/// use cake_models::tokenizer::{TextStreamer, Tokenizer};
+/// use cake_models::{Cpu, load};
+///
+/// // The default model (SmolLM2-135M-Instruct, a GGUF file fetched on first use).
+/// let path = cake_models::fetch::resolve_model(None)?;
+/// let model = load::<Cpu>(&path, &Default::default())?.model;
+/// let tokenizer = Tokenizer::from_gguf(&GgufFile::open(&path)?)?;
+/// let prompt_ids = tokenizer.encode("The capital of France is", true)?;
+///
+/// let spec = PolicySpec::new(Method::Cake);
 /// let mut run = Generation::new(&model)
-///     .with_compressor(spec.compressor::<B>(name, model.num_layers())?)
+///     .with_compressor(spec.compressor::<Cpu>("smollm2-135m", model.num_layers())?)
 ///     .with_config(GenerationConfig { max_new_tokens: 64, ..Default::default() })
 ///     .with_eos(tokenizer.eos_token_ids())
 ///     .with_text(TextStreamer::new(&tokenizer, true), |piece| print!("{piece}"));
 /// let output = run.generate(&prompt_ids)?;
-/// let report = run.compressor().report(run.caches());
+/// println!("\n{} tokens, stopped by {:?}", output.tokens.len(), output.stop_reason);
+/// if let Some(report) = run.compressor().report(run.caches()) {
+///     println!("{}", report.to_json());
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Generation<'a, B: Backend, C = KeepAll> {
     model: &'a Model<B>,
@@ -237,6 +326,7 @@ pub struct Generation<'a, B: Backend, C = KeepAll> {
     eos: Vec<u32>,
     text: Option<TextSink<'a>>,
     prefilled: Option<Prefilled<Vec<f32>>>,
+    resumed: Option<ResumedPrefill>,
 }
 
 impl<'a, B: Backend> Generation<'a, B, KeepAll> {
@@ -250,6 +340,7 @@ impl<'a, B: Backend> Generation<'a, B, KeepAll> {
             eos: Vec::new(),
             text: None,
             prefilled: None,
+            resumed: None,
         }
     }
 }
@@ -265,6 +356,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
             eos: self.eos,
             text: self.text,
             prefilled: self.prefilled,
+            resumed: self.resumed,
         }
     }
 
@@ -305,6 +397,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     ) -> Self {
         self.caches = caches;
         self.prefilled = Some(prefilled);
+        self.resumed = None;
         self
     }
 
@@ -328,8 +421,11 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
         (self.compressor, self.caches)
     }
 
-    /// Prefills `prompt` into the caches (which must be empty), running the compressor's
-    /// prefill hooks.
+    /// Prefills `prompt` into fresh caches, running the compressor's prefill hooks. A
+    /// generation can prefill (and [`Generation::generate`]) one prompt after another: each
+    /// prefill drops what the caches held (the previous prompt, or a
+    /// [`Generation::with_prefill`]) and starts over, and the compressor starts over at its
+    /// first layer's hook (as the [`cake_core::PolicySpec`] compressors do).
     ///
     /// # Errors
     /// [`GenerateError::PromptTooLong`] when the prompt has more tokens than the model's
@@ -338,6 +434,12 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     /// first and last halves, see `cake_longbench::prompt`). Decoding may run past the
     /// context, as in transformers.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<&Prefilled<Vec<f32>>, GenerateError> {
+        // The previous prompt's state goes first (its caches are freed before the new
+        // prefill fills others), so that a refused or failed prefill leaves nothing to
+        // decode from.
+        self.prefilled = None;
+        self.resumed = None;
+        self.caches = self.model.new_caches();
         if let Some(context) = self.model.config().max_position_embeddings
             && prompt.len() > context
         {
@@ -369,7 +471,13 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
         Ok(logits_to_vec(logits))
     }
 
-    /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens.
+    /// Prefills `prompt`, then decodes up to `max_new_tokens` tokens. Each call answers its
+    /// own prompt from fresh caches (see [`Generation::prefill`]), so one generation serves
+    /// many prompts; the output's text holds only this call's tokens (the detokenizer is
+    /// kept, so a [`crate::tokenizer::TextStreamer`] decodes them after the earlier ones).
+    ///
+    /// # Errors
+    /// As [`Generation::prefill`] and [`Generation::decode`].
     pub fn generate(&mut self, prompt: &[u32]) -> Result<GenerationOutput, GenerateError> {
         let _span = tracing::info_span!("generate", prompt_tokens = prompt.len()).entered();
         validate(&self.config, self.text.is_some())?;
@@ -452,6 +560,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
             stop_reason,
             prompt_len,
             prefill_time,
+            resumed: self.resumed,
             decode_step_times,
             kv_bytes_peak_prefill,
             kv_bytes_after_prefill,
@@ -460,7 +569,7 @@ impl<'a, B: Backend, C: KvCompressor<B>> Generation<'a, B, C> {
     }
 }
 
-fn validate(config: &GenerationConfig, has_text: bool) -> Result<(), GenerateError> {
+pub(crate) fn validate(config: &GenerationConfig, has_text: bool) -> Result<(), GenerateError> {
     if config.min_new_tokens > config.max_new_tokens {
         return Err(GenerateError::Config(format!(
             "min_new_tokens ({}) exceeds max_new_tokens ({})",
@@ -576,7 +685,7 @@ fn top_p(logits: &[f32], p: f32, temperature: f32, rng: &mut StdRng) -> u32 {
 /// detokenizer's pieces; stop strings are looked for only where a new piece can complete
 /// one, so the work per token does not grow with the text.
 #[derive(Debug, Default)]
-struct TextState {
+pub(crate) struct TextState {
     text: String,
     emitted: usize,
     /// Byte offset from which stop strings are looked for (set when the minimum length is
@@ -587,7 +696,7 @@ struct TextState {
 impl TextState {
     /// Appends `piece`, streams what became final, and returns true when a stop string
     /// appeared (the text is then cut before it).
-    fn push(
+    pub(crate) fn push(
         &mut self,
         piece: &str,
         on_text: &mut dyn FnMut(&str),
@@ -649,7 +758,7 @@ impl TextState {
     }
 
     /// Streams the rest and returns the final text.
-    fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
+    pub(crate) fn finish(mut self, on_text: &mut dyn FnMut(&str)) -> String {
         let end = self.text.len();
         self.emit(on_text, end);
         self.text

@@ -37,3 +37,17 @@ pub type CpuDevice = burn_flex::FlexDevice;
 /// The CUDA backend (burn-cuda, f32; the driver is loaded at run time).
 #[cfg(feature = "cuda")]
 pub type Cuda = burn_cuda::Cuda<f32, i32>;
+
+/// This process's resident set size in bytes (the second field of `/proc/self/statm`, in
+/// pages), for checks that long runs do not leak; `None` without a readable
+/// `/proc/self/statm` (not Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let page = 4096;
+    Some(pages * page)
+}

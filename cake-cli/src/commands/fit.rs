@@ -1,6 +1,6 @@
 //! `cake fit`: measure layer preferences and K/V spread on calibration prompts, fit a
 //! polynomial score function of the layer index, and write the file
-//! `--allocator static --score-fn FILE` reads (`cake-algorithm.md` section 9).
+//! `--allocator static --score-fn FILE` reads (`docs/algorithm.md` section 9).
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test binary uses part of them).
 #![allow(dead_code)]
 
+pub mod attention;
+
 use std::path::Path;
 
 use serde_json::Value;
