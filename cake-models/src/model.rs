@@ -10,8 +10,8 @@ use cake_kernels::PackedMatrix;
 
 use crate::config::DecoderConfig;
 use crate::layers::{
-    Attention, AttentionRequest, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm, RopeTables,
-    Rotary,
+    AfterAttend, Attention, AttentionRequest, DecoderLayer, Linear, LinearWeight, Mlp, RmsNorm,
+    RopeTables, Rotary,
 };
 use crate::weights::layout::StackedLinear;
 use crate::weights::{
@@ -54,6 +54,9 @@ pub enum ModelError {
         /// Largest cached position.
         last: usize,
     },
+    /// A batched decoding step of no sequences.
+    #[error("the batch is empty: give at least one sequence")]
+    EmptyBatch,
 }
 
 /// Which prefill logits to compute.
@@ -96,6 +99,38 @@ impl<L> Prefilled<L> {
             kv_bytes_peak_prefill: self.kv_bytes_peak_prefill,
         }
     }
+}
+
+/// One sequence of a batched decoding step ([`Model::forward_decode_batch`]): its new
+/// token, the token's absolute position, and the sequence's own caches and compressor
+/// (any policy, cache size or head-budget mode; caches of any length, ragged included).
+pub struct DecodeRow<'a, B: Backend> {
+    /// The token fed at `position`.
+    pub token: u32,
+    /// Absolute position, after every position the caches hold.
+    pub position: usize,
+    /// One cache per decoder layer.
+    pub caches: &'a mut [LayerCache<B>],
+    /// The sequence's compressor: its decoding hooks run on its own caches.
+    pub compressor: &'a mut dyn KvCompressor<B>,
+}
+
+/// One sequence of a batched decoding step at one layer
+/// ([`crate::layers::Attention::forward_batch`],
+/// [`crate::layers::DecoderLayer::forward_batch`]): its one new token's absolute position
+/// and rotary tables, its own cache of the layer, whether its hook wants the attention
+/// probabilities, and the hook itself (its compressor's decoding step).
+pub struct AttentionRow<'r, B: Backend> {
+    /// Absolute position of the row's token (after every position `cache` holds).
+    pub position: usize,
+    /// Rotary tables of that one position (`Rotary::tables(position, 1, ..)`).
+    pub rope: &'r RopeTables<B>,
+    /// The sequence's cache of this layer.
+    pub cache: &'r mut LayerCache<B>,
+    /// Hand `after` the attention probabilities `[H, 1, len]`.
+    pub probabilities: bool,
+    /// Run on the sequence's cache once its token attended (see [`AfterAttend`]).
+    pub after: AfterAttend<'r, B>,
 }
 
 /// A decoder-only transformer (Llama / Mistral / Qwen2 family) on backend `B`.
@@ -321,14 +356,7 @@ impl<B: Backend> Model<B> {
         compressor: &mut dyn KvCompressor<B>,
     ) -> Result<Tensor<B, 1>, ModelError> {
         let _span = tracing::debug_span!("decode_step", position).entered();
-        self.check_caches(caches)?;
-        for cache in caches.iter() {
-            if let Some(&last) = cache.positions().iter().filter_map(|p| p.last()).max()
-                && position <= last
-            {
-                return Err(ModelError::PositionNotAfterCache { position, last });
-            }
-        }
+        self.check_decode(position, caches)?;
         let mut x = self.embed(&[token])?; // [1, hidden]
         let rope = self.rope_tables(position, 1);
         for (l, layer) in self.layers.iter().enumerate() {
@@ -351,6 +379,99 @@ impl<B: Backend> Model<B> {
             x = y;
         }
         Ok(self.head(x).reshape([self.config.vocab_size]))
+    }
+
+    /// One decoding step of several sequences at once: each row's `token` at its own
+    /// absolute `position`, appended to its own `caches`, with its own
+    /// `compressor.wants_decode_attention` / `after_decode_step` on its own caches and
+    /// attention probabilities, as [`Model::forward_decode`] runs them for one sequence.
+    /// The embedding, norms, projections, MLP and output head run once over the B rows
+    /// (`[B, hidden]`, one matrix product each); the rotary embedding takes each row's
+    /// position, and the attention, cache append and hooks run per sequence over its own
+    /// cache. Returns the next-token logits `[B, vocab]`, row `b` for `rows[b]`.
+    ///
+    /// Row `b` gets what [`Model::forward_decode`] gives its sequence alone, up to the
+    /// rounding of the B-row matrix products against one-row ones (GEMM against GEMV
+    /// summation order); a batch of one row runs exactly [`Model::forward_decode`]'s code.
+    ///
+    /// # Errors
+    /// [`ModelError::EmptyBatch`] without rows; the first row's error that
+    /// [`Model::forward_decode`] would give it (checked for every row before anything
+    /// runs); a cache or hook error during the step (caches may then have advanced: drop
+    /// them).
+    pub fn forward_decode_batch(
+        &self,
+        rows: &mut [DecodeRow<'_, B>],
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let _span = tracing::debug_span!("decode_batch", rows = rows.len()).entered();
+        if rows.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        for row in rows.iter() {
+            self.check_decode(row.position, row.caches)?;
+        }
+        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let positions: Vec<usize> = rows.iter().map(|r| r.position).collect();
+        let mut x = self.embed(&tokens)?; // [B, hidden]
+        // One position per row, shared by every layer.
+        let ropes: Vec<RopeTables<B>> = positions.iter().map(|&p| self.rope_tables(p, 1)).collect();
+        let (mut caches, mut compressors): (Vec<&mut [LayerCache<B>]>, Vec<_>) = rows
+            .iter_mut()
+            .map(|r| (&mut *r.caches, &mut *r.compressor))
+            .unzip();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let wants: Vec<bool> = compressors
+                .iter()
+                .zip(&caches)
+                .map(|(c, caches)| c.wants_decode_attention(l, &caches[l]))
+                .collect();
+            // Each sequence's eviction, right after its attention (see `forward_decode`).
+            let mut hooks: Vec<_> = compressors
+                .iter_mut()
+                .map(|compressor| {
+                    move |cache: &mut LayerCache<B>, q: &Tensor<B, 3>, p: Option<&Tensor<B, 3>>| {
+                        let step = DecodeStep {
+                            layer: l,
+                            query: q.clone(),
+                            attention: p.cloned(),
+                        };
+                        compressor.after_decode_step(step, cache)
+                    }
+                })
+                .collect();
+            let mut layer_rows: Vec<AttentionRow<'_, B>> = caches
+                .iter_mut()
+                .zip(hooks.iter_mut())
+                .zip(&ropes)
+                .zip(&positions)
+                .zip(&wants)
+                .map(
+                    |((((caches, hook), rope), &position), &probabilities)| AttentionRow {
+                        position,
+                        rope,
+                        cache: &mut caches[l],
+                        probabilities,
+                        after: hook,
+                    },
+                )
+                .collect();
+            x = layer.forward_batch(x, &mut layer_rows)?; // [B, hidden]
+        }
+        Ok(self.head(x)) // [B, vocab]
+    }
+
+    /// Checks that a decoding step at `position` fits `caches`: one per layer, every
+    /// cached position before it.
+    fn check_decode(&self, position: usize, caches: &[LayerCache<B>]) -> Result<(), ModelError> {
+        self.check_caches(caches)?;
+        for cache in caches.iter() {
+            if let Some(&last) = cache.positions().iter().filter_map(|p| p.last()).max()
+                && position <= last
+            {
+                return Err(ModelError::PositionNotAfterCache { position, last });
+            }
+        }
+        Ok(())
     }
 
     /// Rotary tables for positions `start..start + n` in this model's head layout.
@@ -504,6 +625,7 @@ fn packed<B: Backend>(
 }
 
 /// Whether weights can stay packed on backend `B` (only the CPU backend has packed kernels).
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn runs_packed<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     return cake_core::host::is_flex::<B>();

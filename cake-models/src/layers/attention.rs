@@ -17,6 +17,7 @@ use cake_core::{CacheError, LayerCache};
 #[cfg(feature = "flex")]
 use super::HostTables;
 use super::{Linear, RopeTables};
+use crate::model::AttentionRow;
 #[cfg(feature = "flex")]
 use cake_kernels::{self as kernels, AttentionShape, KvRows};
 
@@ -71,6 +72,22 @@ pub type AfterAttend<'a, B> = &'a mut (
         + Send
 );
 
+/// The attention's output before the output projection (`[S - first, H d]`, the rows the
+/// request asked for, as a tensor or a host buffer `O`), the post-RoPE queries `[H, S, d]`
+/// and the probabilities `[H, S, len]` when requested.
+type AttentionParts<B, O = Tensor<B, 2>> = (O, Tensor<B, 3>, Option<Tensor<B, 3>>);
+
+/// The CPU fast path's rotated projection, split: queries `[S, H, d]`, keys and values
+/// `[Hkv, S, d]`.
+#[cfg(feature = "flex")]
+struct HostSplit {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// S.
+    rows: usize,
+}
+
 /// Grouped-query self-attention whose keys/values live in a [`LayerCache`], one row per
 /// KV head (no repeated copies for the G query heads of a group).
 #[derive(Debug, Clone)]
@@ -116,6 +133,105 @@ impl<B: Backend> Attention<B> {
         self.forward_generic(qkv, start, rope, cache, request, after)
     }
 
+    /// A batched decoding step: `x` `[R, hidden]` holds one new token of each of the R
+    /// sequences in `rows` (row `r` of `x` is `rows[r]`'s token). The projections run as
+    /// one product over the R rows; each row is then rotated at its own position, appended
+    /// to its own cache, attends over that cache alone (the one-query attention of
+    /// [`Attention::forward`], host kernel on the CPU backend, generic Burn code elsewhere)
+    /// and runs its own hook. Returns the output `[R, hidden]`.
+    ///
+    /// Each row gets what [`Attention::forward`] of that token alone gives, up to the
+    /// rounding of the R-row matrix products against one-row ones (GEMM against GEMV
+    /// summation order).
+    ///
+    /// # Errors
+    /// When a cache rejects its row, or what a hook returns (the rows before it have
+    /// advanced; the step must not be retried).
+    ///
+    /// # Panics
+    /// When `rows` does not have one row per row of `x`.
+    pub fn forward_batch(
+        &self,
+        x: Tensor<B, 2>,
+        rows: &mut [AttentionRow<'_, B>],
+    ) -> Result<Tensor<B, 2>, CacheError> {
+        let [r, _] = x.dims();
+        assert_eq!(r, rows.len(), "one attention row per row of x");
+        // [R, (H + 2 Hkv) d]
+        let qkv = self.qkv.forward(x);
+        #[cfg(feature = "flex")]
+        if let Some(host) = host::into_flex(qkv.clone()) {
+            drop(qkv);
+            let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+            // [R, (H + 2 Hkv) d], each row rotated in place at its own position.
+            let mut contiguous = host.to_contiguous();
+            drop(host);
+            let qkv_rows = contiguous.storage_mut::<f32>();
+            // [R, H d]
+            let mut out = Vec::with_capacity(r * h * d);
+            for (row, qkv) in rows
+                .iter_mut()
+                .zip(qkv_rows.chunks_exact_mut((h + 2 * hkv) * d))
+            {
+                let split = self.split_host(qkv, row.rope.host());
+                let request = AttentionRequest {
+                    probabilities: row.probabilities,
+                    last_rows: None,
+                };
+                // [1, H d], [H, 1, d], [H, 1, len]
+                let (o, queries, probabilities) =
+                    self.attend_host(split, row.position, row.cache, request)?;
+                (row.after)(row.cache, &queries, probabilities.as_ref())?;
+                out.extend_from_slice(&o);
+            }
+            drop(contiguous);
+            let out = Tensor::from_data(TensorData::new(out, [r, h * d]), &B::Device::default());
+            return Ok(self.o.forward(out));
+        }
+        self.forward_batch_generic(qkv, rows)
+    }
+
+    /// [`Attention::forward_batch`] on the generic Burn path (every backend; the CPU
+    /// backend only in tests) from the projection `qkv` `[R, (H + 2 Hkv) d]`: each row
+    /// through [`Attention::forward_generic`]'s attention over its own cache, then one
+    /// output projection over the R rows. Returns `[R, hidden]`.
+    ///
+    /// # Errors
+    /// As [`Attention::forward_batch`].
+    ///
+    /// # Panics
+    /// When `rows` does not have one row per row of `qkv`.
+    pub fn forward_batch_generic(
+        &self,
+        qkv: Tensor<B, 2>,
+        rows: &mut [AttentionRow<'_, B>],
+    ) -> Result<Tensor<B, 2>, CacheError> {
+        assert_eq!(
+            qkv.dims()[0],
+            rows.len(),
+            "one attention row per row of qkv"
+        );
+        let mut outs = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter_mut().enumerate() {
+            let request = AttentionRequest {
+                probabilities: row.probabilities,
+                last_rows: None,
+            };
+            // [1, H d]
+            let (out, _, _) = self.attend_generic(
+                qkv.clone().narrow(0, i, 1),
+                row.position,
+                row.rope,
+                row.cache,
+                request,
+                row.after,
+            )?;
+            outs.push(out);
+        }
+        // [R, H d] -> [R, hidden]
+        Ok(self.o.forward(Tensor::cat(outs, 0)))
+    }
+
     /// The generic Burn path (every backend; the CPU backend only in tests), running
     /// `after` as [`Attention::forward`] does.
     ///
@@ -130,6 +246,27 @@ impl<B: Backend> Attention<B> {
         request: AttentionRequest,
         after: AfterAttend<'_, B>,
     ) -> Result<AttentionOutput<B>, CacheError> {
+        let (out, queries, probabilities) =
+            self.attend_generic(qkv, start, rope, cache, request, after)?;
+        Ok(AttentionOutput {
+            output: self.o.forward(out),
+            queries,
+            probabilities,
+        })
+    }
+
+    /// [`Attention::forward_generic`] up to the output projection: the attention's output
+    /// `[S - first, H d]` (the rows `request` asked for), the post-RoPE queries
+    /// `[H, S, d]` and the probabilities `[H, S, len]` when requested, with `after` run.
+    fn attend_generic(
+        &self,
+        qkv: Tensor<B, 2>,
+        start: usize,
+        rope: &RopeTables<B>,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+        after: AfterAttend<'_, B>,
+    ) -> Result<AttentionParts<B>, CacheError> {
         let [s, _] = qkv.dims();
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let part = |from: usize, width: usize| qkv.clone().narrow(1, from, width);
@@ -156,11 +293,7 @@ impl<B: Backend> Attention<B> {
             .swap_dims(0, 1)
             .reshape([s, h * d])
             .narrow(0, first, s - first);
-        Ok(AttentionOutput {
-            output: self.o.forward(out),
-            queries: q,
-            probabilities,
-        })
+        Ok((out, q, probabilities))
     }
 
     #[cfg(feature = "flex")]
@@ -175,28 +308,55 @@ impl<B: Backend> Attention<B> {
         request: AttentionRequest,
         after: AfterAttend<'_, B>,
     ) -> Result<AttentionOutput<B>, CacheError> {
-        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let width = (h + 2 * hkv) * d;
+        let (h, d) = (self.num_heads, self.head_dim);
         // The host backend has one device.
         let device = &B::Device::default();
         // [S, width]: rotated in place in the projection's own buffer (copied on write
         // only if something else holds it).
         let mut contiguous = qkv.to_contiguous();
         drop(qkv);
-        let rows = contiguous.storage_mut::<f32>();
-        let s = rows.len() / width;
+        let split = self.split_host(contiguous.storage_mut::<f32>(), tables);
+        drop(contiguous);
+        let s = split.rows;
+        let (out, queries, probabilities) = self.attend_host(split, start, cache, request)?;
+        let first = request.first_output_row(s);
+        let output = Tensor::from_data(TensorData::new(out, [s - first, h * d]), device);
+        // The output projection (which does not read the cache), then the hook (a decoding
+        // step's eviction) on this thread, while the idle worker requests the MLP's weights
+        // that the projection's GEMV named (`kernels::gemv`). The two used to run side by
+        // side under `rayon::join`, where a rayon thread may take the projection while the
+        // pool's worker spins, three threads on two cores: on a 2-core EPYC at 512 tokens
+        // and C = 256, CAKE/full decode was 1.006-1.023x (mean 1.016) that way against
+        // 1.012-1.025x (mean 1.021) in this order, seven alternated runs each.
+        let output = self.o.forward(output);
+        after(cache, &queries, probabilities.as_ref())?;
+        Ok(AttentionOutput {
+            output,
+            queries,
+            probabilities,
+        })
+    }
+
+    #[cfg(feature = "flex")]
+    /// The CPU fast path's first step on the projection rows `qkv` (`[S, (H + 2 Hkv) d]`,
+    /// rotated in place by `tables`): the rotated queries `[S, H, d]` and the keys and
+    /// values `[Hkv, S, d]`, copied out.
+    fn split_host(&self, qkv: &mut [f32], tables: &HostTables) -> HostSplit {
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let width = (h + 2 * hkv) * d;
+        let s = qkv.len() / width;
         assert_eq!(
             tables.cos.len(),
             s * d / 2,
             "rotary tables for the {s} rows of this pass"
         );
         // The query heads then the key heads, side by side in each row: one pass.
-        kernels::rope_in_place(rows, width, 0, h + hkv, (&tables.cos, &tables.sin));
+        kernels::rope_in_place(qkv, width, 0, h + hkv, (&tables.cos, &tables.sin));
         // Queries [S, H, d]; keys and values [Hkv, S, d].
         let mut q = Vec::with_capacity(s * h * d);
         let mut k = vec![0.0f32; hkv * s * d];
         let mut v = vec![0.0f32; hkv * s * d];
-        for (i, row) in rows.chunks_exact(width).enumerate() {
+        for (i, row) in qkv.chunks_exact(width).enumerate() {
             q.extend_from_slice(&row[..h * d]);
             for kv in 0..hkv {
                 let at = (kv * s + i) * d;
@@ -204,7 +364,25 @@ impl<B: Backend> Attention<B> {
                 v[at..at + d].copy_from_slice(&row[(h + hkv + kv) * d..(h + hkv + kv + 1) * d]);
             }
         }
-        drop(contiguous);
+        HostSplit { q, k, v, rows: s }
+    }
+
+    #[cfg(feature = "flex")]
+    /// The CPU fast path after [`Attention::split_host`]: appends the keys/values at
+    /// positions `start..start + S` to `cache` and runs [`kernels::attention`] over the
+    /// cache buffers. Returns the output rows `request` asked for (`[S - first, H d]`,
+    /// host), the queries `[H, S, d]` and the probabilities `[H, S, len]` when requested.
+    fn attend_host(
+        &self,
+        split: HostSplit,
+        start: usize,
+        cache: &mut LayerCache<B>,
+        request: AttentionRequest,
+    ) -> Result<AttentionParts<B, Vec<f32>>, CacheError> {
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let HostSplit { q, k, v, rows: s } = split;
+        // The host backend has one device.
+        let device = &B::Device::default();
         let tensor3 = |data: Vec<f32>, shape: [usize; 3]| -> Tensor<B, 3> {
             Tensor::from_data(TensorData::new(data, shape), device)
         };
@@ -257,21 +435,7 @@ impl<B: Backend> Attention<B> {
         drop((kb, vb));
         let queries = tensor3(q, [s, h, d]).swap_dims(0, 1);
         let probabilities = probs.map(|p| tensor3(p, [h, s, len]));
-        let output = Tensor::from_data(TensorData::new(out, [s - first, h * d]), device);
-        // The output projection (which does not read the cache), then the hook (a decoding
-        // step's eviction) on this thread, while the idle worker requests the MLP's weights
-        // that the projection's GEMV named (`kernels::gemv`). The two used to run side by
-        // side under `rayon::join`, where a rayon thread may take the projection while the
-        // pool's worker spins, three threads on two cores: on a 2-core EPYC at 512 tokens
-        // and C = 256, CAKE/full decode was 1.006-1.023x (mean 1.016) that way against
-        // 1.012-1.025x (mean 1.021) in this order, seven alternated runs each.
-        let output = self.o.forward(output);
-        after(cache, &queries, probabilities.as_ref())?;
-        Ok(AttentionOutput {
-            output,
-            queries,
-            probabilities,
-        })
+        Ok((out, queries, probabilities))
     }
 
     /// Exact softmax attention of queries `q`: `[H, S, d]` at positions `start..start+S`

@@ -9,6 +9,7 @@ use cake_core::{CacheError, LayerCache};
 use cake_kernels as kernels;
 
 use super::{AfterAttend, Attention, AttentionOutput, AttentionRequest, Mlp, RmsNorm, RopeTables};
+use crate::model::AttentionRow;
 
 /// Pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Debug, Clone)]
@@ -59,6 +60,30 @@ impl<B: Backend> DecoderLayer<B> {
             .mlp
             .forward(self.post_attention_norm.forward(x.clone()));
         Ok((residual(x, &mlp), attn))
+    }
+
+    /// A batched decoding step: `x` `[R, hidden]` holds one new token of each of the R
+    /// sequences of `rows` (see [`Attention::forward_batch`]); the norms, projections and
+    /// MLP run over the R rows at once, the attention, cache append and hook per row.
+    /// Returns the layer's output `[R, hidden]`.
+    ///
+    /// # Errors
+    /// As [`Attention::forward_batch`].
+    pub fn forward_batch(
+        &self,
+        x: Tensor<B, 2>,
+        rows: &mut [AttentionRow<'_, B>],
+    ) -> Result<Tensor<B, 2>, CacheError> {
+        // [R, hidden]
+        let attn = self
+            .attention
+            .forward_batch(self.input_norm.forward(x.clone()), rows)?;
+        let x = residual(x, &attn);
+        // [R, hidden]
+        let mlp = self
+            .mlp
+            .forward(self.post_attention_norm.forward(x.clone()));
+        Ok(residual(x, &mlp))
     }
 }
 
