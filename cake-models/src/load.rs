@@ -95,7 +95,7 @@ pub fn memory_budget() -> Result<Option<(u64, String)>, String> {
 }
 
 /// `123`, `8K`, `512M`, `8G` (powers of 1024) as bytes.
-fn parse_bytes(text: &str) -> Option<u64> {
+pub fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().last()? {
         (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),

@@ -59,6 +59,16 @@ pub struct Args {
     /// Decoding steps timed per method, interleaved across methods (the median is reported)
     #[arg(long, default_value_t = 16)]
     pub decode_steps: usize,
+    /// Batch sizes (e.g. 1,4,16,64): instead of the latency table, the aggregate decoding
+    /// throughput of this many sequences decoded together, per method and context, beside
+    /// its bound (weights once plus every sequence's K/V at the measured bandwidth, or the
+    /// multiply-adds at the measured matrix-product peak, whichever is larger)
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    pub batch: Vec<usize>,
+    /// A K/V memory budget (e.g. 2G, 512M): how many sequences of each context fit in it
+    /// under each method, and the throughput measured at those batch sizes
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub kv_memory: Option<u64>,
     /// Compute backend (cuda needs a build with --features cuda)
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu, ignore_case = true)]
     pub backend: BackendKind,
@@ -217,6 +227,9 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     // Warm-up: first-use allocations and kernel compilation are not measured.
     let warm = prompt_tokens(64.min(args.context[0]), model.config().vocab_size);
     timed_run(&model, &name, &configs[0], &warm, &config, &eos)?;
+    if !args.batch.is_empty() || args.kv_memory.is_some() {
+        return throughput(args, &model, &name, &configs, steps);
+    }
     let mut rows = Vec::new();
     for &context in &args.context {
         let prompt = prompt_tokens(context, model.config().vocab_size);
@@ -350,6 +363,131 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
         };
         render(&chart, &dir.join("decode_latency"))?;
         eprintln!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
+/// `--kv-memory`'s value: bytes with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    cake_models::load::parse_bytes(text)
+        .ok_or_else(|| format!("{text:?} is not a size in bytes (e.g. 2G, 512M)"))
+}
+
+/// Most sequences a `--kv-memory` budget's batch is measured with.
+const MAX_FITTED_BATCH: usize = 256;
+
+/// `cake bench --batch` / `--kv-memory`: the batched-throughput tables.
+fn throughput<B: Backend>(
+    args: &Args,
+    model: &Model<B>,
+    name: &str,
+    configs: &[Settings],
+    steps: usize,
+) -> Result<()> {
+    use super::throughput::{Machine, markdown, measure, sequences_fitting};
+    usage_ensure!(
+        args.batch.iter().all(|&b| b > 0),
+        "--batch sizes must be positive"
+    );
+    let machine = cake_core::host::is_flex::<B>().then(|| Machine::measure(PROBE_BYTES));
+    if let Some(m) = machine {
+        eprintln!(
+            "read bandwidth {:.1} GB/s, matrix-product peak {:.1} G multiply-adds/s",
+            m.bandwidth / 1e9,
+            m.macs_per_s / 1e9
+        );
+    }
+    let c = model.config();
+    let per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * std::mem::size_of::<f32>();
+    let available = cake_models::load::memory_budget()
+        .ok()
+        .flatten()
+        .map(|(bytes, _)| bytes);
+    // Whether `batch` full caches of `context` (+ the decoded tokens) fit in memory.
+    let fits = |context: usize, batch: usize| {
+        available.is_none_or(|a| (per_token * (context + steps + 2) * batch) as u64 <= a / 10 * 9)
+    };
+    let mut rows = Vec::new();
+    let mut fitted = Vec::new();
+    for &context in &args.context {
+        let prompt = prompt_tokens(context, c.vocab_size);
+        for settings in configs {
+            let label = run_label(settings);
+            for &batch in &args.batch {
+                if !fits(context, batch) {
+                    eprintln!(
+                        "context {context:>6} {label:<24} batch {batch:>4}: skipped (its K/V might not fit in memory)"
+                    );
+                    continue;
+                }
+                let row = measure(
+                    model, name, settings, &label, &prompt, batch, steps, machine,
+                )?;
+                eprintln!(
+                    "context {context:>6} {label:<24} batch {batch:>4}: {:.2} ms/step, {:.1} tokens/s",
+                    row.step_ms, row.tokens_per_s
+                );
+                rows.push(row);
+            }
+            if let Some(budget) = args.kv_memory {
+                let one = measure(model, name, settings, &label, &prompt, 1, 1, None)?;
+                let n = sequences_fitting(budget, one.kv_bytes_per_sequence, per_token, steps)
+                    .min(MAX_FITTED_BATCH);
+                let row = if n > 0 && fits(context, n) {
+                    Some(measure(
+                        model, name, settings, &label, &prompt, n, steps, machine,
+                    )?)
+                } else {
+                    None
+                };
+                eprintln!(
+                    "context {context:>6} {label:<24} {n} sequences fit in {budget} bytes of K/V{}",
+                    row.as_ref().map_or(String::new(), |r| format!(
+                        ": {:.1} tokens/s",
+                        r.tokens_per_s
+                    ))
+                );
+                fitted.push((context, label, one.kv_bytes_per_sequence, n, row));
+            }
+        }
+    }
+    let mut table = if rows.is_empty() {
+        String::new()
+    } else {
+        markdown(name, &rows)
+    };
+    if let Some(budget) = args.kv_memory {
+        use std::fmt::Write as _;
+        let _ = write!(
+            table,
+            "
+K/V budget {:.2} GiB
+
+| context | method | K/V MiB per sequence | sequences that fit | tokens/s at that batch | x full's sequences | x full's tokens/s |
+|---:|---|---:|---:|---:|---:|---:|
+",
+            budget as f64 / (1u64 << 30) as f64
+        );
+        for (context, label, per_sequence, n, row) in &fitted {
+            let full = fitted.iter().find(|f| f.0 == *context && f.1 == "full");
+            let tps = row.as_ref().map(|r| r.tokens_per_s);
+            let vs = |a: f64, b: f64| format!("{:.2}", a / b.max(1e-12));
+            let _ = writeln!(
+                table,
+                "| {context} | {label} | {:.1} | {n} | {} | {} | {} |",
+                *per_sequence as f64 / (1u64 << 20) as f64,
+                tps.map_or("-".into(), |t| format!("{t:.1}")),
+                full.map_or("-".into(), |f| vs(*n as f64, f.3 as f64)),
+                full.and_then(|f| f.4.as_ref())
+                    .zip(tps)
+                    .map_or("-".into(), |(f, t)| vs(t, f.tokens_per_s)),
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{table}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod inspect;
 pub mod pred;
 pub mod suite;
+pub mod throughput;
 pub mod tune;
 
 use std::time::Duration;
