@@ -76,22 +76,34 @@ trait Blocks {
     /// # Safety
     /// AVX-512 F/BW/VL and F16C; `p` points at a whole block.
     unsafe fn values(p: *const u8) -> Self::Values;
+
+    /// Adds the block at `p` times its activations at `x` into the two 16-lane sums
+    /// (their total is the dot product): by default its [`Blocks::values`]; formats whose
+    /// scale factors out of the block override it with fewer operations.
+    ///
+    /// # Safety
+    /// As [`Blocks::values`]; `x` points at the block's activations.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn dot_block(p: *const u8, x: *const f32, acc: &mut [__m512; 2]) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let values = Self::values(p);
+            for (i, &v) in values.as_ref().iter().enumerate() {
+                acc[i & 1] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x.add(16 * i)), acc[i & 1]);
+            }
+        }
+    }
 }
 
 /// `sum_i w_i x_i` over `n` blocks of `K` at `w` and their values at `x`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn dot_with<K: Blocks>(w: *const u8, x: *const f32, n: usize) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 2];
-    let mut x = x;
+    let elems = std::mem::size_of::<K::Values>() / std::mem::size_of::<f32>();
     for b in 0..n {
         // SAFETY: block b and its activations lie inside the caller's row and x.
-        unsafe {
-            let values = K::values(w.add(K::BYTES * b));
-            for (i, &v) in values.as_ref().iter().enumerate() {
-                acc[i & 1] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x), acc[i & 1]);
-                x = x.add(16);
-            }
-        }
+        unsafe { K::dot_block(w.add(K::BYTES * b), x.add(elems * b), &mut acc) };
     }
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
@@ -140,6 +152,28 @@ fn scaled(q: __m512i, d: __m512, m: Option<__m512>) -> __m512 {
     }
 }
 
+/// `d (lo . x[..16] + hi . x[16..]) + m sum(x)` into `acc` for a 32-value block of integer
+/// values `lo`, `hi`, scale `d` and optional min `m`: the scale multiplies once per block,
+/// not once per value.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[inline]
+unsafe fn dot32(
+    (lo, hi): (__m512i, __m512i),
+    d: __m512,
+    m: Option<__m512>,
+    x: *const f32,
+    acc: &mut [__m512; 2],
+) {
+    // SAFETY: the caller's block has 32 activations at `x`.
+    let (x0, x1) = unsafe { (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16))) };
+    let t = _mm512_mul_ps(_mm512_cvtepi32_ps(lo), x0);
+    let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), x1, t);
+    acc[0] = _mm512_fmadd_ps(t, d, acc[0]);
+    if let Some(m) = m {
+        acc[1] = _mm512_fmadd_ps(_mm512_add_ps(x0, x1), m, acc[1]);
+    }
+}
+
 /// Q8_0: 34-byte blocks of d and 32 signed bytes; value `q d`.
 struct Q8_0;
 
@@ -150,11 +184,29 @@ impl Blocks for Q8_0 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     unsafe fn values(p: *const u8) -> [__m512; 2] {
         // SAFETY: a whole block at `p`.
+        let (d, (lo, hi)) = unsafe { (f16_all(p), Self::ints(p)) };
+        [scaled(lo, d, None), scaled(hi, d, None)]
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn dot_block(p: *const u8, x: *const f32, acc: &mut [__m512; 2]) {
+        // SAFETY: the caller's contract; the features are the callers'.
+        unsafe { dot32(Self::ints(p), f16_all(p), None, x, acc) }
+    }
+}
+
+impl Q8_0 {
+    /// The 32 signed bytes of the block at `p`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn ints(p: *const u8) -> (__m512i, __m512i) {
+        // SAFETY: a whole block at `p`.
         unsafe {
-            let d = f16_all(p);
-            let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i));
-            let hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i));
-            [scaled(lo, d, None), scaled(hi, d, None)]
+            (
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(2) as *const __m128i)),
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(18) as *const __m128i)),
+            )
         }
     }
 }
@@ -163,8 +215,17 @@ impl Blocks for Q8_0 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 #[inline]
 unsafe fn scale_and_min<const MIN: bool>(p: *const u8) -> (__m512, Option<__m512>) {
-    // SAFETY: the caller's block starts with its f16 scale and, with MIN, its f16 min.
-    unsafe { (f16_all(p), MIN.then(|| f16_all(p.add(2)))) }
+    if !MIN {
+        // SAFETY: the caller's block starts with its f16 scale.
+        return (unsafe { f16_all(p) }, None);
+    }
+    // SAFETY: the caller's block starts with its f16 scale and its f16 min.
+    let pair = unsafe { std::ptr::read_unaligned(p as *const i32) };
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(pair));
+    (
+        _mm512_broadcastss_ps(dm),
+        Some(_mm512_broadcastss_ps(_mm_movehdup_ps(dm))),
+    )
 }
 
 /// Q4_0 (18 bytes: d, 16 bytes of nibbles; value `(q - 8) d`) and, with `MIN`, Q4_1 (20
@@ -178,13 +239,37 @@ impl<const MIN: bool> Blocks for Q4<MIN> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     unsafe fn values(p: *const u8) -> [__m512; 2] {
         // SAFETY: a whole block at `p`.
+        let ((d, m), (lo, hi)) = unsafe { (scale_and_min::<MIN>(p), Self::ints(p)) };
+        [scaled(lo, d, m), scaled(hi, d, m)]
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn dot_block(p: *const u8, x: *const f32, acc: &mut [__m512; 2]) {
+        // SAFETY: the caller's contract; the features are the callers'.
         unsafe {
             let (d, m) = scale_and_min::<MIN>(p);
-            let q = bytes16(p.add(if MIN { 4 } else { 2 }));
-            let offset = _mm512_set1_epi32(if MIN { 0 } else { 8 });
-            let lo = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0xF)), offset);
-            let hi = _mm512_sub_epi32(_mm512_srli_epi32(q, 4), offset);
-            [scaled(lo, d, m), scaled(hi, d, m)]
+            dot32(Self::ints(p), d, m, x, acc)
+        }
+    }
+}
+
+impl<const MIN: bool> Q4<MIN> {
+    /// The block's 4-bit values (less 8 without a min), low nibbles first.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn ints(p: *const u8) -> (__m512i, __m512i) {
+        // SAFETY: a whole block at `p`.
+        let q = unsafe { bytes16(p.add(if MIN { 4 } else { 2 })) };
+        let (lo, hi) = (
+            _mm512_and_si512(q, _mm512_set1_epi32(0xF)),
+            _mm512_srli_epi32(q, 4),
+        );
+        if MIN {
+            (lo, hi)
+        } else {
+            let eight = _mm512_set1_epi32(8);
+            (_mm512_sub_epi32(lo, eight), _mm512_sub_epi32(hi, eight))
         }
     }
 }
@@ -200,8 +285,28 @@ impl<const MIN: bool> Blocks for Q5<MIN> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     unsafe fn values(p: *const u8) -> [__m512; 2] {
         // SAFETY: a whole block at `p`.
+        let ((d, m), (lo, hi)) = unsafe { (scale_and_min::<MIN>(p), Self::ints(p)) };
+        [scaled(lo, d, m), scaled(hi, d, m)]
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn dot_block(p: *const u8, x: *const f32, acc: &mut [__m512; 2]) {
+        // SAFETY: the caller's contract; the features are the callers'.
         unsafe {
             let (d, m) = scale_and_min::<MIN>(p);
+            dot32(Self::ints(p), d, m, x, acc)
+        }
+    }
+}
+
+impl<const MIN: bool> Q5<MIN> {
+    /// The block's 5-bit values (less 16 without a min).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    #[inline]
+    unsafe fn ints(p: *const u8) -> (__m512i, __m512i) {
+        // SAFETY: a whole block at `p`.
+        unsafe {
             let qh_at = if MIN { 4 } else { 2 };
             let qh = std::ptr::read_unaligned(p.add(qh_at) as *const u32);
             let q = bytes16(p.add(qh_at + 4));
@@ -213,8 +318,7 @@ impl<const MIN: bool> Blocks for Q5<MIN> {
             let lo = _mm512_mask_or_epi32(lo, qh as u16, lo, sixteen);
             let hi = _mm512_srli_epi32(q, 4);
             let hi = _mm512_mask_or_epi32(hi, (qh >> 16) as u16, hi, sixteen);
-            let (lo, hi) = (_mm512_sub_epi32(lo, offset), _mm512_sub_epi32(hi, offset));
-            [scaled(lo, d, m), scaled(hi, d, m)]
+            (_mm512_sub_epi32(lo, offset), _mm512_sub_epi32(hi, offset))
         }
     }
 }

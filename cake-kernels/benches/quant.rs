@@ -1,0 +1,100 @@
+//! Criterion benchmarks of the packed-weight kernels against their f32 counterparts, at
+//! SmolLM2-135M's fused gate/up shape (3072 x 576) and Qwen2.5-0.5B's down projection
+//! shape (896 x 4864):
+//! - one decoding row: [`PackedMatrix::gemv`] on Q4_1, Q8_0, Q5_0, Q4_K, Q6_K against the
+//!   f32 [`cake_kernels::gemv`] on the dequantised matrix;
+//! - a batch of 4 and 16 rows (batched decoding): [`PackedMatrix::gemv_rows`] against the
+//!   f32 GEMM ([`cake_kernels::gemm`]), and the f32 GEMV once per row;
+//! - the dequantisation of the whole matrix (what a prefill pays once per weight).
+//!
+//! Run: `cargo bench -p cake-kernels --bench quant`.
+
+use std::hint::black_box;
+
+use cake_kernels::testing::pseudo_random;
+use cake_kernels::{BlockFormat, PackedMatrix, PackedRows, gemm, gemv};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+/// `rows` rows of `cols` random values in `format` (scales in [-1/64, 1/64)).
+fn packed(format: BlockFormat, rows: usize, cols: usize) -> PackedMatrix {
+    let bytes = rows * format.row_bytes(cols).expect("whole blocks");
+    let mut data: Vec<u8> = pseudo_random(bytes, 7)
+        .iter()
+        .map(|v| (v.to_bits() >> 7) as u8)
+        .collect();
+    let at: &[usize] = match format {
+        BlockFormat::Q6K => &[208],
+        BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => &[0],
+        _ => &[0, 2],
+    };
+    for block in data.chunks_exact_mut(format.block_bytes()) {
+        for &a in at {
+            block[a..a + 2].copy_from_slice(&half::f16::from_f32(1.0 / 64.0).to_le_bytes());
+        }
+    }
+    PackedMatrix::new(vec![
+        PackedRows::new(format, rows, cols, data).expect("sizes"),
+    ])
+    .expect("one part")
+}
+
+fn kernels(c: &mut Criterion) {
+    for (shape, rows, cols, formats) in [
+        (
+            "smollm2_gate_up",
+            3072,
+            576,
+            &[BlockFormat::Q4_1, BlockFormat::Q8_0, BlockFormat::Q5_0][..],
+        ),
+        (
+            "qwen_down",
+            896,
+            4864,
+            &[BlockFormat::Q5_0, BlockFormat::Q4K, BlockFormat::Q6K][..],
+        ),
+    ] {
+        let mut group = c.benchmark_group(format!("gemv_{shape}"));
+        let x = pseudo_random(cols, 3);
+        let mut y = vec![0.0f32; rows];
+        let dense = packed(formats[0], rows, cols).dequantize();
+        group.bench_function("f32", |b| {
+            b.iter(|| gemv(black_box(&dense), &x, None, &mut y))
+        });
+        for &format in formats {
+            let m = packed(format, rows, cols);
+            group.bench_function(format.name(), |b| {
+                b.iter(|| m.gemv(black_box(&x), None, &mut y))
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("batch_{shape}"));
+        let m = packed(formats[0], rows, cols);
+        for n in [4, 16] {
+            let xs = pseudo_random(n * cols, 5);
+            let mut ys = vec![0.0f32; n * rows];
+            group.bench_with_input(BenchmarkId::new("f32_gemm", n), &n, |b, _| {
+                b.iter(|| gemm(black_box(&dense), &xs, cols, None, &mut ys))
+            });
+            group.bench_with_input(BenchmarkId::new("f32_gemv_per_row", n), &n, |b, _| {
+                b.iter(|| {
+                    for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
+                        gemv(black_box(&dense), x, None, y);
+                    }
+                })
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}_gemv_rows", formats[0].name()), n),
+                &n,
+                |b, _| b.iter(|| black_box(m.gemv_rows(black_box(&xs), None))),
+            );
+        }
+        group.bench_function(format!("{}_dequantize", formats[0].name()), |b| {
+            b.iter(|| black_box(m.dequantize()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
