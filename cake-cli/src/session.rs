@@ -9,6 +9,7 @@ use cake_core::CompressionReport;
 use cake_longbench::{
     BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule, SweepGenerator,
 };
+use cake_models::batch::{BatchGeneration, BatchRequest};
 use cake_models::generate::{Generation, GenerationConfig, GenerationOutput, PrefillSnapshot};
 use cake_models::tokenizer::{ChatMessage, TextStreamer, Tokenizer};
 use cake_models::weights::WeightFormat;
@@ -168,24 +169,36 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
 
 /// A [`SweepGenerator`] over a [`Session`]: each prompt is prefilled once with the full
 /// cache (a [`PrefillSnapshot`]); each configuration's policy then resumes from it and
-/// decodes. Its predictions equal separate runs'.
+/// decodes, the configurations of a prompt decoded together in batches of at most
+/// [`PolicySweep::with_max_batch`] (a [`BatchGeneration`]). Its predictions equal separate
+/// runs' (up to the rounding of the batched matrix products).
 pub struct PolicySweep<'a, B: Backend> {
     session: &'a Session<B>,
     configs: &'a [Settings],
     snapshot: Option<PrefillSnapshot<B>>,
+    max_batch: usize,
     /// Prefills run so far.
     pub prefills: usize,
 }
 
 impl<'a, B: Backend> PolicySweep<'a, B> {
-    /// A sweep of `configs` over `session`.
+    /// A sweep of `configs` over `session`, all configurations of a prompt decoded in one
+    /// batch.
     pub fn new(session: &'a Session<B>, configs: &'a [Settings]) -> Self {
         Self {
             session,
             configs,
             snapshot: None,
+            max_batch: usize::MAX,
             prefills: 0,
         }
+    }
+
+    /// Decodes at most `max_batch` configurations of a prompt together (`None`: all of
+    /// them); 1 decodes them one at a time, each alone as [`SweepGenerator::generate`].
+    pub fn with_max_batch(mut self, max_batch: Option<usize>) -> Self {
+        self.max_batch = max_batch.unwrap_or(usize::MAX).max(1);
+        self
     }
 }
 
@@ -231,6 +244,85 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
             prompt_tokens: snapshot.prefilled().prompt_len,
             new_tokens: output.tokens.len(),
         })
+    }
+
+    /// The configurations resumed from the snapshot and decoded together, each request
+    /// built as [`SweepGenerator::generate`] builds its run. With a batch of 1 (or one
+    /// configuration) each is decoded alone by [`SweepGenerator::generate`]; when the
+    /// batched forward itself fails (not attributable to one request), they are too, so
+    /// that each configuration gets its own outcome.
+    fn generate_many(
+        &mut self,
+        configurations: &[usize],
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Vec<Result<GenerationOutcome, BoxError>> {
+        // Configuration by configuration, up to the first error (as the default does).
+        let one_by_one = |sweep: &mut Self| {
+            let mut results = Vec::with_capacity(configurations.len());
+            for &configuration in configurations {
+                let result = sweep.generate(configuration, max_new_tokens, stop);
+                let failed = result.is_err();
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+            results
+        };
+        if self.max_batch == 1 || configurations.len() <= 1 {
+            return one_by_one(self);
+        }
+        let session = self.session;
+        let Some(snapshot) = self.snapshot.as_ref() else {
+            return one_by_one(self);
+        };
+        let prompt_tokens = snapshot.prefilled().prompt_len;
+        let mut results: Vec<Option<Result<GenerationOutcome, BoxError>>> =
+            configurations.iter().map(|_| None).collect();
+        let mut batch = BatchGeneration::new(&session.model, self.max_batch);
+        // The batch's request ids, in push order, and the slot of each in `results`.
+        let mut slots = Vec::with_capacity(configurations.len());
+        for (slot, &configuration) in configurations.iter().enumerate() {
+            let compressor = match self.configs.get(configuration) {
+                None => Err(BoxError::from("no such configuration")),
+                Some(settings) => settings
+                    .spec
+                    .compressor::<B>(&session.name, session.model.num_layers())
+                    .map_err(BoxError::from),
+            };
+            match compressor {
+                Ok(compressor) => {
+                    batch.push(
+                        BatchRequest::resumed(snapshot, compressor)
+                            .with_config(greedy_config(max_new_tokens, stop))
+                            .with_eos(session.tokenizer.eos_token_ids())
+                            .with_text(TextStreamer::new(&session.tokenizer, true), |_: &str| {}),
+                    );
+                    slots.push(slot);
+                }
+                Err(e) => results[slot] = Some(Err(e)),
+            }
+        }
+        let Ok(outputs) = batch.run() else {
+            drop(batch);
+            return one_by_one(self);
+        };
+        for (slot, output) in slots.into_iter().zip(outputs) {
+            results[slot] = Some(
+                output
+                    .map(|done| GenerationOutcome {
+                        text: done.output.text.unwrap_or_default(),
+                        prompt_tokens,
+                        new_tokens: done.output.tokens.len(),
+                    })
+                    .map_err(BoxError::from),
+            );
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("no answer from the batch".into())))
+            .collect()
     }
 }
 

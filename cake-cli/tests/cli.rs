@@ -680,6 +680,60 @@ fn pred_sweeps_head_budget_modes_like_separate_runs() {
     }
 }
 
+/// Decoding a record's configurations in one batch (the default), in batches of 2 (a
+/// request joining when another leaves) or one at a time (`--batch 1`) writes the same
+/// bytes.
+#[test]
+fn pred_batched_equals_one_at_a_time() {
+    let records = Records::new("synth_passkey", 3);
+    let root = records.work.path();
+    let runs = [
+        ("all", vec![]),
+        ("two", vec!["--batch", "2"]),
+        ("one", vec!["--batch", "1"]),
+    ];
+    for (out, extra) in &runs {
+        records.pred("full,snapkv,cake", "8", &root.join(out), extra);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(root.join("one"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for name in &names {
+        let one = std::fs::read(root.join("one").join(name).join("synth_passkey.jsonl")).unwrap();
+        assert_eq!(String::from_utf8_lossy(&one).lines().count(), 3);
+        for out in ["all", "two"] {
+            let batched = std::fs::read(root.join(out).join(name).join("synth_passkey.jsonl"));
+            assert_eq!(
+                batched.unwrap(),
+                one,
+                "{name}: --batch {out} and --batch 1 differ"
+            );
+        }
+    }
+    // --batch with --no-sweep (which runs configurations one by one) is a usage error.
+    let model = records.model.path().to_str().unwrap();
+    let data = records.data.to_str().unwrap();
+    let out = root.join("conflict");
+    let args = [
+        "pred",
+        "--model",
+        model,
+        "--data-dir",
+        data,
+        "--policies",
+        "full,cake",
+    ];
+    let conflict = [
+        &args[..],
+        &["--out", out.to_str().unwrap(), "--batch", "2", "--no-sweep"],
+    ];
+    let (ok, stderr) = run(&conflict.concat(), root);
+    assert!(!ok && stderr.contains("--batch"), "{stderr}");
+}
+
 #[test]
 fn unwritable_output_folder_is_reported() {
     let model = tiny_model();

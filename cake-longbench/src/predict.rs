@@ -66,8 +66,9 @@ pub trait Generator {
 
 /// Several configurations answering the same records (a policy sweep). For each record
 /// the loop calls [`SweepGenerator::prepare`] once with the prompt, then
-/// [`SweepGenerator::generate`] for every configuration that still lacks the record, so an
-/// implementation can share work between configurations (one prefill per prompt).
+/// [`SweepGenerator::generate_many`] once with every configuration that still lacks the
+/// record, so an implementation can share work between configurations (one prefill per
+/// prompt, one batched decode for all configurations).
 pub trait SweepGenerator {
     /// Number of configurations (one prediction file each).
     fn configurations(&self) -> usize;
@@ -83,6 +84,32 @@ pub trait SweepGenerator {
         max_new_tokens: usize,
         stop: &StopRule,
     ) -> Result<GenerationOutcome, BoxError>;
+
+    /// The answers of `configurations` (increasing, distinct) to the prompt last prepared,
+    /// in the order of `configurations`; each must equal
+    /// [`SweepGenerator::generate`]'s for its configuration. The loop writes them in that
+    /// order and stops at the first error, so the results after an `Err` may be left out.
+    ///
+    /// The default calls [`SweepGenerator::generate`] for each configuration in turn and
+    /// stops after the first error (as one call per configuration did); an implementation
+    /// may decode them together instead.
+    fn generate_many(
+        &mut self,
+        configurations: &[usize],
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Vec<Result<GenerationOutcome, BoxError>> {
+        let mut results = Vec::with_capacity(configurations.len());
+        for &configuration in configurations {
+            let result = self.generate(configuration, max_new_tokens, stop);
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
+    }
 }
 
 /// One [`Generator`] as a sweep of one configuration.
@@ -404,7 +431,9 @@ impl<'a> Output<'a> {
 /// Predict every record of a dataset for every configuration of a sweep, in one pass:
 /// configuration `k` writes `out_files[k]`, resuming what is already there (each file is
 /// read once). Each record's prompt is built once and prepared once, and only when some
-/// configuration still needs it. `progress` is called after each (record, configuration).
+/// configuration still needs it; then [`SweepGenerator::generate_many`] answers it for
+/// every configuration that needs it at once. `progress` is called after each (record,
+/// configuration), in configuration order, once the record's generations are done.
 /// The files equal those of separate [`predict_dataset`] runs with the same generations.
 pub fn predict_sweep<I, T, S, P>(
     records: I,
@@ -433,9 +462,38 @@ where
     for (index, record) in records.into_iter().enumerate() {
         let record = record?;
         seen = index + 1;
-        let mut prompt = None;
-        for (configuration, output) in outputs.iter_mut().enumerate() {
-            if output.has(index, &record.id)? {
+        let generation_error = |source| PredictError::Generation {
+            index,
+            id: record.id.clone(),
+            source,
+        };
+        // Whether each file holds the record, up to the first that holds another record
+        // there: that error comes after the configurations before it are written, as with
+        // one generation per configuration.
+        let mut held = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            let has = output.has(index, &record.id);
+            let mismatch = has.is_err();
+            held.push(has);
+            if mismatch {
+                break;
+            }
+        }
+        let needed: Vec<usize> = (0..held.len())
+            .filter(|&c| matches!(held[c], Ok(false)))
+            .collect();
+        let mut truncated = false;
+        let mut results = Vec::new().into_iter();
+        if !needed.is_empty() {
+            let built = build_prompt(&record, spec, tokenizer, max_length)?;
+            generator.prepare(&built.text).map_err(generation_error)?;
+            truncated = built.truncated;
+            results = generator
+                .generate_many(&needed, spec.max_new_tokens, &stop)
+                .into_iter();
+        }
+        for ((configuration, output), has) in outputs.iter_mut().enumerate().zip(held) {
+            if has? {
                 output.summary.resumed += 1;
                 progress(&Progress {
                     configuration,
@@ -447,27 +505,15 @@ where
                 });
                 continue;
             }
-            let truncated = match &prompt {
-                Some(truncated) => *truncated,
-                None => {
-                    let built = build_prompt(&record, spec, tokenizer, max_length)?;
-                    generator
-                        .prepare(&built.text)
-                        .map_err(|source| PredictError::Generation {
-                            index,
-                            id: record.id.clone(),
-                            source,
-                        })?;
-                    *prompt.insert(built.truncated)
-                }
-            };
-            let outcome = generator
-                .generate(configuration, spec.max_new_tokens, &stop)
-                .map_err(|source| PredictError::Generation {
-                    index,
-                    id: record.id.clone(),
-                    source,
-                })?;
+            let outcome = results
+                .next()
+                .unwrap_or_else(|| {
+                    Err(
+                        format!("no answer from the generator for configuration {configuration}")
+                            .into(),
+                    )
+                })
+                .map_err(generation_error)?;
             let line = PredictionLine {
                 pred: outcome.text.clone(),
                 answers: record.answers.clone(),

@@ -1,6 +1,7 @@
 //! `cake pred`: LongBench-format predictions for every (policy, cache size) asked for,
 //! one folder per configuration, resumable.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -30,6 +31,11 @@ pub struct DataArgs {
     /// Model: smollm2-135m (default), qwen2.5-coder-0.5b, a .gguf file or a HF folder
     #[arg(long)]
     pub model: Option<String>,
+    /// Sweeps of several configurations (`cake pred`, `cake tune`): decode at most N
+    /// configurations of a prompt together, in one batched forward per token [default: all
+    /// of them]; 1 decodes them one at a time. `cake fit` ignores it
+    #[arg(long, value_name = "N")]
+    pub batch: Option<NonZeroUsize>,
 }
 
 impl DataArgs {
@@ -98,6 +104,10 @@ pub fn run(args: Args) -> Result<()> {
         args.data.model.as_deref(),
     )?;
     let datasets = args.data.dataset_names()?;
+    usage_ensure!(
+        args.data.batch.is_none() || !args.no_sweep,
+        "--batch decodes a sweep's configurations together and --no-sweep runs them one by one: give one of them"
+    );
     let configs = configurations(&base, &args)?;
     let device = Default::default();
     let session =
@@ -129,9 +139,10 @@ pub struct SweepRun {
 }
 
 /// Every configuration at once, in one pass per dataset: each prompt is prefilled once and
-/// every configuration that still lacks the record decodes from a copy of that prefill.
-/// The files equal separate runs' (same writer, same generations), and resuming works the
-/// same way.
+/// every configuration that still lacks the record decodes from a copy of that prefill,
+/// `--batch` of them at a time in one batch (default: all). The files equal separate runs'
+/// (same writer, same generations up to the rounding of batched matrix products), and
+/// resuming works the same way.
 pub fn predict_configurations<B: Backend>(
     session: &Session<B>,
     configs: &[Settings],
@@ -146,7 +157,8 @@ pub fn predict_configurations<B: Backend>(
         locks.push(open_run(&dir, settings, args.shard)?);
         dirs.push(dir);
     }
-    let mut sweep = PolicySweep::new(session, configs);
+    let mut sweep =
+        PolicySweep::new(session, configs).with_max_batch(args.data.batch.map(NonZeroUsize::get));
     for name in datasets {
         let spec = registry::lookup(name)?;
         let (records, count) = dataset_records(args, name, &dirs)?;
