@@ -56,6 +56,56 @@ pub(crate) fn request(next: Option<(usize, usize)>) {
     }
 }
 
+/// `ys = xs W^T + b` for a few activation rows `xs` (`[n, in]`, batched decoding) with `W`
+/// row-major `[out, in]`: each weight row is read from memory once and multiplied with
+/// every activation row, four at a time ([`simd::dot4_at`] with the activations as its
+/// rows), threaded over output rows on the decoding pool like [`gemv`]. `ys`: `[n, out]`.
+///
+/// # Panics
+/// When the shapes do not fit.
+pub fn gemv_rows(w: &[f32], xs: &[f32], inp: usize, bias: Option<&[f32]>, ys: &mut [f32]) {
+    assert!(inp > 0 && w.len().is_multiple_of(inp) && xs.len().is_multiple_of(inp));
+    let (out, n) = (w.len() / inp, xs.len() / inp);
+    assert!(ys.len() == n * out && bias.is_none_or(|b| b.len() == out));
+    let next = follow(w.as_ptr() as *const u8, std::mem::size_of_val(w));
+    let tasks = 8 * rayon::current_num_threads();
+    let rows = out.div_ceil(tasks).clamp(4, GEMV_MAX_ROWS_PER_TASK);
+    let dst = SharedOut(ys.as_mut_ptr());
+    crate::pool::run(out.div_ceil(rows), &|c| {
+        for r in c * rows..((c + 1) * rows).min(out) {
+            let row = &w[r * inp..(r + 1) * inp];
+            rows_times(xs, row, |s, dot| {
+                let b = bias.map_or(0.0, |b| b[r]);
+                // SAFETY: output (s, r) is written by the one task owning row r.
+                unsafe { *dst.ptr().add(s * out + r) = dot + b };
+            });
+        }
+    });
+    request(next);
+}
+
+/// Calls `emit(s, xs[s] . row)` for every activation row `s` of `xs` (rows of
+/// `row.len()`), four rows per pass over `row`.
+pub(crate) fn rows_times(xs: &[f32], row: &[f32], mut emit: impl FnMut(usize, f32)) {
+    let inp = row.len();
+    let n = xs.len() / inp;
+    let mut s = 0;
+    while s + 4 <= n {
+        let dots = simd::dot4_at(
+            xs,
+            [s * inp, (s + 1) * inp, (s + 2) * inp, (s + 3) * inp],
+            row,
+        );
+        for (k, dot) in dots.into_iter().enumerate() {
+            emit(s + k, dot);
+        }
+        s += 4;
+    }
+    for s in s..n {
+        emit(s, simd::dot(&xs[s * inp..(s + 1) * inp], row));
+    }
+}
+
 /// Most bytes of the next weights an idle worker requests between two GEMVs: what a
 /// decoding step's serial work between them leaves time for, and what the caches hold.
 const HINT_BYTES: usize = 1 << 20;
@@ -118,6 +168,26 @@ mod tests {
         assert_eq!(order(&mats[2]), Some(at(&mats[0])));
         order(&mats[1]);
         assert_eq!(order(&mats[2]), Some(at(&mats[1])));
+    }
+
+    /// The multi-row GEMV equals one GEMV per activation row, for 1 to 9 rows.
+    #[test]
+    fn gemv_rows_equals_one_gemv_per_row() {
+        let (out, inp) = (70, 48);
+        let w = data(out * inp, 0.2);
+        let b = data(out, 0.4);
+        for n in 1..=9 {
+            let xs = data(n * inp, 0.3 + n as f32);
+            let mut ys = vec![0.0; n * out];
+            gemv_rows(&w, &xs, inp, Some(&b), &mut ys);
+            for s in 0..n {
+                let mut y = vec![0.0; out];
+                gemv(&w, &xs[s * inp..(s + 1) * inp], Some(&b), &mut y);
+                for (r, (got, want)) in ys[s * out..(s + 1) * out].iter().zip(&y).enumerate() {
+                    assert!((got - want).abs() < 1e-4, "{n} rows: row {s}, output {r}");
+                }
+            }
+        }
     }
 
     /// The GEMV equals per-row dot products plus bias.

@@ -26,7 +26,7 @@ pub use attention::{
     AttentionShape, KvRows, RowRun, Visible, attention, packed_starts, probabilities,
 };
 pub use gemm::{gemm, gemm_new, gemm_silu_mul};
-pub use gemv::gemv;
+pub use gemv::{gemv, gemv_rows};
 pub use probe::{BandwidthProbe, read_bandwidth};
 pub use quant::{BlockFormat, BlockKernels, PackError, PackedMatrix, PackedRows};
 pub use rowwise::{add_assign, rms_norm, rope_in_place, silu_mul};

@@ -529,10 +529,10 @@ impl PackedMatrix {
                     kernels.dequantize(part.row(r), &mut w);
                     let o = first + r;
                     let b = bias.map_or(0.0, |b| b[o]);
-                    for (s, x) in xs.chunks_exact(cols).enumerate() {
+                    crate::gemv::rows_times(xs, &w, |s, dot| {
                         // SAFETY: output (s, o) is written by the one task owning row r.
-                        unsafe { *dst.ptr().add(s * rows + o) = crate::simd::dot(&w, x) + b };
-                    }
+                        unsafe { *dst.ptr().add(s * rows + o) = dot + b };
+                    });
                 }
             });
             first += part.rows;

@@ -6,6 +6,8 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 #[cfg(feature = "flex")]
 use cake_core::host;
 use cake_kernels::PackedMatrix;
+#[cfg(feature = "flex")]
+use cake_kernels::quant::MULTI_VECTOR_ROWS;
 
 #[cfg(feature = "flex")]
 use cake_kernels as kernels;
@@ -131,6 +133,7 @@ impl<B: Backend> Linear<B> {
     }
 
     /// `[S, in]` -> `[S, out]` on the host buffers: [`kernels::gemv`] for one row,
+    /// [`kernels::gemv_rows`] for up to [`MULTI_VECTOR_ROWS`] (a batched decoding step),
     /// [`kernels::gemm`] for more, or [`PackedMatrix::gemv`] and [`PackedMatrix::matmul`]
     /// on packed weights; `None` on other backends or layouts.
     #[cfg(feature = "flex")]
@@ -149,7 +152,12 @@ impl<B: Backend> Linear<B> {
             LinearWeight::Dense(weight) => {
                 let (w, xs) = host_buffers(weight, x)?;
                 let (w, xs) = (host::contiguous(&w)?, host::contiguous(&xs)?);
-                let y = if rows > 1 && inp > 0 {
+                let y = if rows > 1 && rows <= MULTI_VECTOR_ROWS && inp > 0 {
+                    // A few rows (a batched decoding step): each weight row read once.
+                    let mut y = vec![0.0f32; rows * out];
+                    kernels::gemv_rows(w, xs, inp, bias, &mut y);
+                    y
+                } else if rows > 1 && inp > 0 {
                     kernels::gemm_new(w, xs, inp, bias)
                 } else {
                     let mut y = vec![0.0f32; rows * out];
