@@ -107,7 +107,11 @@ fn default_cake_run_keeps_the_committed_tokens() {
             .unwrap();
         for head in heads {
             let head = head.as_array().unwrap();
-            assert_eq!(head.len() as u64, prompt_len, "layer {layer}: budget + window");
+            assert_eq!(
+                head.len() as u64,
+                prompt_len,
+                "layer {layer}: budget + window"
+            );
         }
     }
     let kept: usize = report["layers"]
@@ -116,6 +120,9 @@ fn default_cake_run_keeps_the_committed_tokens() {
         .iter()
         .map(|l| l["kept_positions"][0].as_array().unwrap().len())
         .sum();
-    assert!(kept <= 1024 * 30, "{kept} kept rows of KV head 0 exceed C x L");
+    assert!(
+        kept <= 1024 * 30,
+        "{kept} kept rows of KV head 0 exceed C x L"
+    );
     assert_eq!(got["text"], expected["text"], "greedy text");
 }
