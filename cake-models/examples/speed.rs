@@ -52,6 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64(),
         format.name()
     );
+    if let Some(rss) = cake_models::rss_bytes() {
+        println!(
+            "resident after load: {:.1} MB (weights read per decoding step: {:.1} MB)",
+            rss as f64 / 1e6,
+            model.decode_weight_bytes() as f64 / 1e6
+        );
+    }
     // Warm-up (thread pool, allocator).
     model
         .forward_prefill(&prompt(64), &mut model.new_caches(), &mut KeepAll)?
