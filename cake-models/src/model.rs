@@ -558,32 +558,35 @@ fn load_linear<B: Backend>(
     pack: bool,
 ) -> Result<Linear<B>, WeightError> {
     let (out, inp, bias) = (linear.rows(), linear.inputs(), linear.bias);
-    let mut biases = Vec::with_capacity(if bias { out } else { 0 });
-    if bias {
-        for part in &linear.parts {
-            let spec = part.bias();
-            let b = source.take_shaped(&spec.name, &spec.shape)?;
-            biases.extend_from_slice(&b.data);
-        }
-    }
-    let bias = bias.then(|| Tensor::from_data(TensorData::new(biases, [out]), device));
     let specs: Vec<TensorSpec> = linear.parts.iter().map(|p| p.weight()).collect();
     let named: Vec<(&str, &[usize])> = specs
         .iter()
         .map(|s| (s.name.as_str(), &s.shape[..]))
         .collect();
-    if let Some(weight) = packed(source, &named, device, pack)? {
-        return Ok(Linear { weight, bias });
+    let packed = packed(source, &named, device, pack)?;
+    // Each part's weight, then its bias (the layout's order), unless the weights are packed.
+    let mut weight = Vec::new();
+    if packed.is_none() {
+        weight = weight_buffer(out * inp);
     }
-    let mut weight = weight_buffer(out * inp);
-    for spec in &specs {
-        let w = source.take_shaped(&spec.name, &spec.shape)?;
-        weight.extend_from_slice(&w.data);
+    let mut biases = Vec::with_capacity(if bias { out } else { 0 });
+    for (part, spec) in linear.parts.iter().zip(&specs) {
+        if packed.is_none() {
+            weight.extend_from_slice(&source.take_shaped(&spec.name, &spec.shape)?.data);
+        }
+        if bias {
+            let spec = part.bias();
+            biases.extend_from_slice(&source.take_shaped(&spec.name, &spec.shape)?.data);
+        }
     }
-    Ok(Linear::dense(
-        Tensor::from_data(TensorData::new(weight, [out, inp]), device),
-        bias,
-    ))
+    let bias = bias.then(|| Tensor::from_data(TensorData::new(biases, [out]), device));
+    Ok(match packed {
+        Some(weight) => Linear { weight, bias },
+        None => Linear::dense(
+            Tensor::from_data(TensorData::new(weight, [out, inp]), device),
+            bias,
+        ),
+    })
 }
 
 /// The weights `parts` (name and `[rows, in]` shape each) stacked by rows as one packed

@@ -46,6 +46,38 @@ fn packed_rows_hold_the_f32_loads_values() {
     );
 }
 
+/// The model at `path` loaded twice: weights as f32, then as stored.
+fn both_ways(path: &Path) -> (Model<Cpu>, Model<Cpu>) {
+    let device = Default::default();
+    let load = |format| load_as::<Cpu>(path, &device, format).expect("load").model;
+    (load(WeightFormat::F32), load(WeightFormat::Stored))
+}
+
+/// Checks that the stored model reads under `share` of the f32 model's bytes per step and
+/// that `prompt`'s logits agree within 1e-4 of the largest; returns the stored logits.
+fn agree(dense: &Model<Cpu>, packed: &Model<Cpu>, prompt: &[u32], share: f64) -> Vec<f32> {
+    let (dense_step, packed_step) = (dense.decode_weight_bytes(), packed.decode_weight_bytes());
+    assert!(
+        (packed_step as f64) < share * dense_step as f64,
+        "{packed_step} vs {dense_step}"
+    );
+    let (a, b) = (
+        prefill_logits(dense, prompt),
+        prefill_logits(packed, prompt),
+    );
+    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    eprintln!("f32 vs stored: max |logit diff| {diff} (max |logit| {scale})");
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "f32 vs stored: {diff} (|max| {scale})"
+    );
+    b
+}
+
 fn prefill_logits(model: &Model<Cpu>, prompt: &[u32]) -> Vec<f32> {
     let mut caches = model.new_caches();
     let logits = model
@@ -66,38 +98,13 @@ fn smollm2_stored_computes_what_f32_computes() {
     let (prompt, probe, greedy) = (ids("input_ids"), ids("probe_ids"), ids("greedy_tokens"));
     let want: Vec<f32> = serde_json::from_value(json["probe_logits"].clone()).expect("logits");
 
-    let device = Default::default();
-    let dense = load_as::<Cpu>(&path, &device, WeightFormat::F32)
-        .expect("f32 load")
-        .model;
-    let packed = load_as::<Cpu>(&path, &device, WeightFormat::Stored)
-        .expect("stored load")
-        .model;
-
+    let (dense, packed) = both_ways(&path);
     let file = GgufFile::open(&path).expect("GGUF");
     let stored = gguf_weight_bytes(&file, WeightFormat::Stored) as f64;
     let f32_bytes = gguf_weight_bytes(&file, WeightFormat::F32) as f64;
     assert!(stored < 0.3 * f32_bytes, "{stored} vs {f32_bytes}");
     // A step reads every matrix but the embedding's rows: here the tied head is the embedding.
-    let (dense_step, packed_step) = (dense.decode_weight_bytes(), packed.decode_weight_bytes());
-    assert!(
-        (packed_step as f64) < 0.3 * dense_step as f64,
-        "{packed_step} vs {dense_step}"
-    );
-
-    let (a, b) = (
-        prefill_logits(&dense, &prompt),
-        prefill_logits(&packed, &prompt),
-    );
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        diff <= 1e-4 * scale.max(1.0),
-        "f32 vs stored: {diff} (|max| {scale})"
-    );
+    let b = agree(&dense, &packed, &prompt, 0.3);
     let to_fixture = probe
         .iter()
         .zip(&want)
@@ -124,37 +131,13 @@ fn qwen_stored_continues_as_transformers_does() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer/qwen2.5-coder-0.5b.json");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture).expect("fixture")).expect("json");
-    let device = Default::default();
-    let dense = load_as::<Cpu>(&path, &device, WeightFormat::F32)
-        .expect("f32 load")
-        .model;
-    let packed = load_as::<Cpu>(&path, &device, WeightFormat::Stored)
-        .expect("stored load")
-        .model;
-    let (dense_step, packed_step) = (dense.decode_weight_bytes(), packed.decode_weight_bytes());
-    assert!(
-        (packed_step as f64) < 0.35 * dense_step as f64,
-        "{packed_step} vs {dense_step}"
-    );
+    let (dense, packed) = both_ways(&path);
     let cases = json["greedy"].as_array().expect("cases");
     assert_eq!(cases.len(), 3);
     for case in cases {
         let prompt = common::ids(&case["prompt_ids"]);
         let want = common::ids(&case["argmax_32_ids"]);
-        let (a, b) = (
-            prefill_logits(&dense, &prompt),
-            prefill_logits(&packed, &prompt),
-        );
-        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(&b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        eprintln!("qwen f32 vs stored: max |logit diff| {diff} (max |logit| {scale})");
-        assert!(
-            diff <= 1e-4 * scale.max(1.0),
-            "f32 vs stored: {diff} (|max| {scale})"
-        );
+        agree(&dense, &packed, &prompt, 0.35);
         let out = Generation::new(&packed)
             .with_config(GenerationConfig::greedy(32, 32))
             .generate(&prompt)

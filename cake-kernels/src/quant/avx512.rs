@@ -228,58 +228,49 @@ unsafe fn scale_and_min<const MIN: bool>(p: *const u8) -> (__m512, Option<__m512
     )
 }
 
-/// Q4_0 (18 bytes: d, 16 bytes of nibbles; value `(q - 8) d`) and, with `MIN`, Q4_1 (20
-/// bytes: d, m, nibbles; value `q d + m`). Low nibbles are values 0-15, high ones 16-31.
-struct Q4<const MIN: bool>;
+/// The 32-value formats with 4 or 5 bits: Q4_0 (18 bytes: d, 16 bytes of nibbles; value
+/// `(q - 8) d`), Q4_1 (`MIN`, 20 bytes: d, m, nibbles; value `q d + m`), Q5_0 (`FIFTH`, 22
+/// bytes: d, qh, nibbles; value `(q5 - 16) d`) and Q5_1 (both, 24 bytes: d, m, qh, nibbles;
+/// value `q5 d + m`). Low nibbles are values 0-15, high ones 16-31; bit j of qh is the
+/// fifth bit of value j.
+struct Small<const MIN: bool, const FIFTH: bool>;
 
-impl<const MIN: bool> Blocks for Q4<MIN> {
-    const BYTES: usize = if MIN { 20 } else { 18 };
-    type Values = [__m512; 2];
+/// Q4_0 and Q4_1.
+type Q4<const MIN: bool> = Small<MIN, false>;
+/// Q5_0 and Q5_1.
+type Q5<const MIN: bool> = Small<MIN, true>;
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    unsafe fn values(p: *const u8) -> [__m512; 2] {
-        // SAFETY: a whole block at `p`.
-        let ((d, m), (lo, hi)) = unsafe { (scale_and_min::<MIN>(p), Self::ints(p)) };
-        [scaled(lo, d, m), scaled(hi, d, m)]
-    }
+impl<const MIN: bool, const FIFTH: bool> Small<MIN, FIFTH> {
+    /// Where the fifth bits start (after the scale and min).
+    const QH_AT: usize = if MIN { 4 } else { 2 };
+    /// Where the nibbles start.
+    const QS_AT: usize = Self::QH_AT + if FIFTH { 4 } else { 0 };
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    #[inline]
-    unsafe fn dot_block(p: *const u8, x: *const f32, acc: &mut [__m512; 2]) {
-        // SAFETY: the caller's contract; the features are the callers'.
-        unsafe {
-            let (d, m) = scale_and_min::<MIN>(p);
-            dot32(Self::ints(p), d, m, x, acc)
-        }
-    }
-}
-
-impl<const MIN: bool> Q4<MIN> {
-    /// The block's 4-bit values (less 8 without a min), low nibbles first.
+    /// The block's integer values (less 8, resp. 16, without a min), in order.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     #[inline]
     unsafe fn ints(p: *const u8) -> (__m512i, __m512i) {
         // SAFETY: a whole block at `p`.
-        let q = unsafe { bytes16(p.add(if MIN { 4 } else { 2 })) };
-        let (lo, hi) = (
-            _mm512_and_si512(q, _mm512_set1_epi32(0xF)),
-            _mm512_srli_epi32(q, 4),
-        );
+        let q = unsafe { bytes16(p.add(Self::QS_AT)) };
+        let mut lo = _mm512_and_si512(q, _mm512_set1_epi32(0xF));
+        let mut hi = _mm512_srli_epi32(q, 4);
+        if FIFTH {
+            // SAFETY: a whole block at `p`.
+            let qh = unsafe { std::ptr::read_unaligned(p.add(Self::QH_AT) as *const u32) };
+            let sixteen = _mm512_set1_epi32(16);
+            lo = _mm512_mask_or_epi32(lo, qh as u16, lo, sixteen);
+            hi = _mm512_mask_or_epi32(hi, (qh >> 16) as u16, hi, sixteen);
+        }
         if MIN {
-            (lo, hi)
-        } else {
-            let eight = _mm512_set1_epi32(8);
-            (_mm512_sub_epi32(lo, eight), _mm512_sub_epi32(hi, eight))
+            return (lo, hi);
         }
+        let offset = _mm512_set1_epi32(if FIFTH { 16 } else { 8 });
+        (_mm512_sub_epi32(lo, offset), _mm512_sub_epi32(hi, offset))
     }
 }
 
-/// Q5_0 (22 bytes: d, qh, nibbles; value `(q5 - 16) d`) and, with `MIN`, Q5_1 (24 bytes:
-/// d, m, qh, nibbles; value `q5 d + m`). Bit j of qh is the fifth bit of value j.
-struct Q5<const MIN: bool>;
-
-impl<const MIN: bool> Blocks for Q5<MIN> {
-    const BYTES: usize = if MIN { 24 } else { 22 };
+impl<const MIN: bool, const FIFTH: bool> Blocks for Small<MIN, FIFTH> {
+    const BYTES: usize = Self::QS_AT + 16;
     type Values = [__m512; 2];
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
@@ -296,29 +287,6 @@ impl<const MIN: bool> Blocks for Q5<MIN> {
         unsafe {
             let (d, m) = scale_and_min::<MIN>(p);
             dot32(Self::ints(p), d, m, x, acc)
-        }
-    }
-}
-
-impl<const MIN: bool> Q5<MIN> {
-    /// The block's 5-bit values (less 16 without a min).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
-    #[inline]
-    unsafe fn ints(p: *const u8) -> (__m512i, __m512i) {
-        // SAFETY: a whole block at `p`.
-        unsafe {
-            let qh_at = if MIN { 4 } else { 2 };
-            let qh = std::ptr::read_unaligned(p.add(qh_at) as *const u32);
-            let q = bytes16(p.add(qh_at + 4));
-            let (sixteen, offset) = (
-                _mm512_set1_epi32(16),
-                _mm512_set1_epi32(if MIN { 0 } else { 16 }),
-            );
-            let lo = _mm512_and_si512(q, _mm512_set1_epi32(0xF));
-            let lo = _mm512_mask_or_epi32(lo, qh as u16, lo, sixteen);
-            let hi = _mm512_srli_epi32(q, 4);
-            let hi = _mm512_mask_or_epi32(hi, (qh >> 16) as u16, hi, sixteen);
-            (_mm512_sub_epi32(lo, offset), _mm512_sub_epi32(hi, offset))
         }
     }
 }
