@@ -69,19 +69,88 @@ pub fn gemv_rows(w: &[f32], xs: &[f32], inp: usize, bias: Option<&[f32]>, ys: &m
     assert!(ys.len() == n * out && bias.is_none_or(|b| b.len() == out));
     let next = follow(w.as_ptr() as *const u8, std::mem::size_of_val(w));
     let tasks = 8 * rayon::current_num_threads();
-    let rows = out.div_ceil(tasks).clamp(4, GEMV_MAX_ROWS_PER_TASK);
+    let rows = out
+        .div_ceil(tasks)
+        .next_multiple_of(4)
+        .clamp(4, GEMV_MAX_ROWS_PER_TASK);
     let dst = SharedOut(ys.as_mut_ptr());
     crate::pool::run(out.div_ceil(rows), &|c| {
-        for r in c * rows..((c + 1) * rows).min(out) {
-            let row = &w[r * inp..(r + 1) * inp];
-            rows_times(xs, row, |s, dot| {
-                let b = bias.map_or(0.0, |b| b[r]);
-                // SAFETY: output (s, r) is written by the one task owning row r.
-                unsafe { *dst.ptr().add(s * out + r) = dot + b };
-            });
-        }
+        let (r0, r1) = (c * rows, ((c + 1) * rows).min(out));
+        block_times(&w[r0 * inp..r1 * inp], xs, inp, |r, s, dot| {
+            let b = bias.map_or(0.0, |b| b[r0 + r]);
+            // SAFETY: output (s, r0 + r) is written by the one task owning row r0 + r.
+            unsafe { *dst.ptr().add(s * out + r0 + r) = dot + b };
+        });
     });
     request(next);
+}
+
+/// Calls `emit(r, s, w[r] . xs[s])` for every weight row `r` of `w` and activation row `s`
+/// of `xs` (rows of `inp`). On AVX-512, blocks of four weight rows by four activation rows
+/// keep their sixteen sums in registers, so each load serves four multiply-adds; the rest
+/// goes one weight row at a time ([`rows_times`]).
+pub(crate) fn block_times(
+    w: &[f32],
+    xs: &[f32],
+    inp: usize,
+    mut emit: impl FnMut(usize, usize, f32),
+) {
+    let (m, n) = (w.len() / inp, xs.len() / inp);
+    let mut r = 0;
+    #[cfg(target_arch = "x86_64")]
+    if inp.is_multiple_of(16) && std::is_x86_feature_detected!("avx512f") {
+        while r + 4 <= m {
+            let mut s = 0;
+            while s + 4 <= n {
+                // SAFETY: AVX-512F (checked); rows r..r + 4 of w and s..s + 4 of xs, each of
+                // `inp` values, lie inside the slices.
+                let dots =
+                    unsafe { dot4x4(w.as_ptr().add(r * inp), xs.as_ptr().add(s * inp), inp) };
+                for (a, row) in dots.iter().enumerate() {
+                    for (b, &dot) in row.iter().enumerate() {
+                        emit(r + a, s + b, dot);
+                    }
+                }
+                s += 4;
+            }
+            if s < n {
+                for a in r..r + 4 {
+                    rows_times(&xs[s * inp..], &w[a * inp..(a + 1) * inp], |k, dot| {
+                        emit(a, s + k, dot)
+                    });
+                }
+            }
+            r += 4;
+        }
+    }
+    for a in r..m {
+        rows_times(xs, &w[a * inp..(a + 1) * inp], |s, dot| emit(a, s, dot));
+    }
+}
+
+/// The sixteen dot products of four weight rows at `w` with four activation rows at `x`
+/// (both at row stride `inp`, a multiple of 16): `[weight row][activation row]`.
+///
+/// # Safety
+/// AVX-512F; the four rows of `inp` values at `w` and at `x` must be readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot4x4(w: *const f32, x: *const f32, inp: usize) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    for i in (0..inp).step_by(16) {
+        // SAFETY: i + 16 <= inp inside each of the caller's rows.
+        unsafe {
+            let xv = [0, 1, 2, 3].map(|s| _mm512_loadu_ps(x.add(s * inp + i)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm512_loadu_ps(w.add(r * inp + i));
+                for (acc, &xv) in acc.iter_mut().zip(&xv) {
+                    *acc = _mm512_fmadd_ps(wv, xv, *acc);
+                }
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
 }
 
 /// Calls `emit(s, xs[s] . row)` for every activation row `s` of `xs` (rows of
@@ -170,10 +239,16 @@ mod tests {
         assert_eq!(order(&mats[2]), Some(at(&mats[1])));
     }
 
-    /// The multi-row GEMV equals one GEMV per activation row, for 1 to 9 rows.
+    /// The multi-row GEMV equals one GEMV per activation row, for 1 to 9 rows, with widths
+    /// the 4 x 4 blocks take (a multiple of 16) and do not.
     #[test]
     fn gemv_rows_equals_one_gemv_per_row() {
-        let (out, inp) = (70, 48);
+        for inp in [48, 50] {
+            gemv_rows_case(70, inp);
+        }
+    }
+
+    fn gemv_rows_case(out: usize, inp: usize) {
         let w = data(out * inp, 0.2);
         let b = data(out, 0.4);
         for n in 1..=9 {

@@ -522,15 +522,23 @@ impl PackedMatrix {
         for part in &self.parts {
             let kernels = part.format.kernels();
             let tasks = 8 * rayon::current_num_threads();
-            let per_task = part.rows.div_ceil(tasks).clamp(4, MAX_ROWS_PER_TASK);
+            let per_task = part
+                .rows
+                .div_ceil(tasks)
+                .next_multiple_of(4)
+                .clamp(4, MAX_ROWS_PER_TASK);
             crate::pool::run(part.rows.div_ceil(per_task), &|t| {
-                let mut w = vec![0.0f32; cols];
-                for r in t * per_task..((t + 1) * per_task).min(part.rows) {
-                    kernels.dequantize(part.row(r), &mut w);
-                    let o = first + r;
-                    let b = bias.map_or(0.0, |b| b[o]);
-                    crate::gemv::rows_times(xs, &w, |s, dot| {
-                        // SAFETY: output (s, o) is written by the one task owning row r.
+                let mut w = vec![0.0f32; 4 * cols];
+                let end = ((t + 1) * per_task).min(part.rows);
+                for r in (t * per_task..end).step_by(4) {
+                    let k = 4.min(end - r);
+                    let n = part.row_bytes();
+                    let w = &mut w[..k * cols];
+                    kernels.dequantize(&part.data[r * n..(r + k) * n], w);
+                    crate::gemv::block_times(w, xs, cols, |a, s, dot| {
+                        let o = first + r + a;
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        // SAFETY: output (s, o) is written by the one task owning row r + a.
                         unsafe { *dst.ptr().add(s * rows + o) = dot + b };
                     });
                 }
