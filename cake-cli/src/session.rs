@@ -259,16 +259,7 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
     ) -> Vec<Result<GenerationOutcome, BoxError>> {
         // Configuration by configuration, up to the first error (as the default does).
         let one_by_one = |sweep: &mut Self| {
-            let mut results = Vec::with_capacity(configurations.len());
-            for &configuration in configurations {
-                let result = sweep.generate(configuration, max_new_tokens, stop);
-                let failed = result.is_err();
-                results.push(result);
-                if failed {
-                    break;
-                }
-            }
-            results
+            cake_longbench::generate_each(sweep, configurations, max_new_tokens, stop)
         };
         if self.max_batch == 1 || configurations.len() <= 1 {
             return one_by_one(self);

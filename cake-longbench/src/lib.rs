@@ -28,7 +28,7 @@ pub use metrics::{Metric, MetricError};
 pub use needle::{NeedleError, PromptWithNeedle, locate_needle, token_span};
 pub use predict::{
     BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
-    StopRule, SweepGenerator, predict_dataset, predict_sweep,
+    StopRule, SweepGenerator, generate_each, predict_dataset, predict_sweep,
 };
 pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
 pub use record::{DataError, LongBenchRecord, NeedleSpan, read_dataset};

@@ -99,17 +99,29 @@ pub trait SweepGenerator {
         max_new_tokens: usize,
         stop: &StopRule,
     ) -> Vec<Result<GenerationOutcome, BoxError>> {
-        let mut results = Vec::with_capacity(configurations.len());
-        for &configuration in configurations {
-            let result = self.generate(configuration, max_new_tokens, stop);
-            let failed = result.is_err();
-            results.push(result);
-            if failed {
-                break;
-            }
-        }
-        results
+        generate_each(self, configurations, max_new_tokens, stop)
     }
+}
+
+/// [`SweepGenerator::generate_many`]'s default: [`SweepGenerator::generate`] for each of
+/// `configurations` in turn, stopping after the first error. For implementations that
+/// decode together only sometimes (a batch of one, a failed batch).
+pub fn generate_each<S: SweepGenerator + ?Sized>(
+    sweep: &mut S,
+    configurations: &[usize],
+    max_new_tokens: usize,
+    stop: &StopRule,
+) -> Vec<Result<GenerationOutcome, BoxError>> {
+    let mut results = Vec::with_capacity(configurations.len());
+    for &configuration in configurations {
+        let result = sweep.generate(configuration, max_new_tokens, stop);
+        let failed = result.is_err();
+        results.push(result);
+        if failed {
+            break;
+        }
+    }
+    results
 }
 
 /// One [`Generator`] as a sweep of one configuration.
