@@ -3,6 +3,8 @@
 //! (the default), through fresh runs, resumes from files of different lengths, and a
 //! configuration that fails mid-sweep.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use cake_longbench::{
@@ -12,18 +14,7 @@ use cake_longbench::{
 
 fn records(n: usize) -> Vec<LongBenchRecord> {
     (0..n)
-        .map(|i| LongBenchRecord {
-            input: format!("question {i}"),
-            context: format!("context of record {i}. ").repeat(3 + i % 4),
-            answers: vec![format!("{i}")],
-            length: 10 * i as u64,
-            dataset: "passage_count".into(),
-            language: "en".into(),
-            all_classes: None,
-            id: format!("rec-{i}"),
-            depth: Some(i as f64 / 10.0),
-            needle: None,
-        })
+        .map(|i| common::record(i, 3 + i % 4, 10 * i as u64))
         .collect()
 }
 

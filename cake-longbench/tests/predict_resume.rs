@@ -1,6 +1,8 @@
 //! The prediction loop: files readable by eval, exact resume after a crash (torn last
 //! line included), never a duplicate or a lost record; and middle truncation.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -14,18 +16,7 @@ use proptest::prelude::*;
 
 fn records(n: usize) -> Vec<LongBenchRecord> {
     (0..n)
-        .map(|i| LongBenchRecord {
-            input: format!("question {i}"),
-            context: format!("context of record {i}. ").repeat(5),
-            answers: vec![format!("{i}")],
-            length: 100 * i as u64,
-            dataset: "passage_count".into(),
-            language: "en".into(),
-            all_classes: None,
-            id: format!("rec-{i}"),
-            depth: Some(i as f64 / 10.0),
-            needle: None,
-        })
+        .map(|i| common::record(i, 5, 100 * i as u64))
         .collect()
 }
 
