@@ -169,29 +169,7 @@ pub fn attention(
     output: Option<(KvRows<'_>, &mut [f32])>,
     probs: Option<&mut [f32]>,
 ) {
-    let AttentionShape {
-        queries: s,
-        heads: h,
-        dim: d,
-        ..
-    } = shape;
-    assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
-    assert!(keys.starts.len() >= shape.kv_heads, "a start per KV head");
-    assert!(
-        s == 1 || keys.contiguous(),
-        "only a decoding step reads a cache with gaps"
-    );
-    if let Some((values, out)) = &output {
-        assert_eq!(out.len(), s * h * d, "output [S, H, d]");
-        assert_eq!(values.len, keys.len, "as many values as keys");
-        assert!(
-            s == 1 || values.contiguous(),
-            "only a decoding step reads a cache with gaps"
-        );
-    }
-    if let Some(p) = &probs {
-        assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
-    }
+    check(q, &keys, shape, &output, &probs);
     let input = Inputs {
         q,
         keys,
@@ -199,7 +177,17 @@ pub fn attention(
         visible,
     };
     match (output, probs) {
-        (output, probs) if s == 1 => decode_attention(input, output, probs, None),
+        (output, probs) if shape.queries == 1 => decode_attention(
+            &mut [DecodeQuery {
+                q,
+                keys,
+                shape,
+                visible,
+                output,
+                probs,
+            }],
+            None,
+        ),
         #[cfg(target_arch = "x86_64")]
         (Some((values, out)), None) if crate::flash::serves(shape.dim) => {
             // SAFETY: `serves` checked AVX-512F; the shapes were checked above.
@@ -625,12 +613,83 @@ impl Online {
     }
 }
 
-/// Partial result of one chunk of keys, in the call's buffer ([`SCRATCH`]) from `at` on:
-/// for each of the G query heads of a KV head, the running max and exponential sum over the
-/// chunk's `n` keys, the unnormalised output and the chunk's `exp(score - max)`
-/// ([`Partial::parts`]).
+/// One sequence's query of a batched decoding step ([`decode_attention_batch`]): what
+/// [`attention`] takes for one query (`shape.queries` = 1).
+pub struct DecodeQuery<'a> {
+    /// The query `[1, H, d]`, post-RoPE, unscaled.
+    pub q: &'a [f32],
+    /// The sequence's cached keys.
+    pub keys: KvRows<'a>,
+    /// Its shape (one query).
+    pub shape: AttentionShape,
+    /// The rows the query sees per KV head (`visible(kv, 0)`).
+    pub visible: Visible<'a>,
+    /// The cached values and the output `[1, H, d]`, if wanted.
+    pub output: Option<(KvRows<'a>, &'a mut [f32])>,
+    /// The probabilities `[H, 1, len]`, if wanted.
+    pub probs: Option<&'a mut [f32]>,
+}
+
+/// The one-query attention of several sequences, each over its own cache (a batched
+/// decoding step): every sequence's split-key tasks in one job of the decoding pool, so
+/// that B sequences pay one dispatch rather than B. Each sequence's output and
+/// probabilities have the bits [`attention`] gives it alone (each key chunk keeps its own
+/// partial result whatever the task holding it).
+///
+/// # Panics
+/// When a query's shapes do not fit (as [`attention`]) or it has more than one query row.
+pub fn decode_attention_batch(queries: &mut [DecodeQuery<'_>]) {
+    for query in queries.iter() {
+        assert_eq!(query.shape.queries, 1, "one query per sequence");
+        check(
+            query.q,
+            &query.keys,
+            query.shape,
+            &query.output,
+            &query.probs,
+        );
+    }
+    decode_attention(queries, None);
+}
+
+/// [`attention`]'s checks of the shapes of a call.
+fn check(
+    q: &[f32],
+    keys: &KvRows<'_>,
+    shape: AttentionShape,
+    output: &Option<(KvRows<'_>, &mut [f32])>,
+    probs: &Option<&mut [f32]>,
+) {
+    let AttentionShape {
+        queries: s,
+        heads: h,
+        dim: d,
+        ..
+    } = shape;
+    assert_eq!(q.len(), s * h * d, "queries [S, H, d]");
+    assert!(keys.starts.len() >= shape.kv_heads, "a start per KV head");
+    assert!(
+        s == 1 || keys.contiguous(),
+        "only a decoding step reads a cache with gaps"
+    );
+    if let Some((values, out)) = output {
+        assert_eq!(out.len(), s * h * d, "output [S, H, d]");
+        assert_eq!(values.len, keys.len, "as many values as keys");
+        assert!(
+            s == 1 || values.contiguous(),
+            "only a decoding step reads a cache with gaps"
+        );
+    }
+    if let Some(p) = probs {
+        assert_eq!(p.len(), h * s * keys.len, "probabilities [H, S, len]");
+    }
+}
+
+/// A key chunk's place in a decoding step: its sequence (`item`), KV head, first row,
+/// rows, and where its partial result sits in the step's buffer ([`Partial::parts`]).
 #[derive(Clone, Copy)]
 struct Partial {
+    item: usize,
     kv: usize,
     start: usize,
     n: usize,
@@ -675,9 +734,8 @@ impl Partial {
 /// the output has the bits of one task per chunk. On a 2-core EPYC (`attention_bandwidth`,
 /// SmolLM2-135M at 8K tokens, alternated, requests 4 KiB ahead), eight chunks a task read
 /// 26.2-31.6 GB/s in the fast phases against 22.8-25.9 for one.
-fn chunks_per_task(ranges: &[(usize, usize)]) -> usize {
+fn chunks_per_task<'a>(ranges: impl Iterator<Item = &'a (usize, usize)>) -> usize {
     let chunks: usize = ranges
-        .iter()
         .map(|&(lo, hi)| hi.saturating_sub(lo).div_ceil(KEY_CHUNK))
         .sum();
     (chunks / (4 * rayon::current_num_threads().max(1))).clamp(1, 8)
@@ -697,106 +755,55 @@ fn even_chunk(rows: usize) -> usize {
         .clamp(4, KEY_CHUNK)
 }
 
-/// One query: split-key ("flash decoding") tasks per (KV head, span of key chunks), each
-/// chunk serving the KV head's G query heads from one read of its rows, merged exactly.
-/// `chunks` fixes the chunks per task (the tests'); `None` takes [`chunks_per_task`].
-fn decode_attention(
-    input: Inputs<'_>,
-    output: Option<(KvRows<'_>, &mut [f32])>,
-    probs: Option<&mut [f32]>,
-    chunks: Option<usize>,
-) {
-    let Inputs {
-        q,
-        keys,
-        shape,
-        visible,
-    } = input;
-    let (h, hkv, d) = (shape.heads, shape.kv_heads, shape.dim);
-    let (group, scale, len) = (input.group(), input.scale(), keys.len);
-    let (values, mut out) = match output {
-        Some((values, out)) => (Some(values), Some(out)),
-        None => (None, None),
-    };
-    let ranges: Vec<(usize, usize)> = (0..hkv).map(|kv| visible(kv, 0)).collect();
-    let per_task = chunks.unwrap_or_else(|| chunks_per_task(&ranges)).max(1);
-    // (KV head, first row, end row, rows per chunk) of each task.
-    let tasks: Vec<(usize, usize, usize, usize)> = ranges
+/// One query per sequence: split-key ("flash decoding") tasks per (sequence, KV head, span
+/// of key chunks), all in one job of the decoding pool, each chunk serving the KV head's G
+/// query heads from one read of its rows; merged exactly per sequence. `chunks` fixes the
+/// chunks per task (the tests'); `None` takes [`chunks_per_task`].
+fn decode_attention(queries: &mut [DecodeQuery<'_>], chunks: Option<usize>) {
+    let ranges: Vec<Vec<(usize, usize)>> = queries
         .iter()
-        .enumerate()
-        .flat_map(|(kv, &(lo, hi))| {
-            let chunk = even_chunk(hi.saturating_sub(lo));
-            let span = chunk * per_task;
-            (lo..hi.max(lo))
-                .step_by(span)
-                .map(move |a| (kv, a, (a + span).min(hi), chunk))
+        .map(|query| {
+            (0..query.shape.kv_heads)
+                .map(|kv| (query.visible)(kv, 0))
+                .collect()
         })
         .collect();
-    // A chunk's scores, max and exponentials; its rows are read from a slice that runs on
-    // to `until` (the task's last row), so that requests ahead run on into the next chunk.
-    let score = |part: &Partial, buf: &mut [f32], until: usize| -> Option<Vec<usize>> {
-        let (kv, a, n) = (part.kv, part.start, part.n);
-        let b = a + n;
-        let (max, sum, _, exps) = part.parts_mut(buf, group, d);
-        // Scores of the chunk's keys for the G query heads of the group, each key row read
-        // once for up to four of them. Where eviction left gaps, the rows are read where
-        // they sit, with the same bits per row.
-        let queries = &q[kv * group * d..(kv + 1) * group * d];
-        let contiguous = keys.rows(kv, a, until).or_else(|| keys.rows(kv, a, b));
-        let listed = match contiguous {
-            Some(rows) => {
-                simd::matvec_group(rows, queries, d, exps);
-                None
-            }
-            None => {
-                let at = keys.listed(kv, a, b);
-                simd::matvec_group_listed(keys.data, &at, queries, d, exps);
-                Some(at)
-            }
-        };
-        for scores in exps.chunks_exact_mut(n.max(1)) {
-            simd::scale(scores, scale);
-        }
-        for g in 0..group {
-            (max[g], sum[g]) = simd::exp_shifted(&mut exps[g * n..(g + 1) * n]);
-        }
-        listed
-    };
-    // Weighted values of the group's heads, each value row read once for up to four, the
-    // outputs in registers over the chunk.
-    let weigh = |part: &Partial, buf: &mut [f32], listed: Option<Vec<usize>>, until: usize| {
-        let Some(values) = &values else { return };
-        let (kv, a, b) = (part.kv, part.start, part.start + part.n);
-        let (_, _, out, exps) = part.parts_mut(buf, group, d);
-        match values.rows(kv, a, until).or_else(|| values.rows(kv, a, b)) {
-            Some(rows) => simd::weighted_sum_group(out, exps, rows, d),
-            None => {
-                // The values' rows sit where the keys' do when both come from one cache.
-                let at = match listed {
-                    Some(at) if values.same_layout(&keys) => at,
-                    _ => values.listed(kv, a, b),
-                };
-                simd::weighted_sum_group_listed(out, exps, values.data, &at, d);
-            }
-        }
-    };
+    let per_task = chunks
+        .unwrap_or_else(|| chunks_per_task(ranges.iter().flatten()))
+        .max(1);
+    // (sequence, KV head, first row, end row, rows per chunk) of each task.
+    let tasks: Vec<(usize, usize, usize, usize, usize)> = ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(item, heads)| {
+            heads.iter().enumerate().flat_map(move |(kv, &(lo, hi))| {
+                let chunk = even_chunk(hi.saturating_sub(lo));
+                let span = chunk * per_task;
+                (lo..hi.max(lo))
+                    .step_by(span)
+                    .map(move |a| (item, kv, a, (a + span).min(hi), chunk))
+            })
+        })
+        .collect();
+    let steps: Vec<Step<'_>> = queries.iter().map(Step::new).collect();
     // Every chunk's partial result, task after task, in one buffer that this thread keeps
     // from call to call (taken out while in use, so a nested call gets its own).
     let mut size = 0;
     let parts: Vec<Vec<Partial>> = tasks
         .iter()
-        .map(|&(kv, a, b, chunk)| {
+        .map(|&(item, kv, a, b, chunk)| {
             (a..b)
                 .step_by(chunk)
                 .map(|c| {
                     let n = (c + chunk).min(b) - c;
                     let part = Partial {
+                        item,
                         kv,
                         start: c,
                         n,
                         at: size,
                     };
-                    size += Partial::size(group, d, n);
+                    size += Partial::size(steps[item].group, steps[item].d, n);
                     part
                 })
                 .collect()
@@ -812,11 +819,15 @@ fn decode_attention(
         let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
             return;
         };
-        let (from, to) = (first.at, last.at + Partial::size(group, d, last.n));
+        let step = &steps[first.item];
+        let (from, to) = (
+            first.at,
+            last.at + Partial::size(step.group, step.d, last.n),
+        );
         // SAFETY: task `task` alone touches its chunks' floats from..to of `buf`, which
         // holds `size` >= to of them and outlives the run.
         let slot = unsafe { std::slice::from_raw_parts_mut(shared.ptr().add(from), to - from) };
-        let (_, _, b, _) = tasks[task];
+        let (.., b, _) = tasks[task];
         // The task's chunks, placed in its own slot.
         let local: Vec<Partial> = mine
             .iter()
@@ -826,23 +837,112 @@ fn decode_attention(
             })
             .collect();
         // All the task's keys, then all its values: two long streams.
-        let listed: Vec<Option<Vec<usize>>> = local.iter().map(|p| score(p, slot, b)).collect();
+        let listed: Vec<Option<Vec<usize>>> =
+            local.iter().map(|p| step.score(p, slot, b)).collect();
         for (part, listed) in local.iter().zip(listed) {
             // Each output starts from 0 (the buffer holds the last call's).
-            part.parts_mut(slot, group, d).2.fill(0.0);
-            weigh(part, slot, listed, b);
+            part.parts_mut(slot, step.group, step.d).2.fill(0.0);
+            step.weigh(part, slot, listed, b);
         }
     });
-    let partials: Vec<(&Partial, ChunkView<'_>)> = parts
-        .iter()
-        .flatten()
-        .map(|p| (p, p.parts(&buf, group, d)))
-        .collect();
-    // Merge: per query head, rescale each chunk by exp(max_chunk - max_all).
-    let mut probs = probs;
+    for (item, query) in queries.iter_mut().enumerate() {
+        let step = &steps[item];
+        let partials: Vec<(&Partial, ChunkView<'_>)> = parts
+            .iter()
+            .flatten()
+            .filter(|p| p.item == item)
+            .map(|p| (p, p.parts(&buf, step.group, step.d)))
+            .collect();
+        merge(&partials, query, step.group);
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+}
+
+/// One sequence's inputs to [`decode_attention`]'s tasks.
+struct Step<'a> {
+    q: &'a [f32],
+    keys: KvRows<'a>,
+    values: Option<KvRows<'a>>,
+    group: usize,
+    d: usize,
+    scale: f32,
+}
+
+impl<'a> Step<'a> {
+    fn new(query: &DecodeQuery<'a>) -> Self {
+        let shape = query.shape;
+        Step {
+            q: query.q,
+            keys: query.keys,
+            values: query.output.as_ref().map(|(values, _)| *values),
+            group: shape.heads / shape.kv_heads,
+            d: shape.dim,
+            scale: 1.0 / (shape.dim as f32).sqrt(),
+        }
+    }
+
+    /// A chunk's scores, max and exponentials; its rows are read from a slice that runs on
+    /// to `until` (the task's last row), so that requests ahead run on into the next chunk.
+    /// Returns the rows' offsets where the chunk spans a gap.
+    fn score(&self, part: &Partial, buf: &mut [f32], until: usize) -> Option<Vec<usize>> {
+        let (group, d) = (self.group, self.d);
+        let (kv, a, n) = (part.kv, part.start, part.n);
+        let b = a + n;
+        let (max, sum, _, exps) = part.parts_mut(buf, group, d);
+        // Scores of the chunk's keys for the G query heads of the group, each key row read
+        // once for up to four of them. Where eviction left gaps, the rows are read where
+        // they sit, with the same bits per row.
+        let queries = &self.q[kv * group * d..(kv + 1) * group * d];
+        let keys = &self.keys;
+        let listed = match keys.rows(kv, a, until).or_else(|| keys.rows(kv, a, b)) {
+            Some(rows) => {
+                simd::matvec_group(rows, queries, d, exps);
+                None
+            }
+            None => {
+                let at = keys.listed(kv, a, b);
+                simd::matvec_group_listed(keys.data, &at, queries, d, exps);
+                Some(at)
+            }
+        };
+        for scores in exps.chunks_exact_mut(n.max(1)) {
+            simd::scale(scores, self.scale);
+        }
+        for g in 0..group {
+            (max[g], sum[g]) = simd::exp_shifted(&mut exps[g * n..(g + 1) * n]);
+        }
+        listed
+    }
+
+    /// Weighted values of the group's heads, each value row read once for up to four, the
+    /// outputs in registers over the chunk.
+    fn weigh(&self, part: &Partial, buf: &mut [f32], listed: Option<Vec<usize>>, until: usize) {
+        let Some(values) = &self.values else { return };
+        let (kv, a, b) = (part.kv, part.start, part.start + part.n);
+        let (_, _, out, exps) = part.parts_mut(buf, self.group, self.d);
+        match values.rows(kv, a, until).or_else(|| values.rows(kv, a, b)) {
+            Some(rows) => simd::weighted_sum_group(out, exps, rows, self.d),
+            None => {
+                // The values' rows sit where the keys' do when both come from one cache.
+                let at = match listed {
+                    Some(at) if values.same_layout(&self.keys) => at,
+                    _ => values.listed(kv, a, b),
+                };
+                simd::weighted_sum_group_listed(out, exps, values.data, &at, self.d);
+            }
+        }
+    }
+}
+
+/// One sequence's output and probabilities from its chunks' partial results: per query
+/// head, each chunk rescaled by `exp(max_chunk - max_all)`.
+fn merge(partials: &[(&Partial, ChunkView<'_>)], query: &mut DecodeQuery<'_>, group: usize) {
+    let (h, d, len) = (query.shape.heads, query.shape.dim, query.keys.len);
+    let mut probs = query.probs.as_deref_mut();
     if let Some(p) = probs.as_deref_mut() {
         p.fill(0.0);
     }
+    let mut out = query.output.as_mut().map(|(_, out)| &mut **out);
     for head in 0..h {
         let (kv, g) = (head / group, head % group);
         let mine = || partials.iter().filter(move |(p, _)| p.kv == kv);
@@ -873,8 +973,6 @@ fn decode_attention(
             }
         }
     }
-    drop(partials);
-    SCRATCH.with(|s| *s.borrow_mut() = buf);
 }
 
 thread_local! {
@@ -1130,6 +1228,93 @@ mod tests {
         }
     }
 
+    /// A batched decoding step gives each sequence the bits of its step alone: three
+    /// sequences of different lengths, one with gaps, one without output, one without
+    /// probabilities.
+    #[test]
+    fn a_batched_decoding_step_has_each_sequences_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let (h, hkv, d) = (6, 2, 32);
+        let shape = AttentionShape {
+            queries: 1,
+            heads: h,
+            kv_heads: hkv,
+            dim: d,
+        };
+        let gaps = vec![
+            vec![
+                RowRun { row: 0, offset: 0 },
+                RowRun {
+                    row: 90,
+                    offset: 93,
+                },
+            ],
+            Vec::new(),
+        ];
+        // (len, runs, output wanted, probabilities wanted)
+        let cases: [(usize, &[Vec<RowRun>], bool, bool); 3] = [
+            (700, &[], true, true),
+            (300, &gaps, true, false),
+            (41, &[], false, true),
+        ];
+        let inputs: Vec<_> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, _, _, _))| {
+                let region = len + 4;
+                let seed = i as f32;
+                (
+                    data(h * d, 0.2 + seed),
+                    data(hkv * region * d, 0.4 + seed),
+                    data(hkv * region * d, 1.7 + seed),
+                    (0..hkv).map(|kv| kv * region).collect::<Vec<usize>>(),
+                )
+            })
+            .collect();
+        let visible = |kv: usize, _: usize| (kv, 41 - kv);
+        let visible_long = |kv: usize, _: usize| (2 * kv, 300 - kv);
+        let visible_longest = |kv: usize, _: usize| (0, 700 - 5 * kv);
+        let sees: [Visible<'_>; 3] = [&visible_longest, &visible_long, &visible];
+        let run = |items: &[usize]| -> Vec<(Vec<u32>, Vec<u32>)> {
+            let mut outs: Vec<(Vec<f32>, Vec<f32>)> = items
+                .iter()
+                .map(|&i| (vec![f32::NAN; h * d], vec![f32::NAN; h * cases[i].0]))
+                .collect();
+            let mut queries: Vec<DecodeQuery<'_>> = items
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(&i, (out, probs))| {
+                    let (len, runs, want_out, want_probs) = cases[i];
+                    let (q, k, v, starts) = &inputs[i];
+                    let rows = |data| KvRows {
+                        data,
+                        starts,
+                        runs,
+                        len,
+                        dim: d,
+                    };
+                    DecodeQuery {
+                        q,
+                        keys: rows(k),
+                        shape,
+                        visible: sees[i],
+                        output: want_out.then(|| (rows(v), &mut out[..])),
+                        probs: want_probs.then_some(&mut probs[..]),
+                    }
+                })
+                .collect();
+            decode_attention_batch(&mut queries);
+            drop(queries);
+            outs.iter().map(|(o, p)| (bits(o), bits(p))).collect()
+        };
+        let together = run(&[0, 1, 2]);
+        for i in 0..3 {
+            assert_eq!(together[i], run(&[i])[0], "sequence {i}");
+        }
+        // The comparison can fail: another sequence's result differs.
+        assert_ne!(together[0], together[1]);
+    }
+
     /// A decoding step's output and probabilities have the same bits whatever the chunks
     /// per task: over packed rows and over rows with gaps, with heads of different lengths.
     #[test]
@@ -1176,16 +1361,15 @@ mod tests {
             };
             let step = |chunks: usize| {
                 let (mut out, mut probs) = (vec![0.0; h * d], vec![0.0; h * len]);
-                let input = Inputs {
-                    q: &q,
-                    keys: rows(&k),
-                    shape,
-                    visible: &visible,
-                };
                 decode_attention(
-                    input,
-                    Some((rows(&v), &mut out)),
-                    Some(&mut probs),
+                    &mut [DecodeQuery {
+                        q: &q,
+                        keys: rows(&k),
+                        shape,
+                        visible: &visible,
+                        output: Some((rows(&v), &mut out)),
+                        probs: Some(&mut probs),
+                    }],
                     Some(chunks),
                 );
                 (bits(&out), bits(&probs))

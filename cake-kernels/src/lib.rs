@@ -23,7 +23,8 @@ pub mod testing;
 
 pub use alloc::{LineAligned, tune_allocator, tune_threads};
 pub use attention::{
-    AttentionShape, KvRows, RowRun, Visible, attention, packed_starts, probabilities,
+    AttentionShape, DecodeQuery, KvRows, RowRun, Visible, attention, decode_attention_batch,
+    packed_starts, probabilities,
 };
 pub use gemm::{gemm, gemm_new, gemm_silu_mul};
 pub use gemv::{gemv, gemv_rows};

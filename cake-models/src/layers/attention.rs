@@ -162,28 +162,12 @@ impl<B: Backend> Attention<B> {
         #[cfg(feature = "flex")]
         if let Some(host) = host::into_flex(qkv.clone()) {
             drop(qkv);
-            let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+            let (h, d) = (self.num_heads, self.head_dim);
             // [R, (H + 2 Hkv) d], each row rotated in place at its own position.
             let mut contiguous = host.to_contiguous();
             drop(host);
-            let qkv_rows = contiguous.storage_mut::<f32>();
             // [R, H d]
-            let mut out = Vec::with_capacity(r * h * d);
-            for (row, qkv) in rows
-                .iter_mut()
-                .zip(qkv_rows.chunks_exact_mut((h + 2 * hkv) * d))
-            {
-                let split = self.split_host(qkv, row.rope.host());
-                let request = AttentionRequest {
-                    probabilities: row.probabilities,
-                    last_rows: None,
-                };
-                // [1, H d], [H, 1, d], [H, 1, len]
-                let (o, queries, probabilities) =
-                    self.attend_host(split, row.position, row.cache, request)?;
-                (row.after)(row.cache, &queries, probabilities.as_ref())?;
-                out.extend_from_slice(&o);
-            }
+            let out = self.attend_batch_host(contiguous.storage_mut::<f32>(), rows)?;
             drop(contiguous);
             let out = Tensor::from_data(TensorData::new(out, [r, h * d]), &B::Device::default());
             return Ok(self.o.forward(out));
@@ -379,63 +363,145 @@ impl<B: Backend> Attention<B> {
         cache: &mut LayerCache<B>,
         request: AttentionRequest,
     ) -> Result<AttentionParts<B, Vec<f32>>, CacheError> {
-        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let HostSplit { q, k, v, rows: s } = split;
-        // The host backend has one device.
-        let device = &B::Device::default();
-        let tensor3 = |data: Vec<f32>, shape: [usize; 3]| -> Tensor<B, 3> {
-            Tensor::from_data(TensorData::new(data, shape), device)
-        };
-        cache.append(tensor3(k, [hkv, s, d]), tensor3(v, [hkv, s, d]), start)?;
-
+        let (h, d) = (self.num_heads, self.head_dim);
+        let s = split.rows;
+        let q = self.append_host(split, start, cache)?;
+        let view = HostCache::new(cache, self.window);
         let len = cache.len();
-        let shape = AttentionShape {
-            queries: s,
-            heads: h,
-            kv_heads: hkv,
-            dim: d,
-        };
-        let Some((kb, vb)) = cache.buffers() else {
-            unreachable!("the cache holds the rows just appended")
-        };
-        let (Some(kb), Some(vb)) = (host::flex(kb), host::flex(vb)) else {
-            unreachable!("a host backend's cache lives in host buffers")
-        };
-        let (Some(kd), Some(vd)) = (host::contiguous(&kb), host::contiguous(&vb)) else {
-            unreachable!("cache buffers are contiguous")
-        };
-        let starts: Vec<usize> = cache.spans().iter().map(|span| span.start).collect();
-        let rows = |data| KvRows {
-            data,
-            starts: &starts,
-            runs: cache.runs(),
-            len,
-            dim: d,
-        };
-        let ranges = VisibleRanges::new(cache.positions(), self.window);
         // Rows before `first` are attended only when their probabilities are wanted.
         let first = request.first_output_row(s);
         let attended = if request.probabilities { 0 } else { first };
-        let shape = AttentionShape {
-            queries: s - attended,
-            ..shape
-        };
-        let visible = |kv: usize, i: usize| ranges.range(kv, start + attended + i);
+        let shape = self.host_shape(s - attended);
+        let visible = |kv: usize, i: usize| view.ranges.range(kv, start + attended + i);
         let mut out = vec![0.0f32; (s - attended) * h * d];
         let mut probs = request.probabilities.then(|| vec![0.0f32; h * s * len]);
         kernels::attention(
             &q[attended * h * d..],
-            rows(kd),
+            view.keys(),
             shape,
             &visible,
-            Some((rows(vd), &mut out)),
+            Some((view.values(), &mut out)),
             probs.as_deref_mut(),
         );
         out.drain(..(first - attended) * h * d);
-        drop((kb, vb));
-        let queries = tensor3(q, [s, h, d]).swap_dims(0, 1);
-        let probabilities = probs.map(|p| tensor3(p, [h, s, len]));
-        Ok((out, queries, probabilities))
+        drop(view);
+        Ok((
+            out,
+            self.host_queries(q, s),
+            self.host_probabilities(probs, s, len),
+        ))
+    }
+
+    #[cfg(feature = "flex")]
+    /// [`Attention::forward_batch`] on the CPU fast path, from the projection rows `qkv`
+    /// (`[R, (H + 2 Hkv) d]`, one row per sequence): each row rotated at its own position
+    /// and appended to its own cache, every row's attention over its own cache in one job
+    /// of the decoding pool ([`kernels::decode_attention_batch`]), then each row's hook.
+    /// Returns the attention outputs `[R, H d]`.
+    fn attend_batch_host(
+        &self,
+        qkv: &mut [f32],
+        rows: &mut [AttentionRow<'_, B>],
+    ) -> Result<Vec<f32>, CacheError> {
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let mut queries = Vec::with_capacity(rows.len());
+        for (row, qkv) in rows.iter_mut().zip(qkv.chunks_exact_mut((h + 2 * hkv) * d)) {
+            let split = self.split_host(qkv, row.rope.host());
+            queries.push(self.append_host(split, row.position, row.cache)?);
+        }
+        // [R, H d]
+        let mut out = vec![0.0f32; rows.len() * h * d];
+        let mut probs: Vec<Option<Vec<f32>>> = rows
+            .iter()
+            .map(|row| row.probabilities.then(|| vec![0.0f32; h * row.cache.len()]))
+            .collect();
+        {
+            let views: Vec<HostCache<'_>> = rows
+                .iter()
+                .map(|row| HostCache::new(row.cache, self.window))
+                .collect();
+            let visible: Vec<_> = rows
+                .iter()
+                .zip(&views)
+                .map(|(row, view)| {
+                    let position = row.position;
+                    move |kv: usize, _: usize| view.ranges.range(kv, position)
+                })
+                .collect();
+            let mut batch: Vec<kernels::DecodeQuery<'_>> = queries
+                .iter()
+                .zip(&views)
+                .zip(&visible)
+                .zip(out.chunks_exact_mut(h * d).zip(probs.iter_mut()))
+                .map(
+                    |(((q, view), visible), (out, probs))| kernels::DecodeQuery {
+                        q,
+                        keys: view.keys(),
+                        shape: self.host_shape(1),
+                        visible,
+                        output: Some((view.values(), out)),
+                        probs: probs.as_deref_mut(),
+                    },
+                )
+                .collect();
+            kernels::decode_attention_batch(&mut batch);
+        }
+        for ((row, q), probs) in rows.iter_mut().zip(queries).zip(probs) {
+            let len = row.cache.len();
+            let probabilities = self.host_probabilities(probs, 1, len);
+            (row.after)(row.cache, &self.host_queries(q, 1), probabilities.as_ref())?;
+        }
+        Ok(out)
+    }
+
+    #[cfg(feature = "flex")]
+    /// Appends the keys/values of `split` at positions `start..start + S` to `cache`;
+    /// returns the queries `[S, H, d]`.
+    fn append_host(
+        &self,
+        split: HostSplit,
+        start: usize,
+        cache: &mut LayerCache<B>,
+    ) -> Result<Vec<f32>, CacheError> {
+        let (hkv, d) = (self.num_kv_heads, self.head_dim);
+        let HostSplit { q, k, v, rows: s } = split;
+        // The host backend has one device.
+        let device = &B::Device::default();
+        let tensor3 = |data: Vec<f32>| -> Tensor<B, 3> {
+            Tensor::from_data(TensorData::new(data, [hkv, s, d]), device)
+        };
+        cache.append(tensor3(k), tensor3(v), start)?;
+        Ok(q)
+    }
+
+    #[cfg(feature = "flex")]
+    /// The shape of `queries` query rows of this attention.
+    fn host_shape(&self, queries: usize) -> AttentionShape {
+        AttentionShape {
+            queries,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            dim: self.head_dim,
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    /// Host queries `[S, H, d]` as the tensor `[H, S, d]` the hooks take.
+    fn host_queries(&self, q: Vec<f32>, s: usize) -> Tensor<B, 3> {
+        let shape = [s, self.num_heads, self.head_dim];
+        Tensor::<B, 3>::from_data(TensorData::new(q, shape), &B::Device::default()).swap_dims(0, 1)
+    }
+
+    #[cfg(feature = "flex")]
+    /// Host probabilities `[H, S, len]` as a tensor.
+    fn host_probabilities(
+        &self,
+        probs: Option<Vec<f32>>,
+        s: usize,
+        len: usize,
+    ) -> Option<Tensor<B, 3>> {
+        let shape = [self.num_heads, s, len];
+        probs.map(|p| Tensor::from_data(TensorData::new(p, shape), &B::Device::default()))
     }
 
     /// Exact softmax attention of queries `q`: `[H, S, d]` at positions `start..start+S`
@@ -682,6 +748,63 @@ impl<B: Backend> Attention<B> {
             TensorData::new(bias, [heads, 1, c, n]),
             device,
         ))
+    }
+}
+
+#[cfg(feature = "flex")]
+/// A cache's host buffers and visible ranges, borrowed for one attention call.
+struct HostCache<'a> {
+    keys: burn_flex::FlexTensor,
+    values: burn_flex::FlexTensor,
+    starts: Vec<usize>,
+    runs: &'a [Vec<kernels::RowRun>],
+    len: usize,
+    dim: usize,
+    ranges: VisibleRanges<'a>,
+}
+
+#[cfg(feature = "flex")]
+impl<'a> HostCache<'a> {
+    /// The buffers of `cache`, which holds rows (the CPU backend's host buffers).
+    fn new<B: Backend>(cache: &'a LayerCache<B>, window: Option<usize>) -> Self {
+        let Some((kb, vb)) = cache.buffers() else {
+            unreachable!("the cache holds the rows just appended")
+        };
+        let (Some(keys), Some(values)) = (host::flex(kb), host::flex(vb)) else {
+            unreachable!("a host backend's cache lives in host buffers")
+        };
+        Self {
+            keys,
+            values,
+            starts: cache.spans().iter().map(|span| span.start).collect(),
+            runs: cache.runs(),
+            len: cache.len(),
+            dim: kb.dims()[1],
+            ranges: VisibleRanges::new(cache.positions(), window),
+        }
+    }
+
+    fn rows<'b>(&'b self, t: &'b burn_flex::FlexTensor) -> KvRows<'b> {
+        let Some(data) = host::contiguous(t) else {
+            unreachable!("cache buffers are contiguous")
+        };
+        KvRows {
+            data,
+            starts: &self.starts,
+            runs: self.runs,
+            len: self.len,
+            dim: self.dim,
+        }
+    }
+
+    /// The keys as the kernels read them.
+    fn keys(&self) -> KvRows<'_> {
+        self.rows(&self.keys)
+    }
+
+    /// The values as the kernels read them.
+    fn values(&self) -> KvRows<'_> {
+        self.rows(&self.values)
     }
 }
 
