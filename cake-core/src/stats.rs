@@ -350,9 +350,18 @@ pub fn process_readbacks() -> Readbacks {
 /// on other threads (cake-core does so for its own parallel work; a caller that runs
 /// cake-core functions on a thread pool of its own may do the same).
 ///
-/// ```ignore
+/// ```
+/// use cake_core::stats::ReadbackAccount;
+///
 /// let account = ReadbackAccount::current();
-/// items.par_iter().for_each(|item| account.charge(|| work(item)));
+/// let handles: Vec<_> = (0..2)
+///     .map(|_| {
+///         let account = account.clone();
+///         std::thread::spawn(move || account.charge(|| 1 + 1))
+///     })
+///     .collect();
+/// let sums: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+/// assert_eq!(sums, [2, 2]);
 /// ```
 #[derive(Debug, Clone)]
 pub struct ReadbackAccount(Arc<Counter>);

@@ -688,15 +688,7 @@ mod tests {
 
     /// Deterministic values in [-1, 1) with varied low bits.
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
+        crate::testing::pseudo_random(n, u64::from(seed).wrapping_mul(2_654_435_761))
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -346,17 +346,10 @@ mod tests {
 
     use super::*;
 
-    /// A `[a, b, c]` tensor of deterministic values in [-1, 1) (xorshift).
+    /// A `[a, b, c]` tensor of deterministic values in [-1, 1).
     fn tensor(shape: [usize; 3], seed: u64) -> Tensor<Flex, 3> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect();
+        let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let data = cake_kernels::testing::pseudo_random(shape.iter().product(), seed);
         Tensor::from_data(TensorData::new(data, shape), &Default::default())
     }
 
