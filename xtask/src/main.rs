@@ -42,6 +42,17 @@ struct Reproduce {
     /// Latency model
     #[arg(long, default_value = "smollm2-135m")]
     latency_model: String,
+    /// Weights of the accuracy model: f32 (the tables so far) or stored (packed as in
+    /// the file); for every `cake pred`, `cake tune` and `cake fit` (as `CAKE_WEIGHTS`)
+    #[arg(long, default_value = "f32")]
+    weights: String,
+    /// Predict only shard I of N of every prediction step (`cake pred --shard I/N`), then
+    /// stop: commit the prediction files, run the other shards (any order, any machine),
+    /// then run once without --shard to merge them (`cake eval`) and write the report.
+    /// Temperatures and fitted budgets are computed by the first shard to need them and
+    /// reused from `<out>/tune` and `<out>/fit` by the others
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
 }
 
 /// The sizes of a run.
@@ -152,6 +163,19 @@ fn reproduce(args: &Reproduce) -> Result<()> {
         c.current_dir(&root);
         c
     };
+    // `cake pred` (and tune/fit) on the accuracy model, in the chosen weights, on this
+    // shard.
+    let predict = |command: &str| {
+        let mut c = cake();
+        c.args([command, "--model", &args.accuracy_model])
+            .env("CAKE_WEIGHTS", &args.weights);
+        if command == "pred"
+            && let Some(shard) = &args.shard
+        {
+            c.args(["--shard", shard]);
+        }
+        c
+    };
     let suite = out.join("suite");
     let heat_suite = out.join("suite-heatmap");
     let pred = out.join("pred");
@@ -188,8 +212,9 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     // 2. Predictions: every policy x cache size, one prefill per prompt.
     let t = Instant::now();
     for (data, tree) in [(&suite, &pred), (&heat_suite, &heat_pred)] {
-        run(cake()
-            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        merge_shards(&cake, tree, args.shard.is_some())?;
+        run(predict("pred")
+            .arg("--data-dir")
             .arg(data)
             .args([
                 "--policies",
@@ -201,8 +226,8 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             .arg(tree))?;
     }
     if let Some(longbench) = &args.longbench {
-        run(cake()
-            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        run(predict("pred")
+            .arg("--data-dir")
             .arg(longbench)
             .args([
                 "--policies",
@@ -225,29 +250,33 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             .args(["--tasks", plan.tasks, "--lengths", plan.calibration_lengths])
             .args(["--depths", "25,75", "--seed", "1"])
             .args(["--samples", &plan.calibration_samples.to_string()]))?;
-        run(cake()
-            .args(["tune", "--model", &args.accuracy_model, "--data-dir"])
-            .arg(&calib)
-            .args(["--cache-sizes", plan.cache_sizes, "--window", "32"])
-            .arg("--eval-data")
-            .arg(&suite)
-            .arg("--out")
-            .arg(&tune))?;
-        run(cake()
-            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        if !tune.join("taus.json").exists() {
+            run(predict("tune")
+                .arg("--data-dir")
+                .arg(&calib)
+                .args(["--cache-sizes", plan.cache_sizes, "--window", "32"])
+                .arg("--eval-data")
+                .arg(&suite)
+                .arg("--out")
+                .arg(&tune))?;
+        }
+        run(predict("pred")
+            .arg("--data-dir")
             .arg(&suite)
             .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
             .args(["--window", "32", "--tau-file"])
             .arg(tune.join("taus.json"))
             .arg("--out")
             .arg(&pred))?;
-        run(cake()
-            .args(["fit", "--model", &args.accuracy_model, "--data-dir"])
-            .arg(&calib)
-            .args(["--max-samples", "4", "--out"])
-            .arg(&fit))?;
-        run(cake()
-            .args(["pred", "--model", &args.accuracy_model, "--data-dir"])
+        if !fit.join("score_function.json").exists() {
+            run(predict("fit")
+                .arg("--data-dir")
+                .arg(&calib)
+                .args(["--max-samples", "4", "--out"])
+                .arg(&fit))?;
+        }
+        run(predict("pred")
+            .arg("--data-dir")
             .arg(&suite)
             .args(["--policies", "cake", "--allocator", "static", "--score-fn"])
             .arg(fit.join("score_function.json"))
@@ -255,6 +284,13 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             .arg(&pred))?;
     }
     let pred_seconds = t.elapsed().as_secs_f64();
+    if let Some(shard) = &args.shard {
+        eprintln!(
+            "\nshard {shard} done in {pred_seconds:.0} s: commit {}, run the other shards, then run without --shard to merge them and write the report",
+            out.display()
+        );
+        return Ok(());
+    }
 
     // 3. Scores, the comparison table and plots.
     run(cake().arg("eval").arg(&pred))?;
@@ -284,6 +320,25 @@ fn reproduce(args: &Reproduce) -> Result<()> {
     )
 }
 
+/// Before an unsharded prediction step into `tree`: when earlier `--shard` runs left
+/// shard files there, `cake eval` merges them into whole prediction files (which the
+/// unsharded `cake pred` then finds done), failing with the missing shard's name when a
+/// set is incomplete. Sharded runs leave the files alone.
+fn merge_shards(cake: &dyn Fn() -> Command, tree: &Path, sharded: bool) -> Result<()> {
+    let has_shards = std::fs::read_dir(tree)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.path().join("shards").is_dir())
+        })
+        .unwrap_or(false);
+    if sharded || !has_shards {
+        return Ok(());
+    }
+    run(cake().arg("eval").arg(tree))
+        .context("the shards of an earlier --shard run do not merge: finish every shard first")
+}
+
 /// First file named `name` under `dir` (one level of sub-folders).
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     let direct = dir.join(name);
@@ -310,9 +365,10 @@ fn write_report(
     let mut md = String::from("# cake-rs reproduction report\n\n");
     let _ = writeln!(
         md,
-        "Mode: {}. Accuracy model: `{}`; latency model: `{}`. Synthetic suite (tasks {}, lengths {} tokens), window 32. Predictions took {:.0} s (prefill once per prompt for all configurations); the whole run {:.0} s.\n",
+        "Mode: {}. Accuracy model: `{}` (weights: {}); latency model: `{}`. Synthetic suite (tasks {}, lengths {} tokens), window 32. Predictions took {:.0} s (prefill once per prompt for all configurations); the whole run {:.0} s.\n",
         if args.quick { "quick" } else { "full" },
         args.accuracy_model,
+        args.weights,
         args.latency_model,
         plan.tasks,
         plan.lengths,
