@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use cake_core::{
     AllocatorKind, DecodeEviction, HeadBudgets, Method, PolicyConfig, PolicySpec, ScorerKind,
 };
+use cake_longbench::QuestionProtocol;
 use cake_models::weights::WeightFormat;
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -92,7 +93,11 @@ pub struct PolicyArgs {
     /// of its layer's budget, in [0, 1] [default: 0.2]
     #[arg(long, value_name = "FRACTION")]
     pub head_floor: Option<f64>,
-    /// StreamingLLM attention sinks [default: 4]
+    /// Sink ablation, for every policy: always keep the first N prompt tokens in every
+    /// layer and KV head, inside the layer's budget (0 = the paper's rule) [default: 0]
+    #[arg(long, value_name = "N")]
+    pub sink: Option<usize>,
+    /// StreamingLLM attention sinks (the streaming scorer's own parameter) [default: 4]
     #[arg(long)]
     pub sinks: Option<usize>,
     /// PyramidKV's beta: how steeply budgets fall with depth [default: 20]
@@ -103,6 +108,10 @@ pub struct PolicyArgs {
     /// `f32` dequantises them at load (the parity-tested path) [default: f32]
     #[arg(long, value_name = "f32|stored", value_parser = parse_weights)]
     pub weights: Option<WeightFormat>,
+    /// Where the question goes, `in-prompt` or `after-compression` (file and environment;
+    /// `cake pred` and `cake tune` take `--question`, other commands ignore it).
+    #[arg(skip)]
+    pub question: Option<QuestionProtocol>,
     /// Settings file (default: ./cake.toml when present)
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -161,9 +170,11 @@ impl PolicyArgs {
             decode_slack: self.decode_slack.or(lower.decode_slack),
             head_budgets: self.head_budgets.or(lower.head_budgets),
             head_floor: self.head_floor.or(lower.head_floor),
+            sink: self.sink.or(lower.sink),
             sinks: self.sinks.or(lower.sinks),
             beta: self.beta.or(lower.beta),
             weights: self.weights.or(lower.weights),
+            question: self.question.or(lower.question),
             config: self.config.or(lower.config),
         }
     }
@@ -241,6 +252,11 @@ pub struct Settings {
     /// f32 runs' manifests stay as they were).
     #[serde(skip_serializing_if = "is_f32")]
     pub weights: WeightFormat,
+    /// Where the question goes (recorded only when not the default `in-prompt`, so that
+    /// the manifests and folders of in-prompt runs stay as they were; an
+    /// `after-compression` run is another folder).
+    #[serde(skip_serializing_if = "QuestionProtocol::is_in_prompt")]
+    pub question: QuestionProtocol,
     /// The policy (serialised flat: `policy`, `allocator`, `scorer`, `score_fn`,
     /// `tau_file` when set, `cache`).
     #[serde(flatten)]
@@ -296,12 +312,14 @@ impl Settings {
             decode_slack: layer.decode_slack.unwrap_or(d.decode_slack),
             head_budgets: layer.head_budgets.unwrap_or(d.head_budgets),
             head_floor: layer.head_floor.unwrap_or(d.head_floor),
+            sink: layer.sink.unwrap_or(d.sink),
             sinks: layer.sinks.unwrap_or(d.sinks),
             beta: layer.beta.unwrap_or(d.beta),
         };
         Self {
             model: layer.model,
             weights: layer.weights.unwrap_or_default(),
+            question: layer.question.unwrap_or_default(),
             spec: PolicySpec {
                 method: layer.policy.unwrap_or_default(),
                 allocator: layer.allocator,
@@ -334,9 +352,14 @@ impl Settings {
         settings
     }
 
-    /// A short label for folder names, e.g. `cake-c256-w32`.
+    /// A short label for folder names, e.g. `cake-c256-w32`, or `cake-c256-w32-qafter`
+    /// with the question read after compression.
     pub fn label(&self) -> String {
-        self.spec.label()
+        let label = self.spec.label();
+        match self.question {
+            QuestionProtocol::InPrompt => label,
+            QuestionProtocol::AfterCompression => label + "-qafter",
+        }
     }
 }
 
@@ -403,6 +426,44 @@ mod tests {
         assert_eq!(one("cascading", "false").unwrap().cascading, Some(false));
         assert!(one("cache_size", "many").is_err());
         assert!(one("policy", "magic").is_err());
+    }
+
+    /// `sink` and `question` are keys of every layer; each enters the JSON (and so the
+    /// folder's hash) and the label only when not at its default.
+    #[test]
+    fn sink_and_question_are_settings_keys() {
+        let file: PolicyArgs =
+            toml::from_str("sink = 8\nquestion = \"after-compression\"").unwrap();
+        let s = Settings::from_layer(PolicyArgs::default().over(file));
+        assert_eq!(s.spec.cache.sink, 8);
+        assert_eq!(s.question, QuestionProtocol::AfterCompression);
+        assert_eq!(s.label(), "cake-c1024-w32-sink8-qafter");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.starts_with(r#"{"model":null,"question":"after-compression","policy":"cake""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""sink":8,"sinks":4"#), "{json}");
+        // Flags beat the file; the environment's text parses the same way.
+        let flags = PolicyArgs {
+            sink: Some(0),
+            question: Some(QuestionProtocol::InPrompt),
+            ..PolicyArgs::default()
+        };
+        let file: PolicyArgs =
+            toml::from_str("sink = 8\nquestion = \"after-compression\"").unwrap();
+        let s = Settings::from_layer(flags.over(file));
+        assert_eq!(s.label(), "cake-c1024-w32");
+        let one = |k: &str, v: &str| {
+            toml::Table::from_iter([(k.to_string(), scalar(v))]).try_into::<PolicyArgs>()
+        };
+        assert_eq!(
+            one("question", "After-Compression").unwrap().question,
+            Some(QuestionProtocol::AfterCompression)
+        );
+        assert_eq!(one("sink", "4").unwrap().sink, Some(4));
+        assert!(one("question", "later").is_err());
+        assert!(one("sink", "-1").is_err());
     }
 
     #[test]

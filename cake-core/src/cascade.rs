@@ -18,7 +18,7 @@ use crate::budget::{BudgetPlan, allocate_budgets};
 use crate::compressor::{DecodeStep, PrefillLayer};
 use crate::heads::{HeadBudgets, adakv_split, pair_budgets, regroup};
 use crate::policy::{DecodeEviction, Policy};
-use crate::scorer::{DecodeInput, PrefillInput};
+use crate::scorer::{DecodeInput, PrefillInput, pin_sinks};
 use crate::stats::{
     attention, layer_preference, lowest_index, read_host, to_host, top_k_indices, top_k_on_device,
     window_attention,
@@ -358,6 +358,9 @@ pub struct PolicyCompressor<B: Backend> {
     /// Peaks of `held_rows` and `held_bytes` during decoding.
     decode_peak_token_rows: usize,
     decode_peak_bytes: usize,
+    /// Rows per KV head appended after the prefill without the decoding hooks and kept
+    /// (see [`PolicyCompressor::keep_appended`]); they raise every decoding limit.
+    appended: usize,
 }
 
 /// Runs `evict` on each layer's cache (with its index): the layers in parallel on the CPU
@@ -411,6 +414,7 @@ impl<B: Backend> PolicyCompressor<B> {
             prefill_bytes: 0,
             decode_peak_token_rows: 0,
             decode_peak_bytes: 0,
+            appended: 0,
         }
     }
 
@@ -481,6 +485,26 @@ impl<B: Backend> PolicyCompressor<B> {
         self.prefill_bytes = 0;
         self.decode_peak_token_rows = 0;
         self.decode_peak_bytes = 0;
+        self.appended = 0;
+    }
+
+    /// Says that `tokens` rows were appended to every KV head of every layer after the
+    /// prefill, at the positions after the prompt, without running the decoding hooks (a
+    /// question read against the compressed context, `cake pred --question
+    /// after-compression`), and that decoding keeps them: every head's decoding limit
+    /// grows by `tokens`, so the first generated token does not evict them at once. The
+    /// rule of section 6 then holds each head at its new size (one token dropped per
+    /// generated token), and the equal-memory bound becomes `(C + tokens) * L` per KV head
+    /// for every policy alike. Calls add up; a new prompt (the next prefill) starts at 0.
+    pub fn keep_appended(&mut self, tokens: usize) {
+        self.appended += tokens;
+    }
+
+    /// `scores` (`[Hkv, n]`, a scorer's, column `i` of head `h` for `positions[h][i]`) as
+    /// the selection ranks them: with the sink ablation the first `sink` prompt tokens
+    /// first ([`pin_sinks`]; untouched without it).
+    fn ranked(&self, scores: Tensor<B, 2>, positions: &[Vec<usize>]) -> Tensor<B, 2> {
+        pin_sinks(scores, positions, self.policy.config().sink)
     }
 
     fn measure(&mut self, caches: &[LayerCache<B>]) {
@@ -705,7 +729,8 @@ impl<B: Backend> PolicyCompressor<B> {
     }
 
     /// The decoding limits of `layer`'s KV heads: `(tokens kept, tokens held before
-    /// evicting)` each, i.e. `budget + w` and that plus the policy's slack; `None` before
+    /// evicting)` each, i.e. `budget + w` (plus the rows kept by
+    /// [`PolicyCompressor::keep_appended`]) and that plus the policy's slack; `None` before
     /// a prefill or when the policy never evicts while decoding.
     fn decode_limits(&self, layer: usize) -> Option<Vec<(usize, usize)>> {
         let config = self.policy.config();
@@ -721,7 +746,7 @@ impl<B: Backend> PolicyCompressor<B> {
             budgets
                 .iter()
                 .map(|b| {
-                    let keep = b + plan.window;
+                    let keep = b + plan.window + self.appended;
                     (keep, keep + config.decode_slack)
                 })
                 .collect(),
@@ -935,12 +960,13 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         self.head_preferences.push(heads);
         let scores = {
             let _span = tracing::trace_span!("prefill_scores", layer).entered();
-            scorer.prefill_scores(&PrefillInput {
+            let scores = scorer.prefill_scores(&PrefillInput {
                 queries: &queries,
                 keys: &keys,
                 window_attention: attn.as_ref(),
                 window: plan.window,
-            }) // [Hkv, S]
+            }); // [Hkv, S]
+            self.ranked(scores, caches[layer].positions())
         };
         drop((attn, keys));
         caches[layer].set_scores(scores)?;
@@ -1040,7 +1066,7 @@ impl<B: Backend> PolicyCompressor<B> {
         }
         let scores = if cache.is_ragged() {
             match self.ragged_decode_scores(step, cache, plan.window) {
-                Some(scores) => scores,
+                Some(scores) => self.ranked(scores, cache.positions()),
                 None => return Ok(()),
             }
         } else {
@@ -1055,13 +1081,14 @@ impl<B: Backend> PolicyCompressor<B> {
                 }
                 None => None,
             };
-            scorer.decode_scores(DecodeInput {
+            let scores = scorer.decode_scores(DecodeInput {
                 attention: attn.as_ref(),
                 stored: cache.scores().cloned(),
                 positions: cache.positions(),
                 window: plan.window,
                 device: &device,
-            }) // [Hkv, n]
+            }); // [Hkv, n]
+            self.ranked(scores, cache.positions())
         };
         // A scorer that re-scores every step ranks by the fresh scores alone: storing them
         // would only make the next append pad them and this eviction gather them.

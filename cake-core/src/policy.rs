@@ -106,7 +106,17 @@ pub struct PolicyConfig {
     /// fraction of its layer's budget, in `[0, 1]` (0.2). Not serialised at its default.
     #[serde(skip_serializing_if = "is_default_floor")]
     pub head_floor: f64,
-    /// StreamingLLM's attention sinks.
+    /// The sink ablation, for every policy (`--sink N`): the first `sink` prompt tokens
+    /// (positions `0..sink`) are kept in every layer and KV head, inside the layer's budget
+    /// (they take its first places, so the budget still bounds what the layer holds; a
+    /// layer whose budget is below `sink` keeps its first `budget` tokens). Applied where a
+    /// scorer's scores meet the selection ([`crate::scorer::pin_sinks`]), in prefill and
+    /// decoding alike. 0, the default, is the paper's rule. Not serialised when 0, so that
+    /// settings written before it existed keep their identity. (Not StreamingLLM's
+    /// `sinks`, which is that scorer's own parameter.)
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sink: usize,
+    /// StreamingLLM's attention sinks (the `streaming` scorer's parameter).
     pub sinks: usize,
     /// PyramidKV's beta.
     pub beta: f64,
@@ -138,6 +148,7 @@ impl Default for PolicyConfig {
             decode_slack: 0,
             head_budgets: HeadBudgets::None,
             head_floor: DEFAULT_HEAD_FLOOR,
+            sink: 0,
             sinks: 4,
             beta: 20.0,
         }

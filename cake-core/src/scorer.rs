@@ -16,7 +16,7 @@
 
 use std::fmt::Debug;
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 
 use crate::stats::{attention, cake_indicator, group_mean, pool_prefix};
 
@@ -127,6 +127,66 @@ fn recency<B: Backend>(positions: &[Vec<usize>], sinks: usize, device: &B::Devic
 
 /// Score of an attention sink in [`Streaming`]: above every position.
 const SINK_SCORE: f32 = 1e30;
+
+/// Lowest score of a pinned sink (see [`pin_sinks`]): above every score a scorer gives
+/// (attention probabilities and their sums, positions as recency scores, and
+/// [`Streaming`]'s own sinks at `1e30`).
+const PINNED_SCORE: f32 = 2e30;
+
+/// Step between the scores of consecutive pinned sinks: far above the rounding unit of
+/// f32 near [`PINNED_SCORE`] (about `2e23`), so the scores stay strictly ordered.
+const PINNED_STEP: f32 = 1e25;
+
+/// The sink ablation (`PolicyConfig::sink`, section 8 of `docs/algorithm.md`): `scores`
+/// (`[Hkv, n]`, as a scorer gives them, column `i` of head `h` scoring the token at
+/// `positions[h][i]`) with every token at a position below `sink` scored above anything a
+/// scorer gives, earlier positions higher. Every selection ranks by the scores (the
+/// prefill's top-k, the cascade's re-ranking by stored scores, AdaKV's pooled ranking and
+/// the decoding step's lowest score), so the first `sink` prompt tokens take the first
+/// places of each head's budget: they are kept while the budget allows, earliest first,
+/// and the budget still bounds what the head holds. `sink = 0` returns `scores` untouched
+/// (the paper's rule, bit for bit).
+///
+/// Works on the scores' device: only the positions (host data) are read, never the
+/// scores. Positions are ascending per head (see [`crate::LayerCache::positions`]), so
+/// the sinks are a prefix of each row; only that prefix is rewritten. Rows may be padded
+/// past their head's positions (ragged heads); the padding is left alone.
+pub fn pin_sinks<B: Backend>(
+    scores: Tensor<B, 2>,
+    positions: &[Vec<usize>],
+    sink: usize,
+) -> Tensor<B, 2> {
+    if sink == 0 {
+        return scores;
+    }
+    let [heads, width] = scores.dims();
+    if positions.len() != heads {
+        return scores;
+    }
+    let counts: Vec<usize> = positions
+        .iter()
+        .map(|p| p.partition_point(|&x| x < sink).min(width))
+        .collect();
+    let prefix = counts.iter().copied().max().unwrap_or(0);
+    if prefix == 0 {
+        return scores;
+    }
+    let mut mask = Vec::with_capacity(heads * prefix);
+    let mut values = Vec::with_capacity(heads * prefix);
+    for (row, &count) in positions.iter().zip(&counts) {
+        for &p in &row[..count] {
+            mask.push(true);
+            values.push(PINNED_SCORE + (sink - p).min(1 << 20) as f32 * PINNED_STEP);
+        }
+        mask.resize(mask.len() + prefix - count, false);
+        values.resize(values.len() + prefix - count, 0.0);
+    }
+    let device = scores.device();
+    let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [heads, prefix]), &device);
+    let values = Tensor::<B, 2>::from_data(TensorData::new(values, [heads, prefix]), &device);
+    let pinned = scores.clone().narrow(1, 0, prefix).mask_where(mask, values);
+    scores.slice_assign([0..heads, 0..prefix], pinned)
+}
 
 /// CAKE's indicator: `mean + gamma * var` of the window attention, pooled, group-averaged.
 #[derive(Debug, Clone, Copy)]

@@ -118,7 +118,7 @@ impl PolicySpec {
     }
 
     /// A short label for folder names and tables, e.g. `cake-c256-w32`,
-    /// `preference+snapkv-r0.1-w32-oneshot`.
+    /// `preference+snapkv-r0.1-w32-oneshot`, `snapkv-c64-w32-sink8` (the sink ablation).
     pub fn label(&self) -> String {
         let mut label = self.name();
         let c = &self.cache;
@@ -138,6 +138,9 @@ impl PolicySpec {
             if c.head_budgets == HeadBudgets::AdaKv && c.head_floor != DEFAULT_HEAD_FLOOR {
                 label.push_str(&format!("{}", c.head_floor));
             }
+        }
+        if c.sink > 0 {
+            label.push_str(&format!("-sink{}", c.sink));
         }
         label
     }
@@ -215,6 +218,15 @@ impl<B: Backend> Compressor<B> {
         match self {
             Compressor::KeepAll => None,
             Compressor::Policy(compressor) => Some(compressor.report(caches)),
+        }
+    }
+
+    /// Rows appended to every KV head after the prefill without the decoding hooks (a
+    /// question read after compression) stay while decoding: see
+    /// [`PolicyCompressor::keep_appended`]. Nothing to do for the full cache.
+    pub fn keep_appended(&mut self, tokens: usize) {
+        if let Compressor::Policy(compressor) = self {
+            compressor.keep_appended(tokens);
         }
     }
 

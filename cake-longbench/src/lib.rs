@@ -30,7 +30,10 @@ pub use predict::{
     BoxError, GenerationOutcome, Generator, PredictError, PredictSummary, PredictionLine, Progress,
     StopRule, SweepGenerator, generate_each, predict_dataset, predict_sweep,
 };
-pub use prompt::{BuiltPrompt, PromptError, PromptTokenizer, build_prompt};
+pub use prompt::{
+    BuiltPrompt, PromptError, PromptTokenizer, QuestionProtocol, SplitPrompt,
+    UnknownQuestionProtocol, build_prompt, build_split_prompt,
+};
 pub use record::{DataError, LongBenchRecord, NeedleSpan, read_dataset};
 pub use registry::{DatasetSpec, Language, RegistryError};
 pub use shard::{Shard, ShardIndex, ShardParseError};

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompt::{PromptError, PromptTokenizer, build_prompt};
+use crate::prompt::{
+    PromptError, PromptTokenizer, QuestionProtocol, SplitPrompt, build_prompt, build_split_prompt,
+};
 use crate::record::{DataError, LongBenchRecord};
 use crate::registry::DatasetSpec;
 
@@ -74,8 +76,25 @@ pub trait SweepGenerator {
     fn configurations(&self) -> usize;
 
     /// Called once per record that some configuration still needs, before its
-    /// generations.
+    /// generations (under [`QuestionProtocol::InPrompt`], see
+    /// [`SweepGenerator::question`]).
     fn prepare(&mut self, prompt: &str) -> Result<(), BoxError>;
+
+    /// Where the question goes: the loop builds and prepares each prompt accordingly
+    /// ([`SweepGenerator::prepare`] for [`QuestionProtocol::InPrompt`], the default;
+    /// [`SweepGenerator::prepare_split`] for [`QuestionProtocol::AfterCompression`]).
+    fn question(&self) -> QuestionProtocol {
+        QuestionProtocol::InPrompt
+    }
+
+    /// [`SweepGenerator::prepare`] for a generator whose [`SweepGenerator::question`] is
+    /// [`QuestionProtocol::AfterCompression`]: the prompt with the place where its question
+    /// part starts ([`crate::prompt::build_split_prompt`]). The default refuses: a
+    /// generator that reads the question after compression must say how.
+    fn prepare_split(&mut self, prompt: &SplitPrompt) -> Result<(), BoxError> {
+        let _ = prompt;
+        Err("this generator reads the question inside the prompt only (in-prompt)".into())
+    }
 
     /// Configuration `configuration`'s answer to the prompt last prepared.
     fn generate(
@@ -440,7 +459,8 @@ impl<'a> Output<'a> {
     }
 }
 
-/// Predict every record of a dataset for every configuration of a sweep, in one pass:
+/// Predict every record of a dataset for every configuration of a sweep, in one pass
+/// (each prompt built for the generator's [`SweepGenerator::question`] protocol):
 /// configuration `k` writes `out_files[k]`, resuming what is already there (each file is
 /// read once). Each record's prompt is built once and prepared once, and only when some
 /// configuration still needs it; then [`SweepGenerator::generate_many`] answers it for
@@ -497,9 +517,18 @@ where
         let mut truncated = false;
         let mut results = Vec::new().into_iter();
         if !needed.is_empty() {
-            let built = build_prompt(&record, spec, tokenizer, max_length)?;
-            generator.prepare(&built.text).map_err(generation_error)?;
-            truncated = built.truncated;
+            truncated = match generator.question() {
+                QuestionProtocol::InPrompt => {
+                    let built = build_prompt(&record, spec, tokenizer, max_length)?;
+                    generator.prepare(&built.text).map_err(generation_error)?;
+                    built.truncated
+                }
+                QuestionProtocol::AfterCompression => {
+                    let split = build_split_prompt(&record, spec, tokenizer, max_length)?;
+                    generator.prepare_split(&split).map_err(generation_error)?;
+                    split.prompt.truncated
+                }
+            };
             results = generator
                 .generate_many(&needed, spec.max_new_tokens, &stop)
                 .into_iter();

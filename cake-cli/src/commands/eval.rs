@@ -57,17 +57,23 @@ pub struct RunScore {
     /// Per dataset, each record's `_id` and score (0..1), for the paired differences.
     #[serde(skip)]
     records: BTreeMap<String, (Vec<String>, Vec<f64>)>,
-    /// The policy the run's `run.json` states; `None` for a folder without one (named by
-    /// its folder, never a reference run).
+    /// The policy the run's `run.json` states, with its variant ([`read_spec`]); `None`
+    /// for a folder without one (named by its folder, never a reference run).
     #[serde(skip)]
-    spec: Option<PolicySpec>,
+    spec: Option<(PolicySpec, String)>,
 }
 
 impl RunScore {
+    /// The run's variant ([`read_spec`]); a folder without `run.json` counts as the
+    /// default one.
+    fn variant(&self) -> &str {
+        self.spec.as_ref().map_or("", |(_, v)| v.as_str())
+    }
+
     /// Whether this run is a `reference` run of the paired differences, by its typed spec
     /// (never by its label: a folder without `run.json` named `full` is no full cache).
     fn is(&self, reference: Reference) -> bool {
-        let Some(spec) = &self.spec else {
+        let Some((spec, _)) = &self.spec else {
             return false;
         };
         match reference {
@@ -370,16 +376,19 @@ fn add_comparisons(runs: &mut [RunScore]) -> Result<()> {
     let mut all = Vec::new();
     for (a, run) in runs.iter().enumerate() {
         let mut references = Vec::new();
+        let same_variant = |r: &RunScore| r.variant() == run.variant();
         if !run.is(Reference::Cake)
             && run.cache_size.is_some()
-            && let Some(b) = runs
-                .iter()
-                .position(|r| r.is(Reference::Cake) && r.cache_size == run.cache_size)
+            && let Some(b) = runs.iter().position(|r| {
+                r.is(Reference::Cake) && r.cache_size == run.cache_size && same_variant(r)
+            })
         {
             references.push((b, Reference::Cake));
         }
         if !run.is(Reference::Full)
-            && let Some(b) = runs.iter().position(|r| r.is(Reference::Full))
+            && let Some(b) = runs
+                .iter()
+                .position(|r| r.is(Reference::Full) && same_variant(r))
         {
             references.push((b, Reference::Full));
         }
@@ -489,19 +498,35 @@ fn has_predictions(dir: &Path) -> bool {
     })
 }
 
+/// The settings of a run folder that are not its policy but make it another configuration
+/// of the same policy: the weights (`stored`) and the question protocol
+/// (`after-compression`), as its `run.json` records them (absent at their defaults).
+/// Runs are compared, paired, only with reference runs of the same variant.
+const VARIANT_KEYS: [&str; 2] = ["weights", "question"];
+
 /// The policy spec of a run folder, read back typed from its `run.json` (whose `config` is
-/// the run's settings: the model and the policy spec, flattened); `None` without a
-/// readable one.
-fn read_spec(dir: &Path) -> Option<PolicySpec> {
+/// the run's settings: the model, the [`VARIANT_KEYS`] when not at their defaults, and the
+/// policy spec, flattened), with its variant (e.g. `question after-compression`, empty at
+/// the defaults); `None` without a readable one.
+fn read_spec(dir: &Path) -> Option<(PolicySpec, String)> {
     let text = std::fs::read_to_string(dir.join("run.json")).ok()?;
     let mut manifest = serde_json::from_str::<serde_json::Value>(&text).ok()?;
     let mut config = manifest.get_mut("config")?.take();
-    config.as_object_mut()?.remove("model");
-    serde_json::from_value(config).ok()
+    let fields = config.as_object_mut()?;
+    fields.remove("model");
+    let variant: Vec<String> = VARIANT_KEYS
+        .iter()
+        .filter_map(|&key| {
+            let value = fields.remove(key)?;
+            Some(format!("{key} {}", value.as_str().unwrap_or_default()))
+        })
+        .collect();
+    Some((serde_json::from_value(config).ok()?, variant.join(", ")))
 }
 
-/// (policy label, cache size) from the run's `spec`, else from the folder name.
-fn run_identity(dir: &Path, spec: Option<&PolicySpec>) -> (String, Option<usize>) {
+/// (policy label, cache size) from the run's `spec` (and its variant), else from the
+/// folder name.
+fn run_identity(dir: &Path, spec: Option<&(PolicySpec, String)>) -> (String, Option<usize>) {
     let Some(spec) = spec else {
         let name = dir
             .file_name()
@@ -509,6 +534,7 @@ fn run_identity(dir: &Path, spec: Option<&PolicySpec>) -> (String, Option<usize>
             .unwrap_or_default();
         return (name, None);
     };
+    let (spec, variant) = spec;
     let mut policy = spec.name();
     // Temperatures from a tuned table are another configuration of the same policy: keep
     // the two apart (and compare them, paired, with the published/fallback run).
@@ -518,6 +544,11 @@ fn run_identity(dir: &Path, spec: Option<&PolicySpec>) -> (String, Option<usize>
     // So are per-head budgets: `cake (heads adakv)` is compared, paired, with `cake`.
     if !spec.keeps_all() && !spec.cache.head_budgets.is_none() {
         policy.push_str(&format!(" (heads {})", spec.cache.head_budgets));
+    }
+    // And the weights or the question protocol: `full (question after-compression)` is
+    // the reference of that protocol's runs.
+    if !variant.is_empty() {
+        policy.push_str(&format!(" ({variant})"));
     }
     let cache_size =
         (!spec.keeps_all() && spec.cache.ratio.is_none()).then_some(spec.cache.cache_size);
@@ -946,6 +977,15 @@ mod tests {
     /// A run of `spec` (or, with none, a folder without `run.json`) in folder `dir`, with
     /// per-record scores on one dataset of four records.
     fn scored(dir: &str, spec: Option<PolicySpec>, scores: [f64; 4]) -> RunScore {
+        scored_variant(dir, spec.map(|s| (s, String::new())), scores)
+    }
+
+    /// [`scored`] with a variant (`question after-compression`, ...).
+    fn scored_variant(
+        dir: &str,
+        spec: Option<(PolicySpec, String)>,
+        scores: [f64; 4],
+    ) -> RunScore {
         let (policy, cache_size) = run_identity(Path::new(dir), spec.as_ref());
         let ids = (0..4).map(|i| format!("r{i}")).collect();
         RunScore {
@@ -1016,5 +1056,53 @@ mod tests {
         let md = differences_markdown(&runs, &[8], Reference::Full, "policy - full cache");
         assert!(md.contains("| cake | -25.00 ["), "{md}");
         assert!(!md.contains("| full (tuned"), "{md}");
+    }
+
+    /// Runs with the question after compression (or other weights) are their own rows and
+    /// are compared with the reference runs of the same variant only.
+    #[test]
+    fn variants_are_compared_with_their_own_references() {
+        let after = "question after-compression".to_string();
+        let config = |policy: &str, question: Option<&str>| {
+            let mut config = serde_json::json!({
+                "model": "m", "policy": policy, "allocator": null, "scorer": null,
+                "score_fn": null, "cache": cake_core::PolicyConfig::default(),
+            });
+            if let Some(q) = question {
+                config["question"] = q.into();
+            }
+            config
+        };
+        let dir = run_with(config("cake", Some("after-compression")));
+        assert_eq!(
+            identity(dir.path()),
+            ("cake (question after-compression)".into(), Some(1024))
+        );
+        let dir = run_with(config("full", None));
+        assert_eq!(identity(dir.path()), ("full".into(), None));
+        let stored = run_with(serde_json::json!({
+            "model": "m", "weights": "stored", "policy": "full", "allocator": null,
+            "scorer": null, "score_fn": null, "cache": cake_core::PolicyConfig::default(),
+        }));
+        assert_eq!(identity(stored.path()), ("full (weights stored)".into(), None));
+
+        let cake = PolicySpec {
+            method: Method::Cake,
+            ..PolicySpec::default()
+        };
+        let full = PolicySpec::new(Method::Full);
+        let mut runs = vec![
+            scored_variant("r/full", Some((full.clone(), String::new())), [1.0; 4]),
+            scored_variant("r/full-q", Some((full, after.clone())), [0.0, 1.0, 1.0, 1.0]),
+            scored_variant("r/cake-q", Some((cake.clone(), after)), [0.0; 4]),
+            scored_variant("r/cake", Some((cake, String::new())), [1.0, 1.0, 0.0, 0.0]),
+        ];
+        add_comparisons(&mut runs).unwrap();
+        let dirs = |run: &RunScore| -> Vec<String> {
+            run.paired.iter().map(|c| c.reference_dir.clone()).collect()
+        };
+        assert_eq!(dirs(&runs[2]), ["full-q"], "after-compression CAKE");
+        assert_eq!(dirs(&runs[3]), ["full"], "in-prompt CAKE");
+        assert!(dirs(&runs[1]).is_empty(), "a full cache has no reference");
     }
 }

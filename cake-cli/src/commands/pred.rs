@@ -5,18 +5,24 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use burn::tensor::backend::Backend;
-use cake_core::{HeadBudgets, Method, PolicySpec};
+use cake_core::{Compressor, HeadBudgets, KeepAll, Method, PolicySpec};
 use cake_longbench::predict::{predict_dataset, predict_sweep};
 use cake_longbench::record::{DataError, LongBenchRecord, read_dataset};
 use cake_longbench::registry;
-use cake_longbench::{Shard, ShardIndex};
+use cake_longbench::{
+    BoxError, GenerationOutcome, QuestionProtocol, Shard, ShardIndex, SplitPrompt, StopRule,
+    SweepGenerator,
+};
+use cake_models::generate::{Generation, PrefillSnapshot};
+use cake_models::tokenizer::TextStreamer;
+use cake_models::{Model, Prefilled};
 
 use crate::exit::usage_ensure;
 use crate::progress::Progress;
 use crate::run_dir::{FolderLock, Manifest, folder_for, lock_folder, lock_shard};
-use crate::session::{PolicyGenerator, PolicySweep, Session};
+use crate::session::{PolicyGenerator, PolicySweep, Session, greedy_config};
 use crate::settings::{PolicyArgs, Settings, policy_for_modes};
 
 /// The records to read and the model that reads them (`cake pred`, `tune`, `fit`).
@@ -36,9 +42,26 @@ pub struct DataArgs {
     /// of them]; 1 decodes them one at a time. `cake fit` ignores it
     #[arg(long, value_name = "N")]
     pub batch: Option<NonZeroUsize>,
+    /// Where the question goes: in-prompt (the paper's protocol: the question is inside
+    /// the compressed prompt) or after-compression (kvpress's: the context is prefilled
+    /// and compressed first, then the question is read against the compressed cache
+    /// without being compressed); settings key `question`. After-compression runs get
+    /// their own folders (`...-qafter-...`) and decode a sweep's configurations one at a
+    /// time. `cake fit` ignores it [default: in-prompt]
+    #[arg(long, value_name = "PROTOCOL")]
+    pub question: Option<QuestionProtocol>,
 }
 
 impl DataArgs {
+    /// `policy` (a command's policy flags) with this command's `--question`, as the
+    /// flags layer of [`Settings::resolve`].
+    pub fn flags(&self, policy: &PolicyArgs) -> PolicyArgs {
+        PolicyArgs {
+            question: self.question.or(policy.question),
+            ..policy.clone()
+        }
+    }
+
     /// The datasets: `--datasets` (each checked to exist in `--data-dir`), else every known
     /// `<name>.jsonl` there.
     pub fn dataset_names(&self) -> Result<Vec<String>> {
@@ -100,7 +123,9 @@ pub struct Args {
 /// Runs `cake pred`.
 pub fn run(args: Args) -> Result<()> {
     let base = Settings::resolve(
-        &policy_for_modes(&args.policy, &args.head_budget_modes),
+        &args
+            .data
+            .flags(&policy_for_modes(&args.policy, &args.head_budget_modes)),
         args.data.model.as_deref(),
     )?;
     let datasets = args.data.dataset_names()?;
@@ -142,7 +167,9 @@ pub struct SweepRun {
 /// every configuration that still lacks the record decodes from a copy of that prefill,
 /// `--batch` of them at a time in one batch (default: all). The files equal separate runs'
 /// (same writer, same generations up to the rounding of batched matrix products), and
-/// resuming works the same way.
+/// resuming works the same way. With the question read after compression (every
+/// configuration's `question`), each prompt's context part is prefilled once and each
+/// configuration reads the question and decodes alone ([`QuestionAfterSweep`]).
 pub fn predict_configurations<B: Backend>(
     session: &Session<B>,
     configs: &[Settings],
@@ -150,6 +177,16 @@ pub fn predict_configurations<B: Backend>(
     datasets: &[String],
 ) -> Result<SweepRun> {
     let max_length = max_length(session, args.max_length)?;
+    let question = configs.first().map(|s| s.question).unwrap_or_default();
+    usage_ensure!(
+        configs.iter().all(|s| s.question == question),
+        "the configurations of one sweep read the question the same way: run each --question protocol on its own"
+    );
+    if question == QuestionProtocol::AfterCompression && args.data.batch.is_some() {
+        eprintln!(
+            "warning: --batch does not apply to --question after-compression: its configurations decode one at a time"
+        );
+    }
     let mut dirs = Vec::new();
     let mut locks = Vec::new();
     for settings in configs {
@@ -157,8 +194,15 @@ pub fn predict_configurations<B: Backend>(
         locks.push(open_run(&dir, settings, args.shard)?);
         dirs.push(dir);
     }
-    let mut sweep =
-        PolicySweep::new(session, configs).with_max_batch(args.data.batch.map(NonZeroUsize::get));
+    let mut sweep = match question {
+        QuestionProtocol::InPrompt => Sweep::InPrompt(
+            PolicySweep::new(session, configs)
+                .with_max_batch(args.data.batch.map(NonZeroUsize::get)),
+        ),
+        QuestionProtocol::AfterCompression => {
+            Sweep::AfterCompression(QuestionAfterSweep::new(session, configs))
+        }
+    };
     for name in datasets {
         let spec = registry::lookup(name)?;
         let (records, count) = dataset_records(args, name, &dirs)?;
@@ -174,7 +218,7 @@ pub fn predict_configurations<B: Backend>(
             records,
             spec,
             session,
-            &mut sweep,
+            sweep.generator(),
             &files,
             max_length,
             |step| {
@@ -187,13 +231,214 @@ pub fn predict_configurations<B: Backend>(
             },
         )
         .with_context(|| format!("predicting {name} into {}", args.out.display()))?;
-        progress.finish(format!("{} prefills so far", sweep.prefills));
+        progress.finish(format!("{} prefills so far", sweep.prefills()));
     }
     drop(locks);
     Ok(SweepRun {
         dirs,
-        prefills: sweep.prefills,
+        prefills: sweep.prefills(),
     })
+}
+
+/// The generator of a sweep, by question protocol.
+enum Sweep<'a, B: Backend> {
+    /// The question inside the compressed prompt.
+    InPrompt(PolicySweep<'a, B>),
+    /// The question read after compression.
+    AfterCompression(QuestionAfterSweep<'a, B>),
+}
+
+impl<'a, B: Backend> Sweep<'a, B> {
+    /// The generator the prediction loop drives.
+    fn generator(&mut self) -> &mut dyn SweepGenerator {
+        match self {
+            Sweep::InPrompt(sweep) => sweep,
+            Sweep::AfterCompression(sweep) => sweep,
+        }
+    }
+
+    /// Prefills run so far.
+    fn prefills(&self) -> usize {
+        match self {
+            Sweep::InPrompt(sweep) => sweep.prefills,
+            Sweep::AfterCompression(sweep) => sweep.prefills,
+        }
+    }
+}
+
+/// A [`SweepGenerator`] for `--question after-compression`
+/// ([`QuestionProtocol::AfterCompression`]) over a [`Session`]. Each prompt comes split
+/// ([`cake_longbench::build_split_prompt`]); its text is tokenized whole, as in-prompt runs
+/// tokenize it, and its tokens are split where the question part starts (the tokens that
+/// begin at or after the question's first byte: a token straddling the boundary stays with
+/// the context), so both protocols read the same token ids. The context tokens are
+/// prefilled once with the full cache (a [`PrefillSnapshot`]); each configuration then
+/// compresses that prefill with its policy ([`PrefillSnapshot::resume`]), reads the question
+/// tokens against the compressed cache ([`read_question`]) and decodes. Configurations are
+/// decoded one at a time (`--batch` does not apply: a batch resumes from the snapshot
+/// itself).
+pub struct QuestionAfterSweep<'a, B: Backend> {
+    session: &'a Session<B>,
+    configs: &'a [Settings],
+    snapshot: Option<PrefillSnapshot<B>>,
+    question: Vec<u32>,
+    /// Prefills (of context parts) run so far.
+    pub prefills: usize,
+}
+
+impl<'a, B: Backend> QuestionAfterSweep<'a, B> {
+    /// A sweep of `configs` over `session`, reading each question after compression.
+    pub fn new(session: &'a Session<B>, configs: &'a [Settings]) -> Self {
+        Self {
+            session,
+            configs,
+            snapshot: None,
+            question: Vec::new(),
+            prefills: 0,
+        }
+    }
+}
+
+impl<B: Backend> SweepGenerator for QuestionAfterSweep<'_, B> {
+    fn configurations(&self) -> usize {
+        self.configs.len()
+    }
+
+    fn question(&self) -> QuestionProtocol {
+        QuestionProtocol::AfterCompression
+    }
+
+    fn prepare(&mut self, _: &str) -> Result<(), BoxError> {
+        Err("--question after-compression reads split prompts only".into())
+    }
+
+    fn prepare_split(&mut self, prompt: &SplitPrompt) -> Result<(), BoxError> {
+        self.snapshot = None;
+        let (context, question) = split_ids(self.session, prompt)?;
+        self.snapshot = Some(PrefillSnapshot::capture(&self.session.model, &context)?);
+        self.question = question;
+        self.prefills += 1;
+        Ok(())
+    }
+
+    fn generate(
+        &mut self,
+        configuration: usize,
+        max_new_tokens: usize,
+        stop: &StopRule,
+    ) -> Result<GenerationOutcome, BoxError> {
+        let session = self.session;
+        let model = &session.model;
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .ok_or("generate called before prepare_split")?;
+        let settings = self
+            .configs
+            .get(configuration)
+            .ok_or("no such configuration")?;
+        let compressor = settings
+            .spec
+            .compressor::<B>(&session.name, model.num_layers())?;
+        let run = snapshot.resume(model, compressor)?;
+        let mut run = read_question(run, model, &self.question)?
+            .with_config(greedy_config(max_new_tokens, stop))
+            .with_eos(session.tokenizer.eos_token_ids())
+            .with_text(TextStreamer::new(&session.tokenizer, true), |_: &str| {});
+        let output = run.decode()?;
+        Ok(GenerationOutcome {
+            text: output.text.unwrap_or_default(),
+            prompt_tokens: snapshot.prefilled().prompt_len + self.question.len(),
+            new_tokens: output.tokens.len(),
+        })
+    }
+}
+
+/// The token ids of a split prompt's context part and question part: the whole text
+/// tokenized as [`Session::encode`] does (special tokens added), cut before the first
+/// token that starts at or after the question's first byte and follows every token that
+/// starts before it (a token straddling the boundary stays with the context; tokens
+/// without text, such as an added BOS, stay where they are).
+///
+/// # Errors
+/// When the tokenizer fails, or when either part has no token.
+pub fn split_ids<B: Backend>(
+    session: &Session<B>,
+    prompt: &SplitPrompt,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let text = prompt.prompt.text.as_str();
+    let encoding = session
+        .tokenizer
+        .inner()
+        .encode(text, true)
+        .map_err(|e| anyhow!("cannot tokenize the prompt: {e}"))?;
+    let ids = encoding.get_ids();
+    anyhow::ensure!(
+        ids == session.encode(text)?.as_slice(),
+        "the tokenizer's ids with offsets differ from its plain ids"
+    );
+    let at = encoding
+        .get_offsets()
+        .iter()
+        .rposition(|&(start, end)| start < end && start < prompt.question_start)
+        .map_or(0, |i| i + 1);
+    anyhow::ensure!(
+        at > 0 && at < ids.len(),
+        "the prompt's context part or question part has no token (split at byte {} of {})",
+        prompt.question_start,
+        text.len()
+    );
+    Ok((ids[..at].to_vec(), ids[at..].to_vec()))
+}
+
+/// Reads `question` (token ids) against the caches of `run`, a generation right after its
+/// prefill (or [`PrefillSnapshot::resume`]) whose compressor has compressed the context,
+/// and returns the generation ready to decode the answer ([`Generation::decode`]).
+///
+/// The question tokens go through the decoding path one token at a time
+/// ([`Model::forward_decode`], at the positions after the context): no API prefills a
+/// chunk of tokens against a non-empty cache (`Model::prefill` fills empty caches). Their
+/// steps run with [`KeepAll`]'s hooks, so decoding-time eviction does not apply to them:
+/// the question is read, not compressed, and every head's cache grows by its token count.
+/// The compressor is then told to keep those rows ([`Compressor::keep_appended`]): decoding
+/// follows the paper's rule (`docs/algorithm.md`, section 6: one token dropped per
+/// generated token, the size fixed), at the size the head held after the question. The
+/// first answer token comes from the last question token's logits.
+///
+/// # Errors
+/// When `run` has no prefill, or the model rejects a question token.
+pub fn read_question<'m, B: Backend>(
+    run: Generation<'m, B, Compressor<B>>,
+    model: &'m Model<B>,
+    question: &[u32],
+) -> Result<Generation<'m, B, Compressor<B>>> {
+    let prefilled = run
+        .prefilled()
+        .cloned()
+        .ok_or_else(|| anyhow!("no prefill to read the question after"))?;
+    let (mut compressor, mut caches) = run.into_parts();
+    let mut last = None;
+    for (i, &token) in question.iter().enumerate() {
+        let position = prefilled.prompt_len + i;
+        last = Some(model.forward_decode(token, position, &mut caches, &mut KeepAll)?);
+    }
+    let logits = match last {
+        Some(logits) => logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| anyhow!("cannot read the question's logits: {e:?}"))?,
+        None => prefilled.logits.clone(),
+    };
+    compressor.keep_appended(question.len());
+    let prefilled = Prefilled {
+        prompt_len: prefilled.prompt_len + question.len(),
+        logits,
+        ..prefilled
+    };
+    Ok(Generation::new(model)
+        .with_compressor(compressor)
+        .with_prefill(caches, prefilled))
 }
 
 /// Every (method, cache size) configuration asked for, in order, validated.
@@ -219,9 +464,12 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
         // temperatures, head budgets): one run, under the default tuning, so that its
         // folder is the same whatever sizes or tuning a command sweeps.
         if method == Method::Full {
+            // It reads the question as the sweep's policies do (its own folder per
+            // protocol), so that they are compared with the full cache read the same way.
             out.push(Settings {
                 model: base.model.clone(),
                 weights: base.weights,
+                question: base.question,
                 spec: PolicySpec::new(Method::Full),
             });
             continue;
@@ -288,6 +536,14 @@ pub fn predict_run<B: Backend>(
     args: &Args,
     datasets: &[String],
 ) -> Result<PathBuf> {
+    if settings.question == QuestionProtocol::AfterCompression {
+        let run = predict_configurations(session, std::slice::from_ref(settings), args, datasets)?;
+        return run
+            .dirs
+            .into_iter()
+            .next()
+            .context("no run folder for the configuration");
+    }
     let max_length = max_length(session, args.max_length)?;
     let dir = folder_for(&args.out, &settings.label(), settings)?;
     let _lock = open_run(&dir, settings, args.shard)?;
@@ -409,8 +665,106 @@ mod tests {
         )
         .unwrap();
         let policy = policy_for_modes(&cli.args.policy, &cli.args.head_budget_modes);
-        let base = Settings::resolve(&policy, None).unwrap();
+        let base = Settings::resolve(&cli.args.data.flags(&policy), None).unwrap();
         configurations(&base, &cli.args).unwrap()
+    }
+
+    /// A tiny random-weight Llama folder (cake-models' parity fixture) with the byte-level
+    /// tokenizer of the end-to-end tests.
+    fn tiny_session() -> (tempfile::TempDir, Session<cake_models::Cpu>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(root.join("../cake-models/fixtures/tiny/llama")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        std::fs::copy(
+            root.join("tests/fixtures/byte_tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let session = Session::open(dir.path().to_str(), &Default::default()).unwrap();
+        (dir, session)
+    }
+
+    /// `--question after-compression` on the tiny model (3 layers, 2 KV heads): the prompt's
+    /// tokens split where its question starts are the in-prompt tokens; the context alone
+    /// is compressed (at most C x L rows per KV head after its prefill), the question's
+    /// tokens are then appended whole to every head (not compressed), and decoding holds
+    /// each head at that size (the full cache grows by the fed tokens).
+    #[test]
+    fn the_question_is_read_after_compression_without_being_compressed() {
+        let (_dir, session) = tiny_session();
+        let model = &session.model;
+        let (layers, kv) = (model.num_layers(), session.config().num_kv_heads);
+        let spec = registry::lookup("synth_kv").unwrap();
+        let record = LongBenchRecord {
+            input: "What is key k7?".into(),
+            context: "{\"k1\": \"v1\", \"k7\": \"v777\", \"k9\": \"v9\"}".into(),
+            answers: vec!["v777".into()],
+            length: 10,
+            dataset: "synth_kv".into(),
+            language: "en".into(),
+            all_classes: None,
+            id: "kv-7".into(),
+            depth: None,
+            needle: None,
+        };
+        let split = cake_longbench::build_split_prompt(&record, spec, &session, 240).unwrap();
+        let (context, question) = split_ids(&session, &split).unwrap();
+        assert_eq!(
+            [context.clone(), question.clone()].concat(),
+            session.encode(&split.prompt.text).unwrap()
+        );
+        // The byte-level tokenizer: one token per byte of the question part.
+        assert_eq!(question.len(), split.question().len());
+        // The chat template's tail (the generation prompt) is part of the question.
+        assert_eq!(
+            split.question(),
+            "\n\nOnly give me the value and do not output any other words.\n\nQuestion: What is key k7?\nAnswer:\nassistant:"
+        );
+        let (s, q) = (context.len(), question.len());
+        let snapshot = PrefillSnapshot::capture(model, &context).unwrap();
+        let c = 16;
+        for method in [Method::Cake, Method::SnapKv, Method::H2o, Method::Full] {
+            let mut policy = PolicySpec::new(method);
+            policy.cache.cache_size = c;
+            policy.cache.window = 4;
+            let compressor = policy.compressor(&session.name, layers).unwrap();
+            let run = snapshot.resume(model, compressor).unwrap();
+            let lens = |caches: &[cake_core::LayerCache<cake_models::Cpu>]| -> Vec<usize> {
+                caches.iter().flat_map(|c| c.head_lens()).collect()
+            };
+            let before = lens(run.caches());
+            let rows: usize = before.iter().sum();
+            if method == Method::Full {
+                assert_eq!(rows, s * layers * kv);
+            } else {
+                assert!(s > c && rows <= c * layers * kv, "{method}: {rows}");
+            }
+            let run = read_question(run, model, &question).unwrap();
+            let grown: Vec<usize> = before.iter().map(|n| n + q).collect();
+            assert_eq!(lens(run.caches()), grown, "{method}");
+            for cache in run.caches() {
+                for kept in cache.positions() {
+                    assert_eq!(kept[kept.len() - q..], (s..s + q).collect::<Vec<_>>()[..]);
+                }
+            }
+            assert_eq!(run.prefilled().unwrap().prompt_len, s + q);
+            let steps = 5;
+            let mut run = run.with_config(cake_models::generate::GenerationConfig::greedy(
+                steps, steps,
+            ));
+            let output = run.decode().unwrap();
+            assert_eq!(output.tokens.len(), steps);
+            let after = lens(run.caches());
+            let want: Vec<usize> = match method {
+                // The last token is sampled, not fed.
+                Method::Full => grown.iter().map(|n| n + steps - 1).collect(),
+                _ => grown.clone(),
+            };
+            assert_eq!(after, want, "{method}");
+        }
     }
 
     /// The full cache runs once, under the same settings (so into the same folder)

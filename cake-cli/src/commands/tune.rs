@@ -12,6 +12,11 @@
 //! configuration replays the recorded prefill hooks on a copy of it, then decodes. The
 //! predictions live in `<out>/runs/<config folder>/` and are resumed on a rerun.
 //!
+//! `--sink 0,4,8,16` adds the sink ablation as an axis (`PolicyConfig::sink`): every grid
+//! point runs at each N, `tune.md` gives the best calibration average per (C, N), and the
+//! chosen point names its N. This is the way to choose N: on calibration records only,
+//! never on the evaluation's.
+//!
 //! The calibration records must not be the evaluation records: write them with another
 //! seed (`cake suite --out calib --seed 1`; the evaluation suite defaults to seed 0).
 //! Synthetic ids do not depend on the seed, so `--eval-data DIR` compares the records'
@@ -52,6 +57,11 @@ pub struct Args {
     /// gamma alone]; the table keeps only the temperatures, the report names the best gamma
     #[arg(long, value_delimiter = ',')]
     pub gamma: Vec<f64>,
+    /// Grid of the sink ablation N (the first N prompt tokens always kept, inside the
+    /// budget), e.g. 0,4,8,16 [default: the settings' sink alone, 0]; tune.md gives the
+    /// best average per C and N, the table keeps only the temperatures
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    pub sink: Vec<usize>,
     /// Use only the first N records of each dataset
     #[arg(long)]
     pub max_samples: Option<usize>,
@@ -90,6 +100,8 @@ pub struct GridPoint {
     pub tau2: f64,
     /// Variance weight of the indicator.
     pub gamma: f64,
+    /// Sink ablation: the first `sink` prompt tokens always kept (0: the paper's rule).
+    pub sink: usize,
     /// The objective: mean over datasets of the dataset score, 2 decimals (`None` when
     /// no dataset has a plain score).
     pub average: Option<f64>,
@@ -121,11 +133,12 @@ struct Grid<'a> {
     tau1: &'a [f64],
     tau2: &'a [f64],
     gamma: &'a [f64],
+    sink: &'a [usize],
 }
 
 const OBJECTIVE: &str =
     "mean over datasets of the dataset score (as cake eval's average), rounded to 2 decimals";
-const TIE_BREAK: &str = "the smallest tau1, then tau2, then gamma";
+const TIE_BREAK: &str = "the smallest tau1, then tau2, then gamma, then sink";
 const TABLE_FILE: &str = "taus.json";
 
 /// Runs `cake tune`.
@@ -143,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
         config: args.config.clone(),
         ..PolicyArgs::default()
     };
-    let base = Settings::resolve(&layer, args.data.model.as_deref())?;
+    let base = Settings::resolve(&args.data.flags(&layer), args.data.model.as_deref())?;
     usage_ensure!(
         base.spec.cache.ratio.is_none(),
         "cake tune tunes at fixed cache sizes (--cache-sizes): unset `ratio` in the settings"
@@ -158,7 +171,21 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         grid_axis("--gamma", &args.gamma)?
     };
-    let configs = grid_settings(&base, &sizes, &tau1, &tau2, &gamma)?;
+    let sinks = if args.sink.is_empty() {
+        vec![base.spec.cache.sink]
+    } else {
+        let mut sinks = args.sink.clone();
+        sinks.sort_unstable();
+        sinks.dedup();
+        sinks
+    };
+    let axes = Axes {
+        tau1: &tau1,
+        tau2: &tau2,
+        gamma: &gamma,
+        sink: &sinks,
+    };
+    let configs = grid_settings(&base, &sizes, &axes)?;
     let pred_args = pred::Args {
         data: args.data.clone(),
         policies: Vec::new(),
@@ -198,6 +225,7 @@ pub fn run(args: Args) -> Result<()> {
             tau1: t1,
             tau2: t2,
             gamma: cache.gamma,
+            sink: cache.sink,
             average: suite_average(&result.scores),
             scores: result
                 .scores
@@ -245,13 +273,14 @@ pub fn run(args: Args) -> Result<()> {
             tau1: &tau1,
             tau2: &tau2,
             gamma: &gamma,
+            sink: &sinks,
         },
         prefills: sweep.prefills,
         points: &points,
         best: best.clone(),
         table: TABLE_FILE,
     };
-    let markdown = tune_markdown(&session.name, &points, &best, &tau1, &tau2, &gamma);
+    let markdown = tune_markdown(&session.name, &points, &best, &axes);
     let write = |name: &str, text: String| {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| {
@@ -295,30 +324,36 @@ fn grid_axis(flag: &str, values: &[f64]) -> Result<Vec<f64>> {
     Ok(sorted)
 }
 
-/// The settings of every (C, tau1, tau2, gamma), in that nesting order, validated; the
-/// grid gives both temperatures, so no table is looked up.
-fn grid_settings(
-    base: &Settings,
-    sizes: &[usize],
-    tau1: &[f64],
-    tau2: &[f64],
-    gamma: &[f64],
-) -> Result<Vec<Settings>> {
+/// The grid's axes besides the cache size, each sorted and deduplicated.
+#[derive(Debug, Clone, Copy)]
+struct Axes<'a> {
+    tau1: &'a [f64],
+    tau2: &'a [f64],
+    gamma: &'a [f64],
+    sink: &'a [usize],
+}
+
+/// The settings of every (C, tau1, tau2, gamma, sink), in that nesting order, validated;
+/// the grid gives both temperatures, so no table is looked up.
+fn grid_settings(base: &Settings, sizes: &[usize], axes: &Axes<'_>) -> Result<Vec<Settings>> {
     let mut out = Vec::new();
     for &c in sizes {
-        for &t1 in tau1 {
-            for &t2 in tau2 {
-                for &g in gamma {
-                    let mut s = base.clone();
-                    s.spec.tau_file = None;
-                    s.spec.cache.cache_size = c;
-                    s.spec.cache.tau1 = Some(t1);
-                    s.spec.cache.tau2 = Some(t2);
-                    s.spec.cache.gamma = g;
-                    if let Err(e) = s.spec.validate() {
-                        usage_bail!("{e} (from --cache-sizes {c})");
+        for &t1 in axes.tau1 {
+            for &t2 in axes.tau2 {
+                for &g in axes.gamma {
+                    for &n in axes.sink {
+                        let mut s = base.clone();
+                        s.spec.tau_file = None;
+                        s.spec.cache.cache_size = c;
+                        s.spec.cache.tau1 = Some(t1);
+                        s.spec.cache.tau2 = Some(t2);
+                        s.spec.cache.gamma = g;
+                        s.spec.cache.sink = n;
+                        if let Err(e) = s.spec.validate() {
+                            usage_bail!("{e} (from --cache-sizes {c})");
+                        }
+                        out.push(s);
                     }
-                    out.push(s);
                 }
             }
         }
@@ -328,7 +363,7 @@ fn grid_settings(
 
 /// The best point of each cache size (in increasing C): the highest average; ties (and
 /// points without an average, which lose to any) go to the smallest tau1, then tau2, then
-/// gamma.
+/// gamma, then sink.
 pub fn best_points(points: &[GridPoint]) -> Vec<&GridPoint> {
     let mut sizes: Vec<usize> = points.iter().map(|p| p.cache_size).collect();
     sizes.sort_unstable();
@@ -342,6 +377,7 @@ pub fn best_points(points: &[GridPoint]) -> Vec<&GridPoint> {
                     .total_cmp(&b.tau1)
                     .then(a.tau2.total_cmp(&b.tau2))
                     .then(a.gamma.total_cmp(&b.gamma))
+                    .then(a.sink.cmp(&b.sink))
             });
             let mut best: Option<&GridPoint> = None;
             for p in mine {
@@ -361,65 +397,101 @@ pub fn best_points(points: &[GridPoint]) -> Vec<&GridPoint> {
         .collect()
 }
 
-/// `tune.md`: per cache size (and gamma), tau1 rows x tau2 columns of averages, the best
-/// in bold; then the chosen temperatures.
+/// `tune.md`: per cache size (and gamma, and sink N), tau1 rows x tau2 columns of
+/// averages, the best in bold; with several sinks, the best average per (C, N); then the
+/// chosen point per C.
 fn tune_markdown(
     model: &str,
     points: &[GridPoint],
     best: &[&GridPoint],
-    tau1: &[f64],
-    tau2: &[f64],
-    gamma: &[f64],
+    axes: &Axes<'_>,
 ) -> String {
+    let (tau1, tau2) = (axes.tau1, axes.tau2);
     let mut md = format!(
         "# cake tune: {model}\n\nObjective: {OBJECTIVE}; ties: {TIE_BREAK}. Rows tau1, columns tau2.\n"
     );
+    let average = |p: Option<&GridPoint>| {
+        p.and_then(|p| p.average)
+            .map_or("-".to_string(), |a| format!("{a:.2}"))
+    };
     for b in best {
         let c = b.cache_size;
-        for &g in gamma {
-            let _ = write!(md, "\n## C={c}");
-            if gamma.len() > 1 {
-                let _ = write!(md, ", gamma={g}");
-            }
-            md.push_str("\n\n| tau1 \\ tau2 |");
-            for t2 in tau2 {
-                let _ = write!(md, " {t2} |");
-            }
-            md.push_str("\n|---|");
-            md.push_str(&"---:|".repeat(tau2.len()));
-            md.push('\n');
-            for &t1 in tau1 {
-                let _ = write!(md, "| {t1} |");
-                for &t2 in tau2 {
-                    let p = points.iter().find(|p| {
-                        p.cache_size == c && p.tau1 == t1 && p.tau2 == t2 && p.gamma == g
-                    });
-                    let cell = p
-                        .and_then(|p| p.average)
-                        .map_or("-".to_string(), |a| format!("{a:.2}"));
-                    let chosen = p.is_some_and(|p| std::ptr::eq(p, *b));
-                    if chosen {
-                        let _ = write!(md, " **{cell}** |");
-                    } else {
-                        let _ = write!(md, " {cell} |");
-                    }
+        for &g in axes.gamma {
+            for &n in axes.sink {
+                let _ = write!(md, "\n## C={c}");
+                if axes.gamma.len() > 1 {
+                    let _ = write!(md, ", gamma={g}");
                 }
+                if axes.sink.len() > 1 {
+                    let _ = write!(md, ", sink={n}");
+                }
+                md.push_str("\n\n| tau1 \\ tau2 |");
+                for t2 in tau2 {
+                    let _ = write!(md, " {t2} |");
+                }
+                md.push_str("\n|---|");
+                md.push_str(&"---:|".repeat(tau2.len()));
                 md.push('\n');
+                for &t1 in tau1 {
+                    let _ = write!(md, "| {t1} |");
+                    for &t2 in tau2 {
+                        let p = points.iter().find(|p| {
+                            p.cache_size == c
+                                && p.tau1 == t1
+                                && p.tau2 == t2
+                                && p.gamma == g
+                                && p.sink == n
+                        });
+                        let cell = average(p);
+                        if p.is_some_and(|p| std::ptr::eq(p, *b)) {
+                            let _ = write!(md, " **{cell}** |");
+                        } else {
+                            let _ = write!(md, " {cell} |");
+                        }
+                    }
+                    md.push('\n');
+                }
+            }
+        }
+    }
+    if axes.sink.len() > 1 {
+        md.push_str(
+            "\n## Sink\n\nThe best calibration average per cache size and sink N (over the temperatures and gamma).\n\n| C | sink | average | tau1 | tau2 | gamma |\n|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for b in best {
+            for &n in axes.sink {
+                let mine: Vec<GridPoint> = points
+                    .iter()
+                    .filter(|p| p.cache_size == b.cache_size && p.sink == n)
+                    .cloned()
+                    .collect();
+                if let Some(top) = best_points(&mine).first() {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {n} | {} | {} | {} | {} |",
+                        b.cache_size,
+                        average(Some(top)),
+                        top.tau1,
+                        top.tau2,
+                        top.gamma
+                    );
+                }
             }
         }
     }
     md.push_str(
-        "\n## Chosen\n\n| C | tau1 | tau2 | gamma | average |\n|---:|---:|---:|---:|---:|\n",
+        "\n## Chosen\n\n| C | tau1 | tau2 | gamma | sink | average |\n|---:|---:|---:|---:|---:|---:|\n",
     );
     for b in best {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             b.cache_size,
             b.tau1,
             b.tau2,
             b.gamma,
-            b.average.map_or("-".to_string(), |a| format!("{a:.2}"))
+            b.sink,
+            average(Some(b))
         );
     }
     md
@@ -478,6 +550,7 @@ mod tests {
             tau1: t1,
             tau2: t2,
             gamma: 200.0,
+            sink: 0,
             average,
             scores: BTreeMap::new(),
             dir: String::new(),
@@ -536,10 +609,53 @@ mod tests {
             point(64, 1.0, 2.0, Some(3.0)),
         ];
         let best = best_points(&points);
-        let md = tune_markdown("m", &points, &best, &[0.5, 1.0], &[1.0, 2.0], &[200.0]);
+        let axes = Axes {
+            tau1: &[0.5, 1.0],
+            tau2: &[1.0, 2.0],
+            gamma: &[200.0],
+            sink: &[0],
+        };
+        let md = tune_markdown("m", &points, &best, &axes);
         assert!(md.contains("| 0.5 | 10.00 | **12.50** |"), "{md}");
         assert!(md.contains("| 1 | - | 3.00 |"), "{md}");
-        assert!(md.contains("| 64 | 0.5 | 2 | 200 | 12.50 |"), "{md}");
+        assert!(md.contains("| 64 | 0.5 | 2 | 200 | 0 | 12.50 |"), "{md}");
+        assert!(!md.contains("## Sink"), "{md}");
+    }
+
+    /// With a sink axis: one table per N, the best average per (C, N) over the
+    /// temperatures, and the chosen point names its N; ties go to the smaller N (the
+    /// paper's rule, 0, before any sink).
+    #[test]
+    fn the_sink_axis_reports_the_score_per_n() {
+        let at = |t1, n, average| GridPoint {
+            sink: n,
+            ..point(64, t1, 1.0, Some(average))
+        };
+        let points = vec![
+            at(0.5, 0, 10.0),
+            at(1.0, 0, 20.0),
+            at(0.5, 8, 30.0),
+            at(1.0, 8, 25.0),
+            at(0.5, 16, 30.0),
+            at(1.0, 16, 5.0),
+        ];
+        let best = best_points(&points);
+        assert_eq!((best[0].tau1, best[0].sink), (0.5, 8));
+        let axes = Axes {
+            tau1: &[0.5, 1.0],
+            tau2: &[1.0],
+            gamma: &[200.0],
+            sink: &[0, 8, 16],
+        };
+        let md = tune_markdown("m", &points, &best, &axes);
+        assert!(md.contains("## C=64, sink=8"), "{md}");
+        assert!(md.contains("| 64 | 0 | 20.00 | 1 | 1 | 200 |"), "{md}");
+        assert!(md.contains("| 64 | 8 | 30.00 | 0.5 | 1 | 200 |"), "{md}");
+        assert!(md.contains("| 64 | 16 | 30.00 | 0.5 | 1 | 200 |"), "{md}");
+        assert!(md.contains("| 64 | 0.5 | 1 | 200 | 8 | 30.00 |"), "{md}");
+        // The N = 8 table marks the chosen cell; the N = 16 one (same score) does not.
+        let n16 = &md[md.find("sink=16").unwrap()..];
+        assert!(n16.contains("| 0.5 | 30.00 |"), "{md}");
     }
 
     #[test]
