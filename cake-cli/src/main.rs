@@ -15,9 +15,9 @@ use clap::{Parser, Subcommand};
 
 /// Bounded, adaptive KV cache (CAKE) for Llama, Mistral and Qwen2 models.
 ///
-/// Models: a known name (smollm2-135m, the default; qwen2.5-coder-0.5b), a GGUF file or a
-/// Hugging Face folder. Settings: defaults < cake.toml (or --config) < CAKE_* variables <
-/// flags.
+/// Models: a known name (smollm2-135m, the default; qwen2.5-coder-0.5b,
+/// qwen2.5-coder-1.5b), a GGUF file or a Hugging Face folder. Settings: defaults <
+/// cake.toml (or --config) < CAKE_* variables < flags.
 ///
 /// Exit codes: 0 success, 1 internal error, 2 usage (flags, settings, busy output folder),
 /// 3 bad input data (datasets, prediction or score-function files), 4 bad model files.
