@@ -981,11 +981,7 @@ mod tests {
     }
 
     /// [`scored`] with a variant (`question after-compression`, ...).
-    fn scored_variant(
-        dir: &str,
-        spec: Option<(PolicySpec, String)>,
-        scores: [f64; 4],
-    ) -> RunScore {
+    fn scored_variant(dir: &str, spec: Option<(PolicySpec, String)>, scores: [f64; 4]) -> RunScore {
         let (policy, cache_size) = run_identity(Path::new(dir), spec.as_ref());
         let ids = (0..4).map(|i| format!("r{i}")).collect();
         RunScore {
@@ -1084,7 +1080,10 @@ mod tests {
             "model": "m", "weights": "stored", "policy": "full", "allocator": null,
             "scorer": null, "score_fn": null, "cache": cake_core::PolicyConfig::default(),
         }));
-        assert_eq!(identity(stored.path()), ("full (weights stored)".into(), None));
+        assert_eq!(
+            identity(stored.path()),
+            ("full (weights stored)".into(), None)
+        );
 
         let cake = PolicySpec {
             method: Method::Cake,
@@ -1093,7 +1092,11 @@ mod tests {
         let full = PolicySpec::new(Method::Full);
         let mut runs = vec![
             scored_variant("r/full", Some((full.clone(), String::new())), [1.0; 4]),
-            scored_variant("r/full-q", Some((full, after.clone())), [0.0, 1.0, 1.0, 1.0]),
+            scored_variant(
+                "r/full-q",
+                Some((full, after.clone())),
+                [0.0, 1.0, 1.0, 1.0],
+            ),
             scored_variant("r/cake-q", Some((cake.clone(), after)), [0.0; 4]),
             scored_variant("r/cake", Some((cake, String::new())), [1.0, 1.0, 0.0, 0.0]),
         ];

