@@ -4,23 +4,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use cake_core::allocator::{Allocator, AllocatorKind, Static};
-use cake_core::policy::{build_allocator, build_scorer};
+use cake_core::allocator::AllocatorKind;
+use cake_core::policy::build_scorer;
 use cake_core::scorer::{PrefillInput, ScorerKind, pin_sinks};
 use cake_core::stats::{to_host, top_k_indices, window_attention};
 use cake_core::{
     DecodeStep, HeadBudgets, KvCompressor, LayerCache, Policy, PolicyCompressor, PolicyConfig,
     PrefillLayer,
 };
-use common::{B, Normal, SMALL};
+use common::{B, HEAD_MODES, Normal, SMALL, held_rows as rows, indexed_policy, prefill_staged};
 use proptest::prelude::*;
-
-/// Token rows (tokens summed over KV heads) held by `caches`.
-fn rows(caches: &[LayerCache<B>]) -> usize {
-    caches.iter().map(LayerCache::rows).sum()
-}
 
 /// The sinks (positions below `sink`) among `kept` (ascending positions).
 fn sinks_held(kept: &[usize], sink: usize) -> Vec<usize> {
@@ -56,43 +49,24 @@ proptest! {
         let shape = SMALL;
         let (l, hkv) = (shape.layers, shape.kv_heads);
         let c = window + extra;
-        let modes = [HeadBudgets::None, HeadBudgets::Preference, HeadBudgets::AdaKv, HeadBudgets::Static];
         let config = PolicyConfig {
             cache_size: c,
             window,
             cascading,
             sink,
-            head_budgets: modes[head_mode],
             ..PolicyConfig::default()
         };
-        let kinds = [AllocatorKind::Uniform, AllocatorKind::Pyramid, AllocatorKind::Preference];
-        let alloc: Arc<dyn Allocator> = match kinds.get(allocator) {
-            Some(&kind) => build_allocator(kind, &config).unwrap(),
-            None => Arc::new(Static::from_shares(fixed[..l].to_vec()).unwrap()),
-        };
-        let scorer = build_scorer::<B>(ScorerKind::ALL[scorer].0, &config);
-        let mut policy = Policy::new(alloc, scorer, config).unwrap();
-        if modes[head_mode] == HeadBudgets::Static {
-            policy = policy.with_head_shares(fixed.chunks(hkv).map(<[f64]>::to_vec).collect());
-        }
-        let name = format!("{} heads {} sink {sink}", policy.name(), modes[head_mode]);
+        let (policy, name) = indexed_policy(allocator, scorer, head_mode, &fixed, config, l, hkv);
+        let name = format!("{name} sink {sink}");
+        let modes = HEAD_MODES;
         let mut comp = PolicyCompressor::new(policy, l);
         let equal = c * l * hkv;
-        let mut rng = Normal::new(seed);
-        let mut caches: Vec<LayerCache<B>> = Vec::new();
-        for layer in 0..l {
-            let q = rng.tensor([shape.heads, prompt, shape.dim], 0.4 + 0.5 * layer as f32);
-            let k = rng.tensor([hkv, prompt, shape.dim], 1.0);
-            let v = rng.tensor([hkv, prompt, shape.dim], 1.0);
-            let mut cache = LayerCache::new();
-            cache.append(k, v, 0).unwrap();
-            caches.push(cache);
-            comp.after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches).unwrap();
+        let mut caches = prefill_staged(shape, prompt, seed, &mut comp, |layer, caches| {
             if cascading {
-                prop_assert!(rows(&caches) <= equal, "{name}: stage {layer}: {} > {equal}", rows(&caches));
+                prop_assert!(rows(caches) <= equal, "{name}: stage {layer}: {} > {equal}", rows(caches));
             }
-        }
-        comp.after_prefill(&mut caches).unwrap();
+            Ok(())
+        })?;
         prop_assert!(rows(&caches) <= equal, "{name}: after prefill: {} > {equal}", rows(&caches));
         let w = window.min(prompt);
         let uniform_budgets = allocator == 0
@@ -114,6 +88,7 @@ proptest! {
                 kept_sinks.push(sinks_held(&kept[..outside], sink));
             }
         }
+        let mut rng = Normal::new(seed ^ 0xDEC0DE);
         for step in 0..steps {
             let newest = prompt + step;
             for (layer, cache) in caches.iter_mut().enumerate() {

@@ -2,9 +2,16 @@
 //! model that fills per-layer caches and calls the compressor hooks like cake-models does.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
-use cake_core::{DecodeStep, KvCompressor, LayerCache, PrefillLayer};
+use cake_core::allocator::{Allocator, AllocatorKind, Static};
+use cake_core::policy::{build_allocator, build_scorer};
+use cake_core::scorer::ScorerKind;
+use cake_core::{
+    DecodeStep, HeadBudgets, KvCompressor, LayerCache, Policy, PolicyConfig, PrefillLayer,
+};
 
 /// The CPU test backend.
 pub type B = Flex;
@@ -69,6 +76,19 @@ pub fn prefill<C: KvCompressor<B>>(
     seed: u64,
     compressor: &mut C,
 ) -> Vec<LayerCache<B>> {
+    let staged = prefill_staged(shape, prompt, seed, compressor, |_, _| Ok::<_, ()>(()));
+    staged.unwrap_or_default()
+}
+
+/// [`prefill`], calling `stage(layer, caches)` after each layer's hook (a cascade stage):
+/// its first error ends the prefill.
+pub fn prefill_staged<C: KvCompressor<B>, E>(
+    shape: Shape,
+    prompt: usize,
+    seed: u64,
+    compressor: &mut C,
+    mut stage: impl FnMut(usize, &[LayerCache<B>]) -> Result<(), E>,
+) -> Result<Vec<LayerCache<B>>, E> {
     let mut rng = Normal::new(seed);
     let mut caches: Vec<LayerCache<B>> = Vec::new();
     for layer in 0..shape.layers {
@@ -81,9 +101,59 @@ pub fn prefill<C: KvCompressor<B>>(
         compressor
             .after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches)
             .unwrap();
+        stage(layer, &caches)?;
     }
     compressor.after_prefill(&mut caches).unwrap();
-    caches
+    Ok(caches)
+}
+
+/// Token rows (tokens summed over KV heads) held by `caches`.
+pub fn held_rows(caches: &[LayerCache<B>]) -> usize {
+    caches.iter().map(LayerCache::rows).sum()
+}
+
+/// The head-budget modes the property tests index: none, preference, adakv, static.
+pub const HEAD_MODES: [HeadBudgets; 4] = [
+    HeadBudgets::None,
+    HeadBudgets::Preference,
+    HeadBudgets::AdaKv,
+    HeadBudgets::Static,
+];
+
+/// A policy of the property tests, with its label: allocator 0..3 (uniform, pyramid,
+/// preference; any other the static shares `fixed`, one per layer), scorer
+/// `ScorerKind::ALL[scorer]` and head-budget mode `HEAD_MODES[head_mode]` (static heads take
+/// `fixed` as `[layer][head]` shares) over `config`, whose `head_budgets` it sets.
+pub fn indexed_policy(
+    allocator: usize,
+    scorer: usize,
+    head_mode: usize,
+    fixed: &[f64],
+    config: PolicyConfig,
+    layers: usize,
+    kv_heads: usize,
+) -> (Policy<B>, String) {
+    let mode = HEAD_MODES[head_mode];
+    let config = PolicyConfig {
+        head_budgets: mode,
+        ..config
+    };
+    let kinds = [
+        AllocatorKind::Uniform,
+        AllocatorKind::Pyramid,
+        AllocatorKind::Preference,
+    ];
+    let alloc: Arc<dyn Allocator> = match kinds.get(allocator) {
+        Some(&kind) => build_allocator(kind, &config).unwrap(),
+        None => Arc::new(Static::from_shares(fixed[..layers].to_vec()).unwrap()),
+    };
+    let scorer = build_scorer::<B>(ScorerKind::ALL[scorer].0, &config);
+    let mut policy = Policy::new(alloc, scorer, config).unwrap();
+    if mode == HeadBudgets::Static {
+        policy = policy.with_head_shares(fixed.chunks(kv_heads).map(<[f64]>::to_vec).collect());
+    }
+    let name = format!("{} heads {mode}", policy.name());
+    (policy, name)
 }
 
 /// Runs `steps` decoding steps after a prompt of `prompt` tokens.
