@@ -1308,8 +1308,8 @@ mod tests {
             outs.iter().map(|(o, p)| (bits(o), bits(p))).collect()
         };
         let together = run(&[0, 1, 2]);
-        for i in 0..3 {
-            assert_eq!(together[i], run(&[i])[0], "sequence {i}");
+        for (i, together) in together.iter().enumerate() {
+            assert_eq!(*together, run(&[i])[0], "sequence {i}");
         }
         // The comparison can fail: another sequence's result differs.
         assert_ne!(together[0], together[1]);

@@ -123,7 +123,7 @@ pub fn gguf_weight_bytes(file: &GgufFile, format: WeightFormat) -> u64 {
         .iter()
         .filter(|t| t.name != "rope_freqs.weight")
         .map(|t| match (format, t.ty.block_format(), t.dims.len()) {
-            (WeightFormat::Stored, Some(_), 2) => t.size,
+            (format, Some(_), 2) if format.packs() => t.size,
             _ => t.n_elements().saturating_mul(4),
         })
         .fold(0u64, u64::saturating_add)

@@ -170,7 +170,7 @@ impl<B: Backend> Model<B> {
         device: &B::Device,
         format: WeightFormat,
     ) -> Result<Self, WeightError> {
-        let pack = format == WeightFormat::Stored && runs_packed::<B>();
+        let pack = (format.packs() && runs_packed::<B>()).then_some(format);
         let c = config;
         let layout = WeightLayout::new(c);
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -555,7 +555,7 @@ fn load_linear<B: Backend>(
     source: &mut dyn WeightSource,
     linear: &StackedLinear,
     device: &B::Device,
-    pack: bool,
+    pack: Option<WeightFormat>,
 ) -> Result<Linear<B>, WeightError> {
     let (out, inp, bias) = (linear.rows(), linear.inputs(), linear.bias);
     let specs: Vec<TensorSpec> = linear.parts.iter().map(|p| p.weight()).collect();
@@ -590,16 +590,17 @@ fn load_linear<B: Backend>(
 }
 
 /// The weights `parts` (name and `[rows, in]` shape each) stacked by rows as one packed
-/// matrix, when `pack` is set and the source stores every part packed; `None` otherwise.
+/// matrix, when `pack` names a packing format and the source stores every part packed;
+/// `None` otherwise.
 fn packed<B: Backend>(
     source: &mut dyn WeightSource,
     parts: &[(&str, &[usize])],
     device: &B::Device,
-    pack: bool,
+    pack: Option<WeightFormat>,
 ) -> Result<Option<LinearWeight<B>>, WeightError> {
-    if !pack {
+    let Some(format) = pack else {
         return Ok(None);
-    }
+    };
     let mut rows = Vec::with_capacity(parts.len());
     for &(name, shape) in parts {
         let Some(part) = source.take_packed(name)? else {
@@ -624,6 +625,7 @@ fn packed<B: Backend>(
     Ok(Some(LinearWeight::Packed {
         matrix: Arc::new(matrix),
         device: device.clone(),
+        int8_activations: format == WeightFormat::StoredInt8,
     }))
 }
 

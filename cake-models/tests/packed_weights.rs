@@ -145,3 +145,79 @@ fn qwen_stored_continues_as_transformers_does() {
         assert_eq!(out.tokens, want, "prompt {:?}", case["messages"]);
     }
 }
+
+/// Qwen2.5-Coder-0.5B with int8 activations in the products of at most 16 rows
+/// (`WeightFormat::StoredInt8`: every decoding step, and the prefill's head on its last
+/// row), against `stored` (f32 activations), both fed transformers' 32 greedy tokens after
+/// each chat prompt: every step's logits stay within 3% of the largest, and where the two
+/// pick different tokens the f32-activation logits had a near tie (top two within 0.1;
+/// measured: 96 steps, see the message).
+#[test]
+fn qwen_stored_int8_decodes_close_to_f32_activations() {
+    let path = cake_models::fetch::resolve_model(Some("qwen2.5-coder-0.5b")).expect("fetch Qwen");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer/qwen2.5-coder-0.5b.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).expect("fixture")).expect("json");
+    let device = Default::default();
+    let load = |format| load_as::<Cpu>(&path, &device, format).expect("load").model;
+    let (stored, int8) = (load(WeightFormat::Stored), load(WeightFormat::StoredInt8));
+    let (mut steps, mut flips, mut worst) = (0, Vec::new(), 0.0f32);
+    for case in json["greedy"].as_array().expect("cases") {
+        let prompt = common::ids(&case["prompt_ids"]);
+        let want = common::ids(&case["argmax_32_ids"]);
+        // Logits after the prompt, then after each of transformers' tokens but the last.
+        let logits = |model: &Model<Cpu>| {
+            let mut caches = model.new_caches();
+            let host = |t: burn::tensor::TensorData| t.to_vec::<f32>().expect("f32 logits");
+            let first = model
+                .forward_prefill(&prompt, &mut caches, &mut KeepAll)
+                .expect("prefill");
+            let mut all = vec![host(first.into_data())];
+            for (i, &token) in want[..want.len() - 1].iter().enumerate() {
+                let next = model
+                    .forward_decode(token, prompt.len() + i, &mut caches, &mut KeepAll)
+                    .expect("decode");
+                all.push(host(next.into_data()));
+            }
+            all
+        };
+        for (step, (a, b)) in logits(&stored).iter().zip(logits(&int8)).enumerate() {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                d <= 0.03 * scale,
+                "step {step}: max |logit diff| {d} of {scale}"
+            );
+            worst = worst.max(d / scale);
+            let (top_a, top_b) = (argmax(a), argmax(&b));
+            if top_a != top_b {
+                let margin = a[top_a] - a[top_b];
+                assert!(
+                    margin <= 0.1,
+                    "step {step}: {top_a} vs {top_b}, margin {margin}"
+                );
+                flips.push(margin);
+            }
+            steps += 1;
+        }
+    }
+    eprintln!(
+        "int8 vs f32 activations: {steps} steps, logits within {worst} of the largest, {} different picks (f32 margins {flips:?})",
+        flips.len()
+    );
+    assert_eq!(steps, 96);
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |(i, m), (j, &x)| if x > m { (j, x) } else { (i, m) },
+        )
+        .0
+}

@@ -59,7 +59,7 @@ fn q4_1(b: &[u8], out: &mut [f32]) {
 }
 
 /// The 5-bit values of a Q5 block: nibbles plus one high bit each from `qh`.
-fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
+pub(crate) fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
     let mut v = [0u8; 32];
     for j in 0..16 {
         let h0 = (((qh >> j) << 4) & 0x10) as u8;

@@ -7,10 +7,21 @@
 //! AVX-512 processors each block is dequantised in registers ([`BlockFormat::kernels`]
 //! chooses at run time). Activations stay f32 in both, so a packed model computes what the
 //! same file dequantised to f32 computes, up to rounding order.
+//!
+//! The int8 path ([`PackedMatrix::gemv_int8`], [`PackedMatrix::gemv_quantized`]) quantises
+//! the activations to int8 blocks instead ([`QuantizedRows`], [`q8`]) and multiplies them
+//! with the packed values as integers ([`BlockKernels::dot_int8`]: AVX-512 VNNI, or the
+//! portable code with the same bits), trading the activations' rounding for fewer
+//! instructions.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod blocks;
+pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+pub use q8::{QuantizedRows, quantize_rows};
 
 use std::fmt;
 
@@ -134,6 +145,18 @@ pub trait BlockKernels: Sync {
     /// # Panics
     /// When `x` is not whole blocks or `row` is not their bytes.
     fn dot(&self, row: &[u8], x: &[f32]) -> f32;
+    /// `out[s m + r] = sum_i w_ri x_si` for `m` consecutive rows of whole blocks in `rows`
+    /// and the `n` activation rows of `xs` (`out` is `[n, m]`, as a matrix product's
+    /// output), by integer block sums ([`q8`]); every implementation gives the same bits,
+    /// whatever `m`.
+    ///
+    /// # Panics
+    /// When `rows` is not whole rows of the blocks covering `xs.cols()` or `out` is not
+    /// `[n, m]`.
+    fn dot_int8(&self, rows: &[u8], xs: &QuantizedRows, out: &mut [f32]) {
+        check_int8(self.format(), rows, xs, out);
+        q8::dot_rows(self.format(), rows, xs, out);
+    }
 }
 
 /// Dequantise a block into a buffer on the stack, then an f32 dot product.
@@ -157,6 +180,22 @@ fn check_row(format: BlockFormat, row: &[u8], x: &[f32]) {
         "a {format} row of {} bytes does not cover {} values",
         row.len(),
         x.len()
+    );
+}
+
+/// Checks that `rows` are whole rows of the blocks covering `xs`' rows and `out` has one
+/// value per packed row and activation row.
+fn check_int8(format: BlockFormat, rows: &[u8], xs: &QuantizedRows, out: &[f32]) {
+    let bytes = format.row_bytes(xs.cols()).unwrap_or(0);
+    assert!(
+        bytes > 0
+            && rows.len().is_multiple_of(bytes)
+            && out.len() == rows.len() / bytes * xs.rows(),
+        "{} bytes of {format} rows and {} outputs do not fit {} rows of {} values",
+        rows.len(),
+        out.len(),
+        xs.rows(),
+        xs.cols()
     );
 }
 
@@ -227,6 +266,16 @@ impl BlockKernels for Avx512 {
         );
         // SAFETY: only handed out when `avx512::available()`; sizes checked above.
         unsafe { avx512::dequantize(self.0, blocks, out) }
+    }
+
+    fn dot_int8(&self, rows: &[u8], xs: &QuantizedRows, out: &mut [f32]) {
+        check_int8(self.0, rows, xs, out);
+        if vnni::available() {
+            // SAFETY: the processor runs the kernels (checked); sizes checked above.
+            unsafe { vnni::dot(self.0, rows, xs, out) }
+        } else {
+            q8::dot_rows(self.0, rows, xs, out);
+        }
     }
 }
 
@@ -521,16 +570,9 @@ impl PackedMatrix {
         let mut first = 0;
         for part in &self.parts {
             let kernels = part.format.kernels();
-            let tasks = 8 * rayon::current_num_threads();
-            let per_task = part
-                .rows
-                .div_ceil(tasks)
-                .next_multiple_of(4)
-                .clamp(4, MAX_ROWS_PER_TASK);
-            crate::pool::run(part.rows.div_ceil(per_task), &|t| {
+            row_tasks(part.rows, 4, &|from, end| {
                 let mut w = vec![0.0f32; 4 * cols];
-                let end = ((t + 1) * per_task).min(part.rows);
-                for r in (t * per_task..end).step_by(4) {
+                for r in (from..end).step_by(4) {
                     let k = 4.min(end - r);
                     let n = part.row_bytes();
                     let w = &mut w[..k * cols];
@@ -549,6 +591,72 @@ impl PackedMatrix {
     }
 }
 
+impl PackedMatrix {
+    /// `y = W x + b` for one activation row like [`Self::gemv`], with `x` quantised to
+    /// int8 blocks ([`quantize_rows`]) and integer products ([`Self::gemv_quantized`]).
+    ///
+    /// # Panics
+    /// When `x`, `bias` or `y` do not fit the matrix.
+    pub fn gemv_int8(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+        assert!(x.len() == self.cols);
+        self.gemv_quantized(&quantize_rows(x, self.cols), bias, y);
+    }
+
+    /// `Y = X W^T + b` for a few activation rows `xs` (`[n, cols]`) like
+    /// [`Self::gemv_rows`], with the rows quantised to int8 blocks ([`quantize_rows`]) and
+    /// integer products ([`Self::gemv_quantized`]): `[n, rows]`.
+    ///
+    /// # Panics
+    /// When `xs` is not whole rows of `cols` or `bias` is not `[rows]`.
+    pub fn gemv_rows_int8(&self, xs: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let xs = quantize_rows(xs, self.cols);
+        let mut ys = vec![0.0f32; xs.rows() * self.rows()];
+        self.gemv_quantized(&xs, bias, &mut ys);
+        ys
+    }
+
+    /// `ys = X W^T + b` (`[n, rows]`) for activation rows already quantised (one
+    /// [`quantize_rows`] serves every matrix reading the same input, as q, k and v do).
+    /// Each packed weight row is read once and multiplied with every activation row
+    /// ([`BlockKernels::dot_int8`] on each task's rows at once), threaded over weight rows
+    /// like [`Self::gemv_rows`] (and with [`Self::gemv`]'s weight hints). Row `s` of the
+    /// result has the bits of the same product of row `s` alone.
+    ///
+    /// # Panics
+    /// When `xs` does not have `cols` values per row, or `bias` or `ys` do not fit.
+    pub fn gemv_quantized(&self, xs: &QuantizedRows, bias: Option<&[f32]>, ys: &mut [f32]) {
+        let (rows, n) = (self.rows(), xs.rows());
+        assert!(xs.cols() == self.cols && ys.len() == n * rows);
+        assert!(bias.is_none_or(|b| b.len() == rows));
+        let dst = SharedOut(ys.as_mut_ptr());
+        let mut first = 0;
+        for part in &self.parts {
+            let kernels = part.format.kernels();
+            part_rows(part, 4, &|from, to| {
+                let (bytes, m) = (part.row_bytes(), to - from);
+                let mut dots = vec![0.0f32; m * n];
+                kernels.dot_int8(&part.data[from * bytes..to * bytes], xs, &mut dots);
+                let at = first + from;
+                for (s, dots) in dots.chunks_exact(m).enumerate() {
+                    // SAFETY: outputs (s, at..at + m) are written by the one task owning
+                    // rows at..at + m.
+                    let y =
+                        unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(s * rows + at), m) };
+                    match bias {
+                        Some(b) => {
+                            for ((y, &dot), &b) in y.iter_mut().zip(dots).zip(&b[at..]) {
+                                *y = dot + b;
+                            }
+                        }
+                        None => y.copy_from_slice(dots),
+                    }
+                }
+            });
+            first += part.rows;
+        }
+    }
+}
+
 /// Most activation rows [`PackedMatrix::matmul`] multiplies row by row
 /// ([`PackedMatrix::gemv_rows`]) before it dequantises panels for the GEMM.
 pub const MULTI_VECTOR_ROWS: usize = 16;
@@ -559,23 +667,39 @@ pub const PANEL_BYTES: usize = 16 << 20;
 /// Most output rows per packed GEMV task.
 const MAX_ROWS_PER_TASK: usize = 128;
 
+/// Runs `task(from, to)` on the decoding pool for tasks of whole rows covering `0..rows`:
+/// about eight tasks per thread, each a multiple of `step` rows (but the last), of 4 to
+/// [`MAX_ROWS_PER_TASK`].
+fn row_tasks(rows: usize, step: usize, task: &(dyn Fn(usize, usize) + Sync)) {
+    let tasks = 8 * rayon::current_num_threads();
+    let per_task = rows
+        .div_ceil(tasks)
+        .next_multiple_of(step)
+        .clamp(4, MAX_ROWS_PER_TASK);
+    crate::pool::run(rows.div_ceil(per_task), &|t| {
+        task(t * per_task, ((t + 1) * per_task).min(rows))
+    });
+}
+
+/// Runs `rows(from, to)` over the rows of `part`, threaded like [`row_tasks`] with the
+/// weight hints of [`crate::gemv`] (the rows' outputs are the caller's).
+fn part_rows(part: &PackedRows, step: usize, rows: &(dyn Fn(usize, usize) + Sync)) {
+    let next = crate::gemv::follow(part.data.as_ptr(), part.data.len());
+    row_tasks(part.rows, step, rows);
+    crate::gemv::request(next);
+}
+
 /// One part's GEMV: tasks of whole rows over the decoding pool.
 fn part_gemv(part: &PackedRows, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let kernels = part.format.kernels();
-    let next = crate::gemv::follow(part.data.as_ptr(), part.data.len());
-    let tasks = 8 * rayon::current_num_threads();
-    let rows = y.len().div_ceil(tasks).clamp(4, MAX_ROWS_PER_TASK);
-    let n = y.len();
     let dst = SharedOut(y.as_mut_ptr());
-    crate::pool::run(n.div_ceil(rows), &|c| {
-        let o0 = c * rows;
-        // SAFETY: task c alone writes outputs o0..o0 + len of y.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr().add(o0), rows.min(n - o0)) };
-        for (i, y) in out.iter_mut().enumerate() {
-            *y = kernels.dot(part.row(o0 + i), x) + bias.map_or(0.0, |b| b[o0 + i]);
+    part_rows(part, 1, &|from, to| {
+        for r in from..to {
+            let y = kernels.dot(part.row(r), x) + bias.map_or(0.0, |b| b[r]);
+            // SAFETY: output r is written by the one task owning row r.
+            unsafe { *dst.ptr().add(r) = y };
         }
     });
-    crate::gemv::request(next);
 }
 
 #[cfg(test)]

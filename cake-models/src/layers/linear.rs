@@ -25,6 +25,10 @@ pub enum LinearWeight<B: Backend> {
         matrix: Arc<PackedMatrix>,
         /// Where outputs are made.
         device: B::Device,
+        /// Whether decoding-sized products (at most
+        /// [`cake_kernels::quant::MULTI_VECTOR_ROWS`] rows) quantise the activations to int8
+        /// and take integer dot products (`WeightFormat::StoredInt8`).
+        int8_activations: bool,
     },
 }
 
@@ -49,7 +53,7 @@ impl<B: Backend> LinearWeight<B> {
     pub fn to_dense(&self) -> Tensor<B, 2> {
         match self {
             LinearWeight::Dense(w) => w.clone(),
-            LinearWeight::Packed { matrix, device } => Tensor::from_data(
+            LinearWeight::Packed { matrix, device, .. } => Tensor::from_data(
                 TensorData::new(matrix.dequantize(), [matrix.rows(), matrix.cols()]),
                 device,
             ),
@@ -66,7 +70,7 @@ impl<B: Backend> LinearWeight<B> {
                 let ids: Tensor<B, 1, Int> = Tensor::from_data(TensorData::new(ids, [n]), &device);
                 w.clone().select(0, ids)
             }
-            LinearWeight::Packed { matrix, device } => {
+            LinearWeight::Packed { matrix, device, .. } => {
                 let cols = matrix.cols();
                 let mut out = vec![0.0f32; ids.len() * cols];
                 for (&id, out) in ids.iter().zip(out.chunks_exact_mut(cols.max(1))) {
@@ -172,15 +176,26 @@ impl<B: Backend> Linear<B> {
                 };
                 (y, weight.device())
             }
-            LinearWeight::Packed { matrix, device } => {
+            LinearWeight::Packed {
+                matrix,
+                device,
+                int8_activations,
+            } => {
                 let xs = host::flex(x)?.to_contiguous();
                 let xs = host::contiguous(&xs)?;
+                let int8 = *int8_activations && rows <= MULTI_VECTOR_ROWS;
                 let y = if rows == 1 {
                     let mut y = vec![0.0f32; out];
-                    matrix.gemv(xs, bias, &mut y);
+                    if int8 {
+                        matrix.gemv_int8(xs, bias, &mut y);
+                    } else {
+                        matrix.gemv(xs, bias, &mut y);
+                    }
                     y
                 } else if rows == 0 {
                     Vec::new()
+                } else if int8 {
+                    matrix.gemv_rows_int8(xs, bias)
                 } else {
                     matrix.matmul(xs, bias)
                 };

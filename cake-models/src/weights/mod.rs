@@ -24,7 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 pub use layout::{TensorSpec, WeightLayout};
 pub use random::RandomWeights;
 
-/// How a loaded model keeps its weights (serialised `f32` / `stored`).
+/// How a loaded model keeps its weights (serialised `f32` / `stored` / `stored-int8`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -36,15 +36,30 @@ pub enum WeightFormat {
     /// Matrices stay in the block format the file stores them in (Q8_0, Q4_0/1, Q5_0/1,
     /// Q4_K, Q5_K, Q6_K) on the CPU backend; other tensors and other backends use f32.
     Stored,
+    /// As [`WeightFormat::Stored`], and the products of at most
+    /// [`cake_kernels::quant::MULTI_VECTOR_ROWS`] activation rows (every decoding step,
+    /// batched or not, and the prefill's head on its last row) quantise their activations
+    /// to int8, 32 values per f32 scale, and take integer dot products (AVX-512 VNNI where
+    /// the processor has it, with the same bits elsewhere): llama.cpp's scheme. Longer
+    /// prefills keep f32 activations. Faster, not bit-faithful to the f32 model: the
+    /// activations' rounding moves the logits (see `docs/models.md`).
+    #[serde(rename = "stored-int8")]
+    StoredInt8,
 }
 
 impl WeightFormat {
-    /// The name users type (`f32`, `stored`).
+    /// The name users type (`f32`, `stored`, `stored-int8`).
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Stored => "stored",
+            WeightFormat::StoredInt8 => "stored-int8",
         }
+    }
+
+    /// Whether matrices stay packed as stored.
+    pub fn packs(self) -> bool {
+        self != WeightFormat::F32
     }
 }
 
@@ -55,7 +70,10 @@ impl std::str::FromStr for WeightFormat {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(WeightFormat::F32),
             "stored" => Ok(WeightFormat::Stored),
-            _ => Err(format!("unknown weight format {s:?}: use f32 or stored")),
+            "stored-int8" => Ok(WeightFormat::StoredInt8),
+            _ => Err(format!(
+                "unknown weight format {s:?}: use f32, stored or stored-int8"
+            )),
         }
     }
 }
