@@ -105,8 +105,8 @@ pub struct PolicyArgs {
     pub beta: Option<f64>,
     /// How a GGUF model's matrices are held: `stored` keeps the file's quantised blocks
     /// and reads them in place (about 4-7x less weight memory, faster decoding on the CPU);
-    /// `stored-int8` also quantises a decoding step's activations to int8 for integer dot
-    /// products (llama.cpp's scheme: faster still, logits move slightly); `f32` dequantises
+    /// `stored-int8` also quantises the activations to int8 for integer dot products
+    /// (llama.cpp's scheme: faster still, logits move slightly); `f32` dequantises
     /// them at load (the parity-tested path) [default: f32]
     #[arg(long, value_name = "f32|stored|stored-int8", value_parser = parse_weights)]
     pub weights: Option<WeightFormat>,

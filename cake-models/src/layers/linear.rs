@@ -12,6 +12,12 @@ use cake_kernels::quant::MULTI_VECTOR_ROWS;
 #[cfg(feature = "flex")]
 use cake_kernels as kernels;
 
+/// Activation rows quantised and multiplied at once with int8 activations (a prefill's
+/// rows go in chunks of this many, whose activations stay in the caches while every
+/// weight row meets them).
+#[cfg(feature = "flex")]
+const INT8_CHUNK_ROWS: usize = 4 * MULTI_VECTOR_ROWS;
+
 /// A linear layer's weight `[out, in]`: a dense tensor on the backend, or blocks packed as
 /// the file stores them (CPU backend only, read in place by the packed kernels of
 /// [`cake_kernels::quant`]).
@@ -25,9 +31,8 @@ pub enum LinearWeight<B: Backend> {
         matrix: Arc<PackedMatrix>,
         /// Where outputs are made.
         device: B::Device,
-        /// Whether decoding-sized products (at most
-        /// [`cake_kernels::quant::MULTI_VECTOR_ROWS`] rows) quantise the activations to int8
-        /// and take integer dot products (`WeightFormat::StoredInt8`).
+        /// Whether every product quantises its activations to int8 and takes integer dot
+        /// products (`WeightFormat::StoredInt8`).
         int8_activations: bool,
     },
 }
@@ -183,19 +188,20 @@ impl<B: Backend> Linear<B> {
             } => {
                 let xs = host::flex(x)?.to_contiguous();
                 let xs = host::contiguous(&xs)?;
-                let int8 = *int8_activations && rows <= MULTI_VECTOR_ROWS;
-                let y = if rows == 1 {
-                    let mut y = vec![0.0f32; out];
-                    if int8 {
-                        matrix.gemv_int8(xs, bias, &mut y);
-                    } else {
-                        matrix.gemv(xs, bias, &mut y);
+                let y = if rows == 0 {
+                    Vec::new()
+                } else if *int8_activations {
+                    // Every product, any number of rows: each row's result has the bits of
+                    // that row alone, so a sequence's output never depends on its batch.
+                    let mut y = Vec::with_capacity(rows * out);
+                    for xs in xs.chunks(INT8_CHUNK_ROWS * inp) {
+                        y.extend(matrix.gemv_rows_int8(xs, bias));
                     }
                     y
-                } else if rows == 0 {
-                    Vec::new()
-                } else if int8 {
-                    matrix.gemv_rows_int8(xs, bias)
+                } else if rows == 1 {
+                    let mut y = vec![0.0f32; out];
+                    matrix.gemv(xs, bias, &mut y);
+                    y
                 } else {
                     matrix.matmul(xs, bias)
                 };

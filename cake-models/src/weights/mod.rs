@@ -36,12 +36,11 @@ pub enum WeightFormat {
     /// Matrices stay in the block format the file stores them in (Q8_0, Q4_0/1, Q5_0/1,
     /// Q4_K, Q5_K, Q6_K) on the CPU backend; other tensors and other backends use f32.
     Stored,
-    /// As [`WeightFormat::Stored`], and the products of at most
-    /// [`cake_kernels::quant::MULTI_VECTOR_ROWS`] activation rows (every decoding step,
-    /// batched or not, and the prefill's head on its last row) quantise their activations
-    /// to int8, 32 values per f32 scale, and take integer dot products (AVX-512 VNNI where
-    /// the processor has it, with the same bits elsewhere): llama.cpp's scheme. Longer
-    /// prefills keep f32 activations. Faster, not bit-faithful to the f32 model: the
+    /// As [`WeightFormat::Stored`], and every product quantises its activations to int8,
+    /// 32 values per f32 scale, and takes integer dot products (AVX-512 VNNI where the
+    /// processor has it, with the same bits elsewhere): llama.cpp's scheme. Each row's
+    /// result has the bits of that row alone, so a sequence's output does not depend on
+    /// the batch it decodes in. Faster, not bit-faithful to the f32 model: the
     /// activations' rounding moves the logits (see `docs/models.md`).
     #[serde(rename = "stored-int8")]
     StoredInt8,
