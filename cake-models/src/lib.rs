@@ -39,6 +39,35 @@ pub type CpuDevice = burn_flex::FlexDevice;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn_cuda::Cuda<f32, i32>;
 
+/// The wgpu backend (burn-wgpu, f32: Vulkan on Linux, Metal, DX12): the CubeCL kernels of
+/// the CUDA backend, compiled for the adapter wgpu picks at run time.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn_wgpu::Wgpu<f32, i32>;
+/// The wgpu backend's device (`WgpuDevice::DefaultDevice`: the adapter wgpu ranks first).
+#[cfg(feature = "wgpu")]
+pub type WgpuDevice = burn_wgpu::WgpuDevice;
+
+/// Sets `device` up on wgpu's default graphics API (Vulkan on Linux and Windows, Metal on
+/// macOS) and names the adapter it runs on, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan,
+/// Cpu)` for Mesa's CPU driver; `None` when wgpu finds no adapter (no Vulkan driver).
+///
+/// Call it before the device's first tensor: the backend otherwise sets the device up on
+/// first use (and a later call would set up a second, unused one).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapter(device: &WgpuDevice) -> Option<String> {
+    use burn_wgpu::graphics::AutoGraphicsApi;
+    // wgpu's set-up panics when no adapter is found.
+    let setup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn_wgpu::init_setup::<AutoGraphicsApi>(device, Default::default())
+    }))
+    .ok()?;
+    let info = setup.adapter.get_info();
+    Some(format!(
+        "{} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    ))
+}
+
 /// This process's resident set size in bytes (the second field of `/proc/self/statm`, in
 /// pages), for checks that long runs do not leak; `None` without a readable
 /// `/proc/self/statm` (not Linux).

@@ -3,14 +3,16 @@
 //! Mistral with a sliding window of 8 over a 22-token input, f32; Qwen2 with q/k/v biases
 //! and tied embeddings, bf16). The expected logits come from torch in f32.
 
+mod common;
+
 use std::path::PathBuf;
 
-use burn::tensor::{Tensor, backend::Backend};
 use cake_core::KeepAll;
-use cake_models::{Cpu, PrefillLogits, load};
-
-/// Max abs logit difference allowed against torch (f32 on both sides).
-const TOL: f32 = 1e-4;
+use cake_models::{Cpu, load};
+use common::long::{
+    TOL, assert_long_logits, check_long_logits, json_ints, json_logits, long_dir, long_fixture,
+    long_logits_diff, max_abs_diff, prefill_all, to_vec,
+};
 
 struct Expected {
     input_ids: Vec<u32>,
@@ -19,36 +21,8 @@ struct Expected {
     greedy: Vec<u32>,
 }
 
-/// The integers of the array `json[key]`.
-fn json_ints(json: &serde_json::Value, key: &str) -> Vec<u64> {
-    json[key]
-        .as_array()
-        .expect(key)
-        .iter()
-        .map(|v| v.as_u64().expect("integer"))
-        .collect()
-}
-
-/// The rows of logits `json["logits"]`: `[rows][vocab]`.
-fn json_logits(json: &serde_json::Value) -> Vec<Vec<f32>> {
-    json["logits"]
-        .as_array()
-        .expect("logits")
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .expect("row")
-                .iter()
-                .map(|v| v.as_f64().expect("f") as f32)
-                .collect()
-        })
-        .collect()
-}
-
 fn fixture(name: &str) -> (PathBuf, Expected) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tiny")
-        .join(name);
+    let dir = common::tiny_dir(name);
     let text = std::fs::read_to_string(dir.join("expected.json")).expect("fixture expected.json");
     let json: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
     let ids = |key: &str| -> Vec<u32> {
@@ -65,31 +39,6 @@ fn fixture(name: &str) -> (PathBuf, Expected) {
             greedy: ids("greedy_tokens"),
         },
     )
-}
-
-/// Prefills `ids` with the full cache: the logits of every position `[S * vocab]` and
-/// the caches.
-fn prefill_all(
-    model: &cake_models::Model<Cpu>,
-    ids: &[u32],
-) -> (Vec<f32>, Vec<cake_core::LayerCache<Cpu>>) {
-    let mut caches = model.new_caches();
-    let prefill = model
-        .prefill(ids, &mut caches, &mut KeepAll, PrefillLogits::All)
-        .expect("prefill");
-    (to_vec(prefill.logits), caches)
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().expect("f32 logits")
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -215,85 +164,22 @@ fn qwen2_greedy_matches_torch() {
     check_greedy("qwen2");
 }
 
-/// Logits rows of a long-context fixture (`tools/fixtures/gen_long_parity.py`): a
-/// 2048-token input and torch's logits at selected positions.
-struct LongExpected {
-    input_ids: Vec<u32>,
-    positions: Vec<usize>,
-    /// `[positions][vocab]`
-    logits: Vec<Vec<f32>>,
-    json: serde_json::Value,
-}
-
-fn long_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/long")
-}
-
-fn long_fixture(name: &str) -> LongExpected {
-    let path = long_dir().join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).expect("long fixture");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("long fixture JSON");
-    LongExpected {
-        input_ids: json_ints(&json, "input_ids")
-            .into_iter()
-            .map(|i| i as u32)
-            .collect(),
-        positions: json_ints(&json, "positions")
-            .into_iter()
-            .map(|p| p as usize)
-            .collect(),
-        logits: json_logits(&json),
-        json,
-    }
-}
-
-/// Prefills the 2048 tokens (full cache) and compares the logits at the fixture's
-/// positions; returns the largest difference.
-fn long_logits_diff(model: &cake_models::Model<Cpu>, exp: &LongExpected) -> f32 {
-    let (got, _) = prefill_all(model, &exp.input_ids);
-    let vocab = model.config().vocab_size;
-    exp.positions
-        .iter()
-        .zip(&exp.logits)
-        .map(|(&p, want)| max_abs_diff(&got[p * vocab..(p + 1) * vocab], want))
-        .fold(0.0, f32::max)
-}
-
-/// Asserts the model's logits at the fixture's probed positions are within [`TOL`].
-fn assert_long_logits(what: &str, model: &cake_models::Model<Cpu>, exp: &LongExpected) {
-    let diff = long_logits_diff(model, exp);
-    assert!(
-        diff <= TOL,
-        "{what}: max abs logit diff {diff} > {TOL} over 2048 positions"
-    );
-}
-
-fn check_long_logits(folder: &str, fixture_name: &str) {
-    let exp = long_fixture(fixture_name);
-    assert_eq!(exp.input_ids.len(), 2048);
-    let device = Default::default();
-    let model = load::<Cpu>(&fixture(folder).0, &device)
-        .expect("load fixture")
-        .model;
-    assert_long_logits(fixture_name, &model, &exp);
-}
-
 /// Llama-3 rope scaling past `original_max_position_embeddings` (64) up to position 2047.
 #[test]
 fn llama_logits_match_torch_at_2k_positions() {
-    check_long_logits("llama", "llama");
+    check_long_logits::<Cpu>("llama", "llama", &Default::default());
 }
 
 /// Mistral's sliding window (8) over 2048 positions.
 #[test]
 fn mistral_logits_match_torch_at_2k_positions() {
-    check_long_logits("mistral", "mistral");
+    check_long_logits::<Cpu>("mistral", "mistral", &Default::default());
 }
 
 /// Qwen2 with full attention over 2048 positions.
 #[test]
 fn qwen2_logits_match_torch_at_2k_positions() {
-    check_long_logits("qwen2", "qwen2");
+    check_long_logits::<Cpu>("qwen2", "qwen2", &Default::default());
 }
 
 /// Qwen2 with `use_sliding_window` (window 48 on layers from `max_window_layers` = 1 on):

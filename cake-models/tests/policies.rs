@@ -3,22 +3,20 @@
 //! budgets, cascading equals one-shot eviction with bounded peak memory, and decoding keeps
 //! each layer at a fixed size with increasing positions.
 
+mod common;
+
 use std::path::PathBuf;
 
 use cake_core::{KeepAll, LayerCache, Method, Policy, PolicyCompressor, PolicyConfig, PolicySpec};
 use cake_models::generate::{Generation, GenerationConfig};
 use cake_models::{Cpu, Model, PrefillLogits, load};
+use common::prompt;
 
 fn tiny(arch: &str) -> Model<Cpu> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/tiny")
         .join(arch);
     load::<Cpu>(&dir, &Default::default()).unwrap().model
-}
-
-/// A deterministic prompt of `n` token ids below the tiny vocabulary (256).
-fn prompt(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 37 + 11) % 250 + 3).collect()
 }
 
 fn config(cache_size: usize, window: usize) -> PolicyConfig {

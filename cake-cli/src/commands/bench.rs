@@ -17,7 +17,7 @@ use cake_models::{DecoderConfig, Model};
 use serde::Serialize;
 
 use super::{median, median_ms, paired_ratio};
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
 use crate::exit::usage_bail;
 use crate::exit::usage_ensure;
 use crate::plots::{LatencyVsContext, render};
@@ -69,10 +69,11 @@ pub struct Args {
     /// under each method, and the throughput measured at those batch sizes
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub kv_memory: Option<u64>,
-    /// Compute backend (cuda needs a build with --features cuda)
+    /// Compute backend (cuda and wgpu need a build with --features cuda or --features wgpu)
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu, ignore_case = true)]
     pub backend: BackendKind,
-    /// Write bench.json, bench.md and a latency plot into a folder here
+    /// Write bench.json, bench.md and a latency plot into a folder here (with --batch:
+    /// batch.json and batch.md)
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print JSON
@@ -144,6 +145,9 @@ pub enum BackendKind {
     Cpu,
     /// burn-cuda (a build with `--features cuda`).
     Cuda,
+    /// burn-wgpu: Vulkan, Metal or DX12, whichever adapter wgpu ranks first (a build with
+    /// `--features wgpu`).
+    Wgpu,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -151,6 +155,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::Wgpu => "wgpu",
         })
     }
 }
@@ -164,6 +169,21 @@ pub fn run(args: Args) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => usage_bail!(
             "this `cake` was built without CUDA: rebuild with `cargo build --release -p cake-cli --features cuda`"
+        ),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            let device = cake_models::WgpuDevice::default();
+            let Some(adapter) = cake_models::wgpu_adapter(&device) else {
+                anyhow::bail!(
+                    "wgpu found no adapter: install a Vulkan driver (on Debian and Ubuntu, `mesa-vulkan-drivers` runs it on the CPU)"
+                );
+            };
+            eprintln!("wgpu adapter {adapter}");
+            bench_on::<cake_models::Wgpu>(&args, &device)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => usage_bail!(
+            "this `cake` was built without wgpu: rebuild with `cargo build --release -p cake-cli --features wgpu`"
         ),
     }
 }
@@ -447,7 +467,7 @@ fn throughput<B: Backend>(
                         r.tokens_per_s
                     ))
                 );
-                fitted.push((context, label, one.kv_bytes_per_sequence, n, row));
+                fitted.push((context, settings, label, one.kv_bytes_per_sequence, n, row));
             }
         }
     }
@@ -468,8 +488,10 @@ K/V budget {:.2} GiB
 ",
             budget as f64 / (1u64 << 30) as f64
         );
-        for (context, label, per_sequence, n, row) in &fitted {
-            let full = fitted.iter().find(|f| f.0 == *context && f.1 == "full");
+        for (context, _, label, per_sequence, n, row) in &fitted {
+            let full = fitted
+                .iter()
+                .find(|f| f.0 == *context && f.1.spec.method == Method::Full);
             let tps = row.as_ref().map(|r| r.tokens_per_s);
             let vs = |a: f64, b: f64| format!("{:.2}", a / b.max(1e-12));
             let _ = writeln!(
@@ -477,8 +499,8 @@ K/V budget {:.2} GiB
                 "| {context} | {label} | {:.1} | {n} | {} | {} | {} |",
                 *per_sequence as f64 / (1u64 << 20) as f64,
                 tps.map_or("-".into(), |t| format!("{t:.1}")),
-                full.map_or("-".into(), |f| vs(*n as f64, f.3 as f64)),
-                full.and_then(|f| f.4.as_ref())
+                full.map_or("-".into(), |f| vs(*n as f64, f.4 as f64)),
+                full.and_then(|f| f.5.as_ref())
                     .zip(tps)
                     .map_or("-".into(), |(f, t)| vs(t, f.tokens_per_s)),
             );
@@ -488,6 +510,18 @@ K/V budget {:.2} GiB
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{table}");
+    }
+    if let Some(out) = &args.out {
+        let key = (&args.context, &args.batch, args.kv_memory, steps);
+        let dir = folder_for(out, &format!("batch-{name}"), &key)?;
+        if let Some(first) = configs.first() {
+            Manifest::new(first).write(&dir)?;
+        }
+        std::fs::write(dir.join("batch.json"), serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        std::fs::write(dir.join("batch.md"), &table)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        eprintln!("wrote {}", dir.join("batch.md").display());
     }
     Ok(())
 }
