@@ -70,6 +70,16 @@ struct Plan {
     /// for `cake tune` and `cake fit`; 0 skips tuned and static CAKE.
     calibration_samples: usize,
     calibration_lengths: &'static str,
+    /// Per-head budget modes CAKE also runs with (`--head-budget-modes`), each its own row
+    /// (`cake (heads adakv)`); empty skips them.
+    head_budget_modes: &'static str,
+    /// Cache sizes at which every policy also runs with the question after compression
+    /// (kvpress's protocol, `--question after-compression`); empty skips it.
+    question_cache_sizes: &'static str,
+    /// Sink ablation grid N tried on the calibration records (`cake tune --sink`, CAKE at
+    /// the default temperatures); the best N > 0 there runs on the suite as its own row
+    /// (`cake (sink N)`). Empty skips it.
+    sink_grid: &'static str,
 }
 
 /// About 20 minutes on 2 cores: 8 tasks x 6 records at 1K tokens plus 10 needle records,
@@ -87,6 +97,9 @@ const QUICK: Plan = Plan {
     bench_contexts: "512,2048",
     calibration_samples: 0,
     calibration_lengths: "1024",
+    head_budget_modes: "",
+    question_cache_sizes: "",
+    sink_grid: "",
 };
 
 /// The study: 8 tasks x 3 lengths x 10 records (240) plus 15 needle records, five cache
@@ -103,6 +116,9 @@ const FULL: Plan = Plan {
     bench_contexts: "512,2048,4096,8192",
     calibration_samples: 2,
     calibration_lengths: "2048,4096",
+    head_budget_modes: "preference,adakv",
+    question_cache_sizes: "128,512",
+    sink_grid: "0,4,16,64",
 };
 
 /// Every synthetic task type.
@@ -283,6 +299,51 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             .args(["--cache-sizes", plan.cache_sizes, "--window", "32", "--out"])
             .arg(&pred))?;
     }
+    // 2c. The ablations: per-head budgets, kvpress's question protocol, the sink rule.
+    if !plan.head_budget_modes.is_empty() {
+        run(predict("pred")
+            .arg("--data-dir")
+            .arg(&suite)
+            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
+            .args(["--head-budget-modes", plan.head_budget_modes])
+            .args(["--window", "32", "--out"])
+            .arg(&pred))?;
+    }
+    if !plan.question_cache_sizes.is_empty() {
+        run(predict("pred")
+            .arg("--data-dir")
+            .arg(&suite)
+            .args([
+                "--policies",
+                plan.policies,
+                "--cache-sizes",
+                plan.question_cache_sizes,
+            ])
+            .args(["--question", "after-compression", "--window", "32", "--out"])
+            .arg(&pred))?;
+    }
+    if !plan.sink_grid.is_empty() && plan.calibration_samples > 0 {
+        let sink = out.join("sink");
+        if !sink.join("tune.json").exists() {
+            run(predict("tune")
+                .arg("--data-dir")
+                .arg(out.join("calib"))
+                .args(["--cache-sizes", plan.cache_sizes, "--window", "32"])
+                .args(["--tau1", "1", "--tau2", "1", "--sink", plan.sink_grid])
+                .arg("--eval-data")
+                .arg(&suite)
+                .arg("--out")
+                .arg(&sink))?;
+        }
+        let n = chosen_sink(&sink.join("tune.json"))?;
+        eprintln!("sink ablation: N = {n} (best calibration average over the cache sizes)");
+        run(predict("pred")
+            .arg("--data-dir")
+            .arg(&suite)
+            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
+            .args(["--sink", &n.to_string(), "--window", "32", "--out"])
+            .arg(&pred))?;
+    }
     let pred_seconds = t.elapsed().as_secs_f64();
     if let Some(shard) = &args.shard {
         eprintln!(
@@ -337,6 +398,47 @@ fn merge_shards(cake: &dyn Fn() -> Command, tree: &Path, sharded: bool) -> Resul
     }
     run(cake().arg("eval").arg(tree))
         .context("the shards of an earlier --shard run do not merge: finish every shard first")
+}
+
+/// The sink ablation's N, chosen on calibration records only: of the grid's N > 0, the one
+/// whose best calibration average (over the temperatures, here one point), averaged over
+/// the cache sizes, is highest; ties go to the smallest N. Reads `cake tune`'s `tune.json`.
+fn chosen_sink(tune_json: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(tune_json)
+        .with_context(|| format!("cannot read {}", tune_json.display()))?;
+    let report: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not cake tune's JSON", tune_json.display()))?;
+    let points = report
+        .get("points")
+        .and_then(|p| p.as_array())
+        .with_context(|| format!("{} has no `points`", tune_json.display()))?;
+    // (sink, cache size) -> best average.
+    let mut best: std::collections::BTreeMap<(u64, u64), f64> = Default::default();
+    for p in points {
+        let (Some(n), Some(c), Some(avg)) = (
+            p.get("sink").and_then(|v| v.as_u64()),
+            p.get("cache_size").and_then(|v| v.as_u64()),
+            p.get("average").and_then(|v| v.as_f64()),
+        ) else {
+            continue;
+        };
+        let cell = best.entry((n, c)).or_insert(f64::NEG_INFINITY);
+        *cell = cell.max(avg);
+    }
+    let mut per_sink: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for ((n, _), avg) in best {
+        per_sink.entry(n).or_default().push(avg);
+    }
+    per_sink
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, v)| (n, v.iter().sum::<f64>() / v.len() as f64))
+        .fold(None, |acc: Option<(u64, f64)>, (n, mean)| match acc {
+            Some((_, m)) if m >= mean => acc,
+            _ => Some((n, mean)),
+        })
+        .map(|(n, _)| n as usize)
+        .with_context(|| format!("{} scores no sink N > 0", tune_json.display()))
 }
 
 /// First file named `name` under `dir` (one level of sub-folders).
@@ -427,4 +529,41 @@ fn write_report(
     println!("{md}");
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_is_the_best_n_above_zero_averaged_over_cache_sizes() {
+        let dir = std::env::temp_dir().join(format!("xtask-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tune.json");
+        // N = 0 is best everywhere but is the paper's rule, not an ablation; N = 16 wins
+        // C = 64 by 10 and loses C = 128 by 4 to N = 4; the mean decides (16: 35, 4: 32).
+        // A point without an average (no records scored) is skipped.
+        let point = |n: u64, c: u64, avg: Option<f64>| serde_json::json!({"sink": n, "cache_size": c, "average": avg, "tau1": 1.0});
+        let points = vec![
+            point(0, 64, Some(90.0)),
+            point(0, 128, Some(90.0)),
+            point(4, 64, Some(20.0)),
+            point(4, 128, Some(44.0)),
+            point(16, 64, Some(30.0)),
+            point(16, 128, Some(40.0)),
+            point(64, 64, None),
+        ];
+        std::fs::write(&file, serde_json::json!({ "points": points }).to_string()).unwrap();
+        assert_eq!(chosen_sink(&file).unwrap(), 16);
+        // Equal means: the smaller N.
+        let tie = vec![point(4, 64, Some(30.0)), point(16, 64, Some(30.0))];
+        std::fs::write(&file, serde_json::json!({ "points": tie }).to_string()).unwrap();
+        assert_eq!(chosen_sink(&file).unwrap(), 4);
+        // Only N = 0 scored: an error that names the file.
+        let zero = vec![point(0, 64, Some(30.0))];
+        std::fs::write(&file, serde_json::json!({ "points": zero }).to_string()).unwrap();
+        let err = chosen_sink(&file).unwrap_err().to_string();
+        assert!(err.contains("tune.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -545,6 +545,10 @@ fn run_identity(dir: &Path, spec: Option<&(PolicySpec, String)>) -> (String, Opt
     if !spec.keeps_all() && !spec.cache.head_budgets.is_none() {
         policy.push_str(&format!(" (heads {})", spec.cache.head_budgets));
     }
+    // And the sink ablation: `cake (sink 16)` keeps the first 16 prompt tokens.
+    if !spec.keeps_all() && spec.cache.sink > 0 {
+        policy.push_str(&format!(" (sink {})", spec.cache.sink));
+    }
     // And the weights or the question protocol: `full (question after-compression)` is
     // the reference of that protocol's runs.
     if !variant.is_empty() {
@@ -948,6 +952,15 @@ mod tests {
         assert_eq!(
             cake(serde_json::json!({"cache": heads})),
             ("cake (heads adakv)".into(), Some(1024))
+        );
+        // So is the sink ablation, else its row would merge with `cake`'s.
+        let sink = cake_core::PolicyConfig {
+            sink: 16,
+            ..Default::default()
+        };
+        assert_eq!(
+            cake(serde_json::json!({"cache": sink})),
+            ("cake (sink 16)".into(), Some(1024))
         );
         // The full cache has no C; neither has a ratio run.
         assert_eq!(
