@@ -241,6 +241,10 @@ pub struct EvalResult {
     /// runs are compared record by record only when these agree.
     #[serde(default)]
     pub record_ids: BTreeMap<String, Vec<String>>,
+    /// Per dataset, every record's `length` in file order (LongBench-E's buckets, and the
+    /// per-length tables of `cake eval`).
+    #[serde(default)]
+    pub record_lengths: BTreeMap<String, Vec<u64>>,
 }
 
 impl EvalResult {
@@ -307,6 +311,7 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
     let mut counts = BTreeMap::new();
     let mut per_record = BTreeMap::new();
     let mut ids = BTreeMap::new();
+    let mut record_lengths = BTreeMap::new();
     for path in files {
         // eval.py: dataset = filename.split('.')[0]
         let file_name = path
@@ -328,8 +333,8 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
         let answers: Vec<Vec<String>> = lines.iter().map(|l| l.answers.clone()).collect();
         let all_classes = lines.last().and_then(|l| l.all_classes.clone());
         let records = record_scores(spec, &predictions, &answers, all_classes.as_deref())?;
+        let lengths: Vec<u64> = lines.iter().map(|l| l.length).collect();
         let score = if longbench_e {
-            let lengths: Vec<u64> = lines.iter().map(|l| l.length).collect();
             DatasetScore::Buckets(bucket_scores(&records, &lengths))
         } else {
             DatasetScore::Plain(plain_score(spec, &records)?)
@@ -337,6 +342,7 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
         counts.insert(name.to_string(), lines.len());
         scores.insert(name.to_string(), score);
         per_record.insert(name.to_string(), records);
+        record_lengths.insert(name.to_string(), lengths);
         ids.insert(
             name.to_string(),
             lines
@@ -360,6 +366,7 @@ pub fn evaluate_dir(dir: &Path, longbench_e: bool) -> Result<EvalResult, EvalErr
         counts,
         record_scores: per_record,
         record_ids: ids,
+        record_lengths,
     })
 }
 

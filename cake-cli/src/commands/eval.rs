@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use cake_core::{Method, PolicySpec};
 use cake_longbench::eval::{
-    DatasetScore, EvalResult, evaluate_dir, read_predictions, score_record,
+    BUCKETS, DatasetScore, EvalResult, bucket_of, evaluate_dir, read_predictions, score_record,
 };
 use cake_longbench::pytext::py_round2;
 use cake_longbench::registry;
@@ -51,6 +51,9 @@ pub struct RunScore {
     pub intervals: BTreeMap<String, ScoreInterval>,
     /// [`Self::average`] with its interval (each dataset's records resampled on their own).
     pub average_interval: Option<ScoreInterval>,
+    /// Per length bucket (LongBench-E's `0-4k`, `4-8k`, `8k+`): the average over the
+    /// datasets with records in that bucket, with its interval (plain scores only).
+    pub by_length: BTreeMap<String, ScoreInterval>,
     /// Paired differences, this run minus a reference run on the same records (`cake` at
     /// the same cache size, the full cache).
     pub paired: Vec<Comparison>,
@@ -355,6 +358,8 @@ fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
         }
         None => None,
     };
+    let by_length = length_averages(&records, &result.record_lengths, &config)
+        .with_context(|| format!("bootstrap per length of {}", folder.display()))?;
     Ok(RunScore {
         dir: folder,
         policy,
@@ -363,10 +368,54 @@ fn score_run(folder: PathBuf, result: &EvalResult) -> Result<RunScore> {
         average,
         intervals,
         average_interval,
+        by_length,
         paired: Vec::new(),
         records,
         spec,
     })
+}
+
+/// Per LongBench-E length bucket, the mean over datasets of each dataset's mean record
+/// score in that bucket (x100, 2 decimals), with its bootstrap interval (each dataset's
+/// records in the bucket resampled on their own); buckets without records are left out.
+fn length_averages(
+    records: &BTreeMap<String, (Vec<String>, Vec<f64>)>,
+    lengths: &BTreeMap<String, Vec<u64>>,
+    config: &BootstrapConfig,
+) -> Result<BTreeMap<String, ScoreInterval>> {
+    let mut buckets: BTreeMap<&str, Vec<Vec<f64>>> = BTreeMap::new();
+    for (name, (_, values)) in records {
+        let Some(lengths) = lengths.get(name).filter(|l| l.len() == values.len()) else {
+            continue;
+        };
+        let mut mine: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for (&value, &length) in values.iter().zip(lengths) {
+            mine.entry(bucket_of(length)).or_default().push(value);
+        }
+        for (bucket, group) in mine {
+            buckets.entry(bucket).or_default().push(group);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (bucket, groups) in buckets {
+        let means: Vec<f64> = groups
+            .iter()
+            .map(|g| g.iter().sum::<f64>() / g.len() as f64)
+            .collect();
+        let score = percent(means.iter().sum::<f64>() / means.len() as f64);
+        let slices: Vec<&[f64]> = groups.iter().map(Vec::as_slice).collect();
+        let interval = bootstrap_mean_of_means(&slices, config)?;
+        out.insert(
+            bucket.to_string(),
+            ScoreInterval {
+                score,
+                low: percent(interval.low),
+                high: percent(interval.high),
+                records: slices.iter().map(|g| g.len()).sum(),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Paired differences: every run but `cake`'s against `cake` at the same cache size, and
@@ -643,12 +692,50 @@ pub fn summary_markdown(runs: &[RunScore]) -> String {
         md.push('\n');
         md.push_str(&interval_note());
     }
+    md.push_str(&per_length_markdown(runs, &sizes));
     md.push_str(&per_task_markdown(runs, &sizes));
     for (reference, title) in [
         (Reference::Cake, "policy - cake at the same C"),
         (Reference::Full, "policy - full cache"),
     ] {
         md.push_str(&differences_markdown(runs, &sizes, reference, title));
+    }
+    md
+}
+
+/// Policies x cache sizes per length bucket (`0-4k`, `4-8k`, `8k+`), when the runs' records
+/// fall in more than one; empty otherwise.
+fn per_length_markdown(runs: &[RunScore], sizes: &[usize]) -> String {
+    let present: Vec<&str> = BUCKETS
+        .iter()
+        .copied()
+        .filter(|b| runs.iter().any(|r| r.by_length.contains_key(*b)))
+        .collect();
+    if present.len() < 2 {
+        return String::new();
+    }
+    let mut md = String::from("\n### Per length (prompt tokens)\n");
+    for bucket in present {
+        let _ = write!(md, "\n{bucket}:\n\n{}", policy_table_header(bucket, sizes));
+        for policy in policies_in_order(runs.iter()) {
+            let mine = |size: Option<usize>| {
+                runs.iter()
+                    .find(|r| r.policy == policy && r.cache_size == size)
+            };
+            let cell = |run: Option<&RunScore>| {
+                run.and_then(|r| r.by_length.get(bucket))
+                    .map_or("-".to_string(), |i| fmt_interval(i.score, i.low, i.high))
+            };
+            let _ = write!(md, "| {policy} |");
+            if sizes.is_empty() {
+                let _ = write!(md, " {} |", cell(mine(None)));
+            } else {
+                for c in sizes {
+                    let _ = write!(md, " {} |", cell(mine(Some(*c)).or_else(|| mine(None))));
+                }
+            }
+            md.push('\n');
+        }
     }
     md
 }
@@ -921,6 +1008,39 @@ mod tests {
         run_identity(dir, read_spec(dir).as_ref())
     }
 
+    /// Hand-computed: each bucket averages the datasets' means of their records in it.
+    #[test]
+    fn length_buckets_average_the_datasets_present_in_them() {
+        let ids = |n: usize| (0..n).map(|i| format!("r{i}")).collect::<Vec<_>>();
+        let records = BTreeMap::from([
+            ("a".to_string(), (ids(4), vec![1.0, 0.0, 1.0, 1.0])),
+            ("b".to_string(), (ids(2), vec![0.0, 0.0])),
+            // Lengths that do not match the records: left out, not misattributed.
+            ("c".to_string(), (ids(2), vec![1.0, 1.0])),
+        ]);
+        let lengths = BTreeMap::from([
+            ("a".to_string(), vec![2000, 2000, 5000, 9000]),
+            ("b".to_string(), vec![2000, 5000]),
+            ("c".to_string(), vec![2000]),
+        ]);
+        let by = length_averages(&records, &lengths, &bootstrap()).unwrap();
+        let cell = |b: &str| (by[b].score, by[b].records);
+        // 0-4k: a = (1 + 0) / 2, b = 0 -> 25; 4-8k: a = 1, b = 0 -> 50; 8k+: a alone.
+        assert_eq!(cell("0-4k"), (25.0, 3));
+        assert_eq!(cell("4-8k"), (50.0, 2));
+        assert_eq!(cell("8k+"), (100.0, 1));
+        assert_eq!((by["8k+"].low, by["8k+"].high), (100.0, 100.0));
+        assert!(by["0-4k"].low <= 25.0 && by["0-4k"].high >= 25.0);
+        // In the summary: a per-length table appears only with two buckets or more.
+        let mut run = scored("cake-c64", None, [1.0, 0.0, 1.0, 1.0]);
+        run.cache_size = Some(64);
+        run.by_length = by.clone();
+        let md = per_length_markdown(std::slice::from_ref(&run), &[64]);
+        assert!(md.contains("4-8k:") && md.contains("| 50.00 ["), "{md}");
+        run.by_length.retain(|b, _| b == "0-4k");
+        assert_eq!(per_length_markdown(&[run], &[64]), "");
+    }
+
     #[test]
     fn runs_are_identified_from_their_typed_settings() {
         let cake = |extra: serde_json::Value| {
@@ -1005,6 +1125,7 @@ mod tests {
             average: None,
             intervals: BTreeMap::new(),
             average_interval: None,
+            by_length: BTreeMap::new(),
             paired: Vec::new(),
             records: BTreeMap::from([("synth_passkey".to_string(), (ids, scores.to_vec()))]),
             spec,
