@@ -18,7 +18,7 @@ use cake_models::weights::WeightFormat;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::exit::{UsageError, usage_bail};
+use crate::exit::{UsageError, usage_bail, usage_ensure};
 
 /// Policy settings, one layer of them: every key is optional (unset keys fall through to
 /// the layer below).
@@ -269,6 +269,35 @@ impl Settings {
     /// Resolves defaults < settings file < `CAKE_*` environment < flags; `model_flag` is
     /// the command's `--model`. Validates the policy before any model is loaded.
     pub fn resolve(args: &PolicyArgs, model_flag: Option<&str>) -> Result<Self> {
+        Self::resolve_under(args, model_flag, PolicyArgs::default())
+    }
+
+    /// A sweep variant: the keys of the settings file `path` over everything
+    /// [`Settings::resolve`] merges (defaults < settings file < environment < flags <
+    /// variant), validated. A variant shares the sweep's prefill, so it may not set the
+    /// model, the weights or the question protocol.
+    pub fn resolve_variant(
+        args: &PolicyArgs,
+        model_flag: Option<&str>,
+        path: &Path,
+    ) -> Result<Self> {
+        usage_ensure!(
+            path.is_file(),
+            "variant file {} does not exist: check --variants",
+            path.display()
+        );
+        let variant = PolicyArgs::from_file(path)?;
+        usage_ensure!(
+            variant.model.is_none() && variant.weights.is_none() && variant.question.is_none(),
+            "variant file {}: a variant shares the sweep's prefill, so it cannot set `model`, `weights` or `question` (run another `cake pred` for those)",
+            path.display()
+        );
+        Self::resolve_under(args, model_flag, variant)
+            .with_context(|| format!("variant file {}", path.display()))
+    }
+
+    /// [`Settings::resolve`] with `top` over the flags.
+    fn resolve_under(args: &PolicyArgs, model_flag: Option<&str>, top: PolicyArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) if !path.exists() => usage_bail!(
                 "settings file {} does not exist: check --config",
@@ -285,7 +314,7 @@ impl Settings {
             model: model_flag.map(str::to_string),
             ..args.clone()
         };
-        let settings = Self::from_layer(flags.over(PolicyArgs::from_env()?.over(file)));
+        let settings = Self::from_layer(top.over(flags.over(PolicyArgs::from_env()?.over(file))));
         settings.spec.validate().map_err(|e| {
             UsageError(format!(
                 "{e} (set it with a flag, a CAKE_* variable or the settings file)"

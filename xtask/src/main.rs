@@ -80,6 +80,8 @@ struct Plan {
     /// the default temperatures); the best N > 0 there runs on the suite as its own row
     /// (`cake (sink N)`). Empty skips it.
     sink_grid: &'static str,
+    /// Cache sizes of the sink choice on calibration records.
+    sink_cache_sizes: &'static str,
 }
 
 /// About 20 minutes on 2 cores: 8 tasks x 6 records at 1K tokens plus 10 needle records,
@@ -100,6 +102,7 @@ const QUICK: Plan = Plan {
     head_budget_modes: "",
     question_cache_sizes: "",
     sink_grid: "",
+    sink_cache_sizes: "",
 };
 
 /// The study: 8 tasks x 3 lengths x 10 records (240) plus 15 needle records, five cache
@@ -119,6 +122,7 @@ const FULL: Plan = Plan {
     head_budget_modes: "preference,adakv",
     question_cache_sizes: "128,512",
     sink_grid: "0,4,16,64",
+    sink_cache_sizes: "64,128,256",
 };
 
 /// Every synthetic task type.
@@ -225,37 +229,11 @@ fn reproduce(args: &Reproduce) -> Result<()> {
         ])
         .args(["--depths", plan.depths, "--samples", "1"]))?;
 
-    // 2. Predictions: every policy x cache size, one prefill per prompt.
+    // 2. Calibration (seed 1: never the evaluation's records), once for all shards:
+    // CAKE's temperatures tuned on it, static budgets fitted on it, and the sink ablation's
+    // N chosen on it. Each becomes a variant of the main sweep below.
     let t = Instant::now();
-    for (data, tree) in [(&suite, &pred), (&heat_suite, &heat_pred)] {
-        merge_shards(&cake, tree, args.shard.is_some())?;
-        run(predict("pred")
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--policies",
-                plan.policies,
-                "--cache-sizes",
-                plan.cache_sizes,
-            ])
-            .args(["--window", "32", "--out"])
-            .arg(tree))?;
-    }
-    if let Some(longbench) = &args.longbench {
-        run(predict("pred")
-            .arg("--data-dir")
-            .arg(longbench)
-            .args([
-                "--policies",
-                plan.policies,
-                "--cache-sizes",
-                plan.cache_sizes,
-            ])
-            .args(["--max-samples", &samples, "--out"])
-            .arg(out.join("pred-longbench")))?;
-    }
-    // 2b. CAKE with temperatures tuned on calibration records (seed 1: never the
-    // evaluation's), and with static budgets fitted on them.
+    let mut variants: Vec<(&str, String)> = Vec::new();
     if plan.calibration_samples > 0 {
         let calib = out.join("calib");
         let tune = out.join("tune");
@@ -276,14 +254,10 @@ fn reproduce(args: &Reproduce) -> Result<()> {
                 .arg("--out")
                 .arg(&tune))?;
         }
-        run(predict("pred")
-            .arg("--data-dir")
-            .arg(&suite)
-            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
-            .args(["--window", "32", "--tau-file"])
-            .arg(tune.join("taus.json"))
-            .arg("--out")
-            .arg(&pred))?;
+        variants.push((
+            "tuned",
+            format!("tau_file = {:?}\n", path_text(&tune.join("taus.json"))?),
+        ));
         if !fit.join("score_function.json").exists() {
             run(predict("fit")
                 .arg("--data-dir")
@@ -291,23 +265,79 @@ fn reproduce(args: &Reproduce) -> Result<()> {
                 .args(["--max-samples", "4", "--out"])
                 .arg(&fit))?;
         }
-        run(predict("pred")
-            .arg("--data-dir")
-            .arg(&suite)
-            .args(["--policies", "cake", "--allocator", "static", "--score-fn"])
-            .arg(fit.join("score_function.json"))
-            .args(["--cache-sizes", plan.cache_sizes, "--window", "32", "--out"])
-            .arg(&pred))?;
+        variants.push((
+            "static",
+            format!(
+                "allocator = \"static\"\nscore_fn = {:?}\n",
+                path_text(&fit.join("score_function.json"))?
+            ),
+        ));
+        if !plan.sink_grid.is_empty() {
+            let sink = out.join("sink");
+            if !sink.join("tune.json").exists() {
+                run(predict("tune")
+                    .arg("--data-dir")
+                    .arg(&calib)
+                    .args(["--cache-sizes", plan.sink_cache_sizes, "--window", "32"])
+                    .args(["--tau1", "1", "--tau2", "1", "--sink", plan.sink_grid])
+                    .arg("--eval-data")
+                    .arg(&suite)
+                    .arg("--out")
+                    .arg(&sink))?;
+            }
+            let n = chosen_sink(&sink.join("tune.json"))?;
+            eprintln!("sink ablation: N = {n} (the best calibration average over C)");
+            variants.push(("sink", format!("sink = {n}\n")));
+        }
     }
-    // 2c. The ablations: per-head budgets, kvpress's question protocol, the sink rule.
-    if !plan.head_budget_modes.is_empty() {
+    for mode in plan.head_budget_modes.split(',').filter(|m| !m.is_empty()) {
+        variants.push((mode, format!("head_budgets = {mode:?}\n")));
+    }
+    // Each variant is a settings file that joins the main sweep (`cake pred --variants`):
+    // it shares every prompt's prefill with the plain policies.
+    let variant_dir = out.join("variants");
+    let mut variant_files = Vec::new();
+    for (name, text) in &variants {
+        std::fs::create_dir_all(&variant_dir)
+            .with_context(|| format!("cannot create {}", variant_dir.display()))?;
+        let path = variant_dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        variant_files.push(path_text(&path)?);
+    }
+
+    // 3. Predictions: every policy x cache size and every variant, one prefill per prompt;
+    // the needle grid; the question read after compression.
+    for (data, tree, with_variants) in [(&suite, &pred, true), (&heat_suite, &heat_pred, false)] {
+        merge_shards(&cake, tree, args.shard.is_some())?;
+        let mut command = predict("pred");
+        command
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--policies",
+                plan.policies,
+                "--cache-sizes",
+                plan.cache_sizes,
+            ])
+            .args(["--window", "32", "--out"])
+            .arg(tree);
+        if with_variants && !variant_files.is_empty() {
+            command.args(["--variants", &variant_files.join(",")]);
+        }
+        run(&mut command)?;
+    }
+    if let Some(longbench) = &args.longbench {
         run(predict("pred")
             .arg("--data-dir")
-            .arg(&suite)
-            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
-            .args(["--head-budget-modes", plan.head_budget_modes])
-            .args(["--window", "32", "--out"])
-            .arg(&pred))?;
+            .arg(longbench)
+            .args([
+                "--policies",
+                plan.policies,
+                "--cache-sizes",
+                plan.cache_sizes,
+            ])
+            .args(["--max-samples", &samples, "--out"])
+            .arg(out.join("pred-longbench")))?;
     }
     if !plan.question_cache_sizes.is_empty() {
         run(predict("pred")
@@ -320,28 +350,6 @@ fn reproduce(args: &Reproduce) -> Result<()> {
                 plan.question_cache_sizes,
             ])
             .args(["--question", "after-compression", "--window", "32", "--out"])
-            .arg(&pred))?;
-    }
-    if !plan.sink_grid.is_empty() && plan.calibration_samples > 0 {
-        let sink = out.join("sink");
-        if !sink.join("tune.json").exists() {
-            run(predict("tune")
-                .arg("--data-dir")
-                .arg(out.join("calib"))
-                .args(["--cache-sizes", plan.cache_sizes, "--window", "32"])
-                .args(["--tau1", "1", "--tau2", "1", "--sink", plan.sink_grid])
-                .arg("--eval-data")
-                .arg(&suite)
-                .arg("--out")
-                .arg(&sink))?;
-        }
-        let n = chosen_sink(&sink.join("tune.json"))?;
-        eprintln!("sink ablation: N = {n} (best calibration average over the cache sizes)");
-        run(predict("pred")
-            .arg("--data-dir")
-            .arg(&suite)
-            .args(["--policies", "cake", "--cache-sizes", plan.cache_sizes])
-            .args(["--sink", &n.to_string(), "--window", "32", "--out"])
             .arg(&pred))?;
     }
     let pred_seconds = t.elapsed().as_secs_f64();
@@ -439,6 +447,13 @@ fn chosen_sink(tune_json: &Path) -> Result<usize> {
         })
         .map(|(n, _)| n as usize)
         .with_context(|| format!("{} scores no sink N > 0", tune_json.display()))
+}
+
+/// A path as UTF-8 text (for settings files and arguments).
+fn path_text(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8: choose another --out", path.display()))
 }
 
 /// First file named `name` under `dir` (one level of sub-folders).

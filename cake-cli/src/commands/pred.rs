@@ -97,6 +97,13 @@ pub struct Args {
     /// none,preference,adakv (see --head-budgets)
     #[arg(long, value_delimiter = ',', ignore_case = true, value_name = "MODES")]
     pub head_budget_modes: Vec<HeadBudgets>,
+    /// More configurations of the same sweep, sharing its prefill: settings files (the
+    /// `cake.toml` keys, e.g. `tau_file = "tune/taus.json"`, `sink = 16`, `allocator =
+    /// "static"`) whose keys override this run's settings; each runs at every
+    /// --cache-sizes, with its own `policy` (default: the run's). A variant cannot set the
+    /// model, the weights or the question
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    pub variants: Vec<PathBuf>,
     /// Prompt budget in tokens (middle truncation) [default: LongBench's model2maxlen, else
     /// the model's context minus 512, at most 7500]
     #[arg(long)]
@@ -441,7 +448,8 @@ pub fn read_question<'m, B: Backend>(
         .with_prefill(caches, prefilled))
 }
 
-/// Every (method, cache size) configuration asked for, in order, validated.
+/// Every (method, cache size) configuration asked for, in order, validated; then each
+/// `--variants` file's at every cache size.
 pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
     let methods = if args.policies.is_empty() {
         vec![base.spec.method]
@@ -485,7 +493,39 @@ pub fn configurations(base: &Settings, args: &Args) -> Result<Vec<Settings>> {
             }
         }
     }
+    for path in &args.variants {
+        let variant = Settings::resolve_variant(
+            &args
+                .data
+                .flags(&policy_for_modes(&args.policy, &args.head_budget_modes)),
+            args.data.model.as_deref(),
+            path,
+        )?;
+        add_variant(&mut out, &variant, &args.cache_sizes)?;
+    }
     Ok(out)
+}
+
+/// Appends `variant` at each of `sizes` (its own cache size when none are given; once for
+/// the full cache), skipping a configuration the sweep already has.
+fn add_variant(configs: &mut Vec<Settings>, variant: &Settings, sizes: &[usize]) -> Result<()> {
+    let mut add = |settings: Settings| {
+        if !configs.contains(&settings) {
+            configs.push(settings);
+        }
+    };
+    if variant.spec.keeps_all() || sizes.is_empty() {
+        add(variant.clone());
+        return Ok(());
+    }
+    for &size in sizes {
+        add(variant
+            .with_method(variant.spec.method, size)
+            .map_err(|e| {
+                crate::exit::UsageError(format!("{e} (a --variants file at C = {size})"))
+            })?);
+    }
+    Ok(())
 }
 
 /// Stems of the known `<dataset>.jsonl` files in `dir`, sorted.
@@ -813,6 +853,89 @@ mod tests {
 
     /// A scorer or allocator override applies to the methods that have one; the full
     /// cache, which has none, runs beside them instead of failing the sweep.
+    #[test]
+    fn variants_join_the_sweep_at_every_cache_size_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let sink = file("sink.toml", "sink = 16\n");
+        let heads = file("heads.toml", "head_budgets = \"adakv\"\n");
+        let snap = file("snap.toml", "policy = \"snapkv\"\n");
+        let same = file("same.toml", "window = 32\n");
+        let variants = [sink, heads, snap, same].join(",");
+        let runs = configs(&[
+            "--policies",
+            "full,cake",
+            "--cache-sizes",
+            "64,128",
+            "--window",
+            "32",
+            "--variants",
+            &variants,
+        ]);
+        let described: Vec<(Method, usize, usize, HeadBudgets)> = runs
+            .iter()
+            .map(|s| {
+                let c = &s.spec.cache;
+                (s.spec.method, c.cache_size, c.sink, c.head_budgets)
+            })
+            .collect();
+        let (none, adakv) = (HeadBudgets::None, HeadBudgets::AdaKv);
+        let full = runs[0].spec.cache.cache_size;
+        assert_eq!(
+            described,
+            [
+                (Method::Full, full, 0, none),
+                (Method::Cake, 64, 0, none),
+                (Method::Cake, 128, 0, none),
+                (Method::Cake, 64, 16, none),
+                (Method::Cake, 128, 16, none),
+                (Method::Cake, 64, 0, adakv),
+                (Method::Cake, 128, 0, adakv),
+                (Method::SnapKv, 64, 0, none),
+                (Method::SnapKv, 128, 0, none),
+                // `same.toml` repeats the sweep's own settings: nothing is added twice.
+            ]
+        );
+        // A variant may not change what the prefill is shared over.
+        let model = file("model.toml", "weights = \"stored\"\n");
+        let cli = Cli::try_parse_from([
+            "pred",
+            "--data-dir",
+            "d",
+            "--out",
+            "o",
+            "--variants",
+            &model,
+        ])
+        .unwrap();
+        let base = Settings::resolve(&cli.args.data.flags(&cli.args.policy), None).unwrap();
+        let err = format!("{:#}", configurations(&base, &cli.args).unwrap_err());
+        assert!(
+            err.contains("model.toml") && err.contains("weights"),
+            "{err}"
+        );
+        let missing = dir.path().join("nope.toml").display().to_string();
+        let cli = Cli::try_parse_from([
+            "pred",
+            "--data-dir",
+            "d",
+            "--out",
+            "o",
+            "--variants",
+            &missing,
+        ])
+        .unwrap();
+        let err = format!("{:#}", configurations(&base, &cli.args).unwrap_err());
+        assert!(
+            err.contains("nope.toml") && err.contains("--variants"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn overrides_leave_the_full_cache_alone() {
         let runs = configs(&["--policies", "full,cake", "--scorer", "h2o"]);

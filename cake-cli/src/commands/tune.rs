@@ -191,6 +191,7 @@ pub fn run(args: Args) -> Result<()> {
         policies: Vec::new(),
         cache_sizes: Vec::new(),
         head_budget_modes: Vec::new(),
+        variants: Vec::new(),
         max_length: args.max_length,
         max_samples: args.max_samples,
         out: args.out.join("runs"),
