@@ -1278,5 +1278,11 @@ fn bench_rows_cover_every_method_and_context_with_the_kept_share() {
             (share - 24.0 / context as f64).abs() < 1e-9,
             "{share} at {context}"
         );
+        // While decoding, the full cache grows by one token a step (3 steps) and CAKE
+        // stays at C tokens per layer (equal memory).
+        let peak = |r: &serde_json::Value| r["kv_bytes_peak_decode"].as_f64().unwrap();
+        let per_token = bytes(full) / context as f64;
+        assert_eq!(peak(full), bytes(full) + 3.0 * per_token, "{full}");
+        assert_eq!(peak(cake), bytes(cake), "{cake}");
     }
 }

@@ -114,6 +114,9 @@ pub struct BenchRow {
     pub kv_bytes_peak_prefill: usize,
     /// K/V bytes held after the prefill (what decoding attends over).
     pub kv_bytes_after_prefill: usize,
+    /// Largest K/V bytes held after any decoding step (equal memory: a compressing
+    /// policy never holds more than C x L tokens per KV head).
+    pub kv_bytes_peak_decode: usize,
     /// Bytes-moved bound of one decoding step: (weights + K/V held after prefill) read at
     /// the measured bandwidth; `None` when the bandwidth was not measured (GPU backends).
     pub decode_bound_ms: Option<f64>,
@@ -320,6 +323,7 @@ fn bench_on<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
                 decode_speedup: paired_ratio(full_steps, &d.step_times),
                 kv_bytes_peak_prefill: d.kv_bytes_peak_prefill,
                 kv_bytes_after_prefill: d.kv_bytes_after_prefill,
+                kv_bytes_peak_decode: d.kv_bytes_peak_decode,
                 decode_bound_ms: bandwidth
                     .map(|bw| (weight_bytes + d.kv_bytes_after_prefill) as f64 / bw * 1e3),
                 read_bandwidth_gb_s: bandwidth.map(|bw| bw / 1e9),
@@ -576,6 +580,8 @@ struct Decoder<'a, B: Backend> {
     prefill_time: Duration,
     kv_bytes_peak_prefill: usize,
     kv_bytes_after_prefill: usize,
+    /// Largest K/V bytes held after a decoding step (measured outside the step times).
+    kv_bytes_peak_decode: usize,
     /// Wall time of each step: the forward of one token and reading back its logits.
     step_times: Vec<Duration>,
     /// When each step began.
@@ -597,6 +603,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
             label: run_label(settings),
             spec: settings.spec.clone(),
             kv_bytes_after_prefill: kv_bytes(run.caches()),
+            kv_bytes_peak_decode: 0,
             run,
             logits: prefilled.logits,
             position: prefilled.prompt_len,
@@ -615,6 +622,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
         self.step_times.push(start.elapsed());
         self.step_starts.push(start);
         self.position += 1;
+        self.kv_bytes_peak_decode = self.kv_bytes_peak_decode.max(kv_bytes(self.run.caches()));
         Ok(())
     }
 }
@@ -625,7 +633,7 @@ impl<'a, B: Backend> Decoder<'a, B> {
 pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
     use std::fmt::Write as _;
     let mut md = format!(
-        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | prefill vs full | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "model `{model}`, backend {backend}\n\n| context | method | prefill ms | prefill tok/s | prefill vs full | decode ms/token | bound ms | x bound | decode speed-up | bound speed-up | peak K/V MiB (prefill) | K/V MiB after prefill | peak K/V MiB (decoding) | K/V vs full |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     let or_dash =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
@@ -642,7 +650,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
         });
         let _ = writeln!(
             md,
-            "| {} | {} | {:.1} | {:.0} | {:+.1}% | {:.2} | {} | {} | {:.2}x | {} | {:.2} | {:.2} | {:.1}% |",
+            "| {} | {} | {:.1} | {:.0} | {:+.1}% | {:.2} | {} | {} | {:.2}x | {} | {:.2} | {:.2} | {:.2} | {:.1}% |",
             row.context,
             row.policy,
             row.prefill_ms,
@@ -655,6 +663,7 @@ pub fn markdown(model: &str, backend: &str, rows: &[BenchRow]) -> String {
             bound_speedup.map_or("-".to_string(), |b| format!("{b:.2}x")),
             row.kv_bytes_peak_prefill as f64 / 1048576.0,
             row.kv_bytes_after_prefill as f64 / 1048576.0,
+            row.kv_bytes_peak_decode as f64 / 1048576.0,
             memory * 100.0
         );
     }
@@ -737,6 +746,7 @@ mod tests {
             decode_speedup: 1.0,
             kv_bytes_peak_prefill: kv,
             kv_bytes_after_prefill: kv,
+            kv_bytes_peak_decode: kv,
             decode_bound_ms: Some(bound_ms),
             read_bandwidth_gb_s: None,
             decode_vs_bound: None,
