@@ -416,9 +416,10 @@ fn throughput<B: Backend>(
     let machine = cake_core::host::is_flex::<B>().then(|| Machine::measure(PROBE_BYTES));
     if let Some(m) = machine {
         eprintln!(
-            "read bandwidth {:.1} GB/s, matrix-product peak {:.1} G multiply-adds/s",
+            "read bandwidth {:.1} GB/s, matrix-product peak {:.1} G multiply-adds/s (f32), {:.1} G (int8, for --weights stored-int8)",
             m.bandwidth / 1e9,
-            m.macs_per_s / 1e9
+            m.macs_per_s / 1e9,
+            m.int8_macs_per_s / 1e9
         );
     }
     let c = model.config();

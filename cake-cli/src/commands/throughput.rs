@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::median_ms;
 use crate::settings::Settings;
+use cake_models::weights::WeightFormat;
 
 /// One measured (context, method, batch size) cell.
 #[derive(Debug, Clone, Serialize)]
@@ -38,7 +39,8 @@ pub struct ThroughputRow {
     /// measured read bandwidth (ms).
     pub bytes_bound_ms: Option<f64>,
     /// Compute bound of a step: its multiply-adds (projections and head for every row,
-    /// attention over every sequence's K/V) at the measured matrix-product peak (ms).
+    /// at the measured peak of the products the weights use: f32, or int8 with
+    /// `--weights stored-int8`; attention over every sequence's K/V at the f32 peak) (ms).
     pub compute_bound_ms: Option<f64>,
     /// Step time over the larger of the two bounds.
     pub vs_bound: Option<f64>,
@@ -51,6 +53,10 @@ pub struct Machine {
     pub bandwidth: f64,
     /// Matrix-product peak, multiply-adds per second.
     pub macs_per_s: f64,
+    /// Peak of the int8 products of `--weights stored-int8` (packed Q8_0 rows times int8
+    /// activation rows, [`cake_kernels::PackedMatrix::gemv_quantized`]), multiply-adds per
+    /// second.
+    pub int8_macs_per_s: f64,
 }
 
 impl Machine {
@@ -73,19 +79,66 @@ impl Machine {
         Self {
             bandwidth,
             macs_per_s: (rows * inp * out) as f64 / best.max(1e-9),
+            int8_macs_per_s: int8_peak(),
+        }
+    }
+
+    /// The peak the projections of `weights` run at.
+    pub fn projection_peak(&self, weights: WeightFormat) -> f64 {
+        match weights {
+            WeightFormat::StoredInt8 => self.int8_macs_per_s,
+            WeightFormat::F32 | WeightFormat::Stored => self.macs_per_s,
         }
     }
 }
 
-/// Multiply-adds of one decoding step of one sequence: every projection and the head, and
-/// attention (scores and weighted values) over `kv_rows` cached tokens per KV head.
-pub fn step_macs(config: &DecoderConfig, kv_rows: usize) -> f64 {
+/// Multiply-adds per second of the int8 product on 64 activation rows (a batched step's
+/// or a prefill chunk's) x a 1024 x 1024 Q8_0 matrix (scales 1, pseudo-random quants),
+/// best of three; the activations are quantised once, outside the timing, as the model
+/// quantises one input for several matrices.
+fn int8_peak() -> f64 {
+    use cake_kernels::{BlockFormat, PackedMatrix, PackedRows};
+    let (rows, inp, out) = (64, 1024, 1024);
+    let block = 34; // f16 scale + 32 int8 quants
+    let mut data = Vec::with_capacity(out * inp / 32 * block);
+    let noise = cake_kernels::testing::pseudo_random(out * inp, 3);
+    for chunk in noise.chunks_exact(32) {
+        data.extend_from_slice(&0x3C00u16.to_le_bytes()); // f16 1.0
+        data.extend(chunk.iter().map(|v| ((v * 100.0) as i8) as u8));
+    }
+    let matrix = PackedRows::new(BlockFormat::Q8_0, out, inp, data)
+        .and_then(|rows| PackedMatrix::new(vec![rows]));
+    let Ok(matrix) = matrix else {
+        return f64::NAN;
+    };
+    let x = cake_kernels::quant::quantize_rows(
+        &cake_kernels::testing::pseudo_random(rows * inp, 4),
+        inp,
+    );
+    let mut y = vec![0.0f32; rows * out];
+    let best = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            matrix.gemv_quantized(&x, None, &mut y);
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    std::hint::black_box(&y);
+    (rows * inp * out) as f64 / best.max(1e-9)
+}
+
+/// Multiply-adds of one decoding step of one sequence: (every projection and the head,
+/// attention's scores and weighted values over `kv_rows` cached tokens per KV head).
+pub fn step_macs(config: &DecoderConfig, kv_rows: usize) -> (f64, f64) {
     let c = config;
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     let per_layer =
         c.hidden_size * (q + 2 * kv) + q * c.hidden_size + 3 * c.hidden_size * c.intermediate_size;
     let attention = 2 * c.num_heads * c.head_dim * kv_rows;
-    (c.num_layers * (per_layer + attention) + c.hidden_size * c.vocab_size) as f64
+    (
+        (c.num_layers * per_layer + c.hidden_size * c.vocab_size) as f64,
+        (c.num_layers * attention) as f64,
+    )
 }
 
 /// One method's sequences after one prefill, each with its own caches and compressor.
@@ -172,8 +225,11 @@ pub fn measure<B: Backend>(
     });
     let bytes_bound_ms = machine
         .map(|m| (model.decode_weight_bytes() + batch * per_sequence) as f64 / m.bandwidth * 1e3);
-    let compute_bound_ms =
-        machine.map(|m| batch as f64 * step_macs(config, kv_rows) / m.macs_per_s * 1e3);
+    let compute_bound_ms = machine.map(|m| {
+        let (projections, attention) = step_macs(config, kv_rows);
+        let seconds = projections / m.projection_peak(settings.weights) + attention / m.macs_per_s;
+        batch as f64 * seconds * 1e3
+    });
     let bound = bytes_bound_ms.zip(compute_bound_ms).map(|(a, b)| a.max(b));
     Ok(ThroughputRow {
         context: prompt.len(),
@@ -230,4 +286,43 @@ pub fn markdown(model: &str, rows: &[ThroughputRow]) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-computed on a two-layer model: hidden 8, 2 query heads and 1 KV head of 4,
+    /// MLP 16, vocabulary 10.
+    #[test]
+    fn a_steps_multiply_adds_split_into_projections_and_attention() {
+        let config = cake_models::config::decoder_config(&serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        }))
+        .unwrap();
+        // Per layer: q, k, v 8 x (8 + 4 + 4), o 8 x 8, MLP 3 x 8 x 16 = 128 + 64 + 384;
+        // two layers and the head 8 x 10. Attention: 2 heads x 4 x 5 rows, twice, a layer.
+        assert_eq!(
+            step_macs(&config, 5),
+            ((2 * 576 + 80) as f64, (2 * 2 * 2 * 4 * 5) as f64)
+        );
+        let machine = Machine {
+            bandwidth: 1.0,
+            macs_per_s: 2.0,
+            int8_macs_per_s: 7.0,
+        };
+        assert_eq!(machine.projection_peak(WeightFormat::F32), 2.0);
+        assert_eq!(machine.projection_peak(WeightFormat::Stored), 2.0);
+        assert_eq!(machine.projection_peak(WeightFormat::StoredInt8), 7.0);
+    }
+
+    /// The int8 peak is measured (a positive, finite rate), not a constant.
+    #[test]
+    fn the_int8_peak_is_measured() {
+        let peak = int8_peak();
+        assert!(peak.is_finite() && peak > 1e6, "{peak}");
+    }
 }
