@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::{
-    Bool, DType, ElementConversion, Int, Tensor, TensorData, activation::softmax, backend::Backend,
-    module::avg_pool1d,
+    Bool, DType, ElementConversion, IndexingUpdateOp, Int, Tensor, TensorData, activation::softmax,
+    backend::Backend, module::avg_pool1d,
 };
 
 use crate::allocator::LayerPreference;
@@ -485,24 +485,78 @@ fn first_min_index<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2, Int> {
         .min_dim(1) // [R, 1]
 }
 
-/// Per row of `x` (`[R, C]`), the indices of its `k` largest values in any order, equal
-/// values taken from the end `tie` names first: `[R, k]`. The backend's top-k finds the
-/// k-th largest value; the entries above it and the first ones equal to it (counted from
-/// the preferred end) are marked, and a top-k of that 0/1 mask returns exactly the marks.
+/// Per row of `x` (`[R, C]`), the indices of its `k` largest values in ascending order,
+/// equal values taken from the end `tie` names first: `[R, k]`.
+///
+/// Each value's rank (how many values of its row come before it: the larger ones, and the
+/// equal ones from the preferred end) is counted by comparing it with every value of the
+/// row, in chunks of columns ([`RANK_CHUNK_ELEMENTS`] comparisons at a time); the values
+/// ranked below `k` are marked, and each mark is scattered to its place among the marks
+/// (a running count). Exact for any `k`, and it uses neither Burn's top-k, whose CubeCL
+/// kernel unrolls `k` accumulators (its compile time grows as k squared: minutes at
+/// k = 64 on lavapipe, far more at the budgets of long prompts), nor its sort, which
+/// reads the tensor back to the host. The work is `R x C x C` comparisons, cheap on a GPU
+/// next to the prefill that made the scores.
 fn first_k<B: Backend>(x: Tensor<B, 2>, k: usize, tie: Tie) -> Tensor<B, 2, Int> {
-    let [rows, cols] = x.dims();
-    let kth = x.clone().topk(k, 1).min_dim(1).expand([rows, cols]); // [R, C]
-    let above = x.clone().greater(kth.clone()); // [R, C]
-    let tied = x.equal(kth); // [R, C]
-    // Equal values still to take, per row: [R, 1] -> [R, C].
-    let wanted = above.clone().int().sum_dim(1).neg().add_scalar(k as i64);
-    let tied_rank = match tie {
-        Tie::Earlier => tied.clone().int().cumsum(1),
-        Tie::Later => tied.clone().int().flip([1]).cumsum(1).flip([1]),
-    }; // [R, C]: 1-based rank among the equal values from the preferred end
-    let marked = above.bool_or(tied.bool_and(tied_rank.lower_equal(wanted.expand([rows, cols]))));
-    marked.float().topk_with_indices(k, 1).1 // [R, k]
+    first_k_in_chunks(x, k, tie, RANK_CHUNK_ELEMENTS)
 }
+
+/// [`first_k`] comparing at most `chunk_elements` pairs at once (at least a column).
+fn first_k_in_chunks<B: Backend>(
+    x: Tensor<B, 2>,
+    k: usize,
+    tie: Tie,
+    chunk_elements: usize,
+) -> Tensor<B, 2, Int> {
+    let [rows, cols] = x.dims();
+    let device = x.device();
+    let chunk = (chunk_elements / (rows * cols).max(1)).clamp(1, cols);
+    let j = Tensor::<B, 1, Int>::arange(0..cols as i64, &device).reshape([1, 1, cols]);
+    let row = x.clone().reshape([rows, 1, cols]); // [R, 1, C]
+    let mut marks = Vec::new();
+    for from in (0..cols).step_by(chunk) {
+        let m = chunk.min(cols - from);
+        let xi = x
+            .clone()
+            .narrow(1, from, m)
+            .reshape([rows, m, 1])
+            .expand([rows, m, cols]);
+        let xj = row.clone().expand([rows, m, cols]); // [R, m, C]
+        let i =
+            Tensor::<B, 1, Int>::arange(from as i64..(from + m) as i64, &device).reshape([1, m, 1]);
+        // Equal values at j rank before the one at i when j is on the preferred side.
+        let preferred = match tie {
+            Tie::Earlier => j.clone().lower(i),
+            Tie::Later => j.clone().greater(i),
+        }
+        .expand([rows, m, cols]); // [R, m, C]
+        let before = xj
+            .clone()
+            .greater(xi.clone())
+            .bool_or(xj.equal(xi).bool_and(preferred)); // [R, m, C]
+        let rank = before.int().sum_dim(2).reshape([rows, m]); // [R, m]
+        marks.push(rank.lower_elem(k as i64)); // [R, m]
+    }
+    let marked = Tensor::cat(marks, 1); // [R, C], k marks per row
+    // Each mark's place among the marks of its row, the others to a spare column k.
+    let place = marked
+        .clone()
+        .int()
+        .cumsum(1)
+        .sub_scalar(1)
+        .mask_fill(marked.clone().bool_not(), k as i64); // [R, C]
+    let columns = j
+        .reshape([1, cols])
+        .expand([rows, cols])
+        .mask_fill(marked.bool_not(), 0);
+    Tensor::<B, 2, Int>::zeros([rows, k + 1], &device)
+        .scatter(1, place, columns, IndexingUpdateOp::Add)
+        .narrow(1, 0, k) // [R, k]
+}
+
+/// Comparisons one chunk of [`first_k`] holds at once (`R x m x C`): 2^26, a few hundred
+/// MB of masks at most.
+const RANK_CHUNK_ELEMENTS: usize = 1 << 26;
 
 /// `read` of a `[R, N]` tensor's values on the host, row after row: read in place from a
 /// CPU tensor's contiguous buffer, else from a copy ([`to_host`]); counted as one readback
@@ -537,6 +591,52 @@ pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::lowest_index;
+
+    /// The ranking's chunks do not change its marks: one column at a time, a few, and the
+    /// whole row at once give the same indices, with heavy ties (three distinct values)
+    /// and both tie rules, and they are the definition's (sort by value, then by the
+    /// preferred index).
+    #[test]
+    fn first_k_is_the_same_in_any_chunks() {
+        use super::{Tie, first_k_in_chunks};
+        use burn::tensor::{Tensor, TensorData};
+        type B = burn_flex::Flex;
+        let (rows, cols) = (3, 40);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 13) % 7 % 3) as f32)
+            .collect();
+        let x = Tensor::<B, 2>::from_data(
+            TensorData::new(values.clone(), [rows, cols]),
+            &Default::default(),
+        );
+        for tie in [Tie::Earlier, Tie::Later] {
+            for k in [1, 5, 17, 39, 40] {
+                let read = |chunk: usize| {
+                    first_k_in_chunks(x.clone(), k, tie, chunk)
+                        .into_data()
+                        .convert::<i64>()
+                        .into_vec::<i64>()
+                        .unwrap()
+                };
+                let whole = read(usize::MAX);
+                assert_eq!(read(1), whole, "k {k}");
+                assert_eq!(read(rows * cols * 7), whole, "k {k}");
+                for r in 0..rows {
+                    let row = &values[r * cols..(r + 1) * cols];
+                    let mut order: Vec<usize> = (0..cols).collect();
+                    order.sort_by(|&a, &b| {
+                        row[b].total_cmp(&row[a]).then(match tie {
+                            Tie::Earlier => a.cmp(&b),
+                            Tie::Later => b.cmp(&a),
+                        })
+                    });
+                    let mut want: Vec<i64> = order[..k].iter().map(|&i| i as i64).collect();
+                    want.sort_unstable();
+                    assert_eq!(&whole[r * k..(r + 1) * k], &want[..], "row {r}, k {k}");
+                }
+            }
+        }
+    }
 
     /// The definition `lowest_index` vectorises: the first minimum in `total_cmp`'s order,
     /// NaN counted as minus infinity.

@@ -13,13 +13,11 @@
 //! - a decoding step reads back from the device only the index each KV head evicts
 //!   (`cake_core::stats::readbacks`), where the CPU backend reads its scores.
 //!
-//! Not here: the ~2K-token CAKE report of the default model (C = 1024,
-//! `cake-cli/tests/report_fixture.rs`), see `docs/models.md`: Burn 0.21's CubeCL top-k
-//! (`Tensor::topk`, which `cake_core::stats::top_k_on_device` calls when a prefill evicts)
-//! unrolls its `k`-slot accumulator into a kernel of `O(k^2)` statements, compiled once per
-//! `k`. On lavapipe the first top-k of k = 8 / 16 / 24 / 32 / 48 / 64 takes 0.17 / 0.7 /
-//! 2.1 / 6.5 / 39 / 108 s (then 1 ms); CAKE at C = 1024 asks for k in the hundreds. The
-//! budgets here keep k <= 24.
+//! The budgets are those of long prompts (C = 256 of 1024 tokens: the device ranks a few
+//! hundred kept tokens per KV head). `cake_core::stats::top_k_on_device` ranks by counting
+//! on the device, not with Burn 0.21's CubeCL top-k, which unrolls its `k`-slot
+//! accumulator into a kernel of `O(k^2)` statements compiled once per `k` (on lavapipe the
+//! first top-k of k = 8 / 16 / 24 / 32 / 48 / 64 took 0.17 / 0.7 / 2.1 / 6.5 / 39 / 108 s).
 #![cfg(all(feature = "flex", any(feature = "wgpu", feature = "cuda")))]
 
 mod common;
@@ -45,12 +43,11 @@ struct Kept {
 }
 
 /// Tokens per layer and KV head the policies keep (C), the window among them (w).
-const C: usize = 16;
+const C: usize = 256;
 const W: usize = 8;
 
-/// The policy `method` at C = 16, w = 8: the layers' budgets before the window sum to
-/// L (C - w) = 24 in the tiny models, which bounds the `k` of the device's top-k (see the
-/// module's note: a first top-k of 24 compiles in about 2 s on lavapipe, of 72 in minutes).
+/// The policy `method` at C = 256, w = 8: the layers' budgets before the window sum to
+/// L (C - w), hundreds of tokens ranked on the device per KV head.
 fn spec(method: Method) -> PolicySpec {
     PolicySpec {
         method,
@@ -141,7 +138,7 @@ fn policies_keep_what_the_cpu_keeps<B: Backend>(arch: &str, device: &B::Device) 
 fn decoding_reads_back_only_the_evicted_indices<B: Backend>(device: &B::Device) {
     let model: Model<B> = tiny("llama", device);
     let (layers, kv) = (model.num_layers(), model.config().num_kv_heads);
-    let ids = prompt(200);
+    let ids = prompt(600); // longer than C: the prefill evicts
     let decode = [9, 18, 27, 36];
     let (on_device, steps) = kept::<B>("llama", device, Method::Cake, &ids, &decode);
     let (on_cpu, cpu_steps) =
