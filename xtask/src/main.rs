@@ -82,6 +82,10 @@ struct Plan {
     sink_grid: &'static str,
     /// Cache sizes of the sink choice on calibration records.
     sink_cache_sizes: &'static str,
+    /// Cache sizes at which every policy's K/V memory (after the prefill and its peak
+    /// while decoding) is measured on the accuracy model at the longest length; empty
+    /// skips it.
+    memory_cache_sizes: &'static str,
 }
 
 /// About 20 minutes on 2 cores: 8 tasks x 6 records at 1K tokens plus 10 needle records,
@@ -103,6 +107,7 @@ const QUICK: Plan = Plan {
     question_cache_sizes: "",
     sink_grid: "",
     sink_cache_sizes: "",
+    memory_cache_sizes: "",
 };
 
 /// The study: 8 tasks x 3 lengths x 10 records (240) plus 15 needle records, five cache
@@ -123,6 +128,7 @@ const FULL: Plan = Plan {
     question_cache_sizes: "128,512",
     sink_grid: "0,4,16,64",
     sink_cache_sizes: "64,128,256",
+    memory_cache_sizes: "128,1024",
 };
 
 /// Every synthetic task type.
@@ -379,6 +385,16 @@ fn reproduce(args: &Reproduce) -> Result<()> {
         ])
         .args(["--policies", "cake", "--cache-size", "256", "--out"])
         .arg(&bench))?;
+    // 4b. Every policy's K/V memory on the accuracy model at the longest length: after
+    // the prefill and its peak while decoding (equal memory: C x L tokens per KV head).
+    let longest = plan.lengths.rsplit(',').next().unwrap_or(plan.lengths);
+    for c in plan.memory_cache_sizes.split(',').filter(|c| !c.is_empty()) {
+        run(predict("bench")
+            .args(["--context", longest, "--policies", plan.policies])
+            .args(["--cache-size", c, "--window", "32", "--decode-steps", "16"])
+            .args(["--prefill-rounds", "1", "--out"])
+            .arg(out.join(format!("memory-c{c}"))))?;
+    }
 
     write_report(
         &out,
@@ -538,6 +554,17 @@ fn write_report(
             let _ = writeln!(md, "\n![decode latency]({})", rel.display());
         }
         None => md.push_str("(no bench results)\n"),
+    }
+    for c in plan.memory_cache_sizes.split(',').filter(|c| !c.is_empty()) {
+        if let Some(path) = find(&out.join(format!("memory-c{c}")), "bench.md") {
+            let _ = writeln!(
+                md,
+                "\n### K/V memory of every policy at C = {c} (`{}`, {} tokens)\n",
+                args.accuracy_model,
+                plan.lengths.rsplit(',').next().unwrap_or(plan.lengths)
+            );
+            md.push_str(&std::fs::read_to_string(&path)?);
+        }
     }
     let path = out.join("REPORT.md");
     std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
