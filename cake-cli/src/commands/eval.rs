@@ -233,6 +233,12 @@ pub fn evaluate_tree(dir: &Path, longbench_e: bool) -> Result<Vec<RunScore>> {
         runs.push(score_run(folder, &result)?);
         results.push(result);
     }
+    // A variant every run shares (the whole study in `stored-int8` weights) is said once,
+    // above the tables, rather than in every row.
+    let shared = shared_variant(&runs);
+    for run in &mut runs {
+        run.policy = without_shared(&run.policy, run.variant(), &shared);
+    }
     // Two folders of one (policy, C) would share a row of the summary: say so.
     for (i, a) in runs.iter().enumerate() {
         if let Some(b) = runs[..i]
@@ -656,12 +662,57 @@ pub fn result_markdown(result: &EvalResult, intervals: &BTreeMap<String, ScoreIn
     md
 }
 
+/// The parts of the runs' variants (`weights stored-int8`, `question after-compression`)
+/// that every run has; empty when a run has none or there is no run.
+fn shared_variant(runs: &[RunScore]) -> Vec<String> {
+    let parts = |r: &RunScore| -> Vec<String> {
+        r.variant()
+            .split(", ")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    parts(first)
+        .into_iter()
+        .filter(|p| runs.iter().all(|r| parts(r).contains(p)))
+        .collect()
+}
+
+/// `label` (ending in ` (variant)` when the variant is not empty, as [`run_identity`]
+/// writes it) without the `shared` parts of its variant.
+fn without_shared(label: &str, variant: &str, shared: &[String]) -> String {
+    if shared.is_empty() || variant.is_empty() {
+        return label.to_string();
+    }
+    let Some(base) = label.strip_suffix(&format!(" ({variant})")) else {
+        return label.to_string();
+    };
+    let rest: Vec<&str> = variant
+        .split(", ")
+        .filter(|p| !shared.iter().any(|s| s == p))
+        .collect();
+    if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} ({})", rest.join(", "))
+    }
+}
+
 /// Policies x cache sizes, cells = average score over the datasets of each run.
 pub fn summary_markdown(runs: &[RunScore]) -> String {
     let mut sizes: Vec<usize> = runs.iter().filter_map(|r| r.cache_size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut md = policy_table_header("average", &sizes);
+    let shared = shared_variant(runs);
+    let mut md = if shared.is_empty() {
+        String::new()
+    } else {
+        format!("Every run: {}.\n\n", shared.join(", "))
+    };
+    md.push_str(&policy_table_header("average", &sizes));
     for policy in policies_in_order(runs.iter()) {
         let _ = write!(md, "| {policy} |");
         let mine: Vec<&RunScore> = runs.iter().filter(|r| r.policy == policy).collect();
@@ -1190,6 +1241,38 @@ mod tests {
 
     /// Runs with the question after compression (or other weights) are their own rows and
     /// are compared with the reference runs of the same variant only.
+    /// A variant part every run has is said once above the tables, not in every row; the
+    /// parts that tell runs apart stay in their labels.
+    #[test]
+    fn a_variant_every_run_shares_leaves_the_labels() {
+        let int8 = "weights stored-int8".to_string();
+        let both = format!("{int8}, question after-compression");
+        let cake = PolicySpec::default();
+        let runs = vec![
+            scored_variant("r/cake", Some((cake.clone(), int8.clone())), [1.0; 4]),
+            scored_variant("r/cake-q", Some((cake.clone(), both.clone())), [1.0; 4]),
+        ];
+        assert_eq!(
+            runs[1].policy,
+            "cake (weights stored-int8, question after-compression)"
+        );
+        let shared = shared_variant(&runs);
+        assert_eq!(shared, [int8.clone()]);
+        let labels: Vec<String> = runs
+            .iter()
+            .map(|r| without_shared(&r.policy, r.variant(), &shared))
+            .collect();
+        assert_eq!(labels, ["cake", "cake (question after-compression)"]);
+        assert!(summary_markdown(&runs).starts_with("Every run: weights stored-int8.\n"));
+        // A run without the part: nothing is shared, every label stays.
+        let mixed = vec![
+            scored_variant("r/cake", Some((cake.clone(), int8)), [1.0; 4]),
+            scored_variant("r/cake-f32", Some((cake, String::new())), [1.0; 4]),
+        ];
+        assert!(shared_variant(&mixed).is_empty());
+        assert!(summary_markdown(&mixed).starts_with("| policy |"));
+    }
+
     #[test]
     fn variants_are_compared_with_their_own_references() {
         let after = "question after-compression".to_string();
