@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# cake-rs (weights as stored, and f32) vs llama.cpp on the same CPU, interleaved so that all
-# three see the same machine: runs the `speed` example twice and
+# cake-rs (weights as stored with int8 activations, as stored, and f32; $WEIGHTS picks) vs
+# llama.cpp on the same CPU, interleaved so that all
+# of them see the same machine: runs the `speed` example once per weight format and
 # tools/fixtures/speed_llamacpp.py once per round, on the same GGUF file and the same
 # deterministic prompts, and prints every figure.
 #
@@ -18,7 +19,7 @@ after=${4:-512}
 model=${5:-$(ls "${CAKE_CACHE_DIR:-$HOME/.cache/cake-rs}"/SmolLM2-135M-Instruct.Q4_1.gguf)}
 python=${CAKE_PYTHON:-python3}
 for round in $(seq "$rounds"); do
-    for weights in stored f32; do
+    for weights in ${WEIGHTS:-stored-int8 stored f32}; do
         echo "== round $round: cake-rs, weights $weights"
         target/release/examples/speed "$model" "$lens" "$steps" "$weights" "$after" | grep -E "prefill|decode"
     done
