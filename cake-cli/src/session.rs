@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 
-use cake_core::CompressionReport;
+use cake_core::{CompressionReport, PrefillRecorder, ScorerKind};
 use cake_longbench::{
     BoxError, GenerationOutcome, Generator, PromptTokenizer, StopRule, SweepGenerator,
 };
@@ -167,6 +167,21 @@ impl<B: Backend> Generator for PolicyGenerator<'_, B> {
     }
 }
 
+/// The recorder of a sweep's prefill: one that also records H2O's prefill scores when a
+/// configuration scores with H2O, so that its policies (one per cache size) share them.
+pub fn sweep_recorder<B: Backend>(configs: &[Settings]) -> PrefillRecorder<B> {
+    let h2o = configs.iter().any(|s| {
+        s.spec
+            .kinds()
+            .is_some_and(|(_, scorer)| scorer == ScorerKind::H2o)
+    });
+    if h2o {
+        PrefillRecorder::with_attention_sums()
+    } else {
+        PrefillRecorder::new()
+    }
+}
+
 /// A [`SweepGenerator`] over a [`Session`]: each prompt is prefilled once with the full
 /// cache (a [`PrefillSnapshot`]); each configuration's policy then resumes from it and
 /// decodes, the configurations of a prompt decoded together in batches of at most
@@ -210,7 +225,11 @@ impl<B: Backend> SweepGenerator for PolicySweep<'_, B> {
     fn prepare(&mut self, prompt: &str) -> Result<(), BoxError> {
         self.snapshot = None;
         let ids = self.session.encode(prompt)?;
-        self.snapshot = Some(PrefillSnapshot::capture(&self.session.model, &ids)?);
+        self.snapshot = Some(PrefillSnapshot::capture_with(
+            &self.session.model,
+            &ids,
+            sweep_recorder(self.configs),
+        )?);
         self.prefills += 1;
         Ok(())
     }

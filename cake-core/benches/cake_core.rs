@@ -133,14 +133,8 @@ fn cascade(c: &mut Criterion) {
                     let mut cache = LayerCache::new();
                     cache.append(keys.clone(), keys.clone(), 0).unwrap();
                     caches.push(cache);
-                    comp.after_prefill_layer(
-                        PrefillLayer {
-                            layer,
-                            queries: q.clone(),
-                        },
-                        &mut caches,
-                    )
-                    .unwrap();
+                    comp.after_prefill_layer(PrefillLayer::new(layer, q.clone()), &mut caches)
+                        .unwrap();
                 }
                 comp.after_prefill(&mut caches).unwrap();
                 black_box(comp.peak())

@@ -212,7 +212,7 @@ fn cake_decode_hook(c: &mut Criterion) {
         // The last w queries: all that a window-attention policy reads.
         let queries = tensor3([heads, w, d], seed + 3, 0.5 + 0.05 * layer as f32);
         compressor
-            .after_prefill_layer(PrefillLayer { layer, queries }, &mut caches)
+            .after_prefill_layer(PrefillLayer::new(layer, queries), &mut caches)
             .unwrap();
     }
     compressor.after_prefill(&mut caches).unwrap();

@@ -888,7 +888,11 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
         step: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
     ) -> Result<(), CacheError> {
-        let PrefillLayer { layer, queries } = step;
+        let PrefillLayer {
+            layer,
+            queries,
+            attention_sums,
+        } = step;
         let Some(cache) = caches.get(layer) else {
             return Ok(());
         };
@@ -965,6 +969,7 @@ impl<B: Backend> KvCompressor<B> for PolicyCompressor<B> {
                 keys: &keys,
                 window_attention: attn.as_ref(),
                 window: plan.window,
+                attention_sums: attention_sums.as_ref(),
             }); // [Hkv, S]
             self.ranked(scores, caches[layer].positions())
         };

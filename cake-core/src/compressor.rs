@@ -13,6 +13,23 @@ pub struct PrefillLayer<B: Backend> {
     /// The layer's post-RoPE prompt queries, `[H, S, d]` (unscaled; the attention scale
     /// is `1 / sqrt(d)`).
     pub queries: Tensor<B, 3>,
+    /// H2O's prefill scores, when the caller already has them: every prompt query's
+    /// attention summed over the queries and averaged over each KV head's query group,
+    /// `[Hkv, S]`. A policy sweep computes them once per prompt
+    /// ([`crate::PrefillRecorder::with_attention_sums`]) instead of once per H2O policy;
+    /// `None` makes the scorer compute them.
+    pub attention_sums: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> PrefillLayer<B> {
+    /// Layer `layer`'s hook input with its prompt `queries` (`[H, S, d]`).
+    pub fn new(layer: usize, queries: Tensor<B, 3>) -> Self {
+        Self {
+            layer,
+            queries,
+            attention_sums: None,
+        }
+    }
 }
 
 /// What a model hands a compressor after one layer of a decoding step.

@@ -31,7 +31,7 @@
 //!     // Keys and values `[Hkv, S, d]` at positions 0..S, then the hook with the queries.
 //!     caches[layer].append(random([kv_heads, prompt, dim]), random([kv_heads, prompt, dim]), 0)?;
 //!     let queries = random([heads, prompt, dim]);
-//!     compressor.after_prefill_layer(PrefillLayer { layer, queries }, &mut caches[..=layer])?;
+//!     compressor.after_prefill_layer(PrefillLayer::new(layer, queries), &mut caches[..=layer])?;
 //! }
 //! compressor.after_prefill(&mut caches)?;
 //! // The layers share a budget of C = 32 tokens each on average.

@@ -31,6 +31,8 @@ pub struct PrefillInput<'a, B: Backend> {
     pub window_attention: Option<&'a Tensor<B, 3>>,
     /// The window w actually used (at most S).
     pub window: usize,
+    /// H2O's scores when the caller already has them ([`crate::PrefillLayer`]'s).
+    pub attention_sums: Option<&'a Tensor<B, 2>>,
 }
 
 impl<B: Backend> PrefillInput<'_, B> {
@@ -344,7 +346,12 @@ impl<B: Backend> Scorer<B> for H2o {
         true
     }
 
+    /// The given [`PrefillInput::attention_sums`] when present (a sweep's, computed once
+    /// with the default chunking, which gives the same bits), else computed here.
     fn prefill_scores(&self, input: &PrefillInput<'_, B>) -> Tensor<B, 2> {
+        if let Some(sums) = input.attention_sums {
+            return sums.clone();
+        }
         let kv = input.keys.dims()[0];
         group_mean(self.column_sums(input.queries, input.keys), kv)
     }

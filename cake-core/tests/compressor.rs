@@ -415,7 +415,7 @@ fn replaying_a_recorded_prefill_equals_a_live_run() {
         let policy = Policy::<B>::preset(name.parse().unwrap(), &cfg).unwrap();
         let mut replayed = PolicyCompressor::new(policy, SMALL.layers);
         let mut caches = full.clone();
-        cake_core::replay_prefill(&mut replayed, recorder.queries(), &mut caches).unwrap();
+        cake_core::replay_prefill(&mut replayed, &recorder, &mut caches).unwrap();
         assert_eq!(replayed.budgets(), live.budgets(), "{name}");
         for (a, b) in caches.iter().zip(&live_caches) {
             assert_eq!(a.positions(), b.positions(), "{name}");
@@ -423,6 +423,49 @@ fn replaying_a_recorded_prefill_equals_a_live_run() {
         // Negative control: the policy really evicted (the comparison is not vacuous).
         assert!(caches.iter().all(|c| c.len() < S), "{name}");
     }
+}
+
+/// A recorder that also records H2O's prefill scores replays every policy as a live run
+/// does (H2O taking the recorded scores); the scores are really taken: replaying H2O with
+/// other scores in their place keeps other tokens.
+#[test]
+fn recorded_attention_sums_replay_h2o_as_a_live_run() {
+    use cake_core::KvCompressor as _;
+    let cfg = config(40, 8, true);
+    let mut recorder = cake_core::PrefillRecorder::<B>::with_attention_sums();
+    let full = prefill(SMALL, S, 5, &mut recorder);
+    let sums = recorder.attention_sums().expect("recorded");
+    assert_eq!(sums.len(), SMALL.layers);
+    for name in EVICTING {
+        let (live, live_caches) = run(name, &cfg, SMALL, S, 5);
+        let policy = Policy::<B>::preset(name.parse().unwrap(), &cfg).unwrap();
+        let mut replayed = PolicyCompressor::new(policy, SMALL.layers);
+        let mut caches = full.clone();
+        cake_core::replay_prefill(&mut replayed, &recorder, &mut caches).unwrap();
+        assert_eq!(replayed.budgets(), live.budgets(), "{name}");
+        for (a, b) in caches.iter().zip(&live_caches) {
+            assert_eq!(a.positions(), b.positions(), "{name}");
+        }
+    }
+    // Negative control: H2O fed the recorded scores reversed keeps other tokens.
+    let policy = Policy::<B>::preset("h2o".parse().unwrap(), &cfg).unwrap();
+    let mut h2o = PolicyCompressor::new(policy, SMALL.layers);
+    let mut caches = full.clone();
+    for (layer, q) in recorder.queries().iter().enumerate() {
+        let mut step = cake_core::PrefillLayer::new(layer, q.clone());
+        step.attention_sums = Some(sums[layer].clone().flip([1]));
+        h2o.after_prefill_layer(step, &mut caches[..=layer])
+            .unwrap();
+    }
+    h2o.after_prefill(&mut caches).unwrap();
+    let (_, live_caches) = run("h2o", &cfg, SMALL, S, 5);
+    assert!(
+        caches
+            .iter()
+            .zip(&live_caches)
+            .any(|(a, b)| a.positions() != b.positions()),
+        "H2O ignored the scores it was given"
+    );
 }
 
 /// A prompt shorter than the cache size (S = 200 < C = 240) leaves every layer everything,
@@ -595,7 +638,7 @@ fn a_ratio_leaving_nothing_outside_the_window_is_an_error() {
     caches[0].append(k.clone(), k, 0).unwrap();
     let queries = rng.tensor([SMALL.heads, S, SMALL.dim], 1.0);
     let err = comp
-        .after_prefill_layer(PrefillLayer { layer: 0, queries }, &mut caches)
+        .after_prefill_layer(PrefillLayer::new(0, queries), &mut caches)
         .unwrap_err()
         .to_string();
     for want in ["ratio 0.03", "200-token prompt", "cache size 6", "window 8"] {

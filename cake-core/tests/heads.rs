@@ -378,7 +378,7 @@ fn static_head_budgets_need_shares_for_the_models_heads() {
         let k = rng.tensor([SMALL.kv_heads, 50, SMALL.dim], 1.0);
         caches[0].append(k.clone(), k, 0).unwrap();
         let queries = rng.tensor([SMALL.heads, 50, SMALL.dim], 1.0);
-        comp.after_prefill_layer(PrefillLayer { layer: 0, queries }, &mut caches)
+        comp.after_prefill_layer(PrefillLayer::new(0, queries), &mut caches)
             .unwrap_err()
             .to_string()
     };

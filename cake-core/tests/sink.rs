@@ -173,6 +173,7 @@ fn sink_n_keeps_the_first_n_then_the_scorers_best_and_zero_keeps_the_scorers_bes
                         keys: &k,
                         window_attention: Some(&attn),
                         window,
+                        attention_sums: None,
                     }));
                     for h in 0..hkv {
                         let mut kept = expected(&scores, prompt, h, prompt - window, keep, sink);
@@ -182,7 +183,7 @@ fn sink_n_keeps_the_first_n_then_the_scorers_best_and_zero_keeps_the_scorers_bes
                     let mut cache = LayerCache::new();
                     cache.append(k, v, 0).unwrap();
                     caches.push(cache);
-                    comp.after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches)
+                    comp.after_prefill_layer(PrefillLayer::new(layer, q), &mut caches)
                         .unwrap();
                 }
                 comp.after_prefill(&mut caches).unwrap();

@@ -184,6 +184,7 @@ fn scorers_by_hand() {
         keys: &k,
         window_attention: Some(&attn),
         window: 2,
+        attention_sums: None,
     };
     // SnapKV: window sums (1/2, 1, 1/2); the prefix column pooled alone: 0.5 / 5 = 0.1.
     close(
@@ -360,6 +361,7 @@ fn matches_pytorch_on_random_attention() {
         keys: &k,
         window_attention: Some(&attn),
         window: w,
+        attention_sums: None,
     };
     let cake = Cake {
         gamma: f.gamma,
@@ -535,7 +537,7 @@ fn readbacks_of_work_on_rayon_workers_count_for_the_caller() {
         cache.append(k, v, 0).unwrap();
         caches.push(cache);
         let queries = rng.tensor([shape.heads, s, shape.dim], 1.0);
-        comp.after_prefill_layer(PrefillLayer { layer, queries }, &mut caches)
+        comp.after_prefill_layer(PrefillLayer::new(layer, queries), &mut caches)
             .unwrap();
     }
     let (before, before_all) = (readbacks(), process_readbacks());

@@ -204,7 +204,21 @@ impl<B: Backend> PrefillSnapshot<B> {
     /// # Errors
     /// As [`Generation::prefill`].
     pub fn capture(model: &Model<B>, prompt: &[u32]) -> Result<Self, GenerateError> {
-        let mut run = Generation::new(model).with_compressor(PrefillRecorder::new());
+        Self::capture_with(model, prompt, PrefillRecorder::new())
+    }
+
+    /// [`PrefillSnapshot::capture`] with `recorder`, e.g.
+    /// [`PrefillRecorder::with_attention_sums`] when H2O policies will resume from it (they
+    /// then share one computation of their prefill scores).
+    ///
+    /// # Errors
+    /// As [`Generation::prefill`].
+    pub fn capture_with(
+        model: &Model<B>,
+        prompt: &[u32],
+        recorder: PrefillRecorder<B>,
+    ) -> Result<Self, GenerateError> {
+        let mut run = Generation::new(model).with_compressor(recorder);
         let prefilled = run.prefill(prompt)?.clone();
         let (recorder, caches) = run.into_parts();
         Ok(Self {
@@ -240,8 +254,7 @@ impl<B: Backend> PrefillSnapshot<B> {
             peak: 0,
         };
         let start = Instant::now();
-        replay_prefill(&mut meter, self.recorder.queries(), &mut caches)
-            .map_err(ModelError::from)?;
+        replay_prefill(&mut meter, &self.recorder, &mut caches).map_err(ModelError::from)?;
         let resumed = ResumedPrefill {
             shared_prefill_time: self.prefilled.prefill_time,
             compression_time: start.elapsed(),

@@ -322,10 +322,7 @@ impl<B: Backend> Model<B> {
                 layer.forward(x, 0, &rope, &mut caches[l], request, &mut |_, _, _| Ok(()))?;
             x = y;
             peak = peak.max(kv_bytes(caches));
-            let step = PrefillLayer {
-                layer: l,
-                queries: attn.queries,
-            };
+            let step = PrefillLayer::new(l, attn.queries);
             let _hook = tracing::debug_span!("compress", layer = l).entered();
             compressor.after_prefill_layer(step, &mut caches[..=l])?;
         }

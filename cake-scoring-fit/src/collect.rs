@@ -318,7 +318,7 @@ fn host<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
 impl<B: Backend> KvCompressor<B> for StatsCollector {
     fn after_prefill_layer(
         &mut self,
-        PrefillLayer { layer, queries }: PrefillLayer<B>,
+        PrefillLayer { layer, queries, .. }: PrefillLayer<B>,
         caches: &mut [LayerCache<B>],
     ) -> std::result::Result<(), CacheError> {
         if self.error.is_none() {
@@ -367,10 +367,7 @@ mod tests {
                 )
                 .unwrap();
             caches.push(cache);
-            let step = PrefillLayer {
-                layer,
-                queries: tensor([4, 12, 8], seed + 3),
-            };
+            let step = PrefillLayer::new(layer, tensor([4, 12, 8], seed + 3));
             collector.after_prefill_layer(step, &mut caches).unwrap();
         }
     }
@@ -411,10 +408,7 @@ mod tests {
         let mut collector = StatsCollector::new(4, 3, (1.0, 1.0), false);
         prefill(&mut collector, 1);
         let mut caches = vec![LayerCache::<Flex>::new(), LayerCache::new()];
-        let step = PrefillLayer {
-            layer: 1,
-            queries: tensor([4, 12, 8], 9),
-        };
+        let step = PrefillLayer::new(1, tensor([4, 12, 8], 9));
         collector.after_prefill_layer(step, &mut caches).unwrap();
         let e = collector.into_rows("d", "s").unwrap_err();
         assert!(

@@ -322,7 +322,11 @@ impl<B: Backend> SweepGenerator for QuestionAfterSweep<'_, B> {
     fn prepare_split(&mut self, prompt: &SplitPrompt) -> Result<(), BoxError> {
         self.snapshot = None;
         let (context, question) = split_ids(self.session, prompt)?;
-        self.snapshot = Some(PrefillSnapshot::capture(&self.session.model, &context)?);
+        self.snapshot = Some(PrefillSnapshot::capture_with(
+            &self.session.model,
+            &context,
+            crate::session::sweep_recorder(self.configs),
+        )?);
         self.question = question;
         self.prefills += 1;
         Ok(())

@@ -99,7 +99,7 @@ pub fn prefill_staged<C: KvCompressor<B>, E>(
         cache.append(k, v, 0).unwrap();
         caches.push(cache);
         compressor
-            .after_prefill_layer(PrefillLayer { layer, queries: q }, &mut caches)
+            .after_prefill_layer(PrefillLayer::new(layer, q), &mut caches)
             .unwrap();
         stage(layer, &caches)?;
     }
