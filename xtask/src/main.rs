@@ -262,7 +262,7 @@ fn reproduce(args: &Reproduce) -> Result<()> {
         }
         variants.push((
             "tuned",
-            format!("tau_file = {:?}\n", path_text(&tune.join("taus.json"))?),
+            format!("tau_file = {:?}\n", setting_path(&root, &tune.join("taus.json"))?),
         ));
         if !fit.join("score_function.json").exists() {
             run(predict("fit")
@@ -275,7 +275,7 @@ fn reproduce(args: &Reproduce) -> Result<()> {
             "static",
             format!(
                 "allocator = \"static\"\nscore_fn = {:?}\n",
-                path_text(&fit.join("score_function.json"))?
+                setting_path(&root, &fit.join("score_function.json"))?
             ),
         ));
         if !plan.sink_grid.is_empty() {
@@ -463,6 +463,13 @@ fn chosen_sink(tune_json: &Path) -> Result<usize> {
         })
         .map(|(n, _)| n as usize)
         .with_context(|| format!("{} scores no sink N > 0", tune_json.display()))
+}
+
+/// A file named in a setting (`tau_file`, `score_fn`): relative to the workspace root,
+/// where every `cake` command runs, when it is inside it. The setting is part of a run's
+/// identity (its folder's hash), so a checkout elsewhere finds the same folders.
+fn setting_path(root: &Path, path: &Path) -> Result<String> {
+    path_text(path.strip_prefix(root).unwrap_or(path))
 }
 
 /// A path as UTF-8 text (for settings files and arguments).
