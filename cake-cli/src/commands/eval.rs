@@ -1257,7 +1257,7 @@ mod tests {
             "cake (weights stored-int8, question after-compression)"
         );
         let shared = shared_variant(&runs);
-        assert_eq!(shared, [int8.clone()]);
+        assert_eq!(shared, std::slice::from_ref(&int8));
         let labels: Vec<String> = runs
             .iter()
             .map(|r| without_shared(&r.policy, r.variant(), &shared))
