@@ -771,9 +771,9 @@ mod tests {
                 .map(|c| c.trim().to_string())
                 .collect()
         };
-        assert_eq!(cells("full")[13], "25.0%", "{md}");
+        assert_eq!(cells("full")[14], "25.0%", "{md}");
         assert_eq!(cells("full")[10], "4.00x", "{md}");
-        assert_eq!(cells("reference")[13], "100.0%", "{md}");
+        assert_eq!(cells("reference")[14], "100.0%", "{md}");
         assert_eq!(cells("reference")[10], "1.00x", "{md}");
     }
 
