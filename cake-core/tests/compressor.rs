@@ -403,50 +403,39 @@ fn full_keeps_everything_and_reports_nothing() {
     );
 }
 
+/// Replaying a recorded prefill leaves what a live run leaves, for every policy, with a
+/// plain recorder and with one that also records H2O's prefill scores (which replayed H2O
+/// then takes instead of computing them); the recorded scores are really taken: H2O given
+/// them reversed keeps other tokens.
 #[test]
 fn replaying_a_recorded_prefill_equals_a_live_run() {
-    let cfg = config(40, 8, true);
-    let mut recorder = cake_core::PrefillRecorder::<B>::new();
-    let full = prefill(SMALL, S, 5, &mut recorder);
-    assert_eq!(recorder.queries().len(), SMALL.layers);
-    assert!(full.iter().all(|c| c.len() == S), "the recorder keeps all");
-    for name in EVICTING {
-        let (live, live_caches) = run(name, &cfg, SMALL, S, 5);
-        let policy = Policy::<B>::preset(name.parse().unwrap(), &cfg).unwrap();
-        let mut replayed = PolicyCompressor::new(policy, SMALL.layers);
-        let mut caches = full.clone();
-        cake_core::replay_prefill(&mut replayed, &recorder, &mut caches).unwrap();
-        assert_eq!(replayed.budgets(), live.budgets(), "{name}");
-        for (a, b) in caches.iter().zip(&live_caches) {
-            assert_eq!(a.positions(), b.positions(), "{name}");
-        }
-        // Negative control: the policy really evicted (the comparison is not vacuous).
-        assert!(caches.iter().all(|c| c.len() < S), "{name}");
-    }
-}
-
-/// A recorder that also records H2O's prefill scores replays every policy as a live run
-/// does (H2O taking the recorded scores); the scores are really taken: replaying H2O with
-/// other scores in their place keeps other tokens.
-#[test]
-fn recorded_attention_sums_replay_h2o_as_a_live_run() {
     use cake_core::KvCompressor as _;
     let cfg = config(40, 8, true);
+    for mut recorder in [
+        cake_core::PrefillRecorder::<B>::new(),
+        cake_core::PrefillRecorder::<B>::with_attention_sums(),
+    ] {
+        let full = prefill(SMALL, S, 5, &mut recorder);
+        assert_eq!(recorder.queries().len(), SMALL.layers);
+        assert!(full.iter().all(|c| c.len() == S), "the recorder keeps all");
+        for name in EVICTING {
+            let (live, live_caches) = run(name, &cfg, SMALL, S, 5);
+            let policy = Policy::<B>::preset(name.parse().unwrap(), &cfg).unwrap();
+            let mut replayed = PolicyCompressor::new(policy, SMALL.layers);
+            let mut caches = full.clone();
+            cake_core::replay_prefill(&mut replayed, &recorder, &mut caches).unwrap();
+            assert_eq!(replayed.budgets(), live.budgets(), "{name}");
+            for (a, b) in caches.iter().zip(&live_caches) {
+                assert_eq!(a.positions(), b.positions(), "{name}");
+            }
+            // Negative control: the policy really evicted (the comparison is not vacuous).
+            assert!(caches.iter().all(|c| c.len() < S), "{name}");
+        }
+    }
     let mut recorder = cake_core::PrefillRecorder::<B>::with_attention_sums();
     let full = prefill(SMALL, S, 5, &mut recorder);
     let sums = recorder.attention_sums().expect("recorded");
     assert_eq!(sums.len(), SMALL.layers);
-    for name in EVICTING {
-        let (live, live_caches) = run(name, &cfg, SMALL, S, 5);
-        let policy = Policy::<B>::preset(name.parse().unwrap(), &cfg).unwrap();
-        let mut replayed = PolicyCompressor::new(policy, SMALL.layers);
-        let mut caches = full.clone();
-        cake_core::replay_prefill(&mut replayed, &recorder, &mut caches).unwrap();
-        assert_eq!(replayed.budgets(), live.budgets(), "{name}");
-        for (a, b) in caches.iter().zip(&live_caches) {
-            assert_eq!(a.positions(), b.positions(), "{name}");
-        }
-    }
     // Negative control: H2O fed the recorded scores reversed keeps other tokens.
     let policy = Policy::<B>::preset("h2o".parse().unwrap(), &cfg).unwrap();
     let mut h2o = PolicyCompressor::new(policy, SMALL.layers);

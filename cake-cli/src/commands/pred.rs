@@ -904,36 +904,20 @@ mod tests {
                 // `same.toml` repeats the sweep's own settings: nothing is added twice.
             ]
         );
-        // A variant may not change what the prefill is shared over.
-        let model = file("model.toml", "weights = \"stored\"\n");
-        let cli = Cli::try_parse_from([
-            "pred",
-            "--data-dir",
-            "d",
-            "--out",
-            "o",
-            "--variants",
-            &model,
-        ])
-        .unwrap();
-        let base = Settings::resolve(&cli.args.data.flags(&cli.args.policy), None).unwrap();
-        let err = format!("{:#}", configurations(&base, &cli.args).unwrap_err());
+        // A variant may not change what the prefill is shared over, and must exist.
+        let refused = |path: &str| {
+            let cli =
+                Cli::try_parse_from(["pred", "--data-dir", "d", "--out", "o", "--variants", path])
+                    .unwrap();
+            let base = Settings::resolve(&cli.args.data.flags(&cli.args.policy), None).unwrap();
+            format!("{:#}", configurations(&base, &cli.args).unwrap_err())
+        };
+        let err = refused(&file("model.toml", "weights = \"stored\"\n"));
         assert!(
             err.contains("model.toml") && err.contains("weights"),
             "{err}"
         );
-        let missing = dir.path().join("nope.toml").display().to_string();
-        let cli = Cli::try_parse_from([
-            "pred",
-            "--data-dir",
-            "d",
-            "--out",
-            "o",
-            "--variants",
-            &missing,
-        ])
-        .unwrap();
-        let err = format!("{:#}", configurations(&base, &cli.args).unwrap_err());
+        let err = refused(&dir.path().join("nope.toml").display().to_string());
         assert!(
             err.contains("nope.toml") && err.contains("--variants"),
             "{err}"
