@@ -262,7 +262,10 @@ fn reproduce(args: &Reproduce) -> Result<()> {
         }
         variants.push((
             "tuned",
-            format!("tau_file = {:?}\n", setting_path(&root, &tune.join("taus.json"))?),
+            format!(
+                "tau_file = {:?}\n",
+                setting_path(&root, &tune.join("taus.json"))?
+            ),
         ));
         if !fit.join("score_function.json").exists() {
             run(predict("fit")
