@@ -111,7 +111,9 @@ const QUICK: Plan = Plan {
 };
 
 /// The study: 8 tasks x 3 lengths x 10 records (240) plus 15 needle records, five cache
-/// sizes, every policy, and CAKE with tuned temperatures and with static fitted budgets.
+/// sizes, every policy, and CAKE's variants chosen or fitted on calibration records
+/// (tuned temperatures, static budgets, the sink ablation) and its per-head modes, all in
+/// one sweep per record; kvpress's question protocol at C = 128 and 512.
 const FULL: Plan = Plan {
     policies: "full,streaming,h2o,tova,snapkv,pyramidkv,cake",
     cache_sizes: "64,128,256,512,1024",
